@@ -1,0 +1,177 @@
+"""Every released checkpoint sensorium knows: name -> family, config, and where its weights are published.
+
+Each entry lists its published copies, default first. PE-Core is published three ways: the original
+`.pt` (facebook/<name>), timm (vision tower only) and open_clip (vision + text); PE-Lang and PE-Spatial
+as the original `.pt` and timm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sensorium.errors import UnknownModelError
+from sensorium.models.pe import PEConfig, TextConfig, VisionConfig
+
+
+@dataclass(frozen=True)
+class Published:
+    """One published copy of a checkpoint: a hub repo, its weights file and the key layout inside."""
+
+    repo: str
+    filename: str
+    layout: str  # "original" | "timm" | "open_clip"
+    revision: str | None = None
+
+    @property
+    def hub_id(self) -> str:
+        return self.repo + (f"@{self.revision}" if self.revision else "")
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    name: str
+    family: str  # model file under sensorium.models
+    kind: str
+    tasks: tuple[str, ...]
+    config: object
+    published: tuple[Published, ...]
+    summary: str
+
+    @property
+    def default(self) -> Published:
+        return self.published[0]
+
+
+CLIP_TASKS = ("embed", "classify")
+FEATURE_TASKS = ("features",)
+
+
+def _text(context: int, width: int, heads: int, layers: int, out: int) -> TextConfig:
+    return TextConfig(context_length=context, width=width, heads=heads, layers=layers, output_dim=out)
+
+
+def _core(name, size, patch, width, layers, heads, mlp, out, text, cls=True, timm_name="", open_clip=""):
+    vision = VisionConfig(size, patch, width, layers, heads, mlp, cls_token=cls, output_dim=out)
+    return CatalogEntry(
+        name=name,
+        family="pe",
+        kind="PE-Core",
+        tasks=CLIP_TASKS,
+        config=PEConfig(name, vision, text),
+        published=(
+            Published(f"facebook/{name}", f"{name}.pt", "original"),
+            Published(f"timm/{open_clip}", "open_clip_model.safetensors", "open_clip"),
+            Published(f"timm/{timm_name}.fb", "model.safetensors", "timm"),
+        ),
+        summary=f"CLIP image/video/text embeddings, {out}-d, {size}px",
+    )
+
+
+def _tower(kind, name, size, patch, width, layers, heads, mlp, cls, layerscale, timm_name, timm_tag="fb"):
+    vision = VisionConfig(
+        size, patch, width, layers, heads, mlp, cls_token=cls, layerscale=layerscale, ln_post=False, attn_pool=False
+    )
+    use = "language-aligned features for multimodal LLMs" if kind == "PE-Lang" else "spatial (dense) features"
+    return CatalogEntry(
+        name=name,
+        family="pe",
+        kind=kind,
+        tasks=FEATURE_TASKS,
+        config=PEConfig(name, vision),
+        published=(
+            Published(f"facebook/{name}", f"{name}.pt", "original"),
+            Published(f"timm/{timm_name}.{timm_tag}", "model.safetensors", "timm"),
+        ),
+        summary=f"{use}, {width}-d tokens, {size}px",
+    )
+
+
+TEXT_TS = _text(32, 512, 8, 12, 512)
+TEXT_BL = _text(32, 1024, 16, 24, 1024)
+TEXT_G = _text(72, 1280, 20, 24, 1280)
+
+ENTRIES: tuple[CatalogEntry, ...] = (
+    _core("PE-Core-T16-384", 384, 16, 192, 12, 3, 768, 512, TEXT_TS,
+          timm_name="vit_pe_core_tiny_patch16_384", open_clip="PE-Core-T-16-384"),
+    _core("PE-Core-S16-384", 384, 16, 384, 12, 6, 1536, 512, TEXT_TS,
+          timm_name="vit_pe_core_small_patch16_384", open_clip="PE-Core-S-16-384"),
+    _core("PE-Core-B16-224", 224, 16, 768, 12, 12, 3072, 1024, TEXT_BL,
+          timm_name="vit_pe_core_base_patch16_224", open_clip="PE-Core-B-16"),
+    _core("PE-Core-L14-336", 336, 14, 1024, 24, 16, 4096, 1024, TEXT_BL,
+          timm_name="vit_pe_core_large_patch14_336", open_clip="PE-Core-L-14-336"),
+    _core("PE-Core-G14-448", 448, 14, 1536, 50, 16, 8960, 1280, TEXT_G, cls=False,
+          timm_name="vit_pe_core_gigantic_patch14_448", open_clip="PE-Core-bigG-14-448"),
+    _tower("PE-Lang", "PE-Lang-L14-448", 448, 14, 1024, 23, 16, 4096, True, True, "vit_pe_lang_large_patch14_448"),
+    _tower("PE-Lang", "PE-Lang-L14-448-Tiling", 448, 14, 1024, 23, 16, 4096, True, True,
+           "vit_pe_lang_large_patch14_448", "fb_tiling"),
+    _tower("PE-Lang", "PE-Lang-G14-448", 448, 14, 1536, 47, 16, 8960, False, True, "vit_pe_lang_gigantic_patch14_448"),
+    _tower("PE-Lang", "PE-Lang-G14-448-Tiling", 448, 14, 1536, 47, 16, 8960, False, True,
+           "vit_pe_lang_gigantic_patch14_448", "fb_tiling"),
+    _tower("PE-Spatial", "PE-Spatial-T16-512", 512, 16, 192, 12, 3, 768, True, False, "vit_pe_spatial_tiny_patch16_512"),
+    _tower("PE-Spatial", "PE-Spatial-S16-512", 512, 16, 384, 12, 6, 1536, True, False, "vit_pe_spatial_small_patch16_512"),
+    _tower("PE-Spatial", "PE-Spatial-B16-512", 512, 16, 768, 12, 12, 3072, True, False, "vit_pe_spatial_base_patch16_512"),
+    _tower("PE-Spatial", "PE-Spatial-L14-448", 448, 14, 1024, 24, 16, 4096, True, False,
+           "vit_pe_spatial_large_patch14_448"),
+    _tower("PE-Spatial", "PE-Spatial-G14-448", 448, 14, 1536, 50, 16, 8960, False, True,
+           "vit_pe_spatial_gigantic_patch14_448"),
+)
+
+_extra: list[CatalogEntry] = []
+
+
+def register(entry: CatalogEntry) -> None:
+    """Add an entry (a fine-tuned checkpoint of a known family, or a test model)."""
+    if find(entry.name) is not None:
+        raise ValueError(f"{entry.name} is already in the catalog")
+    _extra.append(entry)
+
+
+def unregister(name: str) -> None:
+    _extra[:] = [e for e in _extra if e.name != name]
+
+
+def entries() -> tuple[CatalogEntry, ...]:
+    return ENTRIES + tuple(_extra)
+
+
+def find(name: str) -> CatalogEntry | None:
+    """Catalog entry by name (case-insensitive)."""
+    folded = name.casefold()
+    return next((e for e in entries() if e.name.casefold() == folded), None)
+
+
+def find_repo(repo: str, revision: str | None = None) -> tuple[CatalogEntry, Published] | None:
+    """Catalog entry and published copy by hub repo id."""
+    folded = repo.casefold()
+    for entry in entries():
+        for copy in entry.published:
+            if copy.repo.casefold() == folded and (revision is None or copy.revision in (None, revision)):
+                return entry, copy
+    return None
+
+
+def get(name: str) -> CatalogEntry:
+    entry = find(name)
+    if entry is None:
+        raise UnknownModelError(f"{name!r} is not in the catalog; `sensorium models` lists it")
+    return entry
+
+
+def find_timm_architecture(architecture: str) -> CatalogEntry | None:
+    """The entry whose timm copy is `architecture` (e.g. "vit_pe_core_base_patch16_224")."""
+    for entry in entries():
+        if any(c.layout == "timm" and c.repo.split("/")[-1].split(".")[0] == architecture for c in entry.published):
+            return entry
+    return None
+
+
+def family_of(config: object) -> str:
+    """The model file (sensorium.models.<family>) that builds this config."""
+    if isinstance(config, PEConfig):
+        return "pe"
+    raise TypeError(f"no model family builds a {type(config).__name__}")
+
+
+def models(task: str | None = None, family: str | None = None) -> list[CatalogEntry]:
+    """The catalog, optionally only the models for a task ("embed", "classify", "features", ...)."""
+    return [e for e in entries() if (task is None or task in e.tasks) and (family is None or e.family == family)]

@@ -1,0 +1,39 @@
+"""Multi-head attention on `scaled_dot_product_attention`."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sensorium.nn.rope import apply_rope_pairs
+
+
+class SelfAttention(nn.Module):
+    """Self-attention with one fused qkv projection: rows [q; k; v], each split into contiguous heads.
+
+    `rope` is an optional (cos, sin) pair of shape [T, head_dim] applied to q and k (pairwise convention).
+    """
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by {heads} heads")
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        batch, tokens, width = x.shape
+        qkv = self.qkv(x).view(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            q, k = apply_rope_pairs(qkv[:2], *rope).unbind(0)  # one op for q and k together
+        else:
+            q, k = qkv[0], qkv[1]
+        x = F.scaled_dot_product_attention(q, k, qkv[2], is_causal=is_causal)
+        return self.proj(x.transpose(1, 2).reshape(batch, tokens, width))

@@ -1,0 +1,52 @@
+"""Small building blocks: MLP, LayerScale and the pre-norm transformer block."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sensorium.nn.attention import SelfAttention
+
+
+class Mlp(nn.Module):
+    """fc1 -> exact (erf) GELU -> fc2."""
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class LayerScale(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class TransformerBlock(nn.Module):
+    """x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x))); LayerNorm eps 1e-5."""
+
+    def __init__(self, width: int, heads: int, mlp_hidden: int, layerscale: bool = False, eps: float = 1e-5):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, eps=eps)
+        self.attn = SelfAttention(width, heads)
+        self.ls1 = LayerScale(width) if layerscale else nn.Identity()
+        self.norm2 = nn.LayerNorm(width, eps=eps)
+        self.mlp = Mlp(width, mlp_hidden)
+        self.ls2 = LayerScale(width) if layerscale else nn.Identity()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), rope=rope, is_causal=is_causal))
+        return x + self.ls2(self.mlp(self.norm2(x)))

@@ -1,0 +1,46 @@
+"""Rotary position embeddings.
+
+`rope_2d_angles` builds the axial 2-D angles of the Perception Encoder vision towers and
+`apply_rope_pairs` rotates adjacent channel pairs (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin),
+the GPT-J / interleaved convention, over the full head dimension.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def rope_2d_angles(
+    head_dim: int, grid_h: int, grid_w: int, prefix_tokens: int = 0, theta: float = 10000.0
+) -> torch.Tensor:
+    """Angles [prefix + gh*gw, head_dim], float32, for row-major patch tokens.
+
+    The first half of each head rotates with the column index, the second half with the row index;
+    each axis has head_dim/4 frequencies theta^(-4i/head_dim), every angle repeated for its pair.
+    Positions are raw integer patch indices, offset by `prefix_tokens` so that the prefix (class) tokens
+    take angle 0 (no rotation), which is what the released PE weights expect.
+    """
+    if head_dim % 4:
+        raise ValueError(f"2-D RoPE needs head_dim divisible by 4, got {head_dim}")
+    quarter = head_dim // 4
+    freqs = 1.0 / theta ** (torch.arange(0, 2 * quarter, 2, dtype=torch.float32) / (head_dim // 2))
+    rows = torch.arange(grid_h, dtype=torch.float32) + prefix_tokens
+    cols = torch.arange(grid_w, dtype=torch.float32) + prefix_tokens
+    col_angles = (cols[:, None] * freqs).repeat_interleave(2, dim=-1)  # [gw, head_dim/2]
+    row_angles = (rows[:, None] * freqs).repeat_interleave(2, dim=-1)  # [gh, head_dim/2]
+    angles = torch.cat(
+        [col_angles[None, :, :].expand(grid_h, -1, -1), row_angles[:, None, :].expand(-1, grid_w, -1)], dim=-1
+    ).reshape(grid_h * grid_w, head_dim)
+    return torch.cat([angles.new_zeros(prefix_tokens, head_dim), angles])
+
+
+def apply_rope_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs of the last dim of `x` [..., T, D] by angles given as cos/sin [T, D].
+
+    Computed in float32 and cast back to x's dtype, as the original does under autocast.
+    """
+    dtype = x.dtype
+    x = x.float()
+    pairs = x.unflatten(-1, (-1, 2))
+    rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    return (x * cos + rotated * sin).to(dtype)

@@ -1,0 +1,438 @@
+"""Find checkpoint files, read them, and load them strictly through a layout's literal key map.
+
+`load(source)` accepts a catalog name, a hub repo id, a local directory or a local file. Hub files come
+from the Hugging Face cache when they are there (no network call), otherwise through huggingface_hub;
+`HF_HUB_OFFLINE=1` is honoured. `.pt`/`.bin` files are read with `weights_only=True` (memory-mapped when
+the file allows it) and safetensors are memory-mapped. The model is built on the meta device and the
+tensors are assigned into it, so no second copy of the weights is made.
+
+A key map is a dict from the file's key names to ours. "{i}" stands for a block index. A value is our
+key, or one of the small rules below for the few tensors a layout stores differently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Union
+
+import torch
+
+from sensorium.errors import WeightsError, WeightsNotFoundError
+
+
+@dataclass(frozen=True)
+class Concat:
+    """Several file tensors are row blocks of one of ours, concatenated in `part` order."""
+
+    key: str
+    part: int
+
+
+@dataclass(frozen=True)
+class Transposed:
+    """The file stores our tensor transposed (e.g. a projection saved as a Linear weight)."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class ZeroBiasDropped:
+    """A bias the converter created as zeros for a bias-free layer: checked to be zero, then dropped."""
+
+
+Rule = Union[str, Concat, Transposed, ZeroBiasDropped]
+KeyMap = dict[str, Rule]
+
+
+def prefixed(file_prefix: str, our_prefix: str, key_map: KeyMap) -> KeyMap:
+    """The same map for a tower stored under `file_prefix` and held by us under `our_prefix`."""
+
+    def ours(rule: Rule) -> Rule:
+        if isinstance(rule, str):
+            return our_prefix + rule
+        if isinstance(rule, Concat):
+            return Concat(our_prefix + rule.key, rule.part)
+        if isinstance(rule, Transposed):
+            return Transposed(our_prefix + rule.key)
+        return rule
+
+    return {file_prefix + key: ours(rule) for key, rule in key_map.items()}
+
+
+def _template(key: str) -> re.Pattern:
+    return re.compile(re.escape(key).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
+
+
+def remap(state: dict[str, torch.Tensor], key_map: KeyMap) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
+    """Apply `key_map` to a file's state dict.
+
+    Returns (our tensors, our key -> file key for messages, file keys the map does not know).
+    """
+    exact = {k: v for k, v in key_map.items() if "{i}" not in k}
+    templated = [(_template(k), v) for k, v in key_map.items() if "{i}" in k]
+    out: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    parts: dict[str, dict[int, tuple[str, torch.Tensor]]] = {}
+    unknown: list[str] = []
+    for key, tensor in state.items():
+        rule = exact.get(key)
+        if rule is None:
+            for pattern, candidate in templated:
+                match = pattern.match(key)
+                if match:
+                    rule = _fill(candidate, match.group("i"))
+                    break
+        if rule is None:
+            unknown.append(key)
+        elif isinstance(rule, str):
+            out[rule], origin[rule] = tensor, key
+        elif isinstance(rule, Transposed):
+            out[rule.key], origin[rule.key] = tensor.T, key
+        elif isinstance(rule, Concat):
+            parts.setdefault(rule.key, {})[rule.part] = (key, tensor)
+        elif isinstance(rule, ZeroBiasDropped):
+            if torch.count_nonzero(tensor):
+                raise WeightsError(f"{key} is not zero: this checkpoint has a bias the model does not have")
+    for target, pieces in parts.items():
+        if sorted(pieces) != list(range(len(pieces))) or len(pieces) < 2:
+            names = ", ".join(name for name, _ in pieces.values())
+            raise WeightsError(f"incomplete set of tensors for {target}: only {names}")
+        out[target] = torch.cat([pieces[i][1] for i in sorted(pieces)])
+        origin[target] = " + ".join(pieces[i][0] for i in sorted(pieces))
+    return out, origin, unknown
+
+
+def _fill(rule: Rule, index: str) -> Rule:
+    if isinstance(rule, str):
+        return rule.replace("{i}", index)
+    if isinstance(rule, (Concat, Transposed)):
+        return replace(rule, key=rule.key.replace("{i}", index))
+    return rule
+
+
+def file_name_for(our_key: str, key_map: KeyMap) -> str:
+    """The file's name for one of our keys (for messages about missing keys)."""
+    for file_key, rule in key_map.items():
+        target = rule if isinstance(rule, str) else getattr(rule, "key", None)
+        if target is None:
+            continue
+        match = _template(target).match(our_key)
+        if match:
+            name = file_key.replace("{i}", match.group("i")) if "{i}" in file_key else file_key
+            return name if isinstance(rule, str) else f"{name} (part of {our_key})"
+    return our_key
+
+
+def assign_strict(
+    model: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    origin: dict[str, str],
+    unknown: list[str],
+    key_map: KeyMap,
+    source: str,
+    dtype: torch.dtype | None,
+) -> None:
+    """Check names and shapes against the (meta) model, then assign the tensors into it."""
+    expected = model.state_dict()
+    unexpected = unknown + [origin[k] for k in state if k not in expected]
+    missing = [file_name_for(k, key_map) for k in expected if k not in state]
+    if missing or unexpected:
+        lines = [f"{source} does not match the model {getattr(model, 'name', type(model).__name__)}:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {_listing(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+        raise WeightsError("\n".join(lines))
+    ready = {}
+    for key, tensor in state.items():
+        want = expected[key].shape
+        if tensor.shape != want:
+            # Only leading/trailing singleton dimensions may differ (e.g. timm's (1, N, w) position table).
+            if tensor.numel() != want.numel() or [d for d in tensor.shape if d != 1] != [d for d in want if d != 1]:
+                raise WeightsError(
+                    f"{source}: {origin[key]} has shape {tuple(tensor.shape)} but the model expects {tuple(want)}"
+                )
+            tensor = tensor.reshape(want)
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        tensor = tensor.contiguous()
+        if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
+            # safetensors places tensors at arbitrary offsets; CPU GEMM kernels round differently (and run
+            # slower) on unaligned data, so such tensors get an aligned copy.
+            tensor = tensor.clone()
+        ready[key] = tensor
+    model.load_state_dict(ready, strict=True, assign=True)
+
+
+def _listing(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", … and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading files
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A flat {name: tensor} from a .safetensors, .pt/.pth/.bin or sharded-safetensors index file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"{path}: no such file")
+    name = path.name
+    try:
+        if name.endswith(".safetensors.index.json"):
+            index = json.loads(path.read_text())
+            state = {}
+            for shard in sorted(set(index["weight_map"].values())):
+                state.update(read_state_dict(path.parent / shard))
+            return state
+        if name.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except WeightsError:
+        raise
+    except Exception as err:  # unpickling refused, truncated file, not a checkpoint at all
+        raise WeightsError(f"{path}: cannot read a checkpoint from this file ({type(err).__name__}: {err})") from err
+    return _flatten(obj, path)
+
+
+def _flatten(obj, path: Path) -> dict[str, torch.Tensor]:
+    # The original loaders unwrap {"state_dict": ...} or {"weights": ...} and strip DistributedDataParallel's
+    # "module." prefix.
+    while isinstance(obj, dict) and len(obj) <= 2:
+        inner = next((obj[k] for k in ("state_dict", "weights", "model") if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path}: expected a state dict of tensors, found {type(obj).__name__}")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hub and cache
+
+
+def hub_file(repo: str, filename: str, revision: str | None = None) -> Path:
+    """A file of a hub repo: from the HF cache if present (no network), else downloaded.
+
+    Raises WeightsNotFoundError with the repo, the file and how to provide it when neither works.
+    """
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo, filename, revision=revision)
+    if isinstance(cached, str):
+        return Path(cached)
+    try:
+        return Path(hf_hub_download(repo, filename, revision=revision))
+    except Exception as err:
+        raise WeightsNotFoundError(missing_weights_message(repo, [filename], revision, err)) from err
+
+
+def missing_weights_message(repo: str, files: list[str], revision: str | None, err: Exception | None) -> str:
+    rev = f" (revision {revision})" if revision else ""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub could not be reached or refused"
+    listed = " ".join(files)
+    lines = [
+        f"The weights of {repo}{rev} are not on this machine and {why}.",
+        f"  repo:  {repo}{rev}",
+        f"  files: {listed}",
+        "Fix it in one of these ways:",
+        f"  - on a connected machine: hf download {repo} {listed}"
+        + (f" --revision {revision}" if revision else "")
+        + ", then copy the Hugging Face cache (~/.cache/huggingface/hub, or $HF_HUB_CACHE) to this one;",
+        f"  - or pass the local file: sn.load('path/to/{files[0]}', config=...)"
+        f" / sensorium ... --model path/to/{files[0]}.",
+    ]
+    if err is not None and not isinstance(err, (FileNotFoundError,)):
+        lines.append(f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Resolving a source and loading a model
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "open_clip_model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "open_clip_pytorch_model.bin",
+)
+CONFIG_FILES = ("config.json", "open_clip_config.json")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+
+@dataclass(frozen=True)
+class Found:
+    path: Path
+    config: object
+    family: str
+
+
+def load(source: str | os.PathLike, config=None, device: str | torch.device = "auto", dtype=None) -> torch.nn.Module:
+    """Load a model: `source` is a catalog name, a hub repo id ("owner/name" or "owner/name@revision"),
+    a local directory or a local weights file. `config` (a catalog name or a config object) names the
+    architecture when the source does not. `device="auto"` picks CUDA, then Apple MPS, then the CPU;
+    `dtype=None` picks bfloat16 on CUDA (float16 where bf16 is unsupported) and float32 elsewhere.
+
+    The model comes back in eval mode with gradients off (`requires_grad_(True)` to fine-tune).
+    """
+    import importlib
+
+    found = resolve(source, config)
+    family = importlib.import_module(f"sensorium.models.{found.family}")
+    target = resolve_device(device)
+    precision = resolve_dtype(dtype, target)
+    state = read_state_dict(found.path)
+    try:
+        layout = family.detect_layout(set(state))
+    except ValueError as err:
+        raise WeightsError(f"{display(found.path)}: {err}") from err
+    key_map = family.LAYOUTS[layout]
+    with torch.device("meta"):
+        model = family.build(found.config, layout)
+    tensors, origin, unknown = remap(state, key_map)
+    assign_strict(model, tensors, origin, unknown, key_map, display(found.path), precision)
+    model.eval().requires_grad_(False)
+    model.source = str(source)
+    model.layout = layout
+    return model.to(target)
+
+
+def resolve(source: str | os.PathLike, config=None) -> Found:
+    from sensorium import catalog
+
+    config_obj = catalog.get(config).config if isinstance(config, str) else config
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and os.path.exists(source)):
+        path = Path(source)
+        if path.is_dir():
+            path = _weights_in_dir(path)
+        config_obj = config_obj or _config_for_local(path)
+        if config_obj is None:
+            raise WeightsError(
+                f"{display(path)}: cannot tell which architecture this file holds; "
+                "pass config=<catalog name> (sensorium: --config NAME)"
+            )
+        return Found(path, config_obj, catalog.family_of(config_obj))
+    if not isinstance(source, str):
+        raise TypeError(f"model source must be a name or a path, got {type(source).__name__}")
+    entry = catalog.find(source)
+    if entry is not None:
+        copy = entry.default
+        return Found(hub_file(copy.repo, copy.filename, copy.revision), config_obj or entry.config, entry.family)
+    if HUB_ID.match(source):
+        repo, _, revision = source.partition("@")
+        hit = catalog.find_repo(repo, revision or None)
+        if hit is not None:
+            entry, copy = hit
+            path = hub_file(copy.repo, copy.filename, revision or copy.revision)
+            return Found(path, config_obj or entry.config, entry.family)
+        if config_obj is None:
+            raise WeightsError(
+                f"{source} is not a checkpoint in the catalog; pass config=<catalog name> to say which "
+                "architecture it holds"
+            )
+        return Found(_weights_in_repo(repo, revision or None), config_obj, catalog.family_of(config_obj))
+    from sensorium.errors import UnknownModelError
+
+    if "/" in source or os.sep in source or Path(source).suffix:
+        raise WeightsNotFoundError(f"{source}: no such file or directory")
+    raise UnknownModelError(f"unknown model {source!r}: not in the catalog (`sensorium models` lists it)")
+
+
+def _weights_in_dir(folder: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    candidates = sorted(p for p in folder.iterdir() if p.suffix in (".pt", ".pth", ".bin", ".safetensors"))
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise WeightsNotFoundError(f"{display(folder)}: no weights file in this folder")
+    listed = ", ".join(p.name for p in candidates)
+    raise WeightsError(f"{display(folder)}: several weights files ({listed}); pass the one to load")
+
+
+def _weights_in_repo(repo: str, revision: str | None) -> Path:
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in WEIGHT_FILES:
+        cached = try_to_load_from_cache(repo, name, revision=revision)
+        if isinstance(cached, str):
+            return Path(cached)
+    errors = []
+    for name in WEIGHT_FILES:
+        try:
+            return hub_file(repo, name, revision)
+        except WeightsNotFoundError as err:
+            errors.append(err)
+    raise WeightsNotFoundError(missing_weights_message(repo, list(WEIGHT_FILES), revision, None))
+
+
+def _config_for_local(path: Path):
+    """A catalog config named by the file, its folder, or a timm / open_clip config file beside it."""
+    from sensorium import catalog
+
+    for name in (path.stem, path.parent.name, path.parent.parent.parent.name.split("--")[-1]):
+        entry = catalog.find(name)
+        if entry is not None:
+            return entry.config
+    for config_name in CONFIG_FILES:
+        config_path = path.parent / config_name
+        if config_path.is_file():
+            try:
+                data = json.loads(config_path.read_text())
+            except (OSError, ValueError):
+                continue
+            arch = data.get("architecture") or data.get("model_cfg", {}).get("vision_cfg", {}).get("timm_model_name")
+            entry = catalog.find_timm_architecture(arch) if arch else None
+            if entry is not None:
+                return entry.config
+    return None
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16")
+    return DTYPES[dtype]
+
+
+def display(path) -> str:
+    from sensorium.errors import display_path
+
+    return display_path(path)
