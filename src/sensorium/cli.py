@@ -1,0 +1,239 @@
+"""The `sensorium` command.
+
+Results go to stdout or -o FILE; progress and warnings go to stderr. A bad input is reported on stderr and
+skipped. Exit status: 0 when every input worked, 1 when some failed, 2 for a bad command line or a model
+that cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sensorium", description="Embed, classify and search images, video and audio with Perception Encoder models."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    models = commands.add_parser("models", help="list the model catalog")
+    models.add_argument("--task", help="only models for this task (embed, classify, features)")
+    models.add_argument("--format", choices=("table", "json"), default="table")
+    models.set_defaults(run=run_models)
+
+    embed = commands.add_parser("embed", help="embed images, videos and texts into one vector space")
+    _media_arguments(embed)
+    embed.add_argument("--text", action="append", default=[], metavar="TEXT", help="also embed this text (repeatable)")
+    embed.add_argument("-o", "--output", help="output file: .jsonl, .json, .npy (+ .json sidecar) or .parquet")
+    embed.add_argument("--format", choices=("jsonl", "json", "npy", "parquet"), help="default: from -o, else jsonl")
+    embed.set_defaults(run=run_embed)
+
+    classify = commands.add_parser("classify", help="zero-shot classify images and videos against labels")
+    _media_arguments(classify)
+    labels = classify.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--labels", help='comma-separated labels, e.g. "cat,dog,train"')
+    labels.add_argument("--labels-file", help="a file with one label per line")
+    classify.add_argument(
+        "--templates",
+        default="default",
+        help="prompt templates: a file with one template per line ('{}' = the label) or a built-in set: "
+        "default (7 CLIP templates), imagenet (80), photo, none. Default: default",
+    )
+    classify.add_argument("--top-k", type=int, default=5)
+    classify.add_argument("-o", "--output", help="output file (default: stdout)")
+    classify.add_argument("--format", choices=("json", "jsonl", "csv", "tsv"), help="default: from -o, else jsonl")
+    classify.set_defaults(run=run_classify)
+    return parser
+
+
+def _media_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="*", help="files, folders (searched recursively) or glob patterns")
+    parser.add_argument("-m", "--model", default="PE-Core-B16-224", help="catalog name, hub id or local path")
+    parser.add_argument("--config", help="catalog name of the architecture, when --model is a file it cannot tell")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="auto: bfloat16 (or float16) on CUDA, float32 elsewhere")
+    parser.add_argument("-b", "--batch-size", type=int, default=32, help="images (video frames) per forward pass")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decoding threads feeding the model (0: decode in the main thread)")
+    parser.add_argument("--frames", type=int, default=8, help="frames sampled uniformly per video (default 8)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def run_models(args) -> int:
+    from sensorium.catalog import models
+
+    entries = models(task=args.task)
+    if args.format == "json":
+        rows = [
+            {"name": e.name, "kind": e.kind, "tasks": list(e.tasks), "summary": e.summary,
+             "published": [{"repo": p.repo, "file": p.filename, "layout": p.layout} for p in e.published]}
+            for e in entries
+        ]
+        print(json.dumps(rows, indent=1))
+        return EXIT_OK
+    width = max(len(e.name) for e in entries) if entries else 4
+    print(f"{'name':<{width}}  {'kind':<10}  {'tasks':<16}  summary")
+    for e in entries:
+        print(f"{e.name:<{width}}  {e.kind:<10}  {','.join(e.tasks):<16}  {e.summary}  [{e.default.repo}]")
+    return EXIT_OK
+
+
+def _load_clip(args):
+    """The model for embed/classify, or None after printing why it cannot be used."""
+    from sensorium.errors import SensoriumError
+    from sensorium.models.pe import PECoreModel
+    from sensorium.weights import load
+
+    if args.batch_size < 1 or args.frames < 1:
+        print("sensorium: --batch-size and --frames must be at least 1", file=sys.stderr)
+        return None
+    try:
+        model = load(args.model, config=args.config, device=args.device, dtype=args.dtype)
+    except (SensoriumError, OSError, ValueError, TypeError) as err:
+        print(f"sensorium: cannot load model {args.model}:\n{err}", file=sys.stderr)
+        return None
+    if not isinstance(model, PECoreModel):
+        print(f"sensorium: {model.name} is a feature tower (PE-Lang / PE-Spatial) without an embedding head; "
+              f"{args.command} needs a PE-Core model", file=sys.stderr)
+        return None
+    return model
+
+
+def _progress(args, total: int, unit: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, file=sys.stderr, disable=args.quiet or None, dynamic_ncols=True)
+
+
+def _report(failures: list[tuple[str, str]], done: int, started: float) -> int:
+    """One summary line on stderr (each failure was reported as it happened); the exit status."""
+    elapsed = time.perf_counter() - started
+    rate = f" in {elapsed:.1f} s ({done / elapsed:.1f}/s)" if elapsed > 0 and done else ""
+    failed = f", {len(failures)} failed (reported above)" if failures else ""
+    print(f"{done} inputs done{rate}{failed}", file=sys.stderr)
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def run_embed(args) -> int:
+    from sensorium.tasks.embed import iter_embed
+    from sensorium.tasks.inputs import expand_inputs
+    from sensorium.writers import format_for, open_writer
+
+    if not args.inputs and not args.text:
+        print("sensorium embed: give inputs (files, folders, globs) and/or --text", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        fmt = format_for(args.output, args.format, ("jsonl", "json", "npy", "parquet"), "jsonl")
+    except ValueError as err:
+        print(f"sensorium embed: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    model = _load_clip(args)
+    if model is None:
+        return EXIT_USAGE
+    if args.text and model.text is None:
+        print(f"sensorium embed: {model.name} was loaded without a text tower; --text needs one", file=sys.stderr)
+        return EXIT_USAGE
+    metadata = {"model": model.name, "source": str(args.model), "dim": model.embed_dim, "normalized": True,
+                "video": f"mean of {args.frames} uniformly sampled frame embeddings, then L2-normalised"}
+    try:
+        writer = open_writer(fmt, args.output, metadata)
+    except (ValueError, OSError) as err:
+        print(f"sensorium embed: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    total = len(expand_inputs(args.inputs))
+    failures, done, started = [], 0, time.perf_counter()
+    with _progress(args, total, "files") as bar:
+        for row in iter_embed(model, args.inputs, args.text, args.batch_size, args.workers, args.frames, bar.update):
+            if row.error is not None:
+                failures.append((row.path, row.error))
+                bar.write(f"skipped {row.path}: {row.error}", file=sys.stderr)
+                continue
+            done += 1
+            record = {"path": row.path, "text": row.text, "modality": row.modality,
+                      "frames": row.frame_indices, "timestamps": row.timestamps}
+            if fmt in ("jsonl", "json"):
+                record = {k: v for k, v in record.items() if v is not None} | {"model": model.name}
+            writer.write(record | {"embedding": row.embedding})
+    writer.close()
+    return _report(failures, done, started)
+
+
+def run_classify(args) -> int:
+    from pathlib import Path
+
+    from sensorium.tasks.classify import check_labels, iter_classify, parse_labels
+    from sensorium.tasks.inputs import expand_inputs
+    from sensorium.tasks.templates import load_templates
+    from sensorium.writers import format_for, open_writer
+
+    try:
+        if args.labels is not None:
+            labels = parse_labels(args.labels)
+        else:
+            lines = Path(args.labels_file).read_text(encoding="utf-8").splitlines()
+            labels = check_labels([line.strip() for line in lines if line.strip()])
+        templates = load_templates(args.templates)
+        fmt = format_for(args.output, args.format, ("json", "jsonl", "csv", "tsv"), "jsonl")
+        if args.top_k < 1:
+            raise ValueError("--top-k must be at least 1")
+    except (ValueError, OSError) as err:
+        print(f"sensorium classify: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.inputs:
+        print("sensorium classify: give inputs (files, folders, globs)", file=sys.stderr)
+        return EXIT_USAGE
+    model = _load_clip(args)
+    if model is None:
+        return EXIT_USAGE
+    if model.text is None:
+        print(f"sensorium classify: {model.name} was loaded without a text tower; classify needs one", file=sys.stderr)
+        return EXIT_USAGE
+    metadata = {"model": model.name, "labels": labels, "templates": list(templates)}
+    try:
+        writer = open_writer(fmt, args.output, metadata)
+    except (ValueError, OSError) as err:
+        print(f"sensorium classify: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    total = len(expand_inputs(args.inputs))
+    failures, done, started = [], 0, time.perf_counter()
+    with _progress(args, total, "files") as bar:
+        rows = iter_classify(model, args.inputs, labels, templates, args.top_k, args.batch_size, args.workers,
+                             args.frames, bar.update)
+        for row in rows:
+            if row.error is not None:
+                failures.append((row.path, row.error))
+                bar.write(f"skipped {row.path}: {row.error}", file=sys.stderr)
+                continue
+            done += 1
+            if fmt in ("csv", "tsv"):
+                for rank, (label, score) in enumerate(row.labels, 1):
+                    writer.write({"path": row.path, "modality": row.modality, "rank": rank, "label": label,
+                                  "score": round(score, 6)})
+            else:
+                writer.write({"path": row.path, "modality": row.modality,
+                              "labels": [{"label": label, "score": round(score, 6)} for label, score in row.labels]})
+    writer.close()
+    return _report(failures, done, started)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

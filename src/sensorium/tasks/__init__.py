@@ -1,0 +1,6 @@
+"""What users ask for: embed, classify (and later tag, localize, search, ask, transcribe)."""
+
+from sensorium.tasks.classify import ClassifyRow, classify
+from sensorium.tasks.embed import EmbedRow, embed
+
+__all__ = ["embed", "classify", "EmbedRow", "ClassifyRow"]

@@ -1,0 +1,99 @@
+"""`sensorium classify`: zero-shot classification of images and videos against text labels.
+
+Class vectors follow the original PE protocol: for each label, encode every template, L2-normalise each,
+average, normalise again. Scores are softmax(logit_scale * cosine) over the labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from sensorium.tasks.inputs import expand_inputs
+from sensorium.tasks.templates import DEFAULT
+from sensorium.tasks.visual import encode_texts, encode_visual
+
+
+@dataclass
+class ClassifyRow:
+    path: str
+    modality: str
+    labels: list[tuple[str, float]] | None = None  # top-k (label, probability), best first
+    error: str | None = None
+
+
+def parse_labels(text: str) -> list[str]:
+    """Comma-separated labels; surrounding spaces removed; duplicates refused."""
+    labels = [label.strip() for label in text.split(",") if label.strip()]
+    return check_labels(labels)
+
+
+def check_labels(labels: list[str]) -> list[str]:
+    if not labels:
+        raise ValueError("no labels given")
+    seen: set[str] = set()
+    duplicated = [label for label in labels if label in seen or seen.add(label)]
+    if duplicated:
+        raise ValueError(f"duplicate labels: {', '.join(sorted(set(duplicated)))}")
+    return labels
+
+
+@torch.inference_mode()
+def class_vectors(model, labels: list[str], templates: tuple[str, ...] = DEFAULT) -> torch.Tensor:
+    """[num_labels, D]: per label, the re-normalised mean of its normalised template embeddings."""
+    prompts = [template.format(label) for label in labels for template in templates]
+    vectors = encode_texts(model, prompts).view(len(labels), len(templates), -1)
+    return F.normalize(vectors.mean(dim=1), dim=-1)
+
+
+def iter_classify(
+    model,
+    inputs: list[str],
+    labels: list[str],
+    templates: tuple[str, ...] = DEFAULT,
+    top_k: int = 5,
+    batch_size: int = 32,
+    workers: int | None = None,
+    num_frames: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[ClassifyRow]:
+    weights = class_vectors(model, check_labels(list(labels)), templates)
+    scale = model.logit_scale.float()
+    k = min(top_k, len(labels))
+    items = expand_inputs(list(inputs))
+    for result in encode_visual(model, items, batch_size, workers, num_frames, progress=progress):
+        if result.error is not None:
+            yield ClassifyRow(result.item.display, result.modality, error=result.error)
+            continue
+        embedding = torch.from_numpy(result.embedding).to(weights.device)
+        probs = (scale * embedding @ weights.T).softmax(dim=-1)
+        top = probs.topk(k)
+        ranked = [(labels[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist())]
+        yield ClassifyRow(result.item.display, result.modality, ranked)
+
+
+def classify(
+    inputs: str | list[str],
+    labels: list[str],
+    model="PE-Core-B16-224",
+    templates: tuple[str, ...] | str | None = None,
+    top_k: int = 5,
+    batch_size: int = 32,
+    device: str = "auto",
+    dtype=None,
+    workers: int | None = None,
+    num_frames: int = 8,
+) -> list[ClassifyRow]:
+    """Zero-shot classify images and videos. `templates`: a built-in set name ("default", "imagenet",
+    "photo", "none"), a file of templates, or a tuple of strings with "{}" for the label."""
+    from sensorium.tasks.templates import load_templates
+    from sensorium.weights import load
+
+    model = load(model, device=device, dtype=dtype) if isinstance(model, str) else model
+    if templates is None or isinstance(templates, str):
+        templates = load_templates(templates)
+    inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+    return list(iter_classify(model, inputs, labels, tuple(templates), top_k, batch_size, workers, num_frames))

@@ -1,0 +1,72 @@
+"""`sensorium embed`: one vector per image, video or text, in the model's shared space."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from sensorium.tasks.inputs import expand_inputs
+from sensorium.tasks.visual import encode_texts, encode_visual
+
+
+@dataclass
+class EmbedRow:
+    modality: str  # "image" | "video" | "text"
+    path: str | None = None  # media rows
+    text: str | None = None  # text rows
+    embedding: np.ndarray | None = None  # float32 [D], L2-normalised
+    error: str | None = None
+    frame_indices: list[int] | None = None  # video rows: frames that were averaged
+    timestamps: list[float] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def iter_embed(
+    model,
+    inputs: list[str],
+    texts: list[str] = (),
+    batch_size: int = 32,
+    workers: int | None = None,
+    num_frames: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[EmbedRow]:
+    """Rows for the texts first, then for every image and video found in `inputs`, in order."""
+    if texts:
+        vectors = encode_texts(model, list(texts)).cpu().numpy()
+        for text, vector in zip(texts, vectors):
+            yield EmbedRow("text", text=text, embedding=vector)
+    items = expand_inputs(list(inputs))
+    for result in encode_visual(model, items, batch_size, workers, num_frames, progress=progress):
+        yield EmbedRow(
+            result.modality,
+            path=result.item.display,
+            embedding=result.embedding,
+            error=result.error,
+            frame_indices=result.frame_indices,
+            timestamps=result.timestamps,
+        )
+
+
+def embed(
+    inputs: str | list[str] = (),
+    model="PE-Core-B16-224",
+    texts: str | list[str] = (),
+    batch_size: int = 32,
+    device: str = "auto",
+    dtype=None,
+    workers: int | None = None,
+    num_frames: int = 8,
+) -> list[EmbedRow]:
+    """Embed files, folders and globs (images and videos) and texts with a PE-Core model.
+
+    `model` is a catalog name, hub id, path, or an already loaded model. Inputs that cannot be decoded
+    come back as rows with `error` set; the others have an L2-normalised float32 `embedding`.
+    """
+    from sensorium.weights import load
+
+    model = load(model, device=device, dtype=dtype) if isinstance(model, str) else model
+    inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    return list(iter_embed(model, inputs, texts, batch_size, workers, num_frames))
