@@ -111,15 +111,13 @@ class VideoReader:
             raise MediaError(self.source, f"no video stream (the file has: {', '.join(kinds)})")
         stream = self._stream = self._container.streams.video[0]
         stream.thread_type = "AUTO"
-        pts: list[int] = []
+        pts: list[int | None] = []
         keyframes: list[int] = []
         try:
             for packet in self._container.demux(stream):
                 if packet.size == 0:
                     continue
-                if packet.pts is None:
-                    raise MediaError(self.source, "video packets carry no timestamps; cannot index frames")
-                if packet.is_keyframe:
+                if packet.is_keyframe and packet.pts is not None:
                     keyframes.append(packet.pts)
                 pts.append(packet.pts)
         except av.error.FFmpegError as err:
@@ -131,16 +129,28 @@ class VideoReader:
             raise MediaError(
                 self.source, f"truncated video: the container lists {listed} frames but only {len(pts)} are present"
             )
-        pts.sort()
-        self._pts = pts
-        self._keyframes = sorted(keyframes)
         base = stream.time_base or Fraction(1, 1)
-        self.times = [float((p - pts[0]) * base) for p in pts]
-        self.total_frames = len(pts)
         rate = stream.average_rate
-        frame_time = float(1 / rate) if rate else (self.times[-1] / (len(pts) - 1) if len(pts) > 1 else 0.0)
+        # Frames are addressed by their pts; files without usable ones are counted by decoding instead.
+        self._pts = sorted(pts) if None not in pts and len(set(pts)) == len(pts) else None
+        if self._pts is not None:
+            self._keyframes = sorted(keyframes)
+            self.times = [float((p - self._pts[0]) * base) for p in self._pts]
+        else:
+            self.times = self._times_by_decoding(float(1 / rate) if rate else 0.04)
+        self.total_frames = len(self.times)
+        frame_time = float(1 / rate) if rate else (self.times[-1] / (len(self.times) - 1) if len(self.times) > 1 else 0.0)
         self.duration = self.times[-1] + frame_time
         self.rotation = 0  # known once a frame is decoded
+
+    def _times_by_decoding(self, frame_time: float) -> list[float]:
+        self._container.seek(0)
+        times = []
+        for frame in self._decode():
+            times.append(frame.time if frame.time is not None else len(times) * frame_time)
+        if not times:
+            raise MediaError(self.source, "the video stream has no decodable frames")
+        return [t - times[0] for t in times]
 
     def sample(self, sampling: Sampling) -> list[int]:
         return sampling.indices(self.times)
@@ -150,7 +160,9 @@ class VideoReader:
         wanted = sorted(set(indices))
         if wanted and not 0 <= wanted[0] <= wanted[-1] < self.total_frames:
             raise IndexError(f"frame indices must be in [0, {self.total_frames}), got {wanted[0]}..{wanted[-1]}")
-        by_pts = {self._pts[i]: i for i in wanted}
+        if self._pts is None:
+            yield from self._frames_in_decode_order(wanted)
+            return
         decoder, position = None, -(2**62)  # position: pts of the last decoded frame
         for index in wanted:
             target = self._pts[index]
@@ -170,8 +182,27 @@ class VideoReader:
                 raise MediaError(self.source, f"corrupt or truncated video: frame {index} could not be decoded")
             if frame.pts != target:
                 raise MediaError(self.source, f"frame {index} (pts {target}) was not produced by the decoder")
-            self.rotation = round(frame.rotation or 0)
-            yield by_pts[target], self.times[index], _upright(frame)
+            yield index, self.times[index], self._upright(frame)
+
+    def _frames_in_decode_order(self, wanted: list[int]) -> Iterator[tuple[int, float, np.ndarray]]:
+        self._container.seek(0)
+        remaining = iter(wanted)
+        target = next(remaining, None)
+        for index, frame in enumerate(self._decode()):
+            if target is None:
+                return
+            if index == target:
+                yield index, self.times[index], self._upright(frame)
+                target = next(remaining, None)
+        if target is not None:
+            raise MediaError(self.source, f"corrupt or truncated video: frame {target} could not be decoded")
+
+    def _upright(self, frame: av.VideoFrame) -> np.ndarray:
+        """RGB with the display matrix's rotation applied (counter-clockwise quarter turns)."""
+        self.rotation = round(frame.rotation or 0)
+        rgb = frame.to_ndarray(format="rgb24")
+        turns = round(self.rotation / 90) % 4
+        return np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb
 
     def _decode(self):
         try:
@@ -214,12 +245,6 @@ def read_video(
             duration=video.duration,
             rotation=video.rotation,
         )
-
-
-def _upright(frame: av.VideoFrame) -> np.ndarray:
-    rgb = frame.to_ndarray(format="rgb24")
-    turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise quarter turns to display it upright
-    return np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb
 
 
 def _ffmpeg_reason(err: Exception) -> str:

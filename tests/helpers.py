@@ -1,0 +1,140 @@
+"""Shared test helpers: fixture discovery, configs from the fixtures' config.json, a fake HF cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from sensorium.models.pe import PEConfig, TextConfig, VisionConfig
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PE_FIXTURES = FIXTURES / "pe_core"
+
+
+def pe_models() -> list[str]:
+    """Every fixture model folder (whatever the fixture set holds)."""
+    return sorted(p.name for p in PE_FIXTURES.iterdir() if (p / "config.json").is_file())
+
+
+def pe_config(name: str) -> PEConfig:
+    """Our config from the fixture's plain description of the original architecture."""
+    data = json.loads((PE_FIXTURES / name / "config.json").read_text())
+    v = data["vision"]
+    vision = VisionConfig(
+        image_size=v["image_size"],
+        patch_size=v["patch_size"],
+        width=v["width"],
+        layers=v["layers"],
+        heads=v["heads"],
+        mlp_hidden=v["mlp_hidden"],
+        cls_token=v["use_cls_token"],
+        layerscale=bool(v.get("layerscale")),
+        ln_post=v["use_ln_post"],
+        attn_pool=v["pool"] == "attn",
+        pool_heads=v.get("attn_pooler_heads") or 8,
+        output_dim=v["output_dim"],
+    )
+    t = data.get("text")
+    text = TextConfig(t["context_length"], t["width"], t["heads"], t["layers"], t["output_dim"], t["vocab_size"]) if t else None
+    return PEConfig(name, vision, text)
+
+
+def pe_reference(name: str) -> dict:
+    return load_file(PE_FIXTURES / name / "reference.safetensors")
+
+
+def pe_layout_files(name: str) -> list[str]:
+    """The checkpoint files of a fixture model, one per published layout."""
+    folder = PE_FIXTURES / name
+    return sorted(p.name for p in folder.iterdir() if p.suffix in (".pt", ".safetensors") and p.stem != "reference")
+
+
+def put_in_hf_cache(cache: str | Path, repo: str, files: dict[str, Path | bytes], revision: str = "main") -> Path:
+    """Write files into a Hugging Face hub cache the way huggingface_hub lays it out."""
+    folder = Path(cache) / ("models--" + repo.replace("/", "--"))
+    commit = hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest()
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs" / revision).write_text(commit)
+    for name, content in files.items():
+        target = snapshot / name
+        if isinstance(content, (bytes, bytearray)):
+            target.write_bytes(content)
+        else:
+            shutil.copyfile(content, target)
+    return snapshot
+
+
+def random_original_checkpoint(config: PEConfig, dtype=None, seed: int = 0) -> dict:
+    """Random tensors under the original `.pt` key names for a config (for full-size loading tests;
+    the names themselves are checked against the original's on the fixture checkpoints)."""
+    import torch
+
+    from sensorium.models import pe
+    from sensorium.weights import file_name_for
+
+    layout = "original" if config.is_clip else "original_vision"
+    with torch.device("meta"):
+        model = pe.build(config, layout)
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, tensor in model.state_dict().items():
+        values = torch.randn(tensor.shape, generator=generator) * 0.02
+        state[file_name_for(key, pe.LAYOUTS[layout])] = values.to(dtype) if dtype else values
+    return state
+
+
+def make_video(path, num_frames=30, fps=10, size=(64, 48), codec="mpeg4", gop=5, pts_ms=None, audio=False):
+    """A small synthetic video whose frame i is a flat grey of level 8*i (so frames can be told apart).
+
+    `pts_ms` gives explicit presentation times in milliseconds (variable frame rate)."""
+    import fractions
+
+    import av
+    import numpy as np
+
+    width, height = size
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.gop_size = gop
+        if pts_ms is not None:
+            stream.codec_context.time_base = stream.time_base = fractions.Fraction(1, 1000)
+        if audio:
+            sound = out.add_stream("aac", rate=48000)
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 8 * i % 256, np.uint8), format="rgb24")
+            if pts_ms is not None:
+                frame.pts, frame.time_base = pts_ms[i], fractions.Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+        if audio:
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 48000), np.float32), format="fltp", layout="mono")
+            samples.sample_rate = 48000
+            for packet in sound.encode(samples):
+                out.mux(packet)
+            for packet in sound.encode():
+                out.mux(packet)
+    return path
+
+
+def set_mp4_rotation(path, degrees_clockwise: int) -> None:
+    """Write a display matrix into the mp4's track header (as phones do for portrait video)."""
+    import struct
+
+    cos, sin = {0: (1, 0), 90: (0, 1), 180: (-1, 0), 270: (0, -1)}[degrees_clockwise]
+    fixed = lambda v: struct.pack(">i", v * 0x10000)  # noqa: E731  16.16 fixed point
+    matrix = fixed(cos) + fixed(sin) + b"\0\0\0\0" + fixed(-sin) + fixed(cos) + b"\0\0\0\0" + b"\0" * 8 + struct.pack(">i", 0x40000000)
+    data = bytearray(Path(path).read_bytes())
+    at = data.find(b"tkhd")
+    version = data[at + 4]
+    offset = at + 4 + 4 + (32 if version == 1 else 20) + 8 + 2 + 2 + 2 + 2  # after the fields before the matrix
+    data[offset : offset + 36] = matrix
+    Path(path).write_bytes(bytes(data))
