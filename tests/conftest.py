@@ -12,7 +12,11 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import pytest  # noqa: E402
 
-from helpers import FIXTURES, pe_models  # noqa: E402
+import json  # noqa: E402
+
+import torch  # noqa: E402
+
+from helpers import FIXTURES, PE_FIXTURES, pe_config, pe_models, put_in_hf_cache, random_original_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +31,44 @@ def media():
 
 def pytest_report_header(config):
     return f"PE fixture models: {', '.join(pe_models())}"
+
+
+@pytest.fixture(scope="session")
+def tiny_entries(hf_cache):
+    """Tiny fixture models registered as catalog entries (test-clip_tiny, test-lang_tiny) and placed in the
+    HF cache in every layout they are published in."""
+    from sensorium import catalog
+    from sensorium.catalog import CatalogEntry, Published
+
+    entries = []
+    for name in ("clip_tiny", "lang_tiny"):
+        config = pe_config(name)
+        folder = PE_FIXTURES / name
+        copies = [Published(f"test/{name}", f"{name}.pt", "original")]
+        put_in_hf_cache(hf_cache, f"test/{name}", {f"{name}.pt": folder / "original.pt"})
+        copies.append(Published(f"timm/vit_pe_test_{name}.fb", "model.safetensors", "timm"))
+        put_in_hf_cache(hf_cache, f"timm/vit_pe_test_{name}.fb", {"model.safetensors": folder / "timm.safetensors",
+                        "config.json": json.dumps({"architecture": f"vit_pe_test_{name}"}).encode()})
+        if (folder / "open_clip.safetensors").exists():
+            copies.append(Published(f"test/open_clip_{name}", "open_clip_model.safetensors", "open_clip"))
+            put_in_hf_cache(hf_cache, f"test/open_clip_{name}",
+                            {"open_clip_model.safetensors": folder / "open_clip.safetensors"})
+        kind, tasks = ("PE-Core", ("embed", "classify")) if config.is_clip else ("PE-Lang", ("features",))
+        entry = CatalogEntry(f"test-{name}", "pe", kind, tasks, config, tuple(copies), "tiny test model")
+        catalog.register(entry)
+        entries.append(entry)
+    yield {e.name: e for e in entries}
+    for e in entries:
+        catalog.unregister(e.name)
+
+
+@pytest.fixture(scope="session")
+def full_t16(hf_cache):
+    """PE-Core-T16-384 at full size with random weights (bf16, original key names) in the HF cache."""
+    from sensorium import catalog
+
+    state = random_original_checkpoint(catalog.get("PE-Core-T16-384").config, dtype=torch.bfloat16)
+    blob = f"{hf_cache}/t16-random.pt"
+    torch.save(state, blob)
+    put_in_hf_cache(hf_cache, "facebook/PE-Core-T16-384", {"PE-Core-T16-384.pt": blob})
+    return state

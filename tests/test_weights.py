@@ -8,34 +8,8 @@ import pytest
 import torch
 
 import sensorium as sn
-from helpers import PE_FIXTURES, pe_config, pe_reference, put_in_hf_cache, random_original_checkpoint
-from sensorium import catalog
-from sensorium.catalog import CatalogEntry, Published
+from helpers import PE_FIXTURES, pe_config, pe_reference
 from sensorium.errors import UnknownModelError, WeightsError, WeightsNotFoundError
-
-
-@pytest.fixture(scope="module")
-def tiny_entries(hf_cache):
-    """Tiny fixture models registered as catalog entries and placed in the HF cache in every layout."""
-    entries = []
-    for name in ("clip_tiny", "lang_tiny"):
-        config = pe_config(name)
-        folder = PE_FIXTURES / name
-        copies = [Published(f"test/{name}", f"{name}.pt", "original")]
-        put_in_hf_cache(hf_cache, f"test/{name}", {f"{name}.pt": folder / "original.pt"})
-        copies.append(Published(f"timm/vit_pe_test_{name}.fb", "model.safetensors", "timm"))
-        put_in_hf_cache(hf_cache, f"timm/vit_pe_test_{name}.fb", {"model.safetensors": folder / "timm.safetensors",
-                        "config.json": json.dumps({"architecture": f"vit_pe_test_{name}"}).encode()})
-        if (folder / "open_clip.safetensors").exists():
-            copies.append(Published(f"test/open_clip_{name}", "open_clip_model.safetensors", "open_clip"))
-            put_in_hf_cache(hf_cache, f"test/open_clip_{name}", {"open_clip_model.safetensors": folder / "open_clip.safetensors"})
-        entry = CatalogEntry(f"test-{name}", "pe", "PE-Core" if config.is_clip else "PE-Lang",
-                             ("embed",), config, tuple(copies), "tiny test model")
-        catalog.register(entry)
-        entries.append(entry)
-    yield {e.name: e for e in entries}
-    for e in entries:
-        catalog.unregister(e.name)
 
 
 def _same_image_embedding(model, name):
@@ -83,13 +57,9 @@ def test_local_file_needs_a_config_when_nothing_names_it(tmp_path):
         sn.load(path)
 
 
-def test_full_size_checkpoint_by_catalog_name_and_hub_id(hf_cache):
+def test_full_size_checkpoint_by_catalog_name_and_hub_id(full_t16):
     """PE-Core-T16-384 at its real size, random weights, stored in bf16 under the original key names."""
-    entry = catalog.get("PE-Core-T16-384")
-    state = random_original_checkpoint(entry.config, dtype=torch.bfloat16)
-    blob = hf_cache + "/t16.pt"
-    torch.save(state, blob)
-    put_in_hf_cache(hf_cache, "facebook/PE-Core-T16-384", {"PE-Core-T16-384.pt": blob})
+    state = full_t16
     for source in ("PE-Core-T16-384", "pe-core-t16-384", "facebook/PE-Core-T16-384"):
         model = sn.load(source, device="cpu")
         assert model.dtype == torch.float32 and model.layout == "original"
