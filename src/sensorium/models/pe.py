@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sensorium.nn import Mlp, TransformerBlock, rope_2d_angles
+from sensorium.nn import Mlp, TransformerBlock, rope_2d_angles, rope_tables
 from sensorium.weights import Concat, KeyMap, Transposed, ZeroBiasDropped, prefixed
 
 
@@ -126,7 +126,7 @@ class VisionTransformer(nn.Module):
         key = (grid_h, grid_w, device)
         if key not in self._rope_cache:
             angles = rope_2d_angles(self.config.head_dim, grid_h, grid_w, self.config.prefix_tokens).to(device)
-            self._rope_cache[key] = (angles.cos(), angles.sin())
+            self._rope_cache[key] = rope_tables(angles)
         return self._rope_cache[key]
 
     def _pos_embed(self, grid_h: int, grid_w: int) -> torch.Tensor:

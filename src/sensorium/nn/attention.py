@@ -12,7 +12,7 @@ from sensorium.nn.rope import apply_rope_pairs
 class SelfAttention(nn.Module):
     """Self-attention with one fused qkv projection: rows [q; k; v], each split into contiguous heads.
 
-    `rope` is an optional (cos, sin) pair of shape [T, head_dim] applied to q and k (pairwise convention).
+    `rope` is an optional (cos, signed sin) pair from `rope_tables`, [T, head_dim], applied to q and k.
     """
 
     def __init__(self, width: int, heads: int):

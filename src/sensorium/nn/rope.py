@@ -34,13 +34,20 @@ def rope_2d_angles(
     return torch.cat([angles.new_zeros(prefix_tokens, head_dim), angles])
 
 
-def apply_rope_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs of the last dim of `x` [..., T, D] by angles given as cos/sin [T, D].
+def rope_tables(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, signed sin) for `apply_rope_pairs`: the sin of each pair's first channel is negated, so the
+    rotation needs no negation pass at run time."""
+    signed_sin = angles.sin()
+    signed_sin[..., 0::2] *= -1
+    return angles.cos(), signed_sin
 
-    Computed in float32 and cast back to x's dtype, as the original does under autocast.
-    """
+
+def apply_rope_pairs(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs of the last dim of `x` [..., T, D] by the angles of `rope_tables` [T, D]:
+    (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin), i.e. x * cos + rotate_pairs(x) * sin as the original
+    computes it (same roundings), in float32, cast back to x's dtype."""
     dtype = x.dtype
     x = x.float()
-    pairs = x.unflatten(-1, (-1, 2))
-    rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-    return (x * cos + rotated * sin).to(dtype)
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0) for every pair; flip copies
+    swapped.mul_(signed_sin)
+    return torch.mul(x, cos).add_(swapped).to(dtype)
