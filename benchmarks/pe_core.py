@@ -2,7 +2,7 @@
 
     python benchmarks/pe_core.py setup             # a separate venv with timm (benchmarks/.venv-timm)
     python benchmarks/pe_core.py models            # image tower, batch 8, fp32 and bf16, B16-224 and L14-336
-    python benchmarks/pe_core.py embed             # `sensorium embed` over 200 JPEGs, decode overlapped or not
+    python benchmarks/pe_core.py embed             # `sensorium embed` over 200 photo-sized JPEGs, decode overlapped or not
 
 Each measurement runs in its own process (so peak RSS is that run's own), the two sides alternate within
 every round, and the table gives medians over rounds. timm is installed --no-deps in its own environment:
@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 TIMM_VENV = HERE / ".venv-timm"
 MODELS = {"PE-Core-B16-224": "vit_pe_core_base_patch16_224", "PE-Core-L14-336": "vit_pe_core_large_patch14_336"}
+TIMM_NAMES = {**MODELS, "PE-Core-T16-384": "vit_pe_core_tiny_patch16_384"}
 
 TORCHVISION_STUB = '''"""Import stub for timm in the benchmark environment (see benchmarks/pe_core.py)."""
 import enum
@@ -82,7 +83,7 @@ def make_weights(name: str) -> Path:
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    model = timm.create_model(MODELS[name], pretrained=False)
+    model = timm.create_model(TIMM_NAMES[name], pretrained=False)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     state["head.bias"] = torch.zeros_like(state["head.bias"])  # PE's projection has no bias
     path = OUT / f"{name}-random-timm.safetensors"
@@ -175,47 +176,50 @@ def bench_models(rounds: int, iters: int, batch: int, models: list[str], dtypes:
 # End to end
 
 
-def make_jpegs(count: int, folder: Path) -> None:
+def make_jpegs(count: int, folder: Path, size: tuple[int, int] = (1920, 1280)) -> None:
+    """Photo-sized JPEGs (smooth colour fields plus noise, so they do not compress to nothing)."""
     import numpy as np
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
+    width, height = size
     for i in range(count):
         path = folder / f"img{i:04d}.jpg"
         if path.exists():
             continue
-        h, w = 480 + 8 * (i % 5), 640 + 16 * (i % 7)
-        yy, xx = np.mgrid[0:h, 0:w]
-        base = np.stack([(xx * (i % 3 + 1)) % 256, (yy * (i % 5 + 1)) % 256, (xx + yy + 13 * i) % 256], -1)
-        noise = rng.normal(0, 12, (h, w, 3))
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        base = np.stack([(xx * (i % 3 + 1) / 8) % 256, (yy * (i % 5 + 1) / 8) % 256, ((xx + yy) / 16 + 13 * i) % 256], -1)
+        noise = rng.normal(0, 10, (height, width, 3)).astype(np.float32)
         Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(path, quality=90)
 
 
-def bench_embed(rounds: int, count: int, batch: int, workers: int) -> list[dict]:
+def bench_embed(rounds: int, count: int, batch: int, workers: int, models: list[str]) -> list[dict]:
     folder = OUT / "jpegs"
     make_jpegs(count, folder)
-    name = "PE-Core-B16-224"
-    weights = OUT / f"{name}-random-timm.safetensors"
-    if not weights.exists():
-        subprocess.run([_python("timm"), __file__, "make-weights", name], check=True)
-    results: dict[str, list[float]] = {"overlapped": [], "sequential": []}
-    for r in range(rounds):
-        order = ("overlapped", "sequential") if r % 2 == 0 else ("sequential", "overlapped")
-        for mode in order:
-            command = [sys.executable, "-m", "sensorium.cli", "embed", str(folder), "--model", str(weights),
-                       "--config", name, "--batch-size", str(batch), "--workers", str(workers if mode == "overlapped" else 0),
-                       "-q", "-o", str(OUT / "embed.npy")]
-            run = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(HERE.parent / "src")})
-            match = re.search(r"(\d+) inputs done in ([\d.]+) s", run.stderr)
-            if run.returncode or not match:
-                raise RuntimeError(run.stderr)
-            results[mode].append(int(match.group(1)) / float(match.group(2)))
-            print(f"  embed round {r + 1}/{rounds} {mode}: {results[mode][-1]:.2f} img/s", file=sys.stderr)
-    return [{"images": count, "batch": batch, "workers": workers, "rounds": rounds,
-             "overlapped_img_s": statistics.median(results["overlapped"]),
-             "sequential_img_s": statistics.median(results["sequential"]),
-             "all": results}]
+    rows = []
+    for name in models:
+        weights = OUT / f"{name}-random-timm.safetensors"
+        if not weights.exists():
+            subprocess.run([_python("timm"), __file__, "make-weights", name], check=True)
+        results: dict[str, list[float]] = {"overlapped": [], "sequential": []}
+        for r in range(rounds):
+            order = ("overlapped", "sequential") if r % 2 == 0 else ("sequential", "overlapped")
+            for mode in order:
+                command = [sys.executable, "-m", "sensorium.cli", "embed", str(folder), "--model", str(weights),
+                           "--config", name, "--batch-size", str(batch),
+                           "--workers", str(workers if mode == "overlapped" else 0), "-q", "-o", str(OUT / "embed.npy")]
+                env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src")}
+                run = subprocess.run(command, capture_output=True, text=True, env=env)
+                match = re.search(r"(\d+) inputs done in ([\d.]+) s", run.stderr)
+                if run.returncode or not match:
+                    raise RuntimeError(run.stderr)
+                results[mode].append(int(match.group(1)) / float(match.group(2)))
+                print(f"  embed {name} round {r + 1}/{rounds} {mode}: {results[mode][-1]:.2f} img/s", file=sys.stderr)
+        rows.append({"model": name, "images": count, "batch": batch, "workers": workers, "rounds": rounds,
+                     "overlapped_img_s": statistics.median(results["overlapped"]),
+                     "sequential_img_s": statistics.median(results["sequential"]), "all": results})
+    return rows
 
 
 def machine() -> str:
@@ -241,6 +245,7 @@ def main() -> None:
     e.add_argument("--images", type=int, default=200)
     e.add_argument("--batch", type=int, default=16)
     e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--model", action="append", choices=["PE-Core-T16-384", "PE-Core-B16-224"])
     w = sub.add_parser("worker")
     w.add_argument("impl")
     w.add_argument("model")
@@ -267,12 +272,14 @@ def main() -> None:
                   f"{r['speed_ratio']:.2f}x | {r['sensorium_peak_mb']:.0f} | {r['timm_peak_mb']:.0f} |")
         (OUT / "models.json").write_text(json.dumps(rows, indent=1))
     elif args.command == "embed":
-        rows = bench_embed(args.rounds, args.images, args.batch, args.workers)
+        rows = bench_embed(args.rounds, args.images, args.batch, args.workers,
+                           args.model or ["PE-Core-T16-384", "PE-Core-B16-224"])
         print(f"machine: {machine()}")
+        print("| model | JPEGs (1920x1280) | batch | decode overlapped img/s | decode in main thread img/s | ratio |")
+        print("|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['images']} JPEGs | batch {r['batch']} | overlapped ({r['workers']} workers) "
-                  f"{r['overlapped_img_s']:.2f} img/s | sequential {r['sequential_img_s']:.2f} img/s | "
-                  f"{r['overlapped_img_s'] / r['sequential_img_s']:.2f}x |")
+            print(f"| {r['model']} | {r['images']} | {r['batch']} | {r['overlapped_img_s']:.2f} ({r['workers']} workers) | "
+                  f"{r['sequential_img_s']:.2f} | {r['overlapped_img_s'] / r['sequential_img_s']:.2f}x |")
         (OUT / "embed.json").write_text(json.dumps(rows, indent=1))
 
 

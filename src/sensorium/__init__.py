@@ -7,6 +7,7 @@
 
 from sensorium.catalog import models
 from sensorium.errors import MediaError, SensoriumError, UnknownModelError, WeightsError, WeightsNotFoundError
+from sensorium.tasks import classify, embed
 from sensorium.weights import load
 
 __version__ = "0.1.0"
@@ -14,6 +15,8 @@ __version__ = "0.1.0"
 __all__ = [
     "load",
     "models",
+    "embed",
+    "classify",
     "MediaError",
     "SensoriumError",
     "UnknownModelError",

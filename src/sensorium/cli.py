@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `sensorium embed ... | head`
+        sys.stderr.close()
+        return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,10 +100,10 @@ def run_models(args) -> int:
     return EXIT_OK
 
 
-def _load_clip(args):
-    """The model for embed/classify, or None after printing why it cannot be used."""
+def _load_model(args, task: str, need_text: bool):
+    """The model for a task, or None after printing why it cannot be used."""
     from sensorium.errors import SensoriumError
-    from sensorium.models.pe import PECoreModel
+    from sensorium.tasks.visual import require_clip
     from sensorium.weights import load
 
     if args.batch_size < 1 or args.frames < 1:
@@ -108,12 +111,9 @@ def _load_clip(args):
         return None
     try:
         model = load(args.model, config=args.config, device=args.device, dtype=args.dtype)
+        require_clip(model, task, need_text)
     except (SensoriumError, OSError, ValueError, TypeError) as err:
-        print(f"sensorium: cannot load model {args.model}:\n{err}", file=sys.stderr)
-        return None
-    if not isinstance(model, PECoreModel):
-        print(f"sensorium: {model.name} is a feature tower (PE-Lang / PE-Spatial) without an embedding head; "
-              f"{args.command} needs a PE-Core model", file=sys.stderr)
+        print(f"sensorium {task}: cannot use model {args.model}:\n{err}", file=sys.stderr)
         return None
     return model
 
@@ -134,6 +134,7 @@ def _report(failures: list[tuple[str, str]], done: int, started: float) -> int:
 
 
 def run_embed(args) -> int:
+    from sensorium.errors import display_path
     from sensorium.tasks.embed import iter_embed
     from sensorium.tasks.inputs import expand_inputs
     from sensorium.writers import format_for, open_writer
@@ -146,11 +147,8 @@ def run_embed(args) -> int:
     except ValueError as err:
         print(f"sensorium embed: {err}", file=sys.stderr)
         return EXIT_USAGE
-    model = _load_clip(args)
+    model = _load_model(args, "embed", need_text=bool(args.text))
     if model is None:
-        return EXIT_USAGE
-    if args.text and model.text is None:
-        print(f"sensorium embed: {model.name} was loaded without a text tower; --text needs one", file=sys.stderr)
         return EXIT_USAGE
     metadata = {"model": model.name, "source": str(args.model), "dim": model.embed_dim, "normalized": True,
                 "video": f"mean of {args.frames} uniformly sampled frame embeddings, then L2-normalised"}
@@ -159,16 +157,17 @@ def run_embed(args) -> int:
     except (ValueError, OSError) as err:
         print(f"sensorium embed: {err}", file=sys.stderr)
         return EXIT_USAGE
-    total = len(expand_inputs(args.inputs))
+    items = expand_inputs(args.inputs)
     failures, done, started = [], 0, time.perf_counter()
-    with _progress(args, total, "files") as bar:
-        for row in iter_embed(model, args.inputs, args.text, args.batch_size, args.workers, args.frames, bar.update):
+    with _progress(args, len(items), "files") as bar:
+        for row in iter_embed(model, items, args.text, args.batch_size, args.workers, args.frames, bar.update):
+            path = display_path(row.path) if row.path is not None else None
             if row.error is not None:
-                failures.append((row.path, row.error))
-                bar.write(f"skipped {row.path}: {row.error}", file=sys.stderr)
+                failures.append((path, row.error))
+                bar.write(f"skipped {path}: {row.error}", file=sys.stderr)
                 continue
             done += 1
-            record = {"path": row.path, "text": row.text, "modality": row.modality,
+            record = {"path": path, "text": row.text, "modality": row.modality,
                       "frames": row.frame_indices, "timestamps": row.timestamps}
             if fmt in ("jsonl", "json"):
                 record = {k: v for k, v in record.items() if v is not None} | {"model": model.name}
@@ -180,6 +179,7 @@ def run_embed(args) -> int:
 def run_classify(args) -> int:
     from pathlib import Path
 
+    from sensorium.errors import display_path
     from sensorium.tasks.classify import check_labels, iter_classify, parse_labels
     from sensorium.tasks.inputs import expand_inputs
     from sensorium.tasks.templates import load_templates
@@ -201,11 +201,8 @@ def run_classify(args) -> int:
     if not args.inputs:
         print("sensorium classify: give inputs (files, folders, globs)", file=sys.stderr)
         return EXIT_USAGE
-    model = _load_clip(args)
+    model = _load_model(args, "classify", need_text=True)
     if model is None:
-        return EXIT_USAGE
-    if model.text is None:
-        print(f"sensorium classify: {model.name} was loaded without a text tower; classify needs one", file=sys.stderr)
         return EXIT_USAGE
     metadata = {"model": model.name, "labels": labels, "templates": list(templates)}
     try:
@@ -213,23 +210,24 @@ def run_classify(args) -> int:
     except (ValueError, OSError) as err:
         print(f"sensorium classify: {err}", file=sys.stderr)
         return EXIT_USAGE
-    total = len(expand_inputs(args.inputs))
+    items = expand_inputs(args.inputs)
     failures, done, started = [], 0, time.perf_counter()
-    with _progress(args, total, "files") as bar:
-        rows = iter_classify(model, args.inputs, labels, templates, args.top_k, args.batch_size, args.workers,
+    with _progress(args, len(items), "files") as bar:
+        rows = iter_classify(model, items, labels, templates, args.top_k, args.batch_size, args.workers,
                              args.frames, bar.update)
         for row in rows:
+            path = display_path(row.path)
             if row.error is not None:
-                failures.append((row.path, row.error))
-                bar.write(f"skipped {row.path}: {row.error}", file=sys.stderr)
+                failures.append((path, row.error))
+                bar.write(f"skipped {path}: {row.error}", file=sys.stderr)
                 continue
             done += 1
             if fmt in ("csv", "tsv"):
                 for rank, (label, score) in enumerate(row.labels, 1):
-                    writer.write({"path": row.path, "modality": row.modality, "rank": rank, "label": label,
+                    writer.write({"path": path, "modality": row.modality, "rank": rank, "label": label,
                                   "score": round(score, 6)})
             else:
-                writer.write({"path": row.path, "modality": row.modality,
+                writer.write({"path": path, "modality": row.modality,
                               "labels": [{"label": label, "score": round(score, 6)} for label, score in row.labels]})
     writer.close()
     return _report(failures, done, started)

@@ -16,6 +16,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Union
 
@@ -48,21 +49,21 @@ Rule = Union[str, Concat, Transposed, ZeroBiasDropped]
 KeyMap = dict[str, Rule]
 
 
+def _retarget(rule: Rule, change) -> Rule:
+    """The rule with its target key (ours) passed through `change`."""
+    if isinstance(rule, str):
+        return change(rule)
+    if isinstance(rule, (Concat, Transposed)):
+        return replace(rule, key=change(rule.key))
+    return rule
+
+
 def prefixed(file_prefix: str, our_prefix: str, key_map: KeyMap) -> KeyMap:
     """The same map for a tower stored under `file_prefix` and held by us under `our_prefix`."""
-
-    def ours(rule: Rule) -> Rule:
-        if isinstance(rule, str):
-            return our_prefix + rule
-        if isinstance(rule, Concat):
-            return Concat(our_prefix + rule.key, rule.part)
-        if isinstance(rule, Transposed):
-            return Transposed(our_prefix + rule.key)
-        return rule
-
-    return {file_prefix + key: ours(rule) for key, rule in key_map.items()}
+    return {file_prefix + key: _retarget(rule, lambda ours: our_prefix + ours) for key, rule in key_map.items()}
 
 
+@lru_cache(maxsize=4096)
 def _template(key: str) -> re.Pattern:
     return re.compile(re.escape(key).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
 
@@ -84,7 +85,7 @@ def remap(state: dict[str, torch.Tensor], key_map: KeyMap) -> tuple[dict[str, to
             for pattern, candidate in templated:
                 match = pattern.match(key)
                 if match:
-                    rule = _fill(candidate, match.group("i"))
+                    rule = _retarget(candidate, lambda ours: ours.replace("{i}", match.group("i")))
                     break
         if rule is None:
             unknown.append(key)
@@ -104,14 +105,6 @@ def remap(state: dict[str, torch.Tensor], key_map: KeyMap) -> tuple[dict[str, to
         out[target] = torch.cat([pieces[i][1] for i in sorted(pieces)])
         origin[target] = " + ".join(pieces[i][0] for i in sorted(pieces))
     return out, origin, unknown
-
-
-def _fill(rule: Rule, index: str) -> Rule:
-    if isinstance(rule, str):
-        return rule.replace("{i}", index)
-    if isinstance(rule, (Concat, Transposed)):
-        return replace(rule, key=rule.key.replace("{i}", index))
-    return rule
 
 
 def file_name_for(our_key: str, key_map: KeyMap) -> str:

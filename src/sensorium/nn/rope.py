@@ -44,10 +44,15 @@ def rope_tables(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def apply_rope_pairs(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent pairs of the last dim of `x` [..., T, D] by the angles of `rope_tables` [T, D]:
-    (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin), i.e. x * cos + rotate_pairs(x) * sin as the original
-    computes it (same roundings), in float32, cast back to x's dtype."""
-    dtype = x.dtype
-    x = x.float()
-    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0) for every pair; flip copies
+    (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin), i.e. x * cos + rotate_pairs(x) * sin with the same
+    roundings as the original. Lower precisions are computed in float32 and cast back, as the original
+    does (its angles are float32, so the product promotes)."""
+    if x.dtype == torch.float32:
+        x32 = x
+    else:  # one contiguous float32 copy that the rest works on in place
+        x32 = x.to(torch.float32, memory_format=torch.contiguous_format)
+    pairs = x32.unflatten(-1, (-1, 2))
+    swapped = torch.stack((pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # (x1, x0) for every pair
     swapped.mul_(signed_sin)
-    return torch.mul(x, cos).add_(swapped).to(dtype)
+    rotated = torch.mul(x32, cos) if x32 is x else x32.mul_(cos)
+    return rotated.add_(swapped).to(x.dtype)

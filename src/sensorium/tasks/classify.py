@@ -12,9 +12,9 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from sensorium.tasks.inputs import expand_inputs
+from sensorium.tasks.inputs import MediaItem, expand_inputs
 from sensorium.tasks.templates import DEFAULT
-from sensorium.tasks.visual import encode_texts, encode_visual
+from sensorium.tasks.visual import encode_texts, encode_visual, require_clip
 
 
 @dataclass
@@ -51,7 +51,7 @@ def class_vectors(model, labels: list[str], templates: tuple[str, ...] = DEFAULT
 
 def iter_classify(
     model,
-    inputs: list[str],
+    items: list[MediaItem],
     labels: list[str],
     templates: tuple[str, ...] = DEFAULT,
     top_k: int = 5,
@@ -60,19 +60,19 @@ def iter_classify(
     num_frames: int = 8,
     progress: Callable[[int], None] | None = None,
 ) -> Iterator[ClassifyRow]:
+    require_clip(model, "classify", need_text=True)
     weights = class_vectors(model, check_labels(list(labels)), templates)
     scale = model.logit_scale.float()
     k = min(top_k, len(labels))
-    items = expand_inputs(list(inputs))
     for result in encode_visual(model, items, batch_size, workers, num_frames, progress=progress):
         if result.error is not None:
-            yield ClassifyRow(result.item.display, result.modality, error=result.error)
+            yield ClassifyRow(result.item.path, result.modality, error=result.error)
             continue
         embedding = torch.from_numpy(result.embedding).to(weights.device)
         probs = (scale * embedding @ weights.T).softmax(dim=-1)
         top = probs.topk(k)
         ranked = [(labels[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist())]
-        yield ClassifyRow(result.item.display, result.modality, ranked)
+        yield ClassifyRow(result.item.path, result.modality, ranked)
 
 
 def classify(
@@ -96,4 +96,5 @@ def classify(
     if templates is None or isinstance(templates, str):
         templates = load_templates(templates)
     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
-    return list(iter_classify(model, inputs, labels, tuple(templates), top_k, batch_size, workers, num_frames))
+    items = expand_inputs(inputs)
+    return list(iter_classify(model, items, labels, tuple(templates), top_k, batch_size, workers, num_frames))

@@ -7,14 +7,14 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from sensorium.tasks.inputs import expand_inputs
-from sensorium.tasks.visual import encode_texts, encode_visual
+from sensorium.tasks.inputs import MediaItem, expand_inputs
+from sensorium.tasks.visual import encode_texts, encode_visual, require_clip
 
 
 @dataclass
 class EmbedRow:
     modality: str  # "image" | "video" | "text"
-    path: str | None = None  # media rows
+    path: str | None = None  # media rows (as the file system gives it; errors.display_path for printing)
     text: str | None = None  # text rows
     embedding: np.ndarray | None = None  # float32 [D], L2-normalised
     error: str | None = None
@@ -25,23 +25,23 @@ class EmbedRow:
 
 def iter_embed(
     model,
-    inputs: list[str],
+    items: list[MediaItem],
     texts: list[str] = (),
     batch_size: int = 32,
     workers: int | None = None,
     num_frames: int = 8,
     progress: Callable[[int], None] | None = None,
 ) -> Iterator[EmbedRow]:
-    """Rows for the texts first, then for every image and video found in `inputs`, in order."""
+    """Rows for the texts first, then for every item (see `expand_inputs`), in order."""
+    require_clip(model, "embed", need_text=bool(texts))
     if texts:
         vectors = encode_texts(model, list(texts)).cpu().numpy()
         for text, vector in zip(texts, vectors):
             yield EmbedRow("text", text=text, embedding=vector)
-    items = expand_inputs(list(inputs))
     for result in encode_visual(model, items, batch_size, workers, num_frames, progress=progress):
         yield EmbedRow(
             result.modality,
-            path=result.item.display,
+            path=result.item.path,
             embedding=result.embedding,
             error=result.error,
             frame_indices=result.frame_indices,
@@ -69,4 +69,4 @@ def embed(
     model = load(model, device=device, dtype=dtype) if isinstance(model, str) else model
     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
     texts = [texts] if isinstance(texts, str) else list(texts)
-    return list(iter_embed(model, inputs, texts, batch_size, workers, num_frames))
+    return list(iter_embed(model, expand_inputs(inputs), texts, batch_size, workers, num_frames))
