@@ -118,26 +118,45 @@ def _load_model(args, task: str, need_text: bool):
     return model
 
 
-def _progress(args, total: int, unit: str):
+def _open_writer(task: str, fmt: str, output: str | None, metadata: dict):
+    from sensorium.writers import open_writer
+
+    try:
+        return open_writer(fmt, output, metadata)
+    except (ValueError, OSError) as err:
+        print(f"sensorium {task}: {err}", file=sys.stderr)
+        return None
+
+
+def _drain(args, total: int, make_rows, write, writer) -> int:
+    """Run the task with a progress bar: write each good row, report each failed one as it happens, then
+    one summary line; return the exit status."""
     from tqdm import tqdm
 
-    return tqdm(total=total, unit=unit, file=sys.stderr, disable=args.quiet or None, dynamic_ncols=True)
+    from sensorium.errors import display_path
 
-
-def _report(failures: list[tuple[str, str]], done: int, started: float) -> int:
-    """One summary line on stderr (each failure was reported as it happened); the exit status."""
+    done = failed = 0
+    started = time.perf_counter()
+    with tqdm(total=total, unit="file", file=sys.stderr, disable=args.quiet or None, dynamic_ncols=True) as bar:
+        for row in make_rows(bar.update):
+            path = display_path(row.path) if row.path is not None else None
+            if row.error is not None:
+                failed += 1
+                bar.write(f"skipped {path}: {row.error}", file=sys.stderr)
+                continue
+            done += 1
+            write(row, path)
+    writer.close()
     elapsed = time.perf_counter() - started
     rate = f" in {elapsed:.1f} s ({done / elapsed:.1f}/s)" if elapsed > 0 and done else ""
-    failed = f", {len(failures)} failed (reported above)" if failures else ""
-    print(f"{done} inputs done{rate}{failed}", file=sys.stderr)
-    return EXIT_SOME_FAILED if failures else EXIT_OK
+    print(f"{done} inputs done{rate}" + (f", {failed} failed (reported above)" if failed else ""), file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
 def run_embed(args) -> int:
-    from sensorium.errors import display_path
     from sensorium.tasks.embed import iter_embed
     from sensorium.tasks.inputs import expand_inputs
-    from sensorium.writers import format_for, open_writer
+    from sensorium.writers import format_for
 
     if not args.inputs and not args.text:
         print("sensorium embed: give inputs (files, folders, globs) and/or --text", file=sys.stderr)
@@ -152,38 +171,30 @@ def run_embed(args) -> int:
         return EXIT_USAGE
     metadata = {"model": model.name, "source": str(args.model), "dim": model.embed_dim, "normalized": True,
                 "video": f"mean of {args.frames} uniformly sampled frame embeddings, then L2-normalised"}
-    try:
-        writer = open_writer(fmt, args.output, metadata)
-    except (ValueError, OSError) as err:
-        print(f"sensorium embed: {err}", file=sys.stderr)
+    writer = _open_writer("embed", fmt, args.output, metadata)
+    if writer is None:
         return EXIT_USAGE
+
+    def write(row, path):
+        record = {"path": path, "text": row.text, "modality": row.modality,
+                  "frames": row.frame_indices, "timestamps": row.timestamps}
+        if fmt in ("jsonl", "json"):  # self-describing rows; the binary formats keep fixed columns
+            record = {k: v for k, v in record.items() if v is not None} | {"model": model.name}
+        writer.write(record | {"embedding": row.embedding})
+
     items = expand_inputs(args.inputs)
-    failures, done, started = [], 0, time.perf_counter()
-    with _progress(args, len(items), "files") as bar:
-        for row in iter_embed(model, items, args.text, args.batch_size, args.workers, args.frames, bar.update):
-            path = display_path(row.path) if row.path is not None else None
-            if row.error is not None:
-                failures.append((path, row.error))
-                bar.write(f"skipped {path}: {row.error}", file=sys.stderr)
-                continue
-            done += 1
-            record = {"path": path, "text": row.text, "modality": row.modality,
-                      "frames": row.frame_indices, "timestamps": row.timestamps}
-            if fmt in ("jsonl", "json"):
-                record = {k: v for k, v in record.items() if v is not None} | {"model": model.name}
-            writer.write(record | {"embedding": row.embedding})
-    writer.close()
-    return _report(failures, done, started)
+    rows = lambda progress: iter_embed(  # noqa: E731
+        model, items, args.text, args.batch_size, args.workers, args.frames, progress)
+    return _drain(args, len(items), rows, write, writer)
 
 
 def run_classify(args) -> int:
     from pathlib import Path
 
-    from sensorium.errors import display_path
     from sensorium.tasks.classify import check_labels, iter_classify, parse_labels
     from sensorium.tasks.inputs import expand_inputs
     from sensorium.tasks.templates import load_templates
-    from sensorium.writers import format_for, open_writer
+    from sensorium.writers import format_for
 
     try:
         if args.labels is not None:
@@ -204,33 +215,24 @@ def run_classify(args) -> int:
     model = _load_model(args, "classify", need_text=True)
     if model is None:
         return EXIT_USAGE
-    metadata = {"model": model.name, "labels": labels, "templates": list(templates)}
-    try:
-        writer = open_writer(fmt, args.output, metadata)
-    except (ValueError, OSError) as err:
-        print(f"sensorium classify: {err}", file=sys.stderr)
+    writer = _open_writer("classify", fmt, args.output,
+                          {"model": model.name, "labels": labels, "templates": list(templates)})
+    if writer is None:
         return EXIT_USAGE
+
+    def write(row, path):
+        ranked = [(label, round(score, 6)) for label, score in row.labels]
+        if fmt in ("csv", "tsv"):  # one line per (input, rank)
+            for rank, (label, score) in enumerate(ranked, 1):
+                writer.write({"path": path, "modality": row.modality, "rank": rank, "label": label, "score": score})
+        else:
+            writer.write({"path": path, "modality": row.modality,
+                          "labels": [{"label": label, "score": score} for label, score in ranked]})
+
     items = expand_inputs(args.inputs)
-    failures, done, started = [], 0, time.perf_counter()
-    with _progress(args, len(items), "files") as bar:
-        rows = iter_classify(model, items, labels, templates, args.top_k, args.batch_size, args.workers,
-                             args.frames, bar.update)
-        for row in rows:
-            path = display_path(row.path)
-            if row.error is not None:
-                failures.append((path, row.error))
-                bar.write(f"skipped {path}: {row.error}", file=sys.stderr)
-                continue
-            done += 1
-            if fmt in ("csv", "tsv"):
-                for rank, (label, score) in enumerate(row.labels, 1):
-                    writer.write({"path": path, "modality": row.modality, "rank": rank, "label": label,
-                                  "score": round(score, 6)})
-            else:
-                writer.write({"path": path, "modality": row.modality,
-                              "labels": [{"label": label, "score": round(score, 6)} for label, score in row.labels]})
-    writer.close()
-    return _report(failures, done, started)
+    rows = lambda progress: iter_classify(  # noqa: E731
+        model, items, labels, templates, args.top_k, args.batch_size, args.workers, args.frames, progress)
+    return _drain(args, len(items), rows, write, writer)
 
 
 if __name__ == "__main__":
