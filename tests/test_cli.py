@@ -182,3 +182,13 @@ def test_command_end_to_end_with_full_size_model(full_t16, collection, tmp_path)
     assert [r["path"].split("/")[-1] for r in rows] == ["dog.mp4", "dog.png", "cat.png"]  # folder sorted, then args
     assert all(len(r["embedding"]) == 512 for r in rows)
     assert "cut.mp4" in run.stderr and "3 inputs done" in run.stderr
+
+
+def test_max_image_pixels_option(tiny_entries, tmp_path, capsys):
+    Image.fromarray(np.full((300, 400, 3), 90, np.uint8)).save(tmp_path / "big.jpg")
+    code = main(["embed", str(MEDIA / "cat.png"), str(tmp_path / "big.jpg"), "-m", "test-clip_tiny", "-q",
+                 "--max-image-pixels", "20000"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "cat.png: 500x666 image" in err and "exceeds" in err  # WebP: refused
+    assert [json.loads(line)["path"] for line in out.splitlines()] == [str(tmp_path / "big.jpg")]  # JPEG: reduced

@@ -12,6 +12,8 @@ import json
 import sys
 import time
 
+from sensorium.media.image import MAX_PIXELS
+
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -78,6 +80,8 @@ def _media_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="decoding threads feeding the model (0: decode in the main thread)")
     parser.add_argument("--frames", type=int, default=8, help="frames sampled uniformly per video (default 8)")
+    parser.add_argument("--max-image-pixels", type=int, default=MAX_PIXELS,
+                        help=f"larger images are refused (JPEGs are decoded at reduced scale); default {MAX_PIXELS:,}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -184,7 +188,7 @@ def run_embed(args) -> int:
 
     items = expand_inputs(args.inputs)
     rows = lambda progress: iter_embed(  # noqa: E731
-        model, items, args.text, args.batch_size, args.workers, args.frames, progress)
+        model, items, args.text, args.batch_size, args.workers, args.frames, progress, args.max_image_pixels)
     return _drain(args, len(items), rows, write, writer)
 
 
@@ -231,7 +235,8 @@ def run_classify(args) -> int:
 
     items = expand_inputs(args.inputs)
     rows = lambda progress: iter_classify(  # noqa: E731
-        model, items, labels, templates, args.top_k, args.batch_size, args.workers, args.frames, progress)
+        model, items, labels, templates, args.top_k, args.batch_size, args.workers, args.frames, progress,
+        args.max_image_pixels)
     return _drain(args, len(items), rows, write, writer)
 
 

@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from sensorium.media.image import MAX_PIXELS
 from sensorium.tasks.inputs import MediaItem, expand_inputs
 from sensorium.tasks.templates import DEFAULT
 from sensorium.tasks.visual import encode_texts, encode_visual, require_clip
@@ -59,12 +60,13 @@ def iter_classify(
     workers: int | None = None,
     num_frames: int = 8,
     progress: Callable[[int], None] | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> Iterator[ClassifyRow]:
     require_clip(model, "classify", need_text=True)
     weights = class_vectors(model, check_labels(list(labels)), templates)
     scale = model.logit_scale.float()
     k = min(top_k, len(labels))
-    for result in encode_visual(model, items, batch_size, workers, num_frames, progress=progress):
+    for result in encode_visual(model, items, batch_size, workers, num_frames, max_pixels, progress):
         if result.error is not None:
             yield ClassifyRow(result.item.path, result.modality, error=result.error)
             continue

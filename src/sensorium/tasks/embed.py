@@ -7,6 +7,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from sensorium.media.image import MAX_PIXELS
 from sensorium.tasks.inputs import MediaItem, expand_inputs
 from sensorium.tasks.visual import encode_texts, encode_visual, require_clip
 
@@ -31,6 +32,7 @@ def iter_embed(
     workers: int | None = None,
     num_frames: int = 8,
     progress: Callable[[int], None] | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> Iterator[EmbedRow]:
     """Rows for the texts first, then for every item (see `expand_inputs`), in order."""
     require_clip(model, "embed", need_text=bool(texts))
@@ -38,7 +40,7 @@ def iter_embed(
         vectors = encode_texts(model, list(texts)).cpu().numpy()
         for text, vector in zip(texts, vectors):
             yield EmbedRow("text", text=text, embedding=vector)
-    for result in encode_visual(model, items, batch_size, workers, num_frames, progress=progress):
+    for result in encode_visual(model, items, batch_size, workers, num_frames, max_pixels, progress):
         yield EmbedRow(
             result.modality,
             path=result.item.path,
