@@ -44,13 +44,13 @@ def tiny_entries(hf_cache):
     for name in ("clip_tiny", "lang_tiny"):
         config = pe_config(name)
         folder = PE_FIXTURES / name
-        copies = [Published(f"test/{name}", f"{name}.pt", "original")]
+        copies = [Published(f"test/{name}", (f"{name}.pt",), "original")]
         put_in_hf_cache(hf_cache, f"test/{name}", {f"{name}.pt": folder / "original.pt"})
-        copies.append(Published(f"timm/vit_pe_test_{name}.fb", "model.safetensors", "timm"))
+        copies.append(Published(f"timm/vit_pe_test_{name}.fb", ("model.safetensors",), "timm"))
         put_in_hf_cache(hf_cache, f"timm/vit_pe_test_{name}.fb", {"model.safetensors": folder / "timm.safetensors",
                         "config.json": json.dumps({"architecture": f"vit_pe_test_{name}"}).encode()})
         if (folder / "open_clip.safetensors").exists():
-            copies.append(Published(f"test/open_clip_{name}", "open_clip_model.safetensors", "open_clip"))
+            copies.append(Published(f"test/open_clip_{name}", ("open_clip_model.safetensors",), "open_clip"))
             put_in_hf_cache(hf_cache, f"test/open_clip_{name}",
                             {"open_clip_model.safetensors": folder / "open_clip.safetensors"})
         kind, tasks = ("PE-Core", ("embed", "classify")) if config.is_clip else ("PE-Lang", ("features",))

@@ -2,7 +2,8 @@
 
 Each entry lists its published copies, default first. PE-Core is published three ways: the original
 `.pt` (facebook/<name>), timm (vision tower only) and open_clip (vision + text); PE-Lang and PE-Spatial
-as the original `.pt` and timm.
+as the original `.pt` and timm. AST checkpoints are transformers folders whose config.json holds the
+architecture and labels, so their entries carry no config: it is read from the files.
 """
 
 from __future__ import annotations
@@ -10,17 +11,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sensorium.errors import UnknownModelError
+from sensorium.models.ast import ASTConfig
 from sensorium.models.pe import PEConfig, TextConfig, VisionConfig
 
 
 @dataclass(frozen=True)
 class Published:
-    """One published copy of a checkpoint: a hub repo, its weights file and the key layout inside."""
+    """One published copy of a checkpoint: a hub repo, its weights file (alternatives in order of
+    preference), the files that must sit beside it, and the key layout inside."""
 
     repo: str
-    filename: str
-    layout: str  # "original" | "timm" | "open_clip"
+    weights: tuple[str, ...]
+    layout: str  # "original" | "timm" | "open_clip" | "transformers"
+    extra: tuple[str, ...] = ()
     revision: str | None = None
+
+    @property
+    def filename(self) -> str:
+        return self.weights[0]
 
     @property
     def hub_id(self) -> str:
@@ -33,7 +41,7 @@ class CatalogEntry:
     family: str  # model file under sensorium.models
     kind: str
     tasks: tuple[str, ...]
-    config: object
+    config: object  # None: read from the checkpoint's own files
     published: tuple[Published, ...]
     summary: str
 
@@ -44,6 +52,7 @@ class CatalogEntry:
 
 CLIP_TASKS = ("embed", "classify")
 FEATURE_TASKS = ("features",)
+DEFAULT_TAGGER = "ast-finetuned-audioset-10-10-0.4593"
 
 
 def _text(context: int, width: int, heads: int, layers: int, out: int) -> TextConfig:
@@ -59,9 +68,9 @@ def _core(name, size, patch, width, layers, heads, mlp, out, text, cls=True, tim
         tasks=CLIP_TASKS,
         config=PEConfig(name, vision, text),
         published=(
-            Published(f"facebook/{name}", f"{name}.pt", "original"),
-            Published(f"timm/{open_clip}", "open_clip_model.safetensors", "open_clip"),
-            Published(f"timm/{timm_name}.fb", "model.safetensors", "timm"),
+            Published(f"facebook/{name}", (f"{name}.pt",), "original"),
+            Published(f"timm/{open_clip}", ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"), "open_clip"),
+            Published(f"timm/{timm_name}.fb", ("model.safetensors", "pytorch_model.bin"), "timm"),
         ),
         summary=f"CLIP image/video/text embeddings, {out}-d, {size}px",
     )
@@ -79,8 +88,8 @@ def _tower(kind, name, size, patch, width, layers, heads, mlp, cls, layerscale, 
         tasks=FEATURE_TASKS,
         config=PEConfig(name, vision),
         published=(
-            Published(f"facebook/{name}", f"{name}.pt", "original"),
-            Published(f"timm/{timm_name}.{timm_tag}", "model.safetensors", "timm"),
+            Published(f"facebook/{name}", (f"{name}.pt",), "original"),
+            Published(f"timm/{timm_name}.{timm_tag}", ("model.safetensors", "pytorch_model.bin"), "timm"),
         ),
         summary=f"{use}, {width}-d tokens, {size}px",
     )
@@ -114,6 +123,32 @@ ENTRIES: tuple[CatalogEntry, ...] = (
            "vit_pe_spatial_large_patch14_448"),
     _tower("PE-Spatial", "PE-Spatial-G14-448", 448, 14, 1536, 50, 16, 8960, False, True,
            "vit_pe_spatial_gigantic_patch14_448"),
+)
+
+def _ast(repo: str, summary: str) -> CatalogEntry:
+    return CatalogEntry(
+        name=repo.split("/")[-1],
+        family="ast",
+        kind="AST",
+        tasks=("tag",),
+        config=None,
+        published=(
+            Published(repo, ("model.safetensors", "pytorch_model.bin"), "transformers",
+                      extra=("config.json", "preprocessor_config.json")),
+        ),
+        summary=summary,
+    )
+
+
+ENTRIES += (
+    _ast("MIT/ast-finetuned-audioset-10-10-0.4593", "AudioSet tagging, 527 labels, 10.24 s windows, mAP 0.4593"),
+    _ast("MIT/ast-finetuned-audioset-10-10-0.450", "AudioSet tagging, 527 labels, 10.24 s windows, mAP 0.450"),
+    _ast("MIT/ast-finetuned-audioset-10-10-0.448", "AudioSet tagging, 527 labels, 10.24 s windows, mAP 0.448"),
+    _ast("MIT/ast-finetuned-audioset-10-10-0.448-v2", "AudioSet tagging, 527 labels, 10.24 s windows, mAP 0.448"),
+    _ast("MIT/ast-finetuned-audioset-12-12-0.447", "AudioSet tagging, 527 labels, stride 12, mAP 0.447"),
+    _ast("MIT/ast-finetuned-audioset-14-14-0.443", "AudioSet tagging, 527 labels, stride 14, mAP 0.443"),
+    _ast("MIT/ast-finetuned-audioset-16-16-0.442", "AudioSet tagging, 527 labels, stride 16, mAP 0.442"),
+    _ast("MIT/ast-finetuned-speech-commands-v2", "Speech Commands v2 keywords, 35 labels, 1.28 s windows"),
 )
 
 _extra: list[CatalogEntry] = []
@@ -169,6 +204,8 @@ def family_of(config: object) -> str:
     """The model file (sensorium.models.<family>) that builds this config."""
     if isinstance(config, PEConfig):
         return "pe"
+    if isinstance(config, ASTConfig):
+        return "ast"
     raise TypeError(f"no model family builds a {type(config).__name__}")
 
 

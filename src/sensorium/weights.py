@@ -219,37 +219,65 @@ def _flatten(obj, path: Path) -> dict[str, torch.Tensor]:
 # Hub and cache
 
 
-def hub_file(repo: str, filename: str, revision: str | None = None) -> Path:
-    """A file of a hub repo: from the HF cache if present (no network), else downloaded.
+def hub_file(repo: str, filename: str, revision: str | None = None, required: bool = True) -> Path | None:
+    """A file of a hub repo: from the HF cache if present (no network call), else downloaded.
 
-    Raises WeightsNotFoundError with the repo, the file and how to provide it when neither works.
+    A file the hub says does not exist gives None when not `required`. A file that cannot be had because
+    the hub is unreachable (or HF_HUB_OFFLINE is set) raises WeightsNotFoundError saying what to fetch.
     """
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     cached = try_to_load_from_cache(repo, filename, revision=revision)
     if isinstance(cached, str):
         return Path(cached)
+    if cached is not None and not required:  # the cache remembers that the hub has no such file
+        return None
     try:
         return Path(hf_hub_download(repo, filename, revision=revision))
-    except Exception as err:
+    except LocalEntryNotFoundError as err:
         raise WeightsNotFoundError(missing_weights_message(repo, [filename], revision, err)) from err
+    except EntryNotFoundError as err:
+        if not required:
+            return None
+        raise WeightsNotFoundError(f"{repo}{'@' + revision if revision else ''} has no file {filename}") from err
+    except Exception as err:  # repository not found, gated, network failures
+        raise WeightsNotFoundError(missing_weights_message(repo, [filename], revision, err)) from err
+
+
+def fetch_published(repo: str, weights: tuple[str, ...], extra: tuple[str, ...] = (), revision: str | None = None) -> Path:
+    """The weights file of a hub checkpoint (the first of `weights` the repo has), with `extra` files
+    fetched beside it. One error lists everything that is missing."""
+    try:
+        for name in extra:
+            hub_file(repo, name, revision)
+        for name in weights:
+            path = hub_file(repo, name, revision, required=False)
+            if path is not None:
+                return path
+    except WeightsNotFoundError as err:
+        if err.__cause__ is not None and "has no file" not in str(err):
+            wanted = [*extra, " or ".join(weights)]
+            raise WeightsNotFoundError(missing_weights_message(repo, wanted, revision, err.__cause__)) from err.__cause__
+        raise
+    raise WeightsNotFoundError(f"{repo}: none of the weights files {', '.join(weights)} exists in the repo")
 
 
 def missing_weights_message(repo: str, files: list[str], revision: str | None, err: Exception | None) -> str:
     rev = f" (revision {revision})" if revision else ""
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub could not be reached or refused"
-    listed = " ".join(files)
+    listed = " ".join(f.split(" or ")[0] for f in files)
     lines = [
         f"The weights of {repo}{rev} are not on this machine and {why}.",
         f"  repo:  {repo}{rev}",
-        f"  files: {listed}",
+        f"  files: {', '.join(files)}",
         "Fix it in one of these ways:",
         f"  - on a connected machine: hf download {repo} {listed}"
         + (f" --revision {revision}" if revision else "")
         + ", then copy the Hugging Face cache (~/.cache/huggingface/hub, or $HF_HUB_CACHE) to this one;",
-        f"  - or pass the local file: sn.load('path/to/{files[0]}', config=...)"
-        f" / sensorium ... --model path/to/{files[0]}.",
+        f"  - or pass the local file or folder: sn.load('path/to/{files[-1].split(' or ')[0]}', config=...)"
+        f" / sensorium ... --model path/to/folder.",
     ]
     if err is not None and not isinstance(err, (FileNotFoundError,)):
         lines.append(f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
@@ -273,8 +301,9 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 @dataclass(frozen=True)
 class Found:
     path: Path
-    config: object
+    config: object  # None: the family reads it from the files beside `path`
     family: str
+    name: str
 
 
 def load(source: str | os.PathLike, config=None, device: str | torch.device = "auto", dtype=None) -> torch.nn.Module:
@@ -289,6 +318,9 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
 
     found = resolve(source, config)
     family = importlib.import_module(f"sensorium.models.{found.family}")
+    config = found.config if found.config is not None else family.config_from_folder(found.path.parent, found.name)
+    if config is None:
+        raise WeightsError(f"{display(found.path.parent)}: the checkpoint's config files are missing")
     target = resolve_device(device)
     precision = resolve_dtype(dtype, target)
     state = read_state_dict(found.path)
@@ -298,7 +330,7 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
         raise WeightsError(f"{display(found.path)}: {err}") from err
     key_map = family.LAYOUTS[layout]
     with torch.device("meta"):
-        model = family.build(found.config, layout)
+        model = family.build(config, layout)
     tensors, origin, unknown = remap(state, key_map)
     assign_strict(model, tensors, origin, unknown, key_map, display(found.path), precision)
     model.eval().requires_grad_(False)
@@ -315,32 +347,33 @@ def resolve(source: str | os.PathLike, config=None) -> Found:
         path = Path(source)
         if path.is_dir():
             path = _weights_in_dir(path)
-        config_obj = config_obj or _config_for_local(path)
-        if config_obj is None:
+        found = Found(path, config_obj, catalog.family_of(config_obj), path.stem) if config_obj else _identify_local(path)
+        if found is None:
             raise WeightsError(
                 f"{display(path)}: cannot tell which architecture this file holds; "
                 "pass config=<catalog name> (sensorium: --config NAME)"
             )
-        return Found(path, config_obj, catalog.family_of(config_obj))
+        return found
     if not isinstance(source, str):
         raise TypeError(f"model source must be a name or a path, got {type(source).__name__}")
     entry = catalog.find(source)
     if entry is not None:
         copy = entry.default
-        return Found(hub_file(copy.repo, copy.filename, copy.revision), config_obj or entry.config, entry.family)
+        path = fetch_published(copy.repo, copy.weights, copy.extra, copy.revision)
+        return Found(path, config_obj or entry.config, entry.family, entry.name)
     if HUB_ID.match(source):
         repo, _, revision = source.partition("@")
         hit = catalog.find_repo(repo, revision or None)
         if hit is not None:
             entry, copy = hit
-            path = hub_file(copy.repo, copy.filename, revision or copy.revision)
-            return Found(path, config_obj or entry.config, entry.family)
+            path = fetch_published(copy.repo, copy.weights, copy.extra, revision or copy.revision)
+            return Found(path, config_obj or entry.config, entry.family, entry.name)
         if config_obj is None:
             raise WeightsError(
                 f"{source} is not a checkpoint in the catalog; pass config=<catalog name> to say which "
                 "architecture it holds"
             )
-        return Found(_weights_in_repo(repo, revision or None), config_obj, catalog.family_of(config_obj))
+        return Found(_weights_in_repo(repo, revision or None), config_obj, catalog.family_of(config_obj), repo)
     from sensorium.errors import UnknownModelError
 
     if "/" in source or os.sep in source or Path(source).suffix:
@@ -362,29 +395,21 @@ def _weights_in_dir(folder: Path) -> Path:
 
 
 def _weights_in_repo(repo: str, revision: str | None) -> Path:
-    from huggingface_hub import try_to_load_from_cache
-
-    for name in WEIGHT_FILES:
-        cached = try_to_load_from_cache(repo, name, revision=revision)
-        if isinstance(cached, str):
-            return Path(cached)
-    errors = []
-    for name in WEIGHT_FILES:
-        try:
-            return hub_file(repo, name, revision)
-        except WeightsNotFoundError as err:
-            errors.append(err)
-    raise WeightsNotFoundError(missing_weights_message(repo, list(WEIGHT_FILES), revision, None))
+    return fetch_published(repo, WEIGHT_FILES, (), revision)
 
 
-def _config_for_local(path: Path):
-    """A catalog config named by the file, its folder, or a timm / open_clip config file beside it."""
+def _identify_local(path: Path) -> Found | None:
+    """A local file's architecture from its name, its folder, or the config files beside it."""
     from sensorium import catalog
+    from sensorium.models import ast
 
     for name in (path.stem, path.parent.name, path.parent.parent.parent.name.split("--")[-1]):
         entry = catalog.find(name)
         if entry is not None:
-            return entry.config
+            return Found(path, entry.config, entry.family, entry.name)
+    ast_config = ast.config_from_folder(path.parent, path.parent.name)
+    if ast_config is not None:
+        return Found(path, ast_config, "ast", ast_config.name)
     for config_name in CONFIG_FILES:
         config_path = path.parent / config_name
         if config_path.is_file():
@@ -395,7 +420,7 @@ def _config_for_local(path: Path):
             arch = data.get("architecture") or data.get("model_cfg", {}).get("vision_cfg", {}).get("timm_model_name")
             entry = catalog.find_timm_architecture(arch) if arch else None
             if entry is not None:
-                return entry.config
+                return Found(path, entry.config, entry.family, entry.name)
     return None
 
 
