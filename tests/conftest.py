@@ -72,3 +72,36 @@ def full_t16(hf_cache):
     torch.save(state, blob)
     put_in_hf_cache(hf_cache, "facebook/PE-Core-T16-384", {"PE-Core-T16-384.pt": blob})
     return state
+
+
+@pytest.fixture(scope="session")
+def ast_models(hf_cache, tmp_path_factory):
+    """Tiny random AST checkpoints written by transformers' save_pretrained into the HF cache under real
+    catalog repo ids: AudioSet-like (527 labels, 1024 frames, strides 10), Speech-Commands-like (128 frames,
+    softmax labels) and a stride-12 one saved as pytorch_model.bin. Returns {repo: transformers model}."""
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
+
+    specs = {
+        "MIT/ast-finetuned-audioset-10-10-0.4593": dict(max_length=1024, num_labels=527),
+        "MIT/ast-finetuned-speech-commands-v2": dict(
+            max_length=128, id2label={0: "yes", 1: "no", 2: "up", 3: "down", 4: "_silence_"},
+            label2id={"yes": 0, "no": 1, "up": 2, "down": 3, "_silence_": 4}),
+        "MIT/ast-finetuned-audioset-12-12-0.447": dict(max_length=1024, num_labels=527, frequency_stride=12,
+                                                         time_stride=12),
+    }
+    feature_stats = {"MIT/ast-finetuned-speech-commands-v2": dict(mean=-6.845978, std=5.5654526)}
+    models = {}
+    for seed, (repo, spec) in enumerate(specs.items()):
+        torch.manual_seed(seed)
+        config = ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, **spec)
+        model = ASTForAudioClassification(config).eval()
+        with torch.no_grad():  # perturb what init leaves at zero or one, so parity exercises it
+            for name, param in model.named_parameters():
+                if param.ndim == 1 or "token" in name or "position" in name:
+                    param.add_(torch.randn_like(param) * 0.1)
+        folder = tmp_path_factory.mktemp(repo.split("/")[-1])
+        model.save_pretrained(folder, safe_serialization="12-12" not in repo)
+        ASTFeatureExtractor(max_length=spec["max_length"], **feature_stats.get(repo, {})).save_pretrained(folder)
+        put_in_hf_cache(hf_cache, repo, {p.name: p for p in folder.iterdir()})
+        models[repo] = model
+    return models

@@ -7,7 +7,7 @@
 
 from sensorium.catalog import models
 from sensorium.errors import MediaError, SensoriumError, UnknownModelError, WeightsError, WeightsNotFoundError
-from sensorium.tasks import classify, embed
+from sensorium.tasks import classify, embed, tag
 from sensorium.weights import load
 
 __version__ = "0.1.0"
@@ -17,6 +17,7 @@ __all__ = [
     "models",
     "embed",
     "classify",
+    "tag",
     "MediaError",
     "SensoriumError",
     "UnknownModelError",

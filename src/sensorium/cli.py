@@ -12,6 +12,7 @@ import json
 import sys
 import time
 
+from sensorium.catalog import DEFAULT_TAGGER
 from sensorium.media.image import MAX_PIXELS
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -66,23 +67,42 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("-o", "--output", help="output file (default: stdout)")
     classify.add_argument("--format", choices=("json", "jsonl", "csv", "tsv"), help="default: from -o, else jsonl")
     classify.set_defaults(run=run_classify)
+
+    tag = commands.add_parser("tag", help="sound tags for audio files (and the sound of videos), any length")
+    _common_arguments(tag, DEFAULT_TAGGER, batch_help="windows per forward pass", batch_default=8)
+    tag.add_argument("--top-k", type=int, default=5, help="clip-level labels per file (default 5)")
+    tag.add_argument("--threshold", type=float,
+                     help="clip level: only labels scoring at least this; --timeline: event threshold (default 0.3)")
+    tag.add_argument("--window", type=float, help="window in seconds (default: the model's input, 10.24 s for AudioSet)")
+    tag.add_argument("--hop", type=float, help="hop between windows in seconds (default: half the window)")
+    tag.add_argument("--pooling", choices=("max", "mean"), default="max", help="window scores -> clip score")
+    tag.add_argument("--timeline", action="store_true",
+                     help="write DCASE-style events (filename, onset, offset, event_label, score) instead")
+    tag.add_argument("-o", "--output", help="output file (default: stdout)")
+    tag.add_argument("--format", choices=("json", "jsonl", "csv", "tsv"),
+                     help="default: from -o, else jsonl (tsv with --timeline)")
+    tag.set_defaults(run=run_tag)
     return parser
 
 
-def _media_arguments(parser: argparse.ArgumentParser) -> None:
+def _common_arguments(parser: argparse.ArgumentParser, model: str, batch_help: str, batch_default: int) -> None:
     parser.add_argument("inputs", nargs="*", help="files, folders (searched recursively) or glob patterns")
-    parser.add_argument("-m", "--model", default="PE-Core-B16-224", help="catalog name, hub id or local path")
+    parser.add_argument("-m", "--model", default=model, help=f"catalog name, hub id or local path (default {model})")
     parser.add_argument("--config", help="catalog name of the architecture, when --model is a file it cannot tell")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="auto: bfloat16 (or float16) on CUDA, float32 elsewhere")
-    parser.add_argument("-b", "--batch-size", type=int, default=32, help="images (video frames) per forward pass")
+    parser.add_argument("-b", "--batch-size", type=int, default=batch_default, help=batch_help)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _media_arguments(parser: argparse.ArgumentParser) -> None:
+    _common_arguments(parser, "PE-Core-B16-224", "images (video frames) per forward pass", 32)
     parser.add_argument("--workers", type=int, default=None,
                         help="decoding threads feeding the model (0: decode in the main thread)")
     parser.add_argument("--frames", type=int, default=8, help="frames sampled uniformly per video (default 8)")
     parser.add_argument("--max-image-pixels", type=int, default=MAX_PIXELS,
                         help=f"larger images are refused (JPEGs are decoded at reduced scale); default {MAX_PIXELS:,}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def run_models(args) -> int:
@@ -110,12 +130,16 @@ def _load_model(args, task: str, need_text: bool):
     from sensorium.tasks.visual import require_clip
     from sensorium.weights import load
 
-    if args.batch_size < 1 or args.frames < 1:
+    if args.batch_size < 1 or getattr(args, "frames", 1) < 1:
         print("sensorium: --batch-size and --frames must be at least 1", file=sys.stderr)
         return None
     try:
         model = load(args.model, config=args.config, device=args.device, dtype=args.dtype)
-        require_clip(model, task, need_text)
+        if task == "tag":
+            if not hasattr(model, "labels"):
+                raise TypeError(f"{model.name} is not an audio tagger; tag needs an AST model (sensorium models --task tag)")
+        else:
+            require_clip(model, task, need_text)
     except (SensoriumError, OSError, ValueError, TypeError) as err:
         print(f"sensorium {task}: cannot use model {args.model}:\n{err}", file=sys.stderr)
         return None
@@ -237,6 +261,57 @@ def run_classify(args) -> int:
     rows = lambda progress: iter_classify(  # noqa: E731
         model, items, labels, templates, args.top_k, args.batch_size, args.workers, args.frames, progress,
         args.max_image_pixels)
+    return _drain(args, len(items), rows, write, writer)
+
+
+def run_tag(args) -> int:
+    from sensorium.tasks.inputs import expand_inputs
+    from sensorium.tasks.tag import iter_tag, model_windowing
+    from sensorium.writers import format_for
+
+    if not args.inputs:
+        print("sensorium tag: give inputs (audio or video files, folders, globs)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        fmt = format_for(args.output, args.format, ("json", "jsonl", "csv", "tsv"), "tsv" if args.timeline else "jsonl")
+        if args.top_k < 1:
+            raise ValueError("--top-k must be at least 1")
+    except ValueError as err:
+        print(f"sensorium tag: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    model = _load_model(args, "tag", need_text=False)
+    if model is None:
+        return EXIT_USAGE
+    try:
+        windowing = model_windowing(model, args.window, args.hop)
+    except ValueError as err:
+        print(f"sensorium tag: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    event_threshold = 0.3 if args.threshold is None else args.threshold
+    rule = {"window": round(windowing.size_seconds, 4), "hop": round(windowing.hop_seconds, 4), "pooling": args.pooling}
+    metadata = {"model": model.name, **rule, "scores": "sigmoid" if model.multi_label else "softmax"}
+    if args.timeline:
+        metadata["event_threshold"] = event_threshold
+    writer = _open_writer("tag", fmt, args.output, metadata)
+    if writer is None:
+        return EXIT_USAGE
+
+    def write(row, path):
+        if args.timeline:  # DCASE: filename, onset, offset, event_label (+ score)
+            for event in row.events(model.labels, event_threshold):
+                writer.write({"filename": path, "onset": round(event.onset, 3), "offset": round(event.offset, 3),
+                              "event_label": event.label, "score": round(event.score, 6)})
+        elif fmt in ("csv", "tsv"):
+            for rank, (label, score) in enumerate(row.labels, 1):
+                writer.write({"path": path, "duration": round(row.duration, 3), "rank": rank, "label": label,
+                              "score": round(score, 6), **rule})
+        else:
+            writer.write({"path": path, "duration": round(row.duration, 3), "windows": len(row.windows), **rule,
+                          "labels": [{"label": label, "score": round(score, 6)} for label, score in row.labels]})
+
+    items = expand_inputs(args.inputs, modalities=("audio", "video"))
+    rows = lambda progress: iter_tag(  # noqa: E731
+        model, items, args.top_k, args.threshold, args.window, args.hop, args.pooling, args.batch_size, progress)
     return _drain(args, len(items), rows, write, writer)
 
 

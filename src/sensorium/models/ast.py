@@ -74,6 +74,9 @@ class ASTConfig:
         pre = {}
         if (folder / "preprocessor_config.json").is_file():
             pre = json.loads((folder / "preprocessor_config.json").read_text())
+        for key in ("max_length", "num_mel_bins"):
+            if key in pre and key in data and pre[key] != data[key]:
+                raise ValueError(f"{folder}: preprocessor_config.json has {key}={pre[key]} but config.json {data[key]}")
         return cls(
             name=name or folder.name,
             labels=labels,

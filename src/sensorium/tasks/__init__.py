@@ -2,5 +2,6 @@
 
 from sensorium.tasks.classify import ClassifyRow, classify
 from sensorium.tasks.embed import EmbedRow, embed
+from sensorium.tasks.tag import TagRow, tag
 
-__all__ = ["embed", "classify", "EmbedRow", "ClassifyRow"]
+__all__ = ["embed", "classify", "tag", "EmbedRow", "ClassifyRow", "TagRow"]

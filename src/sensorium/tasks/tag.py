@@ -1,0 +1,269 @@
+"""`sensorium tag`: sound tags per file with an audio classifier (AST), over audio of any length.
+
+AST sees one window (10.24 s for AudioSet: 1024 frames of 10 ms, 164,080 samples). Longer audio is cut into
+windows of `window` seconds every `hop` seconds (default: the model's window and half of it); when the last
+regular window stops short of the end, one more window is aligned to the end, so every sample is seen and no
+window is mostly padding. Audio shorter than a window is one padded window, as the reference pads it. Each
+window is scored (sigmoid for AudioSet, softmax for Speech Commands); the clip score of a label pools its
+window scores (max by default, or mean), and the rule is recorded with the result.
+
+Audio is decoded in a background thread into a bounded queue, so decoding overlaps with the model and a
+multi-hour file streams through in bounded memory.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from sensorium.catalog import DEFAULT_TAGGER
+from sensorium.errors import MediaError
+from sensorium.features.fbank import FRAME_LENGTH, FRAME_SHIFT, fixed_length_fbank
+from sensorium.media.audio import stream_audio
+from sensorium.tasks.inputs import MediaItem, expand_inputs
+
+POOLING = ("max", "mean")
+
+
+@dataclass(frozen=True)
+class Windowing:
+    """Window and hop in samples at the model's rate."""
+
+    size: int
+    hop: int
+    rate: int
+
+    @property
+    def size_seconds(self) -> float:
+        return self.size / self.rate
+
+    @property
+    def hop_seconds(self) -> float:
+        return self.hop / self.rate
+
+
+@dataclass
+class Event:
+    onset: float
+    offset: float
+    label: str
+    score: float
+
+
+@dataclass
+class TagRow:
+    path: str
+    labels: list[tuple[str, float]] | None = None  # clip level, best first
+    duration: float | None = None  # seconds decoded
+    windows: list[tuple[float, float]] = field(default_factory=list)  # (start, end) seconds
+    window_scores: np.ndarray | None = None  # [windows, labels]
+    pooling: str = "max"
+    windowing: Windowing | None = None
+    error: str | None = None
+
+    def events(self, label_names: tuple[str, ...], threshold: float) -> list[Event]:
+        """DCASE-style events: runs of consecutive windows whose score is above `threshold`, per label,
+        merged into (onset of the first window, offset of the last, max score)."""
+        events: list[Event] = []
+        if self.window_scores is None:
+            return events
+        above = self.window_scores > threshold
+        for label in np.flatnonzero(above.any(axis=0)):
+            run_start = None
+            for w in range(len(self.windows) + 1):
+                inside = w < len(self.windows) and above[w, label]
+                if inside and run_start is None:
+                    run_start = w
+                elif not inside and run_start is not None:
+                    score = float(self.window_scores[run_start:w, label].max())
+                    events.append(Event(self.windows[run_start][0], self.windows[w - 1][1], label_names[label], score))
+                    run_start = None
+        return sorted(events, key=lambda e: (e.onset, -e.score))
+
+
+def model_windowing(model, window: float | None = None, hop: float | None = None) -> Windowing:
+    """Window/hop in samples; the default window is the model's whole input, the default hop half of it."""
+    rate = model.sampling_rate
+    full = (model.config.max_length - 1) * FRAME_SHIFT + FRAME_LENGTH  # samples that make max_length frames
+    size = full if window is None else int(round(window * rate))
+    if size > full:
+        raise ValueError(f"--window {window} s is longer than the {full / rate:.2f} s {model.name} input")
+    if size < FRAME_LENGTH:
+        raise ValueError(f"--window must be at least {FRAME_LENGTH / rate:.3f} s (one 25 ms frame)")
+    step = (model.config.max_length // 2) * FRAME_SHIFT if hop is None and window is None else (
+        size // 2 if hop is None else int(round(hop * rate))
+    )
+    if step < 1 or step > size:
+        raise ValueError(f"--hop must be positive and at most the window ({size / rate:.2f} s)")
+    return Windowing(size, step, rate)
+
+
+def split_windows(blocks: Iterator[np.ndarray], windowing: Windowing) -> Iterator[tuple[int, np.ndarray]]:
+    """(start sample, window) over a stream of blocks; keeps only what later windows need in memory."""
+    size, hop = windowing.size, windowing.hop
+    buffer = np.zeros(0, np.float32)
+    buffer_start = 0  # absolute sample index of buffer[0]
+    next_start, last_start, total = 0, None, 0
+    for block in blocks:
+        buffer = np.concatenate([buffer, block]) if len(buffer) else block
+        total += len(block)
+        while next_start + size <= total:
+            offset = next_start - buffer_start
+            yield next_start, buffer[offset : offset + size]
+            last_start = next_start
+            next_start += hop
+        keep_from = max(min(next_start, total - size), buffer_start)  # what a later or final window needs
+        buffer = buffer[keep_from - buffer_start :]
+        buffer_start = keep_from
+    if last_start is None:
+        if total:
+            yield 0, buffer[:total]  # shorter than one window: padded by the features
+    elif last_start + size < total:
+        yield total - size, buffer[-size:]  # one more window, aligned to the end
+
+
+def iter_tag(
+    model,
+    items: list[MediaItem],
+    top_k: int = 5,
+    threshold: float | None = None,
+    window: float | None = None,
+    hop: float | None = None,
+    pooling: str = "max",
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+    queue_windows: int = 32,
+) -> Iterator[TagRow]:
+    """Rows in input order: clip-level labels, and per-window scores for timelines."""
+    if pooling not in POOLING:
+        raise ValueError(f"pooling must be one of {POOLING}, got {pooling!r}")
+    windowing = model_windowing(model, window, hop)
+    rate = model.sampling_rate
+    pending: queue.Queue = queue.Queue(maxsize=queue_windows)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for index, item in enumerate(items):
+                if stop.is_set():
+                    return
+                try:
+                    if item.error:
+                        raise MediaError(item.path, item.error)
+                    if item.modality in ("image",):
+                        raise MediaError(item.path, "an image file; tagging takes audio (or video with sound)")
+                    decoded = 0
+                    for start, samples in split_windows(stream_audio(item.path, rate), windowing):
+                        _put(pending, ("window", index, start, samples), stop)
+                        decoded = max(decoded, start + len(samples))
+                    _put(pending, ("done", index, decoded, None), stop)
+                except MediaError as err:
+                    _put(pending, ("error", index, err.reason, None), stop)
+                except Exception as err:  # a decoder bug must not end the batch
+                    _put(pending, ("error", index, f"unexpected {type(err).__name__}: {err}", None), stop)
+        finally:
+            _put(pending, ("end", None, None, None), stop)
+
+    producer = threading.Thread(target=produce, name="sensorium-audio", daemon=True)
+    producer.start()
+    scored: dict[int, list[tuple[int, np.ndarray]]] = {}
+    produced: dict[int, int] = {}
+    status: dict[int, tuple[str, object]] = {}  # file -> ("done", samples decoded) or ("error", reason)
+    batch: list[tuple[int, int, np.ndarray]] = []  # windows of several files may share a batch
+    next_row, ended = 0, False
+    try:
+        while not ended:
+            kind, index, value, samples = pending.get()
+            if kind == "window":
+                produced[index] = produced.get(index, 0) + 1
+                batch.append((index, value, samples))
+            elif kind == "end":
+                ended = True
+            else:
+                status[index] = (kind, value)
+            if len(batch) >= batch_size or (ended and batch):
+                for file, start, probabilities in _score(model, batch):
+                    if file >= next_row:  # a file that already failed keeps no scores
+                        scored.setdefault(file, []).append((start, probabilities))
+                batch = []
+            # Emit, in input order, every file whose windows are all scored (or that failed).
+            while next_row in status:
+                kind_done, value_done = status[next_row]
+                if kind_done == "done" and len(scored.get(next_row, ())) < produced.get(next_row, 0):
+                    break
+                del status[next_row]
+                windows = scored.pop(next_row, [])
+                if kind_done == "error":
+                    row = TagRow(items[next_row].path, error=value_done)
+                else:
+                    row = _row(items[next_row].path, windows, value_done / rate, windowing, model, top_k,
+                               threshold, pooling)
+                if progress:
+                    progress(1)
+                yield row
+                next_row += 1
+    finally:
+        stop.set()
+        while producer.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                pending.get_nowait()
+            except queue.Empty:
+                producer.join(timeout=0.05)
+
+
+def _put(pending: queue.Queue, message, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            pending.put(message, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+@torch.inference_mode()
+def _score(model, batch: list[tuple[int, int, np.ndarray]]) -> list[tuple[int, int, np.ndarray]]:
+    """(file, start sample, label probabilities) for each window of the batch."""
+    features = model.features([torch.from_numpy(np.ascontiguousarray(s)) for _, _, s in batch], model.sampling_rate)
+    probabilities = model.scores(model.classify(features)).cpu().numpy()
+    return [(file, start, p) for (file, start, _), p in zip(batch, probabilities)]
+
+
+def _row(path, window_scores, duration, windowing: Windowing, model, top_k, threshold, pooling) -> TagRow:
+    window_scores.sort(key=lambda pair: pair[0])
+    starts = [start for start, _ in window_scores]
+    matrix = np.stack([p for _, p in window_scores])
+    clip = matrix.max(axis=0) if pooling == "max" else matrix.mean(axis=0)
+    order = np.argsort(-clip, kind="stable")
+    if threshold is not None:
+        order = order[clip[order] >= threshold]
+    labels = [(model.labels[i], float(clip[i])) for i in order[:top_k]]
+    rate = windowing.rate
+    spans = [(s / rate, min(s + windowing.size, duration * rate) / rate) for s in starts]
+    return TagRow(path, labels, duration, spans, matrix, pooling, windowing)
+
+
+def tag(
+    inputs: str | list[str],
+    model: str | object = DEFAULT_TAGGER,
+    top_k: int = 5,
+    threshold: float | None = None,
+    window: float | None = None,
+    hop: float | None = None,
+    pooling: str = "max",
+    batch_size: int = 8,
+    device: str = "auto",
+    dtype=None,
+) -> list[TagRow]:
+    """Tag audio files (and the sound of videos): files, folders and globs. Returns one row per input;
+    failed inputs have `error` set. `window`/`hop` are seconds; see the module docstring."""
+    from sensorium.weights import load
+
+    model = load(model, device=device, dtype=dtype) if isinstance(model, str) else model
+    inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+    items = expand_inputs(inputs, modalities=("audio", "video"))
+    return list(iter_tag(model, items, top_k, threshold, window, hop, pooling, batch_size))
