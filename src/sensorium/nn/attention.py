@@ -37,3 +37,16 @@ class SelfAttention(nn.Module):
             q, k = qkv[0], qkv[1]
         x = F.scaled_dot_product_attention(q, k, qkv[2], is_causal=is_causal)
         return self.proj(x.transpose(1, 2).reshape(batch, tokens, width))
+
+    def forward_prefix(self, x: torch.Tensor, count: int) -> torch.Tensor:
+        """Outputs for the first `count` tokens only, each still attending over all tokens (skips the
+        query, output and later work of the others; used where only class tokens are read out)."""
+        batch, tokens, width = x.shape
+        head_dim = width // self.heads
+        weight, bias = self.qkv.weight, self.qkv.bias
+        q = F.linear(x[:, :count], weight[:width], bias[:width]).view(batch, count, self.heads, head_dim)
+        k, v = F.linear(x, weight[width:], bias[width:]).view(batch, tokens, 2, self.heads, head_dim).permute(
+            2, 0, 3, 1, 4
+        )
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v)
+        return self.proj(out.transpose(1, 2).reshape(batch, count, width))

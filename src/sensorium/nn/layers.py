@@ -50,3 +50,8 @@ class TransformerBlock(nn.Module):
     ) -> torch.Tensor:
         x = x + self.ls1(self.attn(self.norm1(x), rope=rope, is_causal=is_causal))
         return x + self.ls2(self.mlp(self.norm2(x)))
+
+    def forward_prefix(self, x: torch.Tensor, count: int) -> torch.Tensor:
+        """The block's output for the first `count` tokens (see SelfAttention.forward_prefix)."""
+        x = x[:, :count] + self.ls1(self.attn.forward_prefix(self.norm1(x), count))
+        return x + self.ls2(self.mlp(self.norm2(x)))
