@@ -130,10 +130,20 @@ def bench_tag(rounds: int, count: int, batch: int) -> dict:
 
         theirs = transformers_side()
         rows = sensorium_side()
-        agreement = float(np.abs(np.stack([r.window_scores[0] for r in rows]) - theirs.numpy()).max())
+        ours_scores = np.stack([r.window_scores[0] for r in rows])
+        agreement = float(np.abs(ours_scores - theirs.numpy()).max())
+        # The two sides resample 48 -> 16 kHz differently (soxr vs FFmpeg); on the same waveforms they agree:
+        from sensorium.media.audio import load_audio
+
+        with torch.inference_mode():
+            same_input = extractor([load_audio(p, 16000) for p in paths], sampling_rate=16000,
+                                   return_tensors="pt")["input_values"].to(dtype)
+            theirs_same = torch.sigmoid(reference(same_input).logits.float()).numpy()
+        same_agreement = float(np.abs(ours_scores - theirs_same).max())
         times = _median_times({"transformers": transformers_side, "sensorium": sensorium_side}, rounds)
         name = str(dtype).split(".")[-1]
         results[name] = {"clips": count, "batch": batch, "rounds": rounds, "max_abs_score_diff": agreement,
+                         "max_abs_score_diff_same_waveforms": same_agreement,
                          "median_s": {k: statistics.median(v) for k, v in times.items()}, "all": times}
     return results
 
@@ -204,7 +214,8 @@ def main() -> None:
             m = v["median_s"]
             print(f"| {dtype} | {v['clips']} clips | transformers {m['transformers']:.1f} s ({v['clips'] / m['transformers']:.2f} clips/s) "
                   f"| sensorium {m['sensorium']:.1f} s ({v['clips'] / m['sensorium']:.2f} clips/s) | "
-                  f"{m['transformers'] / m['sensorium']:.2f}x | max score diff {v['max_abs_score_diff']:.1e} |")
+                  f"{m['transformers'] / m['sensorium']:.2f}x | max score diff {v['max_abs_score_diff']:.1e} "
+                  f"(same waveforms: {v['max_abs_score_diff_same_waveforms']:.1e}) |")
     else:
         r = bench_long(args.hours, args.dtype)
     (OUT / f"ast-{args.command}.json").write_text(json.dumps(r, indent=1))
