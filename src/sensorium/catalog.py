@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sensorium.errors import UnknownModelError
 from sensorium.models.ast import ASTConfig
 from sensorium.models.pe import PEConfig, TextConfig, VisionConfig
+from sensorium.models.pe_av import PEAVConfig
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,36 @@ ENTRIES += (
     _ast("MIT/ast-finetuned-speech-commands-v2", "Speech Commands v2 keywords, 35 labels, 1.28 s windows"),
 )
 
+
+def _pe_av(name: str, summary: str) -> CatalogEntry:
+    """PE-AV / PE-A-Frame: the transformers layout on the hub's main branch (default), the original layout
+    on its `perception_models` branch. Configs (depths differ per size) are read from config.json."""
+    files = dict(weights=("model.safetensors",), extra=("config.json", "tokenizer.json"))
+    frame_level = name.startswith("pe-a-frame")
+    return CatalogEntry(
+        name=name,
+        family="pe_av",
+        kind="PE-A-Frame" if frame_level else "PE-AV",
+        tasks=("localize",) if frame_level else ("embed", "classify"),
+        config=None,
+        published=(
+            Published(f"facebook/{name}", layout="transformers", **files),
+            Published(f"facebook/{name}", layout="original", revision="perception_models", **files),
+        ),
+        summary=summary,
+    )
+
+
+_AV_SIZES = {"small": "768-wide", "base": "1024-wide", "large": "1792-wide"}
+ENTRIES += tuple(
+    _pe_av(f"pe-av-{size}{variant}", f"audio/video/text embeddings, 1024-d, {width} encoders, {frames}")
+    for size, width in _AV_SIZES.items()
+    for variant, frames in (("", "every video frame"), ("-16-frame", "16 frames per video"))
+) + tuple(
+    _pe_av(f"pe-a-frame-{size}", f"text-queried sound event spans, 40 ms frames, {width} audio encoder")
+    for size, width in _AV_SIZES.items()
+)
+
 _extra: list[CatalogEntry] = []
 
 
@@ -206,6 +237,8 @@ def family_of(config: object) -> str:
         return "pe"
     if isinstance(config, ASTConfig):
         return "ast"
+    if isinstance(config, PEAVConfig):
+        return "pe_av"
     raise TypeError(f"no model family builds a {type(config).__name__}")
 
 

@@ -45,7 +45,21 @@ class ZeroBiasDropped:
     """A bias the converter created as zeros for a bias-free layer: checked to be zero, then dropped."""
 
 
-Rule = Union[str, Concat, Transposed, ZeroBiasDropped]
+@dataclass(frozen=True)
+class FirstHalf:
+    """Our tensor is the first half of the file tensor's rows (e.g. the mean half of a VAE projection
+    whose other half, the log-variance, the model never uses)."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class Unused:
+    """A tensor the file holds but the model never reads (layers past the one whose output is used);
+    accepted by name and dropped."""
+
+
+Rule = Union[str, Concat, Transposed, FirstHalf, ZeroBiasDropped, Unused]
 KeyMap = dict[str, Rule]
 
 
@@ -53,7 +67,7 @@ def _retarget(rule: Rule, change) -> Rule:
     """The rule with its target key (ours) passed through `change`."""
     if isinstance(rule, str):
         return change(rule)
-    if isinstance(rule, (Concat, Transposed)):
+    if isinstance(rule, (Concat, Transposed, FirstHalf)):
         return replace(rule, key=change(rule.key))
     return rule
 
@@ -93,6 +107,8 @@ def remap(state: dict[str, torch.Tensor], key_map: KeyMap) -> tuple[dict[str, to
             out[rule], origin[rule] = tensor, key
         elif isinstance(rule, Transposed):
             out[rule.key], origin[rule.key] = tensor.T, key
+        elif isinstance(rule, FirstHalf):
+            out[rule.key], origin[rule.key] = tensor[: tensor.shape[0] // 2], key
         elif isinstance(rule, Concat):
             parts.setdefault(rule.key, {})[rule.part] = (key, tensor)
         elif isinstance(rule, ZeroBiasDropped):
@@ -328,12 +344,14 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
         layout = family.detect_layout(set(state))
     except ValueError as err:
         raise WeightsError(f"{display(found.path)}: {err}") from err
-    key_map = family.LAYOUTS[layout]
+    key_map = family.key_map(layout, config) if hasattr(family, "key_map") else family.LAYOUTS[layout]
     with torch.device("meta"):
         model = family.build(config, layout)
     tensors, origin, unknown = remap(state, key_map)
     assign_strict(model, tensors, origin, unknown, key_map, display(found.path), precision)
     model.eval().requires_grad_(False)
+    if hasattr(model, "tokenizer_file") and (found.path.parent / "tokenizer.json").is_file():
+        model.tokenizer_file = str(found.path.parent / "tokenizer.json")
     model.source = str(source)
     model.layout = layout
     return model.to(target)
@@ -401,7 +419,7 @@ def _weights_in_repo(repo: str, revision: str | None) -> Path:
 def _identify_local(path: Path) -> Found | None:
     """A local file's architecture from its name, its folder, or the config files beside it."""
     from sensorium import catalog
-    from sensorium.models import ast
+    from sensorium.models import ast, pe_av
 
     for name in (path.stem, path.parent.name, path.parent.parent.parent.name.split("--")[-1]):
         entry = catalog.find(name)
@@ -410,6 +428,9 @@ def _identify_local(path: Path) -> Found | None:
     ast_config = ast.config_from_folder(path.parent, path.parent.name)
     if ast_config is not None:
         return Found(path, ast_config, "ast", ast_config.name)
+    av_config = pe_av.config_from_folder(path.parent, path.parent.name)
+    if av_config is not None:
+        return Found(path, av_config, "pe_av", av_config.name)
     for config_name in CONFIG_FILES:
         config_path = path.parent / config_name
         if config_path.is_file():

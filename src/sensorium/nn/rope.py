@@ -1,8 +1,10 @@
 """Rotary position embeddings.
 
-`rope_2d_angles` builds the axial 2-D angles of the Perception Encoder vision towers and
-`apply_rope_pairs` rotates adjacent channel pairs (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin),
-the GPT-J / interleaved convention, over the full head dimension.
+`rope_2d_angles` builds the axial 2-D angles of the Perception Encoder vision towers, `rope_1d_angles`
+the usual 1-D ones. Two rotation conventions exist in the released models: `apply_rope_pairs` rotates
+adjacent channel pairs (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin) (GPT-J / interleaved: PE towers,
+the PE-AV encoders), `apply_rope_halves` rotates channel i with channel i + D/2 (GPT-NeoX / rotate_half:
+ModernBERT, Llama, Qwen2).
 """
 
 from __future__ import annotations
@@ -56,3 +58,21 @@ def apply_rope_pairs(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tenso
     swapped.mul_(signed_sin)
     rotated = torch.mul(x32, cos) if x32 is x else x32.mul_(cos)
     return rotated.add_(swapped).to(x.dtype)
+
+
+def rope_1d_angles(head_dim: int, positions: int | torch.Tensor, theta: float) -> torch.Tensor:
+    """Angles [T, head_dim / 2], float32: position p times frequency theta^(-2i/head_dim), as every
+    reference computes them (frequencies in float32, one float32 product per angle)."""
+    if isinstance(positions, int):
+        positions = torch.arange(positions)
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    return positions.float()[:, None] * freqs
+
+
+def apply_rope_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin in float32, cast back; cos/sin are [T, D] (each angle twice: the
+    first and the second half of the head use the same frequencies)."""
+    x32 = x.float()
+    half = x32.shape[-1] // 2
+    rotated = torch.cat((-x32[..., half:], x32[..., :half]), dim=-1)
+    return (x32 * cos + rotated * sin).to(x.dtype)
