@@ -40,6 +40,8 @@ from sensorium.nn import RMSNorm, apply_rope_halves, apply_rope_pairs, rope_1d_a
 from sensorium.weights import FirstHalf, KeyMap, Unused, prefixed
 
 SAMPLING_RATE = 48000
+CODEC_CHUNK = 750  # frames (30 s) per codec call on long clips
+CODEC_MARGIN = 25  # frames (1 s) of context on each side of a chunk; the codec sees ~0.45 s
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -402,10 +404,27 @@ class AudioTower(nn.Module):
             # One clip per call: convolution kernels round differently with the batch size, and a clip's
             # latents should not depend on its batch even in the last bit (long clips keep the cores busy).
             for i, n in enumerate(lengths):
-                out[i, : n // hop] = self.dac(waveforms[i : i + 1, None, :n])[0]
+                out[i, : n // hop] = self.dac_chunked(waveforms[i, :n])
         steps = torch.arange(out.shape[1], device=waveforms.device)
         mask = steps[None, :] < torch.tensor(frames, device=waveforms.device)[:, None]
         return out, mask
+
+    def dac_chunked(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Latents [T, latent] of one clip [N] (N a multiple of the hop). Clips longer than CODEC_CHUNK frames
+        go through the codec in chunks that overlap by CODEC_MARGIN frames on each side, far beyond its
+        receptive field (~0.45 s), so memory stays bounded (one 64-channel activation of a 5-minute clip
+        alone is 3.7 GB) and the result equals one pass up to float rounding."""
+        hop = self.dac.config.hop
+        frames = waveform.shape[-1] // hop
+        if frames <= CODEC_CHUNK + 2 * CODEC_MARGIN:
+            return self.dac(waveform[None, None])[0]
+        out = waveform.new_empty(frames, self.dac.config.latent_dim)
+        for first in range(0, frames, CODEC_CHUNK):
+            last = min(first + CODEC_CHUNK, frames)
+            lo, hi = max(0, first - CODEC_MARGIN), min(frames, last + CODEC_MARGIN)
+            latents = self.dac(waveform[None, None, lo * hop : hi * hop])[0]
+            out[first:last] = latents[first - lo : last - lo]
+        return out
 
     def forward(self, latents: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return self.encoder(self.data_proj(latents), mask)
@@ -779,22 +798,127 @@ class PEAFrameModel(_PEAudioModel):
             out.spans = [frame_spans(row[:n], threshold, hop, rate) for row, n in zip(logits, valid)]
         return out
 
-    def frame_logits(self, audio, texts, sampling_rate: int | None = None) -> torch.Tensor:
-        """Scores [n_texts, frames] of one clip against each text (dot * logit_scale + logit_bias; sigmoid
-        gives the probability that the described sound is present in each 40 ms frame)."""
-        out = self.encode(audio, texts, threshold=None, sampling_rate=sampling_rate)
-        if out.audio_embeds.shape[0] != 1:
+    def frame_logits(
+        self, audio, texts, sampling_rate: int | None = None, window: float | None = None, hop: float | None = None
+    ) -> torch.Tensor:
+        """Scores [n_texts, frames] of one clip against each text (dot * logit_scale + logit_bias; the sigmoid
+        is the probability that the described sound is in each 40 ms frame).
+
+        A clip up to the encoder's position limit (~400 s) is one pass, as the original. Longer clips, or any
+        clip when `window` is given, are scored in windows of `window` seconds every `hop` seconds (defaults
+        300 and 280; the last window is aligned to the end), and a frame seen by several windows gets the
+        mean of their scores. The codec runs once over the whole clip (in chunks), so window edges see real
+        context."""
+        batch = self._audio_batch(audio, sampling_rate)
+        if batch.input_values.shape[0] != 1:
             raise ValueError("frame_logits takes one clip")
-        return out.logits[:, : out.frames[0]]
+        limit = self.config.audio.max_positions - 1
+        frames = int(batch.padding_mask.sum()) // self.config.dac.hop
+        if window is None and frames <= limit:
+            return self.encode(batch, texts, threshold=None).logits[:, :frames]
+        size = _frames(window if window is not None else DEFAULT_WINDOW_SECONDS, self.frame_seconds)
+        step = _frames(hop if hop is not None else min(DEFAULT_HOP_SECONDS, window or DEFAULT_WINDOW_SECONDS), self.frame_seconds)
+        if not 1 <= size <= limit or not 1 <= step <= size:
+            raise ValueError(f"window must be 0.04..{limit * self.frame_seconds:.2f} s and hop 0.04 s..window")
+        values = batch.input_values.to(self.device, self.dtype).reshape(-1)[: frames * self.config.dac.hop]
+        with torch.no_grad():
+            latents = self.audio.dac_chunked(values)
+        text = self.encode_text(texts)
+        total = latents.new_zeros(text.shape[0], frames, dtype=torch.float32)
+        count = latents.new_zeros(frames, dtype=torch.float32)
+        for start in window_starts(frames, size, step):
+            tokens = self.audio(latents[None, start : start + size], None)
+            scores = (self.audio_head(tokens[0, 1:]) @ text.T).T * self.logit_scale + self.logit_bias
+            total[:, start : start + size] += scores.float()
+            count[start : start + size] += 1
+        return total / count
+
+    def localize(
+        self,
+        audio,
+        texts,
+        threshold: float = 0.3,
+        sampling_rate: int | None = None,
+        window: float | None = None,
+        hop: float | None = None,
+        median_filter: int | None = None,
+        min_duration: float | None = None,
+        merge_gap: float | None = None,
+    ) -> list[list[list[float]]]:
+        """Spans [[start_s, end_s], ...] per text where the described sound is present in one clip.
+
+        By default the original rule, exactly: runs of frames with sigmoid(logit) > threshold, half-open,
+        40 ms frames; spans stop at the clip's last frame. Optional post-processing, off by default and
+        applied in this order: a median filter over `median_filter` frames (odd) on the probabilities,
+        merging spans separated by at most `merge_gap` seconds, dropping spans shorter than `min_duration`."""
+        logits = self.frame_logits(audio, texts, sampling_rate, window, hop)
+        hop_samples, rate = self.config.dac.hop, self.config.dac.sampling_rate
+        gap = None if merge_gap is None else round(merge_gap / self.frame_seconds)
+        shortest = None if min_duration is None else round(min_duration / self.frame_seconds)
+        return [runs_to_seconds(detect_runs(row, threshold, median_filter, gap, shortest), hop_samples, rate)
+                for row in logits]
+
+
+DEFAULT_WINDOW_SECONDS = 300.0
+DEFAULT_HOP_SECONDS = 280.0
+
+
+def _frames(seconds: float, frame_seconds: float) -> int:
+    return max(1, round(seconds / frame_seconds))
+
+
+def window_starts(total: int, size: int, step: int) -> list[int]:
+    """Window starts covering [0, total): every `step`, the last one aligned to the end."""
+    if total <= size:
+        return [0]
+    starts = list(range(0, total - size, step))
+    return starts + [total - size]
+
+
+def detect_runs(
+    logits: torch.Tensor,
+    threshold: float,
+    median_filter: int | None = None,
+    merge_gap: int | None = None,
+    min_frames: int | None = None,
+) -> list[tuple[int, int]]:
+    """Half-open frame runs [start, end) where sigmoid(logit) > threshold (strict, as the original).
+
+    Optional, in this order: a median filter over `median_filter` frames (odd) on the probabilities, merging
+    runs separated by at most `merge_gap` frames, dropping runs shorter than `min_frames`."""
+    probs = torch.sigmoid(logits.float().cpu())
+    if median_filter is not None:
+        if median_filter < 1 or median_filter % 2 == 0:
+            raise ValueError("median_filter must be an odd number of frames")
+        half = median_filter // 2
+        padded = F.pad(probs[None, None], (half, half), mode="replicate")[0, 0]
+        probs = padded.unfold(0, median_filter, 1).median(dim=-1).values
+    edges = torch.diff(F.pad(probs > threshold, (1, 1), value=False).to(torch.int8)).nonzero()[:, 0]
+    runs = [(start, end) for start, end in edges.view(-1, 2).tolist()]
+    if merge_gap is not None:
+        merged: list[tuple[int, int]] = []
+        for start, end in runs:
+            if merged and start - merged[-1][1] <= merge_gap:
+                merged[-1] = (merged[-1][0], end)
+            else:
+                merged.append((start, end))
+        runs = merged
+    if min_frames is not None:
+        runs = [(start, end) for start, end in runs if end - start >= min_frames]
+    return runs
+
+
+def runs_to_seconds(runs: list[tuple[int, int]], hop: int, sampling_rate: int) -> list[list[float]]:
+    """Frame runs in seconds, computed as the original does (int64 index * hop / rate, a float32 division:
+    frame 1 is 0.03999999910593033)."""
+    if not runs:
+        return []
+    return (torch.tensor(runs, dtype=torch.int64) * hop / sampling_rate).tolist()
 
 
 def frame_spans(logits: torch.Tensor, threshold: float, hop: int, sampling_rate: int) -> list[list[float]]:
-    """The original rule: runs of frames with sigmoid(logit) > threshold (strict), as half-open
-    [start, end) frame ranges in seconds, computed as the original does (int64 index * hop / rate, a
-    float32 division: frame 1 is 0.03999999910593033)."""
-    active = torch.sigmoid(logits.float()) > threshold
-    edges = torch.diff(F.pad(active, (1, 1), value=False).to(torch.int8)).nonzero()[:, 0]
-    return (edges.view(-1, 2).cpu() * hop / sampling_rate).tolist()
+    """The original rule: runs of frames with sigmoid(logit) > threshold, as [start_s, end_s) lists."""
+    return runs_to_seconds(detect_runs(logits, threshold), hop, sampling_rate)
 
 
 def read_frames(path, count: int | None):
