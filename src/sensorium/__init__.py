@@ -7,7 +7,7 @@
 
 from sensorium.catalog import models
 from sensorium.errors import MediaError, SensoriumError, UnknownModelError, WeightsError, WeightsNotFoundError
-from sensorium.tasks import classify, embed, tag
+from sensorium.tasks import classify, embed, localize, tag
 from sensorium.weights import load
 
 __version__ = "0.1.0"
@@ -18,6 +18,7 @@ __all__ = [
     "embed",
     "classify",
     "tag",
+    "localize",
     "MediaError",
     "SensoriumError",
     "UnknownModelError",

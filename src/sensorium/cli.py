@@ -82,6 +82,24 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("--format", choices=("json", "jsonl", "csv", "tsv"),
                      help="default: from -o, else jsonl (tsv with --timeline)")
     tag.set_defaults(run=run_tag)
+
+    localize = commands.add_parser("localize", help="when described sounds happen (PE-A-Frame): DCASE-style events")
+    _common_arguments(localize, "pe-a-frame-base", "(unused: one file at a time)", 1)
+    localize.add_argument("-Q", "--query", action="append", default=[], metavar="TEXT", required=True,
+                          help='a sound to find, e.g. "a dog barking" (repeatable)')
+    localize.add_argument("--threshold", type=float, default=0.3,
+                          help="a frame is active when sigmoid(score) > threshold (default 0.3, the original's)")
+    localize.add_argument("--window", type=float, help="score in windows of this many seconds (default: one pass "
+                          "up to the model's ~400 s limit, 300 s windows beyond)")
+    localize.add_argument("--hop", type=float, help="hop between windows in seconds (default 280, or the window)")
+    localize.add_argument("--median-filter", type=int, metavar="FRAMES",
+                          help="smooth frame probabilities with a median filter of this many 40 ms frames (odd)")
+    localize.add_argument("--merge-gap", type=float, metavar="S", help="merge events at most this many seconds apart")
+    localize.add_argument("--min-duration", type=float, metavar="S", help="drop events shorter than this")
+    localize.add_argument("-o", "--output", help="output file (default: stdout)")
+    localize.add_argument("--format", choices=("tsv", "csv", "json", "jsonl"), help="default: from -o, else tsv")
+    localize.set_defaults(run=run_localize)
+
     return parser
 
 
@@ -138,6 +156,11 @@ def _load_model(args, task: str, need_text: bool):
         if task == "tag":
             if not hasattr(model, "labels"):
                 raise TypeError(f"{model.name} is not an audio tagger; tag needs an AST model (sensorium models --task tag)")
+        elif task == "localize":
+            if not hasattr(model, "frame_logits"):
+                raise TypeError(f"{model.name} is not a frame-level model; localize needs a PE-A-Frame model "
+                                "(sensorium models --task localize)")
+            model.tokenize(["probe"])  # a missing tokenizer is the model's problem, not each file's
         else:
             require_clip(model, task, need_text)
     except (SensoriumError, OSError, ValueError, TypeError) as err:
@@ -312,6 +335,45 @@ def run_tag(args) -> int:
     items = expand_inputs(args.inputs, modalities=("audio", "video"))
     rows = lambda progress: iter_tag(  # noqa: E731
         model, items, args.top_k, args.threshold, args.window, args.hop, args.pooling, args.batch_size, progress)
+    return _drain(args, len(items), rows, write, writer)
+
+
+def run_localize(args) -> int:
+    from sensorium.tasks.inputs import expand_inputs
+    from sensorium.tasks.localize import Rules, check_queries, iter_localize
+    from sensorium.writers import format_for
+
+    if not args.inputs:
+        print("sensorium localize: give inputs (audio or video files, folders, globs)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        queries = check_queries(args.query)
+        fmt = format_for(args.output, args.format, ("tsv", "csv", "json", "jsonl"), "tsv")
+        rules = Rules(args.threshold, args.window, args.hop, args.median_filter, args.merge_gap, args.min_duration)
+        if args.median_filter is not None and (args.median_filter < 1 or args.median_filter % 2 == 0):
+            raise ValueError("--median-filter must be an odd number of frames")
+    except ValueError as err:
+        print(f"sensorium localize: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    model = _load_model(args, "localize", need_text=True)
+    if model is None:
+        return EXIT_USAGE
+    writer = _open_writer("localize", fmt, args.output, {"model": model.name, "queries": queries, **rules.record(model)})
+    if writer is None:
+        return EXIT_USAGE
+
+    def write(row, path):
+        if fmt in ("csv", "tsv"):  # DCASE: filename, onset, offset, event_label (+ score)
+            for event in row.events:
+                writer.write({"filename": path, "onset": round(event.onset, 3), "offset": round(event.offset, 3),
+                              "event_label": event.label, "score": round(event.score, 6)})
+        else:
+            writer.write({"path": path, "duration": round(row.duration, 3), "events": [
+                {"onset": round(e.onset, 3), "offset": round(e.offset, 3), "event_label": e.label,
+                 "score": round(e.score, 6)} for e in row.events]})
+
+    items = expand_inputs(args.inputs, modalities=("audio", "video"))
+    rows = lambda progress: iter_localize(model, items, queries, rules, progress)  # noqa: E731
     return _drain(args, len(items), rows, write, writer)
 
 
