@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--text", action="append", default=[], metavar="TEXT", help="also embed this text (repeatable)")
     embed.add_argument("-o", "--output", help="output file: .jsonl, .json, .npy (+ .json sidecar) or .parquet")
     embed.add_argument("--format", choices=("jsonl", "json", "npy", "parquet"), help="default: from -o, else jsonl")
+    _av_arguments(embed)
+    embed.add_argument("--text-head", choices=("audio", "visual", "audio_visual"),
+                       help="PE-AV: the text head for --text (default: the one matching --modality; audio_visual for auto)")
     embed.set_defaults(run=run_embed)
 
     classify = commands.add_parser("classify", help="zero-shot classify images and videos against labels")
@@ -59,10 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     labels.add_argument("--labels-file", help="a file with one label per line")
     classify.add_argument(
         "--templates",
-        default="default",
+        default=None,
         help="prompt templates: a file with one template per line ('{}' = the label) or a built-in set: "
-        "default (7 CLIP templates), imagenet (80), photo, none. Default: default",
+        "default (7 CLIP templates), imagenet (80), photo, none, sound. Default: default (sound for PE-AV)",
     )
+    _av_arguments(classify)
     classify.add_argument("--top-k", type=int, default=5)
     classify.add_argument("-o", "--output", help="output file (default: stdout)")
     classify.add_argument("--format", choices=("json", "jsonl", "csv", "tsv"), help="default: from -o, else jsonl")
@@ -114,6 +118,14 @@ def _common_arguments(parser: argparse.ArgumentParser, model: str, batch_help: s
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def _av_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--modality", choices=("auto", "audio", "video", "audio_video"), default="auto",
+                        help="PE-AV: what to embed per file; auto = audio files by their sound, videos by sound and "
+                        "pictures (pictures only when silent)")
+    parser.add_argument("--window", type=float, help="PE-AV: window in seconds for long media (default 30)")
+    parser.add_argument("--hop", type=float, help="PE-AV: hop between windows in seconds (default: the window)")
+
+
 def _media_arguments(parser: argparse.ArgumentParser) -> None:
     _common_arguments(parser, "PE-Core-B16-224", "images (video frames) per forward pass", 32)
     parser.add_argument("--workers", type=int, default=None,
@@ -156,6 +168,9 @@ def _load_model(args, task: str, need_text: bool):
         if task == "tag":
             if not hasattr(model, "labels"):
                 raise TypeError(f"{model.name} is not an audio tagger; tag needs an AST model (sensorium models --task tag)")
+        elif task in ("embed", "classify") and hasattr(model, "encode_audio_video"):  # PE-AV
+            if need_text:
+                model.tokenize(["probe"])
         elif task == "localize":
             if not hasattr(model, "frame_logits"):
                 raise TypeError(f"{model.name} is not a frame-level model; localize needs a PE-A-Frame model "
@@ -220,8 +235,16 @@ def run_embed(args) -> int:
     model = _load_model(args, "embed", need_text=bool(args.text))
     if model is None:
         return EXIT_USAGE
-    metadata = {"model": model.name, "source": str(args.model), "dim": model.embed_dim, "normalized": True,
-                "video": f"mean of {args.frames} uniformly sampled frame embeddings, then L2-normalised"}
+    av = _av_options(args, model)
+    if av is not None:
+        metadata = {"model": model.name, "source": str(args.model), "dim": model.embed_dim, "normalized": True,
+                    **_av_record(model, av)}
+        if args.text:
+            metadata["text_head"] = (args.text_head or {"audio": "audio", "video": "visual"}.get(args.modality, "audio_visual")) + "_text"
+        av["text_head"] = args.text_head
+    else:
+        metadata = {"model": model.name, "source": str(args.model), "dim": model.embed_dim, "normalized": True,
+                    "video": f"mean of {args.frames} uniformly sampled frame embeddings, then L2-normalised"}
     writer = _open_writer("embed", fmt, args.output, metadata)
     if writer is None:
         return EXIT_USAGE
@@ -231,11 +254,13 @@ def run_embed(args) -> int:
                   "frames": row.frame_indices, "timestamps": row.timestamps}
         if fmt in ("jsonl", "json"):  # self-describing rows; the binary formats keep fixed columns
             record = {k: v for k, v in record.items() if v is not None} | {"model": model.name}
+        if fmt in ("jsonl", "json") and row.extra:
+            record |= row.extra
         writer.write(record | {"embedding": row.embedding})
 
-    items = expand_inputs(args.inputs)
+    items = expand_inputs(args.inputs, ("audio", "video") if av is not None else ("image", "video"))
     rows = lambda progress: iter_embed(  # noqa: E731
-        model, items, args.text, args.batch_size, args.workers, args.frames, progress, args.max_image_pixels)
+        model, items, args.text, args.batch_size, args.workers, args.frames, progress, args.max_image_pixels, av)
     return _drain(args, len(items), rows, write, writer)
 
 
@@ -253,7 +278,6 @@ def run_classify(args) -> int:
         else:
             lines = Path(args.labels_file).read_text(encoding="utf-8").splitlines()
             labels = check_labels([line.strip() for line in lines if line.strip()])
-        templates = load_templates(args.templates)
         fmt = format_for(args.output, args.format, ("json", "jsonl", "csv", "tsv"), "jsonl")
         if args.top_k < 1:
             raise ValueError("--top-k must be at least 1")
@@ -266,8 +290,17 @@ def run_classify(args) -> int:
     model = _load_model(args, "classify", need_text=True)
     if model is None:
         return EXIT_USAGE
-    writer = _open_writer("classify", fmt, args.output,
-                          {"model": model.name, "labels": labels, "templates": list(templates)})
+    av = _av_options(args, model)
+    try:
+        templates = load_templates(args.templates if args.templates is not None or av is None else "sound")
+    except (ValueError, OSError) as err:
+        print(f"sensorium classify: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    metadata = {"model": model.name, "labels": labels, "templates": list(templates)}
+    if av is not None:
+        metadata |= _av_record(model, av) | {"scores": "cosine similarity with the label's text embedding "
+                                             "(PE-AV has no temperature; not a probability)"}
+    writer = _open_writer("classify", fmt, args.output, metadata)
     if writer is None:
         return EXIT_USAGE
 
@@ -280,11 +313,31 @@ def run_classify(args) -> int:
             writer.write({"path": path, "modality": row.modality,
                           "labels": [{"label": label, "score": score} for label, score in ranked]})
 
-    items = expand_inputs(args.inputs)
+    items = expand_inputs(args.inputs, ("audio", "video") if av is not None else ("image", "video"))
     rows = lambda progress: iter_classify(  # noqa: E731
         model, items, labels, templates, args.top_k, args.batch_size, args.workers, args.frames, progress,
-        args.max_image_pixels)
+        args.max_image_pixels, av)
     return _drain(args, len(items), rows, write, writer)
+
+
+def _av_options(args, model) -> dict | None:
+    """The PE-AV options of embed/classify, or None for other models."""
+    if not hasattr(model, "encode_audio_video"):
+        return None
+    return {"modality": args.modality, "window": args.window, "hop": args.hop}
+
+
+def _av_record(model, av: dict) -> dict:
+    from sensorium.tasks.audiovisual import WINDOW_SECONDS
+
+    window = av["window"] or WINDOW_SECONDS
+    return {
+        "heads": {"audio": "audio_embeds", "video": "visual_embeds", "audio_video": "audio_visual_embeds"},
+        "modality": av["modality"],
+        "windows": f"{window:g} s every {av['hop'] or window:g} s (last aligned to the end), mean of window "
+                   "embeddings, then L2-normalised",
+        "video_frames": f"{model.config.video_frames} per window" if model.config.video_frames else "every frame",
+    }
 
 
 def run_tag(args) -> int:

@@ -61,7 +61,13 @@ def iter_classify(
     num_frames: int = 8,
     progress: Callable[[int], None] | None = None,
     max_pixels: int = MAX_PIXELS,
+    av: dict | None = None,
 ) -> Iterator[ClassifyRow]:
+    from sensorium.tasks import audiovisual
+
+    if audiovisual.is_audio_visual(model):
+        yield from _iter_classify_av(model, items, labels, templates, top_k, progress, **(av or {}))
+        return
     require_clip(model, "classify", need_text=True)
     weights = class_vectors(model, check_labels(list(labels)), templates)
     scale = model.logit_scale.float()
@@ -77,6 +83,25 @@ def iter_classify(
         yield ClassifyRow(result.item.path, result.modality, ranked)
 
 
+def _iter_classify_av(model, items, labels, templates, top_k, progress, modality: str = "auto",
+                      window: float | None = None, hop: float | None = None) -> Iterator[ClassifyRow]:
+    """PE-AV: each input's embedding against the label vectors of the matching text head; PE-AV has no
+    learned temperature, so scores are cosine similarities (ranked), not probabilities."""
+    from sensorium.tasks import audiovisual
+
+    vectors = audiovisual.label_vectors(model, check_labels(list(labels)), templates)
+    k = min(top_k, len(labels))
+    for result in audiovisual.iter_encode(model, items, modality, window or audiovisual.WINDOW_SECONDS, hop, progress):
+        if result.error is not None:
+            yield ClassifyRow(result.item.path, result.modality, error=result.error)
+            continue
+        weights = vectors[audiovisual.TEXT_HEAD[result.modality]]
+        sims = torch.from_numpy(result.embedding).to(weights.device) @ weights.T
+        top = sims.topk(k)
+        ranked = [(labels[i], float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist())]
+        yield ClassifyRow(result.item.path, result.modality, ranked)
+
+
 def classify(
     inputs: str | list[str],
     labels: list[str],
@@ -88,15 +113,23 @@ def classify(
     dtype=None,
     workers: int | None = None,
     num_frames: int = 8,
+    modality: str = "auto",
+    window: float | None = None,
+    hop: float | None = None,
 ) -> list[ClassifyRow]:
-    """Zero-shot classify images and videos. `templates`: a built-in set name ("default", "imagenet",
-    "photo", "none"), a file of templates, or a tuple of strings with "{}" for the label."""
+    """Zero-shot classify images and videos (PE-Core), or audio and videos (PE-AV: scores are cosine
+    similarities). `templates`: a built-in set name ("default", "imagenet", "photo", "none", "sound"), a file
+    of templates, or a tuple of strings with "{}" for the label (default: "default", "sound" for PE-AV)."""
     from sensorium.tasks.templates import load_templates
     from sensorium.weights import load
 
+    from sensorium.tasks.audiovisual import is_audio_visual
+
     model = load(model, device=device, dtype=dtype) if isinstance(model, str) else model
+    av = is_audio_visual(model)
     if templates is None or isinstance(templates, str):
-        templates = load_templates(templates)
+        templates = load_templates(templates if templates is not None or not av else "sound")
     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
-    items = expand_inputs(inputs)
-    return list(iter_classify(model, items, labels, tuple(templates), top_k, batch_size, workers, num_frames))
+    items = expand_inputs(inputs, ("audio", "video") if av else ("image", "video"))
+    return list(iter_classify(model, items, labels, tuple(templates), top_k, batch_size, workers, num_frames,
+                              av=dict(modality=modality, window=window, hop=hop)))

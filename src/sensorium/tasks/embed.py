@@ -33,8 +33,14 @@ def iter_embed(
     num_frames: int = 8,
     progress: Callable[[int], None] | None = None,
     max_pixels: int = MAX_PIXELS,
+    av: dict | None = None,
 ) -> Iterator[EmbedRow]:
     """Rows for the texts first, then for every item (see `expand_inputs`), in order."""
+    from sensorium.tasks import audiovisual
+
+    if audiovisual.is_audio_visual(model):
+        yield from _iter_embed_av(model, items, texts, progress, **(av or {}))
+        return
     require_clip(model, "embed", need_text=bool(texts))
     if texts:
         vectors = encode_texts(model, list(texts)).cpu().numpy()
@@ -51,6 +57,23 @@ def iter_embed(
         )
 
 
+def _iter_embed_av(model, items, texts, progress, modality: str = "auto", window: float | None = None,
+                   hop: float | None = None, text_head: str | None = None) -> Iterator[EmbedRow]:
+    """PE-AV rows: texts through `text_head` (default: the head matching `modality`, audio_visual for auto),
+    media through the head their content calls for (see tasks.audiovisual)."""
+    from sensorium.tasks import audiovisual
+
+    if texts:
+        head = text_head or audiovisual.TEXT_HEAD.get(modality, "audio_visual")
+        vectors = audiovisual.encode_texts(model, list(texts), head).cpu().numpy()
+        for text, vector in zip(texts, vectors):
+            yield EmbedRow("text", text=text, embedding=vector, extra={"head": f"{head}_text"})
+    window = window or audiovisual.WINDOW_SECONDS
+    for result in audiovisual.iter_encode(model, items, modality, window, hop, progress):
+        yield EmbedRow(result.modality, path=result.item.path, embedding=result.embedding, error=result.error,
+                       extra={"windows": len(result.windows), "frames": result.frames})
+
+
 def embed(
     inputs: str | list[str] = (),
     model="PE-Core-B16-224",
@@ -60,8 +83,13 @@ def embed(
     dtype=None,
     workers: int | None = None,
     num_frames: int = 8,
+    modality: str = "auto",
+    window: float | None = None,
+    hop: float | None = None,
+    text_head: str | None = None,
 ) -> list[EmbedRow]:
-    """Embed files, folders and globs (images and videos) and texts with a PE-Core model.
+    """Embed files, folders and globs and texts with a PE-Core model (images, videos) or a PE-AV model
+    (audio, videos; `modality`, `window`, `hop` and `text_head` as in sensorium.tasks.audiovisual).
 
     `model` is a catalog name, hub id, path, or an already loaded model. Inputs that cannot be decoded
     come back as rows with `error` set; the others have an L2-normalised float32 `embedding`.
@@ -71,4 +99,9 @@ def embed(
     model = load(model, device=device, dtype=dtype) if isinstance(model, str) else model
     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
     texts = [texts] if isinstance(texts, str) else list(texts)
+    from sensorium.tasks.audiovisual import is_audio_visual
+
+    if is_audio_visual(model):
+        av = dict(modality=modality, window=window, hop=hop, text_head=text_head)
+        return list(iter_embed(model, expand_inputs(inputs, ("audio", "video")), texts, av=av))
     return list(iter_embed(model, expand_inputs(inputs), texts, batch_size, workers, num_frames))

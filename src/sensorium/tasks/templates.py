@@ -102,11 +102,14 @@ DEFAULT = (
     'a photo of the small {}.',
 )
 
-BUILTIN = {"default": DEFAULT, "imagenet": IMAGENET, "photo": ("a photo of a {}.",), "none": ("{}",)}
+# For PE-AV's audio and audio-visual heads (its captions describe sounds); the bare label comes first.
+SOUND = ("{}", "the sound of {}.", "a recording of {}.")
+
+BUILTIN = {"default": DEFAULT, "imagenet": IMAGENET, "photo": ("a photo of a {}.",), "none": ("{}",), "sound": SOUND}
 
 
 def load_templates(spec: str | None) -> tuple[str, ...]:
-    """A built-in set by name (default, imagenet, photo, none) or a file with one template per line."""
+    """A built-in set by name (default, imagenet, photo, none, sound) or a file with one template per line."""
     if spec is None:
         return DEFAULT
     if spec in BUILTIN:

@@ -1,0 +1,107 @@
+"""PE-AV in `embed` and `classify`: which head serves which input, windows for long media, bad inputs."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sensorium as sn
+from helpers import FIXTURES
+
+AV = FIXTURES / "pe_av"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pe-av-tiny")
+    for path in (AV / "pe_av_tiny" / "original").iterdir():
+        shutil.copyfile(path, folder / path.name)
+    shutil.copyfile(AV / "tokenizer.json", folder / "tokenizer.json")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return sn.load(model_dir, device="cpu")
+
+
+def unit(x):
+    return F.normalize(x.float(), dim=-1)[0].numpy()
+
+
+def test_heads_by_content(model, media):
+    rows = sn.embed([str(media / n) for n in ("speech.wav", "dog.mp4", "train.mp4")], model=model,
+                    texts=["a dog barking"])
+    text, speech, dog, train = rows
+    assert [r.modality for r in rows] == ["text", "audio", "video", "audio_video"]
+    with torch.inference_mode():
+        np.testing.assert_allclose(text.embedding, unit(model.encode_text(["a dog barking"], head="audio_visual")), atol=1e-6)
+        np.testing.assert_allclose(speech.embedding, unit(model.encode_audio(str(media / "speech.wav"))), atol=1e-5)
+        np.testing.assert_allclose(dog.embedding, unit(model.encode_video(str(media / "dog.mp4"))), atol=1e-5)
+        want = model.encode_audio_video(str(media / "train.mp4"), str(media / "train.mp4"))
+    np.testing.assert_allclose(train.embedding, unit(want), atol=1e-5)
+    assert train.extra == {"windows": 1, "frames": 337}
+
+
+def test_long_media_in_windows(model, media):
+    """train.mp4 (14.06 s) in 5 s windows every 5 s: [0, 5), [5, 10), and the last aligned to the end."""
+    from sensorium.media.audio import load_audio
+    from sensorium.tasks.audiovisual import windows_for
+
+    spans = windows_for(674816 / 48000, 5.0, 5.0)
+    assert [(round(a, 3), round(b, 3)) for a, b in spans] == [(0.0, 5.0), (5.0, 10.0), (9.059, 14.059)]
+    [row] = sn.embed(str(media / "train.mp4"), model=model, modality="audio", window=5.0)
+    signal = load_audio(media / "train.mp4", 48000, downmix="ffmpeg")
+    with torch.inference_mode():
+        parts = [model.encode_audio([signal[int(round(a * 48000)) : int(round(b * 48000))]], sampling_rate=48000)
+                 for a, b in spans]
+    np.testing.assert_allclose(row.embedding, unit(torch.cat(parts).mean(0, keepdim=True)), atol=1e-5)
+    assert row.extra["windows"] == 3 and row.modality == "audio"
+
+
+def test_sixteen_frames_per_window(model, media, monkeypatch):
+    monkeypatch.setattr(model, "config", type(model.config)(**{**model.config.__dict__, "video_frames": 16}))
+    [row] = sn.embed(str(media / "dog.mp4"), model=model, modality="video")
+    assert row.extra["frames"] == 16
+
+
+def test_bad_inputs_are_reported(model, media):
+    names = ("corrupt.mp4", "empty.wav", "notmedia.mp3", "cat.png", "missing.wav")
+    rows = sn.embed([str(media / n) for n in names], model=model)
+    assert all(r.error for r in rows), [r.error for r in rows]
+    assert "image" in rows[3].error
+    [silent] = sn.embed(str(media / "dog.mp4"), model=model, modality="audio")
+    assert "audio" in silent.error
+
+
+def test_zero_shot_audio_classification(model, media):
+    rows = sn.classify([str(media / "speech.wav"), str(media / "train.mp4")], ["speech", "a train", "rain"], model=model)
+    assert [r.modality for r in rows] == ["audio", "audio_video"]
+    [speech] = sn.embed(str(media / "speech.wav"), model=model)
+    with torch.inference_mode():
+        prompts = [t.format(l) for l in ["speech", "a train", "rain"] for t in ("{}", "the sound of {}.", "a recording of {}.")]
+        text = F.normalize(model.encode_text(prompts, head="audio"), dim=-1).view(3, 3, -1).mean(1)
+        sims = torch.from_numpy(speech.embedding) @ F.normalize(text, dim=-1).T
+    best = int(sims.argmax())
+    assert rows[0].labels[0][0] == ["speech", "a train", "rain"][best]
+    assert rows[0].labels[0][1] == pytest.approx(float(sims[best]), abs=1e-5)
+
+
+def test_cli(model_dir, media, tmp_path, capsys):
+    from sensorium.cli import main
+
+    out = tmp_path / "e.jsonl"
+    code = main(["embed", str(media / "speech.wav"), str(media / "corrupt.mp4"), "-m", str(model_dir), "--text", "rain",
+                 "--text-head", "audio", "-q", "-o", str(out)])
+    assert code == 1 and "corrupt.mp4" in capsys.readouterr().err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r.get("modality") for r in rows] == ["text", "audio"] and rows[0]["head"] == "audio_text"
+    code = main(["classify", str(media / "speech.wav"), "-m", str(model_dir), "--labels", "speech,rain", "-q",
+                 "--format", "json", "--window", "2"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["templates"] == ["{}", "the sound of {}.", "a recording of {}."] and "cosine" in doc["scores"]
+    assert doc["windows"].startswith("2 s every 2 s")
