@@ -89,5 +89,9 @@ def test_timm_and_open_clip_key_counts():
 
 def test_models_rows_name_family_and_tasks():
     rows = sn.models(task="classify")
-    assert rows and all("classify" in r.tasks and r.kind == "PE-Core" for r in rows)
+    assert rows and all("classify" in r.tasks and r.kind in ("PE-Core", "PE-AV") for r in rows)
+    assert {r.name for r in sn.models(task="localize")} == {f"pe-a-frame-{s}" for s in ("small", "base", "large")}
+    av = [r for r in sn.models(family="pe_av") if r.kind == "PE-AV"]
+    assert len(av) == 6 and all([c.layout for c in r.published] == ["transformers", "original"] for r in av)
+    assert all(r.published[1].revision == "perception_models" for r in av)
     assert all(r.kind in ("PE-Lang", "PE-Spatial") for r in sn.models(task="features"))
