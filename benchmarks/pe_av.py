@@ -1,0 +1,248 @@
+"""PE-AV speed and memory: sensorium vs transformers 5.23 (PeAudioModel / PeVideoModel) on the same weights.
+
+    python benchmarks/pe_core.py setup    # once: the separate venv with timm (benchmarks/.venv-timm)
+    python benchmarks/pe_av.py setup      # once: transformers 5.23 into that venv (its PE video needs timm)
+    python benchmarks/pe_av.py run        # audio embedding of 30 s clips, 16-frame video embedding; fp32, bf16
+
+Weights: pe-av-base geometry (1024-wide encoders: audio 16 layers, video 5, fusion 5; DAC-VAE 64 channels;
+PE-Core-L14-336 frames; ModernBERT-large cut at 22 layers) with transformers' random initialisation, written
+by `PeAudioVideoModel.save_pretrained` and loaded by both sides (transformers' PeAudioModel and PeVideoModel
+take their parts of that file; sensorium loads the whole file). Each measurement runs in a fresh process
+(load, one short warm-up call, then the timed call) so peak RSS is that side's alone; sides alternate within
+each round and the table gives medians. Both sides' embeddings are saved and compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+TIMM_VENV = HERE / ".venv-timm"
+WEIGHTS = OUT / "pe-av-base-random"
+CLIP_SECONDS = 30.0
+RATE = 48000
+
+
+def setup() -> None:
+    python = TIMM_VENV / "bin" / "python"
+    if not python.exists():
+        raise SystemExit("run `python benchmarks/pe_core.py setup` first (the timm venv)")
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "transformers==5.23.0"], check=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Workers (each runs in a fresh process)
+
+
+def configs():
+    text = dict(vocab_size=50368, hidden_size=1024, intermediate_size=2624, num_hidden_layers=22,
+                num_attention_heads=16, global_attn_every_n_layers=3, local_attention=128,
+                pad_token_id=50283, cls_token_id=50281, sep_token_id=50282, bos_token_id=50281, eos_token_id=50282,
+                tie_last_hidden_states=False)
+
+    def encoder(layers):
+        return dict(hidden_size=1024, intermediate_size=2752, num_hidden_layers=layers, num_attention_heads=8,
+                    head_dim=128, num_key_value_heads=8, max_position_embeddings=10000, rms_norm_eps=1e-5,
+                    rope_parameters={"rope_type": "default", "rope_theta": 20000.0})
+
+    dac = dict(encoder_hidden_size=64, downsampling_ratios=[2, 8, 10, 12], codebook_size=1024, codebook_dim=128)
+    vision = dict(architecture="vit_pe_core_large_patch14_336", num_labels=1024, global_pool="map", do_pooling=True)
+    audio = {**encoder(16), "dac_config": dac}
+    video = {**encoder(5), "vision_config": vision}
+    return text, audio, video, encoder(5)
+
+
+def make_weights() -> None:
+    import torch
+    from transformers import PeAudioVideoConfig, PeAudioVideoModel
+
+    text, audio, video, fusion = configs()
+    torch.manual_seed(0)
+    model = PeAudioVideoModel(PeAudioVideoConfig(text_config=text, audio_video_config=dict(
+        audio_config=audio, video_config=video, **fusion)))
+    model.save_pretrained(WEIGHTS)
+    print(sum(p.numel() for p in model.parameters()))
+
+
+def inputs(kind: str, count: int):
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    if kind == "audio":
+        t = np.arange(int(CLIP_SECONDS * RATE)) / RATE
+        clips = [(0.2 * np.sin(2 * np.pi * rng.uniform(100, 4000) * t) + 0.05 * rng.standard_normal(len(t)))
+                 .astype(np.float32) for _ in range(count)]
+        values = torch.from_numpy(np.stack(clips))[:, None]  # 30 s is a multiple of the 1920-sample hop
+        return values, torch.ones(values.shape[0], values.shape[-1], dtype=torch.bool)
+    frames = rng.integers(0, 256, (count, 16, 3, 336, 336), dtype=np.uint8)
+    pixels = (torch.from_numpy(frames).float() / 255 - 0.5) / 0.5
+    return pixels, torch.ones(count, 16, dtype=torch.bool)
+
+
+def _transformers_parts(kind: str, dtype):
+    """transformers' PeAudioModel or PeVideoModel holding its part of the PeAudioVideoModel file (its own
+    from_pretrained loses the frame encoder's head size, transformers 5.23)."""
+    import torch
+    from safetensors import safe_open
+    from transformers import PeAudioConfig, PeAudioModel, PeVideoConfig, PeVideoModel
+
+    text, audio, video, _ = configs()
+    model = (PeAudioModel(PeAudioConfig(text_config=text, audio_config=audio)) if kind == "audio"
+             else PeVideoModel(PeVideoConfig(text_config=text, video_config=video)))
+    prefix = "audio_model." if kind == "audio" else "video_model."
+    own = {}
+    with safe_open(WEIGHTS / "model.safetensors", "pt") as f:
+        for key in f.keys():
+            if key.startswith(prefix):
+                own[key[len(prefix):]] = f.get_tensor(key)
+            elif key.startswith("text_model."):
+                own[key] = f.get_tensor(key)
+    missing, unexpected = model.load_state_dict(own, strict=False)
+    missing = [k for k in missing if "logit" not in k]
+    assert not missing and not unexpected, (missing[:5], unexpected[:5])
+    del own
+    return model.eval().to(dtype)
+
+
+def _status(field: str) -> float:
+    """A /proc/self/status memory field in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def worker(side: str, kind: str, dtype_name: str, count: int) -> None:
+    import time
+
+    import numpy as np
+    import torch
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
+    values, mask = inputs(kind, count)
+    if side == "transformers":
+        model = _transformers_parts(kind, dtype)
+        if kind == "audio":
+            run = lambda v, m: model.get_audio_embeds(v.to(dtype), m)  # noqa: E731
+        else:
+            run = lambda v, m: model.video_head(model.video_encoder(pixel_values_videos=v.to(dtype),  # noqa: E731
+                                                                    padding_mask_videos=m).pooler_output)
+    else:
+        sys.path.insert(0, str(HERE.parent / "src"))
+        import sensorium as sn
+        from sensorium.models.pe_av import AudioBatch, VideoBatch
+
+        model = sn.load(WEIGHTS, device="cpu", dtype=dtype)
+        if kind == "audio":
+            run = lambda v, m: model.encode_audio(AudioBatch(v, m))  # noqa: E731
+        else:
+            run = lambda v, m: model.encode_video(VideoBatch(v, m))  # noqa: E731
+    import gc
+
+    gc.collect()
+    resident = _status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+    with torch.inference_mode():
+        if kind == "audio":
+            run(values[:1, :, : RATE * 2], mask[:1, : RATE * 2])  # warm-up: one 2 s clip
+        else:
+            run(values[:1, :2], mask[:1, :2])
+        start = time.perf_counter()
+        out = run(values, mask)
+        seconds = time.perf_counter() - start
+    np.save(OUT / f"pe_av-{side}-{kind}-{dtype_name}.npy", out.float().numpy())
+    held = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": _status("VmHWM"), "resident_after_load_mb": resident,
+                      "weights_held_mb": held, "inference_extra_mb": _status("VmHWM") - resident}))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Driver
+
+
+def _python(side: str) -> str:
+    return str(TIMM_VENV / "bin" / "python") if side == "transformers" else sys.executable
+
+
+def measure(side: str, kind: str, dtype: str, count: int) -> dict:
+    out = subprocess.run([_python(side), __file__, "worker", side, kind, dtype, str(count)],
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{side} {kind} {dtype} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def run(rounds: int, dtypes: list[str], clips: int, kinds: list[str]) -> None:
+    import numpy as np
+
+    OUT.mkdir(exist_ok=True)
+    if not (WEIGHTS / "model.safetensors").exists():
+        subprocess.run([_python("transformers"), __file__, "make"], check=True)
+    print(f"machine: {machine()}")
+    results = {}
+    for kind in kinds:
+        count = clips if kind == "audio" else 1
+        for dtype in dtypes:
+            runs = {"transformers": [], "sensorium": []}
+            for r in range(rounds):
+                for side in (("transformers", "sensorium") if r % 2 == 0 else ("sensorium", "transformers")):
+                    runs[side].append(measure(side, kind, dtype, count))
+                    print(f"  {kind} {dtype} round {r + 1} {side}: {runs[side][-1]['seconds']:.1f} s, "
+                          f"{runs[side][-1]['peak_rss_mb']:.0f} MB", file=sys.stderr)
+            a, b = (np.load(OUT / f"pe_av-{s}-{kind}-{dtype}.npy") for s in ("transformers", "sensorium"))
+            med = {s: statistics.median(x["seconds"] for x in v) for s, v in runs.items()}
+            rss = {s: max(x["peak_rss_mb"] for x in v) for s, v in runs.items()}
+            extra = {s: max(x["inference_extra_mb"] for x in v) for s, v in runs.items()}
+            held = {s: v[0]["weights_held_mb"] for s, v in runs.items()}
+            results[f"{kind}-{dtype}"] = {"median_s": med, "peak_rss_mb": rss, "inference_extra_mb": extra,
+                                         "weights_held_mb": held, "count": count,
+                                         "max_abs_diff": float(np.abs(a - b).max()), "runs": runs}
+            what = f"{count} x 30 s clips" if kind == "audio" else "1 video x 16 frames"
+            print(f"| {kind} ({what}) | {dtype} | transformers {med['transformers']:.1f} s, peak {rss['transformers']:.0f} MB "
+                  f"(+{extra['transformers']:.0f} MB running; holds {held['transformers']:.0f} MB) "
+                  f"| sensorium {med['sensorium']:.1f} s, peak {rss['sensorium']:.0f} MB (+{extra['sensorium']:.0f} MB "
+                  f"running; holds {held['sensorium']:.0f} MB) | "
+                  f"{med['transformers'] / med['sensorium']:.2f}x | max diff {results[f'{kind}-{dtype}']['max_abs_diff']:.1e} |",
+                  flush=True)
+    (OUT / "pe_av.json").write_text(json.dumps(results, indent=1))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "make":
+        make_weights()
+        return
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("setup")
+    r = sub.add_parser("run")
+    r.add_argument("--rounds", type=int, default=3)
+    r.add_argument("--clips", type=int, default=2, help="30 s clips per audio call")
+    r.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
+    r.add_argument("--kind", nargs="+", default=["audio", "video"])
+    args = parser.parse_args()
+    if args.command == "setup":
+        setup()
+    else:
+        run(args.rounds, args.dtype, args.clips, args.kind)
+
+
+if __name__ == "__main__":
+    main()
