@@ -138,3 +138,12 @@ def set_mp4_rotation(path, degrees_clockwise: int) -> None:
     offset = at + 4 + 4 + (32 if version == 1 else 20) + 8 + 2 + 2 + 2 + 2  # after the fields before the matrix
     data[offset : offset + 36] = matrix
     Path(path).write_bytes(bytes(data))
+
+
+def pe_av_folder(target: Path, fixture: str) -> Path:
+    """A PE-AV fixture model folder (e.g. "pe_av_tiny/original") copied with the test tokenizer.json beside
+    its weights, as a checkpoint folder from the hub has one."""
+    for path in (FIXTURES / "pe_av" / fixture).iterdir():
+        shutil.copyfile(path, target / path.name)
+    shutil.copyfile(FIXTURES / "pe_av" / "tokenizer.json", target / "tokenizer.json")
+    return target

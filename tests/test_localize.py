@@ -1,7 +1,6 @@
 """`sensorium localize` and PE-A-Frame's localize: the original span rule, windows, post-processing, CLI."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import sensorium as sn
-from helpers import FIXTURES
+from helpers import FIXTURES, pe_av_folder
 
 AV = FIXTURES / "pe_av"
 REF = load_file(AV / "reference.safetensors")
@@ -18,11 +17,7 @@ SPANS = json.loads((AV / "reference.json").read_text())["aframe"]["spans"]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pe-a-frame-tiny")
-    for path in (AV / "pe_a_frame_tiny" / "original").iterdir():
-        shutil.copyfile(path, folder / path.name)
-    shutil.copyfile(AV / "tokenizer.json", folder / "tokenizer.json")
-    return folder
+    return pe_av_folder(tmp_path_factory.mktemp("pe-a-frame-tiny"), "pe_a_frame_tiny/original")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """PE-AV in `embed` and `classify`: which head serves which input, windows for long media, bad inputs."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -9,18 +8,14 @@ import torch
 import torch.nn.functional as F
 
 import sensorium as sn
-from helpers import FIXTURES
+from helpers import FIXTURES, pe_av_folder
 
 AV = FIXTURES / "pe_av"
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pe-av-tiny")
-    for path in (AV / "pe_av_tiny" / "original").iterdir():
-        shutil.copyfile(path, folder / path.name)
-    shutil.copyfile(AV / "tokenizer.json", folder / "tokenizer.json")
-    return folder
+    return pe_av_folder(tmp_path_factory.mktemp("pe-av-tiny"), "pe_av_tiny/original")
 
 
 @pytest.fixture(scope="module")
