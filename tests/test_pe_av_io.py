@@ -257,3 +257,16 @@ def test_av_matches_transformers_where_it_agrees(layout):
         for field, theirs in pairs.items():
             want = hf[f"hf.tie_false.av.{name}.{theirs}"]
             assert (getattr(got, field)[0] - want[0]).abs().max() <= 1e-5, (name, field)
+
+
+def test_transformers_helper_defects_are_not_followed():
+    """transformers 5.23's PeAudioModel.get_text_audio_embeds reads hidden_states that its text model does not
+    return (it fails); sensorium's encode_text(head="audio") is the original's encode_audio_text (tested against
+    its outputs in test_pe_av.py)."""
+    from transformers import PeAudioConfig, PeAudioModel
+
+    dac = dict(encoder_hidden_size=2, downsampling_ratios=[2, 8, 10, 12], codebook_size=32, codebook_dim=8)
+    model = PeAudioModel(PeAudioConfig(text_config=_text_config(), audio_config={**_encoder_config(), "dac_config": dac}))
+    ids = torch.tensor([[1, 50, 60, 2]])
+    with pytest.raises((TypeError, AttributeError)):
+        model.get_text_audio_embeds(ids)
