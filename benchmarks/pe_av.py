@@ -14,6 +14,12 @@ each round and the table gives medians. Both sides' embeddings are saved and com
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path, and benchmarks/ast.py would shadow the stdlib `ast`.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 import argparse
 import json
 import os
@@ -36,6 +42,13 @@ def setup() -> None:
     if not python.exists():
         raise SystemExit("run `python benchmarks/pe_core.py setup` first (the timm venv)")
     subprocess.run([str(python), "-m", "pip", "install", "-q", "transformers==5.23.0"], check=True)
+    # transformers reads the stub's version from package metadata; give it one older than anything it uses.
+    site = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    info = Path(site) / "torchvision-0.0.0.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: torchvision\nVersion: 0.0.0\n")
+    (info / "RECORD").write_text("")
 
 
 # ---------------------------------------------------------------------------------------------------------
