@@ -42,6 +42,7 @@ from sensorium.weights import FirstHalf, KeyMap, Unused, prefixed
 SAMPLING_RATE = 48000
 CODEC_CHUNK = 750  # frames (30 s) per codec call on long clips
 CODEC_MARGIN = 25  # frames (1 s) of context on each side of a chunk; the codec sees ~0.45 s
+FRAME_CHUNK = 32  # video frames per frame-encoder call
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -439,15 +440,16 @@ class VideoTower(nn.Module):
         self.encoder = SequenceEncoder(config.video)
 
     def frame_features(self, pixels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """L2-normalised frame-encoder outputs [B, F, D] of pixels [B, F, 3, S, S]; padding frames are not
-        run through the frame encoder (their rows stay zero)."""
+        """L2-normalised frame-encoder outputs [B, F, D] of pixels [B, F, 3, S, S]. Padding frames are not run
+        (their rows stay zero), and frames go through the encoder FRAME_CHUNK at a time: an all-frame model
+        reads every frame of a 30 s clip (750-900 of them), whose activations would not fit at once."""
         batch, count = pixels.shape[:2]
         flat = pixels.flatten(0, 1)
-        if mask is None:
-            return F.normalize(self.frames(flat), dim=-1).view(batch, count, -1)
-        valid = mask.flatten().bool()
+        valid = torch.ones(batch * count, dtype=torch.bool, device=pixels.device) if mask is None else mask.flatten().bool()
+        chosen = flat[valid]
+        encoded = torch.cat([self.frames(chosen[i : i + FRAME_CHUNK]) for i in range(0, len(chosen), FRAME_CHUNK)])
         out = flat.new_zeros(batch * count, self.frames.config.output_dim)
-        out[valid] = F.normalize(self.frames(flat[valid]), dim=-1)
+        out[valid] = F.normalize(encoded, dim=-1)
         return out.view(batch, count, -1)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
