@@ -270,3 +270,24 @@ def test_transformers_helper_defects_are_not_followed():
     ids = torch.tensor([[1, 50, 60, 2]])
     with pytest.raises((TypeError, AttributeError)):
         model.get_text_audio_embeds(ids)
+
+
+def test_sharded_checkpoint_from_hf_cache(hf_cache, tmp_path):
+    """A transformers checkpoint saved in shards (model.safetensors.index.json + shards) loads by hub id."""
+    from safetensors.torch import save_file
+
+    state = load_file(AV / "pe_a_frame_tiny" / "transformers" / "model.safetensors")
+    keys = sorted(state)
+    halves = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
+    files = {"config.json": AV / "pe_a_frame_tiny" / "transformers" / "config.json", "tokenizer.json": TOKENIZER}
+    weight_map = {}
+    for name, part in halves.items():
+        save_file({k: state[k] for k in part}, tmp_path / name)
+        files[name] = tmp_path / name
+        weight_map |= {k: name for k in part}
+    files["model.safetensors.index.json"] = json.dumps({"metadata": {}, "weight_map": weight_map}).encode()
+    put_in_hf_cache(hf_cache, "facebook/pe-a-frame-large", files)
+    model = sn.load("pe-a-frame-large", device="cpu")
+    text = {"input_ids": REF["single.input_ids"], "attention_mask": REF["single.attention_mask"]}
+    assert (model.encode_text(text) - REF["aframe.single.text_embeds"]).abs().max() <= 1e-5

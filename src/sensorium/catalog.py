@@ -156,7 +156,7 @@ ENTRIES += (
 def _pe_av(name: str, summary: str) -> CatalogEntry:
     """PE-AV / PE-A-Frame: the transformers layout on the hub's main branch (default), the original layout
     on its `perception_models` branch. Configs (depths differ per size) are read from config.json."""
-    files = dict(weights=("model.safetensors",), extra=("config.json", "tokenizer.json"))
+    files = dict(weights=("model.safetensors", "model.safetensors.index.json"), extra=("config.json", "tokenizer.json"))
     frame_level = name.startswith("pe-a-frame")
     return CatalogEntry(
         name=name,

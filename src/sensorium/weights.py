@@ -261,15 +261,28 @@ def hub_file(repo: str, filename: str, revision: str | None = None, required: bo
         raise WeightsNotFoundError(missing_weights_message(repo, [filename], revision, err)) from err
 
 
+def _in_cache(repo: str, filename: str, revision: str | None) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo, filename, revision=revision)
+    return Path(cached) if isinstance(cached, str) else None
+
+
 def fetch_published(repo: str, weights: tuple[str, ...], extra: tuple[str, ...] = (), revision: str | None = None) -> Path:
     """The weights file of a hub checkpoint (the first of `weights` the repo has), with `extra` files
     fetched beside it. One error lists everything that is missing."""
     try:
         for name in extra:
             hub_file(repo, name, revision)
-        for name in weights:
-            path = hub_file(repo, name, revision, required=False)
+        # An alternative already in the cache wins (no network call; offline it is the only way to learn
+        # which of the alternatives the repo has).
+        cached = [(name, _in_cache(repo, name, revision)) for name in weights]
+        for name, path in [c for c in cached if c[1] is not None] + [(n, None) for n, _ in cached]:
+            path = path or hub_file(repo, name, revision, required=False)
             if path is not None:
+                if name.endswith(".index.json"):  # sharded: fetch every shard beside the index
+                    for shard in sorted(set(json.loads(path.read_text())["weight_map"].values())):
+                        hub_file(repo, shard, revision)
                 return path
     except WeightsNotFoundError as err:
         if err.__cause__ is not None and "has no file" not in str(err):
