@@ -143,8 +143,13 @@ class Snake(nn.Module):
         self.alpha = nn.Parameter(torch.ones(channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Same expression, same order as the reference: x + 1/(alpha + 1e-9) * sin(alpha x)^2
-        return x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
+        # The reference's x + 1/(alpha + 1e-9) * sin(alpha x)^2, same operations in the same order. Without
+        # autograd the passes run in place on one buffer: bit-identical, ~3x faster on these huge tensors
+        # (the codec's Snakes were ~40 % of PE-AV's audio time).
+        inverse = (self.alpha + 1e-9).reciprocal()
+        if torch.is_grad_enabled() and (x.requires_grad or self.alpha.requires_grad):
+            return x + inverse * torch.sin(self.alpha * x).pow(2)
+        return (self.alpha * x).sin_().square_().mul_(inverse).add_(x)
 
 
 class ResidualUnit(nn.Module):
@@ -156,7 +161,8 @@ class ResidualUnit(nn.Module):
         self.conv2 = nn.Conv1d(channels, channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(self.snake2(self.conv1(self.snake1(x))))
+        y = self.conv2(self.snake2(self.conv1(self.snake1(x))))
+        return x + y if torch.is_grad_enabled() else y.add_(x)
 
 
 class DownBlock(nn.Module):
