@@ -173,7 +173,7 @@ def test_aframe_single(frame_model, threshold):
     out = frame_model.encode(audio, text, threshold=threshold)
     assert max_diff(out.text_embeds, REF["aframe.single.text_embeds"]) <= TOL
     assert max_diff(out.audio_embeds, REF["aframe.single.audio_embeds"]) <= TOL
-    assert max_diff(out.logits, REF["aframe.single.logits"]) <= 1e-5 * max(1.0, REF["aframe.single.logits"].abs().max())
+    assert max_diff(out.logits, REF["aframe.single.logits"]) <= TOL
     assert out.spans == REF_JSON["aframe"]["spans"]["single"][f"threshold_{threshold}"]
 
 
@@ -181,10 +181,14 @@ def test_aframe_single(frame_model, threshold):
 def test_aframe_batch_is_batch_invariant(frame_model, threshold):
     audio, _, text = inputs("batch")
     out = frame_model.encode(audio, text, threshold=threshold)
-    scale = max(1.0, REF["aframe.batch.logits"].abs().max().item())
     assert out.frames == [75, 51]
-    assert max_diff(out.logits[0], REF["aframe.batch.logits"][0]) <= 1e-5 * scale
-    assert max_diff(out.logits[1, :51], REF["aframe.batch_item1_alone.logits"][0]) <= 1e-5 * scale
+    # each item equals the original run on that item alone (item 0 is the `single` set)
+    assert max_diff(out.logits[0], REF["aframe.single.logits"][0]) <= TOL
+    assert max_diff(out.logits[1, :51], REF["aframe.batch_item1_alone.logits"][0]) <= TOL
+    # the original's own batched item 0 differs from its single run by ~1.7e-5 (its convolutions round
+    # differently with the batch size); ours is as close to it as that
+    assert max_diff(out.logits[0], REF["aframe.batch.logits"][0]) <= 2 * max_diff(
+        REF["aframe.batch.logits"][0], REF["aframe.single.logits"][0])
     assert max_diff(out.audio_embeds[1, :51], REF["aframe.batch_item1_alone.audio_embeds"][0]) <= TOL
     spans = REF_JSON["aframe"]["spans"]
     assert out.spans[0] == spans["batch"][f"threshold_{threshold}"][0]
@@ -199,7 +203,7 @@ def test_aframe_one_audio_many_texts(frame_model):
     text = {"input_ids": REF["broadcast.input_ids"], "attention_mask": REF["broadcast.attention_mask"]}
     out = frame_model.encode(audio, text)
     assert max_diff(out.text_embeds, REF["aframe.broadcast.text_embeds"]) <= TOL
-    assert max_diff(out.logits, REF["aframe.broadcast.logits"]) <= 1e-5 * max(1.0, REF["aframe.broadcast.logits"].abs().max())
+    assert max_diff(out.logits, REF["aframe.broadcast.logits"]) <= TOL
     assert out.spans == REF_JSON["aframe"]["spans"]["broadcast"]["threshold_0.3"]
     logits = frame_model.frame_logits(audio, text)
     assert logits.shape == (3, 75) and torch.equal(logits, out.logits)
