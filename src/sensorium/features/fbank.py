@@ -78,15 +78,21 @@ def kaldi_fbank(
     out = torch.empty(batch, frames, num_mel_bins, device=waveforms.device)
     rows_per_chunk = max(1, CHUNK_FRAMES // frames)
     frames_per_chunk = min(frames, CHUNK_FRAMES)
+    # One zero-padded FFT buffer for all chunks: frames are written into its first 400 columns and the
+    # padding columns stay zero (rfft(n=512) would pad a fresh copy every chunk).
+    dtype = PRECISIONS[precision]
+    buffer = torch.zeros(rows_per_chunk * frames_per_chunk, FFT_SIZE, device=waveforms.device, dtype=dtype)
     for row in range(0, batch, rows_per_chunk):
         for first in range(0, frames, frames_per_chunk):
             last = min(first + frames_per_chunk, frames)
             samples = waveforms[row : row + rows_per_chunk, first * FRAME_SHIFT : (last - 1) * FRAME_SHIFT + FRAME_LENGTH]
-            out[row : row + rows_per_chunk, first:last] = _log_mel(samples, num_mel_bins, sampling_rate, precision)
+            out[row : row + rows_per_chunk, first:last] = _log_mel(samples, num_mel_bins, sampling_rate, precision, buffer)
     return out
 
 
-def _log_mel(waveforms: torch.Tensor, num_mel_bins: int, sampling_rate: int, precision: str) -> torch.Tensor:
+def _log_mel(
+    waveforms: torch.Tensor, num_mel_bins: int, sampling_rate: int, precision: str, buffer: torch.Tensor
+) -> torch.Tensor:
     window, filters = _constants(num_mel_bins, sampling_rate, waveforms.device, PRECISIONS[precision])
     signal = waveforms.to(window.dtype)
     # Pre-emphasis of (x - mean) is pre-emphasis of x minus 0.03 * mean, computed once on the whole signal.
@@ -95,9 +101,12 @@ def _log_mel(waveforms: torch.Tensor, num_mel_bins: int, sampling_rate: int, pre
     emphasized[:, 0] = 0
     torch.sub(signal[:, 1:], signal[:, :-1], alpha=PREEMPHASIS, out=emphasized[:, 1:])
     means = signal.unfold(-1, FRAME_LENGTH, FRAME_SHIFT).mean(dim=-1, keepdim=True)
-    frames = emphasized.unfold(-1, FRAME_LENGTH, FRAME_SHIFT) * window
-    frames -= ((1 - PREEMPHASIS) * means) * window
-    spectrum = torch.view_as_real(torch.fft.rfft(frames, n=FFT_SIZE)).flatten(-2)  # [B, F, 2 * 257]: re, im
+    rows, count = means.shape[:2]
+    padded = buffer[: rows * count].view(rows, count, FFT_SIZE)
+    frames = padded[..., :FRAME_LENGTH]
+    torch.sub(emphasized.unfold(-1, FRAME_LENGTH, FRAME_SHIFT), (1 - PREEMPHASIS) * means, out=frames)
+    frames.mul_(window)
+    spectrum = torch.view_as_real(torch.fft.rfft(padded)).flatten(-2)  # [B, F, 2 * 257]: re, im
     power_terms = spectrum.float().square_()
     return (power_terms @ filters).clamp_(min=MEL_FLOOR).log_()
 
@@ -121,13 +130,14 @@ def fixed_length_fbank(
     keep = (max_frames - 1) * FRAME_SHIFT + FRAME_LENGTH  # samples that feed the kept frames
     counts = [frame_count(max(len(s), FRAME_LENGTH)) for s in signals]
     width = max(min(max(len(s), FRAME_LENGTH), keep) for s in signals)
-    batch = torch.zeros(len(signals), width, device=device, dtype=torch.float32)
+    batch = torch.empty(len(signals), width, device=device, dtype=torch.float32)
     for row, signal in enumerate(signals):
         usable = signal[:keep]
         batch[row, : len(usable)] = usable
+        batch[row, len(usable) :] = 0
     features = kaldi_fbank(batch, num_mel_bins, sampling_rate, precision)
-    out = torch.zeros(len(signals), max_frames, num_mel_bins, device=device)
+    if features.shape[1] < max_frames:
+        features = torch.cat([features, features.new_zeros(len(signals), max_frames - features.shape[1], num_mel_bins)], 1)
     for row, count in enumerate(counts):
-        valid = min(count, max_frames)
-        out[row, :valid] = features[row, :valid]
-    return out, counts
+        features[row, min(count, max_frames) :] = 0  # frames that only padding fed
+    return features, counts
