@@ -45,10 +45,13 @@ def test_window_covering_the_clip_equals_one_pass(model):
 
 
 def test_windows_average_overlaps(model):
-    from sensorium.models.pe_av import window_starts
+    from sensorium.features.windows import window_starts
 
     assert window_starts(75, 30, 25) == [0, 25, 45]
     assert window_starts(20, 30, 25) == [0]
+    assert window_starts(14.0, 5.0, 5.0) == [0.0, 5.0, 9.0]
+    with pytest.raises(ValueError):
+        window_starts(10, 0, 1)
     clip = REF["single.input_values"][0, 0].numpy()
     logits = model.frame_logits(clip, single_text(), sampling_rate=48000, window=1.2, hop=1.0)
     assert logits.shape == (1, 75) and torch.isfinite(logits).all()

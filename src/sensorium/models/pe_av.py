@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensorium.models.pe import TIMM_VISION, ORIGINAL_VISION, VisionConfig, VisionTransformer
+from sensorium.features.windows import window_starts
 from sensorium.nn import RMSNorm, apply_rope_halves, apply_rope_pairs, rope_1d_angles, rope_tables
 from sensorium.weights import FirstHalf, KeyMap, Unused, prefixed
 
@@ -873,14 +874,6 @@ DEFAULT_HOP_SECONDS = 280.0
 
 def _frames(seconds: float, frame_seconds: float) -> int:
     return max(1, round(seconds / frame_seconds))
-
-
-def window_starts(total: int, size: int, step: int) -> list[int]:
-    """Window starts covering [0, total): every `step`, the last one aligned to the end."""
-    if total <= size:
-        return [0]
-    starts = list(range(0, total - size, step))
-    return starts + [total - size]
 
 
 def detect_runs(

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from sensorium.errors import MediaError, SensoriumError
+from sensorium.features.windows import window_starts
 from sensorium.tasks.inputs import MediaItem
 
 WINDOW_SECONDS = 30.0
@@ -46,12 +47,8 @@ def is_audio_visual(model) -> bool:
 
 def windows_for(duration: float, window: float, hop: float) -> list[tuple[float, float]]:
     """(start, end) seconds: every `hop`, the last aligned to the end; one window for short media."""
-    if window <= 0 or hop <= 0:
-        raise ValueError("window and hop must be positive")
-    if duration <= window:
-        return [(0.0, duration)]
-    starts = list(np.arange(0.0, duration - window, hop)) + [duration - window]
-    return [(float(s), float(s) + window) for s in starts]
+    starts = window_starts(duration, window, hop)
+    return [(float(s), min(float(s) + window, duration)) for s in starts]
 
 
 def _load_audio(model, path):
