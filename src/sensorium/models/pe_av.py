@@ -679,15 +679,16 @@ class PEAVModel(_PEAudioModel):
         stacks, stamps = [], []
         for item in items:
             if isinstance(item, (str, Path)):
-                frames, times = read_frames(item, self.config.video_frames)
-            else:
-                frames = torch.as_tensor(item)
-                if self.config.video_frames:
-                    total = frames.shape[0]
-                    frames = frames[[int(i * (total - 1) / (self.config.video_frames - 1)) for i in range(self.config.video_frames)]]
-                times = None
+                stack, times = read_squashed_frames(item, self.config.video_frames, self.frame_size)
+                stacks.append(stack)
+                stamps.append(tuple(times))
+                continue
+            frames = torch.as_tensor(item)
+            if self.config.video_frames:
+                total, count = frames.shape[0], self.config.video_frames
+                frames = frames[[int(i * (total - 1) / (count - 1)) for i in range(count)]]
             stacks.append(squash_frames(frames, self.frame_size))
-            stamps.append(tuple(times) if times is not None else None)
+            stamps.append(None)
         counts = torch.tensor([len(s) for s in stacks])
         pixels = torch.zeros(len(stacks), int(counts.max()), *stacks[0].shape[1:])
         for row, stack in enumerate(stacks):
@@ -922,13 +923,17 @@ def frame_spans(logits: torch.Tensor, threshold: float, hop: int, sampling_rate:
     return runs_to_seconds(detect_runs(logits, threshold), hop, sampling_rate)
 
 
-def read_frames(path, count: int | None):
-    """uint8 RGB frames [F, H, W, 3] and their times: `count` frames at int(i * (T - 1) / (count - 1)), or
-    every frame when `count` is None."""
-    from sensorium.media.video import EveryFrame, Uniform, read_video
+def read_squashed_frames(path, count: int | None, size: int) -> tuple[torch.Tensor, list[float]]:
+    """Frames of a video file, squashed to size x size as they are decoded (full-size frames of a long clip
+    would not fit in memory), and their times: `count` frames at int(i * (T - 1) / (count - 1)), or every
+    frame when `count` is None."""
+    from sensorium.features.video_frames import squash_frames
+    from sensorium.media.video import EveryFrame, Uniform, VideoReader
 
-    clip = read_video(path, Uniform(count) if count else EveryFrame())
-    return clip.frames, clip.timestamps
+    with VideoReader(path) as video:
+        indices = video.sample(Uniform(count) if count else EveryFrame())
+        squashed = {i: (t, squash_frames(rgb[None], size)[0]) for i, t, rgb in video.frames(indices)}
+    return torch.stack([squashed[i][1] for i in indices]), [squashed[i][0] for i in indices]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -102,8 +102,9 @@ def encode_item(model, item: MediaItem, modality: str = "auto", window: float = 
                     [min(range(len(reader.times)), key=lambda i: abs(reader.times[i] - start))]
                 if model.config.video_frames:
                     inside = [inside[k] for k in Uniform(model.config.video_frames).indices(inside)]
-                decoded = {i: rgb for i, _, rgb in reader.frames(inside)}
-                pixels = squash_frames(np.stack([decoded[i] for i in inside]), model.frame_size)
+                # squashed as they are decoded: a window of full-size frames would not fit in memory
+                squashed = {i: squash_frames(rgb[None], model.frame_size)[0] for i, _, rgb in reader.frames(inside)}
+                pixels = torch.stack([squashed[i] for i in inside])
                 video = {"pixel_values_videos": pixels[None], "padding_mask_videos": torch.ones(1, len(inside), dtype=torch.bool)}
                 frames_used += len(inside)
             if kind == "audio_video":
