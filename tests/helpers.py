@@ -147,3 +147,26 @@ def pe_av_folder(target: Path, fixture: str) -> Path:
         shutil.copyfile(path, target / path.name)
     shutil.copyfile(FIXTURES / "pe_av" / "tokenizer.json", target / "tokenizer.json")
     return target
+
+
+def make_af3_processor_folder(folder: Path) -> Path:
+    """A tiny AF3 processor checkpoint saved by transformers: a small byte-level BPE tokenizer with the real
+    special tokens, WhisperFeatureExtractor(128 mels), and the hub's processor chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AudioFlamingo3Processor, PreTrainedTokenizerFast, WhisperFeatureExtractor
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<sound>"]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = ["You are a helpful assistant.", "Transcribe the input speech.", "What is surprising about the barking?",
+              "system user assistant", "The spoken content of the audio is", "a dog, a train and some music"] * 30
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   extra_special_tokens=["<sound>"])
+    template = (FIXTURES / "af3" / "chat_template.jinja").read_text()
+    processor = AudioFlamingo3Processor(feature_extractor=WhisperFeatureExtractor(feature_size=128, return_attention_mask=True),
+                                        tokenizer=fast, chat_template=template)
+    processor.save_pretrained(folder)
+    return folder

@@ -2,8 +2,8 @@
 
 The file carries the whole pipeline (normaliser, pre-tokeniser, model and the post-processor that adds
 special tokens, e.g. ModernBERT's [CLS] ... [SEP]); this adds what transformers' fast tokenizer adds on a
-call with `padding="longest", truncation=True, max_length=N`: truncation to N tokens including the special
-ones, and right padding to the longest text of the batch.
+call with `padding="longest"` (and `truncation=True, max_length=N` when a limit is given): truncation to N
+tokens including the special ones, and padding to the longest text of the batch on the chosen side.
 """
 
 from __future__ import annotations
@@ -21,26 +21,47 @@ class TokenBatch:
 
 
 class JsonTokenizer:
-    def __init__(self, path: str | os.PathLike, max_length: int, pad_id: int):
+    def __init__(self, path: str | os.PathLike, max_length: int | None, pad_id: int, padding_side: str = "right"):
         from tokenizers import Tokenizer
 
+        if padding_side not in ("left", "right"):
+            raise ValueError("padding_side must be 'left' or 'right'")
         self.path = path
         self.max_length = max_length
         self.pad_id = pad_id
+        self.padding_side = padding_side
         self._tokenizer = Tokenizer.from_file(str(path))
         self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(max_length)
+        if max_length is None:
+            self._tokenizer.no_truncation()
+        else:
+            self._tokenizer.enable_truncation(max_length)
 
-    def __call__(self, texts: str | list[str]) -> TokenBatch:
+    def token_id(self, token: str) -> int:
+        found = self._tokenizer.token_to_id(token)
+        if found is None:
+            raise KeyError(f"{token!r} is not in the tokenizer's vocabulary ({self.path})")
+        return found
+
+    def encode(self, texts: str | list[str]) -> list[list[int]]:
         if isinstance(texts, str):
             texts = [texts]
         if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
             raise TypeError("texts must be a string or a non-empty list of strings")
-        encodings = self._tokenizer.encode_batch(list(texts))
-        longest = max(len(e.ids) for e in encodings)
-        ids = torch.full((len(encodings), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(encodings), longest), dtype=torch.long)
-        for row, encoding in enumerate(encodings):
-            ids[row, : len(encoding.ids)] = torch.tensor(encoding.ids, dtype=torch.long)
-            mask[row, : len(encoding.ids)] = 1
+        return [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def pad(self, sequences: list[list[int]]) -> TokenBatch:
+        longest = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            span = slice(longest - len(seq), longest) if self.padding_side == "left" else slice(0, len(seq))
+            ids[row, span] = torch.tensor(seq, dtype=torch.long)
+            mask[row, span] = 1
         return TokenBatch(ids, mask)
+
+    def __call__(self, texts: str | list[str]) -> TokenBatch:
+        return self.pad(self.encode(texts))
