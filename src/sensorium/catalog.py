@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sensorium.errors import UnknownModelError
 from sensorium.models.ast import ASTConfig
 from sensorium.models.pe import PEConfig, TextConfig, VisionConfig
+from sensorium.models.af3 import AF3Config
 from sensorium.models.pe_av import PEAVConfig
 
 
@@ -26,6 +27,7 @@ class Published:
     layout: str  # "original" | "timm" | "open_clip" | "transformers"
     extra: tuple[str, ...] = ()
     revision: str | None = None
+    optional: tuple[str, ...] = ()  # fetched when the repo has them (file names differ between converter versions)
 
     @property
     def filename(self) -> str:
@@ -182,6 +184,23 @@ ENTRIES += tuple(
     for size, width in _AV_SIZES.items()
 )
 
+ENTRIES += (
+    CatalogEntry(
+        name="audio-flamingo-3",
+        family="af3",
+        kind="AF3",
+        tasks=("ask", "transcribe"),
+        config=None,
+        published=(
+            Published("nvidia/audio-flamingo-3-hf", ("model.safetensors.index.json", "model.safetensors"), "transformers",
+                      extra=("config.json", "tokenizer.json", "tokenizer_config.json"),
+                      optional=("processor_config.json", "preprocessor_config.json", "chat_template.jinja",
+                                "chat_template.json", "generation_config.json")),
+        ),
+        summary="questions, chat and transcription over audio (AF-Whisper + Qwen2.5-7B), 10 min per request",
+    ),
+)
+
 _extra: list[CatalogEntry] = []
 
 
@@ -239,6 +258,8 @@ def family_of(config: object) -> str:
         return "ast"
     if isinstance(config, PEAVConfig):
         return "pe_av"
+    if isinstance(config, AF3Config):
+        return "af3"
     raise TypeError(f"no model family builds a {type(config).__name__}")
 
 

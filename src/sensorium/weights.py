@@ -268,12 +268,19 @@ def _in_cache(repo: str, filename: str, revision: str | None) -> Path | None:
     return Path(cached) if isinstance(cached, str) else None
 
 
-def fetch_published(repo: str, weights: tuple[str, ...], extra: tuple[str, ...] = (), revision: str | None = None) -> Path:
+def fetch_published(repo: str, weights: tuple[str, ...], extra: tuple[str, ...] = (), revision: str | None = None,
+                    optional: tuple[str, ...] = ()) -> Path:
     """The weights file of a hub checkpoint (the first of `weights` the repo has), with `extra` files
-    fetched beside it. One error lists everything that is missing."""
+    fetched beside it (and `optional` ones when the repo has them). One error lists everything missing."""
     try:
         for name in extra:
             hub_file(repo, name, revision)
+        for name in optional:
+            if _in_cache(repo, name, revision) is None:
+                try:
+                    hub_file(repo, name, revision, required=False)
+                except WeightsNotFoundError:
+                    pass  # offline and not cached: the model says what it lacks when it needs it
         # An alternative already in the cache wins (no network call; offline it is the only way to learn
         # which of the alternatives the repo has).
         cached = [(name, _in_cache(repo, name, revision)) for name in weights]
@@ -363,8 +370,8 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
     tensors, origin, unknown = remap(state, key_map)
     assign_strict(model, tensors, origin, unknown, key_map, display(found.path), precision)
     model.eval().requires_grad_(False)
-    if hasattr(model, "tokenizer_file") and (found.path.parent / "tokenizer.json").is_file():
-        model.tokenizer_file = str(found.path.parent / "tokenizer.json")
+    if hasattr(family, "attach"):  # files beside the weights the model uses (tokenizer, chat template)
+        family.attach(model, found.path.parent)
     model.source = str(source)
     model.layout = layout
     return model.to(target)
@@ -390,14 +397,14 @@ def resolve(source: str | os.PathLike, config=None) -> Found:
     entry = catalog.find(source)
     if entry is not None:
         copy = entry.default
-        path = fetch_published(copy.repo, copy.weights, copy.extra, copy.revision)
+        path = fetch_published(copy.repo, copy.weights, copy.extra, copy.revision, copy.optional)
         return Found(path, config_obj or entry.config, entry.family, entry.name)
     if HUB_ID.match(source):
         repo, _, revision = source.partition("@")
         hit = catalog.find_repo(repo, revision or None)
         if hit is not None:
             entry, copy = hit
-            path = fetch_published(copy.repo, copy.weights, copy.extra, revision or copy.revision)
+            path = fetch_published(copy.repo, copy.weights, copy.extra, revision or copy.revision, copy.optional)
             return Found(path, config_obj or entry.config, entry.family, entry.name)
         if config_obj is None:
             raise WeightsError(
@@ -432,7 +439,7 @@ def _weights_in_repo(repo: str, revision: str | None) -> Path:
 def _identify_local(path: Path) -> Found | None:
     """A local file's architecture from its name, its folder, or the config files beside it."""
     from sensorium import catalog
-    from sensorium.models import ast, pe_av
+    from sensorium.models import af3, ast, pe_av
 
     for name in (path.stem, path.parent.name, path.parent.parent.parent.name.split("--")[-1]):
         entry = catalog.find(name)
@@ -444,6 +451,9 @@ def _identify_local(path: Path) -> Found | None:
     av_config = pe_av.config_from_folder(path.parent, path.parent.name)
     if av_config is not None:
         return Found(path, av_config, "pe_av", av_config.name)
+    af3_config = af3.config_from_folder(path.parent, path.parent.name)
+    if af3_config is not None:
+        return Found(path, af3_config, "af3", af3_config.name)
     for config_name in CONFIG_FILES:
         config_path = path.parent / config_name
         if config_path.is_file():

@@ -1,7 +1,10 @@
 """Audio Flamingo 3 (`nvidia/audio-flamingo-3-hf`): questions, chat and transcription over audio.
 
 Written from transformers 5.23 (`AudioFlamingo3Processor`, `AudioFlamingo3ForConditionalGeneration`) and checked
-against it. This file holds the processor so far: conversations in the seed docs' message format
+against it. The model: an AF-Whisper encoder (Whisper-large-v3 layout with k_proj bias-free, q pre-scaled, a
+key-padding mask, then 2x average pooling and a LayerNorm), a Linear-GELU-Linear projector and a Qwen2 decoder
+(GQA, RoPE, RMSNorm, SwiGLU, untied head); projected audio frames replace the `<sound>` embeddings in order.
+The processor: conversations in the seed docs' message format
 (`{"role", "content": [{"type": "text" | "audio", ...}]}`) rendered with the checkpoint's chat template, audio cut
 into 30 s windows of Whisper log-mel features, each `<sound>` placeholder expanded to the number of tokens the
 encoder leaves for its audio, left padding for generation, and training labels.
@@ -14,14 +17,19 @@ gets its own count; transformers refuses), and audio longer than the model's 10 
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from sensorium.features import whisper
+from sensorium.nn import RMSNorm, apply_rope_halves, rope_1d_angles
+from sensorium.weights import KeyMap
 
 SAMPLING_RATE = whisper.SAMPLING_RATE
 
@@ -181,3 +189,372 @@ class AF3Processor:
         if len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\"":
             stripped = stripped[1:-1].strip()
         return stripped
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Configs
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    mel_bins: int = 128
+    width: int = 1280
+    layers: int = 32
+    heads: int = 20
+    mlp_hidden: int = 5120
+    max_positions: int = 1500  # after the stride-2 conv: 3000 mel frames
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    vocab_size: int = 151672
+    width: int = 3584
+    layers: int = 28
+    heads: int = 28
+    kv_heads: int = 4
+    mlp_hidden: int = 18944
+    rope_theta: float = 1000000.0
+    eps: float = 1e-6
+    max_positions: int = 32768
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+
+@dataclass(frozen=True)
+class AF3Config:
+    name: str
+    encoder: EncoderConfig
+    decoder: DecoderConfig
+    audio_token_id: int = 151669
+    projector_bias: bool = True
+
+
+def config_from_dict(data: dict, name: str) -> AF3Config:
+    audio, text = data.get("audio_config", {}), data.get("text_config", {})
+    for key, want in (("activation_function", "gelu"), ("scale_embedding", False)):
+        if audio.get(key, want) != want:
+            raise ValueError(f"AF3 encoder with {key}={audio[key]!r} is not a released configuration")
+    for key, want in (("hidden_act", "silu"), ("tie_word_embeddings", False), ("use_sliding_window", False)):
+        if text.get(key, want) != want:
+            raise ValueError(f"AF3 decoder with {key}={text[key]!r} is not a released configuration")
+    if data.get("projector_hidden_act", "gelu") != "gelu":
+        raise ValueError("AF3 projector activation must be gelu")
+    rope = text.get("rope_parameters") or {}
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(f"rope_type {rope.get('rope_type')!r} is not supported (AF3 uses default RoPE)")
+    encoder = EncoderConfig(
+        mel_bins=audio.get("num_mel_bins", 128), width=audio.get("hidden_size", 1280),
+        layers=audio.get("num_hidden_layers", 32), heads=audio.get("num_attention_heads", 20),
+        mlp_hidden=audio.get("intermediate_size", 5120), max_positions=audio.get("max_source_positions", 1500),
+    )
+    decoder = DecoderConfig(
+        vocab_size=text["vocab_size"], width=text["hidden_size"], layers=text["num_hidden_layers"],
+        heads=text["num_attention_heads"], kv_heads=text.get("num_key_value_heads", text["num_attention_heads"]),
+        mlp_hidden=text["intermediate_size"], rope_theta=float(rope.get("rope_theta", text.get("rope_theta", 10000.0))),
+        eps=text.get("rms_norm_eps", 1e-6), max_positions=text.get("max_position_embeddings", 32768),
+    )
+    return AF3Config(name, encoder, decoder, data.get("audio_token_id", 151669), data.get("projector_bias", True))
+
+
+def config_from_folder(folder: Path, name: str | None = None) -> AF3Config | None:
+    path = Path(folder) / "config.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("model_type") != "audioflamingo3":
+        return None
+    return config_from_dict(data, name or Path(folder).name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Encoder (AF-Whisper) and projector
+
+
+class EncoderAttention(nn.Module):
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.heads, self.head_dim = config.heads, config.head_dim
+        self.q = nn.Linear(config.width, config.width)
+        self.k = nn.Linear(config.width, config.width, bias=False)
+        self.v = nn.Linear(config.width, config.width)
+        self.out = nn.Linear(config.width, config.width)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        batch, tokens, width = x.shape
+        shape = (batch, tokens, self.heads, self.head_dim)
+        q = (self.q(x) * self.head_dim**-0.5).view(shape).transpose(1, 2)  # scaled before q.k, as the reference
+        k = self.k(x).view(shape).transpose(1, 2)
+        v = self.v(x).view(shape).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+        return self.out(out.transpose(1, 2).reshape(batch, tokens, width))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(config.width)
+        self.attn = EncoderAttention(config)
+        self.mlp_norm = nn.LayerNorm(config.width)
+        self.fc1 = nn.Linear(config.width, config.mlp_hidden)
+        self.fc2 = nn.Linear(config.mlp_hidden, config.width)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), mask)
+        x = x + self.fc2(F.gelu(self.fc1(self.mlp_norm(x))))
+        if x.dtype == torch.float16:  # the reference's overflow guard
+            bound = torch.finfo(x.dtype).max - 1000
+            x = x.clamp(-bound, bound)
+        return x
+
+
+class AudioEncoder(nn.Module):
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.config = config
+        self.conv1 = nn.Conv1d(config.mel_bins, config.width, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(config.width, config.width, kernel_size=3, stride=2, padding=1)
+        self.positions = nn.Parameter(torch.zeros(config.max_positions, config.width))
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.layers))
+        self.norm = nn.LayerNorm(config.width)
+
+    def forward(self, features: torch.Tensor, frames_mask: torch.Tensor) -> torch.Tensor:
+        """features [W, mels, 2 * max_positions], frames_mask [W, frames] -> [W, max_positions / 2, width]."""
+        x = F.gelu(self.conv2(F.gelu(self.conv1(features)))).transpose(1, 2)
+        if x.shape[1] != self.config.max_positions:
+            raise ValueError(f"the encoder takes exactly {2 * self.config.max_positions} mel frames per window")
+        x = x + self.positions.to(x.dtype)
+        valid = (frames_mask.sum(-1) - 1) // 2 + 1
+        keys = torch.arange(x.shape[1], device=x.device)[None, :] < valid[:, None]
+        mask = None if bool(keys.all()) else keys[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, mask)
+        x = F.avg_pool1d(x.transpose(1, 2), kernel_size=2, stride=2).transpose(1, 2)
+        return self.norm(x)
+
+
+class Projector(nn.Module):
+    def __init__(self, config: AF3Config):
+        super().__init__()
+        self.fc1 = nn.Linear(config.encoder.width, config.decoder.width, bias=config.projector_bias)
+        self.fc2 = nn.Linear(config.decoder.width, config.decoder.width, bias=config.projector_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decoder (Qwen2)
+
+
+class DecoderAttention(nn.Module):
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = config.heads, config.kv_heads, config.head_dim
+        self.q = nn.Linear(config.width, config.heads * config.head_dim)
+        self.k = nn.Linear(config.width, config.kv_heads * config.head_dim)
+        self.v = nn.Linear(config.width, config.kv_heads * config.head_dim)
+        self.o = nn.Linear(config.heads * config.head_dim, config.width, bias=False)
+
+    def forward(self, x, rope, mask, cache=None):
+        """x [B, T, width]; rope (cos, sin) [B, T, head_dim]; mask [B, 1, T, S] bool; cache: this layer's
+        (keys, values, filled) to append to, or None."""
+        batch, tokens, _ = x.shape
+        q = self.q(x).view(batch, tokens, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(batch, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(batch, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = rope[0][:, None], rope[1][:, None]
+        q, k = apply_rope_halves(q, cos, sin), apply_rope_halves(k, cos, sin)
+        if cache is not None:
+            keys, values, start = cache
+            keys[:, :, start : start + tokens] = k
+            values[:, :, start : start + tokens] = v
+            k, v = keys[:, :, : start + tokens], values[:, :, : start + tokens]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.heads != self.kv_heads)
+        return self.o(out.transpose(1, 2).reshape(batch, tokens, self.heads * self.head_dim))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.width, config.eps, weight_in_float32=False)
+        self.attn = DecoderAttention(config)
+        self.mlp_norm = RMSNorm(config.width, config.eps, weight_in_float32=False)
+        self.gate = nn.Linear(config.width, config.mlp_hidden, bias=False)
+        self.up = nn.Linear(config.width, config.mlp_hidden, bias=False)
+        self.down = nn.Linear(config.mlp_hidden, config.width, bias=False)
+
+    def forward(self, x, rope, mask, cache=None):
+        x = x + self.attn(self.attn_norm(x), rope, mask, cache)
+        h = self.mlp_norm(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+
+class Decoder(nn.Module):
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.width)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.layers))
+        self.norm = RMSNorm(config.width, config.eps, weight_in_float32=False)
+        self.head = nn.Linear(config.width, config.vocab_size, bias=False)
+
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = rope_1d_angles(self.config.head_dim, positions.reshape(-1), self.config.rope_theta)
+        angles = torch.cat([angles, angles], dim=-1).view(*positions.shape, -1).to(positions.device)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    def forward(self, embeds, positions, mask, caches=None):
+        rope = self.rope(positions, embeds.dtype)
+        x = embeds
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope, mask, None if caches is None else caches[i])
+        return self.norm(x)
+
+
+def causal_mask(attention_mask: torch.Tensor, queries: int, past: int = 0) -> torch.Tensor:
+    """[B, 1, queries, past + queries] bool: each query sees the real keys up to itself. A left-padding query
+    sees no key; SDPA returns zeros for such rows (torch >= 2.5), exactly as in the reference, so a training loss
+    that reads the last padding position's logits matches it too."""
+    keys = attention_mask.bool()
+    rows = torch.arange(past, past + queries, device=keys.device)[:, None]
+    cols = torch.arange(keys.shape[1], device=keys.device)[None, :]
+    return ((cols <= rows)[None] & keys[:, None, :])[:, None]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model
+
+
+@dataclass
+class AF3Output:
+    logits: torch.Tensor  # [B, T, vocab]
+    loss: torch.Tensor | None = None
+
+
+class AF3Model(nn.Module):
+    def __init__(self, config: AF3Config):
+        super().__init__()
+        self.config = config
+        self.encoder = AudioEncoder(config.encoder)
+        self.projector = Projector(config)
+        self.decoder = Decoder(config.decoder)
+        self.processor: AF3Processor | None = None  # set by the loader from the checkpoint's folder
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder.embed.weight.dtype
+
+    def process(self, conversations, output_labels: bool = False, long_audio: str = "error") -> AF3Inputs:
+        if self.processor is None:
+            raise FileNotFoundError(f"{self.name}: no tokenizer/chat template was found beside the weights")
+        return self.processor(conversations, output_labels=output_labels, long_audio=long_audio)
+
+    def audio_embeddings(self, input_features: torch.Tensor, input_features_mask: torch.Tensor) -> torch.Tensor:
+        """Projected audio frames of every window, valid ones only, in order: [sum of tokens, width]."""
+        frames = self.encoder(input_features.to(self.device, self.dtype), input_features_mask.to(self.device))
+        embeds = self.projector(frames)
+        lengths = torch.tensor([whisper.audio_token_count(int(n)) for n in input_features_mask.sum(-1)], device=self.device)
+        keep = torch.arange(embeds.shape[1], device=self.device)[None, :] < lengths[:, None]
+        return embeds[keep]
+
+    def embed(self, input_ids, input_features=None, input_features_mask=None) -> torch.Tensor:
+        embeds = self.decoder.embed(input_ids.to(self.device))
+        slots = input_ids.to(self.device) == self.config.audio_token_id
+        if input_features is None:
+            if bool(slots.any()):
+                raise ValueError("the prompt has audio placeholders but no audio features were given")
+            return embeds
+        audio = self.audio_embeddings(input_features, input_features_mask)
+        if int(slots.sum()) != audio.shape[0]:
+            raise ValueError(f"{int(slots.sum())} audio placeholders for {audio.shape[0]} audio frames")
+        return embeds.masked_scatter(slots[..., None], audio.to(embeds.dtype))
+
+    def forward(self, input_ids, attention_mask=None, input_features=None, input_features_mask=None,
+                labels=None, position_ids=None) -> AF3Output:
+        """Logits for every position (and the next-token loss with `labels`, -100 ignored), as transformers'
+        forward: positions 0..T-1 unless given."""
+        input_ids = input_ids.to(self.device)
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=self.device)[None].expand_as(input_ids)
+        hidden = self.decoder(self.embed(input_ids, input_features, input_features_mask), position_ids.to(self.device),
+                              causal_mask(mask, input_ids.shape[1]))
+        logits = self.decoder.head(hidden)
+        loss = None
+        if labels is not None:
+            targets = F.pad(labels.to(self.device), (0, 1), value=-100)[:, 1:]
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        return AF3Output(logits, loss)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checkpoint layout: transformers' save_pretrained (the hub's audio-flamingo-3-hf), sharded safetensors
+
+ENCODER_LAYER: KeyMap = {
+    "self_attn_layer_norm.weight": "attn_norm.weight", "self_attn_layer_norm.bias": "attn_norm.bias",
+    "self_attn.q_proj.weight": "attn.q.weight", "self_attn.q_proj.bias": "attn.q.bias",
+    "self_attn.k_proj.weight": "attn.k.weight",
+    "self_attn.v_proj.weight": "attn.v.weight", "self_attn.v_proj.bias": "attn.v.bias",
+    "self_attn.out_proj.weight": "attn.out.weight", "self_attn.out_proj.bias": "attn.out.bias",
+    "final_layer_norm.weight": "mlp_norm.weight", "final_layer_norm.bias": "mlp_norm.bias",
+    "fc1.weight": "fc1.weight", "fc1.bias": "fc1.bias", "fc2.weight": "fc2.weight", "fc2.bias": "fc2.bias",
+}
+DECODER_LAYER: KeyMap = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn.q.weight", "self_attn.q_proj.bias": "attn.q.bias",
+    "self_attn.k_proj.weight": "attn.k.weight", "self_attn.k_proj.bias": "attn.k.bias",
+    "self_attn.v_proj.weight": "attn.v.weight", "self_attn.v_proj.bias": "attn.v.bias",
+    "self_attn.o_proj.weight": "attn.o.weight",
+    "post_attention_layernorm.weight": "mlp_norm.weight",
+    "mlp.gate_proj.weight": "gate.weight", "mlp.up_proj.weight": "up.weight", "mlp.down_proj.weight": "down.weight",
+}
+
+LAYOUTS: dict[str, KeyMap] = {
+    "transformers": {
+        "audio_tower.conv1.weight": "encoder.conv1.weight", "audio_tower.conv1.bias": "encoder.conv1.bias",
+        "audio_tower.conv2.weight": "encoder.conv2.weight", "audio_tower.conv2.bias": "encoder.conv2.bias",
+        "audio_tower.embed_positions.weight": "encoder.positions",
+        "audio_tower.layer_norm.weight": "encoder.norm.weight", "audio_tower.layer_norm.bias": "encoder.norm.bias",
+        "multi_modal_projector.linear_1.weight": "projector.fc1.weight",
+        "multi_modal_projector.linear_1.bias": "projector.fc1.bias",
+        "multi_modal_projector.linear_2.weight": "projector.fc2.weight",
+        "multi_modal_projector.linear_2.bias": "projector.fc2.bias",
+        "language_model.model.embed_tokens.weight": "decoder.embed.weight",
+        "language_model.model.norm.weight": "decoder.norm.weight",
+        "language_model.lm_head.weight": "decoder.head.weight",
+    }
+    | {f"audio_tower.layers.{{i}}.{k}": f"encoder.layers.{{i}}.{v}" for k, v in ENCODER_LAYER.items()}
+    | {f"language_model.model.layers.{{i}}.{k}": f"decoder.layers.{{i}}.{v}" for k, v in DECODER_LAYER.items()},
+}
+
+
+def attach(model: AF3Model, folder: Path) -> None:
+    """The processor (tokenizer.json, chat template, settings) beside the weights."""
+    if (Path(folder) / "tokenizer.json").is_file():
+        model.processor = AF3Processor(folder)
+
+
+def detect_layout(keys: set[str]) -> str:
+    if "audio_tower.conv1.weight" in keys and "language_model.model.embed_tokens.weight" in keys:
+        return "transformers"
+    shown = ", ".join(sorted(keys)[:8])
+    raise ValueError(f"not an Audio Flamingo 3 checkpoint in the transformers layout (first keys: {shown})")
+
+
+def build(config: AF3Config, layout: str) -> AF3Model:
+    return AF3Model(config)

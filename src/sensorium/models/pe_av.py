@@ -1294,6 +1294,12 @@ def key_map(layout: str, config: PEAVConfig) -> KeyMap:
     return extra | LAYOUTS[layout]
 
 
+def attach(model: _PEAudioModel, folder: Path) -> None:
+    """The tokenizer beside the weights."""
+    if (Path(folder) / "tokenizer.json").is_file():
+        model.tokenizer_file = str(Path(folder) / "tokenizer.json")
+
+
 def detect_layout(keys: set[str]) -> str:
     if f"{_AV}audio_model.data_proj.weight" in keys:
         return "original"

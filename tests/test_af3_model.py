@@ -1,0 +1,93 @@
+"""Audio Flamingo 3 model against transformers' AudioFlamingo3ForConditionalGeneration (tiny random checkpoint
+saved with save_pretrained, loaded by hub id through the HF cache)."""
+
+import numpy as np
+import pytest
+import torch
+
+import sensorium as sn
+from helpers import make_af3_processor_folder, put_in_hf_cache
+
+
+@pytest.fixture(scope="module")
+def checkpoint(hf_cache, tmp_path_factory):
+    from transformers import AudioFlamingo3Config, AudioFlamingo3ForConditionalGeneration
+
+    folder = make_af3_processor_folder(tmp_path_factory.mktemp("af3"))
+    from tokenizers import Tokenizer
+
+    audio_id = Tokenizer.from_file(str(folder / "tokenizer.json")).token_to_id("<sound>")
+    config = AudioFlamingo3Config(
+        audio_config=dict(hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=2,
+                          num_mel_bins=128, max_source_positions=1500),
+        text_config=dict(model_type="qwen2", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=400, rope_theta=10000.0),
+        audio_token_id=audio_id)
+    torch.manual_seed(0)
+    reference = AudioFlamingo3ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # perturb what init leaves at zero or one
+        for name, param in reference.named_parameters():
+            if param.ndim == 1:
+                param.add_(torch.randn_like(param) * 0.1)
+    reference.save_pretrained(folder)
+    put_in_hf_cache(hf_cache, "nvidia/audio-flamingo-3-hf", {p.name: p for p in folder.iterdir()})
+    return reference
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return sn.load("audio-flamingo-3", device="cpu")
+
+
+def synthetic(seconds, seed=0):
+    rng = np.random.default_rng(seed)
+    return (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
+
+
+def conversations():
+    return [
+        [{"role": "user", "content": [{"type": "text", "text": "Transcribe the input speech."},
+                                      {"type": "audio", "audio": synthetic(3.0)}]}],
+        [{"role": "user", "content": [{"type": "audio", "audio": synthetic(40.0, 1)},
+                                      {"type": "text", "text": "What is surprising about the barking?"}]}],
+    ]
+
+
+def test_loaded_by_hub_id(model):
+    assert model.layout == "transformers" and model.processor is not None
+    assert model.config.decoder.kv_heads == 2 and model.config.encoder.max_positions == 1500
+
+
+def test_logits_and_loss_equal_reference(checkpoint, model):
+    inputs = model.process(conversations(), output_labels=True)
+    with torch.no_grad():
+        want = checkpoint(**inputs.model_inputs())
+        got = model(**inputs.model_inputs())
+    valid = inputs.attention_mask.bool()
+    assert (got.logits[valid] - want.logits[valid]).abs().max() <= 1e-4
+    assert abs(got.loss.item() - want.loss.item()) <= 1e-5
+
+
+def test_text_only_and_gradients(checkpoint, model):
+    inputs = model.process([[{"role": "user", "content": "Hello there!"}], [{"role": "user", "content": "Hi."}]],
+                           output_labels=True)
+    with torch.no_grad():
+        want = checkpoint(**inputs.model_inputs())
+    got = model(**inputs.model_inputs())
+    valid = inputs.attention_mask.bool()
+    assert (got.logits[valid] - want.logits[valid]).abs().max() <= 1e-4
+    model.requires_grad_(True)
+    try:
+        loss = model(**inputs.model_inputs()).loss
+        loss.backward()
+        assert model.decoder.layers[0].attn.q.weight.grad is not None
+        assert torch.isfinite(model.decoder.layers[0].attn.q.weight.grad).all()
+    finally:
+        model.requires_grad_(False)
+        model.zero_grad(set_to_none=True)
+
+
+def test_placeholders_without_audio_rejected(model):
+    inputs = model.process(conversations()[:1])
+    with pytest.raises(ValueError, match="no audio features"):
+        model(inputs.input_ids, inputs.attention_mask)
