@@ -17,7 +17,6 @@ gets its own count; transformers refuses), and audio longer than the model's 10 
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensorium.features import whisper
-from sensorium.nn import RMSNorm, apply_rope_halves, rope_1d_angles
+from sensorium.nn import RMSNorm, SwiGLU, apply_rope_halves, rope_1d_angles
 from sensorium.weights import KeyMap
 
 SAMPLING_RATE = whisper.SAMPLING_RATE
@@ -386,14 +385,11 @@ class DecoderLayer(nn.Module):
         self.attn_norm = RMSNorm(config.width, config.eps, weight_in_float32=False)
         self.attn = DecoderAttention(config)
         self.mlp_norm = RMSNorm(config.width, config.eps, weight_in_float32=False)
-        self.gate = nn.Linear(config.width, config.mlp_hidden, bias=False)
-        self.up = nn.Linear(config.width, config.mlp_hidden, bias=False)
-        self.down = nn.Linear(config.mlp_hidden, config.width, bias=False)
+        self.mlp = SwiGLU(config.width, config.mlp_hidden)
 
     def forward(self, x, rope, mask, cache=None):
         x = x + self.attn(self.attn_norm(x), rope, mask, cache)
-        h = self.mlp_norm(x)
-        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+        return x + self.mlp(self.mlp_norm(x))
 
 
 class Decoder(nn.Module):
@@ -521,7 +517,8 @@ DECODER_LAYER: KeyMap = {
     "self_attn.v_proj.weight": "attn.v.weight", "self_attn.v_proj.bias": "attn.v.bias",
     "self_attn.o_proj.weight": "attn.o.weight",
     "post_attention_layernorm.weight": "mlp_norm.weight",
-    "mlp.gate_proj.weight": "gate.weight", "mlp.up_proj.weight": "up.weight", "mlp.down_proj.weight": "down.weight",
+    "mlp.gate_proj.weight": "mlp.gate.weight", "mlp.up_proj.weight": "mlp.up.weight",
+    "mlp.down_proj.weight": "mlp.down.weight",
 }
 
 LAYOUTS: dict[str, KeyMap] = {

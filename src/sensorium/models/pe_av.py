@@ -37,7 +37,7 @@ from torch import nn
 
 from sensorium.models.pe import TIMM_VISION, ORIGINAL_VISION, VisionConfig, VisionTransformer
 from sensorium.features.windows import window_starts
-from sensorium.nn import RMSNorm, apply_rope_halves, apply_rope_pairs, rope_1d_angles, rope_tables
+from sensorium.nn import RMSNorm, SwiGLU, apply_rope_halves, apply_rope_pairs, rope_1d_angles, rope_tables
 from sensorium.weights import FirstHalf, KeyMap, Unused, prefixed
 
 SAMPLING_RATE = 48000
@@ -255,17 +255,6 @@ class Attention(nn.Module):
         q, k = apply_rope_pairs(torch.stack((q, k)), *rope).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.o(out.transpose(1, 2).reshape(batch, tokens, width))
-
-
-class SwiGLU(nn.Module):
-    def __init__(self, width: int, hidden: int):
-        super().__init__()
-        self.gate = nn.Linear(width, hidden, bias=False)
-        self.up = nn.Linear(width, hidden, bias=False)
-        self.down = nn.Linear(hidden, width, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
 class EncoderLayer(nn.Module):

@@ -1,11 +1,11 @@
 """Layers shared by the model families."""
 
 from sensorium.nn.attention import SelfAttention
-from sensorium.nn.layers import LayerScale, Mlp, TransformerBlock
+from sensorium.nn.layers import LayerScale, Mlp, SwiGLU, TransformerBlock
 from sensorium.nn.norms import RMSNorm
 from sensorium.nn.rope import apply_rope_halves, apply_rope_pairs, rope_1d_angles, rope_2d_angles, rope_tables
 
 __all__ = [
-    "SelfAttention", "LayerScale", "Mlp", "TransformerBlock", "RMSNorm",
+    "SelfAttention", "LayerScale", "Mlp", "SwiGLU", "TransformerBlock", "RMSNorm",
     "apply_rope_halves", "apply_rope_pairs", "rope_1d_angles", "rope_2d_angles", "rope_tables",
 ]
