@@ -91,3 +91,45 @@ def test_placeholders_without_audio_rejected(model):
     inputs = model.process(conversations()[:1])
     with pytest.raises(ValueError, match="no audio features"):
         model(inputs.input_ids, inputs.attention_mask)
+
+
+def _reference_generate(checkpoint, inputs, new_tokens, **kwargs):
+    with torch.no_grad():
+        out = checkpoint.generate(**{k: v for k, v in inputs.model_inputs().items() if k != "labels"},
+                                  max_new_tokens=new_tokens, do_sample=False, pad_token_id=0, eos_token_id=[10**6],
+                                  **kwargs)
+    return out[:, inputs.input_ids.shape[1]:]
+
+
+def test_greedy_ids_equal_reference_single_and_left_padded_batch(checkpoint, model):
+    batch = model.process(conversations())
+    single = model.process(conversations()[:1])
+    for inputs in (single, batch):
+        want = _reference_generate(checkpoint, inputs, 12)
+        got = model.generate(**{k: v for k, v in inputs.model_inputs().items() if k != "labels"},
+                             max_new_tokens=12, stop_tokens=())
+        assert torch.equal(got, want)
+    # a row of the batch equals that conversation run alone
+    alone = model.generate(**single.model_inputs(), max_new_tokens=12, stop_tokens=())
+    assert torch.equal(alone[0], model.generate(**batch.model_inputs(), max_new_tokens=12, stop_tokens=())[0])
+
+
+def test_stop_tokens_and_streaming(model):
+    inputs = model.process(conversations()[:1])
+    first = model.generate(**inputs.model_inputs(), max_new_tokens=5, stop_tokens=())
+    stop = int(first[0, -1])
+    length = first[0].tolist().index(stop) + 1  # generation ends at the first time the stop token comes
+    seen = []
+    got = model.generate(**inputs.model_inputs(), max_new_tokens=5, stop_tokens=(stop,), on_tokens=seen.append)
+    assert got.shape[1] == length and int(got[0, -1]) == stop and len(seen) == length
+    assert torch.equal(got, first[:, :length])
+
+
+def test_sampling_is_seeded_and_filtered(model):
+    inputs = model.process(conversations()[:1])
+    draw = lambda seed, **kw: model.generate(**inputs.model_inputs(), max_new_tokens=6, stop_tokens=(),  # noqa: E731
+                                             temperature=0.8, generator=torch.Generator().manual_seed(seed), **kw)
+    assert torch.equal(draw(1), draw(1))
+    greedy = model.generate(**inputs.model_inputs(), max_new_tokens=6, stop_tokens=())
+    assert torch.equal(draw(3, top_k=1), greedy)  # top-k 1 is greedy
+    assert torch.equal(draw(4, top_p=1e-6), greedy)  # a tiny nucleus keeps only the most likely token

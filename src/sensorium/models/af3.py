@@ -498,6 +498,101 @@ class AF3Model(nn.Module):
         return AF3Output(logits, loss)
 
 
+    # --- generation ----------------------------------------------------------------------------------------
+
+    def new_cache(self, batch: int, length: int) -> list[list]:
+        """Preallocated keys and values for `length` positions: per layer [keys, values, filled]."""
+        c = self.config.decoder
+        shape = (batch, c.kv_heads, length, c.head_dim)
+        return [[torch.empty(shape, device=self.device, dtype=self.dtype),
+                 torch.empty(shape, device=self.device, dtype=self.dtype), 0] for _ in range(c.layers)]
+
+    def _step(self, embeds, positions, mask, cache, past: int) -> torch.Tensor:
+        """Last-position logits [B, vocab] for `embeds` appended after `past` cached positions."""
+        for layer_cache in cache:
+            layer_cache[2] = past
+        hidden = self.decoder(embeds, positions, causal_mask(mask, embeds.shape[1], past), cache)
+        return self.decoder.head(hidden[:, -1]).float()
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop_tokens: tuple[int, ...] | None = None,
+        pad_id: int | None = None,
+        generator: torch.Generator | None = None,
+        on_tokens=None,
+    ) -> torch.Tensor:
+        """New token ids [B, <= max_new_tokens] after left-padded prompts (rows that stopped are padded).
+
+        temperature 0 is greedy; otherwise logits / temperature, then top-k, then top-p (nucleus) filtering, then
+        a draw. Positions are those transformers' generate uses (cumulative count of real tokens). The keys and
+        values live in one preallocated cache. `on_tokens(step_ids [B])` is called after every step (streaming)."""
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        input_ids = input_ids.to(self.device)
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device).long()
+        stops = torch.tensor(stop_tokens if stop_tokens is not None else self.stop_tokens(), device=self.device)
+        pad = pad_id if pad_id is not None else (self.processor.pad_id if self.processor is not None else 0)
+        batch, prompt = input_ids.shape
+        cache = self.new_cache(batch, prompt + max_new_tokens)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        logits = self._step(self.embed(input_ids, input_features, input_features_mask), positions, mask, cache, 0)
+        next_position = positions[:, -1:] + 1
+        running = torch.ones(batch, dtype=torch.bool, device=self.device)
+        produced = []
+        for step in range(max_new_tokens):
+            token = _choose(logits, temperature, top_k, top_p, generator)
+            token = torch.where(running, token, torch.full_like(token, pad))
+            produced.append(token)
+            if on_tokens is not None:
+                on_tokens(token)
+            running &= ~torch.isin(token, stops)
+            if not bool(running.any()) or step + 1 == max_new_tokens:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            logits = self._step(self.decoder.embed(token[:, None]), next_position, mask, cache, prompt + step)
+            next_position = next_position + 1
+        return torch.stack(produced, dim=1)
+
+    def stop_tokens(self) -> tuple[int, ...]:
+        """<|im_end|> and <|endoftext|> when the tokenizer has them (the hub generation config's eos ids)."""
+        if self.processor is None:
+            return ()
+        found = []
+        for token in ("<|im_end|>", "<|endoftext|>"):
+            try:
+                found.append(self.processor.tokenizer.token_id(token))
+            except KeyError:
+                pass
+        return tuple(found)
+
+
+def _choose(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+            generator: torch.Generator | None) -> torch.Tensor:
+    """The next token per row: argmax when temperature is 0, else a draw after temperature, top-k, top-p."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        ordered, order = logits.sort(dim=-1, descending=False)
+        cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative <= 1 - top_p
+        drop[:, -1] = False  # the most likely token always stays
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Checkpoint layout: transformers' save_pretrained (the hub's audio-flamingo-3-hf), sharded safetensors
 
