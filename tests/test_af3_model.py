@@ -133,3 +133,24 @@ def test_sampling_is_seeded_and_filtered(model):
     greedy = model.generate(**inputs.model_inputs(), max_new_tokens=6, stop_tokens=())
     assert torch.equal(draw(3, top_k=1), greedy)  # top-k 1 is greedy
     assert torch.equal(draw(4, top_p=1e-6), greedy)  # a tiny nucleus keeps only the most likely token
+
+
+def test_chat_stream_and_transcribe(model, checkpoint):
+    conversation = conversations()[0]
+    reply = model.chat(conversation, max_new_tokens=8)
+    inputs = model.process(conversation)
+    ids = _reference_generate(checkpoint, inputs, 8)[0].tolist()
+    assert reply == model.processor.tokenizer.decode(ids)
+    assert "".join(model.chat(conversation, max_new_tokens=8, stream=True)) == reply
+    assert model.chat([conversation, conversations()[1]], max_new_tokens=4)[0] == model.chat(conversation, max_new_tokens=4)
+
+    audio = synthetic(70.0, 2)
+    audio[16000 * 28 : 16000 * 28 + 320] = 0  # a quiet 20 ms just before the first 30 s cut
+    from sensorium.models.af3 import quiet_cuts
+
+    cuts = quiet_cuts(audio, 30.0)
+    assert cuts[0] == 0 and cuts[-1] == len(audio) and all(b - a <= 30 * 16000 for a, b in zip(cuts, cuts[1:]))
+    assert cuts[1] == 16000 * 28 + 160
+    transcript = model.transcribe(audio, max_new_tokens=4)
+    assert [round(s.start, 2) for s in transcript.segments] == [round(c / 16000, 2) for c in cuts[:-1]]
+    assert transcript.text == " ".join(s.text for s in transcript.segments if s.text)

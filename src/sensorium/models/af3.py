@@ -562,6 +562,88 @@ class AF3Model(nn.Module):
             next_position = next_position + 1
         return torch.stack(produced, dim=1)
 
+    # --- chat and transcription ---------------------------------------------------------------------------
+
+    def chat(self, conversations, max_new_tokens: int = 512, temperature: float = 0.0, top_k: int | None = None,
+             top_p: float | None = None, stream: bool = False, seed: int | None = None):
+        """Answer one conversation (a list of messages) or a batch of them: the reply text, or a list of replies.
+        With `stream=True` (one conversation) returns an iterator of text pieces as they are produced."""
+        single = isinstance(conversations, list) and bool(conversations) and isinstance(conversations[0], dict)
+        inputs = self.process(conversations)
+        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                       generator=generator)
+        if stream:
+            if not single:
+                raise ValueError("stream=True takes one conversation")
+            return self._stream(inputs, options)
+        ids = self.generate(**inputs.model_inputs(), **options)
+        replies = [self._decode(row) for row in ids]
+        return replies[0] if single else replies
+
+    def _decode(self, ids: torch.Tensor) -> str:
+        stops = set(self.stop_tokens()) | {self.processor.pad_id}
+        kept = []
+        for token in ids.tolist():
+            if token in stops:
+                break
+            kept.append(token)
+        return self.processor.tokenizer.decode(kept)
+
+    def _stream(self, inputs: AF3Inputs, options: dict):
+        """Text pieces as tokens arrive (a piece waits while its UTF-8 bytes are incomplete)."""
+        import queue
+        import threading
+
+        pieces: queue.Queue = queue.Queue()
+        produced: list[int] = []
+        stops = set(self.stop_tokens())
+        state = {"text": ""}
+
+        def on_tokens(step: torch.Tensor) -> None:
+            token = int(step[0])
+            if token in stops:
+                return
+            produced.append(token)
+            text = self.processor.tokenizer.decode(produced)
+            if text.endswith("\ufffd"):
+                return
+            pieces.put(text[len(state["text"]):])
+            state["text"] = text
+
+        def run() -> None:
+            try:
+                self.generate(**inputs.model_inputs(), on_tokens=on_tokens, **options)
+            except BaseException as err:  # handed to the consumer
+                pieces.put(err)
+            pieces.put(None)
+
+        threading.Thread(target=run, daemon=True).start()
+        while (piece := pieces.get()) is not None:
+            if isinstance(piece, BaseException):
+                raise piece
+            if piece:
+                yield piece
+
+    def transcribe(self, audio, prompt: str | None = None, chunk_seconds: float = 30.0, max_new_tokens: int = 512,
+                   batch_size: int = 4) -> "Transcript":
+        """Speech to text for audio of any length: cut into chunks of at most `chunk_seconds` whose boundaries
+        move to the quietest 20 ms within the 3 s before each cut, each chunk transcribed (the model's framing
+        sentence stripped), joined; per-chunk timestamps in `segments`."""
+        if self.processor is None:
+            raise FileNotFoundError(f"{self.name}: no tokenizer/chat template was found beside the weights")
+        if not 1.0 <= chunk_seconds <= 30.0:
+            raise ValueError("chunk_seconds must be between 1 and 30 (one encoder window)")
+        signal = self.processor.load(audio)
+        bounds = quiet_cuts(signal, chunk_seconds)
+        segments = []
+        for first in range(0, len(bounds) - 1, batch_size):
+            spans = list(zip(bounds[first:-1], bounds[first + 1:]))[:batch_size]
+            conversations = [self.processor.transcription_request(signal[a:b], prompt) for a, b in spans]
+            for (a, b), text in zip(spans, self.chat(conversations, max_new_tokens=max_new_tokens)):
+                segments.append(Segment(a / SAMPLING_RATE, b / SAMPLING_RATE, self.processor.strip_prefix(text)))
+        return Transcript(" ".join(s.text for s in segments if s.text), segments)
+
     def stop_tokens(self) -> tuple[int, ...]:
         """<|im_end|> and <|endoftext|> when the tokenizer has them (the hub generation config's eos ids)."""
         if self.processor is None:
@@ -573,6 +655,34 @@ class AF3Model(nn.Module):
             except KeyError:
                 pass
         return tuple(found)
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float  # seconds
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    segments: list[Segment]
+
+
+def quiet_cuts(signal: np.ndarray, chunk_seconds: float, search_seconds: float = 3.0) -> list[int]:
+    """Sample indices [0, ..., len] cutting `signal` into chunks of at most `chunk_seconds`: each cut is the
+    quietest 20 ms frame (lowest energy) in the `search_seconds` before the nominal cut."""
+    size, search, frame = int(chunk_seconds * SAMPLING_RATE), int(search_seconds * SAMPLING_RATE), SAMPLING_RATE // 50
+    cuts, start = [0], 0
+    while len(signal) - start > size:
+        lo, hi = start + max(size - search, frame), start + size
+        window = signal[lo:hi].astype(np.float64)
+        usable = len(window) // frame * frame
+        energy = (window[:usable].reshape(-1, frame) ** 2).sum(axis=1)
+        start = lo + int(np.argmin(energy)) * frame + frame // 2 if len(energy) else hi
+        cuts.append(start)
+    return cuts + [len(signal)]
 
 
 def _choose(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
