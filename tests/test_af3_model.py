@@ -154,3 +154,30 @@ def test_chat_stream_and_transcribe(model, checkpoint):
     transcript = model.transcribe(audio, max_new_tokens=4)
     assert [round(s.start, 2) for s in transcript.segments] == [round(c / 16000, 2) for c in cuts[:-1]]
     assert transcript.text == " ".join(s.text for s in transcript.segments if s.text)
+
+
+def test_cli_ask_and_transcribe(checkpoint, model, media, tmp_path, capsys):
+    from sensorium.cli import main
+
+    assert main(["ask", str(media / "speech.wav"), "What is said?", "--max-new-tokens", "4"]) == 0
+    answer = capsys.readouterr().out
+    want = model.chat([{"role": "user", "content": [{"type": "audio", "audio": str(media / "speech.wav")},
+                                                    {"type": "text", "text": "What is said?"}]}], max_new_tokens=4)
+    assert answer == want + "\n"
+    assert main(["ask", str(media / "speech.wav"), "What is said?", "--max-new-tokens", "4", "--stream"]) == 0
+    assert capsys.readouterr().out == want + "\n"
+    assert main(["ask", str(media / "dog.mp4"), "What is said?"]) == 1
+    assert "audio" in capsys.readouterr().err
+
+    out = tmp_path / "t.json"
+    code = main(["transcribe", str(media / "speech.wav"), str(media / "dog.mp4"), "--format", "json",
+                 "--max-new-tokens", "3", "-q", "-o", str(out)])
+    assert code == 1 and "dog.mp4" in capsys.readouterr().err
+    import json
+
+    doc = json.loads(out.read_text())
+    assert len(doc["results"]) == 1 and doc["results"][0]["segments"][0]["start"] == 0.0
+    assert main(["transcribe", str(media / "speech.wav"), "--format", "srt", "--max-new-tokens", "3", "-q"]) == 0
+    srt = capsys.readouterr().out
+    assert srt.startswith("1\n00:00:00,000 --> 00:00:03,43")  # speech.wav is 3.4385 s
+    assert main(["transcribe", str(media / "speech.wav"), str(media / "train.flac"), "--format", "vtt"]) == 2

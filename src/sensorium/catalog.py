@@ -189,7 +189,7 @@ ENTRIES += (
         name="audio-flamingo-3",
         family="af3",
         kind="AF3",
-        tasks=(),  # `ask` and `transcribe` arrive with generation; the Python model and processor work now
+        tasks=("ask", "transcribe"),
         config=None,
         published=(
             Published("nvidia/audio-flamingo-3-hf", ("model.safetensors.index.json", "model.safetensors"), "transformers",

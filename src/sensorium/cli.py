@@ -104,6 +104,31 @@ def build_parser() -> argparse.ArgumentParser:
     localize.add_argument("--format", choices=("tsv", "csv", "json", "jsonl"), help="default: from -o, else tsv")
     localize.set_defaults(run=run_localize)
 
+    ask = commands.add_parser("ask", help="ask Audio Flamingo 3 a question about an audio file (or a video's sound)")
+    ask.add_argument("input", help="an audio or video file")
+    ask.add_argument("question", help='e.g. "What is happening in this recording?"')
+    ask.add_argument("-m", "--model", default="audio-flamingo-3", help="catalog name, hub id or local folder")
+    ask.add_argument("--device", default="auto")
+    ask.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    ask.add_argument("--config", help=argparse.SUPPRESS)
+    ask.add_argument("--max-new-tokens", type=int, default=512)
+    ask.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    ask.add_argument("--top-p", type=float)
+    ask.add_argument("--top-k", type=int)
+    ask.add_argument("--seed", type=int)
+    ask.add_argument("--stream", action="store_true", help="print the answer as it is produced")
+    ask.set_defaults(run=run_ask)
+
+    transcribe = commands.add_parser("transcribe", help="speech to text with Audio Flamingo 3, any length")
+    _common_arguments(transcribe, "audio-flamingo-3", "(unused: one file at a time)", 1)
+    transcribe.add_argument("--prompt", help='the request (default "Transcribe the input speech.")')
+    transcribe.add_argument("--chunk", type=float, default=30.0, help="chunk length in seconds (<= 30; cuts move "
+                            "to the quietest 20 ms in the 3 s before each)")
+    transcribe.add_argument("--max-new-tokens", type=int, default=512, help="per chunk")
+    transcribe.add_argument("--format", choices=("txt", "srt", "vtt", "json", "jsonl"), default="txt")
+    transcribe.add_argument("-o", "--output", help="output file (default: stdout)")
+    transcribe.set_defaults(run=run_transcribe)
+
     return parser
 
 
@@ -428,6 +453,86 @@ def run_localize(args) -> int:
     items = expand_inputs(args.inputs, modalities=("audio", "video"))
     rows = lambda progress: iter_localize(model, items, queries, rules, progress)  # noqa: E731
     return _drain(args, len(items), rows, write, writer)
+
+
+def _load_listener(args, task: str):
+    from sensorium.errors import SensoriumError
+    from sensorium.weights import load
+
+    try:
+        model = load(args.model, config=args.config, device=args.device, dtype=args.dtype)
+        if not hasattr(model, "transcribe"):
+            raise TypeError(f"{model.name} does not answer questions about audio; {task} needs audio-flamingo-3")
+        model.process([{"role": "user", "content": "probe"}])  # tokenizer and chat template are there
+    except (SensoriumError, OSError, ValueError, TypeError) as err:
+        print(f"sensorium {task}: cannot use model {args.model}:\n{err}", file=sys.stderr)
+        return None
+    return model
+
+
+def run_ask(args) -> int:
+    from sensorium.errors import SensoriumError, display_path
+
+    model = _load_listener(args, "ask")
+    if model is None:
+        return EXIT_USAGE
+    conversation = [{"role": "user", "content": [{"type": "audio", "audio": args.input},
+                                                 {"type": "text", "text": args.question}]}]
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, seed=args.seed)
+    try:
+        if args.stream:
+            for piece in model.chat(conversation, stream=True, **options):
+                print(piece, end="", flush=True)
+            print()
+        else:
+            print(model.chat(conversation, **options))
+    except (SensoriumError, ValueError, OSError) as err:
+        print(f"sensorium ask: {display_path(args.input)}: {getattr(err, 'reason', None) or err}", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+def run_transcribe(args) -> int:
+    from sensorium.tasks.inputs import expand_inputs
+    from sensorium.tasks.speech import iter_transcribe, subtitles
+
+    if not args.inputs:
+        print("sensorium transcribe: give inputs (audio or video files, folders, globs)", file=sys.stderr)
+        return EXIT_USAGE
+    items = expand_inputs(args.inputs, modalities=("audio", "video"))
+    if args.format in ("srt", "vtt") and len(items) > 1:
+        print("sensorium transcribe: srt/vtt take one input at a time (use json or jsonl for many)", file=sys.stderr)
+        return EXIT_USAGE
+    model = _load_listener(args, "transcribe")
+    if model is None:
+        return EXIT_USAGE
+    stream = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    rows_written = []
+
+    class Writer:
+        def write(self, row, path):
+            transcript = row.transcript
+            segments = [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text} for s in transcript.segments]
+            if args.format == "txt":
+                stream.write((f"# {path}\n" if len(items) > 1 else "") + transcript.text + "\n")
+            elif args.format in ("srt", "vtt"):
+                stream.write(subtitles(transcript, args.format))
+            elif args.format == "jsonl":
+                stream.write(json.dumps({"path": path, "text": transcript.text, "segments": segments}, ensure_ascii=False) + "\n")
+            else:
+                rows_written.append({"path": path, "text": transcript.text, "segments": segments})
+
+        def close(self):
+            if args.format == "json":
+                stream.write(json.dumps({"model": model.name, "chunk_seconds": args.chunk, "results": rows_written},
+                                        ensure_ascii=False, indent=1) + "\n")
+            if stream is not sys.stdout:
+                stream.close()
+
+    writer = Writer()
+    rows = lambda progress: iter_transcribe(model, items, args.prompt, args.chunk, args.max_new_tokens, progress)  # noqa: E731
+    return _drain(args, len(items), rows, writer.write, writer)
 
 
 if __name__ == "__main__":
