@@ -375,7 +375,9 @@ class DecoderAttention(nn.Module):
             keys[:, :, start : start + tokens] = k
             values[:, :, start : start + tokens] = v
             k, v = keys[:, :, : start + tokens], values[:, :, : start + tokens]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.heads != self.kv_heads)
+        causal = mask is None and tokens > 1  # a one-token step sees every cached key
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                             enable_gqa=self.heads != self.kv_heads)
         return self.o(out.transpose(1, 2).reshape(batch, tokens, self.heads * self.head_dim))
 
 
@@ -415,10 +417,13 @@ class Decoder(nn.Module):
 
 
 def causal_mask(attention_mask: torch.Tensor, queries: int, past: int = 0) -> torch.Tensor:
-    """[B, 1, queries, past + queries] bool: each query sees the real keys up to itself. A left-padding query
+    """[B, 1, queries, past + queries] bool: each query sees the real keys up to itself, or None when that is
+    plain causal attention (no padding, and a prefill or a one-token step). A left-padding query
     sees no key; SDPA returns zeros for such rows (torch >= 2.5), exactly as in the reference, so a training loss
     that reads the last padding position's logits matches it too."""
     keys = attention_mask.bool()
+    if (past == 0 or queries == 1) and bool(keys.all()):
+        return None  # plain causal attention (SDPA's is_causal path skips the blocks above the diagonal)
     rows = torch.arange(past, past + queries, device=keys.device)[:, None]
     cols = torch.arange(keys.shape[1], device=keys.device)[None, :]
     return ((cols <= rows)[None] & keys[:, None, :])[:, None]
