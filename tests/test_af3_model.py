@@ -181,3 +181,14 @@ def test_cli_ask_and_transcribe(checkpoint, model, media, tmp_path, capsys):
     srt = capsys.readouterr().out
     assert srt.startswith("1\n00:00:00,000 --> 00:00:03,43")  # speech.wav is 3.4385 s
     assert main(["transcribe", str(media / "speech.wav"), str(media / "train.flac"), "--format", "vtt"]) == 2
+
+
+def test_loads_in_bfloat16(checkpoint, model):
+    low = sn.load("audio-flamingo-3", device="cpu", dtype="bfloat16")
+    assert low.dtype == torch.bfloat16 and low.decoder.layers[0].attn.q.weight.dtype == torch.bfloat16
+    inputs = model.process(conversations()[:1])
+    with torch.no_grad():
+        full = model(**inputs.model_inputs()).logits
+        half = low(**inputs.model_inputs()).logits.float()
+    assert (half - full).abs().max() <= 0.1 * full.abs().max()
+    assert low.generate(**inputs.model_inputs(), max_new_tokens=3, stop_tokens=()).shape == (1, 3)
