@@ -428,8 +428,6 @@ def run_localize(args) -> int:
         queries = check_queries(args.query)
         fmt = format_for(args.output, args.format, ("tsv", "csv", "json", "jsonl"), "tsv")
         rules = Rules(args.threshold, args.window, args.hop, args.median_filter, args.merge_gap, args.min_duration)
-        if args.median_filter is not None and (args.median_filter < 1 or args.median_filter % 2 == 0):
-            raise ValueError("--median-filter must be an odd number of frames")
     except ValueError as err:
         print(f"sensorium localize: {err}", file=sys.stderr)
         return EXIT_USAGE

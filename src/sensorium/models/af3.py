@@ -147,9 +147,8 @@ class AF3Processor:
                     expanded.append(token)
                     continue
                 source = audios[next_audio]
-                rate = None
-                windows, frames = self._windows(self.load(source, rate), source if isinstance(source, (str, Path))
-                                                else "<array>", long_audio)
+                name = source if isinstance(source, (str, Path)) else "<array>"
+                windows, frames = self._windows(self.load(source), name, long_audio)
                 tokens = whisper.audio_token_count(int(frames.sum()))
                 expanded.extend([self.audio_token_id] * tokens)
                 all_windows.append(windows)

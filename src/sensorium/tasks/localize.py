@@ -46,6 +46,10 @@ class Rules:
     merge_gap: float | None = None
     min_duration: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.median_filter is not None and (self.median_filter < 1 or self.median_filter % 2 == 0):
+            raise ValueError("the median filter must be an odd number of frames")
+
     def record(self, model) -> dict:
         """What was applied, for the output's metadata."""
         limit = round(model.max_audio_seconds, 2)
