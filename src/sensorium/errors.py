@@ -29,6 +29,10 @@ class MediaError(SensoriumError, ValueError):
         super().__init__(f"{describe_source(source)}: {reason}")
 
 
+class TruncatedMediaWarning(UserWarning):
+    """A file that ends before its container says it should, read anyway because the caller allowed it."""
+
+
 def describe_source(source: object) -> str:
     """A printable name for an input: paths keep undecodable bytes as \\x escapes."""
     import os
