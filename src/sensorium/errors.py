@@ -47,3 +47,44 @@ def display_path(path) -> str:
     import os
 
     return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+def reason_for(err: BaseException, source: object = None) -> str:
+    """The reason part of an error about `source`, without the input's name when the message starts with it
+    (so that "skipped X: <reason>" never names X twice)."""
+    reason = getattr(err, "reason", None)
+    if reason:
+        return reason
+    text = str(err) or type(err).__name__
+    if source is not None:
+        prefix = f"{describe_source(source)}: "
+        if text.startswith(prefix):
+            return text[len(prefix):]
+        plain = f"{source}: "
+        if text.startswith(plain):
+            return text[len(plain):]
+    return text
+
+
+_current = __import__("threading").local()
+
+
+class reading:
+    """`with reading(source):` marks the input a thread is decoding, so that warnings raised deep inside a
+    decoder (Pillow's "Possibly corrupt EXIF data") can be shown with the input's name (see cli)."""
+
+    def __init__(self, source: object):
+        self.source = source
+
+    def __enter__(self):
+        self.saved = getattr(_current, "source", None)
+        _current.source = self.source
+        return self
+
+    def __exit__(self, *exc):
+        _current.source = self.saved
+
+
+def current_input() -> object:
+    """The input this thread is decoding (None outside a decoder)."""
+    return getattr(_current, "source", None)

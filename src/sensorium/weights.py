@@ -469,8 +469,24 @@ def _identify_local(path: Path) -> Found | None:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" (CUDA, then MPS, then the CPU) or a device that exists here; ValueError names what is wrong."""
     if str(device) != "auto":
-        return torch.device(device)
+        try:
+            target = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"unknown device {str(device)!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        if target.type == "cuda":
+            if not torch.cuda.is_available():
+                why = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+                raise ValueError(f"device {device}: {why}; use --device cpu or auto")
+            if target.index is not None and target.index >= torch.cuda.device_count():
+                raise ValueError(f"device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+        elif target.type == "mps":
+            if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+                raise ValueError(f"device {device}: Apple MPS is not available here; use --device cpu or auto")
+        elif target.type != "cpu":
+            raise ValueError(f"device {device}: sensorium runs on cpu, cuda or mps")
+        return target
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

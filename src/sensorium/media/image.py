@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from sensorium.errors import MediaError
+from sensorium.errors import MediaError, reading
+from sensorium.media.files import check_file
 
 # Pillow's own bomb threshold (it warns above it and refuses above twice it). Larger JPEGs are decoded at a
 # reduced scale (the JPEG decoder's 1/2, 1/4 or 1/8 draft mode); larger images of other formats are refused.
@@ -27,7 +28,11 @@ KEPT_MODES = ("RGB", "RGBA", "L", "LA")
 
 
 def open_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode `source` (path, bytes, file object, PIL image, HWC/HW uint8 array) into a loaded PIL image."""
+    """Decode `source` (path, bytes, file object, PIL image, HWC/HW uint8 array) into a loaded PIL image.
+    Images over `max_pixels` are refused, except JPEGs, which are decoded at the largest reduced scale
+    (1/2, 1/4, 1/8) that fits; `max_pixels` may be set above Pillow's own limit."""
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be a whole number of at least 1, got {max_pixels!r}")
     if isinstance(source, Image.Image):
         return _normal_mode(source, source)
     if isinstance(source, np.ndarray):
@@ -37,24 +42,45 @@ def open_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
             raise MediaError(source, "empty image data (0 bytes)")
         return _decode(io.BytesIO(source), "<bytes>", max_pixels)
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise MediaError(source, "no such file")
-        if path.is_dir():
-            raise MediaError(source, "is a directory, not an image")
-        if path.stat().st_size == 0:
-            raise MediaError(source, "empty file (0 bytes)")
-        return _decode(path, source, max_pixels)
+        path = check_file(source, "an image")
+        try:
+            with open(path, "rb") as fp:
+                return _decode(fp, source, max_pixels)
+        except PermissionError as err:
+            raise MediaError(source, "permission denied (the file is not readable)") from err
     if hasattr(source, "read"):
         return _decode(source, source, max_pixels)
     raise MediaError(source, f"cannot read an image from a {type(source).__name__}")
 
 
+def _open_past_pillow_limit(fp) -> Image.Image:
+    """Image.open without Pillow's fixed decompression-bomb limit (2 x 89.5 MP), which our own `max_pixels`
+    replaces: Pillow's plugins in Pillow's order, as Image.open tries them."""
+    import struct
+
+    Image.init()
+    fp.seek(0)
+    prefix = fp.read(16)
+    for name in Image.ID:
+        factory, accept = Image.OPEN[name]
+        result = not accept or accept(prefix)
+        if result and not isinstance(result, str):
+            fp.seek(0)
+            try:
+                return factory(fp, "")
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                continue
+    raise UnidentifiedImageError("cannot identify image file")
+
+
 def _decode(fp, source, max_pixels: int) -> Image.Image:
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), reading(source):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit below
-            image = Image.open(fp)
+            try:
+                image = Image.open(fp)
+            except Image.DecompressionBombError:
+                image = _open_past_pillow_limit(fp)
             image.seek(0)  # first frame of animations (GIF, APNG, WebP)
             width, height = image.size
             if width * height > max_pixels:
@@ -62,26 +88,36 @@ def _decode(fp, source, max_pixels: int) -> Image.Image:
                     raise MediaError(
                         source,
                         f"{width}x{height} image ({width * height / 1e6:.0f} MP) exceeds the "
-                        f"{max_pixels / 1e6:.0f} MP limit (max_pixels / --max-image-pixels)",
+                        f"{max_pixels / 1e6:.1f} MP limit (max_pixels / --max-image-pixels)",
                     )
-                scale = next(s for s in (2, 4, 8, 16) if (width // s) * (height // s) <= max_pixels or s == 16)
-                if (width // scale) * (height // scale) > max_pixels:
-                    raise MediaError(source, f"{width}x{height} JPEG is too large even at 1/8 scale")
+                scale = next((s for s in (2, 4, 8) if (width // s) * (height // s) <= max_pixels), None)
+                if scale is None:
+                    raise MediaError(source, f"{width}x{height} JPEG ({width * height / 1e6:.0f} MP) is over the "
+                                     f"{max_pixels / 1e6:.1f} MP limit even at 1/8 scale (--max-image-pixels)")
                 image.draft(image.mode, (width // scale, height // scale))
             image.load()
+            image = _upright(image)
     except MediaError:
         raise
     except Image.DecompressionBombError as err:
         raise MediaError(source, f"image too large to decode safely ({err})") from err
     except UnidentifiedImageError as err:
         raise MediaError(source, "not an image (Pillow cannot identify this file's format)") from err
+    except PermissionError as err:
+        raise MediaError(source, "permission denied (the file is not readable)") from err
+    except MemoryError:
+        raise  # not a property of the file
     except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
         raise MediaError(source, f"corrupt or truncated image ({err})") from err
-    try:
-        image = ImageOps.exif_transpose(image)
-    except Exception:  # a broken EXIF block must not lose the picture
-        pass
     return _normal_mode(image, source)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """EXIF orientation applied; a broken EXIF block must not lose the picture."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:
+        return image
 
 
 def _normal_mode(image: Image.Image, source) -> Image.Image:

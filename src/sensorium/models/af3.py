@@ -62,6 +62,34 @@ def _is_audio(item) -> bool:
     return isinstance(item, dict) and (item.get("type") == "audio" or "audio" in item)
 
 
+def as_conversations(conversations) -> list[list[dict]]:
+    """A batch of conversations from what users pass: a string (one user turn), a conversation (a list of
+    message dicts), or a list of either. TypeError says what was expected."""
+    def one(conversation):
+        if isinstance(conversation, str):
+            return [{"role": "user", "content": conversation}]
+        if not isinstance(conversation, (list, tuple)) or not conversation or not all(
+                isinstance(m, dict) and "role" in m and "content" in m for m in conversation):
+            raise TypeError("a conversation is a list of messages like {'role': 'user', 'content': ...} "
+                            f"(or a string for one user turn); got {type(conversation).__name__}")
+        return list(conversation)
+
+    if isinstance(conversations, str) or (isinstance(conversations, (list, tuple)) and conversations
+                                          and isinstance(conversations[0], dict)):
+        return [one(conversations)]
+    if not isinstance(conversations, (list, tuple)):
+        raise TypeError("chat takes a conversation (a list of {'role', 'content'} messages), a string, or a "
+                        f"list of them; got {type(conversations).__name__}")
+    if not conversations:
+        raise ValueError("no conversation given")
+    return [one(c) for c in conversations]
+
+
+def is_single(conversations) -> bool:
+    return isinstance(conversations, str) or (isinstance(conversations, (list, tuple)) and bool(conversations)
+                                              and isinstance(conversations[0], dict))
+
+
 class AF3Processor:
     """The checkpoint folder's tokenizer.json, chat template and processor settings."""
 
@@ -96,12 +124,14 @@ class AF3Processor:
     def render(self, conversation: list[dict], add_generation_prompt: bool = True) -> str:
         return self.template.render(conversation, add_generation_prompt=add_generation_prompt)
 
-    def load(self, audio, sampling_rate: int | None = None) -> np.ndarray:
-        """A path, array or tensor -> float32 mono at 16 kHz (arrays are taken to be at 16 kHz unless told)."""
+    def load(self, audio, sampling_rate: int | None = None, on_truncated: str = "error") -> np.ndarray:
+        """A path, array or tensor -> float32 mono at 16 kHz (arrays are taken to be at 16 kHz unless told).
+        Non-finite or absurd samples and files that end early are errors (see sensorium.media.audio)."""
         from sensorium.media.audio import load_audio
+        from sensorium.media.probe import read_audio
 
         if isinstance(audio, (str, Path)):
-            signal = load_audio(audio, SAMPLING_RATE)
+            signal = read_audio(audio, SAMPLING_RATE, on_truncated=on_truncated)
         else:
             signal = load_audio(audio, SAMPLING_RATE, source_rate=sampling_rate or SAMPLING_RATE)
         if len(signal) == 0:
@@ -124,14 +154,12 @@ class AF3Processor:
         return windows, frames
 
     def __call__(self, conversations, output_labels: bool = False, long_audio: str = "error",
-                 add_generation_prompt: bool = True) -> AF3Inputs:
-        """One conversation (a list of messages) or a list of them -> model inputs."""
+                 add_generation_prompt: bool = True, on_truncated: str = "error") -> AF3Inputs:
+        """One conversation (a list of messages, or a plain string for one user turn) or a list of them ->
+        model inputs."""
         if long_audio not in ("error", "truncate"):
             raise ValueError("long_audio must be 'error' or 'truncate'")
-        if isinstance(conversations, list) and conversations and isinstance(conversations[0], dict):
-            conversations = [conversations]
-        if not conversations:
-            raise ValueError("no conversation given")
+        conversations = as_conversations(conversations)
         sequences, all_windows, all_frames, counts = [], [], [], []
         for conversation in conversations:
             audios = [_audio_of(item) for message in conversation if isinstance(message.get("content"), list)
@@ -148,7 +176,7 @@ class AF3Processor:
                     continue
                 source = audios[next_audio]
                 name = source if isinstance(source, (str, Path)) else "<array>"
-                windows, frames = self._windows(self.load(source), name, long_audio)
+                windows, frames = self._windows(self.load(source, on_truncated=on_truncated), name, long_audio)
                 tokens = whisper.audio_token_count(int(frames.sum()))
                 expanded.extend([self.audio_token_id] * tokens)
                 all_windows.append(windows)
@@ -459,10 +487,12 @@ class AF3Model(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.decoder.embed.weight.dtype
 
-    def process(self, conversations, output_labels: bool = False, long_audio: str = "error") -> AF3Inputs:
+    def process(self, conversations, output_labels: bool = False, long_audio: str = "error",
+                on_truncated: str = "error") -> AF3Inputs:
         if self.processor is None:
             raise FileNotFoundError(f"{self.name}: no tokenizer/chat template was found beside the weights")
-        return self.processor(conversations, output_labels=output_labels, long_audio=long_audio)
+        return self.processor(conversations, output_labels=output_labels, long_audio=long_audio,
+                              on_truncated=on_truncated)
 
     def audio_embeddings(self, input_features: torch.Tensor, input_features_mask: torch.Tensor) -> torch.Tensor:
         """Projected audio frames of every window, valid ones only, in order: [sum of tokens, width]."""
@@ -539,13 +569,16 @@ class AF3Model(nn.Module):
         temperature 0 is greedy; otherwise logits / temperature, then top-k, then top-p (nucleus) filtering, then
         a draw. Positions are those transformers' generate uses (cumulative count of real tokens). The keys and
         values live in one preallocated cache. `on_tokens(step_ids [B])` is called after every step (streaming)."""
-        if max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
+        check_sampling(max_new_tokens, temperature, top_k, top_p)
         input_ids = input_ids.to(self.device)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device).long()
         stops = torch.tensor(stop_tokens if stop_tokens is not None else self.stop_tokens(), device=self.device)
         pad = pad_id if pad_id is not None else (self.processor.pad_id if self.processor is not None else 0)
         batch, prompt = input_ids.shape
+        context = self.config.decoder.max_positions
+        if prompt + max_new_tokens > context:
+            raise ValueError(f"a prompt of {prompt} tokens plus max_new_tokens={max_new_tokens} exceeds "
+                             f"{self.name}'s context of {context} tokens")
         cache = self.new_cache(batch, prompt + max_new_tokens)
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         logits = self._step(self.embed(input_ids, input_features, input_features_mask), positions, mask, cache, 0)
@@ -569,11 +602,13 @@ class AF3Model(nn.Module):
     # --- chat and transcription ---------------------------------------------------------------------------
 
     def chat(self, conversations, max_new_tokens: int = 512, temperature: float = 0.0, top_k: int | None = None,
-             top_p: float | None = None, stream: bool = False, seed: int | None = None):
-        """Answer one conversation (a list of messages) or a batch of them: the reply text, or a list of replies.
-        With `stream=True` (one conversation) returns an iterator of text pieces as they are produced."""
-        single = isinstance(conversations, list) and bool(conversations) and isinstance(conversations[0], dict)
-        inputs = self.process(conversations)
+             top_p: float | None = None, stream: bool = False, seed: int | None = None, on_truncated: str = "error"):
+        """Answer one conversation (a list of messages, or a string for one user turn) or a batch of them: the
+        reply text, or a list of replies. With `stream=True` (one conversation) returns an iterator of text
+        pieces as they are produced; joined, they are exactly the reply `stream=False` gives."""
+        single = is_single(conversations)
+        check_sampling(max_new_tokens, temperature, top_k, top_p)
+        inputs = self.process(conversations, on_truncated=on_truncated)
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                        generator=generator)
@@ -606,11 +641,12 @@ class AF3Model(nn.Module):
 
         def on_tokens(step: torch.Tensor) -> None:
             token = int(step[0])
-            if token in stops:
+            if token in stops or state.get("stopped"):
+                state["stopped"] = True  # later steps of a stopped row are padding
                 return
             produced.append(token)
             text = self.processor.tokenizer.decode(produced)
-            if text.endswith("\ufffd"):
+            if text.endswith("\ufffd"):  # a character whose bytes are not all there yet
                 return
             pieces.put(text[len(state["text"]):])
             state["text"] = text
@@ -618,6 +654,10 @@ class AF3Model(nn.Module):
         def run() -> None:
             try:
                 self.generate(**inputs.model_inputs(), on_tokens=on_tokens, **options)
+                # an answer that ends inside a multi-byte character: the rest, as the non-streamed decode has it
+                final = self.processor.tokenizer.decode(produced)
+                if final != state["text"]:
+                    pieces.put(final[len(state["text"]):] if final.startswith(state["text"]) else final)
             except BaseException as err:  # handed to the consumer
                 pieces.put(err)
             pieces.put(None)
@@ -630,7 +670,7 @@ class AF3Model(nn.Module):
                 yield piece
 
     def transcribe(self, audio, prompt: str | None = None, chunk_seconds: float = 30.0, max_new_tokens: int = 512,
-                   batch_size: int = 4) -> "Transcript":
+                   batch_size: int = 4, on_truncated: str = "error") -> "Transcript":
         """Speech to text for audio of any length: cut into chunks of at most `chunk_seconds` whose boundaries
         move to the quietest 20 ms within the 3 s before each cut, each chunk transcribed (the model's framing
         sentence stripped), joined; per-chunk timestamps in `segments`."""
@@ -638,7 +678,7 @@ class AF3Model(nn.Module):
             raise FileNotFoundError(f"{self.name}: no tokenizer/chat template was found beside the weights")
         if not 1.0 <= chunk_seconds <= 30.0:
             raise ValueError("chunk_seconds must be between 1 and 30 (one encoder window)")
-        signal = self.processor.load(audio)
+        signal = self.processor.load(audio, on_truncated=on_truncated)
         bounds = quiet_cuts(signal, chunk_seconds)
         segments = []
         for first in range(0, len(bounds) - 1, batch_size):
@@ -687,6 +727,20 @@ def quiet_cuts(signal: np.ndarray, chunk_seconds: float, search_seconds: float =
         start = lo + int(np.argmin(energy)) * frame + frame // 2 if len(energy) else hi
         cuts.append(start)
     return cuts + [len(signal)]
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Generation options, checked before any work (a NaN temperature would sample garbage)."""
+    import math
+
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a whole number of at least 1, got {max_new_tokens!r}")
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a whole number of at least 1, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
 
 
 def _choose(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,

@@ -146,8 +146,10 @@ class AST(nn.Module):
         return self.config.window_seconds
 
     def features(self, waveforms, sampling_rate: int, truncate: bool = False, precision: str = "float64") -> torch.Tensor:
-        """Waveforms (one 1-D array/tensor, a list of them, or a [B, samples] tensor; mono, floats in [-1, 1])
-        -> normalised Kaldi fbank features [B, max_length, num_mel_bins], as ASTFeatureExtractor makes them.
+        """Waveforms -> normalised Kaldi fbank features [B, max_length, num_mel_bins], as ASTFeatureExtractor
+        makes them. The array rule of all of sensorium: one array or tensor is one signal, [samples] or
+        [channels, samples] (channels first, averaged); a batch is a list of them. (transformers' extractor
+        reads a 2-D array as a batch; here that is a multichannel clip, and [samples, channels] is an error.)
 
         Clips longer than the model's window raise ValueError unless `truncate=True` (then only the first
         window is kept, as the reference does silently); for long audio use `sensorium.tag`, which windows.
@@ -156,12 +158,12 @@ class AST(nn.Module):
         from sensorium.media.audio import array_to_mono
 
         c = self.config
-        if isinstance(waveforms, torch.Tensor) and waveforms.ndim == 2 or (
-            isinstance(waveforms, np.ndarray) and waveforms.ndim == 2
-        ):
-            waveforms = list(waveforms)
-        elif not isinstance(waveforms, (list, tuple)):
+        if isinstance(waveforms, (torch.Tensor, np.ndarray)):
             waveforms = [waveforms]
+        elif not isinstance(waveforms, (list, tuple)):
+            raise TypeError(f"waveforms must be an array/tensor or a list of them, got {type(waveforms).__name__}")
+        if not waveforms:
+            raise ValueError("no waveforms given")
         signals = [torch.from_numpy(array_to_mono(w, sampling_rate, c.sampling_rate)) for w in waveforms]
         features, frames = fixed_length_fbank(signals, c.max_length, c.num_mel_bins, c.sampling_rate, precision)
         too_long = [i for i, n in enumerate(frames) if n > c.max_length]

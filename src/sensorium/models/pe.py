@@ -234,6 +234,12 @@ class PEVisionModel(nn.Module):
         return pe_pixels(images, size or self.image_size)
 
     def _pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        if not isinstance(pixels, torch.Tensor):
+            raise TypeError(f"pixels must be a tensor [B, 3, H, W] from m.preprocess(images); got "
+                            f"{type(pixels).__module__}.{type(pixels).__name__} (pass images to m.preprocess first)")
+        if pixels.ndim != 4 or pixels.shape[1] != 3 or not pixels.is_floating_point():
+            raise ValueError(f"pixels must be a float tensor [B, 3, H, W] from m.preprocess(images); got "
+                             f"{pixels.dtype} {tuple(pixels.shape)}")
         return pixels.to(device=self.device, dtype=self.dtype)
 
     def image_features(
@@ -308,6 +314,10 @@ class PECoreModel(PEVisionModel):
         return x.view(batch, num_frames, -1).mean(dim=1)
 
     def encode_text(self, ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32) or ids.ndim != 2:
+            shown = f"{ids.dtype} {tuple(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise TypeError(f"encode_text takes token ids [B, {self.context_length}] from m.tokenize(texts); "
+                            f"got {shown}")
         x = self._require_text()(ids.to(self.device))
         return F.normalize(x, dim=-1) if normalize else x
 

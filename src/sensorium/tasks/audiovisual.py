@@ -1,9 +1,9 @@
 """PE-AV in `embed` and `classify`: one vector per file from its sound, its pictures, or both.
 
-Which head serves which input (`modality="auto"`):
-* audio files -> `audio_embeds` (compare with text through the "audio" text head),
-* videos with a sound track -> `audio_visual_embeds` (text head "audio_visual"),
-* videos without sound -> `visual_embeds` (text head "visual").
+Which head serves which input (`modality="auto"`), decided by the file's streams, not its extension:
+* sound only (an .mp4 without pictures too) -> `audio_embeds` (compare with text through the "audio" text head),
+* pictures and sound -> `audio_visual_embeds` (text head "audio_visual"),
+* pictures only -> `visual_embeds` (text head "visual").
 `modality` can force "audio", "video" or "audio_video" for every input.
 
 PE-AV was trained on clips of up to 30 s. Longer inputs are cut into `window`-second windows every `hop`
@@ -51,44 +51,65 @@ def windows_for(duration: float, window: float, hop: float) -> list[tuple[float,
     return [(float(s), min(float(s) + window, duration)) for s in starts]
 
 
-def _load_audio(model, path):
-    from sensorium.media.audio import load_audio
+def check_av_options(modality: str = "auto", window: float | None = None, hop: float | None = None,
+                     text_head: str | None = None) -> None:
+    import math
 
-    signal = load_audio(path, model.sampling_rate, downmix="ffmpeg")
-    if len(signal) == 0:
-        raise MediaError(path, "no audio samples")
-    return signal
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
+    for name, value in (("window", window), ("hop", hop)):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    if text_head is not None and text_head not in TEXT_HEAD.values():
+        raise ValueError(f"text_head must be one of {', '.join(TEXT_HEAD.values())}, got {text_head!r}")
 
 
-def _has_no_audio(err: MediaError) -> bool:
-    return "no audio" in err.reason
+def _kind(item: MediaItem, modality: str) -> str:
+    """Which head serves this file: from its streams (auto), or the forced modality once the streams it
+    needs are checked."""
+    from sensorium.media.probe import probe
+
+    streams = probe(item.path)
+    if streams.still:
+        raise MediaError(item.path, "an image; PE-AV embeds audio and video (use a PE-Core model for images)")
+    if modality == "auto":
+        if streams.audio:
+            return "audio_video" if streams.video else "audio"
+        if streams.video:
+            return "video"
+        raise MediaError(item.path, "no audio or video stream")
+    if modality in ("audio", "audio_video") and not streams.audio:
+        raise MediaError(item.path, f"no audio stream (--modality {modality} needs the sound)")
+    if modality in ("video", "audio_video") and not streams.video:
+        raise MediaError(item.path, f"no video stream (--modality {modality} needs pictures)")
+    return modality
 
 
 def encode_item(model, item: MediaItem, modality: str = "auto", window: float = WINDOW_SECONDS,
-                hop: float | None = None) -> AVResult:
+                hop: float | None = None, on_truncated: str = "error") -> AVResult:
     """Decode one file and embed it with a PE-AV model (see the module docstring)."""
     from sensorium.features.video_frames import squash_frames
-    from sensorium.media.video import Uniform, VideoReader
+    from sensorium.media.probe import open_video, read_audio
+    from sensorium.media.video import Uniform
 
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}")
     if item.error:
         raise MediaError(item.path, item.error)
-    if item.modality == "image":
-        raise MediaError(item.path, "an image; PE-AV embeds audio and video (use a PE-Core model for images)")
     hop = hop or window
-    wants_video = modality in ("video", "audio_video") or (modality == "auto" and item.modality != "audio")
-    wants_audio = modality in ("audio", "audio_video") or modality == "auto"
-    reader = VideoReader(item.path) if wants_video else None
+    kind = _kind(item, modality)
+    reader = open_video(item.path, on_truncated) if kind != "audio" else None
     try:
         signal = None
-        if wants_audio:
+        if kind != "video":
             try:
-                signal = _load_audio(model, item.path)
+                signal = read_audio(item.path, model.sampling_rate, "ffmpeg", on_truncated)
+                if len(signal) == 0:
+                    raise MediaError(item.path, "no audio samples")
             except MediaError as err:
-                if not (modality == "auto" and reader is not None and _has_no_audio(err)):
+                if not (modality == "auto" and kind == "audio_video" and "no audio samples" in err.reason):
                     raise
-        kind = "audio_video" if signal is not None and reader is not None else ("audio" if signal is not None else "video")
+                kind, signal = "video", None  # a sound track without sound: the pictures alone
         duration = len(signal) / model.sampling_rate if signal is not None else reader.duration
         spans = windows_for(duration, window, hop)
         vectors, frames_used = [], 0
@@ -113,21 +134,26 @@ def encode_item(model, item: MediaItem, modality: str = "auto", window: float = 
                 vectors.append(model.encode_audio(audio))
             else:
                 vectors.append(model.encode_video(video))
-        pooled = F.normalize(torch.cat(vectors).float().mean(dim=0), dim=-1)
-        return AVResult(item, kind, pooled.cpu().numpy(), spans, frames_used)
+        mean = torch.cat(vectors).float().mean(dim=0)
+        if not bool(torch.isfinite(mean).all()):
+            raise MediaError(item.path, "the model's output is not finite (NaN or inf) for this input")
+        return AVResult(item, kind, F.normalize(mean, dim=-1).cpu().numpy(), spans, frames_used)
     finally:
         if reader is not None:
             reader.close()
 
 
 def iter_encode(model, items: list[MediaItem], modality: str = "auto", window: float = WINDOW_SECONDS,
-                hop: float | None = None, progress: Callable[[int], None] | None = None) -> Iterator[AVResult]:
+                hop: float | None = None, progress: Callable[[int], None] | None = None,
+                on_truncated: str = "error") -> Iterator[AVResult]:
+    from sensorium.errors import reason_for
+
     with torch.inference_mode():
         for item in items:
             try:
-                result = encode_item(model, item, modality, window, hop)
-            except (SensoriumError, ValueError, OSError, RuntimeError) as err:
-                result = AVResult(item, item.modality, error=getattr(err, "reason", None) or str(err))
+                result = encode_item(model, item, modality, window, hop, on_truncated)
+            except (SensoriumError, ValueError, OSError) as err:  # not RuntimeError: out of memory is no bad file
+                result = AVResult(item, item.modality, error=reason_for(err, item.path))
             if progress is not None:
                 progress(1)
             yield result

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from sensorium.media.image import MAX_PIXELS
-from sensorium.tasks.inputs import MediaItem, expand_inputs
+from sensorium.tasks.inputs import MediaItem, as_input_list, expand_inputs
 from sensorium.tasks.templates import DEFAULT
 from sensorium.tasks.visual import encode_texts, encode_visual, require_clip
 
@@ -32,7 +32,16 @@ def parse_labels(text: str) -> list[str]:
     return check_labels(labels)
 
 
-def check_labels(labels: list[str]) -> list[str]:
+def check_labels(labels) -> list[str]:
+    """A list of distinct, non-empty labels; a single string is a comma-separated list ("cat,dog")."""
+    if isinstance(labels, str):
+        return parse_labels(labels)
+    if not isinstance(labels, (list, tuple)):
+        raise TypeError(f"labels must be a list of strings or a comma-separated string, got {type(labels).__name__}")
+    bad = [type(label).__name__ for label in labels if not isinstance(label, str)]
+    if bad:
+        raise TypeError(f"labels must be strings, got a {bad[0]} among them")
+    labels = list(labels)
     if not labels:
         raise ValueError("no labels given")
     seen: set[str] = set()
@@ -62,17 +71,25 @@ def iter_classify(
     progress: Callable[[int], None] | None = None,
     max_pixels: int = MAX_PIXELS,
     av: dict | None = None,
+    on_truncated: str = "error",
 ) -> Iterator[ClassifyRow]:
     from sensorium.tasks import audiovisual
+    from sensorium.tasks.templates import check_templates
+    from sensorium.tasks.textcheck import check_prompts
 
+    labels = check_labels(labels)
+    templates = check_templates(templates)
     if audiovisual.is_audio_visual(model):
-        yield from _iter_classify_av(model, items, labels, templates, top_k, progress, **(av or {}))
+        check_prompts(model, labels, templates)
+        yield from _iter_classify_av(model, items, labels, templates, top_k, progress, on_truncated=on_truncated,
+                                     **(av or {}))
         return
     require_clip(model, "classify", need_text=True)
-    weights = class_vectors(model, check_labels(list(labels)), templates)
+    check_prompts(model, labels, templates)
+    weights = class_vectors(model, labels, templates)
     scale = model.logit_scale.float()
     k = min(top_k, len(labels))
-    for result in encode_visual(model, items, batch_size, workers, num_frames, max_pixels, progress):
+    for result in encode_visual(model, items, batch_size, workers, num_frames, max_pixels, progress, on_truncated):
         if result.error is not None:
             yield ClassifyRow(result.item.path, result.modality, error=result.error)
             continue
@@ -84,14 +101,16 @@ def iter_classify(
 
 
 def _iter_classify_av(model, items, labels, templates, top_k, progress, modality: str = "auto",
-                      window: float | None = None, hop: float | None = None) -> Iterator[ClassifyRow]:
+                      window: float | None = None, hop: float | None = None, on_truncated: str = "error"
+                      ) -> Iterator[ClassifyRow]:
     """PE-AV: each input's embedding against the label vectors of the matching text head; PE-AV has no
     learned temperature, so scores are cosine similarities (ranked), not probabilities."""
     from sensorium.tasks import audiovisual
 
-    vectors = audiovisual.label_vectors(model, check_labels(list(labels)), templates)
+    vectors = audiovisual.label_vectors(model, labels, templates)
     k = min(top_k, len(labels))
-    for result in audiovisual.iter_encode(model, items, modality, window or audiovisual.WINDOW_SECONDS, hop, progress):
+    for result in audiovisual.iter_encode(model, items, modality, window or audiovisual.WINDOW_SECONDS, hop, progress,
+                                          on_truncated):
         if result.error is not None:
             yield ClassifyRow(result.item.path, result.modality, error=result.error)
             continue
@@ -103,8 +122,8 @@ def _iter_classify_av(model, items, labels, templates, top_k, progress, modality
 
 
 def classify(
-    inputs: str | list[str],
-    labels: list[str],
+    inputs,
+    labels: list[str] | str,
     model="PE-Core-B16-224",
     templates: tuple[str, ...] | str | None = None,
     top_k: int = 5,
@@ -116,20 +135,33 @@ def classify(
     modality: str = "auto",
     window: float | None = None,
     hop: float | None = None,
+    allow_truncated: bool = False,
 ) -> list[ClassifyRow]:
     """Zero-shot classify images and videos (PE-Core), or audio and videos (PE-AV: scores are cosine
-    similarities). `templates`: a built-in set name ("default", "imagenet", "photo", "none", "sound"), a file
-    of templates, or a tuple of strings with "{}" for the label (default: "default", "sound" for PE-AV)."""
+    similarities). `labels`: a list of strings, or one comma-separated string ("cat,dog"). `templates`: a
+    built-in set name ("default", "imagenet", "photo", "none", "sound"), a file of templates, or a tuple of
+    strings with "{}" for the label (default: "default", "sound" for PE-AV)."""
     from sensorium.tasks.templates import load_templates
     from sensorium.weights import load
 
     from sensorium.tasks.audiovisual import is_audio_visual
 
+    from sensorium.tasks.audiovisual import check_av_options
+    from sensorium.tasks.embed import check_count
+
+    inputs = as_input_list(inputs)
+    labels = check_labels(labels)
+    check_count("top_k", top_k)
     model = load(model, device=device, dtype=dtype) if isinstance(model, str) else model
     av = is_audio_visual(model)
     if templates is None or isinstance(templates, str):
         templates = load_templates(templates if templates is not None or not av else "sound")
-    inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+    if av:
+        check_av_options(modality, window, hop)
+    else:
+        check_count("batch_size", batch_size)
+        check_count("num_frames", num_frames)
     items = expand_inputs(inputs, ("audio", "video") if av else ("image", "video"))
     return list(iter_classify(model, items, labels, tuple(templates), top_k, batch_size, workers, num_frames,
-                              av=dict(modality=modality, window=window, hop=hop)))
+                              av=dict(modality=modality, window=window, hop=hop),
+                              on_truncated="warn" if allow_truncated else "error"))

@@ -41,43 +41,90 @@ def modality_of(path: str) -> str:
     return "unknown"
 
 
-def expand_inputs(inputs: list[str], modalities: tuple[str, ...] = ("image", "video")) -> list[MediaItem]:
+def as_input_list(inputs, what: str = "inputs") -> list[str]:
+    """A path, or a list/tuple of paths (str or os.PathLike), as a list of str; anything else is a TypeError."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    if not isinstance(inputs, (list, tuple)):
+        raise TypeError(f"{what} must be a path or a list of paths (str or pathlib.Path), got {type(inputs).__name__}")
+    bad = [type(p).__name__ for p in inputs if not isinstance(p, (str, os.PathLike))]
+    if bad:
+        raise TypeError(f"{what} must be paths (str or pathlib.Path), got a {bad[0]} among them")
+    return [os.fspath(p) for p in inputs]
+
+
+def expand_inputs(inputs: list[str], modalities: tuple[str, ...] = ("image", "video"),
+                  warn_duplicates: bool = True) -> list[MediaItem]:
     """Files are taken as given (whatever their extension); folders are walked recursively for files of
     the wanted modalities, skipping hidden files and folders; globs (with ** for any depth) are expanded.
-    Missing paths and globs that match nothing come back as items with an error, so they are reported."""
+    Missing paths, unreadable folders and globs that match nothing come back as items with an error, so they
+    are reported. A file named twice is used once, with a warning."""
+    import warnings
+
     items: list[MediaItem] = []
     seen: set[str] = set()
 
     def add(item: MediaItem) -> None:
-        if item.path not in seen or item.error:
+        if item.error:
+            items.append(item)
+        elif item.path in seen:
+            if warn_duplicates:
+                warnings.warn(f"{item.display}: given more than once; used once", stacklevel=3)
+        else:
             seen.add(item.path)
             items.append(item)
 
-    for entry in inputs:
+    for entry in as_input_list(inputs):
         if os.path.isdir(entry):
-            found = sorted(_walk(entry, modalities))
-            if not found:
+            unreadable: list[MediaItem] = []
+            found = sorted(_walk(entry, modalities, unreadable))
+            if not found and not unreadable:
                 add(MediaItem(entry, "unknown", f"no {'/'.join(modalities)} files in this folder"))
             for path in found:
                 add(MediaItem(path, modality_of(path)))
-        elif os.path.exists(entry):
+            for item in unreadable:
+                add(item)
+        elif os.path.lexists(entry):
             add(MediaItem(entry, modality_of(entry)))
         elif glob.has_magic(entry):
             matches = sorted(glob.glob(entry, recursive=True))
             files = [m for m in matches if os.path.isfile(m) and modality_of(m) in modalities]
+            unreadable = []
             for folder in (m for m in matches if os.path.isdir(m)):
-                files.extend(sorted(_walk(folder, modalities)))
-            if not files:
+                files.extend(sorted(_walk(folder, modalities, unreadable)))
+            if not files and not unreadable:
                 add(MediaItem(entry, "unknown", "no files match this pattern"))
             for path in files:
                 add(MediaItem(path, modality_of(path)))
+            for item in unreadable:
+                add(item)
         else:
-            add(MediaItem(entry, modality_of(entry), "no such file or directory"))
+            add(MediaItem(entry, modality_of(entry), _missing_reason(entry)))
     return items
 
 
-def _walk(folder: str, modalities: tuple[str, ...]):
-    for root, dirs, files in os.walk(folder):
+def _missing_reason(path: str) -> str:
+    """Why a path that does not exist for us cannot be reached: absent, or behind a folder we may not search."""
+    try:
+        os.stat(path)
+    except PermissionError:
+        return "permission denied (a folder on its path cannot be searched)"
+    except FileNotFoundError:
+        return "no such file or directory"
+    except OSError as err:
+        return (err.strerror or str(err)).lower()
+    return "no such file or directory"
+
+
+def _walk(folder: str, modalities: tuple[str, ...], unreadable: list[MediaItem]):
+    """Wanted files under `folder`; folders that cannot be listed are added to `unreadable` (never skipped
+    silently)."""
+
+    def report(err: OSError) -> None:
+        reason = "permission denied" if isinstance(err, PermissionError) else (err.strerror or str(err)).lower()
+        unreadable.append(MediaItem(err.filename or folder, "unknown", f"{reason}: cannot list this folder"))
+
+    for root, dirs, files in os.walk(folder, onerror=report):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
             if not name.startswith(".") and modality_of(name) in modalities:

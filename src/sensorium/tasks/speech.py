@@ -19,16 +19,20 @@ class TranscribeRow:
 
 
 def iter_transcribe(model, items: list[MediaItem], prompt: str | None = None, chunk_seconds: float = 30.0,
-                    max_new_tokens: int = 512, progress: Callable[[int], None] | None = None) -> Iterator[TranscribeRow]:
+                    max_new_tokens: int = 512, progress: Callable[[int], None] | None = None,
+                    on_truncated: str = "error") -> Iterator[TranscribeRow]:
+    from sensorium.errors import reason_for
+
     for item in items:
         row = TranscribeRow(item.path)
         if item.error is not None:
             row.error = item.error
         else:
             try:
-                row.transcript = model.transcribe(item.path, prompt, chunk_seconds, max_new_tokens)
-            except (SensoriumError, ValueError, OSError, RuntimeError) as err:
-                row.error = getattr(err, "reason", None) or str(err)
+                row.transcript = model.transcribe(item.path, prompt, chunk_seconds, max_new_tokens,
+                                                  on_truncated=on_truncated)
+            except (SensoriumError, ValueError, OSError) as err:  # not RuntimeError: out of memory is no bad file
+                row.error = reason_for(err, item.path)
         if progress is not None:
             progress(1)
         yield row

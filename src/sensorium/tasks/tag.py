@@ -24,8 +24,8 @@ import torch
 from sensorium.catalog import DEFAULT_TAGGER
 from sensorium.errors import MediaError
 from sensorium.features.fbank import FRAME_LENGTH, FRAME_SHIFT, fixed_length_fbank
-from sensorium.media.audio import stream_audio
-from sensorium.tasks.inputs import MediaItem, expand_inputs
+from sensorium.media.probe import audio_blocks
+from sensorium.tasks.inputs import MediaItem, as_input_list, expand_inputs
 
 POOLING = ("max", "mean")
 
@@ -88,6 +88,11 @@ class TagRow:
 
 def model_windowing(model, window: float | None = None, hop: float | None = None) -> Windowing:
     """Window/hop in samples; the default window is the model's whole input, the default hop half of it."""
+    import math
+
+    for name, value in (("window", window), ("hop", hop)):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"--{name} must be a positive number of seconds, got {value!r}")
     rate = model.sampling_rate
     full = (model.config.max_length - 1) * FRAME_SHIFT + FRAME_LENGTH  # samples that make max_length frames
     size = full if window is None else int(round(window * rate))
@@ -138,8 +143,10 @@ def iter_tag(
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
     queue_windows: int = 32,
+    on_truncated: str = "error",
 ) -> Iterator[TagRow]:
-    """Rows in input order: clip-level labels, and per-window scores for timelines."""
+    """Rows in input order: clip-level labels, and per-window scores for timelines. Windows of several files
+    share a batch; a file whose windows cannot be scored fails alone."""
     if pooling not in POOLING:
         raise ValueError(f"pooling must be one of {POOLING}, got {pooling!r}")
     windowing = model_windowing(model, window, hop)
@@ -158,12 +165,15 @@ def iter_tag(
                     if item.modality in ("image",):
                         raise MediaError(item.path, "an image file; tagging takes audio (or video with sound)")
                     decoded = 0
-                    for start, samples in split_windows(stream_audio(item.path, rate), windowing):
+                    blocks = audio_blocks(item.path, rate, on_truncated)
+                    for start, samples in split_windows(blocks, windowing):
                         _put(pending, ("window", index, start, samples), stop)
                         decoded = max(decoded, start + len(samples))
                     _put(pending, ("done", index, decoded, None), stop)
                 except MediaError as err:
                     _put(pending, ("error", index, err.reason, None), stop)
+                except MemoryError:
+                    raise
                 except Exception as err:  # a decoder bug must not end the batch
                     _put(pending, ("error", index, f"unexpected {type(err).__name__}: {err}", None), stop)
         finally:
@@ -174,6 +184,7 @@ def iter_tag(
     scored: dict[int, list[tuple[int, np.ndarray]]] = {}
     produced: dict[int, int] = {}
     status: dict[int, tuple[str, object]] = {}  # file -> ("done", samples decoded) or ("error", reason)
+    unscorable: dict[int, str] = {}  # file -> why one of its windows could not be scored
     batch: list[tuple[int, int, np.ndarray]] = []  # windows of several files may share a batch
     next_row, ended = 0, False
     try:
@@ -181,25 +192,29 @@ def iter_tag(
             kind, index, value, samples = pending.get()
             if kind == "window":
                 produced[index] = produced.get(index, 0) + 1
-                batch.append((index, value, samples))
+                if index not in unscorable:
+                    batch.append((index, value, samples))
             elif kind == "end":
                 ended = True
             else:
                 status[index] = (kind, value)
             if len(batch) >= batch_size or (ended and batch):
-                for file, start, probabilities in _score(model, batch):
+                for file, start, probabilities in _score_isolated(model, batch, unscorable):
                     if file >= next_row:  # a file that already failed keeps no scores
                         scored.setdefault(file, []).append((start, probabilities))
                 batch = []
             # Emit, in input order, every file whose windows are all scored (or that failed).
             while next_row in status:
                 kind_done, value_done = status[next_row]
-                if kind_done == "done" and len(scored.get(next_row, ())) < produced.get(next_row, 0):
+                waiting = len(scored.get(next_row, ())) < produced.get(next_row, 0)
+                if kind_done == "done" and next_row not in unscorable and waiting:
                     break
                 del status[next_row]
                 windows = scored.pop(next_row, [])
                 if kind_done == "error":
                     row = TagRow(items[next_row].path, error=value_done)
+                elif next_row in unscorable:
+                    row = TagRow(items[next_row].path, error=unscorable.pop(next_row))
                 else:
                     row = _row(items[next_row].path, windows, value_done / rate, windowing, model, top_k,
                                threshold, pooling)
@@ -223,6 +238,34 @@ def _put(pending: queue.Queue, message, stop: threading.Event) -> None:
             return
         except queue.Full:
             continue
+
+
+NOT_FINITE = "the model's scores are not finite (NaN or inf) for this input"
+
+
+def _score_isolated(model, batch, unscorable: dict[int, str]) -> list[tuple[int, int, np.ndarray]]:
+    """`_score` over the batch; when the batch fails on an input (ValueError, MediaError), each window is
+    scored alone so only its file fails. Windows with non-finite scores fail their file too."""
+    if not batch:
+        return []
+    try:
+        results = _score(model, batch)
+    except (ValueError, MediaError):
+        results = []
+        for window in batch:
+            if window[0] in unscorable:
+                continue
+            try:
+                results.extend(_score(model, [window]))
+            except (ValueError, MediaError) as err:
+                unscorable[window[0]] = getattr(err, "reason", None) or str(err)
+    kept = []
+    for file, start, probabilities in results:
+        if not np.isfinite(probabilities).all():
+            unscorable.setdefault(file, NOT_FINITE)
+        if file not in unscorable:
+            kept.append((file, start, probabilities))
+    return kept
 
 
 @torch.inference_mode()
@@ -258,12 +301,18 @@ def tag(
     batch_size: int = 8,
     device: str = "auto",
     dtype=None,
+    allow_truncated: bool = False,
 ) -> list[TagRow]:
     """Tag audio files (and the sound of videos): files, folders and globs. Returns one row per input;
-    failed inputs have `error` set. `window`/`hop` are seconds; see the module docstring."""
+    failed inputs have `error` set. `window`/`hop` are seconds; see the module docstring.
+    `allow_truncated=True` tags what can be read of files that end early (with a warning)."""
+    from sensorium.tasks.embed import check_count
     from sensorium.weights import load
 
+    inputs = as_input_list(inputs)
+    check_count("top_k", top_k)
+    check_count("batch_size", batch_size)
     model = load(model, device=device, dtype=dtype) if isinstance(model, str) else model
-    inputs = [inputs] if isinstance(inputs, str) else list(inputs)
     items = expand_inputs(inputs, modalities=("audio", "video"))
-    return list(iter_tag(model, items, top_k, threshold, window, hop, pooling, batch_size))
+    return list(iter_tag(model, items, top_k, threshold, window, hop, pooling, batch_size,
+                         on_truncated="warn" if allow_truncated else "error"))

@@ -108,8 +108,43 @@ SOUND = ("{}", "the sound of {}.", "a recording of {}.")
 BUILTIN = {"default": DEFAULT, "imagenet": IMAGENET, "photo": ("a photo of a {}.",), "none": ("{}",), "sound": SOUND}
 
 
+def check_template(template: str) -> str | None:
+    """Why a template cannot be used (None when it can): exactly one "{}" for the label and no other
+    replacement field ("{{" and "}}" stand for literal braces)."""
+    import string
+
+    if not isinstance(template, str):
+        return f"templates must be strings, got a {type(template).__name__}"
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError as err:  # a lone "{" or "}"
+        return f"{err} (write {{{{ and }}}} for literal braces)"
+    if len(fields) != 1:
+        return f"needs exactly one {{}} for the label, has {len(fields)} replacement fields"
+    if fields[0] != ("", "", None):
+        name, spec, conversion = fields[0]
+        shown = "{" + name + ("!" + conversion if conversion else "") + (":" + spec if spec else "") + "}"
+        return f"the label goes in a plain {{}}, not {shown}"
+    return None
+
+
+def check_templates(templates, origin: str = "templates") -> tuple[str, ...]:
+    """Templates as a tuple, each checked (ValueError names the bad one and why)."""
+    if isinstance(templates, str):
+        raise TypeError("templates must be a tuple of strings (or a set name for load_templates)")
+    templates = tuple(templates)
+    if not templates:
+        raise ValueError(f"{origin}: no templates")
+    for template in templates:
+        problem = check_template(template)
+        if problem:
+            raise ValueError(f"{origin}: template {template!r}: {problem}, e.g. 'a photo of a {{}}.'")
+    return templates
+
+
 def load_templates(spec: str | None) -> tuple[str, ...]:
-    """A built-in set by name (default, imagenet, photo, none, sound) or a file with one template per line."""
+    """A built-in set by name (default, imagenet, photo, none, sound) or a UTF-8 file with one template per line."""
     if spec is None:
         return DEFAULT
     if spec in BUILTIN:
@@ -118,10 +153,12 @@ def load_templates(spec: str | None) -> tuple[str, ...]:
     if not path.is_file():
         names = ", ".join(BUILTIN)
         raise ValueError(f"--templates {spec}: not a file and not a built-in set ({names})")
-    templates = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--templates {spec}: not a UTF-8 text file (byte 0x{err.object[err.start]:02x} at offset "
+                         f"{err.start})") from None
+    templates = tuple(line.strip() for line in text.splitlines() if line.strip())
     if not templates:
         raise ValueError(f"{spec}: no templates in this file")
-    bad = [t for t in templates if t.count("{}") != 1]
-    if bad:
-        raise ValueError(f"{spec}: each template needs exactly one {{}} for the label, e.g. 'a photo of a {{}}.' (bad: {bad[0]!r})")
-    return templates
+    return check_templates(templates, spec)

@@ -131,6 +131,14 @@ class ClipTokenizer:
             out[row, : len(ids)] = torch.tensor(ids)
         return out
 
+    def lengths(self, texts: list[str]) -> list[int]:
+        """Token counts without truncation, start and end tokens included."""
+        return [len(self.encode(text)) + 2 for text in texts]
+
+    @property
+    def max_length(self) -> int:
+        return self.context_length
+
     def is_truncated(self, text: str) -> bool:
         return len(self.encode(text)) + 2 > self.context_length
 

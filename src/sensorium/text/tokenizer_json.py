@@ -50,6 +50,18 @@ class JsonTokenizer:
             raise TypeError("texts must be a string or a non-empty list of strings")
         return [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]
 
+    def lengths(self, texts: list[str]) -> list[int]:
+        """Token counts without truncation (special tokens included), to report what `max_length` cuts."""
+        if self.max_length is None:
+            return [len(ids) for ids in self.encode(texts)]
+        if getattr(self, "_untruncated", None) is None:
+            from tokenizers import Tokenizer
+
+            self._untruncated = Tokenizer.from_file(str(self.path))
+            self._untruncated.no_padding()
+            self._untruncated.no_truncation()
+        return [len(encoding.ids) for encoding in self._untruncated.encode_batch(list(texts))]
+
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
