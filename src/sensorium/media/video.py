@@ -13,13 +13,14 @@ import bisect
 import os
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 from typing import Iterator
 
 import av
 import numpy as np
 
 from sensorium.errors import MediaError
+from sensorium.media.audio import (ON_TRUNCATED, Tally, container_missing, ffmpeg_log, inspect_container,
+                                   open_container, report_truncation, truncation_evidence, unreadable)
 
 DEFAULT_MAX_FRAMES = 4096  # a guard against decoding a whole film into memory by accident
 
@@ -82,66 +83,101 @@ class VideoClip:
 class VideoReader:
     """Index a video file once, then decode any frames of it.
 
+    The index pass (packets only, no decoding) also checks the file against what its container declares
+    (frame counts, sizes, durations: see sensorium.media.audio). A truncated file is a MediaError, or with
+    on_truncated="warn" a TruncatedMediaWarning and a reader of the frames that can be decoded.
+
     >>> with VideoReader("clip.mp4") as video:
     ...     for index, time, rgb in video.frames(video.sample(Uniform(8))): ...
     """
 
-    def __init__(self, source: str | os.PathLike):
+    def __init__(self, source: str | os.PathLike, on_truncated: str = "error"):
+        if on_truncated not in ON_TRUNCATED:
+            raise ValueError(f"on_truncated must be one of {ON_TRUNCATED}, got {on_truncated!r}")
         self.source = source
-        path = Path(source)
-        if not path.exists():
-            raise MediaError(source, "no such file")
-        if path.is_dir():
-            raise MediaError(source, "is a directory, not a video")
-        if path.stat().st_size == 0:
-            raise MediaError(source, "empty file (0 bytes)")
+        self._container = open_container(source, "a video")
         try:
-            self._container = av.open(str(path))
-        except av.error.FFmpegError as err:
-            raise MediaError(source, f"not a readable media file ({_ffmpeg_reason(err)})") from err
-        try:
-            self._index()
+            self._index(on_truncated)
         except BaseException:
             self._container.close()
             raise
 
-    def _index(self) -> None:
-        if not self._container.streams.video:
-            kinds = sorted({s.type for s in self._container.streams}) or ["no streams"]
-            raise MediaError(self.source, f"no video stream (the file has: {', '.join(kinds)})")
-        stream = self._stream = self._container.streams.video[0]
-        stream.thread_type = "AUTO"
-        pts: list[int | None] = []
-        keyframes: list[int] = []
-        try:
-            for packet in self._container.demux(stream):
-                if packet.size == 0:
-                    continue
-                if packet.is_keyframe and packet.pts is not None:
-                    keyframes.append(packet.pts)
-                pts.append(packet.pts)
-        except av.error.FFmpegError as err:
-            raise MediaError(self.source, f"corrupt or truncated video ({_ffmpeg_reason(err)})") from err
+    def _index(self, on_truncated: str) -> None:
+        missing = container_missing(self.source, self._container.format.name)
+        stream = self._stream = self._video_stream(missing)
+        declared = inspect_container(self.source, self._container, stream, missing)
+        pts, keyframes, tally = self._packets(stream, missing)
         if not pts:
-            raise MediaError(self.source, "the video stream has no frames")
-        listed = stream.frames
-        if listed and len(pts) < listed:
-            raise MediaError(
-                self.source, f"truncated video: the container lists {listed} frames but only {len(pts)} are present"
-            )
+            raise unreadable(self.source, "video", missing, "the video stream has no frames")
         base = stream.time_base or Fraction(1, 1)
         rate = stream.average_rate
+        frame_seconds = float(1 / rate) if rate else 0.04
+        read_seconds = _packet_seconds(tally, base, len(pts) * frame_seconds)
+        evidence = truncation_evidence(declared, tally, read_seconds, frame_seconds)
+        if evidence:
+            report_truncation(self.source, "video", evidence, declared.seconds, read_seconds, on_truncated)
         # Frames are addressed by their pts; files without usable ones are counted by decoding instead.
         self._pts = sorted(pts) if None not in pts and len(set(pts)) == len(pts) else None
         if self._pts is not None:
             self._keyframes = sorted(keyframes)
+            if evidence:
+                self._pts = self._decodable_tail()
             self.times = [float((p - self._pts[0]) * base) for p in self._pts]
         else:
-            self.times = self._times_by_decoding(float(1 / rate) if rate else 0.04)
+            self.times = self._times_by_decoding(frame_seconds)
         self.total_frames = len(self.times)
         frame_time = float(1 / rate) if rate else (self.times[-1] / (len(self.times) - 1) if len(self.times) > 1 else 0.0)
         self.duration = self.times[-1] + frame_time
         self.rotation = 0  # known once a frame is decoded
+
+    def _video_stream(self, missing: str | None):
+        if not self._container.streams.video:
+            kinds = sorted({s.type for s in self._container.streams}) or ["no streams"]
+            raise unreadable(self.source, "video", missing, f"no video stream (the file has: {', '.join(kinds)})")
+        stream = self._container.streams.video[0]
+        if stream.codec_context is None:  # a cut MP4 index (moov) can lose the codec's parameters
+            raise unreadable(self.source, "video", missing, "the video stream cannot be decoded (its codec is unknown)")
+        stream.thread_type = "AUTO"
+        return stream
+
+    def _packets(self, stream, missing: str | None) -> tuple[list[int | None], list[int], Tally]:
+        """Every packet's pts and the keyframes' pts. A demuxer error is corruption, unless the file's
+        structure shows it was cut: then it is where the truncation starts."""
+        pts: list[int | None] = []
+        keyframes: list[int] = []
+        tally = Tally()
+        with ffmpeg_log() as log:
+            try:
+                for packet in self._container.demux(stream):
+                    if packet.size == 0:
+                        continue
+                    tally.saw_packet(packet)
+                    if packet.is_keyframe and packet.pts is not None:
+                        keyframes.append(packet.pts)
+                    pts.append(packet.pts)
+            except av.error.FFmpegError as err:
+                if not missing:
+                    raise MediaError(self.source, f"corrupt or truncated video ({_ffmpeg_reason(err)})") from err
+                tally.demux_error = _ffmpeg_reason(err)
+            tally.log = list(log)
+        return pts, keyframes, tally
+
+    def _decodable_tail(self) -> list[int]:
+        """The pts of a truncated file that the decoder can still produce: every frame before the last
+        keyframe, and those that decoding from that keyframe to the end yields (a cut frame is lost)."""
+        last_key = self._keyframes[-1] if self._keyframes else self._pts[0]
+        produced = set()
+        self._container.seek(last_key, stream=self._stream, backward=True, any_frame=False)
+        try:
+            for frame in self._container.decode(self._stream):
+                if frame.pts is not None:
+                    produced.add(frame.pts)
+        except av.error.FFmpegError:
+            pass  # the cut
+        kept = [p for p in self._pts if p < last_key or p in produced]
+        if not kept:
+            raise MediaError(self.source, "truncated video: no frame of it can be decoded")
+        return kept
 
     def _times_by_decoding(self, frame_time: float) -> list[float]:
         self._container.seek(0)
@@ -225,10 +261,12 @@ class VideoReader:
 
 
 def read_video(
-    source: str | os.PathLike, sampling: Sampling = Uniform(8), max_frames: int = DEFAULT_MAX_FRAMES
+    source: str | os.PathLike, sampling: Sampling = Uniform(8), max_frames: int = DEFAULT_MAX_FRAMES,
+    on_truncated: str = "error",
 ) -> VideoClip:
-    """Frames of a video file chosen by `sampling`, with their indices and timestamps."""
-    with VideoReader(source) as video:
+    """Frames of a video file chosen by `sampling`, with their indices and timestamps. `on_truncated="warn"`
+    reads a truncated file's decodable frames, with a TruncatedMediaWarning."""
+    with VideoReader(source, on_truncated=on_truncated) as video:
         indices = video.sample(sampling)
         if len(set(indices)) > max_frames:
             raise MediaError(
@@ -245,6 +283,13 @@ def read_video(
             duration=video.duration,
             rotation=video.rotation,
         )
+
+
+def _packet_seconds(tally: Tally, base: Fraction, fallback: float) -> float:
+    """Seconds the packets span, the first pts to the end of the last (what could be read)."""
+    if tally.first_pts is None or tally.end_pts is None or tally.end_pts <= tally.first_pts:
+        return fallback
+    return float((tally.end_pts - tally.first_pts) * base)
 
 
 def _ffmpeg_reason(err: Exception) -> str:
