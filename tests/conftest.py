@@ -16,7 +16,7 @@ import json  # noqa: E402
 
 import torch  # noqa: E402
 
-from helpers import FIXTURES, PE_FIXTURES, pe_config, pe_models, put_in_hf_cache, random_original_checkpoint  # noqa: E402
+from helpers import FIXTURES, PE_FIXTURES, pe_models, put_in_hf_cache, random_original_checkpoint, register_tiny_entries  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -38,25 +38,16 @@ def tiny_entries(hf_cache):
     """Tiny fixture models registered as catalog entries (test-clip_tiny, test-lang_tiny) and placed in the
     HF cache in every layout they are published in."""
     from sensorium import catalog
-    from sensorium.catalog import CatalogEntry, Published
 
-    entries = []
     for name in ("clip_tiny", "lang_tiny"):
-        config = pe_config(name)
         folder = PE_FIXTURES / name
-        copies = [Published(f"test/{name}", (f"{name}.pt",), "original")]
         put_in_hf_cache(hf_cache, f"test/{name}", {f"{name}.pt": folder / "original.pt"})
-        copies.append(Published(f"timm/vit_pe_test_{name}.fb", ("model.safetensors",), "timm"))
         put_in_hf_cache(hf_cache, f"timm/vit_pe_test_{name}.fb", {"model.safetensors": folder / "timm.safetensors",
                         "config.json": json.dumps({"architecture": f"vit_pe_test_{name}"}).encode()})
         if (folder / "open_clip.safetensors").exists():
-            copies.append(Published(f"test/open_clip_{name}", ("open_clip_model.safetensors",), "open_clip"))
             put_in_hf_cache(hf_cache, f"test/open_clip_{name}",
                             {"open_clip_model.safetensors": folder / "open_clip.safetensors"})
-        kind, tasks = ("PE-Core", ("embed", "classify")) if config.is_clip else ("PE-Lang", ("features",))
-        entry = CatalogEntry(f"test-{name}", "pe", kind, tasks, config, tuple(copies), "tiny test model")
-        catalog.register(entry)
-        entries.append(entry)
+    entries = register_tiny_entries()
     yield {e.name: e for e in entries}
     for e in entries:
         catalog.unregister(e.name)
@@ -105,3 +96,12 @@ def ast_models(hf_cache, tmp_path_factory):
         put_in_hf_cache(hf_cache, repo, {p.name: p for p in folder.iterdir()})
         models[repo] = model
     return models
+
+
+@pytest.fixture(scope="session")
+def af3_model_dir(tmp_path_factory):
+    """A tiny Audio Flamingo 3 checkpoint folder (transformers layout, with tokenizer and chat template)."""
+    from helpers import make_af3_checkpoint
+
+    folder, _ = make_af3_checkpoint(tmp_path_factory.mktemp("af3-folder"))
+    return folder

@@ -43,6 +43,26 @@ def pe_config(name: str) -> PEConfig:
     return PEConfig(name, vision, text)
 
 
+def register_tiny_entries() -> list:
+    """The tiny PE fixture models as catalog entries test-clip_tiny and test-lang_tiny, in every layout they
+    are published in (the files are placed in the HF cache by conftest's tiny_entries fixture)."""
+    from sensorium import catalog
+    from sensorium.catalog import CatalogEntry, Published
+
+    entries = []
+    for name in ("clip_tiny", "lang_tiny"):
+        config = pe_config(name)
+        copies = [Published(f"test/{name}", (f"{name}.pt",), "original"),
+                  Published(f"timm/vit_pe_test_{name}.fb", ("model.safetensors",), "timm")]
+        if (PE_FIXTURES / name / "open_clip.safetensors").exists():
+            copies.append(Published(f"test/open_clip_{name}", ("open_clip_model.safetensors",), "open_clip"))
+        kind, tasks = ("PE-Core", ("embed", "classify")) if config.is_clip else ("PE-Lang", ("features",))
+        entry = CatalogEntry(f"test-{name}", "pe", kind, tasks, config, tuple(copies), "tiny test model")
+        catalog.register(entry)
+        entries.append(entry)
+    return entries
+
+
 def pe_reference(name: str) -> dict:
     return load_file(PE_FIXTURES / name / "reference.safetensors")
 
@@ -170,3 +190,28 @@ def make_af3_processor_folder(folder: Path) -> Path:
                                         tokenizer=fast, chat_template=template)
     processor.save_pretrained(folder)
     return folder
+
+
+def make_af3_checkpoint(folder: Path):
+    """A tiny random AudioFlamingo3ForConditionalGeneration saved by transformers with its processor files:
+    (folder, the transformers model)."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import AudioFlamingo3Config, AudioFlamingo3ForConditionalGeneration
+
+    make_af3_processor_folder(folder)
+    audio_id = Tokenizer.from_file(str(folder / "tokenizer.json")).token_to_id("<sound>")
+    config = AudioFlamingo3Config(
+        audio_config=dict(hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=2,
+                          num_mel_bins=128, max_source_positions=1500),
+        text_config=dict(model_type="qwen2", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=400, rope_theta=10000.0),
+        audio_token_id=audio_id)
+    torch.manual_seed(0)
+    reference = AudioFlamingo3ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # perturb what init leaves at zero or one
+        for name, param in reference.named_parameters():
+            if param.ndim == 1:
+                param.add_(torch.randn_like(param) * 0.1)
+    reference.save_pretrained(folder)
+    return folder, reference

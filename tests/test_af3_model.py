@@ -6,30 +6,12 @@ import pytest
 import torch
 
 import sensorium as sn
-from helpers import make_af3_processor_folder, put_in_hf_cache
+from helpers import make_af3_checkpoint, put_in_hf_cache
 
 
 @pytest.fixture(scope="module")
 def checkpoint(hf_cache, tmp_path_factory):
-    from transformers import AudioFlamingo3Config, AudioFlamingo3ForConditionalGeneration
-
-    folder = make_af3_processor_folder(tmp_path_factory.mktemp("af3"))
-    from tokenizers import Tokenizer
-
-    audio_id = Tokenizer.from_file(str(folder / "tokenizer.json")).token_to_id("<sound>")
-    config = AudioFlamingo3Config(
-        audio_config=dict(hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=2,
-                          num_mel_bins=128, max_source_positions=1500),
-        text_config=dict(model_type="qwen2", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, vocab_size=400, rope_theta=10000.0),
-        audio_token_id=audio_id)
-    torch.manual_seed(0)
-    reference = AudioFlamingo3ForConditionalGeneration(config).eval()
-    with torch.no_grad():  # perturb what init leaves at zero or one
-        for name, param in reference.named_parameters():
-            if param.ndim == 1:
-                param.add_(torch.randn_like(param) * 0.1)
-    reference.save_pretrained(folder)
+    folder, reference = make_af3_checkpoint(tmp_path_factory.mktemp("af3"))
     put_in_hf_cache(hf_cache, "nvidia/audio-flamingo-3-hf", {p.name: p for p in folder.iterdir()})
     return reference
 

@@ -420,19 +420,16 @@ def _open_writer(task: str, fmt: str, output: str | None, metadata: dict, items=
         return None
 
 
-def _check_output(task: str, output: str | None, items) -> bool:
-    """An output that is one of the inputs is refused before the model loads."""
-    import os
+def _check_output(task: str, output: str | None, items, fmt: str) -> bool:
+    """The destination is usable (its folder exists and can be written, it is not one of the inputs, no other
+    run is writing it), checked before the model loads."""
+    from sensorium.writers import OutputError, check_destination
 
-    if not output or not os.path.exists(output):
-        return True
-    for item in items:
-        try:
-            if item.error is None and os.path.samefile(output, item.path):
-                _fail(task, f"-o {output}: is one of the inputs; writing there would destroy it")
-                return False
-        except OSError:
-            continue
+    try:
+        check_destination(output, fmt, tuple(item.path for item in items if item.error is None))
+    except OutputError as err:
+        _fail(task, err)
+        return False
     return True
 
 
@@ -517,7 +514,7 @@ def run_embed(args) -> int:
         return _fail("embed", err)
     if not _check_device(args, "embed"):
         return EXIT_USAGE
-    if not _check_output("embed", args.output, _expand(args, ALL_KINDS, quiet=True)):
+    if not _check_output("embed", args.output, _expand(args, ALL_KINDS, quiet=True), fmt):
         return EXIT_USAGE
     model = _load_model(args, "embed", need_text=bool(args.text))
     if model is None:
@@ -587,7 +584,7 @@ def run_classify(args) -> int:
     if not args.inputs:
         return _fail("classify", "give inputs (files, folders, globs)")
     if not _check_device(args, "classify") or not _check_output("classify", args.output,
-                                                                _expand(args, ALL_KINDS, quiet=True)):
+                                                                _expand(args, ALL_KINDS, quiet=True), fmt):
         return EXIT_USAGE
     model = _load_model(args, "classify", need_text=True)
     if model is None:
@@ -658,7 +655,7 @@ def run_tag(args) -> int:
     except ValueError as err:
         return _fail("tag", err)
     items = _expand(args, ("audio", "video"))
-    if not _check_device(args, "tag") or not _check_output("tag", args.output, items):
+    if not _check_device(args, "tag") or not _check_output("tag", args.output, items, fmt):
         return EXIT_USAGE
     model = _load_model(args, "tag", need_text=False)
     if model is None:
@@ -711,7 +708,7 @@ def run_localize(args) -> int:
     except ValueError as err:
         return _fail("localize", err)
     items = _expand(args, ("audio", "video"))
-    if not _check_device(args, "localize") or not _check_output("localize", args.output, items):
+    if not _check_device(args, "localize") or not _check_output("localize", args.output, items, fmt):
         return EXIT_USAGE
     model = _load_model(args, "localize", need_text=True)
     if model is None:
@@ -797,7 +794,7 @@ def run_transcribe(args) -> int:
     items = _expand(args, ("audio", "video"))
     if fmt in ("srt", "vtt") and len(items) > 1:
         return _fail("transcribe", "srt/vtt take one input at a time (use json or jsonl for many)")
-    if not _check_device(args, "transcribe") or not _check_output("transcribe", args.output, items):
+    if not _check_device(args, "transcribe") or not _check_output("transcribe", args.output, items, fmt):
         return EXIT_USAGE
     model = _load_listener(args, "transcribe")
     if model is None:

@@ -74,6 +74,27 @@ def sidecar_of(output: str) -> Path:
     return Path(output).with_suffix(".json")
 
 
+def check_destination(output: str | None, fmt: str, inputs: tuple[str, ...] = ()) -> None:
+    """Everything `open_writer` would refuse, checked before any work (a model load, a first input):
+    OutputError says why. Nothing is left on disk."""
+    if not output:
+        return
+    paths = [Path(output)] + ([sidecar_of(output)] if fmt == "npy" else [])
+    if fmt == "npy" and paths[1].resolve() == paths[0].resolve():
+        raise OutputError(f"-o {output}: the .json sidecar of an npy output would be the output itself; "
+                          "name it FILE.npy")
+    import tempfile
+
+    for path in paths:
+        Target.check(path, inputs)
+        _unlock(_lock(path))
+        try:
+            with tempfile.TemporaryFile(dir=path.parent if str(path.parent) else "."):
+                pass
+        except OSError as err:
+            raise OutputError(f"-o {path}: cannot write in {path.parent} ({_reason(err)})") from err
+
+
 class Target:
     """One destination file: checked, locked and written as DEST.partial until `commit`.
 
@@ -83,7 +104,7 @@ class Target:
     def __init__(self, destination: str | os.PathLike, inputs: tuple[str, ...] = ()):
         self.path = Path(destination)
         self.partial = Path(str(self.path) + PARTIAL_SUFFIX)
-        self._check(inputs)
+        self.check(self.path, inputs)
         self._lock = _lock(self.path)
         try:
             self.stream = open(self.partial, "wb")
@@ -91,22 +112,23 @@ class Target:
             self._unlock()
             raise OutputError(f"-o {self.path}: cannot write here ({_reason(err)})") from err
 
-    def _check(self, inputs: tuple[str, ...]) -> None:
-        parent = self.path.parent if str(self.path.parent) else Path(".")
-        if self.path.is_dir():
-            raise OutputError(f"-o {self.path}: is a directory; give a file name")
+    @staticmethod
+    def check(path: Path, inputs: tuple[str, ...]) -> None:
+        parent = path.parent if str(path.parent) else Path(".")
+        if path.is_dir():
+            raise OutputError(f"-o {path}: is a directory; give a file name")
         if not parent.exists():
-            raise OutputError(f"-o {self.path}: the folder {parent} does not exist")
+            raise OutputError(f"-o {path}: the folder {parent} does not exist")
         if not parent.is_dir():
-            raise OutputError(f"-o {self.path}: {parent} is not a folder")
-        if self.path.exists():
+            raise OutputError(f"-o {path}: {parent} is not a folder")
+        if path.exists():
             for source in inputs:
                 try:
-                    same = os.path.samefile(self.path, source)
+                    same = os.path.samefile(path, source)
                 except OSError:
                     continue
                 if same:
-                    raise OutputError(f"-o {self.path}: is one of the inputs; writing there would destroy it")
+                    raise OutputError(f"-o {path}: is one of the inputs; writing there would destroy it")
 
     def commit(self, complete: bool) -> Path:
         """Close, and move the file to its destination (to DEST.partial only when incomplete); return where."""
