@@ -38,26 +38,3 @@ def probe(source: str | os.PathLike) -> Streams:
     finally:
         container.close()
 
-
-def _transition(function, on_truncated: str) -> dict:  # TRANSITION: until media takes on_truncated everywhere
-    import inspect
-
-    return {"on_truncated": on_truncated} if "on_truncated" in inspect.signature(function).parameters else {}
-
-
-def open_video(source, on_truncated: str = "error"):
-    from sensorium.media.video import VideoReader
-
-    return VideoReader(source, **_transition(VideoReader.__init__, on_truncated))
-
-
-def read_audio(source, rate: int, downmix: str = "mean", on_truncated: str = "error"):
-    from sensorium.media.audio import load_audio
-
-    return load_audio(source, rate, downmix=downmix, **_transition(load_audio, on_truncated))
-
-
-def audio_blocks(source, rate: int, on_truncated: str = "error"):
-    from sensorium.media.audio import stream_audio
-
-    return stream_audio(source, rate, **_transition(stream_audio, on_truncated))

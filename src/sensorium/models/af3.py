@@ -128,10 +128,9 @@ class AF3Processor:
         """A path, array or tensor -> float32 mono at 16 kHz (arrays are taken to be at 16 kHz unless told).
         Non-finite or absurd samples and files that end early are errors (see sensorium.media.audio)."""
         from sensorium.media.audio import load_audio
-        from sensorium.media.probe import read_audio
 
         if isinstance(audio, (str, Path)):
-            signal = read_audio(audio, SAMPLING_RATE, on_truncated=on_truncated)
+            signal = load_audio(audio, SAMPLING_RATE, on_truncated=on_truncated)
         else:
             signal = load_audio(audio, SAMPLING_RATE, source_rate=sampling_rate or SAMPLING_RATE)
         if len(signal) == 0:

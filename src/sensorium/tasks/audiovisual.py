@@ -89,8 +89,8 @@ def encode_item(model, item: MediaItem, modality: str = "auto", window: float = 
                 hop: float | None = None, on_truncated: str = "error") -> AVResult:
     """Decode one file and embed it with a PE-AV model (see the module docstring)."""
     from sensorium.features.video_frames import squash_frames
-    from sensorium.media.probe import open_video, read_audio
-    from sensorium.media.video import Uniform
+    from sensorium.media.audio import load_audio
+    from sensorium.media.video import Uniform, VideoReader
 
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}")
@@ -98,12 +98,12 @@ def encode_item(model, item: MediaItem, modality: str = "auto", window: float = 
         raise MediaError(item.path, item.error)
     hop = hop or window
     kind = _kind(item, modality)
-    reader = open_video(item.path, on_truncated) if kind != "audio" else None
+    reader = VideoReader(item.path, on_truncated=on_truncated) if kind != "audio" else None
     try:
         signal = None
         if kind != "video":
             try:
-                signal = read_audio(item.path, model.sampling_rate, "ffmpeg", on_truncated)
+                signal = load_audio(item.path, model.sampling_rate, downmix="ffmpeg", on_truncated=on_truncated)
                 if len(signal) == 0:
                     raise MediaError(item.path, "no audio samples")
             except MediaError as err:

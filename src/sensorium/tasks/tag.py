@@ -24,7 +24,7 @@ import torch
 from sensorium.catalog import DEFAULT_TAGGER
 from sensorium.errors import MediaError
 from sensorium.features.fbank import FRAME_LENGTH, FRAME_SHIFT, fixed_length_fbank
-from sensorium.media.probe import audio_blocks
+from sensorium.media.audio import stream_audio
 from sensorium.tasks.inputs import MediaItem, as_input_list, expand_inputs
 
 POOLING = ("max", "mean")
@@ -165,7 +165,7 @@ def iter_tag(
                     if item.modality in ("image",):
                         raise MediaError(item.path, "an image file; tagging takes audio (or video with sound)")
                     decoded = 0
-                    blocks = audio_blocks(item.path, rate, on_truncated)
+                    blocks = stream_audio(item.path, rate, on_truncated=on_truncated)
                     for start, samples in split_windows(blocks, windowing):
                         _put(pending, ("window", index, start, samples), stop)
                         decoded = max(decoded, start + len(samples))

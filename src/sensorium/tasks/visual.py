@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from sensorium.errors import MediaError
 from sensorium.features.image import pe_normalize, pe_resize
 from sensorium.media.image import MAX_PIXELS, open_image
-from sensorium.media.probe import open_video
 from sensorium.media.video import Uniform, VideoReader
 from sensorium.tasks.inputs import MediaItem
 
@@ -93,7 +92,7 @@ def _decode_image(item: MediaItem, size: int, max_pixels: int) -> Decoded:
 
 
 def _decode_video(path: str, size: int, num_frames: int, stream_after: int | None, on_truncated: str) -> Decoded:
-    with open_video(path, on_truncated) as video:
+    with VideoReader(path, on_truncated=on_truncated) as video:
         indices = video.sample(Uniform(num_frames))
         if stream_after is not None and len(indices) > stream_after:
             return Decoded(None, "video", indices, [video.times[i] for i in indices])
@@ -242,7 +241,7 @@ def _encode_long_video(model, item: MediaItem, plan: Decoded, batch_size: int, p
 
     def read() -> None:
         try:
-            with open_video(item.path, on_truncated) as video:
+            with VideoReader(item.path, on_truncated=on_truncated) as video:
                 chunk: list[tuple[int, np.ndarray]] = []
                 for index, _, rgb in video.frames(plan.frame_indices):
                     chunk.append((index, pe_resize_array(rgb, model.image_size)))
