@@ -570,3 +570,22 @@ def test_streamed_answers_equal_the_whole_answers(af3_model_dir):
         assert "".join(model.chat(conversation, stream=True, **options)) == whole, seed
         cut_inside_a_character += whole.endswith("\ufffd")
     assert cut_inside_a_character > 0  # the case the flush is for did occur
+
+
+def test_transcribe_takes_the_format_from_the_output_name(af3_model_dir, tmp_path):
+    out = tmp_path / "talk.vtt"
+    assert main(["transcribe", str(MEDIA / "speech.wav"), "-m", str(af3_model_dir), "-o", str(out), "-q",
+                 "--max-new-tokens", "4"]) == 0
+    assert out.read_text().startswith("WEBVTT")
+
+
+def test_a_corrupt_exif_warning_names_the_input(tiny_entries, tmp_path, capsys):
+    import struct
+
+    # one IFD entry (Make, ASCII, 100 bytes) whose data lies past the end of the EXIF block
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1) + struct.pack("<HHII", 0x010F, 2, 100, 4000) + b"\0" * 4
+    path = tmp_path / "broken_exif.jpg"
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(path, exif=b"Exif\x00\x00" + tiff)
+    assert main(["embed", str(path), "-m", "test-clip_tiny", "-q"]) == 0
+    warnings_shown = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings_shown and all(f"warning: {path}: " in line for line in warnings_shown), warnings_shown
