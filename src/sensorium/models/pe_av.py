@@ -43,6 +43,11 @@ from sensorium.weights import FirstHalf, KeyMap, Unused, prefixed
 SAMPLING_RATE = 48000
 CODEC_CHUNK = 750  # frames (30 s) per codec call on long clips
 CODEC_MARGIN = 25  # frames (1 s) of context on each side of a chunk; the codec sees ~0.45 s
+# Frames (6 s) per codec call when a file is streamed (PE-A-Frame). The codec's working memory is ~2.4 MB per
+# frame at pe-a-frame-base width (64 channels at 48 kHz, several activations alive): ~0.5 GB for 6 s + margins,
+# against ~1.9 GB for CODEC_CHUNK; the margins cost a third more codec work, which the smaller working set
+# mostly wins back.
+STREAM_CODEC_CHUNK = 150
 FRAME_CHUNK = 32  # video frames per frame-encoder call
 
 
@@ -807,21 +812,50 @@ class PEAFrameModel(_PEAudioModel):
         clip when `window` is given, are scored in windows of `window` seconds every `hop` seconds (defaults
         300 and 280; the last window is aligned to the end), and a frame seen by several windows gets the
         mean of their scores. The codec runs once over the whole clip (in chunks), so window edges see real
-        context."""
+        context. A file path is decoded and encoded as a stream (see `stream_latents`), so a long file never
+        sits in memory whole; arrays go through `dac_chunked` in one piece."""
+        path = _single_path(audio)
+        if path is not None:
+            from sensorium.media.audio import stream_audio
+
+            latents, _ = self.stream_latents(stream_audio(path, self.sampling_rate, downmix="ffmpeg"))
+            return self.logits_from_latents(latents, texts, window, hop)
         batch = self._audio_batch(audio, sampling_rate)
         if batch.input_values.shape[0] != 1:
             raise ValueError("frame_logits takes one clip")
-        limit = self.config.audio.max_positions - 1
         frames = int(batch.padding_mask.sum()) // self.config.dac.hop
-        if window is None and frames <= limit:
-            return self.encode(batch, texts, threshold=None).logits[:, :frames]
-        size = _frames(window if window is not None else DEFAULT_WINDOW_SECONDS, self.frame_seconds)
-        step = _frames(hop if hop is not None else min(DEFAULT_HOP_SECONDS, window or DEFAULT_WINDOW_SECONDS), self.frame_seconds)
-        if not 1 <= size <= limit or not 1 <= step <= size:
-            raise ValueError(f"window must be 0.04..{limit * self.frame_seconds:.2f} s and hop 0.04 s..window")
         values = batch.input_values.to(self.device, self.dtype).reshape(-1)[: frames * self.config.dac.hop]
         with torch.no_grad():
             latents = self.audio.dac_chunked(values)
+        return self.logits_from_latents(latents, texts, window, hop)
+
+    def stream_latents(self, blocks, chunk: int = STREAM_CODEC_CHUNK) -> tuple[torch.Tensor, int]:
+        """DAC-VAE latents [frames, latent] of a stream of 48 kHz mono blocks, and how many samples it held.
+
+        The codec runs in `chunk`-frame chunks with CODEC_MARGIN frames of context on each side, dac_chunked's
+        rule (with chunk=CODEC_CHUNK the latents are dac_chunked's bit for bit), so memory stays bounded
+        whatever the length: the samples of about one chunk, the codec's activations over one chunk, and the
+        latents (128 floats per 40 ms, 46 MB an hour)."""
+        codec = StreamingCodec(self.audio, chunk)
+        with torch.no_grad():
+            for block in blocks:
+                codec.push(block)
+            return codec.finish(), codec.samples
+
+    def logits_from_latents(
+        self, latents: torch.Tensor, texts, window: float | None = None, hop: float | None = None
+    ) -> torch.Tensor:
+        """Scores [n_texts, frames] from one clip's DAC latents [frames, latent]: one pass up to the position
+        limit, else windows with overlaps averaged (see `frame_logits`)."""
+        limit = self.config.audio.max_positions - 1
+        frames = latents.shape[0]
+        if window is None and frames <= limit:
+            # The original's forward (one audio broadcast against every text), as `encode` computes it.
+            # contiguous: `encode` copies the latents into a batch, and a strided input rounds differently.
+            audio_embeds = self.audio_head(self.audio(latents[None].contiguous(), None)[:, 1:])
+            text_embeds = self.encode_text(texts)
+            return (audio_embeds @ text_embeds[:, :, None]).squeeze(-1) * self.logit_scale + self.logit_bias
+        size, step = self.window_frames(window, hop)
         text = self.encode_text(texts)
         total = latents.new_zeros(text.shape[0], frames, dtype=torch.float32)
         count = latents.new_zeros(frames, dtype=torch.float32)
@@ -831,6 +865,15 @@ class PEAFrameModel(_PEAudioModel):
             total[:, start : start + size] += scores.float()
             count[start : start + size] += 1
         return total / count
+
+    def window_frames(self, window: float | None = None, hop: float | None = None) -> tuple[int, int]:
+        """Window and hop in frames (defaults 300 s and 280 s, or the window); ValueError when out of range."""
+        limit = self.config.audio.max_positions - 1
+        size = _frames(window if window is not None else DEFAULT_WINDOW_SECONDS, self.frame_seconds)
+        step = _frames(hop if hop is not None else min(DEFAULT_HOP_SECONDS, window or DEFAULT_WINDOW_SECONDS), self.frame_seconds)
+        if not 1 <= size <= limit or not 1 <= step <= size:
+            raise ValueError(f"window must be 0.04..{limit * self.frame_seconds:.2f} s and hop 0.04 s..window")
+        return size, step
 
     def localize(
         self,
@@ -860,6 +903,100 @@ class PEAFrameModel(_PEAudioModel):
 
 DEFAULT_WINDOW_SECONDS = 300.0
 DEFAULT_HOP_SECONDS = 280.0
+
+
+def _single_path(audio) -> str | Path | None:
+    """The file when `audio` names exactly one (a path, or a list holding one path)."""
+    if isinstance(audio, (list, tuple)) and len(audio) == 1:
+        audio = audio[0]
+    return audio if isinstance(audio, (str, Path)) else None
+
+
+class StreamingCodec:
+    """dac_chunked's rule over a stream of samples: chunks of `chunk` frames, each encoded with `margin`
+    frames of real context on both sides and only its own frames kept; a clip of at most chunk + 2 * margin
+    frames is one pass. The rule depends on the clip's length only at its end, so a chunk is encoded as soon
+    as its right margin has arrived (and the clip is known to need chunks); the tail, reflect-padded to a
+    whole frame like `reflect_pad_batch`, waits for the end. Held: the samples from the next chunk's left
+    margin on (at most chunk + 2 * margin frames plus one block), and the latents."""
+
+    def __init__(self, tower: AudioTower, chunk: int = STREAM_CODEC_CHUNK, margin: int = CODEC_MARGIN):
+        if chunk <= margin:
+            raise ValueError("codec chunks must be longer than their margins")
+        self.tower, self.chunk, self.margin = tower, chunk, margin
+        self.hop = tower.dac.config.hop
+        self.samples = 0  # pushed so far
+        self.next_frame = 0  # first frame without latents (a multiple of chunk)
+        self._held: list = []  # numpy blocks holding samples [_held_from, samples)
+        self._held_from = 0
+        self._latents: list[torch.Tensor] = []
+
+    @property
+    def held_samples(self) -> int:
+        return self.samples - self._held_from
+
+    def push(self, block) -> None:
+        import numpy as np
+
+        block = np.asarray(block, dtype=np.float32).reshape(-1)
+        if len(block):
+            self._held.append(block)
+            self.samples += len(block)
+        while self._chunk_ready():
+            first = self.next_frame
+            self._encode(first, first + self.chunk, first - self.margin, first + self.chunk + self.margin,
+                         self._joined())
+
+    def finish(self) -> torch.Tensor:
+        """Latents [frames, latent] of everything pushed (frames = samples / hop, rounded up)."""
+        from sensorium.features.waveform import reflect_pad_batch
+
+        if self.samples == 0:
+            raise ValueError("no audio samples")
+        # The held samples start on a frame boundary, so padding them pads the clip as a whole would be.
+        tail = reflect_pad_batch([self._joined()], self.hop)[0][0, 0].numpy()
+        frames = self._held_from // self.hop + len(tail) // self.hop
+        for first, last, lo, hi in codec_plan(frames, self.chunk, self.margin):
+            if first >= self.next_frame:
+                self._encode(first, last, lo, hi, tail)
+        latents = torch.cat(self._latents)
+        self._latents = []
+        return latents
+
+    def _chunk_ready(self) -> bool:
+        one_pass = (self.chunk + 2 * self.margin) * self.hop
+        right_edge = (self.next_frame + self.chunk + self.margin) * self.hop
+        return self.samples > one_pass and self.samples >= right_edge
+
+    def _joined(self):
+        import numpy as np
+
+        if len(self._held) != 1:
+            self._held = [np.concatenate(self._held) if self._held else np.zeros(0, np.float32)]
+        return self._held[0]
+
+    def _encode(self, first: int, last: int, lo: int, hi: int, signal) -> None:
+        """Latents of frames [first, last) from frames [lo, hi) of the clip; `signal` starts at _held_from."""
+        lo = max(lo, 0)
+        offset = self._held_from
+        samples = torch.from_numpy(signal[lo * self.hop - offset : hi * self.hop - offset])
+        weight = self.tower.data_proj.weight
+        latents = self.tower.dac(samples.to(weight.device, weight.dtype)[None, None])[0]
+        self._latents.append(latents[first - lo : last - lo].contiguous())
+        self.next_frame = last
+        keep = max(0, last - self.margin) * self.hop  # the next chunk's left margin
+        if keep > offset and signal is self._held[0]:
+            self._held = [signal[keep - offset :]]
+            self._held_from = keep
+
+
+def codec_plan(frames: int, chunk: int = CODEC_CHUNK, margin: int = CODEC_MARGIN) -> list[tuple[int, int, int, int]]:
+    """dac_chunked's chunks of a clip of `frames` frames: (first, last, lo, hi) = encode frames [lo, hi) and
+    keep [first, last)."""
+    if frames <= chunk + 2 * margin:
+        return [(0, frames, 0, frames)]
+    return [(first, min(first + chunk, frames), max(0, first - margin), min(frames, first + chunk + margin))
+            for first in range(0, frames, chunk)]
 
 
 def _frames(seconds: float, frame_seconds: float) -> int:

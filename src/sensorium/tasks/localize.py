@@ -1,7 +1,8 @@
 """`sensorium localize`: when do described sounds happen (PE-A-Frame), as DCASE-style event rows.
 
 Each file is decoded to 48 kHz mono (FFmpeg downmix, as the original) and scored against every query per
-40 ms frame. Events are the original's spans: runs of frames with sigmoid(score) > threshold, onset and
+40 ms frame. Files stream through in bounded memory: decoded blocks go straight into the DAC codec in 6 s
+chunks with 1 s margins (PEAFrameModel.stream_latents) and only the 25 Hz latents are kept for the encoder. Events are the original's spans: runs of frames with sigmoid(score) > threshold, onset and
 offset in seconds, never past the clip's end; each carries the highest frame probability inside it.
 Clips past the encoder's position limit (~400 s) are scored in windows (see PEAFrameModel.frame_logits);
 optional post-processing (median filter, merge gap, minimum duration) is off unless asked for, and the
@@ -15,7 +16,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from sensorium.errors import MediaError, SensoriumError
+from sensorium.errors import SensoriumError
 from sensorium.tasks.inputs import MediaItem, expand_inputs
 
 DEFAULT_LOCALIZER = "pe-a-frame-base"
@@ -70,10 +71,36 @@ def check_queries(queries: list[str]) -> list[str]:
 
 
 def localize_signal(model, signal, queries: list[str], rules: Rules) -> list[Event]:
-    """Events in one 48 kHz mono signal, in time order."""
+    """Events in one 48 kHz mono signal held in memory, in time order."""
+    logits = model.frame_logits([signal], queries, sampling_rate=model.sampling_rate, window=rules.window, hop=rules.hop)
+    return events_from_logits(model, logits, queries, rules)
+
+
+def localize_file(
+    model, path: str, queries: list[str], rules: Rules, on_truncated: str = "error"
+) -> tuple[float, list[Event]]:
+    """(seconds decoded, events) of one file, streamed: the decoder's blocks go through the codec in chunks
+    and only the 25 Hz latents are kept for the encoder's windows, so memory does not grow with the file
+    beyond the latents (46 MB an hour)."""
+    if rules.window is not None:
+        model.window_frames(rules.window, rules.hop)  # a bad window fails before an hour is decoded
+    latents, samples = model.stream_latents(_blocks(path, model.sampling_rate, on_truncated))
+    logits = model.logits_from_latents(latents, queries, rules.window, rules.hop)
+    return samples / model.sampling_rate, events_from_logits(model, logits, queries, rules)
+
+
+def _blocks(path: str, rate: int, on_truncated: str):
+    from sensorium.media.audio import stream_audio
+
+    if on_truncated == "error":  # the decoder's default (its on_truncated argument is new)
+        return stream_audio(path, rate, downmix="ffmpeg")
+    return stream_audio(path, rate, downmix="ffmpeg", on_truncated=on_truncated)
+
+
+def events_from_logits(model, logits: torch.Tensor, queries: list[str], rules: Rules) -> list[Event]:
+    """Events from frame scores [queries, frames], in time order."""
     from sensorium.models.pe_av import detect_runs, runs_to_seconds
 
-    logits = model.frame_logits([signal], queries, sampling_rate=model.sampling_rate, window=rules.window, hop=rules.hop)
     gap = None if rules.merge_gap is None else round(rules.merge_gap / model.frame_seconds)
     shortest = None if rules.min_duration is None else round(rules.min_duration / model.frame_seconds)
     probs = torch.sigmoid(logits.float()).cpu()
@@ -86,10 +113,13 @@ def localize_signal(model, signal, queries: list[str], rules: Rules) -> list[Eve
 
 
 def iter_localize(
-    model, items: list[MediaItem], queries: list[str], rules: Rules, progress: Callable[[int], None] | None = None
+    model,
+    items: list[MediaItem],
+    queries: list[str],
+    rules: Rules,
+    progress: Callable[[int], None] | None = None,
+    on_truncated: str = "error",
 ) -> Iterator[LocalizeRow]:
-    from sensorium.media.audio import load_audio
-
     queries = check_queries(queries)
     with torch.inference_mode():
         for item in items:
@@ -98,11 +128,7 @@ def iter_localize(
                 row.error = item.error
             else:
                 try:
-                    signal = load_audio(item.path, model.sampling_rate, downmix="ffmpeg")
-                    if len(signal) == 0:
-                        raise MediaError(item.path, "no audio samples")
-                    row.duration = len(signal) / model.sampling_rate
-                    row.events = localize_signal(model, signal, queries, rules)
+                    row.duration, row.events = localize_file(model, item.path, queries, rules, on_truncated)
                 except (SensoriumError, ValueError, OSError, RuntimeError) as err:
                     row.error = getattr(err, "reason", None) or str(err)
             if progress is not None:
@@ -121,8 +147,10 @@ def localize(
     merge_gap: float | None = None,
     min_duration: float | None = None,
     device: str = "auto",
+    allow_truncated: bool = False,
 ) -> list[LocalizeRow]:
-    """Events for each input file (path, folder or glob, or a list of them) and each query."""
+    """Events for each input file (path, folder or glob, or a list of them) and each query.
+    `allow_truncated=True` localizes what can be read of files that end early (with a warning)."""
     from sensorium.weights import load
 
     if isinstance(model, str):
@@ -135,4 +163,5 @@ def localize(
         queries = [queries]
     rules = Rules(threshold, window, hop, median_filter, merge_gap, min_duration)
     items = expand_inputs([str(p) for p in inputs], modalities=("audio", "video"))
-    return list(iter_localize(model, items, queries, rules))
+    on_truncated = "warn" if allow_truncated else "error"
+    return list(iter_localize(model, items, queries, rules, on_truncated=on_truncated))
