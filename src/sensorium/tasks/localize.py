@@ -82,19 +82,14 @@ def localize_file(
     """(seconds decoded, events) of one file, streamed: the decoder's blocks go through the codec in chunks
     and only the 25 Hz latents are kept for the encoder's windows, so memory does not grow with the file
     beyond the latents (46 MB an hour)."""
-    if rules.window is not None:
-        model.window_frames(rules.window, rules.hop)  # a bad window fails before an hour is decoded
-    latents, samples = model.stream_latents(_blocks(path, model.sampling_rate, on_truncated))
-    logits = model.logits_from_latents(latents, queries, rules.window, rules.hop)
-    return samples / model.sampling_rate, events_from_logits(model, logits, queries, rules)
-
-
-def _blocks(path: str, rate: int, on_truncated: str):
     from sensorium.media.audio import stream_audio
 
-    if on_truncated == "error":  # the decoder's default (its on_truncated argument is new)
-        return stream_audio(path, rate, downmix="ffmpeg")
-    return stream_audio(path, rate, downmix="ffmpeg", on_truncated=on_truncated)
+    if rules.window is not None:
+        model.window_frames(rules.window, rules.hop)  # a bad window fails before an hour is decoded
+    blocks = stream_audio(path, model.sampling_rate, downmix="ffmpeg", on_truncated=on_truncated)
+    latents, samples = model.stream_latents(blocks)
+    logits = model.logits_from_latents(latents, queries, rules.window, rules.hop)
+    return samples / model.sampling_rate, events_from_logits(model, logits, queries, rules)
 
 
 def events_from_logits(model, logits: torch.Tensor, queries: list[str], rules: Rules) -> list[Event]:

@@ -1,0 +1,189 @@
+"""`sensorium localize` on long audio: wall time and peak RSS of a one-hour file against a one-second one.
+
+    python benchmarks/localize.py run                       # tiny fixture model, and pe-a-frame-base shape
+    python benchmarks/localize.py run --models tiny --old HEAD~1   # also the code of another commit, for comparison
+
+Each measurement is a fresh `python -m sensorium.cli localize FILE -m MODEL -Q ... -q -o out.tsv` subprocess,
+started by a small parent that reports the child's wall time and peak RSS (getrusage RUSAGE_CHILDREN
+ru_maxrss), so every peak is that run's own. Models:
+
+- tiny: the test fixture `tests/fixtures/pe_av/pe_a_frame_tiny/original` (2-channel codec, 48-wide encoder):
+  its peak is almost all runtime and audio, so the absolute peak is what the hour costs.
+- base: the pe-a-frame-base geometry with transformers' random initialisation, written once by
+  `PeAudioFrameLevelModel.save_pretrained` (DAC-VAE 64 channels; audio encoder 1024 wide, 16 layers, 8 heads;
+  ModernBERT-large cut at 22 layers), with the test tokenizer beside it. The one-second run is the model and
+  runtime; the hour's cost is the one-hour peak minus the one-second peak.
+- any folder or catalog name given with --models is run as it is.
+
+`--old REF` also runs the code of commit REF (checked out with `git worktree` under benchmarks/out/, never
+committed) on the same files, e.g. the commit before streaming, to compare with the whole-signal behaviour.
+Inputs: a 48 kHz mono FLAC (PCM 16) of tones in noise, written minute by minute, and one second of it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path, and benchmarks/ast.py would shadow the stdlib `ast`.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+OUT = HERE / "out"
+RATE = 48000
+QUERIES = ("a dog barking", "a man speaking", "rain")
+TINY = ROOT / "tests" / "fixtures" / "pe_av" / "pe_a_frame_tiny" / "original"
+TOKENIZER = ROOT / "tests" / "fixtures" / "pe_av" / "tokenizer.json"
+BASE = OUT / "pe-a-frame-base-random"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inputs and weights
+
+
+def make_audio(seconds: int, path: Path) -> Path:
+    """Tones that come and go over noise (so events exist), written a minute at a time."""
+    import numpy as np
+    import soundfile
+
+    if path.exists():
+        return path
+    rng = np.random.default_rng(1)
+    with soundfile.SoundFile(path, "w", RATE, 1, subtype="PCM_16") as out:
+        for start in range(0, seconds, 60):
+            t = np.arange(min(60, seconds - start) * RATE) / RATE + start
+            tone = 0.2 * np.sin(2 * np.pi * (300 + 5 * (start // 60)) * t) * (np.sin(2 * np.pi * t / 23) > 0.3)
+            out.write((tone + 0.02 * rng.standard_normal(len(t))).astype(np.float32))
+    return path
+
+
+def make_base() -> Path:
+    """pe-a-frame-base-shaped random weights (transformers' initialisation), written once."""
+    if (BASE / "model.safetensors").exists():
+        return BASE
+    import torch
+    from transformers import PeAudioConfig, PeAudioFrameLevelModel
+
+    text = dict(vocab_size=50368, hidden_size=1024, intermediate_size=2624, num_hidden_layers=22,
+                num_attention_heads=16, global_attn_every_n_layers=3, local_attention=128,
+                pad_token_id=50283, cls_token_id=50281, sep_token_id=50282, bos_token_id=50281, eos_token_id=50282,
+                tie_last_hidden_states=False)
+    dac = dict(encoder_hidden_size=64, downsampling_ratios=[2, 8, 10, 12], codebook_size=1024, codebook_dim=128,
+               sampling_rate=RATE)
+    audio = dict(hidden_size=1024, intermediate_size=2752, num_hidden_layers=16, num_attention_heads=8,
+                 head_dim=128, num_key_value_heads=8, max_position_embeddings=10000, rms_norm_eps=1e-5,
+                 rope_parameters={"rope_type": "default", "rope_theta": 20000.0}, dac_config=dac)
+    torch.manual_seed(0)
+    model = PeAudioFrameLevelModel(PeAudioConfig(text_config=text, audio_config=audio))
+    model.save_pretrained(BASE)
+    shutil.copyfile(TOKENIZER, BASE / "tokenizer.json")
+    print(f"  wrote {BASE} ({sum(p.numel() for p in model.parameters()):,} parameters)", file=sys.stderr)
+    return BASE
+
+
+def tiny_folder() -> Path:
+    """The fixture model with the test tokenizer beside it, as a checkpoint folder has one."""
+    folder = OUT / "pe-a-frame-tiny"
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in [*TINY.iterdir(), TOKENIZER]:
+        shutil.copyfile(path, folder / path.name)
+    return folder
+
+
+def model_path(name: str) -> str:
+    return str({"tiny": tiny_folder, "base": make_base}[name]()) if name in ("tiny", "base") else name
+
+
+def old_source(ref: str) -> Path:
+    """src/ of commit `ref`, checked out once as a detached worktree under benchmarks/out/ (ignored by git)."""
+    commit = subprocess.run(["git", "rev-parse", "--short", ref], cwd=ROOT, check=True, capture_output=True,
+                            text=True).stdout.strip()
+    tree = OUT / f"old-{commit}"
+    if not tree.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT, check=True,
+                       capture_output=True)
+    return tree / "src"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Measurement
+
+
+def measure(source: Path, model: str, audio: Path, events: Path) -> dict:
+    """Wall time and peak RSS of one `sensorium localize` run in a fresh process."""
+    command = [sys.executable, "-m", "sensorium.cli", "localize", str(audio), "-m", model, "-q", "-o", str(events)]
+    for query in QUERIES:
+        command += ["-Q", query]
+    code = (
+        "import resource, subprocess, sys, time; start = time.perf_counter(); "
+        f"done = subprocess.run({command!r}); "
+        "print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, done.returncode)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(source)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    seconds, rss_kb, status = out.stdout.split()
+    if status != "0":
+        raise RuntimeError(f"localize failed ({status}) on {audio} with {model}:\n{out.stderr[-3000:]}")
+    lines = events.read_text().splitlines()
+    return {"wall_s": float(seconds), "peak_rss_mb": int(rss_kb) / 1024, "events": len(lines) - 1}
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    import torch
+
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def run(models: list[str], hours: float, old: str | None) -> None:
+    OUT.mkdir(exist_ok=True)
+    print(f"machine: {machine()}", flush=True)
+    long = make_audio(round(hours * 3600), OUT / f"localize-{hours:g}h.flac")
+    short = make_audio(1, OUT / "localize-1s.flac")
+    sides = [("streaming (this tree)", ROOT / "src")] + ([(f"old ({old})", old_source(old))] if old else [])
+    results = []
+    for name in models:
+        model = model_path(name)
+        for side, source in sides:
+            runs = {}
+            for label, audio in (("1 s", short), (f"{hours:g} h", long)):
+                runs[label] = measure(source, model, audio, OUT / "localize-events.tsv")
+                print(f"  {name} {side} {label}: {runs[label]['wall_s']:.1f} s, peak RSS "
+                      f"{runs[label]['peak_rss_mb']:.0f} MB, {runs[label]['events']} events", file=sys.stderr, flush=True)
+            one, hour = runs["1 s"], runs[f"{hours:g} h"]
+            results.append({"model": name, "side": side, "runs": runs})
+            print(f"| {name} | {side} | {one['wall_s']:.1f} s | {one['peak_rss_mb']:.0f} MB | {hour['wall_s']:.0f} s "
+                  f"| {hour['peak_rss_mb']:.0f} MB | {hour['peak_rss_mb'] - one['peak_rss_mb']:+.0f} MB |", flush=True)
+            (OUT / "localize.json").write_text(json.dumps(results, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("setup", help="write the pe-a-frame-base-shaped random weights and the audio files")
+    r = sub.add_parser("run")
+    r.add_argument("--models", nargs="+", default=["tiny", "base"],
+                   help="tiny, base (random pe-a-frame-base shape), or model folders / catalog names")
+    r.add_argument("--hours", type=float, default=1.0)
+    r.add_argument("--old", metavar="REF", help="also run the code of this commit (e.g. the one before streaming)")
+    args = parser.parse_args()
+    if args.command == "setup":
+        OUT.mkdir(exist_ok=True)
+        make_base()
+        make_audio(3600, OUT / "localize-1h.flac")
+        make_audio(1, OUT / "localize-1s.flac")
+    else:
+        run(args.models, args.hours, args.old)
+
+
+if __name__ == "__main__":
+    main()
