@@ -729,10 +729,8 @@ def run_localize(args) -> int:
                 {"onset": round(e.onset, 3), "offset": round(e.offset, 3), "event_label": e.label,
                  "score": round(e.score, 6)} for e in row.events]})
 
-    import inspect  # TRANSITION: until iter_localize takes on_truncated
-
-    extra = {"on_truncated": _on_truncated(args)} if "on_truncated" in inspect.signature(iter_localize).parameters else {}
-    rows = lambda progress: iter_localize(model, items, queries, rules, progress, **extra)  # noqa: E731
+    rows = lambda progress: iter_localize(model, items, queries, rules, progress,  # noqa: E731
+                                          on_truncated=_on_truncated(args))
     return _drain(args, "localize", len(items), rows, write, writer)
 
 
