@@ -142,7 +142,7 @@ def blocks_of(signal, sizes=(4096, 1000, 7777)):
 def whole_latents(model, signal):
     """dac_chunked over the whole reflect-padded signal: what frame_logits does with an array."""
     batch = model.preprocess_audio(signal, sampling_rate=48000)
-    return model.audio.dac_chunked(batch.input_values.reshape(-1))
+    return model.audio.dac_chunked(batch.input_values.reshape(-1).to(model.dtype))
 
 
 def test_streaming_codec_is_dac_chunked_rule(model):
@@ -167,6 +167,17 @@ def test_streaming_codec_is_dac_chunked_rule(model):
     assert latents.shape == whole.shape == (-(-len(signal) // hop), model.config.dac.latent_dim)
     assert (latents - whole).abs().max() <= 1e-4 * whole.abs().max()  # chunk edges elsewhere: rounding only
     assert most_held <= (STREAM_CODEC_CHUNK + 2 * CODEC_MARGIN) * hop + 7777  # bounded: about one chunk
+
+    # In float64 the two chunkings agree to the last bits: the margins hold the codec's whole reach (±6 frames).
+    import copy
+
+    model64 = copy.deepcopy(model).double()
+    with torch.inference_mode():
+        whole64 = whole_latents(model64, signal)
+        exact = StreamingCodec(model64.audio, STREAM_CODEC_CHUNK)
+        for block in blocks_of(signal):
+            exact.push(block)
+        assert (exact.finish() - whole64).abs().max() <= 1e-12 * whole64.abs().max()
 
 
 def test_streaming_short_and_tiny_clips(model):
