@@ -6,6 +6,8 @@ Every maker returns the path it wrote. Signals are deterministic (seeded), so a 
 from __future__ import annotations
 
 import fractions
+import io
+from contextlib import contextmanager
 from pathlib import Path
 
 import av
@@ -64,14 +66,44 @@ def _add_audio(out, codec: str, rate: int, channels: int | str, bit_rate: int | 
     return stream
 
 
-def encode_audio(path, codec: str, seconds: float, rate: int = 48000, channels: int | str = 2, bit_rate: int | None = None,
-                 container_options: dict | None = None, options: dict | None = None,
-                 vbr_quality: int | None = None, samples: np.ndarray | None = None, fmt: str | None = None) -> Path:
+class _Unseekable(io.RawIOBase):
+    """A file FFmpeg can only write forwards, as a pipe or a live recording: sizes are never patched in."""
+
+    def __init__(self, path):
+        self._file = open(path, "wb")
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        return self._file.write(data)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+@contextmanager
+def _output(path, fmt: str | None, container_options: dict | None, seekable: bool):
+    target = str(path) if seekable else _Unseekable(path)
+    fmt = fmt or (None if seekable else {".mkv": "matroska", ".mka": "matroska", ".webm": "webm"}[Path(path).suffix])
+    try:
+        with av.open(target, "w", format=fmt, container_options=container_options or {}) as out:
+            yield out
+    finally:
+        if not seekable:
+            target.close()
+
+
+def encode_audio(path, codec: str, seconds: float, rate: int = 48000, channels: int | str = 2,
+                 bit_rate: int | None = None, container_options: dict | None = None, options: dict | None = None,
+                 vbr_quality: int | None = None, samples: np.ndarray | None = None, fmt: str | None = None,
+                 seekable: bool = True) -> Path:
     """An audio-only file encoded by FFmpeg: `codec` (flac, pcm_s16le, libmp3lame, libvorbis/vorbis, libopus,
-    aac, ...) in the container the suffix names (or `fmt`)."""
+    aac, ...) in the container the suffix names (or `fmt`); `seekable=False` writes it as a pipe would."""
     count = _layout(channels).nb_channels
     data = signal(seconds, rate, count) if samples is None else samples
-    with av.open(str(path), "w", format=fmt, container_options=container_options or {}) as out:
+    with _output(path, fmt, container_options, seekable) as out:
         stream = _add_audio(out, codec, rate, channels, bit_rate, options, vbr_quality)
         for frame in _audio_frames(data, rate, channels):
             for packet in stream.encode(frame):
@@ -84,12 +116,12 @@ def encode_audio(path, codec: str, seconds: float, rate: int = 48000, channels: 
 def encode_video(path, seconds: float, fps: float = 25, codec: str = "libx264", size=(64, 48),
                  audio_codec: str | None = None, audio_rate: int = 48000, audio_channels: int = 2,
                  pts_ms: list[int] | None = None, gop: int = 12, container_options: dict | None = None,
-                 audio_seconds: float | None = None, fmt: str | None = None) -> Path:
+                 audio_seconds: float | None = None, fmt: str | None = None, seekable: bool = True) -> Path:
     """A video (frame i is a flat grey of level 8*i), optionally with a sound track; `pts_ms` gives
-    explicit presentation times (variable frame rate)."""
+    explicit presentation times (variable frame rate); `seekable=False` writes it as a pipe would."""
     width, height = size
     count = len(pts_ms) if pts_ms is not None else max(1, round(seconds * fps))
-    with av.open(str(path), "w", format=fmt, container_options=container_options or {}) as out:
+    with _output(path, fmt, container_options, seekable) as out:
         video = out.add_stream(codec, rate=fractions.Fraction(fps).limit_denominator(1001))
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         video.gop_size = gop

@@ -140,7 +140,8 @@ def _finish(source, declared: "Declared", tally: "Tally", native_rate: int, on_t
         if evidence:
             raise MediaError(source, f"truncated audio: {evidence}; no audio samples could be read")
         if tally.errors or tally.demux_error:
-            raise MediaError(source, f"corrupt audio: no samples could be decoded ({tally.first_error or tally.demux_error})")
+            reason = tally.first_error or tally.demux_error
+            raise MediaError(source, f"corrupt audio: no samples could be decoded ({reason})")
         raise MediaError(source, "no audio samples (the audio stream is empty)")
     if evidence:
         report_truncation(source, "audio", evidence, declared.seconds, read_seconds, on_truncated)
@@ -158,11 +159,13 @@ def _finish(source, declared: "Declared", tally: "Tally", native_rate: int, on_t
 class ToMono:
     """Decoded frames -> float32 mono blocks at `rate_out`, by one downmix rule, for any channel count.
 
-    Frames are first made packed float ("flt"): PyAV's to_ndarray on planar frames of 8 or more channels
-    reads past the frame's plane pointers and crashes the process."""
+    PyAV's AudioFrame.planes (and to_ndarray) walks a planar frame's data pointers until a null one; with 8 or
+    more channels none of the frame's 8 inline pointers is null and it reads past them, which crashes the
+    process. Planar float frames with fewer channels are read plane by plane; any other frame is first made
+    packed float ("flt", one plane) by swresample at its own rate and layout, a format conversion only."""
 
     def __init__(self, downmix: str, rate_in: int, rate_out: int):
-        self._packed = av.AudioResampler(format="flt")  # native rate and layout: a format conversion only
+        self._packed = av.AudioResampler(format="flt")
         self._rate_change = Resampler(rate_in, rate_out) if rate_in != rate_out else None
         self._ffmpeg = av.AudioResampler(format="flt", layout="mono", rate=rate_out) if downmix == "ffmpeg" else None
 
@@ -173,29 +176,45 @@ class ToMono:
             except av.error.ArgumentError:
                 # swresample builds no matrix for an unordered layout without an FFmpeg default (e.g. 9 channels)
                 self._ffmpeg = None
-        return [self._rate(_packed_mean(f)) for f in self._packed.resample(frame)]
+        if frame.format.name == "fltp" and frame.layout.nb_channels < 8:
+            return [self._rate(channel_mean(_planes(frame)))]
+        return [self._rate(channel_mean(_interleaved(f))) for f in self._packed.resample(frame)]
 
     def flush(self) -> list[np.ndarray]:
         if self._ffmpeg is not None:
             return [_packed_mono(f) for f in self._ffmpeg.resample(None)]
-        blocks = [self._rate(_packed_mean(f)) for f in self._packed.resample(None)]
+        blocks = [self._rate(channel_mean(_interleaved(f))) for f in self._packed.resample(None)]
         return blocks + ([self._rate_change.flush()] if self._rate_change else [])
 
     def _rate(self, block: np.ndarray) -> np.ndarray:
         return self._rate_change.push(block) if self._rate_change else block
 
 
-def _packed_mean(frame: av.AudioFrame) -> np.ndarray:
-    """The channel mean of a packed float frame, as numpy computes it on [samples, channels]."""
-    channels = frame.layout.nb_channels
-    interleaved = frame.to_ndarray().reshape(-1, channels)  # [1, samples * channels] -> [samples, channels]
-    if channels == 1:
-        return np.ascontiguousarray(interleaved[:, 0], dtype=np.float32)
-    return interleaved.mean(axis=1, dtype=np.float32)
+def channel_mean(channels: list[np.ndarray]) -> np.ndarray:
+    """float32 mean of the channels, summed in channel order then divided (numpy's planar mean(axis=0))."""
+    if len(channels) == 1:
+        return np.array(channels[0], dtype=np.float32)
+    total = np.add(channels[0], channels[1], dtype=np.float32)
+    for channel in channels[2:]:
+        total += channel
+    total /= np.float32(len(channels))
+    return total
+
+
+def _planes(frame: av.AudioFrame) -> list[np.ndarray]:
+    """The channels of a planar float frame of fewer than 8 channels (views of its buffers)."""
+    return [np.frombuffer(plane, np.float32, frame.samples) for plane in frame.planes]
+
+
+def _interleaved(frame: av.AudioFrame) -> list[np.ndarray]:
+    """The channels of a packed float frame (strided views of its one buffer)."""
+    count = frame.layout.nb_channels
+    samples = np.frombuffer(frame.planes[0], np.float32, frame.samples * count)
+    return [samples[c::count] for c in range(count)]
 
 
 def _packed_mono(frame: av.AudioFrame) -> np.ndarray:
-    return np.ascontiguousarray(frame.to_ndarray()[0], dtype=np.float32)
+    return np.frombuffer(frame.planes[0], np.float32, frame.samples).copy()
 
 
 class Resampler:
@@ -205,13 +224,14 @@ class Resampler:
         self.rate_in, self.rate_out = rate_in, rate_out
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=rate_out)
         self._pts = 0
+        self._time_base = Fraction(1, rate_in)
 
     def push(self, block: np.ndarray) -> np.ndarray:
         if not len(block):
             return np.zeros(0, np.float32)
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block, dtype=np.float32)[None], format="flt",
                                            layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = self.rate_in, self._pts, Fraction(1, self.rate_in)
+        frame.sample_rate, frame.pts, frame.time_base = self.rate_in, self._pts, self._time_base
         self._pts += len(block)
         return self._collect(self._resampler.resample(frame))
 
@@ -220,8 +240,10 @@ class Resampler:
 
     @staticmethod
     def _collect(frames) -> np.ndarray:
-        arrays = [f.to_ndarray()[0] for f in frames]
-        return np.concatenate(arrays).astype(np.float32, copy=False) if arrays else np.zeros(0, np.float32)
+        arrays = [_packed_mono(f) for f in frames]
+        if len(arrays) == 1:
+            return arrays[0]
+        return np.concatenate(arrays) if arrays else np.zeros(0, np.float32)
 
 
 def resample(signal: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
@@ -354,10 +376,12 @@ class Tally:
             return
         self.packets += 1
         self.last_packet = packet
-        if packet.pts is not None:
-            end = packet.pts + (packet.duration or 0)
-            self.first_pts = packet.pts if self.first_pts is None else min(self.first_pts, packet.pts)
-            self.end_pts = end if self.end_pts is None else max(self.end_pts, end)
+
+    def saw_span(self, pts: int, duration: int) -> None:
+        """A packet's presentation span, in the stream's time base (video: what the packets cover)."""
+        end = pts + duration
+        self.first_pts = pts if self.first_pts is None else min(self.first_pts, pts)
+        self.end_pts = end if self.end_pts is None else max(self.end_pts, end)
 
     def saw_frame(self, samples: int) -> None:
         self.samples += samples
@@ -371,7 +395,7 @@ class Tally:
         """The demuxer's own word that the file stopped inside an element (Matroska without sizes)."""
         for _, name, message in self.log:
             if "ended prematurely" in message or "partial file" in message:
-                return f"FFmpeg's {name or 'demuxer'}: {message.strip()}"
+                return f"FFmpeg's {name} demuxer: {message.strip()}"
         return None
 
 

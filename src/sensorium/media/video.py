@@ -152,6 +152,8 @@ class VideoReader:
                     if packet.size == 0:
                         continue
                     tally.saw_packet(packet)
+                    if packet.pts is not None:
+                        tally.saw_span(packet.pts, packet.duration or 0)
                     if packet.is_keyframe and packet.pts is not None:
                         keyframes.append(packet.pts)
                     pts.append(packet.pts)
