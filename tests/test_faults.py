@@ -589,3 +589,15 @@ def test_a_corrupt_exif_warning_names_the_input(tiny_entries, tmp_path, capsys):
     assert main(["embed", str(path), "-m", "test-clip_tiny", "-q"]) == 0
     warnings_shown = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert warnings_shown and all(f"warning: {path}: " in line for line in warnings_shown), warnings_shown
+
+
+def test_one_array_is_one_signal(ast_models):
+    """[channels, samples] is one clip (channels averaged); [samples, channels] is refused; a batch is a list."""
+    model = sn.load(TAGGER, device="cpu")
+    rng = np.random.default_rng(4)
+    stereo = (0.1 * rng.standard_normal((2, 16000))).astype(np.float32)
+    assert model.features(stereo, 16000).shape[0] == 1
+    np.testing.assert_allclose(model.features(stereo, 16000), model.features(stereo.mean(axis=0), 16000), atol=1e-6)
+    with pytest.raises(sn.errors.MediaError, match=r"looks like \[samples, channels\]"):
+        model.features(stereo.T.copy(), 16000)  # 1 s of stereo, samples first: an error, not 16000 clips
+    assert model.features([stereo[0], stereo[1]], 16000).shape[0] == 2

@@ -256,7 +256,8 @@ def resample(signal: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 
 
 def array_to_mono(signal, source_rate: int | None, sampling_rate: int) -> np.ndarray:
-    """A numpy array or torch tensor (mono [samples] or [channels, samples]) as float32 mono at `sampling_rate`."""
+    """A numpy array or torch tensor (mono [samples] or [channels, samples], channels averaged) as float32 mono at
+    `sampling_rate`. One array is one signal; a batch is a list of arrays."""
     if source_rate is None:
         raise ValueError("an audio array needs its sample rate (source_rate / sampling_rate=...)")
     if hasattr(signal, "detach"):  # torch tensor
@@ -265,9 +266,10 @@ def array_to_mono(signal, source_rate: int | None, sampling_rate: int) -> np.nda
     if not np.issubdtype(array.dtype, np.floating):
         raise MediaError(array, f"audio arrays must hold floats in [-1, 1], got {array.dtype}")
     if array.ndim == 2:
-        if array.shape[0] > 16 >= array.shape[1]:
-            raise MediaError(array, f"audio array of shape {array.shape} looks like [samples, channels]; "
-                                    "pass [channels, samples] (e.g. array.T)")
+        # one rule for every array in sensorium: channels first; a signal has more samples than channels
+        if array.shape[0] > array.shape[1]:
+            raise MediaError(array, f"audio array of shape {tuple(array.shape)} looks like [samples, channels]; "
+                                    "pass [channels, samples] (e.g. array.T), or a list of 1-D arrays for a batch")
         array = array.mean(axis=0, dtype=np.float32)
     elif array.ndim != 1:
         raise MediaError(array, f"audio arrays must be [samples] or [channels, samples], got shape {array.shape}")
