@@ -14,4 +14,4 @@ if __name__ == "__main__":
     register_tiny_entries()
     from sensorium.cli import main
 
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:], restore_signals=False))

@@ -258,6 +258,22 @@ def test_signals_at_random_moments_leave_complete_or_marked_outputs(tiny_entries
     assert "partial" in outcomes, f"no run was interrupted (seed {seed}); the runs are too short to test"
 
 
+def test_a_signal_after_the_output_is_written_does_not_kill_the_finished_run(tiny_entries, tmp_path):
+    """The interpreter takes a while to shut down with torch loaded; a Ctrl-C then must not turn a complete
+    output into a run that died of SIGINT."""
+    out = tmp_path / "out.json"
+    process = subprocess.Popen([sys.executable, str(RUNNER), "embed", str(MEDIA / "cat.png"), "-m", "test-clip_tiny",
+                                "-o", str(out), "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    summary = process.stderr.readline()  # printed after the output is in place
+    assert "written to" in summary, summary
+    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if process.poll() is None:
+            process.send_signal(stop)
+    err = summary + process.communicate(timeout=60)[1]
+    assert process.returncode == 0, err
+    assert json.loads(out.read_text())["complete"] is True
+
+
 def _wait_for(path: Path, process, seconds: float = 60) -> None:
     deadline = time.time() + seconds
     while not path.exists() and process.poll() is None and time.time() < deadline:

@@ -37,13 +37,13 @@ class Interrupted(KeyboardInterrupt):
         self.name = signal.Signals(signum).name
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    with _stop_signals(), warnings.catch_warnings():
+    with _stop_signals(restore_signals), warnings.catch_warnings():
         warnings.showwarning = _show_warning
         warnings.simplefilter("always", UserWarning)  # per-input warnings: each input's, not only the first
         try:
@@ -59,11 +59,25 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
 
 
+def console() -> None:
+    """The `sensorium` command. A stop signal that lands after the run ended (while the interpreter shuts
+    down) is ignored, so it cannot turn a finished run into a death by signal."""
+    sys.exit(main(restore_signals=False))
+
+
 class _stop_signals:
-    """TERM and HUP end a run the way Ctrl-C does (only the main thread can take signals)."""
+    """TERM and HUP end a run the way Ctrl-C does (only the main thread can take signals). While the
+    output is being finished a stop signal is ignored (stopping there would leave a half-closed file), and
+    after it is finished there is nothing left to stop."""
+
+    finished = False  # set by `finishing` for the rest of the run
+
+    def __init__(self, restore: bool):
+        self.restore = restore
 
     def __enter__(self):
         self.saved = {}
+        _stop_signals.finished = False
         if threading.current_thread() is threading.main_thread():
             for name in STOP_SIGNALS:
                 number = getattr(signal, name, None)
@@ -73,11 +87,26 @@ class _stop_signals:
 
     @staticmethod
     def _raise(signum, frame):
-        raise Interrupted(signum)
+        if not _stop_signals.finished:
+            raise Interrupted(signum)
 
     def __exit__(self, *exc):
+        # The command's process is about to exit; Python's finalisation (which can take a second with
+        # torch loaded) would put back the default handlers, and a signal then would kill it mid-exit.
         for number, handler in self.saved.items():
-            signal.signal(number, handler)
+            signal.signal(number, handler if self.restore else signal.SIG_IGN)
+
+
+class finishing:
+    """Around `writer.finish`: stop signals are ignored from here to the end of the run, unless finishing
+    fails (then the run ends with its own error, and a signal after that still stops it)."""
+
+    def __enter__(self):
+        _stop_signals.finished = True
+
+    def __exit__(self, kind, error, traceback):
+        if kind is not None:
+            _stop_signals.finished = False
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -457,7 +486,8 @@ def _drain(args, task: str, total: int, make_rows, write, writer) -> int:
                 except OSError as err:
                     raise _WriteFailed(err) from err
                 done += 1
-        where = writer.finish(RunStatus(total, done, failed))
+        with finishing():
+            where = writer.finish(RunStatus(total, done, failed))
     except Interrupted as stop:
         return _stopped(task, writer, RunStatus(total, done, failed, stop.name), 128 + stop.signum)
     except _WriteFailed as err:
@@ -482,7 +512,8 @@ def _stopped(task: str, writer, status, code: int | None) -> int | None:
     from sensorium.errors import display_path
 
     try:
-        where = writer.finish(status)
+        with finishing():
+            where = writer.finish(status)
     except OSError as err:
         writer.discard()
         print(f"sensorium {task}: {status.record()['interrupted']}; could not keep the results ({err})", file=sys.stderr)
@@ -817,4 +848,4 @@ def run_transcribe(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
