@@ -149,21 +149,37 @@ def run(models: list[str], hours: float, old: str | None) -> None:
     print(f"machine: {machine()}", flush=True)
     long = make_audio(round(hours * 3600), OUT / f"localize-{hours:g}h.flac")
     short = make_audio(1, OUT / "localize-1s.flac")
-    sides = [("streaming (this tree)", ROOT / "src")] + ([(f"old ({old})", old_source(old))] if old else [])
+    sides = [("streaming", ROOT / "src")] + ([(f"old-{old}", old_source(old))] if old else [])
     results = []
     for name in models:
         model = model_path(name)
+        hour_events = {}
         for side, source in sides:
             runs = {}
             for label, audio in (("1 s", short), (f"{hours:g} h", long)):
-                runs[label] = measure(source, model, audio, OUT / "localize-events.tsv")
+                events = OUT / f"localize-events-{Path(name).name}-{side}-{label.replace(' ', '')}.tsv"
+                runs[label] = measure(source, model, audio, events)
                 print(f"  {name} {side} {label}: {runs[label]['wall_s']:.1f} s, peak RSS "
                       f"{runs[label]['peak_rss_mb']:.0f} MB, {runs[label]['events']} events", file=sys.stderr, flush=True)
+            hour_events[side] = events
             one, hour = runs["1 s"], runs[f"{hours:g} h"]
             results.append({"model": name, "side": side, "runs": runs})
             print(f"| {name} | {side} | {one['wall_s']:.1f} s | {one['peak_rss_mb']:.0f} MB | {hour['wall_s']:.0f} s "
                   f"| {hour['peak_rss_mb']:.0f} MB | {hour['peak_rss_mb'] - one['peak_rss_mb']:+.0f} MB |", flush=True)
-            (OUT / "localize.json").write_text(json.dumps(results, indent=1))
+            (OUT / f"localize-{Path(name).name}.json").write_text(json.dumps(results, indent=1))
+        if len(hour_events) == 2:
+            print(f"  {name}, {hours:g} h: {compare_events(*hour_events.values())}", flush=True)
+
+
+def compare_events(ours: Path, theirs: Path) -> str:
+    """Whether two event tables have the same spans, and how far apart their scores are."""
+    def rows(path):
+        return [line.split("\t") for line in path.read_text().splitlines()[1:]]
+
+    a, b = rows(ours), rows(theirs)
+    same = [r[:4] for r in a] == [r[:4] for r in b]
+    scores = max((abs(float(x[4]) - float(y[4])) for x, y in zip(a, b)), default=0.0)
+    return f"{len(a)} vs {len(b)} events, spans {'identical' if same else 'DIFFERENT'}, max score diff {scores:.1e}"
 
 
 def main() -> None:
