@@ -288,3 +288,31 @@ def test_file_failing_mid_stream_is_reported_and_the_run_goes_on(model, media, t
     with pytest.warns(UserWarning):
         (kept,) = sn.localize(str(cut), ["rain"], model=model, allow_truncated=True)
     assert kept.error is None and kept.duration == pytest.approx(12.0, abs=0.05)
+
+
+def test_bad_requests_fail_once_and_bad_scores_fail_the_file(model, model_dir, media, tmp_path, monkeypatch, capsys):
+    """A window out of range is a usage error before any file is read (not one error per file); Path inputs
+    are taken; a query past the text context warns; non-finite scores fail that file, not the run."""
+    from sensorium.cli import main
+
+    speech = media / "speech.wav"
+    with pytest.raises(ValueError, match="window must be"):
+        sn.localize([speech, speech], ["rain"], model=model, window=10_000.0)
+    assert main(["localize", str(speech), "-m", str(model_dir), "-Q", "rain", "--window", "10000", "-q"]) == 2
+    assert "window must be" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="query .* tokens"):
+        sn.localize(speech, ["rain " * 600], model=model)
+    score = model.logits_from_latents
+    calls = []
+
+    def first_overflows(latents, *rest):
+        logits = score(latents, *rest)
+        calls.append(1)
+        return logits.fill_(float("nan")) if len(calls) == 1 else logits
+
+    monkeypatch.setattr(model, "logits_from_latents", first_overflows)
+    other = tmp_path / "other.wav"
+    other.write_bytes(speech.read_bytes())
+    bad, good = sn.localize([speech, other], ["rain"], model=model)
+    assert "not finite" in bad.error and bad.events == []
+    assert good.error is None

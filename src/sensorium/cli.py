@@ -744,6 +744,11 @@ def run_localize(args) -> int:
     model = _load_model(args, "localize", need_text=True)
     if model is None:
         return EXIT_USAGE
+    if rules.window is not None or rules.hop is not None:
+        try:
+            model.window_frames(rules.window, rules.hop)
+        except ValueError as err:
+            return _fail("localize", err)
     fields = ("filename", "onset", "offset", "event_label", "score")
     writer = _open_writer("localize", fmt, args.output, {"model": model.name, "queries": queries, **rules.record(model)},
                           items, fields)

@@ -16,10 +16,11 @@ from typing import Callable, Iterator
 
 import torch
 
-from sensorium.errors import SensoriumError
-from sensorium.tasks.inputs import MediaItem, expand_inputs
+from sensorium.errors import SensoriumError, reason_for
+from sensorium.tasks.inputs import MediaItem, as_input_list, expand_inputs
 
 DEFAULT_LOCALIZER = "pe-a-frame-base"
+NOT_FINITE = "the model's frame scores are not finite (NaN or inf) for this input"
 
 
 @dataclass
@@ -82,6 +83,7 @@ def localize_file(
     """(seconds decoded, events) of one file, streamed: the decoder's blocks go through the codec in chunks
     and only the 25 Hz latents are kept for the encoder's windows, so memory does not grow with the file
     beyond the latents (46 MB an hour)."""
+    from sensorium.errors import MediaError
     from sensorium.media.audio import stream_audio
 
     if rules.window is not None:
@@ -89,6 +91,8 @@ def localize_file(
     blocks = stream_audio(path, model.sampling_rate, downmix="ffmpeg", on_truncated=on_truncated)
     latents, samples = model.stream_latents(blocks)
     logits = model.logits_from_latents(latents, queries, rules.window, rules.hop)
+    if not bool(torch.isfinite(logits).all()):  # e.g. a float16 overflow: no event list would be honest
+        raise MediaError(path, NOT_FINITE)
     return samples / model.sampling_rate, events_from_logits(model, logits, queries, rules)
 
 
@@ -115,7 +119,12 @@ def iter_localize(
     progress: Callable[[int], None] | None = None,
     on_truncated: str = "error",
 ) -> Iterator[LocalizeRow]:
+    from sensorium.tasks.textcheck import warn_overlong
+
     queries = check_queries(queries)
+    warn_overlong(model, queries, "query")
+    if rules.window is not None or rules.hop is not None:
+        model.window_frames(rules.window, rules.hop)  # a usage error, raised once rather than per file
     with torch.inference_mode():
         for item in items:
             row = LocalizeRow(item.path)
@@ -124,8 +133,8 @@ def iter_localize(
             else:
                 try:
                     row.duration, row.events = localize_file(model, item.path, queries, rules, on_truncated)
-                except (SensoriumError, ValueError, OSError, RuntimeError) as err:
-                    row.error = getattr(err, "reason", None) or str(err)
+                except (SensoriumError, OSError) as err:  # the file's fault; a RuntimeError is ours
+                    row.error = reason_for(err, item.path)
             if progress is not None:
                 progress(1)
             yield row
@@ -152,11 +161,10 @@ def localize(
         model = load(model, device=device)
     if not hasattr(model, "frame_logits"):
         raise TypeError(f"{getattr(model, 'name', model)} is not a frame-level model (use a pe-a-frame model)")
-    if isinstance(inputs, str):
-        inputs = [inputs]
+    inputs = as_input_list(inputs)
     if isinstance(queries, str):
         queries = [queries]
     rules = Rules(threshold, window, hop, median_filter, merge_gap, min_duration)
-    items = expand_inputs([str(p) for p in inputs], modalities=("audio", "video"))
+    items = expand_inputs(inputs, modalities=("audio", "video"))
     on_truncated = "warn" if allow_truncated else "error"
     return list(iter_localize(model, items, queries, rules, on_truncated=on_truncated))
