@@ -2,6 +2,7 @@
 
     python benchmarks/localize.py run                       # tiny fixture model, and pe-a-frame-base shape
     python benchmarks/localize.py run --models tiny --old HEAD~1   # also the code of another commit, for comparison
+    python benchmarks/localize.py chunks --models tiny base  # the streamed codec's chunk size: time and peak
 
 Each measurement is a fresh `python -m sensorium.cli localize FILE -m MODEL -Q ... -q -o out.tsv` subprocess,
 started by a small parent that reports the child's wall time and peak RSS (getrusage RUSAGE_CHILDREN
@@ -144,29 +145,36 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
-def run(models: list[str], hours: float, old: str | None) -> None:
+def run(models: list[str], hours: float, old: str | None, repeats: int) -> None:
+    import statistics
+
     OUT.mkdir(exist_ok=True)
     print(f"machine: {machine()}", flush=True)
     long = make_audio(round(hours * 3600), OUT / f"localize-{hours:g}h.flac")
     short = make_audio(1, OUT / "localize-1s.flac")
     sides = [("streaming", ROOT / "src")] + ([(f"old-{old}", old_source(old))] if old else [])
     results = []
+    labels = (("1 s", short), (f"{hours:g} h", long))
     for name in models:
         model = model_path(name)
+        runs = {side: {label: [] for label, _ in labels} for side, _ in sides}
         hour_events = {}
-        for side, source in sides:
-            runs = {}
-            for label, audio in (("1 s", short), (f"{hours:g} h", long)):
-                events = OUT / f"localize-events-{Path(name).name}-{side}-{label.replace(' ', '')}.tsv"
-                runs[label] = measure(source, model, audio, events)
-                print(f"  {name} {side} {label}: {runs[label]['wall_s']:.1f} s, peak RSS "
-                      f"{runs[label]['peak_rss_mb']:.0f} MB, {runs[label]['events']} events", file=sys.stderr, flush=True)
-            hour_events[side] = events
-            one, hour = runs["1 s"], runs[f"{hours:g} h"]
-            results.append({"model": name, "side": side, "runs": runs})
+        for _ in range(repeats):  # the sides interleaved, so drifting load hits both alike
+            for label, audio in labels:
+                for side, source in sides:
+                    events = OUT / f"localize-events-{Path(name).name}-{side}-{label.replace(' ', '')}.tsv"
+                    got = measure(source, model, audio, events)
+                    runs[side][label].append(got)
+                    hour_events[side] = events
+                    print(f"  {name} {side} {label}: {got['wall_s']:.1f} s, peak RSS {got['peak_rss_mb']:.0f} MB, "
+                          f"{got['events']} events", file=sys.stderr, flush=True)
+        for side, _ in sides:
+            one = {k: statistics.median(r[k] for r in runs[side]["1 s"]) for k in ("wall_s", "peak_rss_mb")}
+            hour = {k: statistics.median(r[k] for r in runs[side][f"{hours:g} h"]) for k in ("wall_s", "peak_rss_mb")}
+            results.append({"model": name, "side": side, "repeats": repeats, "runs": runs[side]})
             print(f"| {name} | {side} | {one['wall_s']:.1f} s | {one['peak_rss_mb']:.0f} MB | {hour['wall_s']:.0f} s "
                   f"| {hour['peak_rss_mb']:.0f} MB | {hour['peak_rss_mb'] - one['peak_rss_mb']:+.0f} MB |", flush=True)
-            (OUT / f"localize-{Path(name).name}.json").write_text(json.dumps(results, indent=1))
+        (OUT / f"localize-{Path(name).name}.json").write_text(json.dumps(results, indent=1))
         if len(hour_events) == 2:
             print(f"  {name}, {hours:g} h: {compare_events(*hour_events.values())}", flush=True)
 
@@ -182,6 +190,52 @@ def compare_events(ours: Path, theirs: Path) -> str:
     return f"{len(a)} vs {len(b)} events, spans {'identical' if same else 'DIFFERENT'}, max score diff {scores:.1e}"
 
 
+CHUNK_CHILD = """
+import resource, sys, time
+import torch, sensorium as sn
+from sensorium.media.audio import load_audio
+model, audio, chunk = sn.load(sys.argv[1], device="cpu"), sys.argv[2], int(sys.argv[3])
+signal = load_audio(audio, 48000, downmix="ffmpeg")
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+blocks = [signal[i:i + 48000] for i in range(0, len(signal), 48000)]
+with torch.inference_mode():
+    start = time.perf_counter()
+    model.stream_latents(iter(blocks), chunk=chunk)
+    seconds = time.perf_counter() - start
+print(seconds, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+"""
+
+
+def chunks(models: list[str], seconds: int, repeats: int) -> None:
+    """The streamed codec alone (stream_latents) at STREAM_CODEC_CHUNK (6 s) and CODEC_CHUNK (30 s) frames
+    per call, same 1 s margins: median wall time and the peak RSS it adds over model + decoded audio, each
+    measurement a fresh process, the two sizes interleaved."""
+    import statistics
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from sensorium.models.pe_av import CODEC_CHUNK, STREAM_CODEC_CHUNK
+
+    print(f"machine: {machine()}", flush=True)
+    audio = make_audio(seconds, OUT / f"localize-{seconds}s.flac")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    print(f"| model | {seconds} s through the codec | median wall | added peak RSS |")
+    print("|---|---|---|---|")
+    for name in models:
+        model = model_path(name)
+        runs = {STREAM_CODEC_CHUNK: [], CODEC_CHUNK: []}
+        for _ in range(repeats):
+            for chunk in runs:
+                out = subprocess.run([sys.executable, "-c", CHUNK_CHILD, model, str(audio), str(chunk)],
+                                     capture_output=True, text=True, env=env, check=True)
+                wall, added = map(float, out.stdout.split())
+                runs[chunk].append((wall, added))
+                print(f"  {name} chunk {chunk}: {wall:.1f} s, +{added:.0f} MB", file=sys.stderr, flush=True)
+        for chunk, values in runs.items():
+            print(f"| {name} | {chunk} frames ({chunk * 0.04:g} s) per call | "
+                  f"{statistics.median(v[0] for v in values):.1f} s | {statistics.median(v[1] for v in values):.0f} MB |",
+                  flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -191,14 +245,21 @@ def main() -> None:
                    help="tiny, base (random pe-a-frame-base shape), or model folders / catalog names")
     r.add_argument("--hours", type=float, default=1.0)
     r.add_argument("--old", metavar="REF", help="also run the code of this commit (e.g. the one before streaming)")
+    r.add_argument("--repeats", type=int, default=1, help="runs per side and file; medians are reported")
+    c = sub.add_parser("chunks")
+    c.add_argument("--models", nargs="+", default=["tiny", "base"])
+    c.add_argument("--seconds", type=int, default=60)
+    c.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    if args.command == "setup":
+    if args.command == "chunks":
+        chunks(args.models, args.seconds, args.repeats)
+    elif args.command == "setup":
         OUT.mkdir(exist_ok=True)
         make_base()
         make_audio(3600, OUT / "localize-1h.flac")
         make_audio(1, OUT / "localize-1s.flac")
     else:
-        run(args.models, args.hours, args.old)
+        run(args.models, args.hours, args.old, args.repeats)
 
 
 if __name__ == "__main__":
