@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensorium.features import whisper
-from sensorium.nn import RMSNorm, SwiGLU, apply_rope_halves, rope_1d_angles
+from sensorium.nn import RMSNorm, Rope1D, SwiGLU, apply_rope_halves
 from sensorium.weights import KeyMap
 
 SAMPLING_RATE = whisper.SAMPLING_RATE
@@ -428,14 +428,11 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.layers))
         self.norm = RMSNorm(config.width, config.eps, weight_in_float32=False)
         self.head = nn.Linear(config.width, config.vocab_size, bias=False)
+        self.rope = Rope1D(config.head_dim, config.rope_theta, "halves")
 
-    def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        angles = rope_1d_angles(self.config.head_dim, positions.reshape(-1), self.config.rope_theta)
-        angles = torch.cat([angles, angles], dim=-1).view(*positions.shape, -1).to(positions.device)
-        return angles.cos().to(dtype), angles.sin().to(dtype)
-
-    def forward(self, embeds, positions, mask, caches=None):
-        rope = self.rope(positions, embeds.dtype)
+    def forward(self, embeds, positions, mask, length: int, caches=None):
+        """`positions` [B, T] are all below `length` (a bound the caller knows, so no host sync)."""
+        rope = self.rope.at(positions, length, embeds.dtype)
         x = embeds
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, mask, None if caches is None else caches[i])
@@ -521,8 +518,12 @@ class AF3Model(nn.Module):
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=self.device)[None].expand_as(input_ids)
-        hidden = self.decoder(self.embed(input_ids, input_features, input_features_mask), position_ids.to(self.device),
-                              causal_mask(mask, input_ids.shape[1]))
+            length = input_ids.shape[1]
+        else:
+            position_ids = position_ids.to(self.device)
+            length = int(position_ids.max()) + 1
+        embeds = self.embed(input_ids, input_features, input_features_mask)
+        hidden = self.decoder(embeds, position_ids, causal_mask(mask, input_ids.shape[1]), length)
         logits = self.decoder.head(hidden)
         loss = None
         if labels is not None:
@@ -544,7 +545,7 @@ class AF3Model(nn.Module):
         """Last-position logits [B, vocab] for `embeds` appended after `past` cached positions."""
         for layer_cache in cache:
             layer_cache[2] = past
-        hidden = self.decoder(embeds, positions, causal_mask(mask, embeds.shape[1], past), cache)
+        hidden = self.decoder(embeds, positions, causal_mask(mask, embeds.shape[1], past), past + embeds.shape[1], cache)
         return self.decoder.head(hidden[:, -1]).float()
 
     @torch.inference_mode()

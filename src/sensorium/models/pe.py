@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sensorium.nn import Mlp, TransformerBlock, rope_2d_angles, rope_tables
+from sensorium.nn import Mlp, RopeTables, TransformerBlock, rope_2d_angles, rope_tables
 from sensorium.weights import Concat, KeyMap, Transposed, ZeroBiasDropped, prefixed
 
 
@@ -120,14 +120,10 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(c.width, eps=1e-5) if c.ln_post else None
         self.attn_pool = AttentionPool(c.width, c.pool_heads) if c.attn_pool else None
         self.proj = nn.Parameter(torch.zeros(c.width, c.output_dim)) if c.output_dim else None
-        self._rope_cache: dict[tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._rope = RopeTables(self._rope_for_grid)
 
-    def _rope(self, grid_h: int, grid_w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (grid_h, grid_w, device)
-        if key not in self._rope_cache:
-            angles = rope_2d_angles(self.config.head_dim, grid_h, grid_w, self.config.prefix_tokens).to(device)
-            self._rope_cache[key] = rope_tables(angles)
-        return self._rope_cache[key]
+    def _rope_for_grid(self, grid: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return rope_tables(rope_2d_angles(self.config.head_dim, *grid, self.config.prefix_tokens, device=device))
 
     def _pos_embed(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """Position embedding for a grid; other grids resample bilinearly (no antialias), class row kept."""
@@ -160,7 +156,7 @@ class VisionTransformer(nn.Module):
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)
         x = self.norm_pre(x + self._pos_embed(grid_h, grid_w).to(x.dtype))
-        rope = self._rope(grid_h, grid_w, x.device)
+        rope = self._rope.get((grid_h, grid_w), x.device)
         for block in self.blocks[: layer % c.layers + 1]:
             x = block(x, rope=rope)
         if norm and self.norm is not None:

@@ -37,7 +37,7 @@ from torch import nn
 
 from sensorium.models.pe import TIMM_VISION, ORIGINAL_VISION, VisionConfig, VisionTransformer
 from sensorium.features.windows import window_starts
-from sensorium.nn import RMSNorm, SwiGLU, apply_rope_halves, apply_rope_pairs, rope_1d_angles, rope_tables
+from sensorium.nn import RMSNorm, Rope1D, SwiGLU, apply_rope_halves, apply_rope_pairs
 from sensorium.weights import FirstHalf, KeyMap, Unused, prefixed
 
 SAMPLING_RATE = 48000
@@ -285,14 +285,7 @@ class SequenceEncoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.layers))
         self.norm = RMSNorm(config.width, config.eps)
         self.output = nn.Linear(config.width, config.width, bias=False)
-        self._rope_cache: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def _rope(self, tokens: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (tokens, device)
-        if key not in self._rope_cache:
-            angles = rope_1d_angles(self.config.head_dim, tokens, self.config.rope_theta)
-            self._rope_cache = {key: rope_tables(angles.repeat_interleave(2, dim=-1).to(device))}
-        return self._rope_cache[key]
+        self.rope = Rope1D(config.head_dim, config.rope_theta, "pairs", limit=config.max_positions)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, T, width], mask [B, T] (True = valid) -> [B, 1 + T, width], the class token first."""
@@ -310,7 +303,7 @@ class SequenceEncoder(nn.Module):
         channels = x.transpose(1, 2)
         channels = channels + self.patch2(self.patch1(channels, mask), mask)
         x = channels.transpose(1, 2)
-        rope = self._rope(steps + 1, x.device)
+        rope = self.rope.tables(steps + 1, x.device)
         attn_mask = mask[:, None, None, :] if mask is not None else None
         for layer in self.layers:
             x = layer(x, rope, attn_mask)
@@ -349,18 +342,14 @@ class ModernBert(nn.Module):
         self.token_embed = nn.Embedding(config.vocab_size, config.width)
         self.embed_norm = nn.LayerNorm(config.width, eps=config.eps, bias=False)
         self.layers = nn.ModuleList(ModernBertLayer(config, first=i == 0) for i in range(config.layers))
+        self.ropes = {theta: Rope1D(config.head_dim, theta, "halves") for theta in {config.global_theta, config.local_theta}}
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Class-token vector [B, width] after the last built layer, before any final norm."""
         c = self.config
         tokens = ids.shape[1]
         x = self.embed_norm(self.token_embed(ids))
-        angles = {
-            theta: torch.cat([a, a], dim=-1).to(x.device)
-            for theta in {c.global_theta, c.local_theta}
-            for a in [rope_1d_angles(c.head_dim, tokens, theta)]
-        }
-        ropes = {theta: (a.cos(), a.sin()) for theta, a in angles.items()}
+        ropes = {theta: rope.tables(tokens, x.device) for theta, rope in self.ropes.items()}
         keys = torch.ones(ids.shape, dtype=torch.bool, device=ids.device) if attention_mask is None else attention_mask.bool()
         positions = torch.arange(tokens, device=ids.device)
         near = (positions[:, None] - positions[None, :]).abs() <= c.local_window // 2

@@ -3,9 +3,10 @@
 from sensorium.nn.attention import SelfAttention
 from sensorium.nn.layers import LayerScale, Mlp, SwiGLU, TransformerBlock
 from sensorium.nn.norms import RMSNorm
-from sensorium.nn.rope import apply_rope_halves, apply_rope_pairs, rope_1d_angles, rope_2d_angles, rope_tables
+from sensorium.nn.rope import (Rope1D, RopeTables, apply_rope_halves, apply_rope_pairs, rope_1d_angles, rope_2d_angles,
+                               rope_tables)
 
 __all__ = [
     "SelfAttention", "LayerScale", "Mlp", "SwiGLU", "TransformerBlock", "RMSNorm",
-    "apply_rope_halves", "apply_rope_pairs", "rope_1d_angles", "rope_2d_angles", "rope_tables",
+    "Rope1D", "RopeTables", "apply_rope_halves", "apply_rope_pairs", "rope_1d_angles", "rope_2d_angles", "rope_tables",
 ]

@@ -5,15 +5,25 @@ the usual 1-D ones. Two rotation conventions exist in the released models: `appl
 adjacent channel pairs (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin) (GPT-J / interleaved: PE towers,
 the PE-AV encoders), `apply_rope_halves` rotates channel i with channel i + D/2 (GPT-NeoX / rotate_half:
 ModernBERT, Llama, Qwen2).
+
+Tables are precomputed on the model's device and kept by one bounded cache (`RopeTables`), the same policy
+for every family: `Rope1D` serves any positions by indexing a table for 0..capacity-1 (gpt-fast's way, so a
+decode step makes no tensor and needs no host sync), the 2-D towers key theirs by patch grid.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from typing import Callable, Hashable
+
 import torch
+
+Tables = tuple[torch.Tensor, torch.Tensor]
 
 
 def rope_2d_angles(
-    head_dim: int, grid_h: int, grid_w: int, prefix_tokens: int = 0, theta: float = 10000.0
+    head_dim: int, grid_h: int, grid_w: int, prefix_tokens: int = 0, theta: float = 10000.0,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Angles [prefix + gh*gw, head_dim], float32, for row-major patch tokens.
 
@@ -25,9 +35,9 @@ def rope_2d_angles(
     if head_dim % 4:
         raise ValueError(f"2-D RoPE needs head_dim divisible by 4, got {head_dim}")
     quarter = head_dim // 4
-    freqs = 1.0 / theta ** (torch.arange(0, 2 * quarter, 2, dtype=torch.float32) / (head_dim // 2))
-    rows = torch.arange(grid_h, dtype=torch.float32) + prefix_tokens
-    cols = torch.arange(grid_w, dtype=torch.float32) + prefix_tokens
+    freqs = 1.0 / theta ** (torch.arange(0, 2 * quarter, 2, dtype=torch.float32, device=device) / (head_dim // 2))
+    rows = torch.arange(grid_h, dtype=torch.float32, device=device) + prefix_tokens
+    cols = torch.arange(grid_w, dtype=torch.float32, device=device) + prefix_tokens
     col_angles = (cols[:, None] * freqs).repeat_interleave(2, dim=-1)  # [gw, head_dim/2]
     row_angles = (rows[:, None] * freqs).repeat_interleave(2, dim=-1)  # [gh, head_dim/2]
     angles = torch.cat(
@@ -60,13 +70,77 @@ def apply_rope_pairs(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tenso
     return rotated.add_(swapped).to(x.dtype)
 
 
-def rope_1d_angles(head_dim: int, positions: int | torch.Tensor, theta: float) -> torch.Tensor:
+def rope_1d_angles(head_dim: int, positions: int | torch.Tensor, theta: float,
+                   device: torch.device | str | None = None) -> torch.Tensor:
     """Angles [T, head_dim / 2], float32: position p times frequency theta^(-2i/head_dim), as every
-    reference computes them (frequencies in float32, one float32 product per angle)."""
+    reference computes them (frequencies in float32, one float32 product per angle). Made on `device`
+    (that of `positions` when they are a tensor)."""
     if isinstance(positions, int):
-        positions = torch.arange(positions)
-    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        positions = torch.arange(positions, device=device)
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim))
     return positions.float()[:, None] * freqs
+
+
+class RopeTables:
+    """Rotation tables built once per (key, device, dtype) by `build(key, device) -> (cos, sin)` (float32,
+    made on `device`) and kept, at most `keep` of them: the least recently used is dropped, so a model that
+    sees many sizes holds a bounded amount."""
+
+    def __init__(self, build: Callable[[Hashable, torch.device], Tables], keep: int = 8):
+        self.build, self.keep = build, keep
+        self._tables: OrderedDict[tuple, Tables] = OrderedDict()
+
+    def get(self, key: Hashable, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tables:
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        full = (key, device, dtype)
+        tables = self._tables.get(full)
+        if tables is None:
+            cos, sin = self.build(key, device)
+            tables = self._tables[full] = (cos.to(dtype), sin.to(dtype))
+            while len(self._tables) > self.keep:
+                self._tables.popitem(last=False)
+        else:
+            self._tables.move_to_end(full)
+        return tables
+
+
+class Rope1D:
+    """1-D RoPE for any positions: cos and sin [..., head_dim] looked up in a table for positions
+    0..capacity-1, where capacity is the next power of two (at least 256) that covers the length asked for,
+    capped at `limit`. `convention` is "halves" (`apply_rope_halves`: each angle for channel i and i + D/2)
+    or "pairs" (`apply_rope_pairs`: each angle twice in a row, sin signed as `rope_tables` does)."""
+
+    def __init__(self, head_dim: int, theta: float, convention: str, limit: int | None = None, keep: int = 4):
+        if convention not in ("halves", "pairs"):
+            raise ValueError(f"convention must be 'halves' or 'pairs', got {convention!r}")
+        self.head_dim, self.theta, self.convention, self.limit = head_dim, theta, convention, limit
+        self._tables = RopeTables(self._build, keep)
+
+    def _build(self, capacity: int, device: torch.device) -> Tables:
+        angles = rope_1d_angles(self.head_dim, capacity, self.theta, device=device)
+        if self.convention == "pairs":
+            return rope_tables(angles.repeat_interleave(2, dim=-1))
+        angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos(), angles.sin()
+
+    def capacity(self, length: int) -> int:
+        if self.limit is not None and length > self.limit:
+            raise ValueError(f"{length} positions asked for; this model has {self.limit}")
+        capacity = max(256, 1 << max(length - 1, 0).bit_length())
+        return capacity if self.limit is None else min(capacity, self.limit)
+
+    def tables(self, length: int, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tables:
+        """(cos, sin) [length, head_dim] for positions 0..length-1."""
+        cos, sin = self._tables.get(self.capacity(length), device, dtype)
+        return cos[:length], sin[:length]
+
+    def at(self, positions: torch.Tensor, length: int, dtype: torch.dtype = torch.float32) -> Tables:
+        """(cos, sin) [*positions.shape, head_dim] for `positions`, all below `length` (the caller knows
+        the bound, so no host sync is needed)."""
+        cos, sin = self._tables.get(self.capacity(length), positions.device, dtype)
+        return cos[positions], sin[positions]
 
 
 def apply_rope_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
