@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import sensorium as sn
+from devices import DEVICES
 from helpers import FIXTURES, put_in_hf_cache
 
 AV = FIXTURES / "pe_av"
@@ -33,7 +34,7 @@ def inputs(name):
 
 
 def max_diff(a, b):
-    return (a.float() - b.float()).abs().max().item()
+    return (a.float().cpu() - b.float().cpu()).abs().max().item()
 
 
 def as_float64(batch):
@@ -52,14 +53,19 @@ def assert_within_fp32_noise(ours, ours64, ref, what=""):
     assert max_diff(ours, ref) <= max(TOL, 3 * noise), (what, max_diff(ours, ref), noise)
 
 
-@pytest.fixture(scope="module", params=["original", "transformers"])
+LAYOUTS_ON_DEVICES = [(layout, device) for layout in ("original", "transformers") for device in DEVICES]
+
+
+@pytest.fixture(scope="module", params=LAYOUTS_ON_DEVICES, ids="-".join)
 def av_model(request):
-    return sn.load(AV / "pe_av_tiny" / request.param, device="cpu")
+    layout, device = request.param
+    return sn.load(AV / "pe_av_tiny" / layout, device=device)
 
 
-@pytest.fixture(scope="module", params=["original", "transformers"])
+@pytest.fixture(scope="module", params=LAYOUTS_ON_DEVICES, ids="-".join)
 def frame_model(request):
-    return sn.load(AV / "pe_a_frame_tiny" / request.param, device="cpu")
+    layout, device = request.param
+    return sn.load(AV / "pe_a_frame_tiny" / layout, device=device)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ The expected tensors in fixtures/pe_core/*/reference.safetensors were produced b
 `core/vision_encoder/pe.py`; the comparison is fp32 on CPU, max abs diff <= 1e-5.
 """
 
+import functools
 import json
 
 import pytest
@@ -11,23 +12,39 @@ import torch
 import torch.nn.functional as F
 
 import sensorium as sn
+from devices import DEVICES
 from helpers import PE_FIXTURES, pe_config, pe_layout_files, pe_models, pe_reference
 from sensorium.models.pe import PECoreModel
 from sensorium.nn import rope_2d_angles
 
-CASES = [(name, file) for name in pe_models() for file in pe_layout_files(name)]
+CASES = [(name, file, device) for name in pe_models() for file in pe_layout_files(name) for device in DEVICES]
+CLIP = [case for case in CASES if pe_config(case[0]).is_clip]  # PE-Core: image, video and text embeddings
+TOWERS = [case for case in CASES if case not in CLIP]  # PE-Lang / PE-Spatial: vision towers only
+WITH_TEXT = [case for case in CLIP if not case[1].startswith("timm")]  # timm publishes the vision tower only
+VISION_ONLY_CLIP = [case for case in CLIP if case not in WITH_TEXT]
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[f"{n}-{f}" for n, f in CASES])
-def loaded(request):
-    name, file = request.param
-    model = sn.load(PE_FIXTURES / name / file, config=pe_config(name), device="cpu", dtype="float32")
+@functools.lru_cache(maxsize=None)
+def load_case(name: str, file: str, device: str):
+    model = sn.load(PE_FIXTURES / name / file, config=pe_config(name), device=device, dtype="float32")
     return name, file, model, pe_reference(name)
 
 
+def case_fixture(cases):
+    return pytest.fixture(scope="module", params=cases, ids=["-".join(c) for c in cases])(
+        lambda request: load_case(*request.param))
+
+
+loaded = case_fixture(CASES)
+clip = case_fixture(CLIP)
+tower = case_fixture(TOWERS)
+clip_with_text = case_fixture(WITH_TEXT)
+clip_vision_only = case_fixture(VISION_ONLY_CLIP)
+
+
 def check(actual, expected):
-    torch.testing.assert_close(actual, expected, rtol=0, atol=ATOL)
+    torch.testing.assert_close(actual.cpu(), expected, rtol=0, atol=ATOL)
 
 
 def test_layout_detected(loaded):
@@ -66,11 +83,14 @@ def test_position_tables(loaded):
         check(model.visual._pos_embed(gh, gw), ref["pos_embed_nonnative"])
 
 
-def test_image_embeddings(loaded):
-    name, _, model, ref = loaded
-    if not isinstance(model, PECoreModel):
-        assert "image_embeds" not in ref
-        return
+def test_towers_are_not_clip_models(tower):
+    _, _, model, ref = tower
+    assert not isinstance(model, PECoreModel) and "image_embeds" not in ref
+
+
+def test_image_embeddings(clip):
+    name, _, model, ref = clip
+    assert isinstance(model, PECoreModel)
     with torch.inference_mode():
         tokens = model.image_features(ref["pixels"], norm=True)
         check(model.visual.attn_pool(tokens), ref["pooled_before_proj"])
@@ -79,10 +99,8 @@ def test_image_embeddings(loaded):
         check(model.encode_image(ref["pixels_nonnative"], normalize=False), ref["image_embeds_nonnative"])
 
 
-def test_video_embeddings(loaded):
-    name, _, model, ref = loaded
-    if not isinstance(model, PECoreModel):
-        return
+def test_video_embeddings(clip):
+    name, _, model, ref = clip
     video = ref["video_pixels"]
     with torch.inference_mode():
         check(model.encode_image(video[0], normalize=False), ref["video_frame_embeds"])
@@ -91,15 +109,15 @@ def test_video_embeddings(loaded):
         check(F.normalize(model.encode_video(video, normalize=False), dim=-1), ref["video_embeds_classification"])
 
 
-def test_text_and_logits(loaded):
-    name, file, model, ref = loaded
-    if not isinstance(model, PECoreModel):
-        return
-    if model.text is None:  # timm publishes the vision tower only
-        assert file.startswith("timm")
-        with pytest.raises(TypeError, match="without its text tower"):
-            model.encode_text(ref["text_ids"])
-        return
+def test_timm_clip_has_no_text_tower(clip_vision_only):
+    _, _, model, ref = clip_vision_only
+    assert model.text is None
+    with pytest.raises(TypeError, match="without its text tower"):
+        model.encode_text(ref["text_ids"])
+
+
+def test_text_and_logits(clip_with_text):
+    name, file, model, ref = clip_with_text
     with torch.inference_mode():
         check(model.encode_text(ref["text_ids"], normalize=False), ref["text_embeds"])
         check(model.encode_text(ref["text_ids"]), ref["text_embeds_normalized"])
@@ -110,10 +128,8 @@ def test_text_and_logits(loaded):
         check(logits.T, ref["logits_per_text"])
 
 
-def test_tokenizer_on_fixture_prompts(loaded):
-    name, _, model, ref = loaded
-    if not isinstance(model, PECoreModel) or model.text is None:
-        return
+def test_tokenizer_on_fixture_prompts(clip_with_text):
+    name, _, model, ref = clip_with_text
     prompts = json.loads((PE_FIXTURES / name / "reference.json").read_text())["meta"]["prompts"]
     assert torch.equal(model.tokenize(prompts), ref["text_ids"])
 
