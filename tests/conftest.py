@@ -56,9 +56,9 @@ def tiny_entries(hf_cache):
 @pytest.fixture(scope="session")
 def full_t16(hf_cache):
     """PE-Core-T16-384 at full size with random weights (bf16, original key names) in the HF cache."""
-    from sensorium import catalog
+    from sensorium.models import pe
 
-    state = random_original_checkpoint(catalog.get("PE-Core-T16-384").config, dtype=torch.bfloat16)
+    state = random_original_checkpoint(pe.ARCHS["PE-Core-T16-384"], dtype=torch.bfloat16)
     blob = f"{hf_cache}/t16-random.pt"
     torch.save(state, blob)
     put_in_hf_cache(hf_cache, "facebook/PE-Core-T16-384", {"PE-Core-T16-384.pt": blob})

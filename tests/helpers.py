@@ -48,16 +48,18 @@ def register_tiny_entries() -> list:
     are published in (the files are placed in the HF cache by conftest's tiny_entries fixture)."""
     from sensorium import catalog
     from sensorium.catalog import CatalogEntry, Published
+    from sensorium.models import pe
 
     entries = []
     for name in ("clip_tiny", "lang_tiny"):
         config = pe_config(name)
+        pe.register_arch(config, timm_name=f"vit_pe_test_{name}")
         copies = [Published(f"test/{name}", (f"{name}.pt",), "original"),
                   Published(f"timm/vit_pe_test_{name}.fb", ("model.safetensors",), "timm")]
         if (PE_FIXTURES / name / "open_clip.safetensors").exists():
             copies.append(Published(f"test/open_clip_{name}", ("open_clip_model.safetensors",), "open_clip"))
         kind, tasks = ("PE-Core", ("embed", "classify")) if config.is_clip else ("PE-Lang", ("features",))
-        entry = CatalogEntry(f"test-{name}", "pe", kind, tasks, config, tuple(copies), "tiny test model")
+        entry = CatalogEntry(f"test-{name}", "pe", kind, tasks, config.name, tuple(copies), "tiny test model")
         catalog.register(entry)
         entries.append(entry)
     return entries
@@ -96,7 +98,7 @@ def random_original_checkpoint(config: PEConfig, dtype=None, seed: int = 0) -> d
     import torch
 
     from sensorium.models import pe
-    from sensorium.weights import file_name_for
+    from sensorium.keymaps import file_name_for
 
     layout = "original" if config.is_clip else "original_vision"
     with torch.device("meta"):

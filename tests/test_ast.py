@@ -67,7 +67,7 @@ def test_logits_match_transformers(ast_models, waveforms, repo):
     model = sn.load(repo, device="cpu")
     assert model.labels == tuple(reference.config.id2label[i] for i in range(reference.config.num_labels))
     assert model.multi_label == (reference.config.num_labels == 527)
-    fe = ASTFeatureExtractor.from_pretrained(sn.weights.resolve(repo).path.parent)
+    fe = ASTFeatureExtractor.from_pretrained(sn.loading.resolve(repo).path.parent)
     clips = [waveforms[n][: int(model.window_seconds * 16000)] for n in ("speech.wav", "train.mp4", "tone_8k.wav")]
     expected_features = fe(clips, sampling_rate=16000, return_tensors="pt")["input_values"]
     features = model.features(clips, 16000)
@@ -85,7 +85,7 @@ def test_logits_match_transformers(ast_models, waveforms, repo):
 
 def test_load_by_catalog_name_and_local_folder(ast_models):
     by_name = sn.load("ast-finetuned-speech-commands-v2", device="cpu")
-    folder = sn.weights.resolve("MIT/ast-finetuned-speech-commands-v2").path.parent
+    folder = sn.loading.resolve("MIT/ast-finetuned-speech-commands-v2").path.parent
     by_folder = sn.load(folder, device="cpu")
     assert by_name.labels == by_folder.labels == ("yes", "no", "up", "down", "_silence_")
     assert by_name.config.feature_mean == pytest.approx(-6.845978) and by_name.window_seconds == pytest.approx(1.28)

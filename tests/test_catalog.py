@@ -33,9 +33,10 @@ def test_catalog_lists_every_checkpoint_of_the_family():
 @pytest.mark.parametrize("name", sorted(ORIGINAL))
 def test_config_matches_original(name):
     entry = sn.models()[[e.name for e in sn.models()].index(name)]
-    layout = "original" if entry.config.is_clip else "original_vision"
+    config = sn.loading.config_for(entry)
+    layout = "original" if config.is_clip else "original_vision"
     with torch.device("meta"):
-        model = pe.build(entry.config, layout)
+        model = pe.build(config, layout)
     vision, text, keys = ORIGINAL[name]
     assert sum(p.numel() for p in model.visual.parameters()) == vision
     assert sum(p.numel() for n, p in model.named_parameters() if not n.startswith("visual.")) == text
@@ -79,8 +80,8 @@ def test_timm_and_open_clip_key_counts():
     # reference/pe_core.md §4.3 and §5.1: timm vit_pe_core_tiny has 166 keys, open_clip PE-Core-T 316.
     entry = [e for e in sn.models() if e.name == "PE-Core-T16-384"][0]
     with torch.device("meta"):
-        vision_only = pe.build(entry.config, "timm")
-        clip = pe.build(entry.config, "open_clip")
+        vision_only = pe.build(sn.loading.config_for(entry), "timm")
+        clip = pe.build(sn.loading.config_for(entry), "open_clip")
     timm_keys = _layout_keys(vision_only, pe.LAYOUTS["timm"])
     open_clip_keys = _layout_keys(clip, pe.LAYOUTS["open_clip"])
     assert len(timm_keys) == 166

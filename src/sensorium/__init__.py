@@ -5,10 +5,11 @@
     emb = m.encode_image(m.preprocess(["cat.jpg"]))
 """
 
-from sensorium.catalog import models
+import sensorium.models  # noqa: F401  (the package first: importing it binds `sensorium.models` to it, so ...)
+from sensorium.catalog import models  # ... `sn.models()`, the catalog listing, is bound after it
 from sensorium.errors import MediaError, SensoriumError, UnknownModelError, WeightsError, WeightsNotFoundError
+from sensorium.loading import load
 from sensorium.tasks import classify, embed, localize, tag
-from sensorium.weights import load
 
 __version__ = "0.1.0"
 

@@ -1,9 +1,10 @@
-"""Every released checkpoint sensorium knows: name -> family, config, and where its weights are published.
+"""Every released checkpoint sensorium knows: name -> family, architecture, and where its weights are
+published. Data only: the architectures themselves live in the family files (e.g. `pe.ARCHS`).
 
 Each entry lists its published copies, default first. PE-Core is published three ways: the original
 `.pt` (facebook/<name>), timm (vision tower only) and open_clip (vision + text); PE-Lang and PE-Spatial
 as the original `.pt` and timm. AST checkpoints are transformers folders whose config.json holds the
-architecture and labels, so their entries carry no config: it is read from the files.
+architecture and labels, so their entries name no architecture: it is read from the files.
 """
 
 from __future__ import annotations
@@ -11,10 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sensorium.errors import UnknownModelError
-from sensorium.models.ast import ASTConfig
-from sensorium.models.pe import PEConfig, TextConfig, VisionConfig
-from sensorium.models.af3 import AF3Config
-from sensorium.models.pe_av import PEAVConfig
 
 
 @dataclass(frozen=True)
@@ -44,7 +41,7 @@ class CatalogEntry:
     family: str  # model file under sensorium.models
     kind: str
     tasks: tuple[str, ...]
-    config: object  # None: read from the checkpoint's own files
+    arch: str | None  # a named architecture of the family (its FAMILY.archs); None: read from the checkpoint's files
     published: tuple[Published, ...]
     summary: str
 
@@ -58,18 +55,13 @@ FEATURE_TASKS = ("features",)
 DEFAULT_TAGGER = "ast-finetuned-audioset-10-10-0.4593"
 
 
-def _text(context: int, width: int, heads: int, layers: int, out: int) -> TextConfig:
-    return TextConfig(context_length=context, width=width, heads=heads, layers=layers, output_dim=out)
-
-
-def _core(name, size, patch, width, layers, heads, mlp, out, text, cls=True, timm_name="", open_clip=""):
-    vision = VisionConfig(size, patch, width, layers, heads, mlp, cls_token=cls, output_dim=out)
+def _core(name: str, timm_name: str, open_clip: str, size: int, out: int) -> CatalogEntry:
     return CatalogEntry(
         name=name,
         family="pe",
         kind="PE-Core",
         tasks=CLIP_TASKS,
-        config=PEConfig(name, vision, text),
+        arch=name,
         published=(
             Published(f"facebook/{name}", (f"{name}.pt",), "original"),
             Published(f"timm/{open_clip}", ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"), "open_clip"),
@@ -79,17 +71,14 @@ def _core(name, size, patch, width, layers, heads, mlp, out, text, cls=True, tim
     )
 
 
-def _tower(kind, name, size, patch, width, layers, heads, mlp, cls, layerscale, timm_name, timm_tag="fb"):
-    vision = VisionConfig(
-        size, patch, width, layers, heads, mlp, cls_token=cls, layerscale=layerscale, ln_post=False, attn_pool=False
-    )
+def _tower(kind: str, name: str, timm_name: str, width: int, size: int, timm_tag: str = "fb") -> CatalogEntry:
     use = "language-aligned features for multimodal LLMs" if kind == "PE-Lang" else "spatial (dense) features"
     return CatalogEntry(
         name=name,
         family="pe",
         kind=kind,
         tasks=FEATURE_TASKS,
-        config=PEConfig(name, vision),
+        arch=name,
         published=(
             Published(f"facebook/{name}", (f"{name}.pt",), "original"),
             Published(f"timm/{timm_name}.{timm_tag}", ("model.safetensors", "pytorch_model.bin"), "timm"),
@@ -98,35 +87,23 @@ def _tower(kind, name, size, patch, width, layers, heads, mlp, cls, layerscale, 
     )
 
 
-TEXT_TS = _text(32, 512, 8, 12, 512)
-TEXT_BL = _text(32, 1024, 16, 24, 1024)
-TEXT_G = _text(72, 1280, 20, 24, 1280)
-
 ENTRIES: tuple[CatalogEntry, ...] = (
-    _core("PE-Core-T16-384", 384, 16, 192, 12, 3, 768, 512, TEXT_TS,
-          timm_name="vit_pe_core_tiny_patch16_384", open_clip="PE-Core-T-16-384"),
-    _core("PE-Core-S16-384", 384, 16, 384, 12, 6, 1536, 512, TEXT_TS,
-          timm_name="vit_pe_core_small_patch16_384", open_clip="PE-Core-S-16-384"),
-    _core("PE-Core-B16-224", 224, 16, 768, 12, 12, 3072, 1024, TEXT_BL,
-          timm_name="vit_pe_core_base_patch16_224", open_clip="PE-Core-B-16"),
-    _core("PE-Core-L14-336", 336, 14, 1024, 24, 16, 4096, 1024, TEXT_BL,
-          timm_name="vit_pe_core_large_patch14_336", open_clip="PE-Core-L-14-336"),
-    _core("PE-Core-G14-448", 448, 14, 1536, 50, 16, 8960, 1280, TEXT_G, cls=False,
-          timm_name="vit_pe_core_gigantic_patch14_448", open_clip="PE-Core-bigG-14-448"),
-    _tower("PE-Lang", "PE-Lang-L14-448", 448, 14, 1024, 23, 16, 4096, True, True, "vit_pe_lang_large_patch14_448"),
-    _tower("PE-Lang", "PE-Lang-L14-448-Tiling", 448, 14, 1024, 23, 16, 4096, True, True,
-           "vit_pe_lang_large_patch14_448", "fb_tiling"),
-    _tower("PE-Lang", "PE-Lang-G14-448", 448, 14, 1536, 47, 16, 8960, False, True, "vit_pe_lang_gigantic_patch14_448"),
-    _tower("PE-Lang", "PE-Lang-G14-448-Tiling", 448, 14, 1536, 47, 16, 8960, False, True,
-           "vit_pe_lang_gigantic_patch14_448", "fb_tiling"),
-    _tower("PE-Spatial", "PE-Spatial-T16-512", 512, 16, 192, 12, 3, 768, True, False, "vit_pe_spatial_tiny_patch16_512"),
-    _tower("PE-Spatial", "PE-Spatial-S16-512", 512, 16, 384, 12, 6, 1536, True, False, "vit_pe_spatial_small_patch16_512"),
-    _tower("PE-Spatial", "PE-Spatial-B16-512", 512, 16, 768, 12, 12, 3072, True, False, "vit_pe_spatial_base_patch16_512"),
-    _tower("PE-Spatial", "PE-Spatial-L14-448", 448, 14, 1024, 24, 16, 4096, True, False,
-           "vit_pe_spatial_large_patch14_448"),
-    _tower("PE-Spatial", "PE-Spatial-G14-448", 448, 14, 1536, 50, 16, 8960, False, True,
-           "vit_pe_spatial_gigantic_patch14_448"),
+    _core("PE-Core-T16-384", "vit_pe_core_tiny_patch16_384", "PE-Core-T-16-384", 384, 512),
+    _core("PE-Core-S16-384", "vit_pe_core_small_patch16_384", "PE-Core-S-16-384", 384, 512),
+    _core("PE-Core-B16-224", "vit_pe_core_base_patch16_224", "PE-Core-B-16", 224, 1024),
+    _core("PE-Core-L14-336", "vit_pe_core_large_patch14_336", "PE-Core-L-14-336", 336, 1024),
+    _core("PE-Core-G14-448", "vit_pe_core_gigantic_patch14_448", "PE-Core-bigG-14-448", 448, 1280),
+    _tower("PE-Lang", "PE-Lang-L14-448", "vit_pe_lang_large_patch14_448", 1024, 448),
+    _tower("PE-Lang", "PE-Lang-L14-448-Tiling", "vit_pe_lang_large_patch14_448", 1024, 448, "fb_tiling"),
+    _tower("PE-Lang", "PE-Lang-G14-448", "vit_pe_lang_gigantic_patch14_448", 1536, 448),
+    _tower("PE-Lang", "PE-Lang-G14-448-Tiling", "vit_pe_lang_gigantic_patch14_448", 1536, 448, "fb_tiling"),
+    _tower("PE-Spatial", "PE-Spatial-T16-512", "vit_pe_spatial_tiny_patch16_512", 192, 512),
+    _tower("PE-Spatial", "PE-Spatial-S16-512", "vit_pe_spatial_small_patch16_512", 384, 512),
+    _tower("PE-Spatial", "PE-Spatial-B16-512", "vit_pe_spatial_base_patch16_512", 768, 512),
+    _tower("PE-Spatial", "PE-Spatial-L14-448", "vit_pe_spatial_large_patch14_448", 1024, 448),
+    _tower("PE-Spatial", "PE-Spatial-G14-448", "vit_pe_spatial_gigantic_patch14_448", 1536, 448),
 )
+
 
 def _ast(repo: str, summary: str) -> CatalogEntry:
     return CatalogEntry(
@@ -134,7 +111,7 @@ def _ast(repo: str, summary: str) -> CatalogEntry:
         family="ast",
         kind="AST",
         tasks=("tag",),
-        config=None,
+        arch=None,
         published=(
             Published(repo, ("model.safetensors", "pytorch_model.bin"), "transformers",
                       extra=("config.json", "preprocessor_config.json")),
@@ -165,7 +142,7 @@ def _pe_av(name: str, summary: str) -> CatalogEntry:
         family="pe_av",
         kind="PE-A-Frame" if frame_level else "PE-AV",
         tasks=("localize",) if frame_level else ("embed", "classify"),
-        config=None,
+        arch=None,
         published=(
             Published(f"facebook/{name}", layout="transformers", **files),
             Published(f"facebook/{name}", layout="original", revision="perception_models", **files),
@@ -190,7 +167,7 @@ ENTRIES += (
         family="af3",
         kind="AF3",
         tasks=("ask", "transcribe"),
-        config=None,
+        arch=None,
         published=(
             Published("nvidia/audio-flamingo-3-hf", ("model.safetensors.index.json", "model.safetensors"), "transformers",
                       extra=("config.json", "tokenizer.json", "tokenizer_config.json"),
@@ -240,27 +217,6 @@ def get(name: str) -> CatalogEntry:
     if entry is None:
         raise UnknownModelError(f"{name!r} is not in the catalog; `sensorium models` lists it")
     return entry
-
-
-def find_timm_architecture(architecture: str) -> CatalogEntry | None:
-    """The entry whose timm copy is `architecture` (e.g. "vit_pe_core_base_patch16_224")."""
-    for entry in entries():
-        if any(c.layout == "timm" and c.repo.split("/")[-1].split(".")[0] == architecture for c in entry.published):
-            return entry
-    return None
-
-
-def family_of(config: object) -> str:
-    """The model file (sensorium.models.<family>) that builds this config."""
-    if isinstance(config, PEConfig):
-        return "pe"
-    if isinstance(config, ASTConfig):
-        return "ast"
-    if isinstance(config, PEAVConfig):
-        return "pe_av"
-    if isinstance(config, AF3Config):
-        return "af3"
-    raise TypeError(f"no model family builds a {type(config).__name__}")
 
 
 def models(task: str | None = None, family: str | None = None) -> list[CatalogEntry]:

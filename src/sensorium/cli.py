@@ -393,7 +393,7 @@ def run_models(args) -> int:
 
 
 def _check_device(args, task: str) -> bool:
-    from sensorium.weights import resolve_device
+    from sensorium.loading import resolve_device
 
     try:
         resolve_device(args.device)
@@ -407,7 +407,7 @@ def _load_model(args, task: str, need_text: bool):
     """The model for a task, or None after printing why it cannot be used."""
     from sensorium.errors import SensoriumError
     from sensorium.tasks.visual import require_clip
-    from sensorium.weights import load
+    from sensorium.loading import load
 
     try:
         model = load(args.model, config=args.config, device=args.device, dtype=args.dtype)
@@ -772,7 +772,7 @@ def run_localize(args) -> int:
 
 def _load_listener(args, task: str):
     from sensorium.errors import SensoriumError
-    from sensorium.weights import load
+    from sensorium.loading import load
 
     try:
         model = load(args.model, config=args.config, device=args.device, dtype=args.dtype)

@@ -28,7 +28,8 @@ from torch import nn
 
 from sensorium.features import whisper
 from sensorium.nn import RMSNorm, Rope1D, SwiGLU, apply_rope_halves
-from sensorium.weights import KeyMap
+from sensorium.keymaps import KeyMap
+from sensorium.models.family import Family
 
 SAMPLING_RATE = whisper.SAMPLING_RATE
 
@@ -287,15 +288,11 @@ def config_from_dict(data: dict, name: str) -> AF3Config:
     return AF3Config(name, encoder, decoder, data.get("audio_token_id", 151669), data.get("projector_bias", True))
 
 
-def config_from_folder(folder: Path, name: str | None = None) -> AF3Config | None:
-    path = Path(folder) / "config.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def config_from_files(files: dict[str, dict], name: str) -> AF3Config | None:
+    data = files.get("config.json", {})
     if data.get("model_type") != "audioflamingo3":
         return None
-    return config_from_dict(data, name or Path(folder).name)
+    return config_from_dict(data, name)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -818,3 +815,16 @@ def detect_layout(keys: set[str]) -> str:
 
 def build(config: AF3Config, layout: str) -> AF3Model:
     return AF3Model(config)
+
+
+FAMILY = Family(
+    name="af3",
+    config_type=AF3Config,
+    layouts=tuple(LAYOUTS),
+    detect_layout=detect_layout,
+    key_map=lambda layout, config: LAYOUTS[layout],
+    build=build,
+    config_files=("config.json",),
+    config_from_files=config_from_files,
+    attach=attach,
+)

@@ -11,9 +11,7 @@ AudioSet is multi-label: scores are sigmoids. Speech Commands is single-label: s
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensorium.nn import TransformerBlock
-from sensorium.weights import Concat, KeyMap, prefixed
+from sensorium.keymaps import Concat, KeyMap, prefixed
+from sensorium.models.family import Family
 
 
 @dataclass(frozen=True)
@@ -58,11 +57,11 @@ class ASTConfig:
         return self.max_length * 0.01
 
     @classmethod
-    def from_folder(cls, folder: Path, name: str | None = None) -> "ASTConfig":
-        """The config of a transformers-layout checkpoint folder (config.json, preprocessor_config.json)."""
-        data = json.loads((folder / "config.json").read_text())
+    def from_files(cls, files: dict[str, dict], name: str) -> "ASTConfig":
+        """The config of a transformers-layout checkpoint from its config.json and preprocessor_config.json."""
+        data = files["config.json"]
         if data.get("model_type") != "audio-spectrogram-transformer":
-            raise ValueError(f"{folder / 'config.json'} is not an AST config (model_type {data.get('model_type')!r})")
+            raise ValueError(f"not an AST config (model_type {data.get('model_type')!r})")
         if data.get("hidden_act", "gelu") != "gelu" or not data.get("qkv_bias", True):
             raise ValueError("only AST checkpoints with exact GELU and biased q/k/v exist; this config differs")
         id2label = {int(k): v for k, v in data.get("id2label", {}).items()}
@@ -71,14 +70,12 @@ class ASTConfig:
         # The MIT AudioSet configs do not set problem_type, yet AudioSet is multi-label (527 classes, trained
         # with BCE; the original AST applies a sigmoid).
         multi_label = problem == "multi_label_classification" or (problem is None and len(labels) == 527)
-        pre = {}
-        if (folder / "preprocessor_config.json").is_file():
-            pre = json.loads((folder / "preprocessor_config.json").read_text())
+        pre = files.get("preprocessor_config.json", {})
         for key in ("max_length", "num_mel_bins"):
             if key in pre and key in data and pre[key] != data[key]:
-                raise ValueError(f"{folder}: preprocessor_config.json has {key}={pre[key]} but config.json {data[key]}")
+                raise ValueError(f"preprocessor_config.json has {key}={pre[key]} but config.json {data[key]}")
         return cls(
-            name=name or folder.name,
+            name=name,
             labels=labels,
             multi_label=multi_label,
             hidden_size=data["hidden_size"],
@@ -276,14 +273,20 @@ def build(config: ASTConfig, layout: str) -> AST:
     return AST(config)
 
 
-def config_from_folder(folder: Path, name: str | None = None) -> ASTConfig | None:
-    """The config of an AST checkpoint folder, or None when the folder holds something else."""
-    path = folder / "config.json"
-    if not path.is_file():
+def config_from_files(files: dict[str, dict], name: str) -> ASTConfig | None:
+    """The config of an AST checkpoint, or None when its config.json describes something else."""
+    if files.get("config.json", {}).get("model_type") != "audio-spectrogram-transformer":
         return None
-    try:
-        if json.loads(path.read_text()).get("model_type") != "audio-spectrogram-transformer":
-            return None
-    except (OSError, ValueError):
-        return None
-    return ASTConfig.from_folder(folder, name)
+    return ASTConfig.from_files(files, name)
+
+
+FAMILY = Family(
+    name="ast",
+    config_type=ASTConfig,
+    layouts=tuple(LAYOUTS),
+    detect_layout=detect_layout,
+    key_map=lambda layout, config: LAYOUTS[layout],
+    build=build,
+    config_files=("config.json", "preprocessor_config.json"),
+    config_from_files=config_from_files,
+)

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensorium.nn import Mlp, RopeTables, TransformerBlock, rope_2d_angles, rope_tables
-from sensorium.weights import Concat, KeyMap, Transposed, ZeroBiasDropped, prefixed
+from sensorium.keymaps import Concat, KeyMap, Transposed, ZeroBiasDropped, prefixed
+from sensorium.models.family import Family
 
 
 @dataclass(frozen=True)
@@ -460,3 +461,91 @@ def build(config: PEConfig, layout: str) -> PEVisionModel:
     if config.is_clip:
         return PECoreModel(config, with_text=has_text_tower(layout))
     return PEVisionModel(config)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The released architectures (the checkpoints carry no config: the name says which), and the timm names
+# their timm / open_clip copies give in config.json
+
+
+def _text(context: int, width: int, heads: int, layers: int, out: int) -> TextConfig:
+    return TextConfig(context_length=context, width=width, heads=heads, layers=layers, output_dim=out)
+
+
+def _core(name, size, patch, width, layers, heads, mlp, out, text, cls=True) -> PEConfig:
+    return PEConfig(name, VisionConfig(size, patch, width, layers, heads, mlp, cls_token=cls, output_dim=out), text)
+
+
+def _tower(name, size, patch, width, layers, heads, mlp, cls, layerscale) -> PEConfig:
+    return PEConfig(name, VisionConfig(size, patch, width, layers, heads, mlp, cls_token=cls, layerscale=layerscale,
+                                       ln_post=False, attn_pool=False))
+
+
+_TEXT_TS = _text(32, 512, 8, 12, 512)
+_TEXT_BL = _text(32, 1024, 16, 24, 1024)
+_TEXT_G = _text(72, 1280, 20, 24, 1280)
+
+ARCHS: dict[str, PEConfig] = {c.name: c for c in (
+    _core("PE-Core-T16-384", 384, 16, 192, 12, 3, 768, 512, _TEXT_TS),
+    _core("PE-Core-S16-384", 384, 16, 384, 12, 6, 1536, 512, _TEXT_TS),
+    _core("PE-Core-B16-224", 224, 16, 768, 12, 12, 3072, 1024, _TEXT_BL),
+    _core("PE-Core-L14-336", 336, 14, 1024, 24, 16, 4096, 1024, _TEXT_BL),
+    _core("PE-Core-G14-448", 448, 14, 1536, 50, 16, 8960, 1280, _TEXT_G, cls=False),
+    _tower("PE-Lang-L14-448", 448, 14, 1024, 23, 16, 4096, True, True),
+    _tower("PE-Lang-L14-448-Tiling", 448, 14, 1024, 23, 16, 4096, True, True),
+    _tower("PE-Lang-G14-448", 448, 14, 1536, 47, 16, 8960, False, True),
+    _tower("PE-Lang-G14-448-Tiling", 448, 14, 1536, 47, 16, 8960, False, True),
+    _tower("PE-Spatial-T16-512", 512, 16, 192, 12, 3, 768, True, False),
+    _tower("PE-Spatial-S16-512", 512, 16, 384, 12, 6, 1536, True, False),
+    _tower("PE-Spatial-B16-512", 512, 16, 768, 12, 12, 3072, True, False),
+    _tower("PE-Spatial-L14-448", 448, 14, 1024, 24, 16, 4096, True, False),
+    _tower("PE-Spatial-G14-448", 448, 14, 1536, 50, 16, 8960, False, True),
+)}
+
+# timm's architecture name -> ours (the Tiling variants share their base's timm architecture; the first wins)
+TIMM_ARCHITECTURES: dict[str, str] = {
+    "vit_pe_core_tiny_patch16_384": "PE-Core-T16-384",
+    "vit_pe_core_small_patch16_384": "PE-Core-S16-384",
+    "vit_pe_core_base_patch16_224": "PE-Core-B16-224",
+    "vit_pe_core_large_patch14_336": "PE-Core-L14-336",
+    "vit_pe_core_gigantic_patch14_448": "PE-Core-G14-448",
+    "vit_pe_lang_large_patch14_448": "PE-Lang-L14-448",
+    "vit_pe_lang_gigantic_patch14_448": "PE-Lang-G14-448",
+    "vit_pe_spatial_tiny_patch16_512": "PE-Spatial-T16-512",
+    "vit_pe_spatial_small_patch16_512": "PE-Spatial-S16-512",
+    "vit_pe_spatial_base_patch16_512": "PE-Spatial-B16-512",
+    "vit_pe_spatial_large_patch14_448": "PE-Spatial-L14-448",
+    "vit_pe_spatial_gigantic_patch14_448": "PE-Spatial-G14-448",
+}
+
+
+def register_arch(config: PEConfig, timm_name: str | None = None) -> None:
+    """Add an architecture (a fine-tuned shape, or a test model), by `config.name`, and the timm name its
+    timm copies give; registering the same one again is a no-op."""
+    for table, key, value in ((ARCHS, config.name, config), (TIMM_ARCHITECTURES, timm_name, config.name)):
+        if key is None:
+            continue
+        if table.get(key, value) != value:
+            raise ValueError(f"{key} is already registered as another architecture")
+        table[key] = value
+
+
+def config_from_files(files: dict[str, dict], name: str) -> PEConfig | None:
+    """A timm (config.json "architecture") or open_clip (open_clip_config.json) copy's architecture."""
+    timm = files.get("config.json", {}).get("architecture")
+    open_clip = files.get("open_clip_config.json", {}).get("model_cfg", {}).get("vision_cfg", {}).get("timm_model_name")
+    arch = TIMM_ARCHITECTURES.get(timm or open_clip or "")
+    return ARCHS[arch] if arch else None
+
+
+FAMILY = Family(
+    name="pe",
+    config_type=PEConfig,
+    layouts=tuple(LAYOUTS),
+    detect_layout=detect_layout,
+    key_map=lambda layout, config: LAYOUTS[layout],
+    build=build,
+    config_files=("config.json", "open_clip_config.json"),
+    config_from_files=config_from_files,
+    archs=ARCHS,
+)

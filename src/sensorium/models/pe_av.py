@@ -26,7 +26,6 @@ Where sensorium departs from the references, on purpose:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -35,10 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sensorium.models import pe
 from sensorium.models.pe import TIMM_VISION, ORIGINAL_VISION, VisionConfig, VisionTransformer
 from sensorium.features.windows import window_starts
 from sensorium.nn import RMSNorm, Rope1D, SwiGLU, apply_rope_halves, apply_rope_pairs
-from sensorium.weights import FirstHalf, KeyMap, Unused, prefixed
+from sensorium.keymaps import FirstHalf, KeyMap, Unused, prefixed
+from sensorium.models.family import Family
 
 SAMPLING_RATE = 48000
 CODEC_CHUNK = 750  # frames (30 s) per codec call on long clips
@@ -1114,9 +1115,7 @@ def _check_text_model(data: dict) -> None:
 
 
 def _frame_encoder_original(name: str, data: dict) -> VisionConfig:
-    """The frame encoder a config names: a PE-Core catalog entry, or one described in the file itself."""
-    from sensorium import catalog
-
+    """The frame encoder a config names: a PE-Core architecture, or one described in the file itself."""
     described = data.get("fixture_pe_encoder_registry", {}).get(name)
     if described is not None:
         width = described["width"]
@@ -1134,21 +1133,19 @@ def _frame_encoder_original(name: str, data: dict) -> VisionConfig:
             pool_heads=described.get("attn_pooler_heads", 8),
             output_dim=described["output_dim"],
         )
-    entry = catalog.find(name)
-    if entry is None or entry.kind != "PE-Core":
+    arch = pe.ARCHS.get(name)
+    if arch is None or not arch.is_clip:
         raise ValueError(f"unknown frame encoder {name!r} (expected a PE-Core model such as PE-Core-L14-336)")
-    return entry.config.vision
+    return arch.vision
 
 
 def _frame_encoder_timm(data: dict) -> VisionConfig:
     from dataclasses import replace
 
-    from sensorium import catalog
-
-    entry = catalog.find_timm_architecture(data.get("architecture", ""))
-    if entry is None or entry.kind != "PE-Core":
+    arch = pe.ARCHS.get(pe.TIMM_ARCHITECTURES.get(data.get("architecture", ""), ""))
+    if arch is None or not arch.is_clip:
         raise ValueError(f"unknown frame encoder architecture {data.get('architecture')!r}")
-    vision, args = entry.config.vision, data.get("model_args") or {}
+    vision, args = arch.vision, data.get("model_args") or {}
     width = args.get("embed_dim", vision.width)
     return replace(
         vision,
@@ -1205,18 +1202,13 @@ def config_from_dict(data: dict, name: str, video_frames: int | None = None) -> 
     )
 
 
-def config_from_folder(folder: Path, name: str | None = None) -> PEAVConfig | None:
-    """The config of a PE-AV / PE-A-Frame checkpoint folder, or None when the folder holds something else.
+def config_from_files(files: dict[str, dict], name: str) -> PEAVConfig | None:
+    """The config of a PE-AV / PE-A-Frame checkpoint, or None when its config.json describes something else.
     Models whose name ends in -16-frame sample 16 frames per video (the transformers config does not say)."""
-    path = Path(folder) / "config.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    data = files.get("config.json", {})
     is_original = "audio_visual_model" in data or "dac_vae_encoder" in data.get("audio_model", {})
     if not is_original and data.get("model_type") not in ("pe_audio_video", "pe_audio"):
         return None
-    name = name or Path(folder).name
     return config_from_dict(data, name, 16 if name.endswith("-16-frame") else None)
 
 
@@ -1433,3 +1425,16 @@ def build(config: PEAVConfig, layout: str) -> _PEAudioModel:
     if layout.endswith("_frame") != config.is_frame_level:
         raise ValueError(f"{config.name} is a {config.kind} config but the weights are in the {layout} layout")
     return PEAFrameModel(config) if config.is_frame_level else PEAVModel(config)
+
+
+FAMILY = Family(
+    name="pe_av",
+    config_type=PEAVConfig,
+    layouts=tuple(LAYOUTS),
+    detect_layout=detect_layout,
+    key_map=key_map,
+    build=build,
+    config_files=("config.json",),
+    config_from_files=config_from_files,
+    attach=attach,
+)

@@ -142,7 +142,7 @@ def classify(
     built-in set name ("default", "imagenet", "photo", "none", "sound"), a file of templates, or a tuple of
     strings with "{}" for the label (default: "default", "sound" for PE-AV)."""
     from sensorium.tasks.templates import load_templates
-    from sensorium.weights import load
+    from sensorium.loading import load
 
     from sensorium.tasks.audiovisual import is_audio_visual
 

@@ -117,7 +117,7 @@ def embed(
     `allow_truncated=True` embeds what can be read of files that end early (with a warning) instead of
     failing them.
     """
-    from sensorium.weights import load
+    from sensorium.loading import load
 
     inputs = as_input_list(inputs)
     texts = check_texts(texts)

@@ -155,7 +155,7 @@ def localize(
 ) -> list[LocalizeRow]:
     """Events for each input file (path, folder or glob, or a list of them) and each query.
     `allow_truncated=True` localizes what can be read of files that end early (with a warning)."""
-    from sensorium.weights import load
+    from sensorium.loading import load
 
     if isinstance(model, str):
         model = load(model, device=device)

@@ -307,7 +307,7 @@ def tag(
     failed inputs have `error` set. `window`/`hop` are seconds; see the module docstring.
     `allow_truncated=True` tags what can be read of files that end early (with a warning)."""
     from sensorium.tasks.embed import check_count
-    from sensorium.weights import load
+    from sensorium.loading import load
 
     inputs = as_input_list(inputs)
     check_count("top_k", top_k)

@@ -1,0 +1,267 @@
+"""`load(source)`: a catalog name, a hub repo id, a local directory or a local file -> a model.
+
+source -> files (hub.py) -> family (models registry) -> config -> build on the meta device -> strict
+assignment through the layout's literal key map (keymaps.py), each tensor cast and moved on its own, so no
+second copy of the weights is made. `.pt`/`.bin` files are read with `weights_only=True` (memory-mapped when
+the file allows it) and safetensors are memory-mapped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sensorium import catalog
+# by name from the package: `sensorium.models` itself is rebound to the catalog's `models()` in __init__
+from sensorium.models import families, family, family_of
+from sensorium.errors import UnknownModelError, WeightsError, WeightsNotFoundError
+from sensorium.hub import fetch_published
+from sensorium.keymaps import assign_strict, remap
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A flat {name: tensor} from a .safetensors, .pt/.pth/.bin or sharded-safetensors index file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"{path}: no such file")
+    name = path.name
+    try:
+        if name.endswith(".safetensors.index.json"):
+            index = json.loads(path.read_text())
+            state = {}
+            for shard in sorted(set(index["weight_map"].values())):
+                state.update(read_state_dict(path.parent / shard))
+            return state
+        if name.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except WeightsError:
+        raise
+    except Exception as err:  # unpickling refused, truncated file, not a checkpoint at all
+        raise WeightsError(f"{path}: cannot read a checkpoint from this file ({type(err).__name__}: {err})") from err
+    return _flatten(obj, path)
+
+
+def _flatten(obj, path: Path) -> dict[str, torch.Tensor]:
+    # The original loaders unwrap {"state_dict": ...} or {"weights": ...} and strip DistributedDataParallel's
+    # "module." prefix.
+    while isinstance(obj, dict) and len(obj) <= 2:
+        inner = next((obj[k] for k in ("state_dict", "weights", "model") if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path}: expected a state dict of tensors, found {type(obj).__name__}")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "open_clip_model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "open_clip_pytorch_model.bin",
+)
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+
+@dataclass(frozen=True)
+class Found:
+    path: Path
+    config: object  # None: the family reads it from the files beside `path`
+    family: str
+    name: str
+
+
+def load(source: str | os.PathLike, config=None, device: str | torch.device = "auto", dtype=None) -> torch.nn.Module:
+    """Load a model: `source` is a catalog name, a hub repo id ("owner/name" or "owner/name@revision"),
+    a local directory or a local weights file. `config` (a catalog name or a config object) names the
+    architecture when the source does not. `device="auto"` picks CUDA, then Apple MPS, then the CPU;
+    `dtype=None` picks bfloat16 on CUDA (float16 where bf16 is unsupported) and float32 elsewhere.
+
+    The model comes back in eval mode with gradients off (`requires_grad_(True)` to fine-tune).
+    """
+    found = resolve(source, config)
+    builder = family(found.family)
+    config = found.config
+    if config is None:
+        config = builder.config_from_files(read_config_files(found.path.parent, builder.config_files), found.name)
+    if config is None:
+        raise WeightsError(f"{display(found.path.parent)}: the checkpoint's config files are missing")
+    target = resolve_device(device)
+    precision = resolve_dtype(dtype, target)
+    state = read_state_dict(found.path)
+    try:
+        layout = builder.detect_layout(set(state))
+    except ValueError as err:
+        raise WeightsError(f"{display(found.path)}: {err}") from err
+    key_map = builder.key_map(layout, config)
+    with torch.device("meta"):
+        model = builder.build(config, layout)
+    tensors, origin, unknown = remap(state, key_map)
+    assign_strict(model, tensors, origin, unknown, key_map, display(found.path), precision, target)
+    model.eval().requires_grad_(False)
+    if builder.attach is not None:  # files beside the weights the model uses (tokenizer, chat template)
+        builder.attach(model, found.path.parent)
+    model.source = str(source)
+    model.layout = layout
+    return model.to(target)  # what the checkpoint does not hold (buffers made at build)
+
+
+def config_for(entry: catalog.CatalogEntry):
+    """The config a catalog entry names (None: its checkpoint's files say)."""
+    return None if entry.arch is None else family(entry.family).archs[entry.arch]
+
+
+def read_config_files(folder: Path, names: tuple[str, ...]) -> dict[str, dict]:
+    """{name: parsed JSON} of the files present in `folder`; a file that is not a JSON object is an error."""
+    files = {}
+    for name in names:
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise WeightsError(f"{display(path)}: not a readable JSON file ({err})") from err
+        if not isinstance(data, dict):
+            raise WeightsError(f"{display(path)}: expected a JSON object, found {type(data).__name__}")
+        files[name] = data
+    return files
+
+
+def resolve(source: str | os.PathLike, config=None) -> Found:
+    config_obj = config_for(catalog.get(config)) if isinstance(config, str) else config
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and os.path.exists(source)):
+        path = Path(source)
+        if path.is_dir():
+            path = _weights_in_dir(path)
+        found = Found(path, config_obj, family_of(config_obj).name, path.stem) if config_obj else _identify_local(path)
+        if found is None:
+            raise WeightsError(
+                f"{display(path)}: cannot tell which architecture this file holds; "
+                "pass config=<catalog name> (sensorium: --config NAME)"
+            )
+        return found
+    if not isinstance(source, str):
+        raise TypeError(f"model source must be a name or a path, got {type(source).__name__}")
+    entry = catalog.find(source)
+    if entry is not None:
+        copy = entry.default
+        path = fetch_published(copy.repo, copy.weights, copy.extra, copy.revision, copy.optional)
+        return Found(path, config_obj or config_for(entry), entry.family, entry.name)
+    if HUB_ID.match(source):
+        repo, _, revision = source.partition("@")
+        hit = catalog.find_repo(repo, revision or None)
+        if hit is not None:
+            entry, copy = hit
+            path = fetch_published(copy.repo, copy.weights, copy.extra, revision or copy.revision, copy.optional)
+            return Found(path, config_obj or config_for(entry), entry.family, entry.name)
+        if config_obj is None:
+            raise WeightsError(
+                f"{source} is not a checkpoint in the catalog; pass config=<catalog name> to say which "
+                "architecture it holds"
+            )
+        return Found(_weights_in_repo(repo, revision or None), config_obj, family_of(config_obj).name, repo)
+    if "/" in source or os.sep in source or Path(source).suffix:
+        raise WeightsNotFoundError(f"{source}: no such file or directory")
+    raise UnknownModelError(f"unknown model {source!r}: not in the catalog (`sensorium models` lists it)")
+
+
+def _weights_in_dir(folder: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    candidates = sorted(p for p in folder.iterdir() if p.suffix in (".pt", ".pth", ".bin", ".safetensors"))
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise WeightsNotFoundError(f"{display(folder)}: no weights file in this folder")
+    listed = ", ".join(p.name for p in candidates)
+    raise WeightsError(f"{display(folder)}: several weights files ({listed}); pass the one to load")
+
+
+def _weights_in_repo(repo: str, revision: str | None) -> Path:
+    return fetch_published(repo, WEIGHT_FILES, (), revision)
+
+
+def _identify_local(path: Path) -> Found | None:
+    """A local file's architecture from its name, its folder, or the config files beside it (each family
+    asked in turn whether they describe one of its checkpoints)."""
+    for name in (path.stem, path.parent.name, path.parent.parent.parent.name.split("--")[-1]):
+        entry = catalog.find(name)
+        if entry is not None:
+            return Found(path, config_for(entry), entry.family, entry.name)
+    for candidate in families():
+        files = read_config_files(path.parent, candidate.config_files)
+        if not files:
+            continue
+        try:
+            config = candidate.config_from_files(files, path.parent.name)
+        except (KeyError, TypeError, ValueError) as err:
+            raise WeightsError(f"{display(path.parent)}: {candidate.name} config files that cannot be read: {err}") from err
+        if config is not None:
+            return Found(path, config, candidate.name, config.name)
+    return None
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" (CUDA, then MPS, then the CPU) or a device that exists here; ValueError names what is wrong."""
+    if str(device) != "auto":
+        try:
+            target = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"unknown device {str(device)!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        if target.type == "cuda":
+            if not torch.cuda.is_available():
+                why = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+                raise ValueError(f"device {device}: {why}; use --device cpu or auto")
+            if target.index is not None and target.index >= torch.cuda.device_count():
+                raise ValueError(f"device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+        elif target.type == "mps":
+            if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+                raise ValueError(f"device {device}: Apple MPS is not available here; use --device cpu or auto")
+        elif target.type != "cpu":
+            raise ValueError(f"device {device}: sensorium runs on cpu, cuda or mps")
+        return target
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16")
+    return DTYPES[dtype]
+
+
+def display(path) -> str:
+    from sensorium.errors import display_path
+
+    return display_path(path)
