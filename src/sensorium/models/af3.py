@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensorium.features import whisper
-from sensorium.nn import RMSNorm, Rope1D, SwiGLU, apply_rope_halves
 from sensorium.keymaps import KeyMap
 from sensorium.models.family import Family
+from sensorium.nn.decoder import Decoder, DecoderConfig, causal_mask, config_from_transformers, transformers_key_map
+from sensorium.nn.generation import check_sampling, generate_tokens
+from sensorium.nn.multimodal import scatter_placeholders
 
 SAMPLING_RATE = whisper.SAMPLING_RATE
 
@@ -236,23 +238,6 @@ class EncoderConfig:
 
 
 @dataclass(frozen=True)
-class DecoderConfig:
-    vocab_size: int = 151672
-    width: int = 3584
-    layers: int = 28
-    heads: int = 28
-    kv_heads: int = 4
-    mlp_hidden: int = 18944
-    rope_theta: float = 1000000.0
-    eps: float = 1e-6
-    max_positions: int = 32768
-
-    @property
-    def head_dim(self) -> int:
-        return self.width // self.heads
-
-
-@dataclass(frozen=True)
 class AF3Config:
     name: str
     encoder: EncoderConfig
@@ -274,16 +259,11 @@ def config_from_dict(data: dict, name: str) -> AF3Config:
     rope = text.get("rope_parameters") or {}
     if rope.get("rope_type", "default") != "default":
         raise ValueError(f"rope_type {rope.get('rope_type')!r} is not supported (AF3 uses default RoPE)")
+    decoder = replace(config_from_transformers(text), qkv_bias=True)  # Qwen2.5: biased q/k/v
     encoder = EncoderConfig(
         mel_bins=audio.get("num_mel_bins", 128), width=audio.get("hidden_size", 1280),
         layers=audio.get("num_hidden_layers", 32), heads=audio.get("num_attention_heads", 20),
         mlp_hidden=audio.get("intermediate_size", 5120), max_positions=audio.get("max_source_positions", 1500),
-    )
-    decoder = DecoderConfig(
-        vocab_size=text["vocab_size"], width=text["hidden_size"], layers=text["num_hidden_layers"],
-        heads=text["num_attention_heads"], kv_heads=text.get("num_key_value_heads", text["num_attention_heads"]),
-        mlp_hidden=text["intermediate_size"], rope_theta=float(rope.get("rope_theta", text.get("rope_theta", 10000.0))),
-        eps=text.get("rms_norm_eps", 1e-6), max_positions=text.get("max_position_embeddings", 32768),
     )
     return AF3Config(name, encoder, decoder, data.get("audio_token_id", 151669), data.get("projector_bias", True))
 
@@ -375,80 +355,6 @@ class Projector(nn.Module):
 # Decoder (Qwen2)
 
 
-class DecoderAttention(nn.Module):
-    def __init__(self, config: DecoderConfig):
-        super().__init__()
-        self.heads, self.kv_heads, self.head_dim = config.heads, config.kv_heads, config.head_dim
-        self.q = nn.Linear(config.width, config.heads * config.head_dim)
-        self.k = nn.Linear(config.width, config.kv_heads * config.head_dim)
-        self.v = nn.Linear(config.width, config.kv_heads * config.head_dim)
-        self.o = nn.Linear(config.heads * config.head_dim, config.width, bias=False)
-
-    def forward(self, x, rope, mask, cache=None):
-        """x [B, T, width]; rope (cos, sin) [B, T, head_dim]; mask [B, 1, T, S] bool; cache: this layer's
-        (keys, values, filled) to append to, or None."""
-        batch, tokens, _ = x.shape
-        q = self.q(x).view(batch, tokens, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k(x).view(batch, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v(x).view(batch, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
-        cos, sin = rope[0][:, None], rope[1][:, None]
-        q, k = apply_rope_halves(q, cos, sin), apply_rope_halves(k, cos, sin)
-        if cache is not None:
-            keys, values, start = cache
-            keys[:, :, start : start + tokens] = k
-            values[:, :, start : start + tokens] = v
-            k, v = keys[:, :, : start + tokens], values[:, :, : start + tokens]
-        causal = mask is None and tokens > 1  # a one-token step sees every cached key
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                             enable_gqa=self.heads != self.kv_heads)
-        return self.o(out.transpose(1, 2).reshape(batch, tokens, self.heads * self.head_dim))
-
-
-class DecoderLayer(nn.Module):
-    def __init__(self, config: DecoderConfig):
-        super().__init__()
-        self.attn_norm = RMSNorm(config.width, config.eps, weight_in_float32=False)
-        self.attn = DecoderAttention(config)
-        self.mlp_norm = RMSNorm(config.width, config.eps, weight_in_float32=False)
-        self.mlp = SwiGLU(config.width, config.mlp_hidden)
-
-    def forward(self, x, rope, mask, cache=None):
-        x = x + self.attn(self.attn_norm(x), rope, mask, cache)
-        return x + self.mlp(self.mlp_norm(x))
-
-
-class Decoder(nn.Module):
-    def __init__(self, config: DecoderConfig):
-        super().__init__()
-        self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.width)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.layers))
-        self.norm = RMSNorm(config.width, config.eps, weight_in_float32=False)
-        self.head = nn.Linear(config.width, config.vocab_size, bias=False)
-        self.rope = Rope1D(config.head_dim, config.rope_theta, "halves")
-
-    def forward(self, embeds, positions, mask, length: int, caches=None):
-        """`positions` [B, T] are all below `length` (a bound the caller knows, so no host sync)."""
-        rope = self.rope.at(positions, length, embeds.dtype)
-        x = embeds
-        for i, layer in enumerate(self.layers):
-            x = layer(x, rope, mask, None if caches is None else caches[i])
-        return self.norm(x)
-
-
-def causal_mask(attention_mask: torch.Tensor, queries: int, past: int = 0) -> torch.Tensor:
-    """[B, 1, queries, past + queries] bool: each query sees the real keys up to itself, or None when that is
-    plain causal attention (no padding, and a prefill or a one-token step). A left-padding query
-    sees no key; SDPA returns zeros for such rows (torch >= 2.5), exactly as in the reference, so a training loss
-    that reads the last padding position's logits matches it too."""
-    keys = attention_mask.bool()
-    if (past == 0 or queries == 1) and bool(keys.all()):
-        return None  # plain causal attention (SDPA's is_causal path skips the blocks above the diagonal)
-    rows = torch.arange(past, past + queries, device=keys.device)[:, None]
-    cols = torch.arange(keys.shape[1], device=keys.device)[None, :]
-    return ((cols <= rows)[None] & keys[:, None, :])[:, None]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The model
 
@@ -496,16 +402,9 @@ class AF3Model(nn.Module):
         return embeds[keep]
 
     def embed(self, input_ids, input_features=None, input_features_mask=None) -> torch.Tensor:
-        embeds = self.decoder.embed(input_ids.to(self.device))
-        slots = input_ids.to(self.device) == self.config.audio_token_id
-        if input_features is None:
-            if bool(slots.any()):
-                raise ValueError("the prompt has audio placeholders but no audio features were given")
-            return embeds
-        audio = self.audio_embeddings(input_features, input_features_mask)
-        if int(slots.sum()) != audio.shape[0]:
-            raise ValueError(f"{int(slots.sum())} audio placeholders for {audio.shape[0]} audio frames")
-        return embeds.masked_scatter(slots[..., None], audio.to(embeds.dtype))
+        input_ids = input_ids.to(self.device)
+        audio = None if input_features is None else self.audio_embeddings(input_features, input_features_mask)
+        return scatter_placeholders(self.decoder.embed(input_ids), input_ids, self.config.audio_token_id, audio, "audio")
 
     def forward(self, input_ids, attention_mask=None, input_features=None, input_features_mask=None,
                 labels=None, position_ids=None) -> AF3Output:
@@ -521,7 +420,7 @@ class AF3Model(nn.Module):
             length = int(position_ids.max()) + 1
         embeds = self.embed(input_ids, input_features, input_features_mask)
         hidden = self.decoder(embeds, position_ids, causal_mask(mask, input_ids.shape[1]), length)
-        logits = self.decoder.head(hidden)
+        logits = self.decoder.logits(hidden)
         loss = None
         if labels is not None:
             targets = F.pad(labels.to(self.device), (0, 1), value=-100)[:, 1:]
@@ -530,20 +429,6 @@ class AF3Model(nn.Module):
 
 
     # --- generation ----------------------------------------------------------------------------------------
-
-    def new_cache(self, batch: int, length: int) -> list[list]:
-        """Preallocated keys and values for `length` positions: per layer [keys, values, filled]."""
-        c = self.config.decoder
-        shape = (batch, c.kv_heads, length, c.head_dim)
-        return [[torch.empty(shape, device=self.device, dtype=self.dtype),
-                 torch.empty(shape, device=self.device, dtype=self.dtype), 0] for _ in range(c.layers)]
-
-    def _step(self, embeds, positions, mask, cache, past: int) -> torch.Tensor:
-        """Last-position logits [B, vocab] for `embeds` appended after `past` cached positions."""
-        for layer_cache in cache:
-            layer_cache[2] = past
-        hidden = self.decoder(embeds, positions, causal_mask(mask, embeds.shape[1], past), past + embeds.shape[1], cache)
-        return self.decoder.head(hidden[:, -1]).float()
 
     @torch.inference_mode()
     def generate(
@@ -566,35 +451,31 @@ class AF3Model(nn.Module):
         temperature 0 is greedy; otherwise logits / temperature, then top-k, then top-p (nucleus) filtering, then
         a draw. Positions are those transformers' generate uses (cumulative count of real tokens). The keys and
         values live in one preallocated cache. `on_tokens(step_ids [B])` is called after every step (streaming)."""
-        check_sampling(max_new_tokens, temperature, top_k, top_p)
         input_ids = input_ids.to(self.device)
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device).long()
-        stops = torch.tensor(stop_tokens if stop_tokens is not None else self.stop_tokens(), device=self.device)
-        pad = pad_id if pad_id is not None else (self.processor.pad_id if self.processor is not None else 0)
-        batch, prompt = input_ids.shape
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
+        tokens = self.tokens(input_ids, mask, input_features, input_features_mask, max_new_tokens, temperature, top_k,
+                             top_p, stop_tokens, pad_id, generator)
+        produced = []
+        for token in tokens:
+            produced.append(token)
+            if on_tokens is not None:
+                on_tokens(token)
+        return torch.stack(produced, dim=1)
+
+    def tokens(self, input_ids, attention_mask, input_features=None, input_features_mask=None, max_new_tokens=256,
+               temperature=0.0, top_k=None, top_p=None, stop_tokens=None, pad_id=None, generator=None):
+        """`generate` as a generator: each step's tokens [B] as they are chosen."""
+        check_sampling(max_new_tokens, temperature, top_k, top_p)
+        prompt = input_ids.shape[1]
         context = self.config.decoder.max_positions
         if prompt + max_new_tokens > context:
             raise ValueError(f"a prompt of {prompt} tokens plus max_new_tokens={max_new_tokens} exceeds "
                              f"{self.name}'s context of {context} tokens")
-        cache = self.new_cache(batch, prompt + max_new_tokens)
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        logits = self._step(self.embed(input_ids, input_features, input_features_mask), positions, mask, cache, 0)
-        next_position = positions[:, -1:] + 1
-        running = torch.ones(batch, dtype=torch.bool, device=self.device)
-        produced = []
-        for step in range(max_new_tokens):
-            token = _choose(logits, temperature, top_k, top_p, generator)
-            token = torch.where(running, token, torch.full_like(token, pad))
-            produced.append(token)
-            if on_tokens is not None:
-                on_tokens(token)
-            running &= ~torch.isin(token, stops)
-            if not bool(running.any()) or step + 1 == max_new_tokens:
-                break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            logits = self._step(self.decoder.embed(token[:, None]), next_position, mask, cache, prompt + step)
-            next_position = next_position + 1
-        return torch.stack(produced, dim=1)
+        stops = tuple(stop_tokens if stop_tokens is not None else self.stop_tokens())
+        pad = pad_id if pad_id is not None else (self.processor.pad_id if self.processor is not None else 0)
+        embeds = self.embed(input_ids, input_features, input_features_mask)
+        return generate_tokens(self.decoder, embeds, attention_mask, max_new_tokens, temperature, top_k, top_p,
+                               stops, pad, generator)
 
     # --- chat and transcription ---------------------------------------------------------------------------
 
@@ -627,44 +508,31 @@ class AF3Model(nn.Module):
         return self.processor.tokenizer.decode(kept)
 
     def _stream(self, inputs: AF3Inputs, options: dict):
-        """Text pieces as tokens arrive (a piece waits while its UTF-8 bytes are incomplete)."""
-        import queue
-        import threading
-
-        pieces: queue.Queue = queue.Queue()
-        produced: list[int] = []
+        """Text pieces as tokens arrive (a piece waits while its UTF-8 bytes are incomplete); joined, exactly
+        the non-streamed reply. The generation runs as this generator is iterated: no thread."""
+        model_inputs = inputs.model_inputs()
+        model_inputs.pop("labels", None)
         stops = set(self.stop_tokens())
-        state = {"text": ""}
-
-        def on_tokens(step: torch.Tensor) -> None:
-            token = int(step[0])
-            if token in stops or state.get("stopped"):
-                state["stopped"] = True  # later steps of a stopped row are padding
-                return
-            produced.append(token)
+        produced: list[int] = []
+        shown = ""
+        with torch.inference_mode():  # per step, so that inference mode does not leak to the caller between pieces
+            tokens = self.tokens(**model_inputs, **options)
+        while True:
+            with torch.inference_mode():
+                step = next(tokens, None)
+            if step is None or int(step[0]) in stops:
+                break
+            produced.append(int(step[0]))
             text = self.processor.tokenizer.decode(produced)
             if text.endswith("\ufffd"):  # a character whose bytes are not all there yet
-                return
-            pieces.put(text[len(state["text"]):])
-            state["text"] = text
-
-        def run() -> None:
-            try:
-                self.generate(**inputs.model_inputs(), on_tokens=on_tokens, **options)
-                # an answer that ends inside a multi-byte character: the rest, as the non-streamed decode has it
-                final = self.processor.tokenizer.decode(produced)
-                if final != state["text"]:
-                    pieces.put(final[len(state["text"]):] if final.startswith(state["text"]) else final)
-            except BaseException as err:  # handed to the consumer
-                pieces.put(err)
-            pieces.put(None)
-
-        threading.Thread(target=run, daemon=True).start()
-        while (piece := pieces.get()) is not None:
-            if isinstance(piece, BaseException):
-                raise piece
-            if piece:
-                yield piece
+                continue
+            if text[len(shown):]:
+                yield text[len(shown):]
+            shown = text
+        # an answer that ends inside a multi-byte character: the rest, as the non-streamed decode has it
+        final = self.processor.tokenizer.decode(produced)
+        if final != shown:
+            yield final[len(shown):] if final.startswith(shown) else final
 
     def transcribe(self, audio, prompt: str | None = None, chunk_seconds: float = 30.0, max_new_tokens: int = 512,
                    batch_size: int = 4, on_truncated: str = "error") -> "Transcript":
@@ -726,38 +594,6 @@ def quiet_cuts(signal: np.ndarray, chunk_seconds: float, search_seconds: float =
     return cuts + [len(signal)]
 
 
-def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Generation options, checked before any work (a NaN temperature would sample garbage)."""
-    import math
-
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a whole number of at least 1, got {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a whole number of at least 1, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-
-
-def _choose(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-            generator: torch.Generator | None) -> torch.Tensor:
-    """The next token per row: argmax when temperature is 0, else a draw after temperature, top-k, top-p."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0 < top_p < 1:
-        ordered, order = logits.sort(dim=-1, descending=False)
-        cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
-        drop = cumulative <= 1 - top_p
-        drop[:, -1] = False  # the most likely token always stays
-        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Checkpoint layout: transformers' save_pretrained (the hub's audio-flamingo-3-hf), sharded safetensors
 
@@ -770,17 +606,6 @@ ENCODER_LAYER: KeyMap = {
     "final_layer_norm.weight": "mlp_norm.weight", "final_layer_norm.bias": "mlp_norm.bias",
     "fc1.weight": "fc1.weight", "fc1.bias": "fc1.bias", "fc2.weight": "fc2.weight", "fc2.bias": "fc2.bias",
 }
-DECODER_LAYER: KeyMap = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn.q.weight", "self_attn.q_proj.bias": "attn.q.bias",
-    "self_attn.k_proj.weight": "attn.k.weight", "self_attn.k_proj.bias": "attn.k.bias",
-    "self_attn.v_proj.weight": "attn.v.weight", "self_attn.v_proj.bias": "attn.v.bias",
-    "self_attn.o_proj.weight": "attn.o.weight",
-    "post_attention_layernorm.weight": "mlp_norm.weight",
-    "mlp.gate_proj.weight": "mlp.gate.weight", "mlp.up_proj.weight": "mlp.up.weight",
-    "mlp.down_proj.weight": "mlp.down.weight",
-}
-
 LAYOUTS: dict[str, KeyMap] = {
     "transformers": {
         "audio_tower.conv1.weight": "encoder.conv1.weight", "audio_tower.conv1.bias": "encoder.conv1.bias",
@@ -791,12 +616,10 @@ LAYOUTS: dict[str, KeyMap] = {
         "multi_modal_projector.linear_1.bias": "projector.fc1.bias",
         "multi_modal_projector.linear_2.weight": "projector.fc2.weight",
         "multi_modal_projector.linear_2.bias": "projector.fc2.bias",
-        "language_model.model.embed_tokens.weight": "decoder.embed.weight",
-        "language_model.model.norm.weight": "decoder.norm.weight",
-        "language_model.lm_head.weight": "decoder.head.weight",
     }
     | {f"audio_tower.layers.{{i}}.{k}": f"encoder.layers.{{i}}.{v}" for k, v in ENCODER_LAYER.items()}
-    | {f"language_model.model.layers.{{i}}.{k}": f"decoder.layers.{{i}}.{v}" for k, v in DECODER_LAYER.items()},
+    # Qwen2.5: q/k/v biases, an untied head, whatever the size
+    | transformers_key_map(DecoderConfig(qkv_bias=True, tie_embeddings=False), "language_model.", "decoder."),
 }
 
 

@@ -13,7 +13,9 @@ decode step makes no tensor and needs no host sync), the 2-D towers key theirs b
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Callable, Hashable
 
 import torch
@@ -70,15 +72,42 @@ def apply_rope_pairs(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tenso
     return rotated.add_(swapped).to(x.dtype)
 
 
+@dataclass(frozen=True)
+class Llama3Scaling:
+    """Llama 3.1+'s frequency scaling (rope_type "llama3"): long wavelengths slowed by `factor`, short ones
+    kept, the band between interpolated."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_positions: int
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: Llama3Scaling | None = None,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+    """[head_dim / 2] float32 frequencies theta^(-2i/head_dim), scaled as Llama 3 does when asked."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    if scaling is None:
+        return freqs
+    low_wavelength = scaling.original_max_positions / scaling.low_freq_factor
+    high_wavelength = scaling.original_max_positions / scaling.high_freq_factor
+    wavelength = 2 * math.pi / freqs
+    scaled = torch.where(wavelength > low_wavelength, freqs / scaling.factor, freqs)
+    smooth = (scaling.original_max_positions / wavelength - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = ~(wavelength < high_wavelength) & ~(wavelength > low_wavelength)
+    return torch.where(medium, smoothed, scaled)
+
+
 def rope_1d_angles(head_dim: int, positions: int | torch.Tensor, theta: float,
-                   device: torch.device | str | None = None) -> torch.Tensor:
+                   device: torch.device | str | None = None, scaling: Llama3Scaling | None = None) -> torch.Tensor:
     """Angles [T, head_dim / 2], float32: position p times frequency theta^(-2i/head_dim), as every
     reference computes them (frequencies in float32, one float32 product per angle). Made on `device`
     (that of `positions` when they are a tensor)."""
     if isinstance(positions, int):
         positions = torch.arange(positions, device=device)
-    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim))
-    return positions.float()[:, None] * freqs
+    return positions.float()[:, None] * rope_frequencies(head_dim, theta, scaling, positions.device)
 
 
 class RopeTables:
@@ -112,14 +141,16 @@ class Rope1D:
     capped at `limit`. `convention` is "halves" (`apply_rope_halves`: each angle for channel i and i + D/2)
     or "pairs" (`apply_rope_pairs`: each angle twice in a row, sin signed as `rope_tables` does)."""
 
-    def __init__(self, head_dim: int, theta: float, convention: str, limit: int | None = None, keep: int = 4):
+    def __init__(self, head_dim: int, theta: float, convention: str, limit: int | None = None, keep: int = 4,
+                 scaling: Llama3Scaling | None = None):
         if convention not in ("halves", "pairs"):
             raise ValueError(f"convention must be 'halves' or 'pairs', got {convention!r}")
         self.head_dim, self.theta, self.convention, self.limit = head_dim, theta, convention, limit
+        self.scaling = scaling
         self._tables = RopeTables(self._build, keep)
 
     def _build(self, capacity: int, device: torch.device) -> Tables:
-        angles = rope_1d_angles(self.head_dim, capacity, self.theta, device=device)
+        angles = rope_1d_angles(self.head_dim, capacity, self.theta, device=device, scaling=self.scaling)
         if self.convention == "pairs":
             return rope_tables(angles.repeat_interleave(2, dim=-1))
         angles = torch.cat([angles, angles], dim=-1)
