@@ -53,3 +53,20 @@ def test_registering_an_architecture_twice_differently_is_refused():
     pe.register_arch(base)  # the same again: a no-op
     with pytest.raises(ValueError, match="already registered"):
         pe.register_arch(replace(base, vision=replace(base.vision, layers=3)))
+
+
+def test_tasks_refuse_models_that_cannot_do_them(tiny_entries, media):
+    """A model that cannot do a task is a CapabilityError naming the models that can, before any work."""
+    import sensorium as sn
+    from sensorium.errors import CapabilityError, SensoriumError
+
+    clip = sn.load("test-clip_tiny", device="cpu")
+    tower = sn.load("test-lang_tiny", device="cpu")
+    wav = media / "speech.wav"
+    with pytest.raises(CapabilityError, match="tag needs an AST model"):
+        sn.tag(wav, model=clip)
+    with pytest.raises(CapabilityError, match="localize needs a PE-A-Frame model"):
+        sn.localize(wav, ["rain"], model=clip)
+    with pytest.raises(CapabilityError, match="feature tower"):
+        sn.embed(media / "cat.png", model=tower)
+    assert issubclass(CapabilityError, SensoriumError) and issubclass(CapabilityError, TypeError)

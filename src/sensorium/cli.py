@@ -406,22 +406,18 @@ def _check_device(args, task: str) -> bool:
 def _load_model(args, task: str, need_text: bool):
     """The model for a task, or None after printing why it cannot be used."""
     from sensorium.errors import SensoriumError
-    from sensorium.tasks.visual import require_clip
     from sensorium.loading import load
+    from sensorium.tasks.capabilities import AudioTagger, AudioVideoEmbedder, FrameLocalizer, require
+    from sensorium.tasks.visual import require_clip
 
     try:
         model = load(args.model, config=args.config, device=args.device, dtype=args.dtype)
         if task == "tag":
-            if not hasattr(model, "labels"):
-                raise TypeError(f"{model.name} is not an audio tagger; tag needs an AST model (sensorium models --task tag)")
-        elif task in ("embed", "classify") and hasattr(model, "encode_audio_video"):  # PE-AV
-            if need_text:
-                model.tokenize(["probe"])
-        elif task == "localize":
-            if not hasattr(model, "frame_logits"):
-                raise TypeError(f"{model.name} is not a frame-level model; localize needs a PE-A-Frame model "
-                                "(sensorium models --task localize)")
-            model.tokenize(["probe"])  # a missing tokenizer is the model's problem, not each file's
+            require(model, task, AudioTagger)
+        elif task in ("embed", "classify") and isinstance(model, AudioVideoEmbedder):
+            require(model, task, AudioVideoEmbedder, need_text=need_text)
+        elif task == "localize":  # a missing tokenizer is the model's problem, not each file's
+            require(model, task, FrameLocalizer, need_text=True)
         else:
             require_clip(model, task, need_text)
     except (SensoriumError, OSError, ValueError, TypeError) as err:
@@ -657,7 +653,9 @@ def run_classify(args) -> int:
 
 def _av_options(args, model) -> dict | None:
     """The PE-AV options of embed/classify, or None for other models."""
-    if not hasattr(model, "encode_audio_video"):
+    from sensorium.tasks.capabilities import AudioVideoEmbedder
+
+    if not isinstance(model, AudioVideoEmbedder):
         return None
     return {"modality": args.modality, "window": args.window, "hop": args.hop}
 
@@ -773,12 +771,11 @@ def run_localize(args) -> int:
 def _load_listener(args, task: str):
     from sensorium.errors import SensoriumError
     from sensorium.loading import load
+    from sensorium.tasks.capabilities import AudioListener, require
 
     try:
         model = load(args.model, config=args.config, device=args.device, dtype=args.dtype)
-        if not hasattr(model, "transcribe"):
-            raise TypeError(f"{model.name} does not answer questions about audio; {task} needs audio-flamingo-3")
-        model.process([{"role": "user", "content": "probe"}])  # tokenizer and chat template are there
+        require(model, task, AudioListener, need_text=True)  # tokenizer and chat template are there
     except (SensoriumError, OSError, ValueError, TypeError) as err:
         print(f"sensorium {task}: cannot use model {args.model}:\n{err}", file=sys.stderr)
         return None

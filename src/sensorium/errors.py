@@ -7,6 +7,18 @@ class SensoriumError(Exception):
     """Base class of sensorium's errors."""
 
 
+class InputError(SensoriumError, ValueError):
+    """An argument that cannot be used (a value out of range, an option that does not apply)."""
+
+
+class MissingFileError(SensoriumError, FileNotFoundError):
+    """A file the model needs beside its weights (tokenizer, chat template) is not there."""
+
+
+class CapabilityError(SensoriumError, TypeError):
+    """A model asked for something it does not do (tagging with a CLIP model, text with a vision-only one)."""
+
+
 class WeightsError(SensoriumError, ValueError):
     """A checkpoint that cannot be read or does not match the model."""
 

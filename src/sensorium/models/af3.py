@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensorium.features import whisper
+from sensorium.errors import MissingFileError
 from sensorium.keymaps import KeyMap
 from sensorium.models.family import Family
 from sensorium.nn.decoder import Decoder, DecoderConfig, causal_mask, config_from_transformers, transformers_key_map
@@ -379,6 +380,12 @@ class AF3Model(nn.Module):
         return self.config.name
 
     @property
+    def has_text(self) -> bool:
+        return self.processor is not None
+
+    text_missing = "no tokenizer/chat template was found beside the weights"
+
+    @property
     def device(self) -> torch.device:
         return self.decoder.embed.weight.device
 
@@ -389,7 +396,7 @@ class AF3Model(nn.Module):
     def process(self, conversations, output_labels: bool = False, long_audio: str = "error",
                 on_truncated: str = "error") -> AF3Inputs:
         if self.processor is None:
-            raise FileNotFoundError(f"{self.name}: no tokenizer/chat template was found beside the weights")
+            raise MissingFileError(f"{self.name}: {self.text_missing}")
         return self.processor(conversations, output_labels=output_labels, long_audio=long_audio,
                               on_truncated=on_truncated)
 
@@ -540,7 +547,7 @@ class AF3Model(nn.Module):
         move to the quietest 20 ms within the 3 s before each cut, each chunk transcribed (the model's framing
         sentence stripped), joined; per-chunk timestamps in `segments`."""
         if self.processor is None:
-            raise FileNotFoundError(f"{self.name}: no tokenizer/chat template was found beside the weights")
+            raise MissingFileError(f"{self.name}: {self.text_missing}")
         if not 1.0 <= chunk_seconds <= 30.0:
             raise ValueError("chunk_seconds must be between 1 and 30 (one encoder window)")
         signal = self.processor.load(audio, on_truncated=on_truncated)

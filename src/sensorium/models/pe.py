@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensorium.nn import Mlp, RopeTables, TransformerBlock, rope_2d_angles, rope_tables
+from sensorium.errors import CapabilityError
 from sensorium.keymaps import Concat, KeyMap, Transposed, ZeroBiasDropped, prefixed
 from sensorium.models.family import Family
 
@@ -271,12 +272,15 @@ class PECoreModel(PEVisionModel):
             raise TypeError(f"{self.name} has no text tower")
         return self.config.text
 
+    @property
+    def has_text(self) -> bool:
+        return self.text is not None
+
+    text_missing = "timm checkpoints hold the vision tower only; load the original or open_clip weights"
+
     def _require_text(self) -> TextTransformer:
         if self.text is None:
-            raise TypeError(
-                f"{self.name} was loaded without its text tower (timm checkpoints hold the vision tower only); "
-                "load the original or open_clip weights for text embeddings"
-            )
+            raise CapabilityError(f"{self.name} was loaded without its text tower ({self.text_missing}) for text embeddings")
         return self.text
 
     @property

@@ -38,6 +38,7 @@ from sensorium.models import pe
 from sensorium.models.pe import TIMM_VISION, ORIGINAL_VISION, VisionConfig, VisionTransformer
 from sensorium.features.windows import window_starts
 from sensorium.nn import RMSNorm, Rope1D, SwiGLU, apply_rope_halves, apply_rope_pairs
+from sensorium.errors import MissingFileError
 from sensorium.keymaps import FirstHalf, KeyMap, Unused, prefixed
 from sensorium.models.family import Family
 
@@ -537,6 +538,12 @@ class _PEAudioModel(nn.Module):
         return self.config.name
 
     @property
+    def has_text(self) -> bool:
+        return self.tokenizer_file is not None
+
+    text_missing = "no tokenizer.json was found beside the weights"
+
+    @property
     def device(self) -> torch.device:
         return self.audio.data_proj.weight.device
 
@@ -564,7 +571,7 @@ class _PEAudioModel(nn.Module):
         """ModernBERT ids and mask ([CLS] ... [SEP], truncated at 512, padded to the longest)."""
         if self._tokenizer is None:
             if self.tokenizer_file is None:
-                raise FileNotFoundError(f"{self.name}: no tokenizer.json was found beside the weights")
+                raise MissingFileError(f"{self.name}: {self.text_missing}")
             from sensorium.text.tokenizer_json import JsonTokenizer
 
             self._tokenizer = JsonTokenizer(self.tokenizer_file, self.config.text.max_tokens, self.config.text.pad_id)

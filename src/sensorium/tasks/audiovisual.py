@@ -42,7 +42,9 @@ class AVResult:
 
 
 def is_audio_visual(model) -> bool:
-    return hasattr(model, "encode_audio_video")
+    from sensorium.tasks.capabilities import AudioVideoEmbedder
+
+    return isinstance(model, AudioVideoEmbedder)
 
 
 def windows_for(duration: float, window: float, hop: float) -> list[tuple[float, float]]:

@@ -159,8 +159,9 @@ def localize(
 
     if isinstance(model, str):
         model = load(model, device=device)
-    if not hasattr(model, "frame_logits"):
-        raise TypeError(f"{getattr(model, 'name', model)} is not a frame-level model (use a pe-a-frame model)")
+    from sensorium.tasks.capabilities import FrameLocalizer, require
+
+    require(model, "localize", FrameLocalizer, need_text=True)
     inputs = as_input_list(inputs)
     if isinstance(queries, str):
         queries = [queries]

@@ -312,7 +312,10 @@ def tag(
     inputs = as_input_list(inputs)
     check_count("top_k", top_k)
     check_count("batch_size", batch_size)
+    from sensorium.tasks.capabilities import AudioTagger, require
+
     model = load(model, device=device, dtype=dtype) if isinstance(model, str) else model
+    require(model, "tag", AudioTagger)
     items = expand_inputs(inputs, modalities=("audio", "video"))
     return list(iter_tag(model, items, top_k, threshold, window, hop, pooling, batch_size,
                          on_truncated="warn" if allow_truncated else "error"))

@@ -43,12 +43,9 @@ class VisualResult:
 
 def require_clip(model, task: str, need_text: bool = False) -> None:
     """Embedding tasks need a PE-Core model (and its text tower for texts and labels)."""
-    if not hasattr(model, "encode_image"):
-        kind = "a feature tower (PE-Lang / PE-Spatial)" if hasattr(model, "image_features") else "not an image model"
-        raise TypeError(f"{model.name} is {kind} without an embedding head; {task} needs a PE-Core model")
-    if need_text and getattr(model, "text", None) is None:
-        raise TypeError(f"{model.name} was loaded without its text tower (timm checkpoints hold the vision tower "
-                        f"only); {task} with text needs the original or open_clip weights")
+    from sensorium.tasks.capabilities import ImageTextEmbedder, require
+
+    require(model, task, ImageTextEmbedder, need_text=need_text)
 
 
 def default_workers() -> int:
