@@ -16,18 +16,14 @@ alternate; medians of the rounds; peak RSS per process.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Run as a script, this file's folder comes first on sys.path, and benchmarks/ast.py would shadow the stdlib `ast`.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import json
 import os
 import platform
 import statistics
 import subprocess
+import sys
+from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"

@@ -14,12 +14,6 @@ each round and the table gives medians. Both sides' embeddings are saved and com
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Run as a script, this file's folder comes first on sys.path, and benchmarks/ast.py would shadow the stdlib `ast`.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import json
 import os

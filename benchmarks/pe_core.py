@@ -12,12 +12,6 @@ without using it for these models, so that environment gets a small import stub 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Run as a script, this file's folder comes first on sys.path, and benchmarks/ast.py would shadow the stdlib `ast`.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import json
 import os

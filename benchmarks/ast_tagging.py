@@ -1,8 +1,8 @@
 """AST tagging speed and memory: sensorium vs transformers 5.23 on the same weights and clips.
 
-    python benchmarks/ast.py features     # (a) Kaldi fbank of 100 ten-second clips vs ASTFeatureExtractor
-    python benchmarks/ast.py tag          # (b) end to end from files: decode + features + model, fp32 and bf16
-    python benchmarks/ast.py long         # (c) `sensorium tag` on a one-hour file: wall time and peak RSS
+    python benchmarks/ast_tagging.py features     # (a) Kaldi fbank of 100 ten-second clips vs ASTFeatureExtractor
+    python benchmarks/ast_tagging.py tag          # (b) end to end from files: decode + features + model, fp32 and bf16
+    python benchmarks/ast_tagging.py long         # (c) `sensorium tag` on a one-hour file: wall time and peak RSS
 
 Weights: the AudioSet geometry (768 wide, 12 layers, 1214 tokens, 527 labels) with random values, written by
 transformers' save_pretrained and loaded by both sides. Clips: 10 s, 48 kHz stereo FLAC (so both sides
@@ -14,12 +14,6 @@ alternate within each round; tables give medians.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Run as a script, this file's folder comes first on sys.path and its name would shadow the stdlib `ast`.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import json
 import os
@@ -27,7 +21,9 @@ import platform
 import resource
 import statistics
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
