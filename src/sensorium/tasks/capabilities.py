@@ -39,12 +39,13 @@ class AudioListener(Protocol):  # Audio Flamingo 3
     def transcribe(self, audio, prompt=None): ...
 
 
-WHO = {
-    ImageTextEmbedder: "a PE-Core model (sensorium models --task embed)",
-    AudioVideoEmbedder: "a PE-AV model (sensorium models --task embed)",
-    AudioTagger: "an AST model (sensorium models --task tag)",
-    FrameLocalizer: "a PE-A-Frame model (sensorium models --task localize)",
-    AudioListener: "audio-flamingo-3 (sensorium models --task ask)",
+# What is said when a model lacks the capability ({name}: the model, {task}: the verb).
+REFUSALS = {
+    ImageTextEmbedder: "{name} is {kind} without an embedding head; {task} needs a PE-Core model",
+    AudioVideoEmbedder: "{name} is not an audio-video model; {task} needs a PE-AV model (sensorium models --task embed)",
+    AudioTagger: "{name} is not an audio tagger; {task} needs an AST model (sensorium models --task tag)",
+    FrameLocalizer: "{name} is not a frame-level model; {task} needs a PE-A-Frame model (sensorium models --task localize)",
+    AudioListener: "{name} does not answer questions about audio; {task} needs audio-flamingo-3",
 }
 
 
@@ -52,13 +53,12 @@ def name_of(model) -> str:
     return getattr(model, "name", None) or type(model).__name__
 
 
-def require(model, task: str, *capabilities: type, need_text: bool = False) -> None:
-    """`model` has one of `capabilities` (and its text side when `need_text`), else CapabilityError."""
-    if not any(isinstance(model, capability) for capability in capabilities):
-        wanted = " or ".join(WHO[c] for c in capabilities)
-        what = "a feature tower (PE-Lang / PE-Spatial) without an embedding head" if hasattr(model, "image_features") \
-            and not hasattr(model, "encode_image") else "not such a model"
-        raise CapabilityError(f"{name_of(model)} is {what}; {task} needs {wanted}")
+def require(model, task: str, capability: type, need_text: bool = False) -> None:
+    """`model` has `capability` (and its text side when `need_text`), else CapabilityError."""
+    if not isinstance(model, capability):
+        tower = hasattr(model, "image_features") and not hasattr(model, "encode_image")
+        kind = "a feature tower (PE-Lang / PE-Spatial)" if tower else "not an image model"
+        raise CapabilityError(REFUSALS[capability].format(name=name_of(model), task=task, kind=kind))
     if need_text and not getattr(model, "has_text", False):
         raise CapabilityError(f"{name_of(model)} was loaded without its text side ({model.text_missing}); "
                               f"{task} with text needs it")
