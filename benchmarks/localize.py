@@ -209,7 +209,7 @@ def chunks(models: list[str], seconds: int, repeats: int) -> None:
     import statistics
 
     sys.path.insert(0, str(ROOT / "src"))
-    from sensorium.models.pe_av import CODEC_CHUNK, STREAM_CODEC_CHUNK
+    from sensorium.models.pe_audio import CODEC_CHUNK, STREAM_CODEC_CHUNK
 
     print(f"machine: {machine()}", flush=True)
     audio = make_audio(seconds, OUT / f"localize-{seconds}s.flac")

@@ -146,7 +146,8 @@ def worker(side: str, kind: str, dtype_name: str, count: int) -> None:
     else:
         sys.path.insert(0, str(HERE.parent / "src"))
         import sensorium as sn
-        from sensorium.models.pe_av import AudioBatch, VideoBatch
+        from sensorium.models.pe_audio import AudioBatch
+        from sensorium.models.pe_av import VideoBatch
 
         model = sn.load(WEIGHTS, device="cpu", dtype=dtype)
         if kind == "audio":

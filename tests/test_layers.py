@@ -22,7 +22,9 @@ PENDING = {
     ("models.af3", "features"), ("models.af3", "media"), ("models.af3", "text"),
     ("models.ast", "features"), ("models.ast", "media"),
     ("models.pe", "features"), ("models.pe", "text"),
-    ("models.pe_av", "features"), ("models.pe_av", "media"), ("models.pe_av", "text"),
+    ("models.pe_audio", "features"), ("models.pe_audio", "media"), ("models.pe_audio", "text"),
+    ("models.pe_av", "features"), ("models.pe_av", "media"),
+    ("models.pe_a_frame", "features"), ("models.pe_a_frame", "media"),
 }
 
 

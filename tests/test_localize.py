@@ -68,7 +68,7 @@ def test_windows_average_overlaps(model):
 
 
 def test_post_processing():
-    from sensorium.models.pe_av import detect_runs, runs_to_seconds
+    from sensorium.models.pe_a_frame import detect_runs, runs_to_seconds
 
     on, off = 4.0, -4.0
     logits = torch.tensor([on, on, off, on, on, off, off, off, on, off, on, on, on])
@@ -146,7 +146,7 @@ def whole_latents(model, signal):
 
 
 def test_streaming_codec_is_dac_chunked_rule(model):
-    from sensorium.models.pe_av import CODEC_CHUNK, CODEC_MARGIN, STREAM_CODEC_CHUNK, StreamingCodec
+    from sensorium.models.pe_audio import CODEC_CHUNK, CODEC_MARGIN, STREAM_CODEC_CHUNK, StreamingCodec
 
     rng = np.random.default_rng(5)
     signal = (0.1 * rng.standard_normal(35 * 48000 + 777)).astype(np.float32)  # > 32 s: chunked; a part frame
@@ -181,7 +181,7 @@ def test_streaming_codec_is_dac_chunked_rule(model):
 
 
 def test_streaming_short_and_tiny_clips(model):
-    from sensorium.models.pe_av import StreamingCodec
+    from sensorium.models.pe_audio import StreamingCodec
 
     for length in (100, 1919, 1920, 1921, 48000):  # shorter than a hop (zero-padded), edges, one second
         signal = np.random.default_rng(length).standard_normal(length).astype(np.float32) * 0.1

@@ -246,7 +246,7 @@ def test_aframe_one_audio_many_texts(frame_model, frame_model64):
 
 
 def test_frame_spans_rule():
-    from sensorium.models.pe_av import frame_spans
+    from sensorium.models.pe_a_frame import frame_spans
 
     logits = torch.tensor([5.0, 5.0, -5.0, 5.0, -5.0, -5.0, 5.0])
     assert frame_spans(logits, 0.3, 1920, 48000) == [[0.0, 0.07999999821186066], [0.11999999731779099,

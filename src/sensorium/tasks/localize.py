@@ -98,7 +98,7 @@ def localize_file(
 
 def events_from_logits(model, logits: torch.Tensor, queries: list[str], rules: Rules) -> list[Event]:
     """Events from frame scores [queries, frames], in time order."""
-    from sensorium.models.pe_av import detect_runs, runs_to_seconds
+    from sensorium.models.pe_a_frame import detect_runs, runs_to_seconds
 
     gap = None if rules.merge_gap is None else round(rules.merge_gap / model.frame_seconds)
     shortest = None if rules.min_duration is None else round(rules.min_duration / model.frame_seconds)
