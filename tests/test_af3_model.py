@@ -174,3 +174,13 @@ def test_loads_in_bfloat16(checkpoint, model):
         half = low(**inputs.model_inputs()).logits.float()
     assert (half - full).abs().max() <= 0.1 * full.abs().max()
     assert low.generate(**inputs.model_inputs(), max_new_tokens=3, stop_tokens=()).shape == (1, 3)
+
+
+def test_processed_inputs_unpack_like_transformers(model):
+    """`model(**inputs)` and `model.generate(**inputs)` take what `process` returns, as with transformers."""
+    inputs = model.process(conversations()[:1])
+    assert set(inputs) == {"input_ids", "attention_mask", "input_features", "input_features_mask"}
+    with torch.inference_mode():
+        assert torch.equal(model(**inputs).logits, model(**inputs.model_inputs()).logits)
+        assert torch.equal(model.generate(**inputs, max_new_tokens=3, stop_tokens=()),
+                           model.generate(**inputs.model_inputs(), max_new_tokens=3, stop_tokens=()))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -38,7 +39,10 @@ SAMPLING_RATE = whisper.SAMPLING_RATE
 
 
 @dataclass(frozen=True)
-class AF3Inputs:
+class AF3Inputs(Mapping):
+    """What `process` returns; a mapping of the model's tensor inputs, so `model(**inputs)` and
+    `model.generate(**inputs)` work as with transformers (`audio_tokens` is an attribute, not a key)."""
+
     input_ids: torch.Tensor  # [B, T] int64, left-padded
     attention_mask: torch.Tensor  # [B, T] int64
     input_features: torch.Tensor | None = None  # [W, 128, 3000]: every sample's windows, in order
@@ -49,6 +53,15 @@ class AF3Inputs:
     def model_inputs(self) -> dict[str, torch.Tensor]:
         names = ("input_ids", "attention_mask", "input_features", "input_features_mask", "labels")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.model_inputs()[key]
+
+    def __iter__(self):
+        return iter(self.model_inputs())
+
+    def __len__(self) -> int:
+        return len(self.model_inputs())
 
 
 def _read_json(path: Path) -> dict:
