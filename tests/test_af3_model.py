@@ -184,3 +184,19 @@ def test_processed_inputs_unpack_like_transformers(model):
         assert torch.equal(model(**inputs).logits, model(**inputs.model_inputs()).logits)
         assert torch.equal(model.generate(**inputs, max_new_tokens=3, stop_tokens=()),
                            model.generate(**inputs.model_inputs(), max_new_tokens=3, stop_tokens=()))
+
+
+def test_ask_and_transcribe_task_functions(model, media):
+    """sn.ask / sn.transcribe beside sn.tag: rows per input, a bad input fails alone, answers equal chat's."""
+    speech, silent = media / "speech.wav", media / "dog.mp4"  # dog.mp4 has no audio track
+    rows = sn.transcribe([speech, silent], model=model, max_new_tokens=4)
+    assert [r.path for r in rows] == [str(speech), str(silent)]
+    assert rows[0].error is None and rows[0].transcript.segments and "audio" in rows[1].error
+    (row,) = sn.ask(speech, "What is said?", model=model, max_new_tokens=4)
+    conversation = [{"role": "user", "content": [{"type": "audio", "audio": str(speech)},
+                                                 {"type": "text", "text": "What is said?"}]}]
+    assert row.error is None and row.answer == model.chat(conversation, max_new_tokens=4)
+    with pytest.raises(ValueError, match="question"):
+        sn.ask(speech, " ", model=model)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        sn.ask(speech, "What?", model=model, max_new_tokens=0)

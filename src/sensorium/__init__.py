@@ -9,7 +9,7 @@ import sensorium.models  # noqa: F401  (the package first: importing it binds `s
 from sensorium.catalog import models  # ... `sn.models()`, the catalog listing, is bound after it
 from sensorium.errors import MediaError, SensoriumError, UnknownModelError, WeightsError, WeightsNotFoundError
 from sensorium.loading import load
-from sensorium.tasks import classify, embed, localize, tag
+from sensorium.tasks import ask, classify, embed, localize, tag, transcribe
 
 __version__ = "0.1.0"
 
@@ -20,6 +20,8 @@ __all__ = [
     "classify",
     "tag",
     "localize",
+    "transcribe",
+    "ask",
     "MediaError",
     "SensoriumError",
     "UnknownModelError",

@@ -1,8 +1,10 @@
-"""What users ask for: embed, classify, tag, localize (and later search, ask, transcribe)."""
+"""What users ask for: embed, classify, tag, localize, transcribe, ask (and later search)."""
 
 from sensorium.tasks.classify import ClassifyRow, classify
 from sensorium.tasks.embed import EmbedRow, embed
 from sensorium.tasks.localize import LocalizeRow, localize
+from sensorium.tasks.speech import AskRow, TranscribeRow, ask, transcribe
 from sensorium.tasks.tag import TagRow, tag
 
-__all__ = ["embed", "classify", "tag", "localize", "EmbedRow", "ClassifyRow", "TagRow", "LocalizeRow"]
+__all__ = ["embed", "classify", "tag", "localize", "transcribe", "ask", "EmbedRow", "ClassifyRow", "TagRow",
+           "LocalizeRow", "TranscribeRow", "AskRow"]

@@ -58,3 +58,79 @@ def subtitles(transcript, fmt: str) -> str:
         lines.append(f"{timestamp(segment.start, separator)} --> {timestamp(segment.end, separator)}")
         lines.extend([segment.text, ""])
     return "\n".join(lines)
+
+
+@dataclass
+class AskRow:
+    path: str
+    answer: str | None = None
+    error: str | None = None
+
+
+def _listener(model, device, dtype, task: str):
+    from sensorium.loading import load
+    from sensorium.tasks.capabilities import AudioListener, require
+
+    model = load(model, device=device, dtype=dtype) if isinstance(model, str) else model
+    require(model, task, AudioListener, need_text=True)
+    return model
+
+
+def transcribe(
+    inputs,
+    model=DEFAULT_LISTENER,
+    prompt: str | None = None,
+    chunk_seconds: float = 30.0,
+    max_new_tokens: int = 512,
+    device: str = "auto",
+    dtype=None,
+    allow_truncated: bool = False,
+) -> list[TranscribeRow]:
+    """Speech to text for audio files (and the sound of videos): files, folders and globs, one row per input
+    (`row.transcript.text`, `row.transcript.segments` with times; failed inputs have `error` set)."""
+    from sensorium.tasks.inputs import as_input_list, expand_inputs
+
+    inputs = as_input_list(inputs)
+    model = _listener(model, device, dtype, "transcribe")
+    items = expand_inputs(inputs, modalities=("audio", "video"))
+    return list(iter_transcribe(model, items, prompt, chunk_seconds, max_new_tokens,
+                                on_truncated="warn" if allow_truncated else "error"))
+
+
+def ask(
+    inputs,
+    question: str,
+    model=DEFAULT_LISTENER,
+    max_new_tokens: int = 512,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    device: str = "auto",
+    dtype=None,
+    allow_truncated: bool = False,
+) -> list[AskRow]:
+    """The answer to `question` about each audio file (files, folders, globs), one row per input."""
+    from sensorium.errors import reason_for
+    from sensorium.nn.generation import check_sampling
+    from sensorium.tasks.inputs import as_input_list, expand_inputs
+
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("give a question (a non-empty string)")
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    inputs = as_input_list(inputs)
+    model = _listener(model, device, dtype, "ask")
+    rows = []
+    for item in expand_inputs(inputs, modalities=("audio", "video")):
+        row = AskRow(item.path, error=item.error)
+        if item.error is None:
+            conversation = [{"role": "user", "content": [{"type": "audio", "audio": item.path},
+                                                         {"type": "text", "text": question}]}]
+            try:
+                row.answer = model.chat(conversation, max_new_tokens=max_new_tokens, temperature=temperature,
+                                        top_k=top_k, top_p=top_p, seed=seed,
+                                        on_truncated="warn" if allow_truncated else "error")
+            except (SensoriumError, ValueError, OSError) as err:  # not RuntimeError: out of memory is no bad file
+                row.error = reason_for(err, item.path)
+        rows.append(row)
+    return rows
