@@ -206,8 +206,10 @@ def _identify_local(path: Path) -> Found | None:
         entry = catalog.find(name)
         if entry is not None:
             return Found(path, config_for(entry), entry.family, entry.name)
-    for candidate in families():
-        files = read_config_files(path.parent, candidate.config_files)
+    candidates = families()
+    present = read_config_files(path.parent, tuple(dict.fromkeys(n for c in candidates for n in c.config_files)))
+    for candidate in candidates:
+        files = {name: present[name] for name in candidate.config_files if name in present}
         if not files:
             continue
         try:

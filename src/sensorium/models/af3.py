@@ -32,7 +32,7 @@ from sensorium.errors import MissingFileError
 from sensorium.keymaps import KeyMap
 from sensorium.models.family import Family
 from sensorium.nn.decoder import Decoder, DecoderConfig, causal_mask, config_from_transformers, transformers_key_map
-from sensorium.nn.generation import check_sampling, generate_tokens
+from sensorium.nn.generation import check_generation, check_sampling, generate_tokens
 from sensorium.nn.multimodal import scatter_placeholders
 
 SAMPLING_RATE = whisper.SAMPLING_RATE
@@ -485,12 +485,9 @@ class AF3Model(nn.Module):
     def tokens(self, input_ids, attention_mask, input_features=None, input_features_mask=None, max_new_tokens=256,
                temperature=0.0, top_k=None, top_p=None, stop_tokens=None, pad_id=None, generator=None):
         """`generate` as a generator: each step's tokens [B] as they are chosen."""
-        check_sampling(max_new_tokens, temperature, top_k, top_p)
-        prompt = input_ids.shape[1]
-        context = self.config.decoder.max_positions
-        if prompt + max_new_tokens > context:
-            raise ValueError(f"a prompt of {prompt} tokens plus max_new_tokens={max_new_tokens} exceeds "
-                             f"{self.name}'s context of {context} tokens")
+        # before the audio is encoded, naming the model
+        check_generation(self.config.decoder.max_positions, input_ids.shape[1], max_new_tokens, temperature, top_k,
+                         top_p, who=self.name)
         stops = tuple(stop_tokens if stop_tokens is not None else self.stop_tokens())
         pad = pad_id if pad_id is not None else (self.processor.pad_id if self.processor is not None else 0)
         embeds = self.embed(input_ids, input_features, input_features_mask)

@@ -27,6 +27,16 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
 
 
+def check_generation(context: int, prompt: int, max_new_tokens: int, temperature: float, top_k: int | None,
+                     top_p: float | None, who: str = "the decoder") -> None:
+    """Sampling options and the context limit, checked before any work (callers with costly inputs, such as
+    audio to encode, call it before encoding)."""
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    if prompt + max_new_tokens > context:
+        raise ValueError(f"a prompt of {prompt} tokens plus max_new_tokens={max_new_tokens} exceeds "
+                         f"{who}'s context of {context} tokens")
+
+
 def choose(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
            generator: torch.Generator | None) -> torch.Tensor:
     """The next token per row: argmax when temperature is 0, else a draw after temperature, top-k, top-p."""
@@ -59,15 +69,17 @@ def generate_tokens(
 ) -> Iterator[torch.Tensor]:
     """The next token of every row [B], step by step, after prompts given as input embeddings [B, T, width]
     with their left-padding mask [B, T]. A row that produced a stop id yields `pad_id` from then on; the
-    generator ends when every row has stopped or after `max_new_tokens` steps."""
-    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    generator ends when every row has stopped or after `max_new_tokens` steps. Bad options raise here, at the
+    call, not at the first step."""
+    check_generation(decoder.config.max_positions, attention_mask.shape[1], max_new_tokens, temperature, top_k, top_p)
+    return _steps(decoder, embeds, attention_mask, max_new_tokens, temperature, top_k, top_p, stop_ids, pad_id,
+                  generator)
+
+
+def _steps(decoder, embeds, attention_mask, max_new_tokens, temperature, top_k, top_p, stop_ids, pad_id, generator):
     device = embeds.device
     mask = attention_mask.to(device).long()
     batch, prompt = mask.shape
-    context = decoder.config.max_positions
-    if prompt + max_new_tokens > context:
-        raise ValueError(f"a prompt of {prompt} tokens plus max_new_tokens={max_new_tokens} exceeds the "
-                         f"decoder's context of {context} tokens")
     stops = torch.tensor(stop_ids, device=device, dtype=torch.long)
     cache = decoder.new_cache(batch, prompt + max_new_tokens)
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
