@@ -411,6 +411,10 @@ def check_permissions(folder: str, drop: str) -> None:
     """(Runs in a child process.) Everything is imported first; then, when `drop` is "1", the process becomes
     nobody (65534): the interpreter itself may live where nobody can read, and root ignores file modes."""
     if drop == "1":
+        # PyAV imports some of its modules on first use (av.subtitles when a container opens): use them while
+        # still root, or a checkout nobody can read (a private temporary folder) fails on the import instead
+        load_audio(Path(folder) / "open.wav", 16000)
+        VideoReader(Path(folder) / "closed.mkv")
         os.setgroups([])
         os.setgid(65534)
         os.setuid(65534)
