@@ -58,11 +58,11 @@ def _inputs(batch: int):
 
     import numpy as np
 
-    af3 = importlib.import_module("sensorium.models.af3")
+    af3 = importlib.import_module("sensorium.processors.af3")
     processor = af3.AF3Processor(WEIGHTS)
     rng = np.random.default_rng(0)
     conversations = [[{"role": "user", "content": [
-        {"type": "audio", "audio": (0.1 * rng.standard_normal(16000 * 30)).astype(np.float32)},
+        {"type": "audio", "audio": (0.1 * rng.standard_normal(16000 * 30)).astype(np.float32), "sampling_rate": 16000},
         {"type": "text", "text": "What is surprising about the barking?"}]}] for _ in range(batch)]
     return processor(conversations).model_inputs()
 

@@ -30,6 +30,7 @@ FIXTURES = ROOT / "tests" / "fixtures"
 sys.path.insert(0, str(ROOT / "src"))
 
 import sensorium as sn  # noqa: E402
+import sensorium.processors  # noqa: E402
 
 
 def _audio(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
@@ -74,7 +75,7 @@ def ast(device, dtype):
 
     config = ASTConfig("smoke-ast", tuple(f"label {i}" for i in range(10)), True, hidden_size=64, layers=2, heads=4,
                        intermediate_size=128, max_length=128)
-    m = _seeded(AST(config)).to(device, dtype)
+    m = sensorium.processors.attach(_seeded(AST(config)).to(device, dtype))
     features = m.features([_audio(1.0, 16000), _audio(1.2, 16000, 1)], 16000)
     return lambda: {"logits": m.classify(features)}
 
@@ -103,7 +104,8 @@ def af3(device, dtype):
                               family.DecoderConfig(vocab_size=512, width=64, layers=2, heads=4, kv_heads=2,
                                                    mlp_hidden=96, rope_theta=10000.0), audio_token_id=511)
     m = _seeded(family.AF3Model(config)).to(device, dtype)
-    from sensorium.features.whisper import audio_token_count, log_mel, split_windows
+    from sensorium.features.whisper import log_mel, split_windows
+    from sensorium.models.af3 import audio_token_count
 
     windows, frames = split_windows(torch.from_numpy(_audio(3.0, 16000)), None)
     features = log_mel(windows, 128)

@@ -29,8 +29,8 @@ def synthetic(seconds, seed=0):
 def conversations():
     return [
         [{"role": "user", "content": [{"type": "text", "text": "Transcribe the input speech."},
-                                      {"type": "audio", "audio": synthetic(3.0)}]}],
-        [{"role": "user", "content": [{"type": "audio", "audio": synthetic(40.0, 1)},
+                                      {"type": "audio", "audio": synthetic(3.0), "sampling_rate": 16000}]}],
+        [{"role": "user", "content": [{"type": "audio", "audio": synthetic(40.0, 1), "sampling_rate": 16000},
                                       {"type": "text", "text": "What is surprising about the barking?"}]}],
     ]
 
@@ -128,12 +128,12 @@ def test_chat_stream_and_transcribe(model, checkpoint):
 
     audio = synthetic(70.0, 2)
     audio[16000 * 28 : 16000 * 28 + 320] = 0  # a quiet 20 ms just before the first 30 s cut
-    from sensorium.models.af3 import quiet_cuts
+    from sensorium.processors.af3 import quiet_cuts
 
     cuts = quiet_cuts(audio, 30.0)
     assert cuts[0] == 0 and cuts[-1] == len(audio) and all(b - a <= 30 * 16000 for a, b in zip(cuts, cuts[1:]))
     assert cuts[1] == 16000 * 28 + 160
-    transcript = model.transcribe(audio, max_new_tokens=4)
+    transcript = model.transcribe(audio, max_new_tokens=4, sampling_rate=16000)
     assert [round(s.start, 2) for s in transcript.segments] == [round(c / 16000, 2) for c in cuts[:-1]]
     assert transcript.text == " ".join(s.text for s in transcript.segments if s.text)
 

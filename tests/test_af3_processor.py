@@ -23,7 +23,7 @@ def reference(folder):
 def ours(folder):
     import importlib
 
-    return importlib.import_module("sensorium.models.af3").AF3Processor(folder)
+    return importlib.import_module("sensorium.processors.af3").AF3Processor(folder)
 
 
 def synthetic(seconds: float, seed: int = 0) -> np.ndarray:
@@ -37,7 +37,8 @@ def user(text=None, audio=None, audio_first=False):
     if text is not None:
         items.append({"type": "text", "text": text})
     if audio is not None:
-        items.insert(0 if audio_first else len(items), {"type": "audio", "audio": audio})
+        item = {"type": "audio", "audio": audio} | ({} if isinstance(audio, str) else {"sampling_rate": 16000})
+        items.insert(0 if audio_first else len(items), item)
     return {"role": "user", "content": items}
 
 

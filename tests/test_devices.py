@@ -58,7 +58,8 @@ def sources(ast_models, tmp_path_factory):
 
     def af3_runs(m):
         conversation = [{"role": "user", "content": [{"type": "text", "text": "Transcribe the input speech."},
-                                                     {"type": "audio", "audio": _audio(2.0, 16000)}]}]
+                                                     {"type": "audio", "audio": _audio(2.0, 16000),
+                                                      "sampling_rate": 16000}]}]
         inputs = m.process([conversation, [{"role": "user", "content": "a dog, a train"}]]).model_inputs()
         inputs.pop("labels", None)
         return lambda: {"logits": m(**inputs).logits,

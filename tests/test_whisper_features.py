@@ -55,9 +55,11 @@ def test_45_seconds_two_windows(extractor):
 
 
 def test_window_cap_and_token_counts():
+    from sensorium.models.af3 import audio_token_count
+
     windows, valid = whisper.split_windows(torch.zeros(16000 * 660), 20)
     assert windows.shape[0] == 20 and valid.sum().item() == 60000
     # the processor's table (reference dossier): seconds -> tokens
     for seconds, tokens in ((0.5, 12), (1, 25), (10, 250), (30, 750), (45, 1125), (125.3, 3132), (600, 15000)):
         _, valid = whisper.split_windows(torch.zeros(int(seconds * 16000)), 20)
-        assert whisper.audio_token_count(int(valid.sum())) == tokens, seconds
+        assert audio_token_count(int(valid.sum())) == tokens, seconds

@@ -19,8 +19,9 @@ class CapabilityError(SensoriumError, TypeError):
     """A model asked for something it does not do (tagging with a CLIP model, text with a vision-only one)."""
 
 
-class WeightsError(SensoriumError, ValueError):
-    """A checkpoint that cannot be read or does not match the model."""
+class WeightsError(SensoriumError):
+    """A checkpoint that cannot be read or does not match the model. Not a ValueError: task loops skip bad
+    inputs (ValueError and MediaError), and a broken checkpoint is not a bad input."""
 
 
 class WeightsNotFoundError(WeightsError, FileNotFoundError):

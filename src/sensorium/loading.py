@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from sensorium import catalog
+from sensorium import catalog, processors
 # by name from the package: `sensorium.models` itself is rebound to the catalog's `models()` in __init__
 from sensorium.models import families, family, family_of
 from sensorium.errors import UnknownModelError, WeightsError, WeightsNotFoundError
@@ -115,8 +115,8 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
     tensors, origin, unknown = remap(state, key_map)
     assign_strict(model, tensors, origin, unknown, key_map, display(found.path), precision, target)
     model.eval().requires_grad_(False)
-    if builder.attach is not None:  # files beside the weights the model uses (tokenizer, chat template)
-        builder.attach(model, found.path.parent)
+    # the family's processor, with the files beside the weights it reads (tokenizer, chat template, settings)
+    processors.attach(model, found.path.parent)
     model.source = str(source)
     model.layout = layout
     return model.to(target)  # what the checkpoint does not hold (buffers made at build)

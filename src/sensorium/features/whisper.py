@@ -83,9 +83,3 @@ def split_windows(signal: torch.Tensor, max_windows: int | None) -> tuple[torch.
     windows.view(-1)[: used.shape[-1]] = used
     samples = torch.clamp(torch.tensor(used.shape[-1]) - torch.arange(count) * WINDOW_SAMPLES, 0, WINDOW_SAMPLES)
     return windows, (samples + HOP - 1) // HOP
-
-
-def audio_token_count(frames: int) -> int:
-    """Tokens the encoder leaves for `frames` valid mel frames: conv stride 2, then average pool 2."""
-    after_conv = (frames - 1) // 2 + 1
-    return (after_conv - 2) // 2 + 1

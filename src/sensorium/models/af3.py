@@ -4,30 +4,18 @@ Written from transformers 5.23 (`AudioFlamingo3Processor`, `AudioFlamingo3ForCon
 against it. The model: an AF-Whisper encoder (Whisper-large-v3 layout with k_proj bias-free, q pre-scaled, a
 key-padding mask, then 2x average pooling and a LayerNorm), a Linear-GELU-Linear projector and a Qwen2 decoder
 (GQA, RoPE, RMSNorm, SwiGLU, untied head); projected audio frames replace the `<sound>` embeddings in order.
-The processor: conversations in the seed docs' message format
-(`{"role", "content": [{"type": "text" | "audio", ...}]}`) rendered with the checkpoint's chat template, audio cut
-into 30 s windows of Whisper log-mel features, each `<sound>` placeholder expanded to the number of tokens the
-encoder leaves for its audio, left padding for generation, and training labels.
-
-Where sensorium goes beyond the reference processor: a conversation may hold several audios (each `<sound>`
-gets its own count; transformers refuses), and audio longer than the model's 10 minutes is an error unless
-`long_audio="truncate"` is asked for (transformers truncates with a log message).
+Its processor (conversations -> AF3Inputs, chunked transcription's cuts) is sensorium.processors.af3.
 """
 
 from __future__ import annotations
 
-import json
-import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sensorium.features import whisper
+from sensorium.batches import AF3Inputs
 from sensorium.errors import MissingFileError
 from sensorium.keymaps import KeyMap
 from sensorium.models.family import Family
@@ -35,202 +23,13 @@ from sensorium.nn.decoder import Decoder, DecoderConfig, causal_mask, config_fro
 from sensorium.nn.generation import check_generation, check_sampling, generate_tokens
 from sensorium.nn.multimodal import scatter_placeholders
 
-SAMPLING_RATE = whisper.SAMPLING_RATE
+SAMPLING_RATE = 16000  # the Whisper encoder's rate
 
 
-@dataclass(frozen=True)
-class AF3Inputs(Mapping):
-    """What `process` returns; a mapping of the model's tensor inputs, so `model(**inputs)` and
-    `model.generate(**inputs)` work as with transformers (`audio_tokens` is an attribute, not a key)."""
-
-    input_ids: torch.Tensor  # [B, T] int64, left-padded
-    attention_mask: torch.Tensor  # [B, T] int64
-    input_features: torch.Tensor | None = None  # [W, 128, 3000]: every sample's windows, in order
-    input_features_mask: torch.Tensor | None = None  # [W, 3000] int32, valid mel frames
-    labels: torch.Tensor | None = None  # [B, T]: input_ids with -100 at audio and padding positions
-    audio_tokens: tuple[int, ...] = ()  # tokens of each audio, in order
-
-    def model_inputs(self) -> dict[str, torch.Tensor]:
-        names = ("input_ids", "attention_mask", "input_features", "input_features_mask", "labels")
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        return self.model_inputs()[key]
-
-    def __iter__(self):
-        return iter(self.model_inputs())
-
-    def __len__(self) -> int:
-        return len(self.model_inputs())
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def _audio_of(item: dict):
-    for key in ("audio", "path", "url"):
-        if item.get(key) is not None:
-            return item[key]
-    raise ValueError(f"audio content item without audio (give 'audio' or 'path'): {sorted(item)}")
-
-
-def _is_audio(item) -> bool:
-    return isinstance(item, dict) and (item.get("type") == "audio" or "audio" in item)
-
-
-def as_conversations(conversations) -> list[list[dict]]:
-    """A batch of conversations from what users pass: a string (one user turn), a conversation (a list of
-    message dicts), or a list of either. TypeError says what was expected."""
-    def one(conversation):
-        if isinstance(conversation, str):
-            return [{"role": "user", "content": conversation}]
-        if not isinstance(conversation, (list, tuple)) or not conversation or not all(
-                isinstance(m, dict) and "role" in m and "content" in m for m in conversation):
-            raise TypeError("a conversation is a list of messages like {'role': 'user', 'content': ...} "
-                            f"(or a string for one user turn); got {type(conversation).__name__}")
-        return list(conversation)
-
-    if isinstance(conversations, str) or (isinstance(conversations, (list, tuple)) and conversations
-                                          and isinstance(conversations[0], dict)):
-        return [one(conversations)]
-    if not isinstance(conversations, (list, tuple)):
-        raise TypeError("chat takes a conversation (a list of {'role', 'content'} messages), a string, or a "
-                        f"list of them; got {type(conversations).__name__}")
-    if not conversations:
-        raise ValueError("no conversation given")
-    return [one(c) for c in conversations]
-
-
-def is_single(conversations) -> bool:
-    return isinstance(conversations, str) or (isinstance(conversations, (list, tuple)) and bool(conversations)
-                                              and isinstance(conversations[0], dict))
-
-
-class AF3Processor:
-    """The checkpoint folder's tokenizer.json, chat template and processor settings."""
-
-    def __init__(self, folder: str | Path):
-        from sensorium.text.chat_template import ChatTemplate
-        from sensorium.text.tokenizer_json import JsonTokenizer
-
-        folder = Path(folder)
-        settings = _read_json(folder / "processor_config.json")
-        extractor = settings.get("feature_extractor") or _read_json(folder / "preprocessor_config.json")
-        tokenizer_config = _read_json(folder / "tokenizer_config.json")
-        self.audio_token = settings.get("audio_token", "<sound>")
-        self.default_prompt = settings.get("default_transcription_prompt", "Transcribe the input speech.")
-        self.max_audio_seconds = float(settings.get("max_audio_len", 600))
-        self.num_mel_bins = int(extractor.get("feature_size", 128))
-        if int(extractor.get("sampling_rate", SAMPLING_RATE)) != SAMPLING_RATE or int(extractor.get("chunk_length", 30)) != 30:
-            raise ValueError(f"{folder}: AF3 features are 30 s windows at 16 kHz; this checkpoint says otherwise")
-        self.template = ChatTemplate.from_folder(folder)
-        if self.template is None:
-            raise FileNotFoundError(f"{folder}: no chat template (chat_template.jinja or a chat_template field)")
-        probe = JsonTokenizer(folder / "tokenizer.json", None, 0)
-        pad = tokenizer_config.get("pad_token")
-        pad = pad.get("content") if isinstance(pad, dict) else pad
-        self.pad_id = probe.token_id(pad) if pad else probe.token_id("<|endoftext|>")
-        self.tokenizer = JsonTokenizer(folder / "tokenizer.json", None, self.pad_id, padding_side="left")
-        self.audio_token_id = self.tokenizer.token_id(self.audio_token)
-
-    @property
-    def max_windows(self) -> int:
-        return int(self.max_audio_seconds // 30)
-
-    def render(self, conversation: list[dict], add_generation_prompt: bool = True) -> str:
-        return self.template.render(conversation, add_generation_prompt=add_generation_prompt)
-
-    def load(self, audio, sampling_rate: int | None = None, on_truncated: str = "error") -> np.ndarray:
-        """A path, array or tensor -> float32 mono at 16 kHz (arrays are taken to be at 16 kHz unless told).
-        Non-finite or absurd samples and files that end early are errors (see sensorium.media.audio)."""
-        from sensorium.media.audio import load_audio
-
-        if isinstance(audio, (str, Path)):
-            signal = load_audio(audio, SAMPLING_RATE, on_truncated=on_truncated)
-        else:
-            signal = load_audio(audio, SAMPLING_RATE, source_rate=sampling_rate or SAMPLING_RATE)
-        if len(signal) == 0:
-            from sensorium.errors import MediaError
-
-            raise MediaError(audio if isinstance(audio, (str, Path)) else "<array>", "no audio samples")
-        return signal
-
-    def _windows(self, signal: np.ndarray, source, long_audio: str) -> tuple[torch.Tensor, torch.Tensor]:
-        windows, frames = whisper.split_windows(torch.from_numpy(signal), None)
-        if len(windows) > self.max_windows:
-            seconds = len(signal) / SAMPLING_RATE
-            message = (f"{source}: {seconds:.1f} s of audio, but Audio Flamingo 3 reads at most "
-                       f"{self.max_audio_seconds:.0f} s at once")
-            if long_audio != "truncate":
-                raise ValueError(message + "; transcribe it in chunks, or pass long_audio='truncate' to use the "
-                                 "first 10 minutes")
-            warnings.warn(message + "; using the first 10 minutes", stacklevel=3)
-            windows, frames = windows[: self.max_windows], frames[: self.max_windows]
-        return windows, frames
-
-    def __call__(self, conversations, output_labels: bool = False, long_audio: str = "error",
-                 add_generation_prompt: bool = True, on_truncated: str = "error") -> AF3Inputs:
-        """One conversation (a list of messages, or a plain string for one user turn) or a list of them ->
-        model inputs."""
-        if long_audio not in ("error", "truncate"):
-            raise ValueError("long_audio must be 'error' or 'truncate'")
-        conversations = as_conversations(conversations)
-        sequences, all_windows, all_frames, counts = [], [], [], []
-        for conversation in conversations:
-            audios = [_audio_of(item) for message in conversation if isinstance(message.get("content"), list)
-                      for item in message["content"] if _is_audio(item)]
-            text = self.render(conversation, add_generation_prompt)
-            ids = self.tokenizer.encode(text)[0]
-            if ids.count(self.audio_token_id) != len(audios):
-                raise ValueError(f"the rendered conversation has {ids.count(self.audio_token_id)} {self.audio_token} "
-                                 f"placeholders for {len(audios)} audios")
-            expanded, next_audio = [], 0
-            for token in ids:
-                if token != self.audio_token_id:
-                    expanded.append(token)
-                    continue
-                source = audios[next_audio]
-                name = source if isinstance(source, (str, Path)) else "<array>"
-                windows, frames = self._windows(self.load(source, on_truncated=on_truncated), name, long_audio)
-                tokens = whisper.audio_token_count(int(frames.sum()))
-                expanded.extend([self.audio_token_id] * tokens)
-                all_windows.append(windows)
-                all_frames.append(frames)
-                counts.append(tokens)
-                next_audio += 1
-            sequences.append(expanded)
-        batch = self.tokenizer.pad(sequences)
-        features = mask = None
-        if all_windows:
-            features = whisper.log_mel(torch.cat(all_windows), self.num_mel_bins)
-            frames = torch.cat(all_frames)
-            mask = (torch.arange(whisper.WINDOW_FRAMES)[None, :] < frames[:, None]).to(torch.int32)
-        labels = None
-        if output_labels:
-            labels = batch.input_ids.clone()
-            labels[(batch.input_ids == self.audio_token_id) | (batch.input_ids == self.pad_id)] = -100
-        return AF3Inputs(batch.input_ids, batch.attention_mask, features, mask, labels, tuple(counts))
-
-    def transcription_request(self, audio, prompt: str | None = None) -> list[dict]:
-        """The conversation transformers' apply_transcription_request builds for one audio."""
-        return [{"role": "user", "content": [{"type": "text", "text": prompt or self.default_prompt},
-                                             {"type": "audio", "audio": audio}]}]
-
-    def strip_prefix(self, text: str) -> str:
-        """The transcription without the framing sentence the model was trained to produce (as transformers'
-        decode(strip_prefix=True))."""
-        stripped = text.strip()
-        for prefix in ("The spoken content of the audio is", "The transcription of the audio is",
-                       "The content of the input audio is"):
-            if stripped.startswith(prefix):
-                stripped = stripped[len(prefix):].strip()
-                break
-        if stripped.endswith("."):
-            stripped = stripped[:-1].strip()
-        if len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\"":
-            stripped = stripped[1:-1].strip()
-        return stripped
+def audio_token_count(frames: int) -> int:
+    """Tokens the encoder leaves for `frames` valid mel frames: conv stride 2, then average pool 2."""
+    after_conv = (frames - 1) // 2 + 1
+    return (after_conv - 2) // 2 + 1
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -386,7 +185,7 @@ class AF3Model(nn.Module):
         self.encoder = AudioEncoder(config.encoder)
         self.projector = Projector(config)
         self.decoder = Decoder(config.decoder)
-        self.processor: AF3Processor | None = None  # set by the loader from the checkpoint's folder
+        self.processor = None  # attached by the loader (sensorium.processors.af3); None: no tokenizer
 
     @property
     def name(self) -> str:
@@ -407,17 +206,22 @@ class AF3Model(nn.Module):
         return self.decoder.embed.weight.dtype
 
     def process(self, conversations, output_labels: bool = False, long_audio: str = "error",
-                on_truncated: str = "error") -> AF3Inputs:
+                on_truncated: str = "error", sampling_rate: int | None = None) -> AF3Inputs:
+        """Conversations -> model inputs (the processor's `__call__`); audio arrays need their rate (the
+        item's "sampling_rate", else `sampling_rate`)."""
+        return self._processor()(conversations, output_labels=output_labels, long_audio=long_audio,
+                                 on_truncated=on_truncated, sampling_rate=sampling_rate)
+
+    def _processor(self):
         if self.processor is None:
             raise MissingFileError(f"{self.name}: {self.text_missing}")
-        return self.processor(conversations, output_labels=output_labels, long_audio=long_audio,
-                              on_truncated=on_truncated)
+        return self.processor
 
     def audio_embeddings(self, input_features: torch.Tensor, input_features_mask: torch.Tensor) -> torch.Tensor:
         """Projected audio frames of every window, valid ones only, in order: [sum of tokens, width]."""
         frames = self.encoder(input_features.to(self.device, self.dtype), input_features_mask.to(self.device))
         embeds = self.projector(frames)
-        lengths = torch.tensor([whisper.audio_token_count(int(n)) for n in input_features_mask.sum(-1)], device=self.device)
+        lengths = torch.tensor([audio_token_count(int(n)) for n in input_features_mask.sum(-1)], device=self.device)
         keep = torch.arange(embeds.shape[1], device=self.device)[None, :] < lengths[:, None]
         return embeds[keep]
 
@@ -497,13 +301,14 @@ class AF3Model(nn.Module):
     # --- chat and transcription ---------------------------------------------------------------------------
 
     def chat(self, conversations, max_new_tokens: int = 512, temperature: float = 0.0, top_k: int | None = None,
-             top_p: float | None = None, stream: bool = False, seed: int | None = None, on_truncated: str = "error"):
+             top_p: float | None = None, stream: bool = False, seed: int | None = None, on_truncated: str = "error",
+             sampling_rate: int | None = None):
         """Answer one conversation (a list of messages, or a string for one user turn) or a batch of them: the
         reply text, or a list of replies. With `stream=True` (one conversation) returns an iterator of text
         pieces as they are produced; joined, they are exactly the reply `stream=False` gives."""
-        single = is_single(conversations)
         check_sampling(max_new_tokens, temperature, top_k, top_p)
-        inputs = self.process(conversations, on_truncated=on_truncated)
+        inputs = self.process(conversations, on_truncated=on_truncated, sampling_rate=sampling_rate)
+        single = inputs.single
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                        generator=generator)
@@ -552,22 +357,18 @@ class AF3Model(nn.Module):
             yield final[len(shown):] if final.startswith(shown) else final
 
     def transcribe(self, audio, prompt: str | None = None, chunk_seconds: float = 30.0, max_new_tokens: int = 512,
-                   batch_size: int = 4, on_truncated: str = "error") -> "Transcript":
-        """Speech to text for audio of any length: cut into chunks of at most `chunk_seconds` whose boundaries
-        move to the quietest 20 ms within the 3 s before each cut, each chunk transcribed (the model's framing
-        sentence stripped), joined; per-chunk timestamps in `segments`."""
-        if self.processor is None:
-            raise MissingFileError(f"{self.name}: {self.text_missing}")
-        if not 1.0 <= chunk_seconds <= 30.0:
-            raise ValueError("chunk_seconds must be between 1 and 30 (one encoder window)")
-        signal = self.processor.load(audio, on_truncated=on_truncated)
-        bounds = quiet_cuts(signal, chunk_seconds)
+                   batch_size: int = 4, on_truncated: str = "error", sampling_rate: int | None = None) -> "Transcript":
+        """Speech to text for audio of any length (a path, or an array with its `sampling_rate`): cut into
+        chunks of at most `chunk_seconds` whose boundaries move to the quietest 20 ms within the 3 s before each
+        cut (the processor's `transcription_chunks`), each chunk transcribed (the model's framing sentence
+        stripped), joined; per-chunk timestamps in `segments`."""
+        processor = self._processor()
+        chunks = processor.transcription_chunks(audio, chunk_seconds, prompt, sampling_rate, on_truncated)
         segments = []
-        for first in range(0, len(bounds) - 1, batch_size):
-            spans = list(zip(bounds[first:-1], bounds[first + 1:]))[:batch_size]
-            conversations = [self.processor.transcription_request(signal[a:b], prompt) for a, b in spans]
-            for (a, b), text in zip(spans, self.chat(conversations, max_new_tokens=max_new_tokens)):
-                segments.append(Segment(a / SAMPLING_RATE, b / SAMPLING_RATE, self.processor.strip_prefix(text)))
+        for first in range(0, len(chunks), batch_size):
+            batch = chunks[first : first + batch_size]
+            replies = self.chat([request for _, _, request in batch], max_new_tokens=max_new_tokens)
+            segments += [Segment(start, end, processor.strip_prefix(text)) for (start, end, _), text in zip(batch, replies)]
         return Transcript(" ".join(s.text for s in segments if s.text), segments)
 
     def stop_tokens(self) -> tuple[int, ...]:
@@ -594,21 +395,6 @@ class Segment:
 class Transcript:
     text: str
     segments: list[Segment]
-
-
-def quiet_cuts(signal: np.ndarray, chunk_seconds: float, search_seconds: float = 3.0) -> list[int]:
-    """Sample indices [0, ..., len] cutting `signal` into chunks of at most `chunk_seconds`: each cut is the
-    quietest 20 ms frame (lowest energy) in the `search_seconds` before the nominal cut."""
-    size, search, frame = int(chunk_seconds * SAMPLING_RATE), int(search_seconds * SAMPLING_RATE), SAMPLING_RATE // 50
-    cuts, start = [0], 0
-    while len(signal) - start > size:
-        lo, hi = start + max(size - search, frame), start + size
-        window = signal[lo:hi].astype(np.float64)
-        usable = len(window) // frame * frame
-        energy = (window[:usable].reshape(-1, frame) ** 2).sum(axis=1)
-        start = lo + int(np.argmin(energy)) * frame + frame // 2 if len(energy) else hi
-        cuts.append(start)
-    return cuts + [len(signal)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -640,12 +426,6 @@ LAYOUTS: dict[str, KeyMap] = {
 }
 
 
-def attach(model: AF3Model, folder: Path) -> None:
-    """The processor (tokenizer.json, chat template, settings) beside the weights."""
-    if (Path(folder) / "tokenizer.json").is_file():
-        model.processor = AF3Processor(folder)
-
-
 def detect_layout(keys: set[str]) -> str:
     if "audio_tower.conv1.weight" in keys and "language_model.model.embed_tokens.weight" in keys:
         return "transformers"
@@ -666,5 +446,4 @@ FAMILY = Family(
     build=build,
     config_files=("config.json",),
     config_from_files=config_from_files,
-    attach=attach,
 )

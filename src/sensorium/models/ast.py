@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sensorium.nn import TransformerBlock
 from sensorium.keymaps import Concat, KeyMap, prefixed
-from sensorium.models.family import Family
+from sensorium.models.family import Family, processor_of
 
 
 @dataclass(frozen=True)
@@ -112,6 +111,7 @@ class AST(nn.Module):
         self.norm = nn.LayerNorm(width, eps=c.layer_norm_eps)
         self.head_norm = nn.LayerNorm(width, eps=c.layer_norm_eps)
         self.head = nn.Linear(width, len(c.labels))
+        self.processor = None  # attached by the loader (sensorium.processors.ast)
 
     @property
     def name(self) -> str:
@@ -144,35 +144,10 @@ class AST(nn.Module):
 
     def features(self, waveforms, sampling_rate: int, truncate: bool = False, precision: str = "float64") -> torch.Tensor:
         """Waveforms -> normalised Kaldi fbank features [B, max_length, num_mel_bins], as ASTFeatureExtractor
-        makes them. The array rule of all of sensorium: one array or tensor is one signal, [samples] or
-        [channels, samples] (channels first, averaged); a batch is a list of them. (transformers' extractor
-        reads a 2-D array as a batch; here that is a multichannel clip, and [samples, channels] is an error.)
-
-        Clips longer than the model's window raise ValueError unless `truncate=True` (then only the first
-        window is kept, as the reference does silently); for long audio use `sensorium.tag`, which windows.
-        """
-        from sensorium.features.fbank import fixed_length_fbank
-        from sensorium.media.audio import array_to_mono
-
-        c = self.config
-        if isinstance(waveforms, (torch.Tensor, np.ndarray)):
-            waveforms = [waveforms]
-        elif not isinstance(waveforms, (list, tuple)):
-            raise TypeError(f"waveforms must be an array/tensor or a list of them, got {type(waveforms).__name__}")
-        if not waveforms:
-            raise ValueError("no waveforms given")
-        signals = [torch.from_numpy(array_to_mono(w, sampling_rate, c.sampling_rate)) for w in waveforms]
-        features, frames = fixed_length_fbank(signals, c.max_length, c.num_mel_bins, c.sampling_rate, precision)
-        too_long = [i for i, n in enumerate(frames) if n > c.max_length]
-        if too_long and not truncate:
-            seconds = len(signals[too_long[0]]) / c.sampling_rate
-            raise ValueError(
-                f"clip {too_long[0]} is {seconds:.2f} s, longer than the {c.window_seconds:.2f} s {c.name} window; "
-                "use sensorium.tag (it windows long audio) or pass truncate=True to keep only the start"
-            )
-        if c.normalize_features:
-            features = (features - c.feature_mean) / (2 * c.feature_std)
-        return features
+        makes them (the processor's `audio`): one array or tensor is one signal, [samples] or [channels,
+        samples]; a batch is a list of them. Clips longer than the model's window raise ValueError unless
+        `truncate=True`; for long audio use `sensorium.tag`, which windows."""
+        return processor_of(self).audio(waveforms, sampling_rate, truncate, precision)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         """Normalised features [B, max_length, num_mel_bins] -> logits [B, num_labels]."""

@@ -1,18 +1,19 @@
 """What a model family file declares, in one record: the loader reads nothing else from it.
 
 Each family file (models/pe.py, models/ast.py, ...) ends with `FAMILY = Family(...)`; models/__init__.py
-lists the files. A family is then one file plus catalog rows, and a missing or misspelled hook fails when the
+lists the files, and sensorium.processors.<name> is the family's processor (models never import it: the
+loader attaches it, and the model delegates its preprocessing to `model.processor`). A family is then one file plus catalog rows, and a missing or misspelled hook fails when the
 record is built, not silently at load time.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from torch import nn
 
+from sensorium.errors import CapabilityError
 from sensorium.keymaps import KeyMap
 
 
@@ -29,7 +30,14 @@ class Family:
     # some other family's checkpoint.
     config_files: tuple[str, ...]
     config_from_files: Callable[[dict[str, dict], str], Any]
-    # Files beside the weights the model needs at run time (tokenizer, chat template): attach(model, folder).
-    attach: Callable[[nn.Module, Path], None] | None = None
     # Named architectures the catalog's rows refer to (PE's configs are not stored with the checkpoints).
     archs: Mapping[str, Any] = field(default_factory=dict)
+
+
+def processor_of(model: nn.Module) -> Any:
+    """The processor the loader attached (sensorium.processors.<family>): what turns paths, arrays and texts
+    into the model's batches. Models never open files themselves."""
+    if model.processor is None:
+        raise CapabilityError(f"{model.name} has no processor attached (sn.load attaches one; for a model built "
+                              "by hand: sensorium.processors.attach(model, checkpoint_folder))")
+    return model.processor

@@ -21,7 +21,7 @@ from torch import nn
 from sensorium.nn import Mlp, RopeTables, TransformerBlock, rope_2d_angles, rope_tables
 from sensorium.errors import CapabilityError
 from sensorium.keymaps import Concat, KeyMap, Transposed, ZeroBiasDropped, prefixed
-from sensorium.models.family import Family
+from sensorium.models.family import Family, processor_of
 
 
 @dataclass(frozen=True)
@@ -207,6 +207,7 @@ class PEVisionModel(nn.Module):
         super().__init__()
         self.config = config
         self.visual = VisionTransformer(config.vision)
+        self.processor = None  # attached by the loader (sensorium.processors.pe)
 
     @property
     def name(self) -> str:
@@ -226,10 +227,9 @@ class PEVisionModel(nn.Module):
 
     def preprocess(self, images, size: int | tuple[int, int] | None = None) -> torch.Tensor:
         """Images (paths, PIL images or HWC uint8 arrays) -> pixels [B, 3, S, S] with the original PE
-        transform: squash resize (bilinear, antialiased as PIL does it), RGB, mean/std 0.5."""
-        from sensorium.features.image import pe_pixels
-
-        return pe_pixels(images, size or self.image_size)
+        transform (the processor's `images`): squash resize (bilinear, antialiased as PIL does it), RGB,
+        mean/std 0.5."""
+        return processor_of(self).images(images, size)
 
     def _pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         if not isinstance(pixels, torch.Tensor):
@@ -257,7 +257,6 @@ class PECoreModel(PEVisionModel):
             raise ValueError(f"{config.name} has no pooling head and projection; it is not a PE-Core model")
         self.text = TextTransformer(config.text) if with_text and config.text is not None else None
         self.logit_scale_log = nn.Parameter(torch.zeros(())) if self.text is not None else None
-        self._tokenizer = None
 
     @property
     def embed_dim(self) -> int:
@@ -291,11 +290,8 @@ class PECoreModel(PEVisionModel):
 
     def tokenize(self, texts: str | list[str]) -> torch.Tensor:
         """CLIP BPE ids [B, context_length] (32, or 72 for G); long texts are cut with end-of-text kept last."""
-        if self._tokenizer is None:
-            from sensorium.text import ClipTokenizer
-
-            self._tokenizer = ClipTokenizer(self.context_length)
-        return self._tokenizer(texts)
+        self._text_config()
+        return processor_of(self).text(texts)
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         x = self.visual(self._pixels(pixels))

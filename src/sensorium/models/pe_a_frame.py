@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sensorium.features.windows import window_starts
+from sensorium.models.family import processor_of
+from sensorium.nn.sequence import window_starts
 from sensorium.models.pe_audio import ContrastiveHead, PEAVConfig, STREAM_CODEC_CHUNK, StreamingCodec, _PEAudioModel
 
 
@@ -74,9 +75,7 @@ class PEAFrameModel(_PEAudioModel):
         sits in memory whole; arrays go through `dac_chunked` in one piece."""
         path = _single_path(audio)
         if path is not None:
-            from sensorium.media.audio import stream_audio
-
-            latents, _ = self.stream_latents(stream_audio(path, self.sampling_rate, downmix="ffmpeg"))
+            latents, _ = self.stream_latents(processor_of(self).audio_stream(path))
             return self.logits_from_latents(latents, texts, window, hop)
         batch = self._audio_batch(audio, sampling_rate)
         if batch.input_values.shape[0] != 1:

@@ -14,19 +14,21 @@ clip's own samples, so an item's outputs equal the original's single-item output
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sensorium.errors import MissingFileError
+from sensorium.batches import AudioBatch, TokenBatch
 from sensorium.keymaps import FirstHalf, KeyMap, Unused, prefixed
 from sensorium.models.dac import DacConfig, DacEncoder, _dac_map
 from sensorium.models.modernbert import ModernBert, ModernBertConfig
 from sensorium.models.pe import VisionConfig
+from sensorium.models.family import processor_of
 from sensorium.nn import RMSNorm, Rope1D, SwiGLU, apply_rope_pairs
+from sensorium.nn.sequence import reflect_pad_to_multiple
 
+TEXT_MISSING = "no tokenizer.json was found beside the weights"
 CODEC_CHUNK = 750  # frames (30 s) per codec call on long clips
 CODEC_MARGIN = 25  # frames (1 s) of context on each side of a chunk; the codec sees ~0.45 s
 # Frames (6 s) per codec call when a file is streamed (PE-A-Frame). The codec's working memory is ~2.4 MB per
@@ -244,16 +246,6 @@ class AudioTower(nn.Module):
 # Models users hold
 
 
-@dataclass(frozen=True)
-class AudioBatch:
-    """Waveforms as the original processor batches them: each clip reflect-padded to a multiple of the hop,
-    zero-padded to the longest."""
-
-    input_values: torch.Tensor  # [B, 1, N] float
-    padding_mask: torch.Tensor  # [B, N] bool, True over each clip (and its reflect padding)
-    seconds: tuple[float, ...] | None = None  # each clip's duration before padding, when known
-
-
 class _PEAudioModel(nn.Module):
     """What PE-AV and PE-A-Frame share: the text tower, the audio tower and their preprocessing."""
 
@@ -262,8 +254,7 @@ class _PEAudioModel(nn.Module):
         self.config = config
         self.text = ModernBert(config.text)
         self.audio = AudioTower(config)
-        self._tokenizer = None
-        self.tokenizer_file: str | None = None  # set by the loader from the checkpoint's folder
+        self.processor = None  # attached by the loader (sensorium.processors.pe_av)
 
     @property
     def name(self) -> str:
@@ -271,9 +262,9 @@ class _PEAudioModel(nn.Module):
 
     @property
     def has_text(self) -> bool:
-        return self.tokenizer_file is not None
+        return self.processor is not None and self.processor.has_text
 
-    text_missing = "no tokenizer.json was found beside the weights"
+    text_missing = TEXT_MISSING
 
     @property
     def device(self) -> torch.device:
@@ -299,37 +290,14 @@ class _PEAudioModel(nn.Module):
 
     # --- preprocessing -----------------------------------------------------------------------------------
 
-    def tokenize(self, texts: str | list[str]):
+    def tokenize(self, texts: str | list[str]) -> TokenBatch:
         """ModernBERT ids and mask ([CLS] ... [SEP], truncated at 512, padded to the longest)."""
-        if self._tokenizer is None:
-            if self.tokenizer_file is None:
-                raise MissingFileError(f"{self.name}: {self.text_missing}")
-            from sensorium.text.tokenizer_json import JsonTokenizer
-
-            self._tokenizer = JsonTokenizer(self.tokenizer_file, self.config.text.max_tokens, self.config.text.pad_id)
-        return self._tokenizer(texts)
+        return processor_of(self).text(texts)
 
     def preprocess_audio(self, audio, sampling_rate: int | None = None) -> AudioBatch:
-        """Paths, arrays or tensors (one or a list) -> AudioBatch at 48 kHz mono.
-
-        Files are decoded with FFmpeg's downmix ((L+R)/sqrt 2 for stereo, as torchcodec does for the
-        original) and resampler; arrays/tensors ([samples] or [channels, samples]) need `sampling_rate`."""
-        from sensorium.features.waveform import reflect_pad_batch
-        from sensorium.media.audio import load_audio
-
-        items = audio if isinstance(audio, (list, tuple)) else [audio]
-        if not items:
-            raise ValueError("no audio given")
-        signals = []
-        for item in items:
-            if isinstance(item, (str, Path)):
-                signals.append(load_audio(item, self.sampling_rate, downmix="ffmpeg"))
-            else:
-                if sampling_rate is None:
-                    raise ValueError("audio arrays need sampling_rate= (PE-AV reads 48 kHz)")
-                signals.append(load_audio(item, self.sampling_rate, source_rate=sampling_rate, downmix="ffmpeg"))
-        values, mask = reflect_pad_batch(signals, self.config.dac.hop)
-        return AudioBatch(values, mask, tuple(len(s) / self.sampling_rate for s in signals))
+        """Paths, arrays or tensors (one or a list) -> AudioBatch at 48 kHz mono (the processor's `audio`):
+        files decoded with FFmpeg's downmix and resampler; arrays need `sampling_rate`."""
+        return processor_of(self).audio(audio, sampling_rate)
 
     def _audio_batch(self, audio, sampling_rate: int | None = None) -> AudioBatch:
         if isinstance(audio, AudioBatch):
@@ -338,9 +306,7 @@ class _PEAudioModel(nn.Module):
             return AudioBatch(audio["input_values"], audio["padding_mask"])
         return self.preprocess_audio(audio, sampling_rate)
 
-    def _text_batch(self, text):
-        from sensorium.text.tokenizer_json import TokenBatch
-
+    def _text_batch(self, text) -> TokenBatch:
         if isinstance(text, TokenBatch):
             return text
         if isinstance(text, dict) and "input_ids" in text:
@@ -403,12 +369,10 @@ class StreamingCodec:
 
     def finish(self) -> torch.Tensor:
         """Latents [frames, latent] of everything pushed (frames = samples / hop, rounded up)."""
-        from sensorium.features.waveform import reflect_pad_batch
-
         if self.samples == 0:
             raise ValueError("no audio samples")
         # The held samples start on a frame boundary, so padding them pads the clip as a whole would be.
-        tail = reflect_pad_batch([self._joined()], self.hop)[0][0, 0].numpy()
+        tail = reflect_pad_to_multiple(torch.from_numpy(self._joined()), self.hop).numpy()
         frames = self._held_from // self.hop + len(tail) // self.hop
         for first, last, lo, hi in codec_plan(frames, self.chunk, self.margin):
             if first >= self.next_frame:

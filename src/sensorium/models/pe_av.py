@@ -27,15 +27,15 @@ Where sensorium departs from the references, on purpose:
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sensorium.batches import VideoBatch
 from sensorium.keymaps import KeyMap, Unused, prefixed
 from sensorium.models import pe
-from sensorium.models.family import Family
+from sensorium.models.family import Family, processor_of
 from sensorium.models.dac import _dac
 from sensorium.models.modernbert import TEXT, _check_text_model, _modernbert
 from sensorium.models.pe_audio import (
@@ -113,13 +113,6 @@ class Fusion(nn.Module):
         return self.encoder(x, audio_mask)
 
 
-@dataclass(frozen=True)
-class VideoBatch:
-    pixel_values_videos: torch.Tensor  # [B, F, 3, S, S] in [-1, 1]
-    padding_mask_videos: torch.Tensor  # [B, F] bool
-    timestamps: tuple[tuple[float, ...], ...] | None = None  # seconds of each frame, when known
-
-
 @dataclass
 class PEAVOutput:
     """The original's output fields; those the inputs do not determine are None. Not L2-normalised."""
@@ -167,33 +160,10 @@ class PEAVModel(_PEAudioModel):
         return self.config.frame_encoder.image_size
 
     def preprocess_video(self, video) -> VideoBatch:
-        """Paths, or uint8 frame arrays [F, H, W, 3] (one or a list) -> VideoBatch. Files give 16 frames at
-        int(i * (T - 1) / 15) for the 16-frame models and every native frame for the others; each frame is
+        """Paths, or uint8 frame arrays [F, H, W, 3] (one or a list) -> VideoBatch (the processor's `video`):
+        16 frames at int(i * (T - 1) / 15) for the 16-frame models, every native frame for the others, each
         squashed to the frame encoder's square size."""
-        from sensorium.features.video_frames import squash_frames
-
-        items = video if isinstance(video, (list, tuple)) else [video]
-        if not items:
-            raise ValueError("no video given")
-        stacks, stamps = [], []
-        for item in items:
-            if isinstance(item, (str, Path)):
-                stack, times = read_squashed_frames(item, self.config.video_frames, self.frame_size)
-                stacks.append(stack)
-                stamps.append(tuple(times))
-                continue
-            frames = torch.as_tensor(item)
-            if self.config.video_frames:
-                total, count = frames.shape[0], self.config.video_frames
-                frames = frames[[int(i * (total - 1) / (count - 1)) for i in range(count)]]
-            stacks.append(squash_frames(frames, self.frame_size))
-            stamps.append(None)
-        counts = torch.tensor([len(s) for s in stacks])
-        pixels = torch.zeros(len(stacks), int(counts.max()), *stacks[0].shape[1:])
-        for row, stack in enumerate(stacks):
-            pixels[row, : len(stack)] = stack
-        mask = torch.arange(pixels.shape[1])[None, :] < counts[:, None]
-        return VideoBatch(pixels, mask, tuple(stamps) if all(s is not None for s in stamps) else None)
+        return processor_of(self).video(video)
 
     def _video_batch(self, video) -> VideoBatch:
         if isinstance(video, VideoBatch):
@@ -261,19 +231,6 @@ class PEAVModel(_PEAudioModel):
         if head not in ("audio", "visual", "audio_visual"):
             raise ValueError(f"head must be 'audio', 'visual' or 'audio_visual', got {head!r}")
         return self.heads[f"{head}_text"](self.text_features(text))
-
-
-def read_squashed_frames(path, count: int | None, size: int) -> tuple[torch.Tensor, list[float]]:
-    """Frames of a video file, squashed to size x size as they are decoded (full-size frames of a long clip
-    would not fit in memory), and their times: `count` frames at int(i * (T - 1) / (count - 1)), or every
-    frame when `count` is None."""
-    from sensorium.features.video_frames import squash_frames
-    from sensorium.media.video import EveryFrame, Uniform, VideoReader
-
-    with VideoReader(path) as video:
-        indices = video.sample(Uniform(count) if count else EveryFrame())
-        squashed = {i: (t, squash_frames(rgb[None], size)[0]) for i, t, rgb in video.frames(indices)}
-    return torch.stack([squashed[i][1] for i in indices]), [squashed[i][0] for i in indices]
 
 
 def _frame_encoder_original(name: str, data: dict) -> VisionConfig:
@@ -461,12 +418,6 @@ def key_map(layout: str, config: PEAVConfig) -> KeyMap:
     return extra | LAYOUTS[layout]
 
 
-def attach(model: _PEAudioModel, folder: Path) -> None:
-    """The tokenizer beside the weights."""
-    if (Path(folder) / "tokenizer.json").is_file():
-        model.tokenizer_file = str(Path(folder) / "tokenizer.json")
-
-
 def detect_layout(keys: set[str]) -> str:
     if f"{_AV}audio_model.data_proj.weight" in keys:
         return "original"
@@ -496,5 +447,4 @@ FAMILY = Family(
     build=build,
     config_files=("config.json",),
     config_from_files=config_from_files,
-    attach=attach,
 )

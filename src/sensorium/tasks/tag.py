@@ -23,7 +23,7 @@ import torch
 
 from sensorium.catalog import DEFAULT_TAGGER
 from sensorium.errors import MediaError
-from sensorium.features.fbank import FRAME_LENGTH, FRAME_SHIFT, fixed_length_fbank
+from sensorium.features.fbank import FRAME_LENGTH, FRAME_SHIFT
 from sensorium.media.audio import stream_audio
 from sensorium.tasks.inputs import MediaItem, as_input_list, expand_inputs
 

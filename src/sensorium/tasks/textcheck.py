@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import warnings
 
+from sensorium.models.family import processor_of
+
 
 def _tokenizer(model):
-    model.tokenize(["probe"])  # built on first use, from the checkpoint's files
-    return model._tokenizer
+    return processor_of(model).tokenizer  # built on first use, from the checkpoint's files
 
 
 def overlong(model, texts: list[str]) -> list[tuple[str, int, int]]:

@@ -9,15 +9,10 @@ tokens including the special ones, and padding to the longest text of the batch 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True)
-class TokenBatch:
-    input_ids: torch.Tensor  # [B, T] int64
-    attention_mask: torch.Tensor  # [B, T] int64, 1 for real tokens
+from sensorium.batches import TokenBatch
 
 
 class JsonTokenizer:
