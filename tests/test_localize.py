@@ -68,7 +68,7 @@ def test_windows_average_overlaps(model):
 
 
 def test_post_processing():
-    from sensorium.models.pe_a_frame import detect_runs, runs_to_seconds
+    from sensorium.nn.sequence import detect_runs, runs_to_seconds
 
     on, off = 4.0, -4.0
     logits = torch.tensor([on, on, off, on, on, off, off, off, on, off, on, on, on])

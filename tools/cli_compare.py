@@ -84,6 +84,10 @@ def commands(m: dict[str, str]) -> list[list[str]]:
         ["tag", speech, "-m", "ast-finetuned-speech-commands-v2", "-q", "-o", "tags.json"],
         ["localize", speech, dog, "-m", m["frame"], "-Q", "rain", "-Q", "a man speaking", "-q"],
         ["localize", speech, "-m", m["frame"], "-Q", "rain", "--window", "1", "-q", "--format", "json"],
+        ["localize", speech, dog, "-m", m["frame"], "-Q", "rain", "-Q", "a dog", "--threshold", "0.05",
+         "--median-filter", "3", "--merge-gap", "0.08", "--min-duration", "0.08", "-q", "--format", "tsv"],
+        ["tag", speech, dog, "-m", "ast-finetuned-speech-commands-v2", "--timeline", "--threshold", "0.05",
+         "--window", "0.5", "--hop", "0.25", "-q", "--format", "tsv"],
         ["transcribe", speech, "-m", "audio-flamingo-3", "--max-new-tokens", "6", "-q", "--format", "json"],
         ["transcribe", speech, "-m", "audio-flamingo-3", "--max-new-tokens", "6", "-q", "-o", "speech.srt"],
         ["ask", speech, "What is said?", "-m", "audio-flamingo-3", "--max-new-tokens", "6"],
@@ -119,7 +123,7 @@ def main() -> None:
         verdict = "identical" if len(same) == 4 else "DIFFERENT in " + ", ".join(
             k for k in ("code", "stdout", "stderr", "files") if k not in same)
         differ += verdict != "identical"
-        print(f"{verdict:<24} exit {new['code']}  sensorium {' '.join(a if len(a) < 40 else '…' + a[-30:] for a in argv)}")
+        print(f"{verdict:<24} exit {new['code']}  {new['stdout'].count(b'\n'):>3} lines  sensorium {' '.join(a if len(a) < 40 else '…' + a[-30:] for a in argv)}")
         if verdict != "identical":
             for key in ("stdout", "stderr"):
                 if old[key] != new[key]:

@@ -669,7 +669,7 @@ def _av_record(model, av: dict) -> dict:
         "modality": av["modality"],
         "windows": f"{window:g} s every {av['hop'] or window:g} s (last aligned to the end), mean of window "
                    "embeddings, then L2-normalised",
-        "video_frames": f"{model.config.video_frames} per window" if model.config.video_frames else "every frame",
+        "video_frames": f"{model.video_frames} per window" if model.video_frames else "every frame",
     }
 
 
@@ -779,7 +779,7 @@ def _load_listener(args, task: str):
     except (SensoriumError, OSError, ValueError, TypeError) as err:
         print(f"sensorium {task}: cannot use model {args.model}:\n{err}", file=sys.stderr)
         return None
-    context = model.config.decoder.max_positions
+    context = model.context_length
     if args.max_new_tokens >= context:
         _fail(task, f"--max-new-tokens {args.max_new_tokens}: {model.name} has a context of {context} tokens, "
                     "prompt included")

@@ -198,6 +198,11 @@ class AF3Model(nn.Module):
     text_missing = "no tokenizer/chat template was found beside the weights"
 
     @property
+    def context_length(self) -> int:
+        """Tokens the decoder reads, prompt (audio tokens included) and answer together."""
+        return self.config.decoder.max_positions
+
+    @property
     def device(self) -> torch.device:
         return self.decoder.embed.weight.device
 

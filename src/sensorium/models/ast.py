@@ -142,6 +142,11 @@ class AST(nn.Module):
         """Seconds of audio one forward pass sees (10.24 s for AudioSet, 1.28 s for Speech Commands)."""
         return self.config.window_seconds
 
+    @property
+    def max_frames(self) -> int:
+        """10 ms fbank frames one forward pass sees (1024 for AudioSet, 128 for Speech Commands)."""
+        return self.config.max_length
+
     def features(self, waveforms, sampling_rate: int, truncate: bool = False, precision: str = "float64") -> torch.Tensor:
         """Waveforms -> normalised Kaldi fbank features [B, max_length, num_mel_bins], as ASTFeatureExtractor
         makes them (the processor's `audio`): one array or tensor is one signal, [samples] or [channels,

@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sensorium.models.family import processor_of
-from sensorium.nn.sequence import window_starts
+from sensorium.nn.sequence import detect_runs, runs_to_seconds, window_starts
 from sensorium.models.pe_audio import ContrastiveHead, PEAVConfig, STREAM_CODEC_CHUNK, StreamingCodec, _PEAudioModel
 
 
@@ -171,47 +170,6 @@ def _single_path(audio) -> str | Path | None:
 
 def _frames(seconds: float, frame_seconds: float) -> int:
     return max(1, round(seconds / frame_seconds))
-
-
-def detect_runs(
-    logits: torch.Tensor,
-    threshold: float,
-    median_filter: int | None = None,
-    merge_gap: int | None = None,
-    min_frames: int | None = None,
-) -> list[tuple[int, int]]:
-    """Half-open frame runs [start, end) where sigmoid(logit) > threshold (strict, as the original).
-
-    Optional, in this order: a median filter over `median_filter` frames (odd) on the probabilities, merging
-    runs separated by at most `merge_gap` frames, dropping runs shorter than `min_frames`."""
-    probs = torch.sigmoid(logits.float().cpu())
-    if median_filter is not None:
-        if median_filter < 1 or median_filter % 2 == 0:
-            raise ValueError("median_filter must be an odd number of frames")
-        half = median_filter // 2
-        padded = F.pad(probs[None, None], (half, half), mode="replicate")[0, 0]
-        probs = padded.unfold(0, median_filter, 1).median(dim=-1).values
-    edges = torch.diff(F.pad(probs > threshold, (1, 1), value=False).to(torch.int8)).nonzero()[:, 0]
-    runs = [(start, end) for start, end in edges.view(-1, 2).tolist()]
-    if merge_gap is not None:
-        merged: list[tuple[int, int]] = []
-        for start, end in runs:
-            if merged and start - merged[-1][1] <= merge_gap:
-                merged[-1] = (merged[-1][0], end)
-            else:
-                merged.append((start, end))
-        runs = merged
-    if min_frames is not None:
-        runs = [(start, end) for start, end in runs if end - start >= min_frames]
-    return runs
-
-
-def runs_to_seconds(runs: list[tuple[int, int]], hop: int, sampling_rate: int) -> list[list[float]]:
-    """Frame runs in seconds, computed as the original does (int64 index * hop / rate, a float32 division:
-    frame 1 is 0.03999999910593033)."""
-    if not runs:
-        return []
-    return (torch.tensor(runs, dtype=torch.int64) * hop / sampling_rate).tolist()
 
 
 def frame_spans(logits: torch.Tensor, threshold: float, hop: int, sampling_rate: int) -> list[list[float]]:

@@ -279,6 +279,11 @@ class _PEAudioModel(nn.Module):
         return self.config.dac.sampling_rate
 
     @property
+    def frame_samples(self) -> int:
+        """Samples per audio token (the codec's hop, 1920 at 48 kHz)."""
+        return self.config.dac.hop
+
+    @property
     def frame_seconds(self) -> float:
         """Duration of one audio token (40 ms)."""
         return self.config.dac.hop / self.config.dac.sampling_rate

@@ -159,6 +159,11 @@ class PEAVModel(_PEAudioModel):
     def frame_size(self) -> int:
         return self.config.frame_encoder.image_size
 
+    @property
+    def video_frames(self) -> int | None:
+        """Frames the model reads per clip (16 for the -16-frame models); None: every native frame."""
+        return self.config.video_frames
+
     def preprocess_video(self, video) -> VideoBatch:
         """Paths, or uint8 frame arrays [F, H, W, 3] (one or a list) -> VideoBatch (the processor's `video`):
         16 frames at int(i * (T - 1) / 15) for the 16-frame models, every native frame for the others, each

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sensorium.batches import VideoBatch
 from sensorium.errors import MediaError, SensoriumError
 from sensorium.features.windows import window_starts
 from sensorium.tasks.inputs import MediaItem
@@ -123,12 +124,12 @@ def encode_item(model, item: MediaItem, modality: str = "auto", window: float = 
             if reader is not None:
                 inside = [i for i, t in enumerate(reader.times) if start <= t < end] or \
                     [min(range(len(reader.times)), key=lambda i: abs(reader.times[i] - start))]
-                if model.config.video_frames:
-                    inside = [inside[k] for k in Uniform(model.config.video_frames).indices(inside)]
+                if model.video_frames:
+                    inside = [inside[k] for k in Uniform(model.video_frames).indices(inside)]
                 # squashed as they are decoded: a window of full-size frames would not fit in memory
                 squashed = {i: squash_frames(rgb[None], model.frame_size)[0] for i, _, rgb in reader.frames(inside)}
                 pixels = torch.stack([squashed[i] for i in inside])
-                video = {"pixel_values_videos": pixels[None], "padding_mask_videos": torch.ones(1, len(inside), dtype=torch.bool)}
+                video = VideoBatch(pixels[None], torch.ones(1, len(inside), dtype=torch.bool))
                 frames_used += len(inside)
             if kind == "audio_video":
                 vectors.append(model.encode_audio_video(audio, video))

@@ -17,18 +17,11 @@ from typing import Callable, Iterator
 import torch
 
 from sensorium.errors import SensoriumError, reason_for
+from sensorium.tasks.events import Event, frame_events
 from sensorium.tasks.inputs import MediaItem, as_input_list, expand_inputs
 
 DEFAULT_LOCALIZER = "pe-a-frame-base"
 NOT_FINITE = "the model's frame scores are not finite (NaN or inf) for this input"
-
-
-@dataclass
-class Event:
-    onset: float
-    offset: float
-    label: str
-    score: float  # highest frame probability inside the event
 
 
 @dataclass
@@ -98,17 +91,10 @@ def localize_file(
 
 def events_from_logits(model, logits: torch.Tensor, queries: list[str], rules: Rules) -> list[Event]:
     """Events from frame scores [queries, frames], in time order."""
-    from sensorium.models.pe_a_frame import detect_runs, runs_to_seconds
-
     gap = None if rules.merge_gap is None else round(rules.merge_gap / model.frame_seconds)
     shortest = None if rules.min_duration is None else round(rules.min_duration / model.frame_seconds)
-    probs = torch.sigmoid(logits.float()).cpu()
-    events = []
-    for query, row, prob in zip(queries, logits, probs):
-        runs = detect_runs(row, rules.threshold, rules.median_filter, gap, shortest)
-        for (start, end), (onset, offset) in zip(runs, runs_to_seconds(runs, model.config.dac.hop, model.sampling_rate)):
-            events.append(Event(onset, offset, query, float(prob[start:end].max())))
-    return sorted(events, key=lambda e: (e.onset, e.offset, e.label))
+    return frame_events(logits, queries, rules.threshold, model.frame_samples, model.sampling_rate,
+                        rules.median_filter, gap, shortest)
 
 
 def iter_localize(

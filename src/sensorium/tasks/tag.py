@@ -25,6 +25,7 @@ from sensorium.catalog import DEFAULT_TAGGER
 from sensorium.errors import MediaError
 from sensorium.features.fbank import FRAME_LENGTH, FRAME_SHIFT
 from sensorium.media.audio import stream_audio
+from sensorium.tasks.events import Event, window_events
 from sensorium.tasks.inputs import MediaItem, as_input_list, expand_inputs
 
 POOLING = ("max", "mean")
@@ -48,14 +49,6 @@ class Windowing:
 
 
 @dataclass
-class Event:
-    onset: float
-    offset: float
-    label: str
-    score: float
-
-
-@dataclass
 class TagRow:
     path: str
     labels: list[tuple[str, float]] | None = None  # clip level, best first
@@ -69,21 +62,9 @@ class TagRow:
     def events(self, label_names: tuple[str, ...], threshold: float) -> list[Event]:
         """DCASE-style events: runs of consecutive windows whose score is above `threshold`, per label,
         merged into (onset of the first window, offset of the last, max score)."""
-        events: list[Event] = []
         if self.window_scores is None:
-            return events
-        above = self.window_scores > threshold
-        for label in np.flatnonzero(above.any(axis=0)):
-            run_start = None
-            for w in range(len(self.windows) + 1):
-                inside = w < len(self.windows) and above[w, label]
-                if inside and run_start is None:
-                    run_start = w
-                elif not inside and run_start is not None:
-                    score = float(self.window_scores[run_start:w, label].max())
-                    events.append(Event(self.windows[run_start][0], self.windows[w - 1][1], label_names[label], score))
-                    run_start = None
-        return sorted(events, key=lambda e: (e.onset, -e.score))
+            return []
+        return window_events(self.windows, self.window_scores, label_names, threshold)
 
 
 def model_windowing(model, window: float | None = None, hop: float | None = None) -> Windowing:
@@ -94,13 +75,13 @@ def model_windowing(model, window: float | None = None, hop: float | None = None
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ValueError(f"--{name} must be a positive number of seconds, got {value!r}")
     rate = model.sampling_rate
-    full = (model.config.max_length - 1) * FRAME_SHIFT + FRAME_LENGTH  # samples that make max_length frames
+    full = (model.max_frames - 1) * FRAME_SHIFT + FRAME_LENGTH  # samples that make max_length frames
     size = full if window is None else int(round(window * rate))
     if size > full:
         raise ValueError(f"--window {window} s is longer than the {full / rate:.2f} s {model.name} input")
     if size < FRAME_LENGTH:
         raise ValueError(f"--window must be at least {FRAME_LENGTH / rate:.3f} s (one 25 ms frame)")
-    step = (model.config.max_length // 2) * FRAME_SHIFT if hop is None and window is None else (
+    step = (model.max_frames // 2) * FRAME_SHIFT if hop is None and window is None else (
         size // 2 if hop is None else int(round(hop * rate))
     )
     if step < 1 or step > size:
