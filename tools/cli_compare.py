@@ -123,7 +123,8 @@ def main() -> None:
         verdict = "identical" if len(same) == 4 else "DIFFERENT in " + ", ".join(
             k for k in ("code", "stdout", "stderr", "files") if k not in same)
         differ += verdict != "identical"
-        print(f"{verdict:<24} exit {new['code']}  {new['stdout'].count(b'\n'):>3} lines  sensorium {' '.join(a if len(a) < 40 else '…' + a[-30:] for a in argv)}")
+        lines = new["stdout"].count(b"\n")
+        print(f"{verdict:<24} exit {new['code']}  {lines:>3} lines  sensorium {' '.join(a if len(a) < 40 else '…' + a[-30:] for a in argv)}")
         if verdict != "identical":
             for key in ("stdout", "stderr"):
                 if old[key] != new[key]:
