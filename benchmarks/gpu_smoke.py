@@ -42,6 +42,10 @@ def _frames(count: int = 8) -> np.ndarray:
 
 
 def _pe_av_folder(fixture: str) -> Path:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers import register_fixture_frame_encoders
+
+    register_fixture_frame_encoders()  # the original fixture's frame encoder is not a published PE-Core
     folder = Path(tempfile.mkdtemp(prefix="sensorium-smoke-"))
     for path in (FIXTURES / "pe_av" / fixture).iterdir():
         shutil.copyfile(path, folder / path.name)

@@ -16,7 +16,10 @@ import json  # noqa: E402
 
 import torch  # noqa: E402
 
-from helpers import FIXTURES, PE_FIXTURES, pe_models, put_in_hf_cache, random_original_checkpoint, register_tiny_entries  # noqa: E402
+from helpers import (FIXTURES, PE_FIXTURES, pe_models, put_in_hf_cache, random_original_checkpoint,  # noqa: E402
+                     register_fixture_frame_encoders, register_tiny_entries)
+
+register_fixture_frame_encoders()  # the PE-AV original fixtures' frame encoders, as a user registers their own
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,19 @@ def pe_config(name: str) -> PEConfig:
     return PEConfig(name, vision, text)
 
 
+def register_fixture_frame_encoders(root: Path = FIXTURES / "pe_av") -> None:
+    """The frame encoders the original-layout PE-AV fixtures name (`pe_encoder`) are not in the original's
+    registry; each config.json describes its own under `fixture_pe_encoder_registry` (the fixture README says to
+    register it before loading). Registered here as a user registers an encoder of their own: production code
+    never reads that key."""
+    from sensorium.models import pe
+
+    for path in sorted(root.glob("**/config.json")):
+        described = json.loads(path.read_text()).get("fixture_pe_encoder_registry", {})
+        for name, fields in described.items():
+            pe.register_arch(pe.PEConfig(name, pe.vision_config_from_original(fields)))
+
+
 def register_tiny_entries() -> list:
     """The tiny PE fixture models as catalog entries test-clip_tiny and test-lang_tiny, in every layout they
     are published in (the files are placed in the HF cache by conftest's tiny_entries fixture)."""
@@ -50,6 +63,7 @@ def register_tiny_entries() -> list:
     from sensorium.catalog import CatalogEntry, Published
     from sensorium.models import pe
 
+    register_fixture_frame_encoders()
     entries = []
     for name in ("clip_tiny", "lang_tiny"):
         config = pe_config(name)

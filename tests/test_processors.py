@@ -119,3 +119,18 @@ def test_af3_without_a_chat_template_is_a_missing_file(tmp_path, af3_model_dir):
     with pytest.raises(MissingFileError, match="no chat template"):
         AF3Processor(folder)
 
+
+
+def test_an_original_pe_av_config_names_a_registered_frame_encoder(tmp_path):
+    """The fixtures describe their frame encoder under `fixture_pe_encoder_registry`; production code never reads
+    that key: an encoder nobody registered is an error naming the way to register it, whatever the file says."""
+    import json
+
+    folder = pe_av_folder(tmp_path, "pe_av_tiny/original")
+    config = json.loads((folder / "config.json").read_text())
+    name = config["audio_visual_model"]["visual_model"]["pe_encoder"]
+    config["audio_visual_model"]["visual_model"]["pe_encoder"] = "PE-AV-Nobody-Registered"
+    config["fixture_pe_encoder_registry"] = {"PE-AV-Nobody-Registered": config["fixture_pe_encoder_registry"][name]}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(Exception, match="unknown frame encoder 'PE-AV-Nobody-Registered'.*register_arch"):
+        sn.load(str(folder), device="cpu")

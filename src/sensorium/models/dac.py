@@ -105,7 +105,7 @@ class DacEncoder(nn.Module):
         return self.bottleneck(self.conv_out(self.snake_out(x))).transpose(1, 2)
 
 
-def _dac(data: dict) -> DacConfig:
+def dac_config_from_dict(data: dict) -> DacConfig:
     dac = DacConfig(
         channels=data.get("encoder_hidden_size", 64),
         strides=tuple(data.get("downsampling_ratios", (2, 8, 10, 12))),
@@ -121,7 +121,7 @@ def _dac(data: dict) -> DacConfig:
 # ---------------------------------------------------------------------------------------------------------
 # Checkpoint layouts. Keys: the file's names ("{i}" is a layer index); values: ours.
 
-def _dac_map(prefix: str) -> KeyMap:
+def dac_key_map(prefix: str) -> KeyMap:
     key_map: KeyMap = {
         "conv1.weight": "conv_in.weight",
         "conv1.bias": "conv_in.bias",

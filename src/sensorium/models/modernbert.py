@@ -93,7 +93,7 @@ class ModernBert(nn.Module):
         return x[:, 0]
 
 
-def _modernbert(data: dict, used_layers: int) -> ModernBertConfig:
+def modernbert_config_from_dict(data: dict, used_layers: int) -> ModernBertConfig:
     total = data.get("num_hidden_layers", 22)
     if not 1 <= used_layers <= total:
         raise ValueError(f"text layer {used_layers} is outside the {total}-layer text model")
@@ -121,7 +121,7 @@ def _modernbert(data: dict, used_layers: int) -> ModernBertConfig:
     )
 
 
-def _check_text_model(data: dict) -> None:
+def check_text_model(data: dict) -> None:
     for key, want in (("hidden_activation", "gelu"), ("attention_bias", False), ("mlp_bias", False), ("norm_bias", False)):
         if data.get(key, want) != want:
             raise ValueError(f"text model with {key}={data[key]!r} is not a released PE-AV configuration")

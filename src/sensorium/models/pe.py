@@ -519,6 +519,28 @@ TIMM_ARCHITECTURES: dict[str, str] = {
 }
 
 
+def vision_config_from_original(fields: dict) -> VisionConfig:
+    """An original `PEConfig`'s fields (core/vision_encoder/config.py: image_size, patch_size, width, layers,
+    heads, mlp_ratio, use_cls_token, ls_init_value, use_ln_post, pool_type, attn_pooler_heads, output_dim)
+    as a VisionConfig: for an encoder registered in the original's PE_VISION_CONFIG that sensorium does not
+    list (register it with `register_arch(PEConfig(name, vision_config_from_original(fields)))`)."""
+    width = fields["width"]
+    return VisionConfig(
+        image_size=fields["image_size"],
+        patch_size=fields["patch_size"],
+        width=width,
+        layers=fields["layers"],
+        heads=fields["heads"],
+        mlp_hidden=int(width * fields.get("mlp_ratio", 4.0)),
+        cls_token=fields.get("use_cls_token", True),
+        layerscale=fields.get("ls_init_value") is not None,
+        ln_post=fields.get("use_ln_post", True),
+        attn_pool=fields.get("pool_type", "attn") == "attn",
+        pool_heads=fields.get("attn_pooler_heads", 8),
+        output_dim=fields.get("output_dim"),
+    )
+
+
 def register_arch(config: PEConfig, timm_name: str | None = None) -> None:
     """Add an architecture (a fine-tuned shape, or a test model), by `config.name`, and the timm name its
     timm copies give; registering the same one again is a no-op."""

@@ -13,7 +13,7 @@ from torch import nn
 
 from sensorium.models.family import processor_of
 from sensorium.nn.sequence import detect_runs, runs_to_seconds, window_starts
-from sensorium.models.pe_audio import ContrastiveHead, PEAVConfig, STREAM_CODEC_CHUNK, StreamingCodec, _PEAudioModel
+from sensorium.models.pe_audio import ContrastiveHead, PEAVConfig, STREAM_CODEC_CHUNK, StreamingCodec, PEAudioBase
 
 
 @dataclass
@@ -25,7 +25,7 @@ class AFrameOutput:
     spans: list[list[list[float]]] | None = None
 
 
-class PEAFrameModel(_PEAudioModel):
+class PEAFrameModel(PEAudioBase):
     """PE-A-Frame: per-40 ms-frame scores of audio against text descriptions, and the spans where they hold."""
 
     def __init__(self, config: PEAVConfig):

@@ -21,7 +21,7 @@ from torch import nn
 
 from sensorium.batches import AudioBatch, TokenBatch
 from sensorium.keymaps import FirstHalf, KeyMap, Unused, prefixed
-from sensorium.models.dac import DacConfig, DacEncoder, _dac_map
+from sensorium.models.dac import DacConfig, DacEncoder, dac_key_map
 from sensorium.models.modernbert import ModernBert, ModernBertConfig
 from sensorium.models.pe import VisionConfig
 from sensorium.models.family import processor_of
@@ -246,7 +246,7 @@ class AudioTower(nn.Module):
 # Models users hold
 
 
-class _PEAudioModel(nn.Module):
+class PEAudioBase(nn.Module):
     """What PE-AV and PE-A-Frame share: the text tower, the audio tower and their preprocessing."""
 
     def __init__(self, config: PEAVConfig):
@@ -426,7 +426,7 @@ def codec_plan(frames: int, chunk: int = CODEC_CHUNK, margin: int = CODEC_MARGIN
 # Configs from checkpoint files (config.json: the original schema, or transformers' pe_audio[_video])
 
 
-def _encoder(data: dict) -> EncoderConfig:
+def encoder_config_from_dict(data: dict) -> EncoderConfig:
     return EncoderConfig(
         width=data["hidden_size"],
         layers=data["num_hidden_layers"],
@@ -472,7 +472,7 @@ ORIGINAL_ENCODER: KeyMap = _patcher("embeddings.", "cls_token") | ENCODER_LAYERS
 TRANSFORMERS_ENCODER: KeyMap = _patcher("patch_embedder.", "class_embedding") | ENCODER_LAYERS
 
 
-def _head(file_name: str, ours: str) -> KeyMap:
+def head_key_map(file_name: str, ours: str) -> KeyMap:
     return {
         f"{file_name}.layer_norm.weight": f"{ours}.norm.weight",
         f"{file_name}.layer_norm.bias": f"{ours}.norm.bias",
@@ -480,9 +480,9 @@ def _head(file_name: str, ours: str) -> KeyMap:
     }
 
 
-def _original_audio(prefix: str) -> KeyMap:
+def original_audio_key_map(prefix: str) -> KeyMap:
     return (
-        _dac_map(f"{prefix}dac_vae_encoder.encoder.")
+        dac_key_map(f"{prefix}dac_vae_encoder.encoder.")
         | {
             f"{prefix}dac_vae_encoder.bottleneck.in_proj.weight": FirstHalf("bottleneck.weight"),
             f"{prefix}dac_vae_encoder.bottleneck.in_proj.bias": FirstHalf("bottleneck.bias"),
@@ -492,14 +492,14 @@ def _original_audio(prefix: str) -> KeyMap:
     )
 
 
-def _transformers_audio(prefix: str) -> KeyMap:
-    return _dac_map(f"{prefix}embedder.dac_encoder.") | {
+def transformers_audio_key_map(prefix: str) -> KeyMap:
+    return dac_key_map(f"{prefix}embedder.dac_encoder.") | {
         f"{prefix}embedder.bottleneck.weight": "bottleneck.weight",
         f"{prefix}embedder.bottleneck.bias": "bottleneck.bias",
     }
 
 
-def _audio_tower(dac: KeyMap, data_proj: str, encoder_prefix: str, encoder: KeyMap) -> KeyMap:
+def audio_tower_key_map(dac: KeyMap, data_proj: str, encoder_prefix: str, encoder: KeyMap) -> KeyMap:
     return (
         prefixed("", "audio.dac.", dac)
         | {f"{data_proj}.weight": "audio.data_proj.weight", f"{data_proj}.bias": "audio.data_proj.bias"}

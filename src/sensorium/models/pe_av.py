@@ -36,20 +36,20 @@ from sensorium.batches import VideoBatch
 from sensorium.keymaps import KeyMap, Unused, prefixed
 from sensorium.models import pe
 from sensorium.models.family import Family, processor_of
-from sensorium.models.dac import _dac
-from sensorium.models.modernbert import TEXT, _check_text_model, _modernbert
+from sensorium.models.dac import dac_config_from_dict
+from sensorium.models.modernbert import TEXT, check_text_model, modernbert_config_from_dict
 from sensorium.models.pe_audio import (
     ContrastiveHead,
     ORIGINAL_ENCODER,
     PEAVConfig,
     SequenceEncoder,
     TRANSFORMERS_ENCODER,
-    _PEAudioModel,
-    _audio_tower,
-    _encoder,
-    _head,
-    _original_audio,
-    _transformers_audio,
+    PEAudioBase,
+    audio_tower_key_map,
+    encoder_config_from_dict,
+    head_key_map,
+    original_audio_key_map,
+    transformers_audio_key_map,
 )
 from sensorium.models.pe_a_frame import PEAFrameModel
 from sensorium.models.pe import ORIGINAL_VISION, TIMM_VISION, VisionConfig, VisionTransformer
@@ -135,7 +135,7 @@ class PEAVOutput:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
-class PEAVModel(_PEAudioModel):
+class PEAVModel(PEAudioBase):
     """PE-AV: audio, video, audio+video and text embeddings in one space (plus audio+text, video+text)."""
 
     HEADS = ("audio", "visual", "audio_visual", "audio_text", "visual_text", "audio_visual_text",
@@ -238,28 +238,13 @@ class PEAVModel(_PEAudioModel):
         return self.heads[f"{head}_text"](self.text_features(text))
 
 
-def _frame_encoder_original(name: str, data: dict) -> VisionConfig:
-    """The frame encoder a config names: a PE-Core architecture, or one described in the file itself."""
-    described = data.get("fixture_pe_encoder_registry", {}).get(name)
-    if described is not None:
-        width = described["width"]
-        return VisionConfig(
-            image_size=described["image_size"],
-            patch_size=described["patch_size"],
-            width=width,
-            layers=described["layers"],
-            heads=described["heads"],
-            mlp_hidden=int(width * described.get("mlp_ratio", 4.0)),
-            cls_token=described.get("use_cls_token", True),
-            layerscale=described.get("ls_init_value") is not None,
-            ln_post=described.get("use_ln_post", True),
-            attn_pool=described.get("pool_type", "attn") == "attn",
-            pool_heads=described.get("attn_pooler_heads", 8),
-            output_dim=described["output_dim"],
-        )
+def _frame_encoder_original(name: str) -> VisionConfig:
+    """The frame encoder an original config names: a PE-Core architecture (an encoder of one's own is added with
+    `pe.register_arch(pe.PEConfig(name, pe.vision_config_from_original(fields)))` first)."""
     arch = pe.ARCHS.get(name)
     if arch is None or not arch.is_clip:
-        raise ValueError(f"unknown frame encoder {name!r} (expected a PE-Core model such as PE-Core-L14-336)")
+        raise ValueError(f"unknown frame encoder {name!r} (expected a PE-Core model such as PE-Core-L14-336, or "
+                         "one registered with sensorium.models.pe.register_arch)")
     return arch.vision
 
 
@@ -288,39 +273,39 @@ def _frame_encoder_timm(data: dict) -> VisionConfig:
 def config_from_dict(data: dict, name: str, video_frames: int | None = None) -> PEAVConfig:
     """A PEAVConfig from a config.json in either published schema."""
     if "audio_visual_model" in data or ("audio_model" in data and "dac_vae_encoder" in data["audio_model"]):
-        _check_text_model(data["text_model"])
+        check_text_model(data["text_model"])
         nth = data.get("nth_text_layer")
         if nth is None:  # the original would then pool after the final norm; no released model does
             raise ValueError("config without nth_text_layer: not a released PE-AV configuration")
-        text = _modernbert(data["text_model"], nth)
+        text = modernbert_config_from_dict(data["text_model"], nth)
         if "audio_visual_model" not in data:
             audio = data["audio_model"]
-            return PEAVConfig(name, "pe-a-frame", _dac(audio["dac_vae_encoder"]), _encoder(audio["audio_transformer"]),
+            return PEAVConfig(name, "pe-a-frame", dac_config_from_dict(audio["dac_vae_encoder"]), encoder_config_from_dict(audio["audio_transformer"]),
                               text, data.get("output_dim", text.width))
         av = data["audio_visual_model"]
         visual = av["visual_model"]
         fixed = visual.get("fixed_len_video", False)
         return PEAVConfig(
-            name, "pe-av", _dac(av["audio_model"]["dac_vae_encoder"]), _encoder(av["audio_model"]["audio_transformer"]),
+            name, "pe-av", dac_config_from_dict(av["audio_model"]["dac_vae_encoder"]), encoder_config_from_dict(av["audio_model"]["audio_transformer"]),
             text, data.get("output_dim", text.width),
-            video=_encoder(visual["visual_transformer"]), fusion=_encoder(av["audio_visual_transformer"]),
-            frame_encoder=_frame_encoder_original(visual.get("pe_encoder", "PE-Core-L14-336"), data),
+            video=encoder_config_from_dict(visual["visual_transformer"]), fusion=encoder_config_from_dict(av["audio_visual_transformer"]),
+            frame_encoder=_frame_encoder_original(visual.get("pe_encoder", "PE-Core-L14-336")),
             video_frames=16 if fixed else video_frames,
         )
     model_type = data.get("model_type")
     if model_type not in ("pe_audio_video", "pe_audio"):
         raise ValueError(f"not a PE-AV / PE-A-Frame config (model_type {model_type!r})")
-    _check_text_model(data["text_config"])
-    text = _modernbert(data["text_config"], data["text_config"].get("num_hidden_layers", 22))
+    check_text_model(data["text_config"])
+    text = modernbert_config_from_dict(data["text_config"], data["text_config"].get("num_hidden_layers", 22))
     if model_type == "pe_audio":
         if "PeAudioFrameLevelModel" not in (data.get("architectures") or ["PeAudioFrameLevelModel"]):
             raise ValueError("only the frame-level PE audio model (PE-A-Frame) has a checkpoint of its own")
         audio = data["audio_config"]
-        return PEAVConfig(name, "pe-a-frame", _dac(audio["dac_config"]), _encoder(audio), text, text.width)
+        return PEAVConfig(name, "pe-a-frame", dac_config_from_dict(audio["dac_config"]), encoder_config_from_dict(audio), text, text.width)
     av = data["audio_video_config"]
     return PEAVConfig(
-        name, "pe-av", _dac(av["audio_config"]["dac_config"]), _encoder(av["audio_config"]), text, text.width,
-        video=_encoder(av["video_config"]), fusion=_encoder(av),
+        name, "pe-av", dac_config_from_dict(av["audio_config"]["dac_config"]), encoder_config_from_dict(av["audio_config"]), text, text.width,
+        video=encoder_config_from_dict(av["video_config"]), fusion=encoder_config_from_dict(av),
         frame_encoder=_frame_encoder_timm(av["video_config"]["vision_config"]),
         video_frames=video_frames,
     )
@@ -352,7 +337,7 @@ LAYOUTS: dict[str, KeyMap] = {
     # perception_models branch: PEAudioVisual.state_dict()
     "original": (
         prefixed("text_model.", "text.", TEXT)
-        | _audio_tower(_original_audio(f"{_AV}audio_model."), f"{_AV}audio_model.data_proj",
+        | audio_tower_key_map(original_audio_key_map(f"{_AV}audio_model."), f"{_AV}audio_model.data_proj",
                        f"{_AV}audio_model.audio_transformer.", ORIGINAL_ENCODER)
         | prefixed(f"{_AV}visual_model.pe_encoder.", "video.frames.", ORIGINAL_VISION)
         | {f"{_AV}visual_model.proj.weight": "video.proj.weight",
@@ -368,12 +353,12 @@ LAYOUTS: dict[str, KeyMap] = {
            f"{_AV}audio_visual_transformer.concat_modality_proj.bias": "fusion.concat_proj.bias",
            f"{_AV}audio_visual_transformer.data_proj.weight": "fusion.data_proj.weight",
            f"{_AV}audio_visual_transformer.data_proj.bias": "fusion.data_proj.bias"}
-        | {k: v for name in _AV_HEADS for k, v in _head(f"{name}_head", f"heads.{name}").items()}
+        | {k: v for name in _AV_HEADS for k, v in head_key_map(f"{name}_head", f"heads.{name}").items()}
     ),
     # main branch: transformers PeAudioVideoModel.save_pretrained (tied copies saved once)
     "transformers": (
         prefixed("text_model.", "text.", TEXT)
-        | _audio_tower(_transformers_audio("audio_model.audio_encoder."),
+        | audio_tower_key_map(transformers_audio_key_map("audio_model.audio_encoder."),
                        "audio_model.audio_encoder.embedder.data_proj", "audio_model.audio_encoder.", TRANSFORMERS_ENCODER)
         | prefixed("video_model.video_encoder.embedder.vision_model.timm_model.", "video.frames.", TIMM_VISION)
         | {"video_model.video_encoder.embedder.proj.weight": "video.proj.weight",
@@ -389,24 +374,24 @@ LAYOUTS: dict[str, KeyMap] = {
            "audio_video_encoder.embedder.concat_modality_proj.bias": "fusion.concat_proj.bias",
            "audio_video_encoder.embedder.data_proj.weight": "fusion.data_proj.weight",
            "audio_video_encoder.embedder.data_proj.bias": "fusion.data_proj.bias"}
-        | {k: v for name, hf in _HF_AV_HEADS.items() for k, v in _head(hf, f"heads.{name}").items()}
+        | {k: v for name, hf in _HF_AV_HEADS.items() for k, v in head_key_map(hf, f"heads.{name}").items()}
         # transformers' contrastive-loss scalars: not part of the embedding model (saved as 0.0)
         | {f"{p}logit_{kind}": Unused() for p in _HF_AV_LOGITS for kind in ("scale", "bias")}
     ),
     # perception_models branch: PEAudioFrame.state_dict()
     "original_frame": (
         prefixed("text_model.", "text.", TEXT)
-        | _audio_tower(_original_audio("audio_model."), "audio_model.data_proj",
+        | audio_tower_key_map(original_audio_key_map("audio_model."), "audio_model.data_proj",
                        "audio_model.audio_transformer.", ORIGINAL_ENCODER)
-        | _head("text_head", "text_head") | _head("audio_head", "audio_head")
+        | head_key_map("text_head", "text_head") | head_key_map("audio_head", "audio_head")
         | {"logit_scale": "logit_scale", "logit_bias": "logit_bias"}
     ),
     # main branch: transformers PeAudioFrameLevelModel.save_pretrained
     "transformers_frame": (
         prefixed("text_model.", "text.", TEXT)
-        | _audio_tower(_transformers_audio("audio_encoder."), "audio_encoder.embedder.data_proj",
+        | audio_tower_key_map(transformers_audio_key_map("audio_encoder."), "audio_encoder.embedder.data_proj",
                        "audio_encoder.", TRANSFORMERS_ENCODER)
-        | _head("text_audio_head", "text_head") | _head("audio_head", "audio_head")
+        | head_key_map("text_audio_head", "text_head") | head_key_map("audio_head", "audio_head")
         | {"text_audio_logit_scale": "logit_scale", "text_audio_logit_bias": "logit_bias"}
     ),
 }
@@ -436,7 +421,7 @@ def detect_layout(keys: set[str]) -> str:
     raise ValueError(f"not a PE-AV / PE-A-Frame checkpoint in a known layout (first keys: {shown})")
 
 
-def build(config: PEAVConfig, layout: str) -> _PEAudioModel:
+def build(config: PEAVConfig, layout: str) -> PEAudioBase:
     """An uninitialised model (create it under torch.device('meta')) for `config`."""
     if layout.endswith("_frame") != config.is_frame_level:
         raise ValueError(f"{config.name} is a {config.kind} config but the weights are in the {layout} layout")
