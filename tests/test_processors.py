@@ -62,6 +62,11 @@ def test_pe_av_processor_batches_are_mappings_that_move(tmp_path):
     assert isinstance(video, VideoBatch) and video.pixel_values_videos.shape[2:] == (3, m.frame_size, m.frame_size)
     # the model takes the batches and the raw inputs alike (the raw ones through its processor)
     assert torch.equal(m.encode_text(text, head="audio"), m.encode_text(["rain"], head="audio"))
+    # PE-AV's embeddings are raw unless asked (the original's); PE-Core's are unit vectors unless asked
+    raw = m.encode_audio(audio)
+    assert not torch.allclose(raw.norm(dim=-1), torch.ones(1))
+    assert torch.allclose(m.encode_audio(audio, normalize=True), torch.nn.functional.normalize(raw, dim=-1))
+    assert torch.allclose(m.encode_video(video, normalize=True).norm(dim=-1), torch.ones(1))
 
 
 def test_pe_av_without_a_tokenizer_is_a_missing_file(tmp_path):

@@ -294,6 +294,7 @@ class PECoreModel(PEVisionModel):
         return processor_of(self).text(texts)
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Image embeddings [B, D], L2-normalised by default as the original's (PE-AV's are raw by default)."""
         x = self.visual(self._pixels(pixels))
         return F.normalize(x, dim=-1) if normalize else x
 

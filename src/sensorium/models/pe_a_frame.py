@@ -36,6 +36,8 @@ class PEAFrameModel(PEAudioBase):
         self.logit_bias = nn.Parameter(torch.zeros(1))
 
     def encode_text(self, text) -> torch.Tensor:
+        """Text embeddings [B, D], raw as the original's (frame scores are dot products with a learned scale
+        and bias, not cosines)."""
         return self.text_head(self.text_features(text))
 
     def encode_audio_frames(self, audio, sampling_rate: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -219,23 +219,33 @@ class PEAVModel(PEAudioBase):
             out.audio_visual_text_embeds = heads["audio_visual_text"](text_vec)
         return out
 
-    def encode_audio(self, audio, sampling_rate: int | None = None) -> torch.Tensor:
-        return self.heads["audio"](self.audio_tokens(audio, sampling_rate)[0][:, 0])
+    # PE-AV's embeddings are the heads' raw outputs, as the original returns them (compare them by cosine):
+    # normalize=False by default, unlike PE-Core's encode_*, whose original normalises.
 
-    def encode_video(self, video) -> torch.Tensor:
-        return self.heads["visual"](self.video_tokens(video)[0][:, 0])
+    def encode_audio(self, audio, sampling_rate: int | None = None, normalize: bool = False) -> torch.Tensor:
+        """Audio embeddings [B, D] (comparable with encode_text(head="audio"))."""
+        return _unit(self.heads["audio"](self.audio_tokens(audio, sampling_rate)[0][:, 0]), normalize)
 
-    def encode_audio_video(self, audio, video, sampling_rate: int | None = None) -> torch.Tensor:
+    def encode_video(self, video, normalize: bool = False) -> torch.Tensor:
+        """Video embeddings [B, D] (comparable with encode_text(head="visual"))."""
+        return _unit(self.heads["visual"](self.video_tokens(video)[0][:, 0]), normalize)
+
+    def encode_audio_video(self, audio, video, sampling_rate: int | None = None, normalize: bool = False) -> torch.Tensor:
+        """Joint audio-visual embeddings [B, D] (comparable with encode_text(head="audio_visual"))."""
         audio_out, video_out = self.audio_tokens(audio, sampling_rate), self.video_tokens(video)
         fused = self.fusion(audio_out[0][:, 1:], audio_out[1], video_out[0][:, 1:], video_out[1])
-        return self.heads["audio_visual"](fused[:, 0])
+        return _unit(self.heads["audio_visual"](fused[:, 0]), normalize)
 
-    def encode_text(self, text, head: str = "audio_visual") -> torch.Tensor:
+    def encode_text(self, text, head: str = "audio_visual", normalize: bool = False) -> torch.Tensor:
         """Text embeddings through one head: "audio" (to compare with audio_embeds), "visual" (with
         visual_embeds) or "audio_visual" (with audio_visual_embeds)."""
         if head not in ("audio", "visual", "audio_visual"):
             raise ValueError(f"head must be 'audio', 'visual' or 'audio_visual', got {head!r}")
-        return self.heads[f"{head}_text"](self.text_features(text))
+        return _unit(self.heads[f"{head}_text"](self.text_features(text)), normalize)
+
+
+def _unit(x: torch.Tensor, normalize: bool) -> torch.Tensor:
+    return F.normalize(x, dim=-1) if normalize else x
 
 
 def _frame_encoder_original(name: str) -> VisionConfig:
