@@ -806,7 +806,7 @@ def run_ask(args) -> int:
             print()
         else:
             print(model.chat(conversation, **options))
-    except (SensoriumError, ValueError, OSError) as err:
+    except (SensoriumError, OSError) as err:  # the input's fault; a bug propagates
         print(f"sensorium ask: {display_path(args.input)}: {reason_for(err, args.input)}", file=sys.stderr)
         return EXIT_SOME_FAILED
     return EXIT_OK

@@ -21,6 +21,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from sensorium.errors import InputError
+
 FRAME_LENGTH = 400  # samples at 16 kHz: 25 ms
 FRAME_SHIFT = 160  # 10 ms
 FFT_SIZE = 512
@@ -73,7 +75,7 @@ def kaldi_fbank(
     if waveforms.ndim != 2:
         raise ValueError(f"waveforms must be [batch, samples], got {tuple(waveforms.shape)}")
     if waveforms.shape[-1] < FRAME_LENGTH:
-        raise ValueError(f"signals must have at least {FRAME_LENGTH} samples for one frame")
+        raise InputError(f"signals must have at least {FRAME_LENGTH} samples for one frame")
     batch, frames = waveforms.shape[0], frame_count(waveforms.shape[-1])
     out = torch.empty(batch, frames, num_mel_bins, device=waveforms.device)
     rows_per_chunk = max(1, CHUNK_FRAMES // frames)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from sensorium.batches import AF3Inputs
-from sensorium.errors import MediaError, MissingFileError
+from sensorium.errors import InputError, MediaError, MissingFileError
 from sensorium.features import whisper
 from sensorium.media.audio import load_audio
 from sensorium.models.af3 import SAMPLING_RATE, audio_token_count
@@ -38,7 +38,7 @@ def _audio_of(item: dict) -> tuple[object, int | None]:
     for key in ("audio", "path", "url"):
         if item.get(key) is not None:
             return item[key], item.get("sampling_rate")
-    raise ValueError(f"audio content item without audio (give 'audio' or 'path'): {sorted(item)}")
+    raise InputError(f"audio content item without audio (give 'audio' or 'path'): {sorted(item)}")
 
 
 def _is_audio(item) -> bool:
@@ -64,7 +64,7 @@ def as_conversations(conversations) -> list[list[dict]]:
         raise TypeError("chat takes a conversation (a list of {'role', 'content'} messages), a string, or a "
                         f"list of them; got {type(conversations).__name__}")
     if not conversations:
-        raise ValueError("no conversation given")
+        raise InputError("no conversation given")
     return [one(c) for c in conversations]
 
 
@@ -112,7 +112,7 @@ class AF3Processor:
             signal = load_audio(audio, SAMPLING_RATE, on_truncated=on_truncated)
         else:
             if sampling_rate is None:
-                raise ValueError("audio arrays need their sampling rate: sampling_rate=16000 (AF3 reads 16 kHz), "
+                raise InputError("audio arrays need their sampling rate: sampling_rate=16000 (AF3 reads 16 kHz), "
                                  "or {'type': 'audio', 'audio': array, 'sampling_rate': rate} in the conversation")
             signal = load_audio(audio, SAMPLING_RATE, source_rate=sampling_rate)
         if len(signal) == 0:
@@ -126,7 +126,7 @@ class AF3Processor:
             message = (f"{source}: {seconds:.1f} s of audio, but Audio Flamingo 3 reads at most "
                        f"{self.max_audio_seconds:.0f} s at once")
             if long_audio != "truncate":
-                raise ValueError(message + "; transcribe it in chunks, or pass long_audio='truncate' to use the "
+                raise InputError(message + "; transcribe it in chunks, or pass long_audio='truncate' to use the "
                                  "first 10 minutes")
             warnings.warn(message + "; using the first 10 minutes", stacklevel=3)
             windows, frames = windows[: self.max_windows], frames[: self.max_windows]
@@ -139,7 +139,7 @@ class AF3Processor:
         model inputs. Audio items are paths, or arrays with their rate (the item's "sampling_rate", else
         `sampling_rate`)."""
         if long_audio not in ("error", "truncate"):
-            raise ValueError("long_audio must be 'error' or 'truncate'")
+            raise InputError("long_audio must be 'error' or 'truncate'")
         single = is_single(conversations)
         conversations = as_conversations(conversations)
         sequences, all_windows, all_frames, counts = [], [], [], []
@@ -149,7 +149,7 @@ class AF3Processor:
             text = self.render(conversation, add_generation_prompt)
             ids = self.tokenizer.encode(text)[0]
             if ids.count(self.audio_token_id) != len(audios):
-                raise ValueError(f"the rendered conversation has {ids.count(self.audio_token_id)} {self.audio_token} "
+                raise InputError(f"the rendered conversation has {ids.count(self.audio_token_id)} {self.audio_token} "
                                  f"placeholders for {len(audios)} audios")
             expanded, next_audio = [], 0
             for token in ids:
@@ -189,7 +189,7 @@ class AF3Processor:
         """Chunked transcription's inputs: (start s, end s, request) for chunks of at most `chunk_seconds`
         whose boundaries move to the quietest 20 ms within the 3 s before each cut."""
         if not 1.0 <= chunk_seconds <= 30.0:
-            raise ValueError("chunk_seconds must be between 1 and 30 (one encoder window)")
+            raise InputError("chunk_seconds must be between 1 and 30 (one encoder window)")
         signal = self.load(audio, sampling_rate, on_truncated)
         bounds = quiet_cuts(signal, chunk_seconds)
         return [(a / SAMPLING_RATE, b / SAMPLING_RATE, self.transcription_request(signal[a:b], prompt, SAMPLING_RATE))

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sensorium.errors import InputError
 from sensorium.features.fbank import fixed_length_fbank
 from sensorium.media.audio import array_to_mono
 from sensorium.models.ast import ASTConfig
@@ -28,13 +29,13 @@ class ASTProcessor:
         elif not isinstance(waveforms, (list, tuple)):
             raise TypeError(f"waveforms must be an array/tensor or a list of them, got {type(waveforms).__name__}")
         if not waveforms:
-            raise ValueError("no waveforms given")
+            raise InputError("no waveforms given")
         signals = [torch.from_numpy(array_to_mono(w, sampling_rate, c.sampling_rate)) for w in waveforms]
         features, frames = fixed_length_fbank(signals, c.max_length, c.num_mel_bins, c.sampling_rate, precision)
         too_long = [i for i, n in enumerate(frames) if n > c.max_length]
         if too_long and not truncate:
             seconds = len(signals[too_long[0]]) / c.sampling_rate
-            raise ValueError(
+            raise InputError(
                 f"clip {too_long[0]} is {seconds:.2f} s, longer than the {c.window_seconds:.2f} s {c.name} window; "
                 "use sensorium.tag (it windows long audio) or pass truncate=True to keep only the start"
             )

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from sensorium.batches import AudioBatch, TokenBatch, VideoBatch
-from sensorium.errors import MissingFileError
+from sensorium.errors import InputError, MissingFileError
 from sensorium.features.video_frames import squash_frames
 from sensorium.features.waveform import reflect_pad_batch
 from sensorium.media.audio import load_audio, stream_audio
@@ -53,14 +53,14 @@ class PEAVProcessor:
         arrays/tensors ([samples] or [channels, samples]) need `sampling_rate`."""
         items = audio if isinstance(audio, (list, tuple)) else [audio]
         if not items:
-            raise ValueError("no audio given")
+            raise InputError("no audio given")
         signals = []
         for item in items:
             if isinstance(item, (str, Path)):
                 signals.append(load_audio(item, self.sampling_rate, downmix="ffmpeg"))
             else:
                 if sampling_rate is None:
-                    raise ValueError("audio arrays need sampling_rate= (PE-AV reads 48 kHz)")
+                    raise InputError("audio arrays need sampling_rate= (PE-AV reads 48 kHz)")
                 signals.append(load_audio(item, self.sampling_rate, source_rate=sampling_rate, downmix="ffmpeg"))
         values, mask = reflect_pad_batch(signals, self.config.dac.hop)
         return AudioBatch(values, mask, tuple(len(s) / self.sampling_rate for s in signals))
@@ -75,7 +75,7 @@ class PEAVProcessor:
         squashed to the frame encoder's square size."""
         items = video if isinstance(video, (list, tuple)) else [video]
         if not items:
-            raise ValueError("no video given")
+            raise InputError("no video given")
         size, count = self.config.frame_encoder.image_size, self.config.video_frames
         stacks, stamps = [], []
         for item in items:

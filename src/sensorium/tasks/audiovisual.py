@@ -155,7 +155,7 @@ def iter_encode(model, items: list[MediaItem], modality: str = "auto", window: f
         for item in items:
             try:
                 result = encode_item(model, item, modality, window, hop, on_truncated)
-            except (SensoriumError, ValueError, OSError) as err:  # not RuntimeError: out of memory is no bad file
+            except (SensoriumError, OSError) as err:  # the input's fault; a bug or out of memory propagates
                 result = AVResult(item, item.modality, error=reason_for(err, item.path))
             if progress is not None:
                 progress(1)

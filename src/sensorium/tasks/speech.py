@@ -31,7 +31,7 @@ def iter_transcribe(model, items: list[MediaItem], prompt: str | None = None, ch
             try:
                 row.transcript = model.transcribe(item.path, prompt, chunk_seconds, max_new_tokens,
                                                   on_truncated=on_truncated)
-            except (SensoriumError, ValueError, OSError) as err:  # not RuntimeError: out of memory is no bad file
+            except (SensoriumError, OSError) as err:  # the input's fault; a bug or out of memory propagates
                 row.error = reason_for(err, item.path)
         if progress is not None:
             progress(1)
@@ -130,7 +130,7 @@ def ask(
                 row.answer = model.chat(conversation, max_new_tokens=max_new_tokens, temperature=temperature,
                                         top_k=top_k, top_p=top_p, seed=seed,
                                         on_truncated="warn" if allow_truncated else "error")
-            except (SensoriumError, ValueError, OSError) as err:  # not RuntimeError: out of memory is no bad file
+            except (SensoriumError, OSError) as err:  # the input's fault; a bug or out of memory propagates
                 row.error = reason_for(err, item.path)
         rows.append(row)
     return rows

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from sensorium.catalog import DEFAULT_TAGGER
-from sensorium.errors import MediaError
+from sensorium.errors import MediaError, SensoriumError
 from sensorium.features.fbank import FRAME_LENGTH, FRAME_SHIFT
 from sensorium.media.audio import stream_audio
 from sensorium.tasks.events import Event, window_events
@@ -151,12 +151,11 @@ def iter_tag(
                         _put(pending, ("window", index, start, samples), stop)
                         decoded = max(decoded, start + len(samples))
                     _put(pending, ("done", index, decoded, None), stop)
-                except MediaError as err:
+                except MediaError as err:  # the file's fault: its row says why, the run goes on
                     _put(pending, ("error", index, err.reason, None), stop)
-                except MemoryError:
-                    raise
-                except Exception as err:  # a decoder bug must not end the batch
-                    _put(pending, ("error", index, f"unexpected {type(err).__name__}: {err}", None), stop)
+                except BaseException as err:  # a bug or out of memory is not a bad file: the run stops with it
+                    _put(pending, ("raise", index, err, None), stop)
+                    return
         finally:
             _put(pending, ("end", None, None, None), stop)
 
@@ -177,6 +176,8 @@ def iter_tag(
                     batch.append((index, value, samples))
             elif kind == "end":
                 ended = True
+            elif kind == "raise":
+                raise value
             else:
                 status[index] = (kind, value)
             if len(batch) >= batch_size or (ended and batch):
@@ -225,20 +226,21 @@ NOT_FINITE = "the model's scores are not finite (NaN or inf) for this input"
 
 
 def _score_isolated(model, batch, unscorable: dict[int, str]) -> list[tuple[int, int, np.ndarray]]:
-    """`_score` over the batch; when the batch fails on an input (ValueError, MediaError), each window is
-    scored alone so only its file fails. Windows with non-finite scores fail their file too."""
+    """`_score` over the batch; when the batch fails on an input (a SensoriumError: MediaError, InputError),
+    each window is scored alone so only its file fails; anything else is a bug and propagates. Windows with
+    non-finite scores fail their file too."""
     if not batch:
         return []
     try:
         results = _score(model, batch)
-    except (ValueError, MediaError):
+    except SensoriumError:
         results = []
         for window in batch:
             if window[0] in unscorable:
                 continue
             try:
                 results.extend(_score(model, [window]))
-            except (ValueError, MediaError) as err:
+            except SensoriumError as err:
                 unscorable[window[0]] = getattr(err, "reason", None) or str(err)
     kept = []
     for file, start, probabilities in results:

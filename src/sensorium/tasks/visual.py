@@ -117,12 +117,9 @@ def decode_in_order(
     def attempt(item: MediaItem):
         try:
             return decode(item), None
-        except MediaError as err:
+        except MediaError as err:  # the file's fault (media/ turns every decoder's errors into MediaError)
             return None, err.reason
-        except MemoryError:
-            raise  # out of memory is not a property of the file
-        except Exception as err:  # a decoder bug must not end the batch; report it with the input
-            return None, f"unexpected {type(err).__name__}: {err}"
+        # anything else (a bug, out of memory) is not a bad file: it propagates and stops the run
 
     if workers <= 0:
         for item in items:
