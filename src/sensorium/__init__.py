@@ -7,7 +7,8 @@
 
 import sensorium.models  # noqa: F401  (the package first: importing it binds `sensorium.models` to it, so ...)
 from sensorium.catalog import models  # ... `sn.models()`, the catalog listing, is bound after it
-from sensorium.errors import MediaError, SensoriumError, UnknownModelError, WeightsError, WeightsNotFoundError
+from sensorium.errors import (CapabilityError, InputError, MediaError, MissingFileError, SensoriumError, UnknownModelError,
+                              WeightsError, WeightsNotFoundError)
 from sensorium.loading import load
 from sensorium.tasks import ask, classify, embed, localize, tag, transcribe
 
@@ -22,8 +23,11 @@ __all__ = [
     "localize",
     "transcribe",
     "ask",
-    "MediaError",
     "SensoriumError",
+    "MediaError",
+    "InputError",
+    "MissingFileError",
+    "CapabilityError",
     "UnknownModelError",
     "WeightsError",
     "WeightsNotFoundError",

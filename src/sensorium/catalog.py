@@ -53,6 +53,21 @@ class CatalogEntry:
 CLIP_TASKS = ("embed", "classify")
 FEATURE_TASKS = ("features",)
 DEFAULT_TAGGER = "ast-finetuned-audioset-10-10-0.4593"
+# The model each task uses when none is named (the command line's -m default, the task functions' `model=`).
+DEFAULT_MODELS = {
+    "embed": "PE-Core-B16-224",
+    "classify": "PE-Core-B16-224",
+    "tag": DEFAULT_TAGGER,
+    "localize": "pe-a-frame-base",
+    "ask": "audio-flamingo-3",
+    "transcribe": "audio-flamingo-3",
+}
+
+
+def default_model(task: str) -> str:
+    if task not in DEFAULT_MODELS:
+        raise KeyError(f"no task {task!r} (tasks: {', '.join(DEFAULT_MODELS)})")
+    return DEFAULT_MODELS[task]
 
 
 def _core(name: str, timm_name: str, open_clip: str, size: int, out: int) -> CatalogEntry:

@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import sys
 import threading
 import time
 import warnings
-
-from sensorium.catalog import DEFAULT_TAGGER
-from sensorium.media.image import MAX_PIXELS
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_WRITE_FAILED = 0, 1, 2, 3
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
@@ -122,101 +118,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Option values, checked once before any work: a bad value exits 2 naming the option.
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-
-
-def positive_int(text: str) -> int:
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def count(text: str) -> int:
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def seconds(text: str) -> float:
-    value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
-
-
-def nonnegative_seconds(text: str) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
-    return value
-
-
-def probability(text: str) -> float:
-    value = _number(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
-def top_p(text: str) -> float:
-    value = _number(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def temperature(text: str) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (greedy) or more, got {text}")
-    return value
-
-
-def chunk_seconds(text: str) -> float:
-    value = _number(text)
-    if not 1 <= value <= 30:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 30 seconds (one encoder window), got {text}")
-    return value
-
-
-def odd_frames(text: str) -> int:
-    value = positive_int(text)
-    if value % 2 == 0:
-        raise argparse.ArgumentTypeError(f"must be an odd number of frames, got {value}")
-    return value
-
-
-def text_argument(text: str) -> str:
-    """Command-line text must be UTF-8 (undecodable bytes reach Python as lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        bad = text[err.start].encode("utf-8", "surrogateescape")
-        raise argparse.ArgumentTypeError(f"not valid UTF-8 (byte 0x{bad.hex()} at character {err.start})") from None
-    return text
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The parser
+# The parser: the `models` listing, then one subcommand per task, built from the task's spec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,135 +135,40 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--format", choices=("table", "json"), default="table")
     models.set_defaults(run=run_models)
 
-    embed = commands.add_parser("embed", help="embed images, videos and texts into one vector space")
-    _media_arguments(embed)
-    embed.add_argument("--text", action="append", default=[], metavar="TEXT", type=text_argument,
-                       help="also embed this text (repeatable)")
-    embed.add_argument("-o", "--output", help="output file: .jsonl, .json, .npy (+ .json sidecar) or .parquet")
-    embed.add_argument("--format", choices=("jsonl", "json", "npy", "parquet"), help="default: from -o, else jsonl")
-    _av_arguments(embed)
-    embed.add_argument("--text-head", choices=("audio", "visual", "audio_visual"),
-                       help="PE-AV: the text head for --text (default: the one matching --modality; audio_visual for auto)")
-    embed.set_defaults(run=run_embed)
-
-    classify = commands.add_parser("classify", help="zero-shot classify images and videos against labels")
-    _media_arguments(classify)
-    labels = classify.add_mutually_exclusive_group(required=True)
-    labels.add_argument("--labels", type=text_argument, help='comma-separated labels, e.g. "cat,dog,train"')
-    labels.add_argument("--labels-file", help="a UTF-8 text file with one label per line")
-    classify.add_argument(
-        "--templates",
-        default=None,
-        help="prompt templates: a file with one template per line ('{}' = the label) or a built-in set: "
-        "default (7 CLIP templates), imagenet (80), photo, none, sound. Default: default (sound for PE-AV)",
-    )
-    _av_arguments(classify)
-    classify.add_argument("--top-k", type=positive_int, default=5)
-    classify.add_argument("-o", "--output", help="output file (default: stdout)")
-    classify.add_argument("--format", choices=("json", "jsonl", "csv", "tsv"), help="default: from -o, else jsonl")
-    classify.set_defaults(run=run_classify)
-
-    tag = commands.add_parser("tag", help="sound tags for audio files (and the sound of videos), any length")
-    _common_arguments(tag, DEFAULT_TAGGER, batch_help="windows per forward pass", batch_default=8)
-    tag.add_argument("--top-k", type=positive_int, default=5, help="clip-level labels per file (default 5)")
-    tag.add_argument("--threshold", type=probability,
-                     help="clip level: only labels scoring at least this; --timeline: event threshold (default 0.3)")
-    tag.add_argument("--window", type=seconds,
-                     help="window in seconds (default: the model's input, 10.24 s for AudioSet)")
-    tag.add_argument("--hop", type=seconds, help="hop between windows in seconds (default: half the window)")
-    tag.add_argument("--pooling", choices=("max", "mean"), default="max", help="window scores -> clip score")
-    tag.add_argument("--timeline", action="store_true",
-                     help="write DCASE-style events (filename, onset, offset, event_label, score) instead")
-    tag.add_argument("-o", "--output", help="output file (default: stdout)")
-    tag.add_argument("--format", choices=("json", "jsonl", "csv", "tsv"),
-                     help="default: from -o, else jsonl (tsv with --timeline)")
-    _truncation_argument(tag)
-    tag.set_defaults(run=run_tag)
-
-    localize = commands.add_parser("localize", help="when described sounds happen (PE-A-Frame): DCASE-style events")
-    _common_arguments(localize, "pe-a-frame-base", "(unused: one file at a time)", 1)
-    localize.add_argument("-Q", "--query", action="append", default=[], metavar="TEXT", required=True,
-                          type=text_argument, help='a sound to find, e.g. "a dog barking" (repeatable)')
-    localize.add_argument("--threshold", type=probability, default=0.3,
-                          help="a frame is active when sigmoid(score) > threshold (default 0.3, the original's)")
-    localize.add_argument("--window", type=seconds, help="score in windows of this many seconds (default: one pass "
-                          "up to the model's ~400 s limit, 300 s windows beyond)")
-    localize.add_argument("--hop", type=seconds, help="hop between windows in seconds (default 280, or the window)")
-    localize.add_argument("--median-filter", type=odd_frames, metavar="FRAMES",
-                          help="smooth frame probabilities with a median filter of this many 40 ms frames (odd)")
-    localize.add_argument("--merge-gap", type=nonnegative_seconds, metavar="S",
-                          help="merge events at most this many seconds apart")
-    localize.add_argument("--min-duration", type=nonnegative_seconds, metavar="S", help="drop events shorter than this")
-    localize.add_argument("-o", "--output", help="output file (default: stdout)")
-    localize.add_argument("--format", choices=("tsv", "csv", "json", "jsonl"), help="default: from -o, else tsv")
-    _truncation_argument(localize)
-    localize.set_defaults(run=run_localize)
-
-    ask = commands.add_parser("ask", help="ask Audio Flamingo 3 a question about an audio file (or a video's sound)")
-    ask.add_argument("input", help="an audio or video file")
-    ask.add_argument("question", type=text_argument, help='e.g. "What is happening in this recording?"')
-    ask.add_argument("-m", "--model", default="audio-flamingo-3", help="catalog name, hub id or local folder")
-    ask.add_argument("--device", default="auto")
-    ask.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
-    ask.add_argument("--config", help=argparse.SUPPRESS)
-    ask.add_argument("--max-new-tokens", type=positive_int, default=512)
-    ask.add_argument("--temperature", type=temperature, default=0.0, help="0 = greedy (default)")
-    ask.add_argument("--top-p", type=top_p)
-    ask.add_argument("--top-k", type=positive_int)
-    ask.add_argument("--seed", type=_integer)
-    ask.add_argument("--stream", action="store_true", help="print the answer as it is produced")
-    _truncation_argument(ask)
-    ask.set_defaults(run=run_ask)
-
-    transcribe = commands.add_parser("transcribe", help="speech to text with Audio Flamingo 3, any length")
-    _common_arguments(transcribe, "audio-flamingo-3", "(unused: one file at a time)", 1)
-    transcribe.add_argument("--prompt", type=text_argument, help='the request (default "Transcribe the input speech.")')
-    transcribe.add_argument("--chunk", type=chunk_seconds, default=30.0, help="chunk length in seconds (1 to 30; "
-                            "cuts move to the quietest 20 ms in the 3 s before each)")
-    transcribe.add_argument("--max-new-tokens", type=positive_int, default=512, help="per chunk")
-    transcribe.add_argument("--format", choices=("txt", "srt", "vtt", "json", "jsonl"),
-                            help="default: from -o (.txt .srt .vtt .json .jsonl), else txt")
-    transcribe.add_argument("-o", "--output", help="output file (default: stdout)")
-    _truncation_argument(transcribe)
-    transcribe.set_defaults(run=run_transcribe)
-
+    for spec, run in _commands():
+        add_task(commands, spec).set_defaults(run=run, spec=spec)
     return parser
 
 
-def _common_arguments(parser: argparse.ArgumentParser, model: str, batch_help: str, batch_default: int) -> None:
-    parser.add_argument("inputs", nargs="*", help="files, folders (searched recursively) or glob patterns")
-    parser.add_argument("-m", "--model", default=model, help=f"catalog name, hub id or local path (default {model})")
-    parser.add_argument("--config", help="catalog name of the architecture, when --model is a file it cannot tell")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                        help="auto: bfloat16 (or float16) on CUDA, float32 elsewhere")
-    parser.add_argument("-b", "--batch-size", type=positive_int, default=batch_default, help=batch_help)
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+def _commands():
+    # (sensorium.tasks.embed etc. are the task functions there: import the specs from the modules)
+    from sensorium.tasks.classify import SPEC as CLASSIFY
+    from sensorium.tasks.embed import SPEC as EMBED
+    from sensorium.tasks.localize import SPEC as LOCALIZE
+    from sensorium.tasks.speech import ASK, TRANSCRIBE
+    from sensorium.tasks.tag import SPEC as TAG
+
+    return ((EMBED, run_embed), (CLASSIFY, run_classify), (TAG, run_tag), (LOCALIZE, run_localize), (ASK, run_ask),
+            (TRANSCRIBE, run_transcribe))
 
 
-def _truncation_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--allow-truncated", action="store_true",
-                        help="use what can be read of files that end before their container says (with a warning "
-                        "stating how much was read) instead of reporting them as failed")
+def add_task(commands, spec) -> argparse.ArgumentParser:
+    """The subcommand of a task spec: its options in order, --format with the spec's formats where FORMAT is."""
+    from sensorium.tasks.spec import FORMAT
 
-
-def _av_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--modality", choices=("auto", "audio", "video", "audio_video"), default="auto",
-                        help="PE-AV: what to embed per file; auto = by the file's streams: sound -> audio, pictures "
-                        "and sound -> audio_video, pictures only -> video")
-    parser.add_argument("--window", type=seconds, help="PE-AV: window in seconds for long media (default 30)")
-    parser.add_argument("--hop", type=seconds, help="PE-AV: hop between windows in seconds (default: the window)")
-    _truncation_argument(parser)
-
-
-def _media_arguments(parser: argparse.ArgumentParser) -> None:
-    _common_arguments(parser, "PE-Core-B16-224", "images (video frames) per forward pass", 32)
-    parser.add_argument("--workers", type=count, default=None,
-                        help="decoding threads feeding the model (0: decode in the main thread)")
-    parser.add_argument("--frames", type=positive_int, default=8,
-                        help="frames sampled uniformly per video (default 8); encoded --batch-size at a time")
-    parser.add_argument("--max-image-pixels", type=positive_int, default=MAX_PIXELS,
-                        help=f"larger images are refused (JPEGs are decoded at reduced scale); default {MAX_PIXELS:,}")
+    parser = commands.add_parser(spec.name, help=spec.help)
+    groups: dict = {}  # exclusive name -> its argparse group
+    for option in spec.options:
+        if option is FORMAT:
+            parser.add_argument("--format", choices=spec.formats, help=spec.format_help)
+            continue
+        target = parser
+        if option.exclusive is not None:
+            if option.exclusive not in groups:
+                groups[option.exclusive] = parser.add_mutually_exclusive_group(required=option.required)
+            target = groups[option.exclusive]
+        target.add_argument(*option.flags, **option.argparse_kwargs())
+    return parser
 
 
 def _fail(task: str, message) -> int:
@@ -536,7 +343,7 @@ def run_embed(args) -> int:
     if not args.inputs and not args.text:
         return _fail("embed", "give inputs (files, folders, globs) and/or --text")
     try:
-        fmt = format_for(args.output, args.format, ("jsonl", "json", "npy", "parquet"), "jsonl")
+        fmt = format_for(args.output, args.format, args.spec.formats, args.spec.default_format)
     except ValueError as err:
         return _fail("embed", err)
     if not _check_device(args, "embed"):
@@ -561,16 +368,11 @@ def run_embed(args) -> int:
     if writer is None:
         return EXIT_USAGE
 
-    def write(row, path):
-        record = {"path": path, "text": row.text, "modality": row.modality,
-                  "frames": row.frame_indices, "timestamps": row.timestamps}
-        if fmt in ("jsonl", "json"):  # self-describing rows; the binary formats keep fixed columns
-            record = {k: v for k, v in record.items() if v is not None} | {"model": model.name}
-        if fmt in ("jsonl", "json") and row.extra:
-            record |= row.extra
-        writer.write(record | {"embedding": row.embedding})
+    from sensorium.tasks.embed import iter_embed, records
 
-    from sensorium.tasks.embed import iter_embed
+    def write(row, path):
+        for record in records(row, path, fmt, model.name):
+            writer.write(record)
 
     rows = lambda progress: iter_embed(  # noqa: E731
         model, items, args.text, args.batch_size, args.workers, args.frames, progress, args.max_image_pixels, av,
@@ -603,7 +405,7 @@ def run_classify(args) -> int:
                 raise ValueError(f"--labels-file {display_path(args.labels_file)}: "
                                  f"{(err.strerror or str(err)).lower()}") from None
             labels = check_labels([line.strip() for line in lines if line.strip()])
-        fmt = format_for(args.output, args.format, ("json", "jsonl", "csv", "tsv"), "jsonl")
+        fmt = format_for(args.output, args.format, args.spec.formats, args.spec.default_format)
         if args.templates is not None:
             load_templates(args.templates)  # a bad template file is a usage error before the model loads
     except (ValueError, OSError) as err:
@@ -629,21 +431,15 @@ def run_classify(args) -> int:
     if av is not None:
         metadata |= _av_record(model, av) | {"scores": "cosine similarity with the label's text embedding "
                                              "(PE-AV has no temperature; not a probability)"}
-    fields = ("path", "modality", "rank", "label", "score")
-    writer = _open_writer("classify", fmt, args.output, metadata, items, fields)
+    from sensorium.tasks.classify import FIELDS, iter_classify, records
+
+    writer = _open_writer("classify", fmt, args.output, metadata, items, FIELDS)
     if writer is None:
         return EXIT_USAGE
 
     def write(row, path):
-        ranked = [(label, round(score, 6)) for label, score in row.labels]
-        if fmt in ("csv", "tsv"):  # one line per (input, rank)
-            for rank, (label, score) in enumerate(ranked, 1):
-                writer.write({"path": path, "modality": row.modality, "rank": rank, "label": label, "score": score})
-        else:
-            writer.write({"path": path, "modality": row.modality,
-                          "labels": [{"label": label, "score": score} for label, score in ranked]})
-
-    from sensorium.tasks.classify import iter_classify
+        for record in records(row, path, fmt):
+            writer.write(record)
 
     rows = lambda progress: iter_classify(  # noqa: E731
         model, items, labels, templates, args.top_k, args.batch_size, args.workers, args.frames, progress,
@@ -674,13 +470,13 @@ def _av_record(model, av: dict) -> dict:
 
 
 def run_tag(args) -> int:
-    from sensorium.tasks.tag import iter_tag, model_windowing
+    from sensorium.tasks.tag import EVENT_FIELDS, EVENT_THRESHOLD, FIELDS, iter_tag, model_windowing, records
     from sensorium.writers import format_for
 
     if not args.inputs:
         return _fail("tag", "give inputs (audio or video files, folders, globs)")
     try:
-        fmt = format_for(args.output, args.format, ("json", "jsonl", "csv", "tsv"), "tsv" if args.timeline else "jsonl")
+        fmt = format_for(args.output, args.format, args.spec.formats, "tsv" if args.timeline else args.spec.default_format)
     except ValueError as err:
         return _fail("tag", err)
     items = _expand(args, ("audio", "video"))
@@ -693,30 +489,18 @@ def run_tag(args) -> int:
         windowing = model_windowing(model, args.window, args.hop)
     except ValueError as err:
         return _fail("tag", err)
-    event_threshold = 0.3 if args.threshold is None else args.threshold
+    event_threshold = EVENT_THRESHOLD if args.threshold is None else args.threshold
     rule = {"window": round(windowing.size_seconds, 4), "hop": round(windowing.hop_seconds, 4), "pooling": args.pooling}
     metadata = {"model": model.name, **rule, "scores": "sigmoid" if model.multi_label else "softmax"}
     if args.timeline:
         metadata["event_threshold"] = event_threshold
-        fields = ("filename", "onset", "offset", "event_label", "score")
-    else:
-        fields = ("path", "duration", "rank", "label", "score", "window", "hop", "pooling")
-    writer = _open_writer("tag", fmt, args.output, metadata, items, fields)
+    writer = _open_writer("tag", fmt, args.output, metadata, items, EVENT_FIELDS if args.timeline else FIELDS)
     if writer is None:
         return EXIT_USAGE
 
     def write(row, path):
-        if args.timeline:  # DCASE: filename, onset, offset, event_label (+ score)
-            for event in row.events(model.labels, event_threshold):
-                writer.write({"filename": path, "onset": round(event.onset, 3), "offset": round(event.offset, 3),
-                              "event_label": event.label, "score": round(event.score, 6)})
-        elif fmt in ("csv", "tsv"):
-            for rank, (label, score) in enumerate(row.labels, 1):
-                writer.write({"path": path, "duration": round(row.duration, 3), "rank": rank, "label": label,
-                              "score": round(score, 6), **rule})
-        else:
-            writer.write({"path": path, "duration": round(row.duration, 3), "windows": len(row.windows), **rule,
-                          "labels": [{"label": label, "score": round(score, 6)} for label, score in row.labels]})
+        for record in records(row, path, fmt, rule, model.labels, event_threshold if args.timeline else None):
+            writer.write(record)
 
     rows = lambda progress: iter_tag(  # noqa: E731
         model, items, args.top_k, args.threshold, args.window, args.hop, args.pooling, args.batch_size, progress,
@@ -725,14 +509,14 @@ def run_tag(args) -> int:
 
 
 def run_localize(args) -> int:
-    from sensorium.tasks.localize import Rules, check_queries, iter_localize
+    from sensorium.tasks.localize import FIELDS, Rules, check_queries, iter_localize, records
     from sensorium.writers import format_for
 
     if not args.inputs:
         return _fail("localize", "give inputs (audio or video files, folders, globs)")
     try:
         queries = check_queries(args.query)
-        fmt = format_for(args.output, args.format, ("tsv", "csv", "json", "jsonl"), "tsv")
+        fmt = format_for(args.output, args.format, args.spec.formats, args.spec.default_format)
         rules = Rules(args.threshold, args.window, args.hop, args.median_filter, args.merge_gap, args.min_duration)
     except ValueError as err:
         return _fail("localize", err)
@@ -747,21 +531,14 @@ def run_localize(args) -> int:
             model.window_frames(rules.window, rules.hop)
         except ValueError as err:
             return _fail("localize", err)
-    fields = ("filename", "onset", "offset", "event_label", "score")
     writer = _open_writer("localize", fmt, args.output, {"model": model.name, "queries": queries, **rules.record(model)},
-                          items, fields)
+                          items, FIELDS)
     if writer is None:
         return EXIT_USAGE
 
     def write(row, path):
-        if fmt in ("csv", "tsv"):  # DCASE: filename, onset, offset, event_label (+ score)
-            for event in row.events:
-                writer.write({"filename": path, "onset": round(event.onset, 3), "offset": round(event.offset, 3),
-                              "event_label": event.label, "score": round(event.score, 6)})
-        else:
-            writer.write({"path": path, "duration": round(row.duration, 3), "events": [
-                {"onset": round(e.onset, 3), "offset": round(e.offset, 3), "event_label": e.label,
-                 "score": round(e.score, 6)} for e in row.events]})
+        for record in records(row, path, fmt):
+            writer.write(record)
 
     rows = lambda progress: iter_localize(model, items, queries, rules, progress,  # noqa: E731
                                           on_truncated=_on_truncated(args))
@@ -813,13 +590,13 @@ def run_ask(args) -> int:
 
 
 def run_transcribe(args) -> int:
-    from sensorium.tasks.speech import iter_transcribe, subtitles
+    from sensorium.tasks.speech import iter_transcribe, transcript_records
     from sensorium.writers import format_for
 
     if not args.inputs:
         return _fail("transcribe", "give inputs (audio or video files, folders, globs)")
     try:
-        fmt = format_for(args.output, args.format, ("txt", "srt", "vtt", "json", "jsonl"), "txt")
+        fmt = format_for(args.output, args.format, args.spec.formats, args.spec.default_format)
     except ValueError as err:
         return _fail("transcribe", err)
     items = _expand(args, ("audio", "video"))
@@ -835,14 +612,8 @@ def run_transcribe(args) -> int:
         return EXIT_USAGE
 
     def write(row, path):
-        transcript = row.transcript
-        segments = [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text} for s in transcript.segments]
-        if fmt == "txt":
-            writer.write({"text": (f"# {path}\n" if len(items) > 1 else "") + transcript.text + "\n"})
-        elif fmt in ("srt", "vtt"):
-            writer.write({"text": subtitles(transcript, fmt)})
-        else:
-            writer.write({"path": path, "text": transcript.text, "segments": segments})
+        for record in transcript_records(row, path, fmt, several=len(items) > 1):
+            writer.write(record)
 
     rows = lambda progress: iter_transcribe(model, items, args.prompt, args.chunk, args.max_new_tokens, progress,  # noqa: E731
                                             on_truncated=_on_truncated(args))

@@ -222,8 +222,10 @@ def open_writer(fmt: str, output: str | None, metadata: dict | None = None, fiel
         return JsonlWriter(stream, target)
     if fmt == "json":
         return JsonWriter(stream, target, metadata)
-    if fmt in ("txt", "srt", "vtt"):
+    if fmt == "txt":
         return TextWriter(stream, target)
+    if fmt in ("srt", "vtt"):
+        return SubtitleWriter(stream, target, fmt)
     return CsvWriter(stream, target, delimiter="\t" if fmt == "tsv" else ",", fields=fields)
 
 
@@ -293,11 +295,40 @@ class JsonlWriter:
 
 
 class TextWriter(JsonlWriter):
-    """Plain text (txt, srt, vtt): each row's "text" as given."""
+    """Plain text: each row's "text" as given."""
 
     def write(self, row: dict) -> None:
         self.stream.write(row["text"])
         self.stream.flush()
+
+
+class SubtitleWriter(JsonlWriter):
+    """SubRip (numbered cues, HH:MM:SS,mmm) or WebVTT (a WEBVTT header, HH:MM:SS.mmm): each row is one
+    document's "cues", (start s, end s, text) in order."""
+
+    def __init__(self, stream, target: Target | None, fmt: str):
+        super().__init__(stream, target)
+        self.fmt = fmt
+
+    def write(self, row: dict) -> None:
+        separator = "," if self.fmt == "srt" else "."
+        lines = ["WEBVTT", ""] if self.fmt == "vtt" else []
+        for number, (start, end, text) in enumerate(row["cues"], 1):
+            if self.fmt == "srt":
+                lines.append(str(number))
+            lines.append(f"{timestamp(start, separator)} --> {timestamp(end, separator)}")
+            lines.extend([text, ""])
+        self.stream.write("\n".join(lines))
+        self.stream.flush()
+
+
+def timestamp(seconds: float, separator: str) -> str:
+    """HH:MM:SS,mmm (SRT) or HH:MM:SS.mmm (WebVTT)."""
+    millis = int(round(seconds * 1000))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
 
 
 class JsonWriter(JsonlWriter):

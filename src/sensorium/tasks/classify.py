@@ -12,10 +12,30 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from sensorium.catalog import default_model
 from sensorium.media.image import MAX_PIXELS
 from sensorium.tasks.inputs import MediaItem, as_input_list, expand_inputs
+from sensorium.tasks.spec import (AV_OPTIONS, FORMAT, Option, TaskSpec, media_options, output_option, positive_int,
+                                  text_argument)
 from sensorium.tasks.templates import DEFAULT
 from sensorium.tasks.visual import encode_texts, encode_visual, require_clip
+
+SPEC = TaskSpec(
+    "classify", "zero-shot classify images and videos against labels",
+    media_options("classify") + (
+        Option(("--labels",), 'comma-separated labels, e.g. "cat,dog,train"', type=text_argument, exclusive="labels",
+               required=True),
+        Option(("--labels-file",), "a UTF-8 text file with one label per line", exclusive="labels", required=True),
+        Option(("--templates",), "prompt templates: a file with one template per line ('{}' = the label) or a "
+               "built-in set: default (7 CLIP templates), imagenet (80), photo, none, sound. Default: default (sound "
+               "for PE-AV)"),
+    ) + AV_OPTIONS + (
+        Option(("--top-k",), type=positive_int, default=5),
+        output_option(),
+        FORMAT,
+    ),
+    formats=("json", "jsonl", "csv", "tsv"), default_format="jsonl", format_help="default: from -o, else jsonl",
+)
 
 
 @dataclass
@@ -124,7 +144,7 @@ def _iter_classify_av(model, items, labels, templates, top_k, progress, modality
 def classify(
     inputs,
     labels: list[str] | str,
-    model="PE-Core-B16-224",
+    model=default_model("classify"),
     templates: tuple[str, ...] | str | None = None,
     top_k: int = 5,
     batch_size: int = 32,
@@ -165,3 +185,16 @@ def classify(
     return list(iter_classify(model, items, labels, tuple(templates), top_k, batch_size, workers, num_frames,
                               av=dict(modality=modality, window=window, hop=hop),
                               on_truncated="warn" if allow_truncated else "error"))
+
+
+def records(row: ClassifyRow, path: str, fmt: str) -> list[dict]:
+    """One record per (input, rank) in csv/tsv; one per input, its labels nested, otherwise."""
+    ranked = [(label, round(score, 6)) for label, score in row.labels]
+    if fmt in ("csv", "tsv"):
+        return [{"path": path, "modality": row.modality, "rank": rank, "label": label, "score": score}
+                for rank, (label, score) in enumerate(ranked, 1)]
+    return [{"path": path, "modality": row.modality,
+             "labels": [{"label": label, "score": score} for label, score in ranked]}]
+
+
+FIELDS = ("path", "modality", "rank", "label", "score")  # the csv/tsv columns

@@ -7,9 +7,24 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from sensorium.catalog import default_model
 from sensorium.media.image import MAX_PIXELS
 from sensorium.tasks.inputs import MediaItem, as_input_list, expand_inputs
+from sensorium.tasks.spec import AV_OPTIONS, FORMAT, Option, TaskSpec, media_options, output_option, text_argument
 from sensorium.tasks.visual import encode_texts, encode_visual, require_clip
+
+SPEC = TaskSpec(
+    "embed", "embed images, videos and texts into one vector space",
+    media_options("embed") + (
+        Option(("--text",), "also embed this text (repeatable)", type=text_argument, action="append", metavar="TEXT"),
+        output_option("output file: .jsonl, .json, .npy (+ .json sidecar) or .parquet"),
+        FORMAT,
+    ) + AV_OPTIONS + (
+        Option(("--text-head",), "PE-AV: the text head for --text (default: the one matching --modality; "
+               "audio_visual for auto)", choices=("audio", "visual", "audio_visual")),
+    ),
+    formats=("jsonl", "json", "npy", "parquet"), default_format="jsonl", format_help="default: from -o, else jsonl",
+)
 
 
 @dataclass
@@ -96,7 +111,7 @@ def _iter_embed_av(model, items, texts, progress, modality: str = "auto", window
 
 def embed(
     inputs: str | list[str] = (),
-    model="PE-Core-B16-224",
+    model=default_model("embed"),
     texts: str | list[str] = (),
     batch_size: int = 32,
     device: str = "auto",
@@ -140,3 +155,12 @@ def check_count(name: str, value) -> None:
     """A count option must be a whole number of at least 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+
+
+def records(row: EmbedRow, path: str | None, fmt: str, model_name: str) -> list[dict]:
+    """What one row becomes in `fmt`: JSON rows describe themselves; the binary formats keep fixed columns."""
+    record = {"path": path, "text": row.text, "modality": row.modality, "frames": row.frame_indices,
+              "timestamps": row.timestamps}
+    if fmt in ("jsonl", "json"):
+        record = {k: v for k, v in record.items() if v is not None} | {"model": model_name} | row.extra
+    return [record | {"embedding": row.embedding}]

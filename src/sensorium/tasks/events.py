@@ -47,3 +47,16 @@ def window_events(windows: list[tuple[float, float]], scores: np.ndarray, labels
             score = float(scores[start:end, label].max())
             events.append(Event(windows[start][0], windows[end - 1][1], labels[label], score))
     return sorted(events, key=lambda e: (e.onset, -e.score))
+
+
+def dcase_records(events: list[Event], path: str) -> list[dict]:
+    """DCASE rows (filename, onset, offset, event_label) with each event's score, rounded for output."""
+    return [{"filename": path, **event_record(e)} for e in events]
+
+
+def event_record(event: Event) -> dict:
+    return {"onset": round(event.onset, 3), "offset": round(event.offset, 3), "event_label": event.label,
+            "score": round(event.score, 6)}
+
+
+DCASE_FIELDS = ("filename", "onset", "offset", "event_label", "score")

@@ -17,10 +17,34 @@ from typing import Callable, Iterator
 import torch
 
 from sensorium.errors import SensoriumError, reason_for
-from sensorium.tasks.events import Event, frame_events
+from sensorium.tasks.events import DCASE_FIELDS, Event, dcase_records, event_record, frame_events
+from sensorium.catalog import default_model
 from sensorium.tasks.inputs import MediaItem, as_input_list, expand_inputs
+from sensorium.tasks.spec import (FORMAT, TRUNCATION, Option, TaskSpec, model_options, nonnegative_seconds,
+                                  odd_frames, output_option, probability, seconds, text_argument)
 
-DEFAULT_LOCALIZER = "pe-a-frame-base"
+DEFAULT_LOCALIZER = default_model("localize")
+SPEC = TaskSpec(
+    "localize", "when described sounds happen (PE-A-Frame): DCASE-style events",
+    model_options("localize", "(unused: one file at a time)", 1) + (
+        Option(("-Q", "--query"), 'a sound to find, e.g. "a dog barking" (repeatable)', type=text_argument,
+               action="append", metavar="TEXT", required=True),
+        Option(("--threshold",), "a frame is active when sigmoid(score) > threshold (default 0.3, the original's)",
+               type=probability, default=0.3),
+        Option(("--window",), "score in windows of this many seconds (default: one pass up to the model's ~400 s "
+               "limit, 300 s windows beyond)", type=seconds),
+        Option(("--hop",), "hop between windows in seconds (default 280, or the window)", type=seconds),
+        Option(("--median-filter",), "smooth frame probabilities with a median filter of this many 40 ms frames "
+               "(odd)", type=odd_frames, metavar="FRAMES"),
+        Option(("--merge-gap",), "merge events at most this many seconds apart", type=nonnegative_seconds, metavar="S"),
+        Option(("--min-duration",), "drop events shorter than this", type=nonnegative_seconds, metavar="S"),
+        output_option(),
+        FORMAT,
+        TRUNCATION,
+    ),
+    formats=("tsv", "csv", "json", "jsonl"), default_format="tsv", format_help="default: from -o, else tsv",
+)
+FIELDS = DCASE_FIELDS
 NOT_FINITE = "the model's frame scores are not finite (NaN or inf) for this input"
 
 
@@ -155,3 +179,10 @@ def localize(
     items = expand_inputs(inputs, modalities=("audio", "video"))
     on_truncated = "warn" if allow_truncated else "error"
     return list(iter_localize(model, items, queries, rules, on_truncated=on_truncated))
+
+
+def records(row: LocalizeRow, path: str, fmt: str) -> list[dict]:
+    """DCASE rows (one per event) in csv/tsv; one record per file, its events nested, otherwise."""
+    if fmt in ("csv", "tsv"):
+        return dcase_records(row.events, path)
+    return [{"path": path, "duration": round(row.duration, 3), "events": [event_record(e) for e in row.events]}]

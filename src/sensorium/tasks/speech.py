@@ -2,13 +2,49 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from sensorium.catalog import default_model
 from sensorium.errors import SensoriumError
 from sensorium.tasks.inputs import MediaItem
+from sensorium.tasks.spec import (FORMAT, TRUNCATION, Option, TaskSpec, chunk_seconds, integer, model_options,
+                                  output_option, positive_int, temperature, text_argument, top_p)
 
-DEFAULT_LISTENER = "audio-flamingo-3"
+DEFAULT_LISTENER = default_model("transcribe")
+TRANSCRIBE = TaskSpec(
+    "transcribe", "speech to text with Audio Flamingo 3, any length",
+    model_options("transcribe", "(unused: one file at a time)", 1) + (
+        Option(("--prompt",), 'the request (default "Transcribe the input speech.")', type=text_argument),
+        Option(("--chunk",), "chunk length in seconds (1 to 30; cuts move to the quietest 20 ms in the 3 s before "
+               "each)", type=chunk_seconds, default=30.0),
+        Option(("--max-new-tokens",), "per chunk", type=positive_int, default=512),
+        FORMAT,
+        output_option(),
+        TRUNCATION,
+    ),
+    formats=("txt", "srt", "vtt", "json", "jsonl"), default_format="txt",
+    format_help="default: from -o (.txt .srt .vtt .json .jsonl), else txt",
+)
+ASK = TaskSpec(
+    "ask", "ask Audio Flamingo 3 a question about an audio file (or a video's sound)",
+    (
+        Option(("input",), "an audio or video file"),
+        Option(("question",), 'e.g. "What is happening in this recording?"', type=text_argument),
+        Option(("-m", "--model"), "catalog name, hub id or local folder", default=default_model("ask")),
+        Option(("--device",), default="auto"),
+        Option(("--dtype",), default="auto", choices=("auto", "float32", "bfloat16", "float16")),
+        Option(("--config",), argparse.SUPPRESS),
+        Option(("--max-new-tokens",), type=positive_int, default=512),
+        Option(("--temperature",), "0 = greedy (default)", type=temperature, default=0.0),
+        Option(("--top-p",), type=top_p),
+        Option(("--top-k",), type=positive_int),
+        Option(("--seed",), type=integer),
+        Option(("--stream",), "print the answer as it is produced", action="store_true"),
+        TRUNCATION,
+    ),
+)
 
 
 @dataclass
@@ -36,28 +72,6 @@ def iter_transcribe(model, items: list[MediaItem], prompt: str | None = None, ch
         if progress is not None:
             progress(1)
         yield row
-
-
-def timestamp(seconds: float, separator: str) -> str:
-    """HH:MM:SS,mmm (SRT) or HH:MM:SS.mmm (WebVTT)."""
-    millis = int(round(seconds * 1000))
-    hours, millis = divmod(millis, 3_600_000)
-    minutes, millis = divmod(millis, 60_000)
-    secs, millis = divmod(millis, 1000)
-    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
-
-
-def subtitles(transcript, fmt: str) -> str:
-    """The segments as SRT or WebVTT cues."""
-    separator = "," if fmt == "srt" else "."
-    lines = ["WEBVTT", ""] if fmt == "vtt" else []
-    cues = [s for s in transcript.segments if s.text]
-    for number, segment in enumerate(cues, 1):
-        if fmt == "srt":
-            lines.append(str(number))
-        lines.append(f"{timestamp(segment.start, separator)} --> {timestamp(segment.end, separator)}")
-        lines.extend([segment.text, ""])
-    return "\n".join(lines)
 
 
 @dataclass
@@ -134,3 +148,15 @@ def ask(
                 row.error = reason_for(err, item.path)
         rows.append(row)
     return rows
+
+
+def transcript_records(row: TranscribeRow, path: str, fmt: str, several: bool) -> list[dict]:
+    """What one transcript becomes: txt its text (under a "# path" line when there are `several` inputs),
+    srt/vtt its segments as cues (sensorium.writers numbers and times them), json/jsonl text and segments."""
+    transcript = row.transcript
+    segments = [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text} for s in transcript.segments]
+    if fmt == "txt":
+        return [{"text": (f"# {path}\n" if several else "") + transcript.text + "\n"}]
+    if fmt in ("srt", "vtt"):
+        return [{"cues": [(s.start, s.end, s.text) for s in transcript.segments if s.text]}]
+    return [{"path": path, "text": transcript.text, "segments": segments}]

@@ -21,14 +21,37 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from sensorium.catalog import DEFAULT_TAGGER
+from sensorium.catalog import default_model
 from sensorium.errors import MediaError, SensoriumError
 from sensorium.features.fbank import FRAME_LENGTH, FRAME_SHIFT
 from sensorium.media.audio import stream_audio
-from sensorium.tasks.events import Event, window_events
+from sensorium.tasks.events import DCASE_FIELDS, Event, dcase_records, window_events
 from sensorium.tasks.inputs import MediaItem, as_input_list, expand_inputs
+from sensorium.tasks.spec import (FORMAT, TRUNCATION, Option, TaskSpec, model_options, output_option, positive_int,
+                                  probability, seconds)
 
 POOLING = ("max", "mean")
+SPEC = TaskSpec(
+    "tag", "sound tags for audio files (and the sound of videos), any length",
+    model_options("tag", "windows per forward pass", 8) + (
+        Option(("--top-k",), "clip-level labels per file (default 5)", type=positive_int, default=5),
+        Option(("--threshold",), "clip level: only labels scoring at least this; --timeline: event threshold "
+               "(default 0.3)", type=probability),
+        Option(("--window",), "window in seconds (default: the model's input, 10.24 s for AudioSet)", type=seconds),
+        Option(("--hop",), "hop between windows in seconds (default: half the window)", type=seconds),
+        Option(("--pooling",), "window scores -> clip score", choices=POOLING, default="max"),
+        Option(("--timeline",), "write DCASE-style events (filename, onset, offset, event_label, score) instead",
+               action="store_true"),
+        output_option(),
+        FORMAT,
+        TRUNCATION,
+    ),
+    formats=("json", "jsonl", "csv", "tsv"), default_format="jsonl",
+    format_help="default: from -o, else jsonl (tsv with --timeline)",
+)
+EVENT_THRESHOLD = 0.3  # --timeline's default
+FIELDS = ("path", "duration", "rank", "label", "score", "window", "hop", "pooling")
+EVENT_FIELDS = DCASE_FIELDS  # --timeline
 
 
 @dataclass(frozen=True)
@@ -275,7 +298,7 @@ def _row(path, window_scores, duration, windowing: Windowing, model, top_k, thre
 
 def tag(
     inputs: str | list[str],
-    model: str | object = DEFAULT_TAGGER,
+    model: str | object = default_model("tag"),
     top_k: int = 5,
     threshold: float | None = None,
     window: float | None = None,
@@ -302,3 +325,16 @@ def tag(
     items = expand_inputs(inputs, modalities=("audio", "video"))
     return list(iter_tag(model, items, top_k, threshold, window, hop, pooling, batch_size,
                          on_truncated="warn" if allow_truncated else "error"))
+
+
+def records(row: TagRow, path: str, fmt: str, rule: dict, labels: tuple[str, ...] = (),
+            timeline_threshold: float | None = None) -> list[dict]:
+    """What one row becomes in `fmt`: its events when `timeline_threshold` is given, else its clip labels (one
+    record per rank in csv/tsv). `rule` is the window/hop/pooling in force."""
+    if timeline_threshold is not None:
+        return dcase_records(row.events(labels, timeline_threshold), path)
+    if fmt in ("csv", "tsv"):
+        return [{"path": path, "duration": round(row.duration, 3), "rank": rank, "label": label,
+                 "score": round(score, 6), **rule} for rank, (label, score) in enumerate(row.labels, 1)]
+    return [{"path": path, "duration": round(row.duration, 3), "windows": len(row.windows), **rule,
+             "labels": [{"label": label, "score": round(score, 6)} for label, score in row.labels]}]
