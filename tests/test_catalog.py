@@ -26,7 +26,7 @@ ORIGINAL = {
 
 
 def test_catalog_lists_every_checkpoint_of_the_family():
-    names = {e.name for e in sn.models(family="pe")}
+    names = {e.name for e in sn.models(family="pe") if not e.name.startswith("test-")}  # tiny_entries registers those
     assert names == set(ORIGINAL)
 
 
