@@ -71,3 +71,20 @@ class AF3Inputs(TensorBatch):
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return self.tensors()
+
+
+@dataclass(frozen=True)
+class PLMInputs(TensorBatch):
+    """PerceptionLM's inputs; `model(**inputs)` and `model.generate(**inputs)` work as with transformers."""
+
+    input_ids: torch.Tensor  # [B, T] int64, left-padded
+    attention_mask: torch.Tensor  # [B, T] int64
+    pixel_values: torch.Tensor | None = None  # [images, tiles, 3, S, S] (ragged: [1, all tiles, ...]), thumbnails first
+    pixel_values_videos: torch.Tensor | None = None  # [videos, frames, 3, S, S] (ragged: [1, all frames, ...])
+    labels: torch.Tensor | None = None  # [B, T]: input_ids with -100 at media and padding positions
+    image_tiles: tuple[int, ...] = ()  # tiles of each image, thumbnail included, in order
+    video_frames: tuple[int, ...] = ()  # frames of each video, in order
+    single: bool = False  # one conversation was given (not a list of them)
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        return self.tensors()

@@ -193,6 +193,25 @@ ENTRIES += (
     ),
 )
 
+_PLM_SIZES = {"1B": "Llama 3.2 1B, PE-L 448", "3B": "Llama 3.2 3B, PE-L 448", "8B": "Llama 3.1 8B, PE-G 448"}
+ENTRIES += tuple(
+    CatalogEntry(
+        name=f"Perception-LM-{size}",
+        family="plm",
+        kind="PLM",
+        tasks=("ask", "caption"),
+        arch=None,
+        published=(
+            Published(f"facebook/Perception-LM-{size}", ("model.safetensors.index.json", "model.safetensors"),
+                      "transformers", extra=("config.json", "tokenizer.json", "tokenizer_config.json"),
+                      optional=("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
+                                "chat_template.jinja", "chat_template.json", "generation_config.json")),
+        ),
+        summary=f"questions and captions over images and video ({backbone})",
+    )
+    for size, backbone in _PLM_SIZES.items()
+)
+
 _extra: list[CatalogEntry] = []
 
 

@@ -7,7 +7,7 @@ import importlib
 
 from sensorium.models.family import Family
 
-FAMILY_FILES = ("pe", "ast", "pe_av", "af3")
+FAMILY_FILES = ("pe", "ast", "pe_av", "af3", "plm")
 
 
 def family(name: str) -> Family:

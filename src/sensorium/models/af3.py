@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensorium.batches import AF3Inputs
-from sensorium.errors import MissingFileError
 from sensorium.keymaps import KeyMap
 from sensorium.models.family import Family
 from sensorium.nn.decoder import Decoder, DecoderConfig, causal_mask, config_from_transformers, transformers_key_map
-from sensorium.nn.generation import check_generation, check_sampling, generate_tokens
+from sensorium.nn.chat import ChatModel
+from sensorium.nn.generation import check_sampling
 from sensorium.nn.multimodal import scatter_placeholders
 
 SAMPLING_RATE = 16000  # the Whisper encoder's rate
@@ -178,7 +178,7 @@ class AF3Output:
     loss: torch.Tensor | None = None
 
 
-class AF3Model(nn.Module):
+class AF3Model(ChatModel):
     def __init__(self, config: AF3Config):
         super().__init__()
         self.config = config
@@ -191,11 +191,6 @@ class AF3Model(nn.Module):
     def name(self) -> str:
         return self.config.name
 
-    @property
-    def has_text(self) -> bool:
-        return self.processor is not None
-
-    text_missing = "no tokenizer/chat template was found beside the weights"
 
     @property
     def context_length(self) -> int:
@@ -217,10 +212,7 @@ class AF3Model(nn.Module):
         return self._processor()(conversations, output_labels=output_labels, long_audio=long_audio,
                                  on_truncated=on_truncated, sampling_rate=sampling_rate)
 
-    def _processor(self):
-        if self.processor is None:
-            raise MissingFileError(f"{self.name}: {self.text_missing}")
-        return self.processor
+
 
     def audio_embeddings(self, input_features: torch.Tensor, input_features_mask: torch.Tensor) -> torch.Tensor:
         """Projected audio frames of every window, valid ones only, in order: [sum of tokens, width]."""
@@ -257,7 +249,10 @@ class AF3Model(nn.Module):
         return AF3Output(logits, loss)
 
 
-    # --- generation ----------------------------------------------------------------------------------------
+    # --- generation (the shared chat surface: nn/chat.py) ----------------------------------------------------
+
+    def embed_prompt(self, inputs: dict) -> torch.Tensor:
+        return self.embed(inputs["input_ids"], inputs.get("input_features"), inputs.get("input_features_mask"))
 
     @torch.inference_mode()
     def generate(
@@ -280,28 +275,17 @@ class AF3Model(nn.Module):
         temperature 0 is greedy; otherwise logits / temperature, then top-k, then top-p (nucleus) filtering, then
         a draw. Positions are those transformers' generate uses (cumulative count of real tokens). The keys and
         values live in one preallocated cache. `on_tokens(step_ids [B])` is called after every step (streaming)."""
-        input_ids = input_ids.to(self.device)
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
-        tokens = self.tokens(input_ids, mask, input_features, input_features_mask, max_new_tokens, temperature, top_k,
-                             top_p, stop_tokens, pad_id, generator)
-        produced = []
-        for token in tokens:
-            produced.append(token)
-            if on_tokens is not None:
-                on_tokens(token)
-        return torch.stack(produced, dim=1)
+        tokens = self.tokens(input_ids, attention_mask, input_features, input_features_mask, max_new_tokens,
+                             temperature, top_k, top_p, stop_tokens, pad_id, generator)
+        return self._collect(tokens, on_tokens)
 
-    def tokens(self, input_ids, attention_mask, input_features=None, input_features_mask=None, max_new_tokens=256,
-               temperature=0.0, top_k=None, top_p=None, stop_tokens=None, pad_id=None, generator=None):
+    def tokens(self, input_ids, attention_mask=None, input_features=None, input_features_mask=None,
+               max_new_tokens=256, temperature=0.0, top_k=None, top_p=None, stop_tokens=None, pad_id=None,
+               generator=None):
         """`generate` as a generator: each step's tokens [B] as they are chosen."""
-        # before the audio is encoded, naming the model
-        check_generation(self.config.decoder.max_positions, input_ids.shape[1], max_new_tokens, temperature, top_k,
-                         top_p, who=self.name)
-        stops = tuple(stop_tokens if stop_tokens is not None else self.stop_tokens())
-        pad = pad_id if pad_id is not None else (self.processor.pad_id if self.processor is not None else 0)
-        embeds = self.embed(input_ids, input_features, input_features_mask)
-        return generate_tokens(self.decoder, embeds, attention_mask, max_new_tokens, temperature, top_k, top_p,
-                               stops, pad, generator)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "input_features": input_features,
+                  "input_features_mask": input_features_mask}
+        return self._token_steps(inputs, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id, generator)
 
     # --- chat and transcription ---------------------------------------------------------------------------
 
@@ -313,53 +297,7 @@ class AF3Model(nn.Module):
         pieces as they are produced; joined, they are exactly the reply `stream=False` gives."""
         check_sampling(max_new_tokens, temperature, top_k, top_p)
         inputs = self.process(conversations, on_truncated=on_truncated, sampling_rate=sampling_rate)
-        single = inputs.single
-        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                       generator=generator)
-        if stream:
-            if not single:
-                raise ValueError("stream=True takes one conversation")
-            return self._stream(inputs, options)
-        ids = self.generate(**inputs.model_inputs(), **options)
-        replies = [self._decode(row) for row in ids]
-        return replies[0] if single else replies
-
-    def _decode(self, ids: torch.Tensor) -> str:
-        stops = set(self.stop_tokens()) | {self.processor.pad_id}
-        kept = []
-        for token in ids.tolist():
-            if token in stops:
-                break
-            kept.append(token)
-        return self.processor.tokenizer.decode(kept)
-
-    def _stream(self, inputs: AF3Inputs, options: dict):
-        """Text pieces as tokens arrive (a piece waits while its UTF-8 bytes are incomplete); joined, exactly
-        the non-streamed reply. The generation runs as this generator is iterated: no thread."""
-        model_inputs = inputs.model_inputs()
-        model_inputs.pop("labels", None)
-        stops = set(self.stop_tokens())
-        produced: list[int] = []
-        shown = ""
-        with torch.inference_mode():  # per step, so that inference mode does not leak to the caller between pieces
-            tokens = self.tokens(**model_inputs, **options)
-        while True:
-            with torch.inference_mode():
-                step = next(tokens, None)
-            if step is None or int(step[0]) in stops:
-                break
-            produced.append(int(step[0]))
-            text = self.processor.tokenizer.decode(produced)
-            if text.endswith("\ufffd"):  # a character whose bytes are not all there yet
-                continue
-            if text[len(shown):]:
-                yield text[len(shown):]
-            shown = text
-        # an answer that ends inside a multi-byte character: the rest, as the non-streamed decode has it
-        final = self.processor.tokenizer.decode(produced)
-        if final != shown:
-            yield final[len(shown):] if final.startswith(shown) else final
+        return self._reply(inputs, stream, max_new_tokens, temperature, top_k, top_p, seed)
 
     def transcribe(self, audio, prompt: str | None = None, chunk_seconds: float = 30.0, max_new_tokens: int = 512,
                    batch_size: int = 4, on_truncated: str = "error", sampling_rate: int | None = None) -> "Transcript":
@@ -375,18 +313,6 @@ class AF3Model(nn.Module):
             replies = self.chat([request for _, _, request in batch], max_new_tokens=max_new_tokens)
             segments += [Segment(start, end, processor.strip_prefix(text)) for (start, end, _), text in zip(batch, replies)]
         return Transcript(" ".join(s.text for s in segments if s.text), segments)
-
-    def stop_tokens(self) -> tuple[int, ...]:
-        """<|im_end|> and <|endoftext|> when the tokenizer has them (the hub generation config's eos ids)."""
-        if self.processor is None:
-            return ()
-        found = []
-        for token in ("<|im_end|>", "<|endoftext|>"):
-            try:
-                found.append(self.processor.tokenizer.token_id(token))
-            except KeyError:
-                pass
-        return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -427,7 +353,8 @@ LAYOUTS: dict[str, KeyMap] = {
     }
     | {f"audio_tower.layers.{{i}}.{k}": f"encoder.layers.{{i}}.{v}" for k, v in ENCODER_LAYER.items()}
     # Qwen2.5: q/k/v biases, an untied head, whatever the size
-    | transformers_key_map(DecoderConfig(qkv_bias=True, tie_embeddings=False), "language_model.", "decoder."),
+    | transformers_key_map(DecoderConfig(qkv_bias=True, tie_embeddings=False), "language_model.model.",
+                           "language_model.lm_head.weight", "decoder."),
 }
 
 

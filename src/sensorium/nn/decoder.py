@@ -162,14 +162,16 @@ LAYER: KeyMap = {
 }
 
 
-def transformers_key_map(config: DecoderConfig, file_prefix: str = "", ours: str = "") -> KeyMap:
-    """transformers' *ForCausalLM names (`{file_prefix}model.layers.{i}...`, `{file_prefix}lm_head.weight`)
-    -> this decoder's under `ours`. Biases only where the config has them; no head when it is tied."""
+def transformers_key_map(config: DecoderConfig, model_prefix: str = "model.", head_key: str = "lm_head.weight",
+                         ours: str = "") -> KeyMap:
+    """transformers' names (`{model_prefix}layers.{i}...`, `{model_prefix}embed_tokens.weight`, the head at
+    `head_key`: *ForCausalLM saves "model." and "lm_head.weight") -> this decoder's under `ours`. Biases only
+    where the config has them; no head when it is tied."""
     layer = {k: v for k, v in LAYER.items() if config.qkv_bias or not k.endswith("_proj.bias")}
     key_map: KeyMap = {
-        f"{file_prefix}model.embed_tokens.weight": f"{ours}embed.weight",
-        f"{file_prefix}model.norm.weight": f"{ours}norm.weight",
+        f"{model_prefix}embed_tokens.weight": f"{ours}embed.weight",
+        f"{model_prefix}norm.weight": f"{ours}norm.weight",
     }
     if not config.tie_embeddings:
-        key_map[f"{file_prefix}lm_head.weight"] = f"{ours}head.weight"
-    return key_map | {f"{file_prefix}model.layers.{{i}}.{k}": f"{ours}layers.{{i}}.{v}" for k, v in layer.items()}
+        key_map[head_key] = f"{ours}head.weight"
+    return key_map | {f"{model_prefix}layers.{{i}}.{k}": f"{ours}layers.{{i}}.{v}" for k, v in layer.items()}

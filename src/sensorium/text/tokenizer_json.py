@@ -38,12 +38,15 @@ class JsonTokenizer:
             raise KeyError(f"{token!r} is not in the tokenizer's vocabulary ({self.path})")
         return found
 
-    def encode(self, texts: str | list[str]) -> list[list[int]]:
+    def encode(self, texts: str | list[str], add_special_tokens: bool = True) -> list[list[int]]:
+        """Token ids; `add_special_tokens=False` skips the post-processor (e.g. Llama 3's BOS, when a chat
+        template writes it itself)."""
         if isinstance(texts, str):
             texts = [texts]
         if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
             raise TypeError("texts must be a string or a non-empty list of strings")
-        return [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        return [encoding.ids for encoding in encodings]
 
     def lengths(self, texts: list[str]) -> list[int]:
         """Token counts without truncation (special tokens included), to report what `max_length` cuts."""
