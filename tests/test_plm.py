@@ -164,3 +164,31 @@ def test_max_tiles_is_the_speed_detail_knob():
     assert full.image_tiles == (5,) and one.image_tiles == (2,)
     assert int((one.input_ids == m.config.image_token_id).sum()) == 2 * m.config.tokens_per_tile
 
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_original_layout_equals_the_transformers_layout(name, reference):
+    """original/consolidated.pth (the original LMTransformer's state dict, q/k in interleaved rotary pairs,
+    its params.json) gives the hub root's tensors bit for bit, hence the same logits."""
+    hub = sn.load(str(PLM / name), device="cpu", dtype="float32")
+    original = sn.load(str(PLM / name / "original" / "consolidated.pth"), device="cpu", dtype="float32")
+    assert original.layout == "original" and original.name == name and original.config == hub.config
+    assert original.processor is not None  # the repo root's tokenizer and template, above original/
+    mine, theirs = original.state_dict(), hub.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    case = "image_tie"
+    inputs = inputs_of(case, reference)
+    start = META["cases"][case]["logits_start"]
+    with torch.no_grad():
+        logits = original(**inputs).logits[:, start:]
+    assert (logits - reference[f"{case}.{name}.logits"]).abs().max() <= 1e-4
+
+
+def test_rotary_pairs_rule_is_the_converters_permute():
+    from sensorium.keymaps import RotaryPairs, remap
+
+    heads, head_dim, width = 2, 4, 3
+    w = torch.arange(heads * head_dim * width, dtype=torch.float32).view(heads * head_dim, width)
+    out, _, _ = remap({"wq": w}, {"wq": RotaryPairs("q", heads)})
+    # per head, rows (x0, y0, x1, y1) -> (x0, x1, y0, y1): the pairs' first elements, then the second ones
+    assert out["q"][:, 0].tolist() == [0, 6, 3, 9, 12, 18, 15, 21]

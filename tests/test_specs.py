@@ -15,7 +15,7 @@ SPECS = [spec for spec, _ in _commands()]
 
 
 def test_every_verb_is_a_spec_with_a_catalog_default_that_does_the_task():
-    assert [s.name for s in SPECS] == ["embed", "classify", "tag", "localize", "ask", "transcribe"]
+    assert [s.name for s in SPECS] == ["embed", "classify", "tag", "localize", "ask", "transcribe", "caption"]
     catalog = {e.name: e for e in sn.models()}
     for spec in SPECS:
         assert spec.name in catalog[spec.default_model].tasks, spec.name
@@ -23,13 +23,14 @@ def test_every_verb_is_a_spec_with_a_catalog_default_that_does_the_task():
 
 def test_the_task_functions_default_to_the_same_model_as_the_command():
     functions = {"embed": sn.embed, "classify": sn.classify, "tag": sn.tag, "localize": sn.localize,
-                 "ask": sn.ask, "transcribe": sn.transcribe}
+                 "ask": sn.ask, "transcribe": sn.transcribe, "caption": sn.caption}
     for spec in SPECS:
         assert inspect.signature(functions[spec.name]).parameters["model"].default == spec.default_model, spec.name
         command = build_parser().parse_args([spec.name, *(["x", "y"] if spec.name == "ask" else [])]
                                             + (["--labels", "a,b"] if spec.name == "classify" else [])
                                             + (["-Q", "rain"] if spec.name == "localize" else []))
-        assert command.model == spec.default_model
+        # `ask` picks its model by what the input is (PerceptionLM for pictures, the spec's default for audio)
+        assert command.model == (None if spec.name == "ask" else spec.default_model)
 
 
 def test_formats_are_writable_and_placed():
@@ -93,7 +94,7 @@ def test_tag_records_are_events_or_ranked_labels():
         {"filename": "x.wav", "onset": 1, "offset": 3, "event_label": "car", "score": 0.6}]
 
 
-@pytest.mark.parametrize("verb", ["embed", "tag", "localize", "transcribe"])
+@pytest.mark.parametrize("verb", ["embed", "tag", "localize", "transcribe", "caption"])
 def test_a_format_the_task_does_not_write_is_refused(verb, capsys):
     assert _usage_error([verb, "x.wav", "--format", "srt" if verb != "transcribe" else "npy"]
                         + (["-Q", "rain"] if verb == "localize" else [])) == 2

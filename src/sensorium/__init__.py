@@ -10,7 +10,7 @@ from sensorium.catalog import models  # ... `sn.models()`, the catalog listing, 
 from sensorium.errors import (CapabilityError, InputError, MediaError, MissingFileError, SensoriumError, UnknownModelError,
                               WeightsError, WeightsNotFoundError)
 from sensorium.loading import load
-from sensorium.tasks import ask, classify, embed, localize, tag, transcribe
+from sensorium.tasks import ask, caption, classify, embed, localize, tag, transcribe
 
 __version__ = "0.1.0"
 
@@ -23,6 +23,7 @@ __all__ = [
     "localize",
     "transcribe",
     "ask",
+    "caption",
     "SensoriumError",
     "MediaError",
     "InputError",

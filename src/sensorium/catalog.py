@@ -61,7 +61,9 @@ DEFAULT_MODELS = {
     "localize": "pe-a-frame-base",
     "ask": "audio-flamingo-3",
     "transcribe": "audio-flamingo-3",
+    "caption": "Perception-LM-1B",
 }
+DEFAULT_VISUAL_LISTENER = "Perception-LM-1B"  # `ask` about images or a video (DEFAULT_MODELS["ask"]: about audio)
 
 
 def default_model(task: str) -> str:
@@ -206,6 +208,11 @@ ENTRIES += tuple(
                       "transformers", extra=("config.json", "tokenizer.json", "tokenizer_config.json"),
                       optional=("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
                                 "chat_template.jinja", "chat_template.json", "generation_config.json")),
+            # the consolidated training checkpoint the repo keeps in original/ (the processor files are the root's)
+            Published(f"facebook/Perception-LM-{size}", ("original/consolidated.pth",), "original",
+                      extra=("original/params.json", "tokenizer.json", "tokenizer_config.json"),
+                      optional=("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
+                                "chat_template.jinja", "chat_template.json")),
         ),
         summary=f"questions and captions over images and video ({backbone})",
     )

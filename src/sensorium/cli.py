@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _commands():
     # (sensorium.tasks.embed etc. are the task functions there: import the specs from the modules)
+    from sensorium.tasks.caption import SPEC as CAPTION
     from sensorium.tasks.classify import SPEC as CLASSIFY
     from sensorium.tasks.embed import SPEC as EMBED
     from sensorium.tasks.localize import SPEC as LOCALIZE
@@ -149,7 +150,7 @@ def _commands():
     from sensorium.tasks.tag import SPEC as TAG
 
     return ((EMBED, run_embed), (CLASSIFY, run_classify), (TAG, run_tag), (LOCALIZE, run_localize), (ASK, run_ask),
-            (TRANSCRIBE, run_transcribe))
+            (TRANSCRIBE, run_transcribe), (CAPTION, run_caption))
 
 
 def add_task(commands, spec) -> argparse.ArgumentParser:
@@ -545,16 +546,20 @@ def run_localize(args) -> int:
     return _drain(args, "localize", len(items), rows, write, writer)
 
 
-def _load_listener(args, task: str):
+def _load_listener(args, task: str, source: str, pictures: bool = False):
+    """The chat model for `task`: one that answers about what the inputs are (PerceptionLM about pictures,
+    Audio Flamingo 3 about sound), with its tokenizer and template; None after printing why not."""
     from sensorium.errors import SensoriumError
     from sensorium.loading import load
-    from sensorium.tasks.capabilities import AudioListener, require
+    from sensorium.tasks.capabilities import AudioListener, VisualListener, require
 
     try:
-        model = load(args.model, config=args.config, device=args.device, dtype=args.dtype)
-        require(model, task, AudioListener, need_text=True)  # tokenizer and chat template are there
+        model = load(source, config=args.config, device=args.device, dtype=args.dtype)
+        # pictures need PerceptionLM unless the model named is Audio Flamingo 3 (which reads a video's sound)
+        wanted = AudioListener if not pictures or isinstance(model, AudioListener) else VisualListener
+        require(model, task, wanted, need_text=True)  # the tokenizer and chat template are there
     except (SensoriumError, OSError, ValueError, TypeError) as err:
-        print(f"sensorium {task}: cannot use model {args.model}:\n{err}", file=sys.stderr)
+        print(f"sensorium {task}: cannot use model {source}:\n{err}", file=sys.stderr)
         return None
     context = model.context_length
     if args.max_new_tokens >= context:
@@ -565,17 +570,34 @@ def _load_listener(args, task: str):
 
 
 def run_ask(args) -> int:
+    from sensorium.catalog import DEFAULT_VISUAL_LISTENER, default_model
     from sensorium.errors import SensoriumError, display_path, reason_for
+    from sensorium.tasks.capabilities import VisualListener
+    from sensorium.tasks.inputs import expand_inputs
 
     if not _check_device(args, "ask"):
         return EXIT_USAGE
-    model = _load_listener(args, "ask")
+    items = expand_inputs(args.inputs, ("image", "video", "audio"), warn_duplicates=False)
+    pictures = bool(items) and all(item.modality in ("image", "video") for item in items)
+    model = _load_listener(args, "ask", args.model or (DEFAULT_VISUAL_LISTENER if pictures else default_model("ask")),
+                           pictures)
     if model is None:
         return EXIT_USAGE
-    conversation = [{"role": "user", "content": [{"type": "audio", "audio": args.input},
-                                                 {"type": "text", "text": args.question}]}]
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, seed=args.seed, on_truncated=_on_truncated(args))
+    if isinstance(model, VisualListener):
+        bad = next((item for item in items if item.error is not None or item.modality not in ("image", "video")), None)
+        if bad is not None or not items:
+            reason = (bad.error or "not an image or a video") if bad is not None else "no input"
+            print(f"sensorium ask: {display_path(bad.path) if bad else ' '.join(args.inputs)}: {reason}", file=sys.stderr)
+            return EXIT_SOME_FAILED
+        content = [{"type": item.modality, item.modality: item.path} for item in items]
+        options |= dict(num_frames=args.frames, max_tiles=args.max_tiles)
+    else:
+        if len(args.inputs) > 1:
+            return _fail("ask", f"{model.name} takes one audio file per question")
+        content = [{"type": "audio", "audio": args.inputs[0]}]
+    conversation = [{"role": "user", "content": content + [{"type": "text", "text": args.question}]}]
     try:
         if args.stream:
             for piece in model.chat(conversation, stream=True, **options):
@@ -584,9 +606,54 @@ def run_ask(args) -> int:
         else:
             print(model.chat(conversation, **options))
     except (SensoriumError, OSError) as err:  # the input's fault; a bug propagates
-        print(f"sensorium ask: {display_path(args.input)}: {reason_for(err, args.input)}", file=sys.stderr)
+        shown = " ".join(display_path(i) for i in args.inputs)
+        print(f"sensorium ask: {shown}: {reason_for(err, args.inputs[0])}", file=sys.stderr)
         return EXIT_SOME_FAILED
     return EXIT_OK
+
+
+def run_caption(args) -> int:
+    from sensorium.errors import InputError, display_path
+    from sensorium.tasks.caption import FIELDS, done_rows, iter_caption, records
+    from sensorium.writers import format_for
+
+    if not args.inputs:
+        return _fail("caption", "give inputs (image or video files, folders, globs)")
+    try:
+        fmt = format_for(args.output, args.format, args.spec.formats, args.spec.default_format)
+    except ValueError as err:
+        return _fail("caption", err)
+    items = _expand(args, ("image", "video"))
+    kept: list[dict] = []
+    if args.resume:
+        if not args.output:
+            return _fail("caption", "--resume continues an output file: give -o FILE")
+        try:
+            kept = done_rows(args.output, fmt)
+        except InputError as err:
+            return _fail("caption", err)
+        done = {row["path"] for row in kept}
+        items = [item for item in items if display_path(item.path) not in done]
+    if not _check_device(args, "caption") or not _check_output("caption", args.output, items, fmt):
+        return EXIT_USAGE
+    model = _load_listener(args, "caption", args.model, pictures=True)
+    if model is None:
+        return EXIT_USAGE
+    metadata = {"model": model.name, "prompt": args.prompt or "default per kind", "frames": args.frames,
+                "max_tiles": args.max_tiles or model.processor.max_num_tiles}
+    writer = _open_writer("caption", fmt, args.output, metadata, items, FIELDS)
+    if writer is None:
+        return EXIT_USAGE
+    for row in kept:  # the earlier run's rows come first, as they were
+        writer.write(row)
+
+    def write(row, path):
+        for record in records(row, path):
+            writer.write(record)
+
+    rows = lambda progress: iter_caption(model, items, args.prompt, args.frames, args.max_tiles,  # noqa: E731
+                                         args.batch_size, args.max_new_tokens, progress, _on_truncated(args))
+    return _drain(args, "caption", len(items), rows, write, writer)
 
 
 def run_transcribe(args) -> int:
@@ -604,7 +671,7 @@ def run_transcribe(args) -> int:
         return _fail("transcribe", "srt/vtt take one input at a time (use json or jsonl for many)")
     if not _check_device(args, "transcribe") or not _check_output("transcribe", args.output, items, fmt):
         return EXIT_USAGE
-    model = _load_listener(args, "transcribe")
+    model = _load_listener(args, "transcribe", args.model)
     if model is None:
         return EXIT_USAGE
     writer = _open_writer("transcribe", fmt, args.output, {"model": model.name, "chunk_seconds": args.chunk}, items)

@@ -46,12 +46,21 @@ class FirstHalf:
 
 
 @dataclass(frozen=True)
+class RotaryPairs:
+    """A q or k projection stored with the original Llama's interleaved rotary pairs; ours rotates halves.
+    Each head's rows (x0, y0, x1, y1, ...) become (x0, x1, ..., y0, y1, ...): transformers' converter permute."""
+
+    key: str
+    heads: int
+
+
+@dataclass(frozen=True)
 class Unused:
     """A tensor the file holds but the model never reads (layers past the one whose output is used);
     accepted by name and dropped."""
 
 
-Rule = Union[str, Concat, Transposed, FirstHalf, ZeroBiasDropped, Unused]
+Rule = Union[str, Concat, Transposed, FirstHalf, RotaryPairs, ZeroBiasDropped, Unused]
 KeyMap = dict[str, Rule]
 
 
@@ -59,7 +68,7 @@ def _retarget(rule: Rule, change) -> Rule:
     """The rule with its target key (ours) passed through `change`."""
     if isinstance(rule, str):
         return change(rule)
-    if isinstance(rule, (Concat, Transposed, FirstHalf)):
+    if isinstance(rule, (Concat, Transposed, FirstHalf, RotaryPairs)):
         return replace(rule, key=change(rule.key))
     return rule
 
@@ -101,6 +110,12 @@ def remap(state: dict[str, torch.Tensor], key_map: KeyMap) -> tuple[dict[str, to
             out[rule.key], origin[rule.key] = tensor.T, key
         elif isinstance(rule, FirstHalf):
             out[rule.key], origin[rule.key] = tensor[: tensor.shape[0] // 2], key
+        elif isinstance(rule, RotaryPairs):
+            rows, width = tensor.shape
+            if rows % (2 * rule.heads):
+                raise WeightsError(f"{key}: {rows} rows do not split into {rule.heads} heads of rotary pairs")
+            halves = tensor.view(rule.heads, rows // rule.heads // 2, 2, width).transpose(1, 2).reshape(rows, width)
+            out[rule.key], origin[rule.key] = halves, key
         elif isinstance(rule, Concat):
             parts.setdefault(rule.key, {})[rule.part] = (key, tensor)
         elif isinstance(rule, ZeroBiasDropped):

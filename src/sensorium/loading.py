@@ -213,7 +213,9 @@ def _identify_local(path: Path) -> Found | None:
         if not files:
             continue
         try:
-            config = candidate.config_from_files(files, path.parent.name)
+            # a checkpoint in a hub repo's original/ folder (Meta's consolidated layout) is named after the repo
+            folder = path.parent.parent if path.parent.name == "original" else path.parent
+            config = candidate.config_from_files(files, folder.name)
         except (KeyError, TypeError, ValueError) as err:
             raise WeightsError(f"{display(path.parent)}: {candidate.name} config files that cannot be read: {err}") from err
         if config is not None:

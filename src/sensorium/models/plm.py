@@ -16,13 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sensorium.keymaps import KeyMap, prefixed
+from sensorium.keymaps import KeyMap, RotaryPairs, Unused, prefixed
 from sensorium.models.family import Family
+from sensorium.models import pe
 from sensorium.models.pe import TIMM_VISION, VisionConfig, VisionTransformer
 from sensorium.nn.chat import ChatModel
 from sensorium.nn.decoder import Decoder, DecoderConfig, causal_mask, config_from_transformers, transformers_key_map
 from sensorium.nn.generation import check_sampling
 from sensorium.nn.multimodal import scatter_placeholders
+from sensorium.nn.rope import Llama3Scaling
 
 
 @dataclass(frozen=True)
@@ -88,11 +90,43 @@ def config_from_dict(data: dict, name: str) -> PLMConfig:
                      data["image_token_id"], data["video_token_id"], data.get("projector_pooling_ratio", 2))
 
 
+def config_from_original(params: dict, name: str) -> PLMConfig:
+    """A PLMConfig from the original training config (`original/params.json`'s "model" section), as
+    transformers' converter reads it."""
+    model = params["model"]
+    width, heads = model["dim"], model["n_heads"]
+    hidden = int(8 * width / 3)
+    if model.get("ffn_dim_multiplier") is not None:
+        hidden = int(model["ffn_dim_multiplier"] * hidden)
+    multiple = model.get("multiple_of", 256)
+    hidden = multiple * ((hidden + multiple - 1) // multiple)
+    scaling = None
+    if model.get("use_scaled_rope"):
+        scaling = Llama3Scaling(float(model.get("rope_scale_factor", 8)), float(model.get("low_freq_factor", 1)),
+                                float(model.get("high_freq_factor", 4)), 8192)
+    vocab = model["vocab_size"]
+    decoder = DecoderConfig(
+        vocab_size=vocab, width=width, layers=model["n_layers"], heads=heads,
+        kv_heads=model.get("n_kv_heads") or heads, mlp_hidden=hidden, rope_theta=float(model.get("rope_theta", 10000.0)),
+        eps=model.get("norm_eps", 1e-5), max_positions=model.get("max_seqlen", 11520), qkv_bias=False,
+        tie_embeddings=bool(model.get("weight_tying", False)), rope_scaling=scaling,
+    )
+    vision = pe.vision_config_from_original(model["vision_model"])
+    if not model.get("remove_vision_class_token", True) and vision.cls_token:
+        raise ValueError(f"{name}: a tower whose class token reaches the projector is not a released PerceptionLM")
+    # Llama 3's tokenizer: 256 special tokens after the base vocabulary, <|image|> and <|video|> the 3rd and 4th
+    base = vocab - 256
+    return PLMConfig(name, vision, decoder, base + 2, base + 3, model.get("pooling_ratio", 2))
+
+
 def config_from_files(files: dict[str, dict], name: str) -> PLMConfig | None:
     data = files.get("config.json")
-    if data is None or data.get("model_type") != "perception_lm":
-        return None
-    return config_from_dict(data, name)
+    if data is not None and data.get("model_type") == "perception_lm":
+        return config_from_dict(data, name)
+    params = files.get("params.json")
+    if params is not None and "vision_model" in (params.get("model") or {}):
+        return config_from_original(params, name)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -235,7 +269,10 @@ class PLMModel(ChatModel):
 
 
 def key_map(layout: str, config: PLMConfig) -> KeyMap:
-    """transformers' save_pretrained names (the hub repo's root)."""
+    """transformers' save_pretrained names (the hub repo's root), or the original consolidated checkpoint's
+    (`original/consolidated.pth`: LMTransformer.state_dict(), q/k in interleaved rotary pairs)."""
+    if layout == "original":
+        return original_key_map(config)
     if layout != "transformers":
         raise ValueError(f"unknown PerceptionLM layout {layout!r}")
     vision = {k: v for k, v in TIMM_VISION.items() if k.startswith(("patch_embed", "pos_embed", "norm_pre", "blocks"))
@@ -252,12 +289,41 @@ def key_map(layout: str, config: PLMConfig) -> KeyMap:
     )
 
 
-LAYOUTS = ("transformers",)
+def original_key_map(config: PLMConfig) -> KeyMap:
+    d = config.decoder
+    vision = {k: v for k, v in pe.ORIGINAL_VISION.items() if not k.startswith(("ln_post", "attn_pool"))
+              and (k != "class_embedding" or config.vision.cls_token)}
+    key_map: KeyMap = prefixed("vision_model.", "vision.", vision) | {
+        "vision_projector.projector.0.weight": "projector.fc1.weight",
+        "vision_projector.projector.0.bias": "projector.fc1.bias",
+        "vision_projector.projector.2.weight": "projector.fc2.weight",
+        "vision_projector.projector.2.bias": "projector.fc2.bias",
+        "tok_embeddings.weight": "decoder.embed.weight",
+        "norm.weight": "decoder.norm.weight",
+        "layers.{i}.attention.wq.weight": RotaryPairs("decoder.layers.{i}.attn.q.weight", d.heads),
+        "layers.{i}.attention.wk.weight": RotaryPairs("decoder.layers.{i}.attn.k.weight", d.kv_heads),
+        "layers.{i}.attention.wv.weight": "decoder.layers.{i}.attn.v.weight",
+        "layers.{i}.attention.wo.weight": "decoder.layers.{i}.attn.o.weight",
+        "layers.{i}.feed_forward.w1.weight": "decoder.layers.{i}.mlp.gate.weight",
+        "layers.{i}.feed_forward.w3.weight": "decoder.layers.{i}.mlp.up.weight",
+        "layers.{i}.feed_forward.w2.weight": "decoder.layers.{i}.mlp.down.weight",
+        "layers.{i}.attention_norm.weight": "decoder.layers.{i}.attn_norm.weight",
+        "layers.{i}.ffn_norm.weight": "decoder.layers.{i}.mlp_norm.weight",
+    }
+    # tied: the head is saved again under output.tied_module (the embedding's own tensor)
+    key_map["output.tied_module.weight" if d.tie_embeddings else "output.weight"] = (
+        Unused() if d.tie_embeddings else "decoder.head.weight")
+    return key_map
+
+
+LAYOUTS = ("transformers", "original")
 
 
 def detect_layout(keys: set[str]) -> str:
     if "model.multi_modal_projector.linear_1.weight" in keys and "model.language_model.embed_tokens.weight" in keys:
         return "transformers"
+    if "vision_projector.projector.0.weight" in keys and "tok_embeddings.weight" in keys:
+        return "original"
     shown = ", ".join(sorted(keys)[:8])
     raise ValueError(f"not a PerceptionLM checkpoint in a known layout (first keys: {shown})")
 
@@ -273,6 +339,6 @@ FAMILY = Family(
     detect_layout=detect_layout,
     key_map=key_map,
     build=build,
-    config_files=("config.json",),
+    config_files=("config.json", "params.json"),
     config_from_files=config_from_files,
 )

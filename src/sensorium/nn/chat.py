@@ -86,10 +86,11 @@ class ChatModel(nn.Module):
             return self._stream(model_inputs, options)
         with torch.inference_mode():
             ids = self._collect(self._token_steps(model_inputs, **options), None)
-        replies = [self._decode(row) for row in ids]
+        replies = [self.reply_text(row) for row in ids]
         return replies[0] if inputs.single else replies
 
-    def _decode(self, ids: torch.Tensor) -> str:
+    def reply_text(self, ids: torch.Tensor) -> str:
+        """Generated ids -> the reply: cut at the first stop token, special tokens skipped."""
         stops = set(self.stop_tokens()) | {self.processor.pad_id}
         kept = []
         for token in ids.tolist():

@@ -13,6 +13,7 @@ patch of each tile or frame. The checkpoint's chat template renders the prompt a
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -254,34 +255,46 @@ class PLMProcessor:
                  on_truncated: str = "error") -> PLMInputs:
         """One conversation (or a string for one user turn) or a list of them -> model inputs, left-padded."""
         batch, single = as_conversations(conversations)
-        sequences, images, videos = [], [], []
-        for conversation in batch:
-            items = [item for message in conversation if isinstance(message["content"], list)
-                     for item in message["content"]]
-            # the template puts every image of a message first, then its videos: the placeholders follow that
-            image_items = [_media_of(i, "image") for i in items if _kind(i) == "image"]
-            video_items = [_media_of(i, "video") for i in items if _kind(i) == "video"]
-            ids = self.tokenizer.encode(self.render(conversation, add_generation_prompt), add_special_tokens=False)[0]
-            placed = {IMAGE_TOKEN: ids.count(self.image_token_id), VIDEO_TOKEN: ids.count(self.video_token_id)}
-            if placed != {IMAGE_TOKEN: len(image_items), VIDEO_TOKEN: len(video_items)}:
-                raise InputError(f"the rendered conversation has {placed[IMAGE_TOKEN]} {IMAGE_TOKEN} and "
-                                 f"{placed[VIDEO_TOKEN]} {VIDEO_TOKEN} placeholders for {len(image_items)} images and "
-                                 f"{len(video_items)} videos")
-            mine_images = [self.image(source, max_tiles) for source in image_items]
-            mine_videos = [self.video(source, num_frames, on_truncated) for source in video_items]
-            counts = {self.image_token_id: iter(len(t) * self.tokens_per_tile for t in mine_images),
-                      self.video_token_id: iter(len(f) * self.tokens_per_tile for f in mine_videos)}
-            expanded = []
-            for token in ids:
-                expanded.extend([token] * next(counts[token]) if token in counts else [token])
-            if len(expanded) > self.context_length:
-                raise InputError(f"the prompt is {len(expanded)} tokens ({len(ids) - sum(placed.values())} of text), over "
-                                 f"the model's context of {self.context_length}; use fewer frames (num_frames) or "
-                                 "tiles (max_tiles)")
-            sequences.append(expanded)
-            images += mine_images
-            videos += mine_videos
-        padded = self.tokenizer.pad(sequences)
+        encoded = [self.encode(c, num_frames, max_tiles, add_generation_prompt, on_truncated) for c in batch]
+        return self.collate(encoded, single, output_labels)
+
+    def encode(self, conversation: list[dict], num_frames: int = DEFAULT_FRAMES, max_tiles: int | None = None,
+               add_generation_prompt: bool = True, on_truncated: str = "error") -> EncodedConversation:
+        """One conversation (messages as `as_conversations` gives them) -> its expanded token ids and its
+        images' tiles and videos' frames (decoded here: a bad file fails this conversation alone)."""
+        items = [item for message in conversation if isinstance(message["content"], list)
+                 for item in message["content"]]
+        # the template puts every image of a message first, then its videos: the placeholders follow that
+        image_items = [_media_of(i, "image") for i in items if _kind(i) == "image"]
+        video_items = [_media_of(i, "video") for i in items if _kind(i) == "video"]
+        ids = self.tokenizer.encode(self.render(conversation, add_generation_prompt), add_special_tokens=False)[0]
+        placed = {IMAGE_TOKEN: ids.count(self.image_token_id), VIDEO_TOKEN: ids.count(self.video_token_id)}
+        if placed != {IMAGE_TOKEN: len(image_items), VIDEO_TOKEN: len(video_items)}:
+            raise InputError(f"the rendered conversation has {placed[IMAGE_TOKEN]} {IMAGE_TOKEN} and "
+                             f"{placed[VIDEO_TOKEN]} {VIDEO_TOKEN} placeholders for {len(image_items)} images and "
+                             f"{len(video_items)} videos")
+        images = [self.image(source, max_tiles) for source in image_items]
+        videos = [self.video(source, num_frames, on_truncated) for source in video_items]
+        counts = {self.image_token_id: iter(len(t) * self.tokens_per_tile for t in images),
+                  self.video_token_id: iter(len(f) * self.tokens_per_tile for f in videos)}
+        expanded = []
+        for token in ids:
+            expanded.extend([token] * next(counts[token]) if token in counts else [token])
+        if len(expanded) > self.context_length:
+            raise InputError(f"the prompt is {len(expanded)} tokens ({len(ids) - sum(placed.values())} of text), over "
+                             f"the model's context of {self.context_length}; use fewer frames (num_frames) or "
+                             "tiles (max_tiles)")
+        return EncodedConversation(expanded, images, videos)
+
+    def collate(self, encoded: list["EncodedConversation"], single: bool = False,
+                output_labels: bool = False) -> PLMInputs:
+        """Encoded conversations -> one left-padded batch (tiles of every image, frames of every video, in
+        order: images of different tile counts are concatenated, the model reads the tiles in order)."""
+        if not encoded:
+            raise InputError("no conversation to batch")
+        padded = self.tokenizer.pad([e.ids for e in encoded])
+        images = [t for e in encoded for t in e.images]
+        videos = [f for e in encoded for f in e.videos]
         labels = None
         if output_labels:
             labels = padded.input_ids.clone()
@@ -289,6 +302,13 @@ class PLMProcessor:
             labels[media | (padded.attention_mask == 0)] = -100
         return PLMInputs(padded.input_ids, padded.attention_mask, _stack(images), _stack(videos), labels,
                          tuple(len(t) for t in images), tuple(len(f) for f in videos), single)
+
+
+@dataclass(frozen=True)
+class EncodedConversation:
+    ids: list[int]  # placeholders expanded
+    images: list[torch.Tensor]  # [tiles, 3, S, S] each
+    videos: list[torch.Tensor]  # [frames, 3, S, S] each
 
 
 def _stack(stacks: list[torch.Tensor]) -> torch.Tensor | None:
@@ -306,8 +326,11 @@ def _token(value) -> str | None:
 
 
 def for_model(model, folder: Path | None) -> PLMProcessor | None:
-    """The processor from the files beside the weights (None: no tokenizer there; the model then takes
-    token ids and pixels only)."""
-    if folder is None or not (folder / "tokenizer.json").is_file():
+    """The processor from the files beside the weights, or for the original layout (`original/` of a hub repo)
+    from the repo root above it (None: no tokenizer.json; the model then takes token ids and pixels only)."""
+    if folder is None:
         return None
-    return PLMProcessor(folder, model.config)
+    for candidate in (folder, folder.parent) if folder.name == "original" else (folder,):
+        if (candidate / "tokenizer.json").is_file():
+            return PLMProcessor(candidate, model.config)
+    return None

@@ -39,6 +39,12 @@ class AudioListener(Protocol):  # Audio Flamingo 3
     def transcribe(self, audio, prompt=None): ...
 
 
+@runtime_checkable
+class VisualListener(Protocol):  # PerceptionLM
+    def chat(self, conversations, max_new_tokens: int = 512): ...
+    def tile_features(self, pixels): ...
+
+
 # What is said when a model lacks the capability ({name}: the model, {task}: the verb).
 REFUSALS = {
     ImageTextEmbedder: "{name} is {kind} without an embedding head; {task} needs a PE-Core model",
@@ -46,6 +52,7 @@ REFUSALS = {
     AudioTagger: "{name} is not an audio tagger; {task} needs an AST model (sensorium models --task tag)",
     FrameLocalizer: "{name} is not a frame-level model; {task} needs a PE-A-Frame model (sensorium models --task localize)",
     AudioListener: "{name} does not answer questions about audio; {task} needs audio-flamingo-3",
+    VisualListener: "{name} does not describe images or video; {task} needs a PerceptionLM model (sensorium models --task caption)",
 }
 
 

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from sensorium.catalog import default_model
+from sensorium.catalog import DEFAULT_VISUAL_LISTENER, default_model
 from sensorium.errors import SensoriumError
 from sensorium.tasks.inputs import MediaItem
 from sensorium.tasks.spec import (FORMAT, TRUNCATION, Option, TaskSpec, chunk_seconds, integer, model_options,
@@ -28,11 +28,13 @@ TRANSCRIBE = TaskSpec(
     format_help="default: from -o (.txt .srt .vtt .json .jsonl), else txt",
 )
 ASK = TaskSpec(
-    "ask", "ask Audio Flamingo 3 a question about an audio file (or a video's sound)",
+    "ask", "ask about an image, a video (PerceptionLM) or an audio file (Audio Flamingo 3)",
     (
-        Option(("input",), "an audio or video file"),
+        Option(("inputs",), "an image, video or audio file (several images: one question about all of them)",
+               nargs="+"),
         Option(("question",), 'e.g. "What is happening in this recording?"', type=text_argument),
-        Option(("-m", "--model"), "catalog name, hub id or local folder", default=default_model("ask")),
+        Option(("-m", "--model"), f"catalog name, hub id or local folder (default: {DEFAULT_VISUAL_LISTENER} for "
+               f"images and video, {default_model('ask')} for audio)"),
         Option(("--device",), default="auto"),
         Option(("--dtype",), default="auto", choices=("auto", "float32", "bfloat16", "float16")),
         Option(("--config",), argparse.SUPPRESS),
@@ -42,6 +44,10 @@ ASK = TaskSpec(
         Option(("--top-k",), type=positive_int),
         Option(("--seed",), type=integer),
         Option(("--stream",), "print the answer as it is produced", action="store_true"),
+        Option(("--frames",), "PerceptionLM: frames per video (default 32, as it was trained)", type=positive_int,
+               default=32),
+        Option(("--max-tiles",), "PerceptionLM: at most this many tiles per image (default: the checkpoint's)",
+               type=positive_int),
         TRUNCATION,
     ),
 )
