@@ -21,7 +21,7 @@ from sensorium.models.family import Family
 from sensorium.models import pe
 from sensorium.models.pe import TIMM_VISION, VisionConfig, VisionTransformer
 from sensorium.nn.chat import ChatModel
-from sensorium.nn.decoder import Decoder, DecoderConfig, causal_mask, config_from_transformers, transformers_key_map
+from sensorium.nn.decoder import Decoder, DecoderConfig, config_from_transformers, transformers_key_map
 from sensorium.nn.generation import check_sampling
 from sensorium.nn.multimodal import scatter_placeholders
 from sensorium.nn.rope import Llama3Scaling
@@ -204,21 +204,9 @@ class PLMModel(ChatModel):
                 position_ids=None) -> PLMOutput:
         """Logits for every position (and the next-token loss with `labels`, -100 ignored), as transformers'
         forward: positions 0..T-1 unless given."""
-        input_ids = input_ids.to(self.device)
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
-        if position_ids is None:
-            position_ids = torch.arange(input_ids.shape[1], device=self.device)[None].expand_as(input_ids)
-            length = input_ids.shape[1]
-        else:
-            position_ids = position_ids.to(self.device)
-            length = int(position_ids.max()) + 1
-        embeds = self.embed(input_ids, pixel_values, pixel_values_videos)
-        hidden = self.decoder(embeds, position_ids, causal_mask(mask, input_ids.shape[1]), length)
-        logits = self.decoder.logits(hidden)
-        loss = None
-        if labels is not None:
-            targets = F.pad(labels.to(self.device), (0, 1), value=-100)[:, 1:]
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values,
+                  "pixel_values_videos": pixel_values_videos}
+        logits, loss = self.logits_and_loss(inputs, labels, position_ids)
         return PLMOutput(logits, loss)
 
     # --- processing and generation (the shared chat surface: nn/chat.py) --------------------------------

@@ -12,9 +12,11 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sensorium.errors import MissingFileError
+from sensorium.nn.decoder import causal_mask
 from sensorium.nn.generation import check_generation, generate_tokens
 
 STOP_TOKEN_NAMES = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")  # Qwen2's and Llama 3's
@@ -34,6 +36,27 @@ class ChatModel(nn.Module):
 
     def embed_prompt(self, inputs: dict) -> torch.Tensor:
         raise NotImplementedError
+
+    def logits_and_loss(self, inputs: dict, labels=None, position_ids=None):
+        """(logits [B, T, vocab], next-token loss with `labels` (-100 ignored) or None) for a prompt, as
+        transformers' forward computes them: positions 0..T-1 unless given, even in left-padded rows."""
+        input_ids = inputs["input_ids"].to(self.device)
+        mask = inputs.get("attention_mask")
+        mask = torch.ones_like(input_ids) if mask is None else mask.to(self.device)
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=self.device)[None].expand_as(input_ids)
+            length = input_ids.shape[1]
+        else:
+            position_ids = position_ids.to(self.device)
+            length = int(position_ids.max()) + 1
+        embeds = self.embed_prompt({**inputs, "input_ids": input_ids})
+        hidden = self.decoder(embeds, position_ids, causal_mask(mask, input_ids.shape[1]), length)
+        logits = self.decoder.logits(hidden)
+        loss = None
+        if labels is not None:
+            targets = F.pad(labels.to(self.device), (0, 1), value=-100)[:, 1:]
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
 
     def stop_tokens(self) -> tuple[int, ...]:
         """The end-of-turn and end-of-text tokens the tokenizer has (the hub generation configs' eos ids)."""
