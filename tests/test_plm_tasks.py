@@ -79,3 +79,19 @@ def test_ask_follows_the_input(plm_in_cache, capsys):
     assert capsys.readouterr().out.rstrip("\n") == plm_in_cache.chat(both, max_new_tokens=4, max_tiles=2)
     assert main(["ask", str(MEDIA / "corrupt.mp4"), "What?"], restore_signals=False) == 1
     assert "corrupt.mp4" in capsys.readouterr().err
+
+
+def test_sn_ask_follows_each_input(plm_in_cache, af3_model_dir):
+    image, video, audio = str(PLM / "media" / "tie.png"), str(MEDIA / "dog.mp4"), str(MEDIA / "speech.wav")
+    rows = sn.ask([image, video, audio], "What is it?", model=plm_in_cache, max_new_tokens=4, num_frames=4)
+    single = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What is it?"}]}]
+    assert rows[0].answer == plm_in_cache.chat(single, max_new_tokens=4)
+    conversation = [{"role": "user", "content": [{"type": "video", "video": video}, {"type": "text", "text": "What is it?"}]}]
+    assert rows[1].answer == plm_in_cache.chat(conversation, max_new_tokens=4, num_frames=4)
+    assert rows[2].answer is None and "does not answer about audio" in rows[2].error
+    lm = sn.load(str(af3_model_dir), device="cpu")
+    rows = sn.ask([image, audio], "What is said?", model=lm, max_new_tokens=4)
+    assert "does not answer about image" in rows[0].error and rows[1].error is None
+    # no model named: pictures go to the catalog's PerceptionLM
+    (row,) = sn.ask(image, "What is it?", max_new_tokens=4)
+    assert row.answer == sn.ask(image, "What is it?", model=plm_in_cache, max_new_tokens=4)[0].answer

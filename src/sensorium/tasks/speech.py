@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from sensorium.catalog import DEFAULT_VISUAL_LISTENER, default_model
-from sensorium.errors import SensoriumError
+from sensorium.errors import InputError, SensoriumError
 from sensorium.tasks.inputs import MediaItem
 from sensorium.tasks.spec import (FORMAT, TRUNCATION, Option, TaskSpec, chunk_seconds, integer, model_options,
                                   output_option, positive_int, temperature, text_argument, top_p)
@@ -120,7 +120,7 @@ def transcribe(
 def ask(
     inputs,
     question: str,
-    model=DEFAULT_LISTENER,
+    model=None,
     max_new_tokens: int = 512,
     temperature: float = 0.0,
     top_k: int | None = None,
@@ -129,27 +129,55 @@ def ask(
     device: str = "auto",
     dtype=None,
     allow_truncated: bool = False,
+    num_frames: int = 32,
+    max_tiles: int | None = None,
 ) -> list[AskRow]:
-    """The answer to `question` about each audio file (files, folders, globs), one row per input."""
+    """The answer to `question` about each input (files, folders, globs), one row per input. The model follows
+    the input unless one is given: PerceptionLM for images and videos, Audio Flamingo 3 for audio (a given
+    Audio Flamingo 3 reads a video's sound). `num_frames` and `max_tiles` are PerceptionLM's."""
     from sensorium.errors import reason_for
     from sensorium.nn.generation import check_sampling
+    from sensorium.tasks.capabilities import AudioListener, VisualListener, require
     from sensorium.tasks.inputs import as_input_list, expand_inputs
 
     if not isinstance(question, str) or not question.strip():
         raise ValueError("give a question (a non-empty string)")
     check_sampling(max_new_tokens, temperature, top_k, top_p)
-    inputs = as_input_list(inputs)
-    model = _listener(model, device, dtype, "ask")
+    loaded: dict[str, object] = {}
+
+    def model_for(item):
+        if model is not None and not isinstance(model, str):
+            return model
+        name = model or (DEFAULT_VISUAL_LISTENER if item.modality in ("image", "video") else default_model("ask"))
+        if name not in loaded:
+            from sensorium.loading import load
+
+            found = load(name, device=device, dtype=dtype)
+            require(found, "ask", VisualListener if isinstance(found, VisualListener) else AudioListener, need_text=True)
+            loaded[name] = found
+        return loaded[name]
+
+    if model is not None and not isinstance(model, str):
+        require(model, "ask", VisualListener if isinstance(model, VisualListener) else AudioListener, need_text=True)
+    on_truncated = "warn" if allow_truncated else "error"
     rows = []
-    for item in expand_inputs(inputs, modalities=("audio", "video")):
+    for item in expand_inputs(as_input_list(inputs), modalities=("image", "video", "audio")):
         row = AskRow(item.path, error=item.error)
         if item.error is None:
-            conversation = [{"role": "user", "content": [{"type": "audio", "audio": item.path},
-                                                         {"type": "text", "text": question}]}]
+            chosen = model_for(item)
+            options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                           seed=seed, on_truncated=on_truncated)
+            visual = isinstance(chosen, VisualListener)
+            if visual:
+                options |= dict(num_frames=num_frames, max_tiles=max_tiles)
+            # PerceptionLM reads pictures; Audio Flamingo 3 reads sound (a video's too)
+            kind = item.modality if visual else "audio"
             try:
-                row.answer = model.chat(conversation, max_new_tokens=max_new_tokens, temperature=temperature,
-                                        top_k=top_k, top_p=top_p, seed=seed,
-                                        on_truncated="warn" if allow_truncated else "error")
+                if (visual and item.modality == "audio") or (not visual and item.modality == "image"):
+                    raise InputError(f"{chosen.name} does not answer about {item.modality} files")
+                conversation = [{"role": "user", "content": [{"type": kind, kind: item.path},
+                                                             {"type": "text", "text": question}]}]
+                row.answer = chosen.chat(conversation, **options)
             except (SensoriumError, OSError) as err:  # the input's fault; a bug or out of memory propagates
                 row.error = reason_for(err, item.path)
         rows.append(row)
