@@ -4,7 +4,7 @@
     python benchmarks/gpu_smoke.py --device cpu    # a dry run of the same script on the CPU only
 
 Models: the tiny fixtures in tests/fixtures (PE-Core clip_tiny, original layout; PE-AV and PE-A-Frame tiny,
-original layout) and AST / AF3 built from small configs of our own with seeded random weights (the GPU machine
+original layout; PerceptionLM tiny, transformers layout) and AST / AF3 built from small configs of our own with seeded random weights (the GPU machine
 has no transformers of the version the tests build them with, and the point here is the device, not the
 reference). Each row: max |cuda - cpu| in float32 (TF32 off), and the median of 5 timed calls on the device
 after 2 warm-ups, in float32 and bfloat16. A tensor made on the wrong device inside a forward raises, which is
@@ -121,7 +121,17 @@ def af3(device, dtype):
     return lambda: {"logits": m(**inputs).logits, "ids": m.generate(**inputs, max_new_tokens=16, stop_tokens=())}
 
 
-FAMILIES = {"PE-Core": pe_core, "AST": ast, "PE-AV": pe_av, "PE-A-Frame": pe_a_frame, "AF3 (forward + 16-token generate)": af3}
+def plm(device, dtype):
+    m = sn.load(FIXTURES / "plm" / "plm_1b_tiny", device=device, dtype=dtype)
+    conversation = [{"role": "user", "content": [{"type": "image", "image": str(FIXTURES / "plm" / "media" / "tie.png")},
+                                                 {"type": "video", "video": str(FIXTURES / "media" / "dog.mp4")},
+                                                 {"type": "text", "text": "What is it?"}]}]
+    inputs = m.process(conversation, num_frames=4).model_inputs()
+    return lambda: {"logits": m(**inputs).logits, "ids": m.generate(**inputs, max_new_tokens=16, stop_tokens=())}
+
+
+FAMILIES = {"PE-Core": pe_core, "AST": ast, "PE-AV": pe_av, "PE-A-Frame": pe_a_frame,
+            "AF3 (forward + 16-token generate)": af3, "PLM (forward + 16-token generate)": plm}
 
 
 def _sync(device: str) -> None:

@@ -1,5 +1,5 @@
-"""Every tensor a model makes is made on the model's device: one PE-Core, AST, PE-AV, PE-A-Frame and the AF3
-fixture, through their forward passes and AF3's generate.
+"""Every tensor a model makes is made on the model's device: one PE-Core, AST, PE-AV, PE-A-Frame, the AF3 and
+a PerceptionLM fixture, through their forward passes and the chat models' generate.
 
 On a CPU-only machine a tensor made on the wrong device cannot fail by running, so each family runs under
 `HostTensorCheck`, which fails on any tensor factory in sensorium's code that does not name its device. Where
@@ -15,7 +15,7 @@ from devices import DEVICES, HostTensorCheck, to_cpu
 from helpers import FIXTURES, PE_FIXTURES, make_af3_checkpoint, pe_av_folder, pe_config, pe_models
 
 AV = FIXTURES / "pe_av"
-FAMILIES = ["pe-core", "ast", "pe-av", "pe-a-frame", "af3"]
+FAMILIES = ["pe-core", "ast", "pe-av", "pe-a-frame", "af3", "plm"]
 
 
 def _audio(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
@@ -65,7 +65,19 @@ def sources(ast_models, tmp_path_factory):
         return lambda: {"logits": m(**inputs).logits,
                         "ids": m.generate(**inputs, max_new_tokens=4, stop_tokens=())}
 
+    def plm_runs(m):
+        tie, tall = FIXTURES / "plm" / "media" / "tie.png", FIXTURES / "plm" / "media" / "tall.png"
+        conversations = [[{"role": "user", "content": [{"type": "image", "image": str(tie)},
+                                                       {"type": "text", "text": "What is it?"}]}],
+                         [{"role": "user", "content": [{"type": "image", "image": str(tall)},
+                                                       {"type": "video", "video": str(FIXTURES / "media" / "dog.mp4")},
+                                                       {"type": "text", "text": "And these?"}]}]]
+        inputs = m.process(conversations, num_frames=2, max_tiles=3).model_inputs()
+        return lambda: {"logits": m(**inputs).logits,
+                        "ids": m.generate(**inputs, max_new_tokens=4, stop_tokens=())}
+
     return {
+        "plm": (lambda d: sn.load(FIXTURES / "plm" / "plm_8b_tiny", device=d, dtype="float32"), plm_runs),
         "pe-core": (lambda d: sn.load(clip_file, config=pe_config(clip), device=d), pe_core),
         "ast": (lambda d: sn.load("MIT/ast-finetuned-speech-commands-v2", device=d), ast),
         "pe-av": (lambda d: sn.load(av, device=d), pe_av),
