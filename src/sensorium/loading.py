@@ -38,9 +38,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 state.update(read_state_dict(path.parent / shard))
             return state
         if name.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            return load_file(path)
+            return read_safetensors(path)
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as err:
@@ -52,6 +50,51 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except Exception as err:  # unpickling refused, truncated file, not a checkpoint at all
         raise WeightsError(f"{path}: cannot read a checkpoint from this file ({type(err).__name__}: {err})") from err
     return _flatten(obj, path)
+
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a .safetensors file read with plain reads into memory of its own. Not mmap: mapped file
+    pages count as the process's memory once touched, and safetensors' data offsets leave every tensor
+    unaligned, which assign_strict would copy again for the CPU kernels (12 GB peak for a 6 GB PLM-1B instead
+    of 6)."""
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError("shorter than a safetensors header")
+        length = struct.unpack("<Q", head)[0]
+        if length > min(size - 8, 100_000_000):
+            raise ValueError(f"a header of {length} bytes in a file of {size}")
+        header = json.loads(f.read(length))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        base, state = 8 + length, {}
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
+            if dtype is None:
+                raise ValueError(f"{key}: unknown dtype {info.get('dtype')!r}")
+            start, end = info["data_offsets"]
+            tensor = torch.empty(info["shape"], dtype=dtype)
+            if end - start != tensor.numel() * tensor.element_size() or base + end > size:
+                raise ValueError(f"{key}: {end - start} bytes for shape {info['shape']} {info['dtype']}, "
+                                 f"or past the end of the file (truncated?)")
+            if tensor.numel():
+                f.seek(base + start)
+                if f.readinto(memoryview(tensor.view(-1).view(torch.uint8).numpy())) != end - start:
+                    raise ValueError(f"{key}: the file ends inside it (truncated)")
+            state[key] = tensor
+    return state
 
 
 def _flatten(obj, path: Path) -> dict[str, torch.Tensor]:
