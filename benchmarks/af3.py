@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from common import machine
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -112,12 +112,6 @@ def worker(side: str, batch: int, new_tokens: int) -> None:
     print(json.dumps({"prefill_s": prefill, "decode_tokens_per_s": (new_tokens - 1) * batch / decode,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "prompt_tokens": int(inputs["input_ids"].shape[1])}))
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def run(rounds: int, batches: list[int], new_tokens: int) -> None:

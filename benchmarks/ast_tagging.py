@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import machine
 
 import numpy as np
 import torch
@@ -174,12 +175,6 @@ def bench_long(hours: float, dtype: str) -> dict:
         print(f"  {name}: {float(seconds):.1f} s, peak RSS {int(rss_kb) / 1024:.0f} MB", file=sys.stderr)
     windows = len(json.loads((OUT / "long-tags.jsonl").read_text().splitlines()[0]).get("labels", [])) or None
     return {"file": str(path.name), "dtype": dtype, "runs": runs, "labels_written": windows}
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def main() -> None:

@@ -26,11 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from common import machine
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -131,14 +132,6 @@ def measure(source: Path, model: str, audio: Path, events: Path) -> dict:
         raise RuntimeError(f"localize failed ({status}) on {audio} with {model}:\n{out.stderr[-3000:]}")
     lines = events.read_text().splitlines()
     return {"wall_s": float(seconds), "peak_rss_mb": int(rss_kb) / 1024, "events": len(lines) - 1}
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    import torch
-
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def run(models: list[str], hours: float, old: str | None, repeats: int) -> None:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from common import machine
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -187,12 +187,6 @@ def measure(side: str, kind: str, dtype: str, count: int) -> dict:
     if out.returncode:
         raise RuntimeError(f"{side} {kind} {dtype} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def run(rounds: int, dtypes: list[str], clips: int, kinds: list[str]) -> None:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import machine
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -220,14 +221,6 @@ def bench_embed(rounds: int, count: int, batch: int, workers: int, models: list[
                      "overlapped_img_s": statistics.median(results["overlapped"]),
                      "sequential_img_s": statistics.median(results["sequential"]), "all": results})
     return rows
-
-
-def machine() -> str:
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
 
 
 def main() -> None:

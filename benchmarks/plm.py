@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import machine
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -129,12 +129,6 @@ def worker(side: str, tiles: int, new_tokens: int) -> None:
                       "decode_tokens_per_s": (new_tokens - 1) / (token_times[-1] - token_times[0]),
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "prompt_tokens": int(inputs["input_ids"].shape[1])}))
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def run(rounds: int, tile_counts: list[int], new_tokens: int) -> None:
