@@ -192,3 +192,12 @@ def test_rotary_pairs_rule_is_the_converters_permute():
     out, _, _ = remap({"wq": w}, {"wq": RotaryPairs("q", heads)})
     # per head, rows (x0, y0, x1, y1) -> (x0, x1, y0, y1): the pairs' first elements, then the second ones
     assert out["q"][:, 0].tolist() == [0, 6, 3, 9, 12, 18, 15, 21]
+
+
+def test_a_config_whose_class_token_flag_contradicts_its_tower_is_refused(tmp_path):
+    folder = shutil.copytree(PLM / "plm_1b_tiny", tmp_path / "odd")
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_use_cls_token"] = False  # PE-L has a class token: transformers would pool 1 + 4x4 tokens
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(Exception, match="vision_use_cls_token is False"):
+        sn.load(str(folder), device="cpu")

@@ -86,8 +86,13 @@ def config_from_dict(data: dict, name: str) -> PLMConfig:
     vision = data["vision_config"]
     decoder = config_from_transformers(data["text_config"] | {"model_type": data["text_config"].get("model_type", "llama"),
                                                               "tie_word_embeddings": data.get("tie_word_embeddings", False)})
-    return PLMConfig(name, vision_from_timm(vision["architecture"], vision.get("model_args") or {}), decoder,
-                     data["image_token_id"], data["video_token_id"], data.get("projector_pooling_ratio", 2))
+    tower = vision_from_timm(vision["architecture"], vision.get("model_args") or {})
+    if bool(data.get("vision_use_cls_token", True)) != tower.cls_token:
+        # transformers would drop a patch token, or pool 1 + n*n tokens: no checkpoint is like that
+        raise ValueError(f"{name}: vision_use_cls_token is {data.get('vision_use_cls_token', True)} but the "
+                         f"{vision['architecture']} tower {'has' if tower.cls_token else 'has no'} class token")
+    return PLMConfig(name, tower, decoder, data["image_token_id"], data["video_token_id"],
+                     data.get("projector_pooling_ratio", 2))
 
 
 def config_from_original(params: dict, name: str) -> PLMConfig:
