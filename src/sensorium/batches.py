@@ -19,6 +19,10 @@ class TensorBatch(Mapping):
     def tensors(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
 
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """The keyword arguments of `model(**...)` / `model.generate(**...)`: the tensor fields given."""
+        return self.tensors()
+
     def __getitem__(self, key: str) -> torch.Tensor:
         return self.tensors()[key]
 
@@ -69,9 +73,6 @@ class AF3Inputs(TensorBatch):
     audio_tokens: tuple[int, ...] = ()  # tokens of each audio, in order
     single: bool = False  # one conversation was given (not a list of them): chat answers with one reply
 
-    def model_inputs(self) -> dict[str, torch.Tensor]:
-        return self.tensors()
-
 
 @dataclass(frozen=True)
 class PLMInputs(TensorBatch):
@@ -85,6 +86,3 @@ class PLMInputs(TensorBatch):
     image_tiles: tuple[int, ...] = ()  # tiles of each image, thumbnail included, in order
     video_frames: tuple[int, ...] = ()  # frames of each video, in order
     single: bool = False  # one conversation was given (not a list of them)
-
-    def model_inputs(self) -> dict[str, torch.Tensor]:
-        return self.tensors()

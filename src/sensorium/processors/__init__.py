@@ -19,8 +19,10 @@ Each family's module, sensorium.processors.<family name>, has `for_model(model, 
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 
+from sensorium.errors import InputError
 from sensorium.models import family_of
 
 
@@ -34,3 +36,32 @@ def attach(model, folder: str | Path | None = None):
     """Give a model (loaded, or built by hand) its processor; returns the model."""
     model.processor = for_model(model, folder)
     return model
+
+
+def read_json(path: Path) -> dict:
+    """A settings file beside the weights ({} when it is not there)."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def conversation_batch(conversations) -> tuple[list[list[dict]], bool]:
+    """(a batch of conversations, whether a single one was given) from what chat users pass: a string (one
+    user turn), a conversation (a list of {"role", "content"} messages), or a list of either. TypeError says
+    what was expected."""
+    def one(conversation):
+        if isinstance(conversation, str):
+            return [{"role": "user", "content": conversation}]
+        if not isinstance(conversation, (list, tuple)) or not conversation or not all(
+                isinstance(m, dict) and "role" in m and "content" in m for m in conversation):
+            raise TypeError("a conversation is a list of messages like {'role': 'user', 'content': ...} "
+                            f"(or a string for one user turn); got {type(conversation).__name__}")
+        return list(conversation)
+
+    if isinstance(conversations, str) or (isinstance(conversations, (list, tuple)) and conversations
+                                          and isinstance(conversations[0], dict)):
+        return [one(conversations)], True
+    if not isinstance(conversations, (list, tuple)):
+        raise TypeError("chat takes a conversation (a list of {'role', 'content'} messages), a string, or a "
+                        f"list of them; got {type(conversations).__name__}")
+    if not conversations:
+        raise InputError("no conversation given")
+    return [one(c) for c in conversations], False

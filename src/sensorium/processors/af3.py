@@ -13,7 +13,6 @@ sampling rate (transformers takes any array as 16 kHz).
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -25,12 +24,9 @@ from sensorium.errors import InputError, MediaError, MissingFileError
 from sensorium.features import whisper
 from sensorium.media.audio import load_audio
 from sensorium.models.af3 import SAMPLING_RATE, audio_token_count
+from sensorium.processors import conversation_batch, read_json
 from sensorium.text.chat_template import ChatTemplate
 from sensorium.text.tokenizer_json import JsonTokenizer
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _audio_of(item: dict) -> tuple[object, int | None]:
@@ -45,42 +41,14 @@ def _is_audio(item) -> bool:
     return isinstance(item, dict) and (item.get("type") == "audio" or "audio" in item)
 
 
-def as_conversations(conversations) -> list[list[dict]]:
-    """A batch of conversations from what users pass: a string (one user turn), a conversation (a list of
-    message dicts), or a list of either. TypeError says what was expected."""
-    def one(conversation):
-        if isinstance(conversation, str):
-            return [{"role": "user", "content": conversation}]
-        if not isinstance(conversation, (list, tuple)) or not conversation or not all(
-                isinstance(m, dict) and "role" in m and "content" in m for m in conversation):
-            raise TypeError("a conversation is a list of messages like {'role': 'user', 'content': ...} "
-                            f"(or a string for one user turn); got {type(conversation).__name__}")
-        return list(conversation)
-
-    if isinstance(conversations, str) or (isinstance(conversations, (list, tuple)) and conversations
-                                          and isinstance(conversations[0], dict)):
-        return [one(conversations)]
-    if not isinstance(conversations, (list, tuple)):
-        raise TypeError("chat takes a conversation (a list of {'role', 'content'} messages), a string, or a "
-                        f"list of them; got {type(conversations).__name__}")
-    if not conversations:
-        raise InputError("no conversation given")
-    return [one(c) for c in conversations]
-
-
-def is_single(conversations) -> bool:
-    return isinstance(conversations, str) or (isinstance(conversations, (list, tuple)) and bool(conversations)
-                                              and isinstance(conversations[0], dict))
-
-
 class AF3Processor:
     """The checkpoint folder's tokenizer.json, chat template and processor settings."""
 
     def __init__(self, folder: str | Path):
         folder = Path(folder)
-        settings = _read_json(folder / "processor_config.json")
-        extractor = settings.get("feature_extractor") or _read_json(folder / "preprocessor_config.json")
-        tokenizer_config = _read_json(folder / "tokenizer_config.json")
+        settings = read_json(folder / "processor_config.json")
+        extractor = settings.get("feature_extractor") or read_json(folder / "preprocessor_config.json")
+        tokenizer_config = read_json(folder / "tokenizer_config.json")
         self.audio_token = settings.get("audio_token", "<sound>")
         self.default_prompt = settings.get("default_transcription_prompt", "Transcribe the input speech.")
         self.max_audio_seconds = float(settings.get("max_audio_len", 600))
@@ -140,8 +108,7 @@ class AF3Processor:
         `sampling_rate`)."""
         if long_audio not in ("error", "truncate"):
             raise InputError("long_audio must be 'error' or 'truncate'")
-        single = is_single(conversations)
-        conversations = as_conversations(conversations)
+        conversations, single = conversation_batch(conversations)
         sequences, all_windows, all_frames, counts = [], [], [], []
         for conversation in conversations:
             audios = [_audio_of(item) for message in conversation if isinstance(message.get("content"), list)

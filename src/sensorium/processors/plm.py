@@ -12,7 +12,6 @@ patch of each tile or frame. The checkpoint's chat template renders the prompt a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,15 +25,12 @@ from sensorium.errors import InputError, MediaError, MissingFileError
 from sensorium.media.image import MAX_PIXELS, open_image
 from sensorium.media.video import VideoReader
 from sensorium.models.plm import PLMConfig
+from sensorium.processors import conversation_batch, read_json
 from sensorium.text.chat_template import ChatTemplate
 from sensorium.text.tokenizer_json import JsonTokenizer
 
 DEFAULT_FRAMES = 32  # what PLM was trained with
 IMAGE_TOKEN, VIDEO_TOKEN = "<|image|>", "<|video|>"
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -154,34 +150,13 @@ def _kind(item) -> str | None:
 
 
 def as_conversations(conversations) -> tuple[list[list[dict]], bool]:
-    """(a batch of conversations, whether one was given) from a string (one user turn), a conversation (a
-    list of messages) or a list of them. Content items are transformers': {"type": "image", "image": ...},
-    {"type": "video", "video": ...}, {"type": "text", "text": ...}; a plain string is one text item."""
-    def one(conversation):
-        if isinstance(conversation, str):
-            conversation = [{"role": "user", "content": conversation}]
-        if not isinstance(conversation, (list, tuple)) or not conversation or not all(
-                isinstance(m, dict) and "role" in m and "content" in m for m in conversation):
-            raise TypeError("a conversation is a list of messages like {'role': 'user', 'content': [...]} (or a "
-                            f"string for one user turn); got {type(conversation).__name__}")
-        messages = []
-        for message in conversation:
-            content = message["content"]
-            if isinstance(content, str) and message["role"] != "system":
-                # the template reads a list of items (a string would render nothing)
-                content = [{"type": "text", "text": content}]
-            messages.append({**message, "content": content})
-        return messages
-
-    single = isinstance(conversations, str) or (isinstance(conversations, (list, tuple)) and bool(conversations)
-                                                and isinstance(conversations[0], dict))
-    if single:
-        return [one(conversations)], True
-    if not isinstance(conversations, (list, tuple)):
-        raise TypeError(f"chat takes a conversation, a string, or a list of them; got {type(conversations).__name__}")
-    if not conversations:
-        raise InputError("no conversation given")
-    return [one(c) for c in conversations], False
+    """`conversation_batch`, with each user or assistant string content made one text item (the template
+    reads content lists: a string would render nothing). Content items are transformers':
+    {"type": "image", "image": ...}, {"type": "video", "video": ...}, {"type": "text", "text": ...}."""
+    batch, single = conversation_batch(conversations)
+    as_items = [[{**m, "content": [{"type": "text", "text": m["content"]}]}
+                 if isinstance(m["content"], str) and m["role"] != "system" else m for m in c] for c in batch]
+    return as_items, single
 
 
 class PLMProcessor:
@@ -189,9 +164,9 @@ class PLMProcessor:
 
     def __init__(self, folder: str | Path, config: PLMConfig):
         folder = Path(folder)
-        settings = _read_json(folder / "processor_config.json")
-        image = settings.get("image_processor") or _read_json(folder / "preprocessor_config.json")
-        video = settings.get("video_processor") or _read_json(folder / "video_preprocessor_config.json")
+        settings = read_json(folder / "processor_config.json")
+        image = settings.get("image_processor") or read_json(folder / "preprocessor_config.json")
+        video = settings.get("video_processor") or read_json(folder / "video_preprocessor_config.json")
         self.tile_size = int(image.get("tile_size", 448))
         self.max_num_tiles = int(image.get("max_num_tiles", 36))
         self.vision_input_type = image.get("vision_input_type", "thumb+tile")
@@ -212,7 +187,7 @@ class PLMProcessor:
         self.template = ChatTemplate.from_folder(folder)
         if self.template is None:
             raise MissingFileError(f"{folder}: no chat template (chat_template.jinja or a chat_template field)")
-        tokenizer_config = _read_json(folder / "tokenizer_config.json")
+        tokenizer_config = read_json(folder / "tokenizer_config.json")
         self.bos_token = _token(tokenizer_config.get("bos_token")) or "<|begin_of_text|>"
         pad = _token(tokenizer_config.get("pad_token")) or "<|end_of_text|>"
         probe = JsonTokenizer(folder / "tokenizer.json", None, 0)
