@@ -95,3 +95,8 @@ def test_sn_ask_follows_each_input(plm_in_cache, af3_model_dir):
     # no model named: pictures go to the catalog's PerceptionLM
     (row,) = sn.ask(image, "What is it?", max_new_tokens=4)
     assert row.answer == sn.ask(image, "What is it?", model=plm_in_cache, max_new_tokens=4)[0].answer
+
+
+def test_caption_command_refuses_an_audio_chat_model(af3_model_dir, capsys):
+    assert main(["caption", str(MEDIA / "cat.png"), "-m", str(af3_model_dir), "-q"], restore_signals=False) == 2
+    assert "PerceptionLM" in capsys.readouterr().err

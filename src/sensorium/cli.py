@@ -253,6 +253,20 @@ def _open_writer(task: str, fmt: str, output: str | None, metadata: dict, items=
         return None
 
 
+def _output_format(args, default: str | None = None, raising: bool = False) -> str | None:
+    """The output format: --format, else the -o suffix, else `default` (the task's). A format the task does not
+    write is a usage error: ValueError when `raising`, else printed (None returned)."""
+    from sensorium.writers import format_for
+
+    try:
+        return format_for(args.output, args.format, args.spec.formats, default or args.spec.default_format)
+    except ValueError as err:
+        if raising:
+            raise
+        _fail(args.spec.name, err)
+        return None
+
+
 def _check_output(task: str, output: str | None, items, fmt: str) -> bool:
     """The destination is usable (its folder exists and can be written, it is not one of the inputs, no other
     run is writing it), checked before the model loads."""
@@ -266,7 +280,7 @@ def _check_output(task: str, output: str | None, items, fmt: str) -> bool:
     return True
 
 
-def _drain(args, task: str, total: int, make_rows, write, writer) -> int:
+def _drain(args, task: str, total: int, make_rows, records, writer) -> int:
     """Run the task with a progress bar: write each good row, report each failed one as it happens, then
     one summary line; return the exit status. An interrupted run keeps what it has done, marked incomplete;
     a failed write removes the partial output."""
@@ -286,7 +300,8 @@ def _drain(args, task: str, total: int, make_rows, write, writer) -> int:
                     bar.write(f"skipped {path}: {row.error}", file=sys.stderr)
                     continue
                 try:
-                    write(row, path)
+                    for record in records(row, path):  # what the task says one result is in this format
+                        writer.write(record)
                 except OSError as err:
                     raise _WriteFailed(err) from err
                 done += 1
@@ -339,14 +354,11 @@ def _write_failed(task: str, writer, err: OSError) -> int:
 
 
 def run_embed(args) -> int:
-    from sensorium.writers import format_for
-
     if not args.inputs and not args.text:
         return _fail("embed", "give inputs (files, folders, globs) and/or --text")
-    try:
-        fmt = format_for(args.output, args.format, args.spec.formats, args.spec.default_format)
-    except ValueError as err:
-        return _fail("embed", err)
+    fmt = _output_format(args)
+    if fmt is None:
+        return EXIT_USAGE
     if not _check_device(args, "embed"):
         return EXIT_USAGE
     if not _check_output("embed", args.output, _expand(args, ALL_KINDS, quiet=True), fmt):
@@ -371,14 +383,11 @@ def run_embed(args) -> int:
 
     from sensorium.tasks.embed import iter_embed, records
 
-    def write(row, path):
-        for record in records(row, path, fmt, model.name):
-            writer.write(record)
-
     rows = lambda progress: iter_embed(  # noqa: E731
         model, items, args.text, args.batch_size, args.workers, args.frames, progress, args.max_image_pixels, av,
         on_truncated=_on_truncated(args))
-    return _drain(args, "embed", len(items) + len(args.text), rows, write, writer)
+    return _drain(args, "embed", len(items) + len(args.text), rows,
+                  lambda row, path: records(row, path, fmt, model.name), writer)
 
 
 def _on_truncated(args) -> str:
@@ -391,7 +400,6 @@ def run_classify(args) -> int:
     from sensorium.errors import display_path
     from sensorium.tasks.classify import check_labels, parse_labels
     from sensorium.tasks.templates import load_templates
-    from sensorium.writers import format_for
 
     try:
         if args.labels is not None:
@@ -406,7 +414,7 @@ def run_classify(args) -> int:
                 raise ValueError(f"--labels-file {display_path(args.labels_file)}: "
                                  f"{(err.strerror or str(err)).lower()}") from None
             labels = check_labels([line.strip() for line in lines if line.strip()])
-        fmt = format_for(args.output, args.format, args.spec.formats, args.spec.default_format)
+        fmt = _output_format(args, raising=True)
         if args.templates is not None:
             load_templates(args.templates)  # a bad template file is a usage error before the model loads
     except (ValueError, OSError) as err:
@@ -438,14 +446,10 @@ def run_classify(args) -> int:
     if writer is None:
         return EXIT_USAGE
 
-    def write(row, path):
-        for record in records(row, path, fmt):
-            writer.write(record)
-
     rows = lambda progress: iter_classify(  # noqa: E731
         model, items, labels, templates, args.top_k, args.batch_size, args.workers, args.frames, progress,
         args.max_image_pixels, av, on_truncated=_on_truncated(args))
-    return _drain(args, "classify", len(items), rows, write, writer)
+    return _drain(args, "classify", len(items), rows, lambda row, path: records(row, path, fmt), writer)
 
 
 def _av_options(args, model) -> dict | None:
@@ -472,14 +476,12 @@ def _av_record(model, av: dict) -> dict:
 
 def run_tag(args) -> int:
     from sensorium.tasks.tag import EVENT_FIELDS, EVENT_THRESHOLD, FIELDS, iter_tag, model_windowing, records
-    from sensorium.writers import format_for
 
     if not args.inputs:
         return _fail("tag", "give inputs (audio or video files, folders, globs)")
-    try:
-        fmt = format_for(args.output, args.format, args.spec.formats, "tsv" if args.timeline else args.spec.default_format)
-    except ValueError as err:
-        return _fail("tag", err)
+    fmt = _output_format(args, "tsv" if args.timeline else args.spec.default_format)
+    if fmt is None:
+        return EXIT_USAGE
     items = _expand(args, ("audio", "video"))
     if not _check_device(args, "tag") or not _check_output("tag", args.output, items, fmt):
         return EXIT_USAGE
@@ -499,25 +501,22 @@ def run_tag(args) -> int:
     if writer is None:
         return EXIT_USAGE
 
-    def write(row, path):
-        for record in records(row, path, fmt, rule, model.labels, event_threshold if args.timeline else None):
-            writer.write(record)
-
     rows = lambda progress: iter_tag(  # noqa: E731
         model, items, args.top_k, args.threshold, args.window, args.hop, args.pooling, args.batch_size, progress,
         on_truncated=_on_truncated(args))
-    return _drain(args, "tag", len(items), rows, write, writer)
+    timeline = event_threshold if args.timeline else None
+    return _drain(args, "tag", len(items), rows,
+                  lambda row, path: records(row, path, fmt, rule, model.labels, timeline), writer)
 
 
 def run_localize(args) -> int:
     from sensorium.tasks.localize import FIELDS, Rules, check_queries, iter_localize, records
-    from sensorium.writers import format_for
 
     if not args.inputs:
         return _fail("localize", "give inputs (audio or video files, folders, globs)")
     try:
         queries = check_queries(args.query)
-        fmt = format_for(args.output, args.format, args.spec.formats, args.spec.default_format)
+        fmt = _output_format(args, raising=True)
         rules = Rules(args.threshold, args.window, args.hop, args.median_filter, args.merge_gap, args.min_duration)
     except ValueError as err:
         return _fail("localize", err)
@@ -537,27 +536,21 @@ def run_localize(args) -> int:
     if writer is None:
         return EXIT_USAGE
 
-    def write(row, path):
-        for record in records(row, path, fmt):
-            writer.write(record)
-
     rows = lambda progress: iter_localize(model, items, queries, rules, progress,  # noqa: E731
                                           on_truncated=_on_truncated(args))
-    return _drain(args, "localize", len(items), rows, write, writer)
+    return _drain(args, "localize", len(items), rows, lambda row, path: records(row, path, fmt), writer)
 
 
-def _load_listener(args, task: str, source: str, pictures: bool = False):
-    """The chat model for `task`: one that answers about what the inputs are (PerceptionLM about pictures,
-    Audio Flamingo 3 about sound), with its tokenizer and template; None after printing why not."""
+def _load_listener(args, task: str, source: str, need):
+    """The chat model for `task`, with its tokenizer and chat template; `need(model)` is the capability the task
+    needs of it. None after printing why it cannot be used."""
     from sensorium.errors import SensoriumError
     from sensorium.loading import load
-    from sensorium.tasks.capabilities import AudioListener, VisualListener, require
+    from sensorium.tasks.capabilities import require
 
     try:
         model = load(source, config=args.config, device=args.device, dtype=args.dtype)
-        # pictures need PerceptionLM unless the model named is Audio Flamingo 3 (which reads a video's sound)
-        wanted = AudioListener if not pictures or isinstance(model, AudioListener) else VisualListener
-        require(model, task, wanted, need_text=True)  # the tokenizer and chat template are there
+        require(model, task, need(model), need_text=True)
     except (SensoriumError, OSError, ValueError, TypeError) as err:
         print(f"sensorium {task}: cannot use model {source}:\n{err}", file=sys.stderr)
         return None
@@ -572,7 +565,7 @@ def _load_listener(args, task: str, source: str, pictures: bool = False):
 def run_ask(args) -> int:
     from sensorium.catalog import DEFAULT_VISUAL_LISTENER, default_model
     from sensorium.errors import SensoriumError, display_path, reason_for
-    from sensorium.tasks.capabilities import VisualListener
+    from sensorium.tasks.capabilities import VisualListener, chat_capability
     from sensorium.tasks.inputs import expand_inputs
 
     if not _check_device(args, "ask"):
@@ -580,7 +573,7 @@ def run_ask(args) -> int:
     items = expand_inputs(args.inputs, ("image", "video", "audio"), warn_duplicates=False)
     pictures = bool(items) and all(item.modality in ("image", "video") for item in items)
     model = _load_listener(args, "ask", args.model or (DEFAULT_VISUAL_LISTENER if pictures else default_model("ask")),
-                           pictures)
+                           lambda m: chat_capability(m, pictures))
     if model is None:
         return EXIT_USAGE
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -615,14 +608,12 @@ def run_ask(args) -> int:
 def run_caption(args) -> int:
     from sensorium.errors import InputError, display_path
     from sensorium.tasks.caption import FIELDS, done_rows, iter_caption, records
-    from sensorium.writers import format_for
 
     if not args.inputs:
         return _fail("caption", "give inputs (image or video files, folders, globs)")
-    try:
-        fmt = format_for(args.output, args.format, args.spec.formats, args.spec.default_format)
-    except ValueError as err:
-        return _fail("caption", err)
+    fmt = _output_format(args)
+    if fmt is None:
+        return EXIT_USAGE
     items = _expand(args, ("image", "video"))
     kept: list[dict] = []
     if args.resume:
@@ -636,7 +627,9 @@ def run_caption(args) -> int:
         items = [item for item in items if display_path(item.path) not in done]
     if not _check_device(args, "caption") or not _check_output("caption", args.output, items, fmt):
         return EXIT_USAGE
-    model = _load_listener(args, "caption", args.model, pictures=True)
+    from sensorium.tasks.capabilities import VisualListener
+
+    model = _load_listener(args, "caption", args.model, lambda m: VisualListener)
     if model is None:
         return EXIT_USAGE
     metadata = {"model": model.name, "prompt": args.prompt or "default per kind", "frames": args.frames,
@@ -647,44 +640,37 @@ def run_caption(args) -> int:
     for row in kept:  # the earlier run's rows come first, as they were
         writer.write(row)
 
-    def write(row, path):
-        for record in records(row, path):
-            writer.write(record)
-
     rows = lambda progress: iter_caption(model, items, args.prompt, args.frames, args.max_tiles,  # noqa: E731
                                          args.batch_size, args.max_new_tokens, progress, _on_truncated(args))
-    return _drain(args, "caption", len(items), rows, write, writer)
+    return _drain(args, "caption", len(items), rows, records, writer)
 
 
 def run_transcribe(args) -> int:
     from sensorium.tasks.speech import iter_transcribe, transcript_records
-    from sensorium.writers import format_for
 
     if not args.inputs:
         return _fail("transcribe", "give inputs (audio or video files, folders, globs)")
-    try:
-        fmt = format_for(args.output, args.format, args.spec.formats, args.spec.default_format)
-    except ValueError as err:
-        return _fail("transcribe", err)
+    fmt = _output_format(args)
+    if fmt is None:
+        return EXIT_USAGE
     items = _expand(args, ("audio", "video"))
     if fmt in ("srt", "vtt") and len(items) > 1:
         return _fail("transcribe", "srt/vtt take one input at a time (use json or jsonl for many)")
     if not _check_device(args, "transcribe") or not _check_output("transcribe", args.output, items, fmt):
         return EXIT_USAGE
-    model = _load_listener(args, "transcribe", args.model)
+    from sensorium.tasks.capabilities import AudioListener
+
+    model = _load_listener(args, "transcribe", args.model, lambda m: AudioListener)
     if model is None:
         return EXIT_USAGE
     writer = _open_writer("transcribe", fmt, args.output, {"model": model.name, "chunk_seconds": args.chunk}, items)
     if writer is None:
         return EXIT_USAGE
 
-    def write(row, path):
-        for record in transcript_records(row, path, fmt, several=len(items) > 1):
-            writer.write(record)
-
     rows = lambda progress: iter_transcribe(model, items, args.prompt, args.chunk, args.max_new_tokens, progress,  # noqa: E731
                                             on_truncated=_on_truncated(args))
-    return _drain(args, "transcribe", len(items), rows, write, writer)
+    return _drain(args, "transcribe", len(items), rows,
+                  lambda row, path: transcript_records(row, path, fmt, several=len(items) > 1), writer)
 
 
 if __name__ == "__main__":

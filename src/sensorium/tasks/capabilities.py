@@ -56,6 +56,16 @@ REFUSALS = {
 }
 
 
+def chat_capability(model, pictures: bool) -> type:
+    """What `ask` needs of a chat model: the listener it is (PerceptionLM reads pictures; Audio Flamingo 3 reads
+    sound, a video's too), or, being neither, the one the input needs (so the refusal names the right models)."""
+    if isinstance(model, VisualListener):
+        return VisualListener
+    if isinstance(model, AudioListener):
+        return AudioListener
+    return VisualListener if pictures else AudioListener
+
+
 def name_of(model) -> str:
     return getattr(model, "name", None) or type(model).__name__
 

@@ -87,12 +87,14 @@ class AskRow:
     error: str | None = None
 
 
-def _listener(model, device, dtype, task: str):
+def _listener(model, device, dtype, task: str, pictures: bool | None = None):
+    """The chat model (loaded when named) checked for the task: Audio Flamingo 3 for transcription
+    (`pictures` None), else whichever listener `ask` can use (see capabilities.chat_capability)."""
     from sensorium.loading import load
-    from sensorium.tasks.capabilities import AudioListener, require
+    from sensorium.tasks.capabilities import AudioListener, chat_capability, require
 
     model = load(model, device=device, dtype=dtype) if isinstance(model, str) else model
-    require(model, task, AudioListener, need_text=True)
+    require(model, task, AudioListener if pictures is None else chat_capability(model, pictures), need_text=True)
     return model
 
 
@@ -137,28 +139,24 @@ def ask(
     Audio Flamingo 3 reads a video's sound). `num_frames` and `max_tiles` are PerceptionLM's."""
     from sensorium.errors import reason_for
     from sensorium.nn.generation import check_sampling
-    from sensorium.tasks.capabilities import AudioListener, VisualListener, require
+    from sensorium.tasks.capabilities import VisualListener
     from sensorium.tasks.inputs import as_input_list, expand_inputs
 
     if not isinstance(question, str) or not question.strip():
         raise ValueError("give a question (a non-empty string)")
     check_sampling(max_new_tokens, temperature, top_k, top_p)
-    loaded: dict[str, object] = {}
+    given = None if model is None or isinstance(model, str) else _listener(model, device, dtype, "ask", False)
+    loaded: dict[str, object] = {}  # models named or chosen per input, loaded once
 
     def model_for(item):
-        if model is not None and not isinstance(model, str):
-            return model
-        name = model or (DEFAULT_VISUAL_LISTENER if item.modality in ("image", "video") else default_model("ask"))
+        if given is not None:
+            return given
+        pictures = item.modality in ("image", "video")
+        name = model or (DEFAULT_VISUAL_LISTENER if pictures else default_model("ask"))
         if name not in loaded:
-            from sensorium.loading import load
-
-            found = load(name, device=device, dtype=dtype)
-            require(found, "ask", VisualListener if isinstance(found, VisualListener) else AudioListener, need_text=True)
-            loaded[name] = found
+            loaded[name] = _listener(name, device, dtype, "ask", pictures)
         return loaded[name]
 
-    if model is not None and not isinstance(model, str):
-        require(model, "ask", VisualListener if isinstance(model, VisualListener) else AudioListener, need_text=True)
     on_truncated = "warn" if allow_truncated else "error"
     rows = []
     for item in expand_inputs(as_input_list(inputs), modalities=("image", "video", "audio")):
