@@ -99,6 +99,7 @@ def put_in_hf_cache(cache: str | Path, repo: str, files: dict[str, Path | bytes]
     (folder / "refs" / revision).write_text(commit)
     for name, content in files.items():
         target = snapshot / name
+        target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, (bytes, bytearray)):
             target.write_bytes(content)
         else:

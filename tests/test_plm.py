@@ -122,12 +122,55 @@ def test_bf16_shards_load_in_every_dtype():
         assert m.dtype == torch_dtype and m.vision.pos_embed.dtype == torch_dtype
 
 
-def test_loads_by_catalog_name_from_an_offline_cache(hf_cache, tmp_path):
+def test_loads_both_layouts_by_catalog_name_and_hub_id_from_an_offline_cache(hf_cache):
+    """The hub repo as published: the transformers layout at the root, Meta's consolidated copy in original/
+    (chosen by its folder, as huggingface_hub's `subfolder`)."""
     folder = PLM / "plm_1b_tiny"
     put_in_hf_cache(hf_cache, "facebook/Perception-LM-1B",
-                    {p.name: p for p in folder.iterdir() if p.is_file()})
-    m = sn.load("Perception-LM-1B", device="cpu")
-    assert m.layout == "transformers" and m.processor is not None and m.config.decoder.tie_embeddings
+                    {str(p.relative_to(folder)): p for p in folder.rglob("*") if p.is_file()})
+    by_name = sn.load("Perception-LM-1B", device="cpu")
+    assert by_name.layout == "transformers" and by_name.processor is not None and by_name.config.decoder.tie_embeddings
+    by_id = sn.load("facebook/Perception-LM-1B", device="cpu")
+    original = sn.load("facebook/Perception-LM-1B/original", device="cpu")
+    assert by_id.layout == "transformers" and original.layout == "original" and original.name == "Perception-LM-1B"
+    assert original.config == by_name.config and original.processor is not None
+    mine, theirs = original.state_dict(), by_name.state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    from sensorium.catalog import get
+
+    assert [c.hub_id for c in get("Perception-LM-1B").published] == [
+        "facebook/Perception-LM-1B", "facebook/Perception-LM-1B/original"]
+    with pytest.raises(sn.WeightsError, match="copies of facebook/Perception-LM-1B are facebook/Perception-LM-1B, "):
+        sn.load("facebook/Perception-LM-1B/consolidated", device="cpu")
+
+
+def test_missing_weights_are_a_quick_clear_error(hf_cache, monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    for source in ("Perception-LM-3B", "facebook/Perception-LM-8B/original"):
+        with pytest.raises(sn.WeightsNotFoundError, match="facebook/Perception-LM-"):
+            sn.load(source, device="cpu")
+    assert time.perf_counter() - start < 10
+
+
+def test_a_single_numbered_consolidated_file_loads_and_model_parallel_shards_are_refused(tmp_path):
+    original = PLM / "plm_8b_tiny" / "original"
+    folder = tmp_path / "plm_8b_tiny" / "original"
+    folder.mkdir(parents=True)
+    for name in ("params.json", "tokenizer.model"):
+        shutil.copyfile(original / name, folder / name)
+    for path in (PLM / "plm_8b_tiny").iterdir():  # the repo root's processor files, not its weights
+        if path.is_file() and "safetensors" not in path.name:
+            shutil.copyfile(path, folder.parent / path.name)
+    shutil.copyfile(original / "consolidated.pth", folder / "consolidated.00.pth")
+    m = sn.load(str(folder), device="cpu", dtype="float32")
+    hub = sn.load(str(PLM / "plm_8b_tiny"), device="cpu", dtype="float32")
+    assert m.layout == "original" and all(torch.equal(m.state_dict()[k], v) for k, v in hub.state_dict().items())
+    shutil.copyfile(original / "consolidated.pth", folder / "consolidated.01.pth")
+    with pytest.raises(sn.WeightsError, match="one of 2 model-parallel shards"):
+        sn.load(str(folder / "consolidated.00.pth"), device="cpu")
 
 
 def test_bad_inputs_are_clear(tmp_path, media):

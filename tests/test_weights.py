@@ -169,3 +169,68 @@ def test_timm_head_bias_must_be_zero(tmp_path):
     save_file(state, path)
     with pytest.raises(WeightsError, match="head.bias is not zero"):
         sn.load(path, config=pe_config("clip_tiny"))
+
+
+def test_weights_are_cast_as_they_are_read_in_every_file_format(tmp_path):
+    from safetensors.torch import save_file
+
+    from sensorium.loading import read_state_dict
+
+    state = {"w": torch.randn(4, 3), "step": torch.tensor([7]), "h": torch.randn(2).half()}
+    save_file(state, tmp_path / "a.safetensors")
+    torch.save(state, tmp_path / "a.pt")
+    for name in ("a.safetensors", "a.pt"):
+        got = read_state_dict(tmp_path / name, torch.bfloat16)
+        assert got["w"].dtype == got["h"].dtype == torch.bfloat16 and got["step"].dtype == torch.int64
+        assert torch.equal(got["w"], state["w"].bfloat16()) and torch.equal(got["step"], state["step"])
+
+
+def test_assignment_consumes_the_state_it_is_given():
+    from sensorium.keymaps import assign_strict
+
+    with torch.device("meta"):
+        model = torch.nn.Linear(3, 2)
+    state = {"weight": torch.randn(2, 3), "bias": torch.randn(2)}
+    expected = {k: v.clone() for k, v in state.items()}
+    assign_strict(model, state, {k: k for k in state}, [], {}, "test", torch.float32)
+    assert state == {} and torch.equal(model.weight, expected["weight"]) and torch.equal(model.bias, expected["bias"])
+
+
+PEAK_PROBE = """
+import sys, torch
+from sensorium.loading import read_state_dict
+
+def status(field):  # kB
+    return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1])
+
+open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts from the current RSS
+before = status("VmRSS")
+state = read_state_dict(sys.argv[1], torch.bfloat16)
+print((status("VmHWM") - before) / 1024)
+"""
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_an_fp32_file_read_as_bf16_never_holds_the_fp32_copy(tmp_path, sharded):
+    """384 MB of fp32 tensors read as bf16 (192 MB): the peak grows by the bf16 copy and one tensor, not by
+    the file."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    tensors = {f"layer{i}.weight": torch.randn(1024, 4096) for i in range(24)}  # 16 MB each
+    if sharded:
+        halves = {"a.safetensors": dict(list(tensors.items())[:12]), "b.safetensors": dict(list(tensors.items())[12:])}
+        for name, part in halves.items():
+            save_file(part, tmp_path / name)
+        index = {"weight_map": {k: name for name, part in halves.items() for k in part}}
+        path = tmp_path / "model.safetensors.index.json"
+        path.write_text(json.dumps(index))
+    else:
+        path = tmp_path / "model.safetensors"
+        save_file(tensors, path)
+    del tensors
+    out = subprocess.run([sys.executable, "-c", PEAK_PROBE, str(path)], capture_output=True, text=True, check=True)
+    grown_mb = float(out.stdout.strip().splitlines()[-1])
+    assert 150 < grown_mb < 260, grown_mb

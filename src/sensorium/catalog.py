@@ -31,8 +31,14 @@ class Published:
         return self.weights[0]
 
     @property
+    def subfolder(self) -> str:
+        """The repo folder the weights are in ("" at the root; "original" for Meta's consolidated copies)."""
+        return self.filename.rpartition("/")[0]
+
+    @property
     def hub_id(self) -> str:
-        return self.repo + (f"@{self.revision}" if self.revision else "")
+        """What `load` accepts for this copy: owner/name[/subfolder][@revision]."""
+        return self.repo + (f"/{self.subfolder}" if self.subfolder else "") + (f"@{self.revision}" if self.revision else "")
 
 
 @dataclass(frozen=True)
@@ -209,7 +215,8 @@ ENTRIES += tuple(
                       optional=("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
                                 "chat_template.jinja", "chat_template.json", "generation_config.json")),
             # the consolidated training checkpoint the repo keeps in original/ (the processor files are the root's)
-            Published(f"facebook/Perception-LM-{size}", ("original/consolidated.pth",), "original",
+            Published(f"facebook/Perception-LM-{size}", ("original/consolidated.pth", "original/consolidated.00.pth"),
+                      "original",
                       extra=("original/params.json", "tokenizer.json", "tokenizer_config.json"),
                       optional=("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
                                 "chat_template.jinja", "chat_template.json")),
@@ -243,12 +250,13 @@ def find(name: str) -> CatalogEntry | None:
     return next((e for e in entries() if e.name.casefold() == folded), None)
 
 
-def find_repo(repo: str, revision: str | None = None) -> tuple[CatalogEntry, Published] | None:
-    """Catalog entry and published copy by hub repo id."""
+def find_repo(repo: str, revision: str | None = None, subfolder: str = "") -> tuple[CatalogEntry, Published] | None:
+    """Catalog entry and published copy by hub repo id (and the repo folder its weights are in)."""
     folded = repo.casefold()
     for entry in entries():
         for copy in entry.published:
-            if copy.repo.casefold() == folded and (revision is None or copy.revision in (None, revision)):
+            if (copy.repo.casefold() == folded and copy.subfolder == subfolder.strip("/")
+                    and (revision is None or copy.revision in (None, revision))):
                 return entry, copy
     return None
 

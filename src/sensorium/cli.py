@@ -188,7 +188,8 @@ def run_models(args) -> int:
     if args.format == "json":
         rows = [
             {"name": e.name, "kind": e.kind, "tasks": list(e.tasks), "summary": e.summary,
-             "published": [{"repo": p.repo, "file": p.filename, "layout": p.layout} for p in e.published]}
+             "published": [{"hub_id": p.hub_id, "repo": p.repo, "file": p.filename, "layout": p.layout}
+                           for p in e.published]}
             for e in entries
         ]
         print(json.dumps(rows, indent=1))

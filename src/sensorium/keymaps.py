@@ -154,7 +154,9 @@ def assign_strict(
     device: torch.device | None = None,
 ) -> None:
     """Check names and shapes against the (meta) model, then assign the tensors into it, each one moved to
-    `device` and then cast there (one tensor at a time: the host never holds a converted copy of the model)."""
+    `device` and then cast there. `state` is consumed: each tensor leaves it as it is assigned, so a source
+    tensor that needs a converted copy (a cast, a permutation, an aligned clone) is freed once its copy exists
+    and the host never holds a second copy of the model."""
     expected = model.state_dict()
     unexpected = unknown + [origin[k] for k in state if k not in expected]
     missing = [file_name_for(k, key_map) for k in expected if k not in state]
@@ -166,7 +168,8 @@ def assign_strict(
             lines.append(f"  unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
         raise WeightsError("\n".join(lines))
     ready = {}
-    for key, tensor in state.items():
+    while state:
+        key, tensor = state.popitem()
         want = expected[key].shape
         if tensor.shape != want:
             # Only leading/trailing singleton dimensions may differ (e.g. timm's (1, N, w) position table).

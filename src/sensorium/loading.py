@@ -1,14 +1,16 @@
 """`load(source)`: a catalog name, a hub repo id, a local directory or a local file -> a model.
 
 source -> files (hub.py) -> family (models registry) -> config -> build on the meta device -> strict
-assignment through the layout's literal key map (keymaps.py), each tensor cast and moved on its own, so no
-second copy of the weights is made. `.pt`/`.bin` files are read with `weights_only=True` (memory-mapped when
-the file allows it) and safetensors are memory-mapped.
+assignment through the layout's literal key map (keymaps.py). Each tensor is cast to the model's dtype as it
+is read and handed over as it is assigned, so no second copy of the weights is ever held: an fp32 file loads as
+bf16 in half its size. `.pt`/`.pth`/`.bin` files are read with `weights_only=True` (memory-mapped when the file
+allows it); safetensors with plain reads (see read_safetensors).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -24,21 +26,30 @@ from sensorium.hub import fetch_published
 from sensorium.keymaps import assign_strict, remap
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A flat {name: tensor} from a .safetensors, .pt/.pth/.bin or sharded-safetensors index file."""
+def read_state_dict(path: str | os.PathLike, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """A flat {name: tensor} from a .safetensors, .pt/.pth/.bin or sharded-safetensors index file; with `dtype`,
+    floating tensors are cast to it one at a time as they are read (the file's precision is never held whole
+    beside the cast copy)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(f"{path}: no such file")
     name = path.name
+    shards = sorted(path.parent.glob("consolidated.[0-9][0-9].pth")) if MODEL_PARALLEL.fullmatch(name) else []
+    if len(shards) > 1:
+        # Meta's consolidated.NN.pth sets hold a slice of every weight each (tensor parallel); a consolidated
+        # checkpoint (what apps/plm/consolidate.py writes, and all the reference converter reads) is one file.
+        raise WeightsError(f"{path}: one of {len(shards)} model-parallel shards ({shards[0].name} ... "
+                           f"{shards[-1].name}); sensorium reads consolidated checkpoints, one file holding every "
+                           "weight whole")
     try:
         if name.endswith(".safetensors.index.json"):
             index = json.loads(path.read_text())
             state = {}
             for shard in sorted(set(index["weight_map"].values())):
-                state.update(read_state_dict(path.parent / shard))
+                state.update(read_state_dict(path.parent / shard, dtype))
             return state
         if name.endswith(".safetensors"):
-            return read_safetensors(path)
+            return read_safetensors(path, dtype)
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as err:
@@ -49,9 +60,19 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise
     except Exception as err:  # unpickling refused, truncated file, not a checkpoint at all
         raise WeightsError(f"{path}: cannot read a checkpoint from this file ({type(err).__name__}: {err})") from err
-    return _flatten(obj, path)
+    state = _flatten(obj, path)
+    del obj
+    if dtype is not None:
+        for key, tensor in state.items():
+            state[key] = _cast(tensor, dtype)
+    return state
 
 
+def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+
+MODEL_PARALLEL = re.compile(r"consolidated\.\d\d\.pth")
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -59,14 +80,17 @@ SAFETENSORS_DTYPES = {
 }
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a .safetensors file read with plain reads into memory of its own. Not mmap: mapped file
-    pages count as the process's memory once touched, and safetensors' data offsets leave every tensor
-    unaligned, which assign_strict would copy again for the CPU kernels (12 GB peak for a 6 GB PLM-1B instead
-    of 6)."""
+def read_safetensors(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of a .safetensors file read with plain reads into memory of its own; with `dtype`, floating
+    tensors of another precision go through one reused read buffer and only their cast copy is kept (freed
+    per-tensor buffers would stay with the allocator: an fp32 file read as bf16 peaked at twice the bf16 size).
+    Not mmap: mapped file pages count as the process's memory once touched, and safetensors' data offsets
+    leave every tensor unaligned, which assign_strict would copy again for the CPU kernels (12 GB peak for a
+    6 GB PLM-1B instead of 6)."""
     import struct
 
     size = path.stat().st_size
+    scratch = torch.empty(0, dtype=torch.uint8)
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
@@ -81,19 +105,25 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         for key, info in header.items():
             if key == "__metadata__":
                 continue
-            dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
-            if dtype is None:
+            stored = SAFETENSORS_DTYPES.get(info.get("dtype"))
+            if stored is None:
                 raise ValueError(f"{key}: unknown dtype {info.get('dtype')!r}")
             start, end = info["data_offsets"]
-            tensor = torch.empty(info["shape"], dtype=dtype)
-            if end - start != tensor.numel() * tensor.element_size() or base + end > size:
-                raise ValueError(f"{key}: {end - start} bytes for shape {info['shape']} {info['dtype']}, "
+            shape = info["shape"]
+            nbytes = math.prod(shape) * torch.empty(0, dtype=stored).element_size()
+            if end - start != nbytes or base + end > size:
+                raise ValueError(f"{key}: {end - start} bytes for shape {shape} {info['dtype']}, "
                                  f"or past the end of the file (truncated?)")
-            if tensor.numel():
+            cast = dtype is not None and stored.is_floating_point and stored != dtype
+            if cast and scratch.numel() < nbytes:
+                scratch = torch.empty(nbytes, dtype=torch.uint8)
+            target = scratch[:nbytes] if cast else torch.empty(nbytes, dtype=torch.uint8)
+            if nbytes:
                 f.seek(base + start)
-                if f.readinto(memoryview(tensor.view(-1).view(torch.uint8).numpy())) != end - start:
+                if f.readinto(memoryview(target.numpy())) != nbytes:
                     raise ValueError(f"{key}: the file ends inside it (truncated)")
-            state[key] = tensor
+            tensor = target.view(stored).view(shape)
+            state[key] = tensor.to(dtype) if cast else tensor
     return state
 
 
@@ -119,7 +149,9 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "open_clip_pytorch_model.bin",
 )
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+# owner/name, then optionally a folder inside the repo (facebook/Perception-LM-1B/original) and a revision
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?P<folder>(/[\w.-]+)*)(@(?P<revision>[\w./-]+))?$")
 
 
 @dataclass(frozen=True)
@@ -147,7 +179,7 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
         raise WeightsError(f"{display(found.path.parent)}: the checkpoint's config files are missing")
     target = resolve_device(device)
     precision = resolve_dtype(dtype, target)
-    state = read_state_dict(found.path)
+    state = read_state_dict(found.path, precision)
     try:
         layout = builder.detect_layout(set(state))
     except ValueError as err:
@@ -156,6 +188,7 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
     with torch.device("meta"):
         model = builder.build(config, layout)
     tensors, origin, unknown = remap(state, key_map)
+    del state  # what remap kept is in `tensors`, which assign_strict empties as it assigns
     assign_strict(model, tensors, origin, unknown, key_map, display(found.path), precision, target)
     model.eval().requires_grad_(False)
     # the family's processor, with the files beside the weights it reads (tokenizer, chat template, settings)
@@ -207,19 +240,24 @@ def resolve(source: str | os.PathLike, config=None) -> Found:
         copy = entry.default
         path = fetch_published(copy.repo, copy.weights, copy.extra, copy.revision, copy.optional)
         return Found(path, config_obj or config_for(entry), entry.family, entry.name)
-    if HUB_ID.match(source):
-        repo, _, revision = source.partition("@")
-        hit = catalog.find_repo(repo, revision or None)
+    # a name ending in a weights file's suffix is a local path that is not there, not a repo folder
+    hub_id = None if Path(source).suffix in (*WEIGHT_SUFFIXES, ".json") else HUB_ID.match(source)
+    if hub_id:
+        repo, revision, folder = hub_id["repo"], hub_id["revision"] or "", hub_id["folder"].strip("/")
+        hit = catalog.find_repo(repo, revision or None, folder)
         if hit is not None:
             entry, copy = hit
             path = fetch_published(copy.repo, copy.weights, copy.extra, revision or copy.revision, copy.optional)
             return Found(path, config_obj or config_for(entry), entry.family, entry.name)
         if config_obj is None:
+            copies = [c.hub_id for e in catalog.entries() for c in e.published if c.repo.casefold() == repo.casefold()]
+            if copies:
+                raise WeightsError(f"{source}: the catalog's copies of {repo} are {', '.join(copies)}")
             raise WeightsError(
                 f"{source} is not a checkpoint in the catalog; pass config=<catalog name> to say which "
                 "architecture it holds"
             )
-        return Found(_weights_in_repo(repo, revision or None), config_obj, family_of(config_obj).name, repo)
+        return Found(_weights_in_repo(repo, revision or None, folder), config_obj, family_of(config_obj).name, repo)
     if "/" in source or os.sep in source or Path(source).suffix:
         raise WeightsNotFoundError(f"{source}: no such file or directory")
     raise UnknownModelError(f"unknown model {source!r}: not in the catalog (`sensorium models` lists it)")
@@ -229,7 +267,7 @@ def _weights_in_dir(folder: Path) -> Path:
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
             return folder / name
-    candidates = sorted(p for p in folder.iterdir() if p.suffix in (".pt", ".pth", ".bin", ".safetensors"))
+    candidates = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES)
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
@@ -238,8 +276,8 @@ def _weights_in_dir(folder: Path) -> Path:
     raise WeightsError(f"{display(folder)}: several weights files ({listed}); pass the one to load")
 
 
-def _weights_in_repo(repo: str, revision: str | None) -> Path:
-    return fetch_published(repo, WEIGHT_FILES, (), revision)
+def _weights_in_repo(repo: str, revision: str | None, folder: str = "") -> Path:
+    return fetch_published(repo, tuple(f"{folder}/{name}" if folder else name for name in WEIGHT_FILES), (), revision)
 
 
 def _identify_local(path: Path) -> Found | None:
