@@ -1,15 +1,17 @@
 """PerceptionLM speed and memory: sensorium vs transformers 5.23 on the same random weights at PLM-1B's geometry.
 
     python benchmarks/plm.py make                   # random PLM-1B weights (transformers' init), fp32, ~6 GB
-    python benchmarks/plm.py run [--rounds 2] [--tiles 1 5] [--new-tokens 32]
+    python benchmarks/plm.py run [--rounds 2] [--tiles 1 5] [--video] [--batch 4] [--dtype bfloat16]
+                                 [--no-vision] [--new-tokens 32]
 
 The reference needs timm, which imports torchvision; this machine has no CPU torchvision wheel for its torch,
 so the transformers side runs with benchmarks/.venv-timm's timm (see benchmarks/pe_core.py setup) and a
 metadata-only torchvision shim on its path (nothing of torchvision runs: the inputs are tensors, no image
-processor is used). Inputs: a prompt of BOS + 16 text tokens + 256 `<|image|>` slots per tile + 8 text tokens,
-random pixels [1, tiles, 3, 448, 448]. Each measurement is a fresh process (load, warm-up, timed calls); sides
-alternate; medians over rounds. Vision = the tower + projector over the tiles; prefill = the call to the
-first new token; decode = the tokens after the first (greedy, no stop).
+processor is used). Inputs: prompts of BOS + 16 text tokens + 256 `<|image|>` (or `<|video|>`) slots per tile
+(frame) + 8 text tokens, random pixels [batch, tiles, 3, 448, 448]. Each measurement is a fresh process (load,
+warm-up on a 1-tile prompt, timed calls); sides alternate; medians over rounds; results accumulate in
+benchmarks/out/plm.json. Vision = the tower + projector over the tiles; prefill = the call to the first new
+token; decode = the tokens after the first (greedy, no stop), summed over the batch.
 """
 
 from __future__ import annotations
@@ -64,33 +66,52 @@ def _reference_path() -> None:
     sys.path += [str(TIMM_SITE), str(shim)]
 
 
-def _inputs(tiles: int):
+def _inputs(tiles: int, video: bool = False, batch: int = 1):
+    """`batch` prompts of one length (no padding): BOS, 16 text tokens, 256 slots per tile (video: per frame),
+    8 text tokens; random pixels."""
     import torch
 
     generator = torch.Generator().manual_seed(0)
-    ids = [BOS] + torch.randint(1000, 20000, (16,), generator=generator).tolist() + [IMAGE_TOKEN] * (256 * tiles) \
-        + torch.randint(1000, 20000, (8,), generator=generator).tolist()
-    input_ids = torch.tensor([ids])
-    pixels = torch.rand(1, tiles, 3, 448, 448, generator=generator) * 2 - 1
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "pixel_values": pixels}
+    slot = IMAGE_TOKEN + (1 if video else 0)
+    rows = [[BOS] + torch.randint(1000, 20000, (16,), generator=generator).tolist() + [slot] * (256 * tiles)
+            + torch.randint(1000, 20000, (8,), generator=generator).tolist() for _ in range(batch)]
+    input_ids = torch.tensor(rows)
+    pixels = torch.rand(batch, tiles, 3, 448, 448, generator=generator) * 2 - 1
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+            ("pixel_values_videos" if video else "pixel_values"): pixels}
 
 
-def worker(side: str, tiles: int, new_tokens: int) -> None:
+def _label(case: dict) -> str:
+    what = f"{case['tiles']}-frame video" if case["video"] else f"{case['tiles']} tiles"
+    return f"{what}, batch {case['batch']}, {case['dtype']}"
+
+
+def _stem(case: dict) -> str:
+    return f"t{case['tiles']}{'v' if case['video'] else ''}-b{case['batch']}-{case['dtype']}"
+
+
+def worker(side: str, case: dict) -> None:
     import resource
 
     import numpy as np
     import torch
 
-    inputs = _inputs(tiles)
+    inputs = _inputs(case["tiles"], case["video"], case["batch"])
+    warm = _inputs(1)  # kernels and caches warmed on a short prompt (a long one would double a 10-minute run)
+    dtype = getattr(torch, case["dtype"])
+    new_tokens = case["new_tokens"]
+    pixels = inputs.get("pixel_values", inputs.get("pixel_values_videos"))
     stamps: list[float] = []
     if side == "transformers":
         _reference_path()
         from transformers import PerceptionLMForConditionalGeneration
 
-        model = PerceptionLMForConditionalGeneration.from_pretrained(WEIGHTS, dtype=torch.float32).eval()
+        loaded = time.perf_counter()
+        model = PerceptionLMForConditionalGeneration.from_pretrained(WEIGHTS, dtype=dtype).eval()
+        load_s = time.perf_counter() - loaded
 
         def vision():
-            return model.model.get_image_features(pixel_values=inputs["pixel_values"])
+            return model.model.get_image_features(pixel_values=pixels.to(dtype))
 
         class Clock:
             def put(self, value):
@@ -99,77 +120,89 @@ def worker(side: str, tiles: int, new_tokens: int) -> None:
             def end(self):
                 pass
 
-        def generate(count, clock=False):
-            out = model.generate(**inputs, max_new_tokens=count, min_new_tokens=count, do_sample=False,
+        def generate(given, count, clock=False):
+            given = {k: v.to(dtype) if v.is_floating_point() else v for k, v in given.items()}
+            out = model.generate(**given, max_new_tokens=count, min_new_tokens=count, do_sample=False,
                                  pad_token_id=0, streamer=Clock() if clock else None)
-            return out[:, inputs["input_ids"].shape[1]:]
+            return out[:, given["input_ids"].shape[1]:]
     else:
         sys.path.insert(0, str(HERE.parent / "src"))
         import sensorium as sn
 
-        model = sn.load(WEIGHTS, device="cpu", dtype="float32")
+        loaded = time.perf_counter()
+        model = sn.load(WEIGHTS, device="cpu", dtype=case["dtype"])
+        load_s = time.perf_counter() - loaded
 
         def vision():
-            return model.tile_features(inputs["pixel_values"])
+            return model.tile_features(pixels)
 
-        def generate(count, clock=False):
+        def generate(given, count, clock=False):
             hook = (lambda _: stamps.append(time.perf_counter())) if clock else None
-            return model.generate(**inputs, max_new_tokens=count, stop_tokens=(), on_tokens=hook)
+            return model.generate(**given, max_new_tokens=count, stop_tokens=(), on_tokens=hook)
+    load_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with torch.inference_mode():
-        generate(2)  # warm-up
-        start = time.perf_counter()
-        vision()
-        vision_s = time.perf_counter() - start
+        generate(warm, 2)
+        vision_s = None
+        if case["vision"]:
+            start = time.perf_counter()
+            vision()
+            vision_s = (time.perf_counter() - start) / case["tiles"] / case["batch"]
         stamps.clear()
         start = time.perf_counter()
-        ids = generate(new_tokens, clock=True)
+        ids = generate(inputs, new_tokens, clock=True)
     token_times = stamps[-new_tokens:]  # transformers' streamer reports the prompt first
-    np.save(OUT / f"plm-{side}-t{tiles}.npy", ids.numpy())
-    print(json.dumps({"vision_s_per_tile": vision_s / tiles, "prefill_s": token_times[0] - start,
-                      "decode_tokens_per_s": (new_tokens - 1) / (token_times[-1] - token_times[0]),
+    np.save(OUT / f"plm-{side}-{_stem(case)}.npy", ids.float().numpy())
+    steps_per_s = (new_tokens - 1) / (token_times[-1] - token_times[0])
+    print(json.dumps({"vision_s_per_tile": vision_s, "prefill_s": token_times[0] - start,
+                      "decode_tokens_per_s": steps_per_s * case["batch"], "decode_steps_per_s": steps_per_s,
+                      "load_s": load_s, "load_peak_rss_mb": load_rss,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "prompt_tokens": int(inputs["input_ids"].shape[1])}))
 
 
-def run(rounds: int, tile_counts: list[int], new_tokens: int) -> None:
+def run(rounds: int, cases: list[dict]) -> None:
     import numpy as np
 
     OUT.mkdir(exist_ok=True)
     if not (WEIGHTS / "config.json").exists():
         subprocess.run([sys.executable, __file__, "make"], check=True)
     print(f"machine: {machine()}")
-    keys = ("vision_s_per_tile", "prefill_s", "decode_tokens_per_s")
-    results = {}
-    for tiles in tile_counts:
+    keys = ("vision_s_per_tile", "prefill_s", "decode_tokens_per_s", "load_s")
+    saved = OUT / "plm.json"
+    results = json.loads(saved.read_text()) if saved.exists() else {}
+    for case in cases:
         runs = {"transformers": [], "sensorium": []}
         for r in range(rounds):
             for side in (("transformers", "sensorium") if r % 2 == 0 else ("sensorium", "transformers")):
-                out = subprocess.run([sys.executable, __file__, "worker", side, str(tiles), str(new_tokens)],
+                out = subprocess.run([sys.executable, __file__, "worker", side, json.dumps(case)],
                                      capture_output=True, text=True)
                 if out.returncode:
                     raise RuntimeError(out.stderr[-3000:])
                 runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
                 m = runs[side][-1]
-                print(f"  {tiles} tiles round {r + 1} {side}: vision {m['vision_s_per_tile']:.2f} s/tile, prefill "
-                      f"{m['prefill_s']:.2f} s, decode {m['decode_tokens_per_s']:.2f} tok/s, {m['peak_rss_mb']:.0f} MB",
-                      file=sys.stderr, flush=True)
-        same = bool(np.array_equal(*(np.load(OUT / f"plm-{s}-t{tiles}.npy") for s in ("transformers", "sensorium"))))
-        med = {s: {k: statistics.median(x[k] for x in v) for k in keys} for s, v in runs.items()}
+                print(f"  {_label(case)} round {r + 1} {side}: {json.dumps(m)}", file=sys.stderr, flush=True)
+        same = bool(np.array_equal(*(np.load(OUT / f"plm-{s}-{_stem(case)}.npy") for s in ("transformers", "sensorium"))))
+        med = {s: {k: (statistics.median(x[k] for x in v) if v[0][k] is not None else None) for k in keys}
+               for s, v in runs.items()}
         rss = {s: max(x["peak_rss_mb"] for x in v) for s, v in runs.items()}
-        results[f"tiles{tiles}"] = {"median": med, "peak_rss_mb": rss, "same_ids": same, "runs": runs}
+        load_rss = {s: max(x["load_peak_rss_mb"] for x in v) for s, v in runs.items()}
+        results[_stem(case)] = {"case": case, "median": med, "peak_rss_mb": rss, "load_peak_rss_mb": load_rss,
+                                "same_ids": same, "runs": runs}
         t, s = med["transformers"], med["sensorium"]
-        print(f"| {tiles} ({runs['sensorium'][0]['prompt_tokens']} tokens) | {t['vision_s_per_tile']:.2f} vs "
-              f"{s['vision_s_per_tile']:.2f} s ({t['vision_s_per_tile'] / s['vision_s_per_tile']:.2f}x) | "
+        vision = (f"{t['vision_s_per_tile']:.2f} vs {s['vision_s_per_tile']:.2f} s "
+                  f"({t['vision_s_per_tile'] / s['vision_s_per_tile']:.2f}x)" if s["vision_s_per_tile"] else "-")
+        print(f"| {_label(case)} ({runs['sensorium'][0]['prompt_tokens']} tokens), {rounds} round(s) | {vision} | "
               f"{t['prefill_s']:.2f} vs {s['prefill_s']:.2f} s ({t['prefill_s'] / s['prefill_s']:.2f}x) | "
               f"{t['decode_tokens_per_s']:.2f} vs {s['decode_tokens_per_s']:.2f} tok/s "
-              f"({s['decode_tokens_per_s'] / t['decode_tokens_per_s']:.2f}x) | {rss['transformers']:.0f} vs "
-              f"{rss['sensorium']:.0f} MB | {same} |", flush=True)
-    (OUT / "plm.json").write_text(json.dumps(results, indent=1))
+              f"({s['decode_tokens_per_s'] / t['decode_tokens_per_s']:.2f}x) | {load_rss['transformers']:.0f} vs "
+              f"{load_rss['sensorium']:.0f} MB | {rss['transformers']:.0f} vs {rss['sensorium']:.0f} MB | {same} |",
+              flush=True)
+        saved.write_text(json.dumps(results, indent=1))
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
-        worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        worker(sys.argv[2], json.loads(sys.argv[3]))
         return
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -177,12 +210,18 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--rounds", type=int, default=2)
     r.add_argument("--tiles", type=int, nargs="+", default=[1, 5])
+    r.add_argument("--video", action="store_true", help="the tiles are the frames of one video")
+    r.add_argument("--batch", type=int, default=1)
+    r.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    r.add_argument("--no-vision", dest="vision", action="store_false",
+                   help="skip the separate vision-tower timing (it is per tile: the short rows measure it)")
     r.add_argument("--new-tokens", type=int, default=32)
     args = parser.parse_args()
     if args.command == "make":
         make()
     else:
-        run(args.rounds, args.tiles, args.new_tokens)
+        run(args.rounds, [{"tiles": n, "video": args.video, "batch": args.batch, "dtype": args.dtype,
+                           "vision": args.vision, "new_tokens": args.new_tokens} for n in args.tiles])
 
 
 if __name__ == "__main__":

@@ -12,6 +12,15 @@ from sensorium.errors import (CapabilityError, InputError, MediaError, MissingFi
 from sensorium.loading import load
 from sensorium.tasks import ask, caption, classify, embed, localize, tag, transcribe
 
+
+def __getattr__(name: str):
+    if name == "Index":  # imported on first use: the collection layer pulls in pyarrow and LanceDB
+        from sensorium.index import Index
+
+        return Index
+    raise AttributeError(f"module 'sensorium' has no attribute {name!r}")
+
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -24,6 +33,7 @@ __all__ = [
     "transcribe",
     "ask",
     "caption",
+    "Index",
     "SensoriumError",
     "MediaError",
     "InputError",

@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for spec, run in _commands():
         add_task(commands, spec).set_defaults(run=run, spec=spec)
+    from sensorium.index.specs import INDEX, SEARCH
+
+    for spec, run in ((INDEX, run_index), (SEARCH, run_search)):
+        add_task(commands, spec).set_defaults(run=run, spec=spec)
     return parser
 
 
@@ -672,6 +676,117 @@ def run_transcribe(args) -> int:
                                             on_truncated=_on_truncated(args))
     return _drain(args, "transcribe", len(items), rows,
                   lambda row, path: transcript_records(row, path, fmt, several=len(items) > 1), writer)
+
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Collections
+
+
+def _open_index(args, task: str):
+    from sensorium.index import Index
+
+    if not _check_device(args, task):
+        return None
+    dtype = None if args.dtype == "auto" else args.dtype
+    return Index(args.db, image_model=getattr(args, "image_model", None), audio_model=getattr(args, "audio_model", None),
+                 device=args.device, dtype=dtype)
+
+
+def run_index(args) -> int:
+    from sensorium.errors import SensoriumError, display_path
+    from sensorium.index import IndexBusyError
+
+    index = _open_index(args, "index")
+    if index is None:
+        return EXIT_USAGE
+    try:
+        if args.status:
+            return _print_status(index)
+        if args.export:
+            rows = index.export(args.export)
+            print(f"sensorium index: {rows} rows written to {display_path(args.export)}", file=sys.stderr)
+            return EXIT_OK
+        if not args.inputs:
+            return _fail("index", "name the files or folders to index (or --status, --export)")
+        if args.remove:
+            removed = index.remove(args.inputs, wait=args.wait or 0.0)
+            print(f"sensorium index: removed {removed} files from {display_path(index.path)}", file=sys.stderr)
+            return EXIT_OK
+        report = index.add(args.inputs, fps=args.fps, segment=args.segment, window=args.window, hop=args.hop,
+                           retry_failed=args.retry_failed, wait=args.wait or 0.0, batch_size=args.batch_size,
+                           workers=args.workers, progress=not args.quiet, commit_every=args.commit_every)
+    except IndexBusyError as err:
+        return _fail("index", err)
+    except (SensoriumError, ValueError, OSError) as err:  # a model that cannot be loaded, a collection that cannot
+        return _fail("index", err)                       # be opened: before or instead of any work
+    for path, reason in report.failed.items():
+        print(f"sensorium index: failed {display_path(path)}: {reason}", file=sys.stderr)
+    if report.still_failed:
+        print(f"sensorium index: {len(report.still_failed)} files failed before and are unchanged "
+              "(--retry-failed to try them again)", file=sys.stderr)
+    print(f"sensorium index: {len(report.indexed)} indexed ({report.rows} rows), {report.unchanged} unchanged, "
+          f"{report.touched} touched, {len(report.removed)} removed, {len(report.failed)} failed in "
+          f"{report.seconds:.1f} s -> {display_path(index.path)}", file=sys.stderr)
+    return EXIT_OK if report.ok else EXIT_SOME_FAILED
+
+
+def _print_status(index) -> int:
+    from sensorium.errors import display_path
+
+    status = index.status()
+    print(f"collection {display_path(status['path'])}: {status['files']} files indexed, "
+          f"{len(status['failed'])} failed")
+    for space in status["spaces"]:
+        print(f"  {space['space']:<40} {space['files']:>7} files {space['rows']:>9} rows  {space['dim']}-d  "
+              f"{space['weights']}")
+    for path, reason in status["failed"].items():
+        print(f"  failed: {display_path(path)}: {reason}")
+    return EXIT_OK
+
+
+def run_search(args) -> int:
+    from sensorium.errors import SensoriumError, display_path
+    from sensorium.writers import RunStatus
+
+    if (args.query is None) == (args.like is None):
+        return _fail("search", "give a query text or --like FILE (one of the two)")
+    fmt = _output_format(args)
+    if fmt is None:
+        return EXIT_USAGE
+    index = _open_index(args, "search")
+    if index is None:
+        return EXIT_USAGE
+    try:
+        hits = index.search(args.query, like=args.like, modality=args.modality, top_k=args.top_k, space=args.space,
+                            segments=args.segments)
+    except (SensoriumError, ValueError, OSError) as err:
+        return _fail("search", err)
+    rows = []
+    for hit in hits:
+        rows.extend([s.record() for s in hit.spans] if args.segments and hit.spans else [hit.record()])
+    if fmt == "table":
+        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+        try:
+            for row in rows:
+                span = "" if row["start"] is None else f"{row['start']:8.2f}-{row['end']:<8.2f}"
+                print(f"{row['rank_score']:7.3f}  {row['modality']:<6} {span:>17}  {display_path(row['path'])}",
+                      file=out)
+        finally:
+            if args.output:
+                out.close()
+        if not rows:
+            print("sensorium search: no results (is the collection empty? `sensorium index --status`)",
+                  file=sys.stderr)
+        return EXIT_OK
+    fields = ("path", "file_id", "modality", "start", "end", "space", "score", "rank_score", "kind")
+    writer = _open_writer("search", fmt, args.output, {"query": args.query, "like": args.like}, fields=fields)
+    if writer is None:
+        return EXIT_USAGE
+    for row in rows:
+        writer.write(row)
+    writer.finish(RunStatus(inputs=len(rows), done=len(rows)))
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -194,6 +194,7 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
     # the family's processor, with the files beside the weights it reads (tokenizer, chat template, settings)
     processors.attach(model, found.path.parent)
     model.source = str(source)
+    model.weights_path = str(found.path)  # what a collection records of the weights (index/spaces.py)
     model.layout = layout
     return model.to(target)  # what the checkpoint does not hold (buffers made at build)
 

@@ -88,9 +88,26 @@ def _kind(item: MediaItem, modality: str) -> str:
     return modality
 
 
+@dataclass
+class WindowVectors:
+    kind: str  # "audio" | "video" | "audio_video": the head that made them
+    duration: float  # seconds
+    spans: list[tuple[float, float]]
+    vectors: torch.Tensor  # [len(spans), D] float32, the head's raw outputs
+    frames: int  # video frames used, all windows together
+
+
 def encode_item(model, item: MediaItem, modality: str = "auto", window: float = WINDOW_SECONDS,
                 hop: float | None = None, on_truncated: str = "error") -> AVResult:
     """Decode one file and embed it with a PE-AV model (see the module docstring)."""
+    found = encode_windows(model, item, modality, window, hop, on_truncated)
+    mean = found.vectors.mean(dim=0)
+    return AVResult(item, found.kind, F.normalize(mean, dim=-1).cpu().numpy(), found.spans, found.frames)
+
+
+def encode_windows(model, item: MediaItem, modality: str = "auto", window: float = WINDOW_SECONDS,
+                   hop: float | None = None, on_truncated: str = "error") -> WindowVectors:
+    """One raw head output per `window`-second window every `hop` seconds (the last aligned to the end)."""
     from sensorium.features.video_frames import squash_frames
     from sensorium.media.audio import load_audio
     from sensorium.media.video import Uniform, VideoReader
@@ -115,7 +132,7 @@ def encode_item(model, item: MediaItem, modality: str = "auto", window: float = 
                 kind, signal = "video", None  # a sound track without sound: the pictures alone
         duration = len(signal) / model.sampling_rate if signal is not None else reader.duration
         spans = windows_for(duration, window, hop)
-        vectors, frames_used = [], 0
+        vectors, frames_used, squashed = [], 0, {}
         for start, end in spans:
             audio = video = None
             if signal is not None:
@@ -126,8 +143,11 @@ def encode_item(model, item: MediaItem, modality: str = "auto", window: float = 
                     [min(range(len(reader.times)), key=lambda i: abs(reader.times[i] - start))]
                 if model.video_frames:
                     inside = [inside[k] for k in Uniform(model.video_frames).indices(inside)]
-                # squashed as they are decoded: a window of full-size frames would not fit in memory
-                squashed = {i: squash_frames(rgb[None], model.frame_size)[0] for i, _, rgb in reader.frames(inside)}
+                # squashed as they are decoded (a window of full-size frames would not fit in memory), and
+                # kept for the next window while windows overlap, so each frame is decoded once
+                squashed = {i: v for i, v in squashed.items() if i >= inside[0]}
+                missing = sorted(set(inside) - set(squashed))
+                squashed |= {i: squash_frames(rgb[None], model.frame_size)[0] for i, _, rgb in reader.frames(missing)}
                 pixels = torch.stack([squashed[i] for i in inside])
                 video = VideoBatch(pixels[None], torch.ones(1, len(inside), dtype=torch.bool))
                 frames_used += len(inside)
@@ -137,10 +157,10 @@ def encode_item(model, item: MediaItem, modality: str = "auto", window: float = 
                 vectors.append(model.encode_audio(audio))
             else:
                 vectors.append(model.encode_video(video))
-        mean = torch.cat(vectors).float().mean(dim=0)
-        if not bool(torch.isfinite(mean).all()):
+        found = torch.cat(vectors).float()
+        if not bool(torch.isfinite(found).all()):
             raise MediaError(item.path, "the model's output is not finite (NaN or inf) for this input")
-        return AVResult(item, kind, F.normalize(mean, dim=-1).cpu().numpy(), spans, frames_used)
+        return WindowVectors(kind, duration, spans, found, frames_used)
     finally:
         if reader is not None:
             reader.close()

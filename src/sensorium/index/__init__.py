@@ -1,0 +1,165 @@
+"""Collections: index images, videos and audio once, then search them by text or by example, down to the moment.
+
+>>> ix = sn.Index("~/photos-index")          # a LanceDB database on disk (or an s3:// URI)
+>>> ix.add(["~/Pictures", "~/Videos"])        # incremental: unchanged files are not opened again
+>>> ix.search("a dog barking in the rain")   # files, best first, with the moment inside them
+>>> ix.search(like="holiday.jpg", modality="video")
+
+Layout: store.py (the database, manifest and commit protocol), spaces.py (which model makes which vectors),
+build.py (indexing), search.py (exact search and the merge rule across spaces).
+"""
+
+from __future__ import annotations
+
+import os
+
+from sensorium.index.build import COMMIT_FILES, Indexer, Models, Options, Report
+from sensorium.index.search import Hit, Searcher
+from sensorium.index.store import FileRecord, IndexBusyError, SpaceRecord, Store, default_location, is_remote
+
+__all__ = ["Index", "Hit", "Report", "FileRecord", "SpaceRecord", "IndexBusyError", "default_location"]
+
+
+class Index:
+    """A collection on disk. `image_model` / `audio_model`: what new rows are made with (defaults: a small
+    PE-Core and PE-AV on a CPU, large ones on a GPU); queries always use the model that made a space."""
+
+    def __init__(self, path: str | os.PathLike | None = None, image_model=None, audio_model=None,
+                 device: str = "auto", dtype=None):
+        uri = os.fspath(path) if path is not None else default_location()
+        self.path = uri if is_remote(uri) else os.path.abspath(os.path.expanduser(uri))
+        self.store = Store(self.path)
+        self.models = Models(image_model, audio_model, device, dtype)
+        self._query_models: dict[str, object] = {}
+        self._searcher = Searcher(self.store, self._model_for)
+
+    def __repr__(self) -> str:
+        return f"sensorium.Index({self.path!r})"
+
+    # --- writing -------------------------------------------------------------------------------------
+
+    def add(self, paths, fps: float = 1.0, segment: float = 4.0, window: float = 10.0, hop: float = 5.0,
+            retry_failed: bool = False, wait: float = 0.0, batch_size: int = 32, workers: int | None = None,
+            progress: bool = False, commit_every: int = COMMIT_FILES) -> Report:
+        """Index files, folders (recursively) and globs; see sensorium.index.build for what is redone.
+        Work is committed every `commit_every` files (and every 20 s): a killed run loses at most that."""
+        from sensorium.tasks.inputs import as_input_list
+
+        indexer = Indexer(self.store, self.models, Options(fps, segment, window, hop), batch_size, workers, progress,
+                          commit_every)
+        return indexer.add(as_input_list(paths, "paths"), retry_failed, wait)
+
+    def remove(self, paths, wait: float = 0.0) -> int:
+        """Drop files (or everything under folders) from the collection; returns how many files went."""
+        from sensorium.tasks.inputs import as_input_list
+
+        targets = [os.path.abspath(p) for p in as_input_list(paths, "paths")]
+        with self.store.lock(wait):
+            known = self.store.manifest()
+            gone = [p for p in known if any(p == t or p.startswith(os.path.join(t, "")) for t in targets)]
+            self.store.forget(gone)
+            self.store.repair()
+        return len(gone)
+
+    # --- reading -------------------------------------------------------------------------------------
+
+    def files(self) -> list[FileRecord]:
+        return sorted(self.store.manifest().values(), key=lambda r: r.path)
+
+    def spaces(self) -> list[SpaceRecord]:
+        return list(self.store.spaces().values())
+
+    def status(self) -> dict:
+        records = self.files()
+        live = {r.commit for r in records if r.status == "indexed"}
+        spaces = []
+        for space in self.spaces():
+            rows = self._searcher.rows(space, live)
+            spaces.append({"space": space.name, "model": space.model, "weights": space.weights, "dim": space.dim,
+                           "rows": 0 if rows is None else len(rows.vectors),
+                           "files": 0 if rows is None else len(set(rows.meta["file_id"]))})
+        return {"path": self.path, "files": sum(r.status == "indexed" for r in records),
+                "failed": {r.path: r.error for r in records if r.status == "failed"}, "spaces": spaces}
+
+    def search(self, text: str | None = None, like: str | os.PathLike | None = None, modality: str | None = None,
+               top_k: int = 10, space: str | None = None, segments: bool = False) -> list[Hit]:
+        """The `top_k` best files for a text or an example file (`like`), best first. `modality` keeps
+        "image", "video" or "audio" files; `space` searches one space (its name or the start of it)."""
+        if (text is None) == (like is None):
+            raise ValueError("search needs a text or an example file (like=...), one of the two")
+        if modality is not None and modality not in ("image", "video", "audio"):
+            raise ValueError(f"modality must be image, video or audio, got {modality!r}")
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise ValueError(f"top_k must be a whole number of at least 1, got {top_k!r}")
+        spaces = self._pick_spaces(space)
+        queries = self._text_queries(text, spaces) if text is not None else self._example_queries(os.fspath(like), spaces)
+        return self._searcher.search(queries, spaces, top_k, modality, segments)
+
+    def _pick_spaces(self, wanted: str | None) -> dict[str, SpaceRecord]:
+        spaces = self.store.spaces()
+        if wanted is None:
+            return spaces
+        chosen = {n: s for n, s in spaces.items() if n == wanted} or \
+            {n: s for n, s in spaces.items() if n.startswith(wanted)}
+        if not chosen:
+            listed = ", ".join(spaces) or "none yet"
+            raise ValueError(f"no space {wanted!r} in {self.path} (spaces: {listed})")
+        return chosen
+
+    def _text_queries(self, text: str, spaces: dict[str, SpaceRecord]):
+        from sensorium.index.spaces import embed_query_texts
+
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("the search text is empty")
+        return {name: embed_query_texts(self._model_for(space), space, [text])[0] for name, space in spaces.items()}
+
+    def _example_queries(self, path: str, spaces: dict[str, SpaceRecord]):
+        from sensorium.index.examples import example_vectors
+
+        return example_vectors(path, spaces, self._model_for)
+
+    def _model_for(self, space: SpaceRecord):
+        """The model that made a space, loaded once (the Index's own when its weights are the same)."""
+        from sensorium.index.spaces import weights_id
+        from sensorium.loading import load
+
+        if space.model not in self._query_models:
+            kind = "image" if space.role == "image" else "audio"
+            model = None
+            if kind in self.models._loaded and weights_id(self.models._loaded[kind]) == space.weights:
+                model = self.models._loaded[kind]
+            if model is None:
+                model = load(space.model, device=self.models.device, dtype=self.models.dtype)
+            if weights_id(model) != space.weights:
+                raise ValueError(f"{space.name}: its vectors were made by weights {space.weights}, but {space.model} "
+                                 f"now loads {weights_id(model)}; index the files again with this model")
+            self._query_models[space.model] = model
+        return self._query_models[space.model]
+
+    def export(self, path: str | os.PathLike) -> int:
+        """Every live row of every space to a Parquet file (the search result schema with `vector`
+        list<float32> in place of the scores); returns the number of rows. Written beside, then renamed."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = os.fspath(path)
+        live = {r.commit for r in self.files() if r.status == "indexed"}
+        schema = pa.schema([("path", pa.string()), ("file_id", pa.string()), ("modality", pa.string()),
+                            ("kind", pa.string()), ("start", pa.float64()), ("end", pa.float64()),
+                            ("space", pa.string()), ("policy", pa.string()), ("vector", pa.list_(pa.float32()))])
+        partial = path + ".partial"
+        total = 0
+        with pq.ParquetWriter(partial, schema) as writer:
+            for space in self.spaces():
+                rows = self._searcher.rows(space, live)
+                if rows is None or not len(rows.vectors):
+                    continue
+                data = {name: rows.meta[name] for name in ("path", "file_id", "modality", "kind", "start", "end")}
+                data["space"] = [space.name] * len(rows.vectors)
+                data["policy"] = rows.meta["policy"]
+                data["vector"] = pa.array(list(rows.vectors), type=pa.list_(pa.float32()))
+                writer.write_table(pa.table(data, schema=schema))
+                total += len(rows.vectors)
+        os.replace(partial, path)
+        return total
+

@@ -1,0 +1,444 @@
+"""Indexing: files -> rows in the collection's spaces, incrementally.
+
+Which files are worked on: a file whose size and mtime are what the manifest recorded is skipped without being
+opened; when they differ its content hash decides (same content: only the manifest is updated); a changed file
+has its rows replaced; a file gone from an indexed folder is removed from the collection. A file indexed with
+other options (model, fps, segment, window, hop) is indexed again.
+
+Rows (every row: path, file_id, modality, kind, start, end, space, policy, commit, vector):
+* an image: one "file" row (start/end null) in the image space;
+* a video: a "file" row (PE's protocol: 8 uniform frames, the normalised mean of their embeddings, as
+  `sensorium embed`) and "segment" rows (frames at `fps`, grouped into `segment`-second spans) in the image
+  space; when it has sound, a "file" row (PE-AV's audio-visual head over 30 s windows, as `sensorium embed`)
+  and "window" rows (`window` seconds every `hop`) in the audio_video space;
+* an audio file: a "file" row and "window" rows in the audio space (PE-AV's audio head).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sensorium.errors import MediaError, SensoriumError, reason_for
+from sensorium.index.store import FileRecord, SpaceRecord, Store, content_hash, file_id_of, rows_schema
+from sensorium.tasks.inputs import MediaItem, expand_inputs
+
+MODALITIES = ("image", "video", "audio")
+COMMIT_FILES, COMMIT_SECONDS = 64, 20.0  # by default a killed run loses at most this much work
+
+
+@dataclass(frozen=True)
+class Options:
+    """What decides a file's rows besides its content and the models."""
+
+    fps: float = 1.0  # video frames per second for segment rows
+    segment: float = 4.0  # seconds of video per segment row
+    window: float = 10.0  # seconds of sound per window row
+    hop: float = 5.0  # seconds between window starts
+
+    def check(self) -> None:
+        import math
+
+        for name in ("fps", "segment", "window", "hop"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+@dataclass
+class Report:
+    """What one `add` did."""
+
+    indexed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    touched: int = 0  # same content, new mtime: the manifest was updated, nothing decoded
+    removed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # path -> reason (this run)
+    still_failed: dict[str, str] = field(default_factory=dict)  # failed before, unchanged, not retried
+    rows: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+@dataclass
+class Models:
+    """The models an Index uses, loaded on first use and kept."""
+
+    image: str | object | None
+    audio: str | object | None
+    device: str = "auto"
+    dtype: object = None
+    _loaded: dict = field(default_factory=dict)
+
+    def get(self, kind: str):
+        from sensorium.index.spaces import default_model
+        from sensorium.loading import load
+
+        if kind not in self._loaded:
+            source = getattr(self, kind) or default_model(kind, self.device)
+            model = load(source, device=self.device, dtype=self.dtype) if isinstance(source, (str, os.PathLike)) \
+                else source
+            self._check(kind, model)
+            self._loaded[kind] = model
+        return self._loaded[kind]
+
+    @staticmethod
+    def _check(kind: str, model) -> None:
+        from sensorium.errors import CapabilityError
+        from sensorium.tasks.audiovisual import is_audio_visual
+        from sensorium.tasks.capabilities import ImageTextEmbedder
+
+        if kind == "image" and not isinstance(model, ImageTextEmbedder):
+            raise CapabilityError(f"{model.name} cannot embed images and text; the image model must be a PE-Core model")
+        if kind == "audio" and not is_audio_visual(model):
+            raise CapabilityError(f"{model.name} cannot embed sound and text; the audio model must be a PE-AV model")
+
+
+def _stat(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _policy(modality: str, options: Options, spaces: dict[str, SpaceRecord]) -> dict:
+    policy = {}
+    if modality in ("image", "video"):
+        policy["image"] = spaces["image"].table
+    if modality == "video":
+        policy |= {"fps": options.fps, "segment": options.segment}
+    if modality in ("video", "audio"):
+        policy |= {"sound": spaces["sound"].table if "sound" in spaces else None,
+                   "window": options.window, "hop": options.hop}
+    return policy
+
+
+class Indexer:
+    def __init__(self, store: Store, models: Models, options: Options, batch_size: int = 32,
+                 workers: int | None = None, progress: bool = False, commit_every: int = COMMIT_FILES):
+        self.store, self.models, self.options = store, models, options
+        self.batch_size, self.workers, self.progress = batch_size, workers, progress
+        self.commit_every = commit_every
+
+    # --- planning --------------------------------------------------------------------------------------
+
+    def add(self, inputs: list[str], retry_failed: bool = False, wait: float = 0.0) -> Report:
+        self.options.check()
+        started = time.perf_counter()
+        report = Report()
+        items = expand_inputs(inputs, MODALITIES, warn_duplicates=False)
+        with self.store.lock(wait):
+            self.store.repair()
+            manifest = self.store.manifest()
+            work: list[tuple[MediaItem, str, tuple[int, int], FileRecord | None]] = []
+            seen: set[str] = set()
+            touched: list[FileRecord] = []
+            needed: set[str] = set()
+            for item in items:
+                path = os.path.abspath(item.path)
+                if item.error:
+                    if path in manifest and not os.path.lexists(path):
+                        continue  # named but gone: removed below
+                    report.failed[item.path] = item.error
+                    continue
+                seen.add(path)
+                needed.update(_kinds(item.modality))
+            spaces = self._spaces(needed)
+            for item in items:
+                if item.error:
+                    continue
+                path = os.path.abspath(item.path)
+                old = manifest.get(path)
+                try:
+                    stat = _stat(path)
+                except OSError as err:
+                    report.failed[item.path] = (err.strerror or str(err)).lower()
+                    continue
+                policy = _policy(item.modality, self.options, spaces)
+                if old is not None and old.policy == policy:
+                    if (old.size, old.mtime_ns) == stat:
+                        if old.status == "failed" and not retry_failed:
+                            report.still_failed[item.path] = old.error or "failed"
+                        elif old.status == "failed":
+                            work.append((item, path, stat, old))
+                        else:
+                            report.unchanged += 1
+                        continue
+                    if old.status == "indexed" and old.size == stat[0] and old.hash == content_hash(path):
+                        touched.append(FileRecord(**{**old.__dict__, "mtime_ns": stat[1]}))
+                        continue
+                work.append((item, path, stat, old))
+            gone = self._gone(inputs, items, manifest, seen)
+            if gone:
+                self.store.forget(gone)
+                report.removed = gone
+            if touched:
+                self.store.commit(touched, {})
+                report.touched = len(touched)
+            if work:
+                self._run(work, spaces, report)
+            if gone:
+                self.store.repair()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _spaces(self, needed: set[str]) -> dict[str, SpaceRecord]:
+        """The spaces this run writes: "image" (PE-Core), "sound" (PE-AV audio) and "sound_av" (PE-AV audio-visual)."""
+        from sensorium.index.spaces import space_for
+
+        taken = self.store.spaces()
+        spaces = {}
+        if "image" in needed:
+            spaces["image"] = space_for(self.models.get("image"), "image", taken)
+        if "sound" in needed:
+            model = self.models.get("audio")
+            spaces["sound"] = space_for(model, "audio", taken)
+            spaces["sound_av"] = space_for(model, "audio_video", taken)
+        for space in spaces.values():
+            self.store.add_space(space)
+        return spaces
+
+    @staticmethod
+    def _gone(inputs, items, manifest, seen) -> list[str]:
+        """Manifest files under the folders given that are no longer on disk, and named files that are gone."""
+        folders = [os.path.join(os.path.abspath(p), "") for p in inputs if os.path.isdir(p)]
+        named = {os.path.abspath(i.path) for i in items if i.error}
+        gone = []
+        for path in manifest:
+            if path in seen or os.path.lexists(path):
+                continue
+            if path in named or any(path.startswith(f) for f in folders):
+                gone.append(path)
+        return sorted(gone)
+
+    # --- the work --------------------------------------------------------------------------------------
+
+    def _run(self, work, spaces, report: Report) -> None:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(work), unit="file", desc="indexing", disable=not self.progress, file=sys.stderr,
+                   dynamic_ncols=True)
+        pending: list[tuple[FileRecord, dict[str, list[dict]]]] = []
+        last_commit = time.monotonic()
+        segments = 0
+        try:
+            for (item, path, stat, old), outcome in zip(work, self._produce(work, spaces)):
+                record, rows, error = outcome
+                if error is not None:
+                    report.failed[item.path] = error
+                else:
+                    report.indexed.append(item.path)
+                    n = sum(len(r) for r in rows.values())
+                    report.rows += n
+                    segments += n
+                pending.append((record, rows))
+                bar.update(1)
+                bar.set_postfix(rows=segments, failed=len(report.failed), refresh=False)
+                if len(pending) >= self.commit_every or time.monotonic() - last_commit > COMMIT_SECONDS:
+                    self._commit(pending, spaces)
+                    pending, last_commit = [], time.monotonic()
+            self._commit(pending, spaces)
+        finally:
+            bar.close()
+
+    def _commit(self, pending, spaces) -> None:
+        import pyarrow as pa
+
+        if not pending:
+            return
+        by_table: dict[str, list[dict]] = {}
+        for _, rows in pending:
+            for table, found in rows.items():
+                by_table.setdefault(table, []).extend(found)
+        dims = {s.table: s.dim for s in spaces.values()}
+        data = {table: pa.Table.from_pylist(found, schema=rows_schema(dims[table])) for table, found in by_table.items()}
+        self.store.commit([record for record, _ in pending], data)
+
+    def _produce(self, work, spaces):
+        """(record, {table: rows}, error) per file of `work`, in order."""
+        from sensorium.tasks.visual import decode_in_order, default_workers
+
+        workers = default_workers() if self.workers is None else self.workers
+        items = [item for item, _, _, _ in work]
+        places = {id(item): (path, stat, old) for item, path, stat, old in work}
+        decoded = decode_in_order(items, self._decode, workers, window=max(2, workers * 2))
+        for item, plan, error in decoded:
+            path, stat, old = places[id(item)]
+            modality = plan.modality if plan is not None else item.modality
+            record = FileRecord(path=path, file_id=file_id_of(path), modality=modality, size=stat[0],
+                                mtime_ns=stat[1], hash=plan.hash if plan is not None else "", status="failed",
+                                error=error, rows={}, policy=_policy(item.modality, self.options, spaces),
+                                commit=uuid.uuid4().hex, indexed_at=time.time())
+            if error is not None:
+                yield record, {}, error
+                continue
+            try:
+                rows = self._rows(item, path, record, plan, spaces)
+            except (SensoriumError, OSError) as err:  # the file's fault; a bug or out of memory propagates
+                record.error = reason_for(err, item.path)
+                yield record, {}, record.error
+                continue
+            record.status, record.error = "indexed", None
+            record.rows = {_space_name(spaces, table): len(found) for table, found in rows.items()}
+            yield record, rows, None
+
+    def _decode(self, item: MediaItem) -> "Plan":
+        """In a worker thread: the file's hash and kind, and for pictures the frames the image space needs."""
+        from sensorium.media.probe import probe
+
+        path = item.path
+        digest = content_hash(path)
+        modality = item.modality
+        streams = None
+        if modality != "image":
+            try:
+                streams = probe(path)
+            except MediaError:
+                if modality != "unknown":
+                    raise
+                modality = "image"  # perhaps a picture under an unknown name: Pillow decides
+            else:
+                if streams.still:
+                    modality = "image"
+                elif streams.video:
+                    modality = "video"
+                elif streams.audio:
+                    modality = "audio"
+                else:
+                    raise MediaError(path, "no audio or video stream")
+        plan = Plan(modality, digest, sound=bool(streams and streams.audio))
+        if modality == "image":
+            from sensorium.tasks.visual import _decode_image
+
+            model = self.models.get("image")
+            plan.frames = np.array(_decode_image(item, model.image_size, _max_pixels()).frames)  # writable
+        elif modality == "video":
+            plan.frames, plan.times, plan.whole, plan.sampled, plan.duration = _video_frames(
+                path, self.models.get("image").image_size, self.options.fps)
+        return plan
+
+    def _rows(self, item, path, record, plan: "Plan", spaces) -> dict[str, list[dict]]:
+        rows: dict[str, list[dict]] = {}
+        base = {"path": path, "file_id": record.file_id, "modality": plan.modality, "commit": record.commit}
+        if plan.modality in ("image", "video"):
+            space = spaces["image"]
+            rows[space.table] = self._picture_rows(plan, space, base)
+        if plan.modality == "audio" or (plan.modality == "video" and plan.sound):
+            kind = "audio" if plan.modality == "audio" else "audio_video"
+            space = spaces["sound" if kind == "audio" else "sound_av"]
+            found = self._sound_rows(item, kind, space, base)
+            if found:
+                rows[space.table] = found
+        return rows
+
+    @torch.inference_mode()
+    def _picture_rows(self, plan: "Plan", space: SpaceRecord, base: dict) -> list[dict]:
+        from sensorium.features.image import pe_normalize
+
+        model = self.models.get("image")
+        raw = []
+        for start in range(0, len(plan.frames), self.batch_size):
+            pixels = pe_normalize(plan.frames[start:start + self.batch_size], device=model.device, dtype=model.dtype)
+            raw.append(model.encode_image(pixels, normalize=False).float())
+        raw = torch.cat(raw)
+        if not bool(torch.isfinite(raw).all()):
+            raise MediaError(base["path"], "the model's output is not finite (NaN or inf) for this input")
+        if plan.modality == "image":
+            return [base | {"kind": "file", "start": None, "end": None, "space": space.name,
+                            "policy": json.dumps({"rows": "image"}), "vector": _unit(raw[0])}]
+        whole = raw[plan.whole].mean(dim=0)
+        rows = [base | {"kind": "file", "start": 0.0, "end": plan.duration, "space": space.name,
+                        "policy": json.dumps({"rows": "file", "frames": 8}), "vector": _unit(whole)}]
+        segment = self.options.segment
+        groups: dict[int, list[int]] = {}
+        for i, t in enumerate(plan.times):
+            if i in plan.sampled:
+                groups.setdefault(int(t // segment), []).append(i)
+        policy = json.dumps({"rows": "segment", "fps": self.options.fps, "segment": segment})
+        for k, members in sorted(groups.items()):
+            rows.append(base | {"kind": "segment", "start": k * segment, "end": min((k + 1) * segment, plan.duration),
+                                "space": space.name, "policy": policy, "vector": _unit(raw[members].mean(dim=0))})
+        return rows
+
+    @torch.inference_mode()
+    def _sound_rows(self, item, kind: str, space: SpaceRecord, base: dict) -> list[dict]:
+        from sensorium.tasks.audiovisual import WINDOW_SECONDS, encode_windows
+
+        model = self.models.get("audio")
+        target = MediaItem(item.path, item.modality)
+        window, hop = self.options.window, self.options.hop
+        parts = encode_windows(model, target, kind, window, hop)
+        if parts.duration <= window and len(parts.spans) == 1 and window <= WINDOW_SECONDS:
+            whole = parts.vectors.mean(dim=0)  # one window covers the file: the same input as the file row's
+        else:
+            whole = encode_windows(model, target, kind, WINDOW_SECONDS, WINDOW_SECONDS).vectors.mean(dim=0)
+        rows = [base | {"kind": "file", "start": 0.0, "end": parts.duration, "space": space.name,
+                        "policy": json.dumps({"rows": "file", "window": WINDOW_SECONDS, "hop": WINDOW_SECONDS}),
+                        "vector": _unit(whole)}]
+        policy = json.dumps({"rows": "window", "window": window, "hop": hop})
+        for (start, end), vector in zip(parts.spans, parts.vectors):
+            rows.append(base | {"kind": "window", "start": start, "end": end, "space": space.name, "policy": policy,
+                                "vector": _unit(vector)})
+        return rows
+
+
+@dataclass
+class Plan:
+    modality: str
+    hash: str
+    sound: bool = False
+    frames: np.ndarray | None = None  # [N, S, S, 3] uint8 resized for PE-Core
+    times: list[float] = field(default_factory=list)  # video: the time of each frame
+    whole: list[int] = field(default_factory=list)  # video: rows of `frames` for the file row (with repeats)
+    sampled: set[int] = field(default_factory=set)  # video: rows of `frames` sampled at fps
+    duration: float | None = None
+
+
+def _kinds(modality: str) -> set[str]:
+    if modality == "image":
+        return {"image"}
+    if modality == "audio":
+        return {"sound"}
+    return {"image", "sound"}  # video, or a file whose kind its content decides
+
+
+def _max_pixels() -> int:
+    from sensorium.media.image import MAX_PIXELS
+
+    return MAX_PIXELS
+
+
+def _unit(vector: torch.Tensor) -> np.ndarray:
+    return F.normalize(vector.float(), dim=-1).cpu().numpy().astype(np.float32)
+
+
+def _space_name(spaces: dict[str, SpaceRecord], table: str) -> str:
+    return next(s.name for s in spaces.values() if s.table == table)
+
+
+def _video_frames(path: str, size: int, fps: float):
+    """The frames of a video the image space needs: 8 uniform ones (the file row) and one every 1/fps seconds
+    (segment rows), each decoded once and resized."""
+    from sensorium.media.video import FixedRate, Uniform, VideoReader
+    from sensorium.tasks.visual import pe_resize_array
+
+    with VideoReader(path) as video:
+        whole = video.sample(Uniform(8))
+        sampled = video.sample(FixedRate(fps))
+        wanted = sorted(set(whole) | set(sampled))
+        position = {index: row for row, index in enumerate(wanted)}
+        frames, times = [None] * len(wanted), [0.0] * len(wanted)
+        for index, t, rgb in video.frames(wanted):
+            frames[position[index]] = pe_resize_array(rgb, size)
+            times[position[index]] = t
+        duration = video.duration
+    return np.stack(frames), times, [position[i] for i in whole], {position[i] for i in sampled}, duration

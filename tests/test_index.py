@@ -1,0 +1,318 @@
+"""Collections on a real LanceDB database on disk: rows per file, incremental runs, search against a brute-force
+numpy search over the same vectors, search by example, failed files, the writer lock and the command line."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import sensorium as sn
+from helpers import FIXTURES, pe_av_folder
+
+MEDIA = FIXTURES / "media"
+
+
+@pytest.fixture(scope="module")
+def av_dir(tmp_path_factory):
+    return pe_av_folder(tmp_path_factory.mktemp("pe-av-tiny"), "pe_av_tiny/original")
+
+
+@pytest.fixture(scope="module")
+def models(tiny_entries, av_dir):
+    return {"image": sn.load("test-clip_tiny", device="cpu"), "audio": sn.load(str(av_dir), device="cpu")}
+
+
+def make_index(path, models):
+    return sn.Index(path, image_model=models["image"], audio_model=models["audio"], device="cpu")
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    media = tmp_path / "media"
+    media.mkdir()
+    for name in ("cat.png", "dog.mp4", "train.mp4", "speech.wav", "corrupt.mp4", "notmedia.mp3"):
+        shutil.copyfile(MEDIA / name, media / name)
+    (media / "sub").mkdir()
+    shutil.copyfile(MEDIA / "dog_small.png", media / "sub" / "dog_small.png")
+    return media
+
+
+def rows_of(index) -> list[dict]:
+    """Every live row, vectors as lists, without the commit token (which differs between runs)."""
+    import pyarrow.parquet as pq
+
+    out = index.path + "-rows.parquet"
+    index.export(out)
+    rows = pq.read_table(out).to_pylist()
+    os.remove(out)
+    return sorted(rows, key=lambda r: (r["space"], r["path"], r["kind"], r["start"] or 0.0))
+
+
+def test_rows_per_file_and_file_rows_equal_embed(tmp_path, folder, models):
+    index = make_index(tmp_path / "db", models)
+    report = index.add(folder)
+    assert sorted(os.path.basename(p) for p in report.indexed) == [
+        "cat.png", "dog.mp4", "dog_small.png", "speech.wav", "train.mp4"]
+    assert sorted(os.path.basename(p) for p in report.failed) == ["corrupt.mp4", "notmedia.mp3"]
+    assert all(reason for reason in report.failed.values())
+    rows = rows_of(index)
+    by = {}
+    for row in rows:
+        by.setdefault((os.path.basename(row["path"]), row["space"].split(":")[0], row["kind"]), []).append(row)
+    # an image: one file row without a span
+    (cat,) = by["cat.png", "image", "file"]
+    assert cat["start"] is None and cat["end"] is None and cat["modality"] == "image"
+    # a video: a file row (8 frames) and 4-second segments at 1 fps, covering the video; sound -> audio_video rows
+    dog_segments = by["dog.mp4", "image", "segment"]
+    assert [(r["start"], r["end"]) for r in dog_segments][0] == (0.0, 4.0)
+    assert dog_segments[-1]["end"] == by["dog.mp4", "image", "file"][0]["end"]
+    assert ("dog.mp4", "audio_video", "file") not in by  # dog.mp4 has no sound
+    train_windows = by["train.mp4", "audio_video", "window"]
+    assert len(train_windows) >= 2 and all(json.loads(r["policy"])["window"] == 10.0 for r in train_windows)
+    assert by["speech.wav", "audio", "file"][0]["modality"] == "audio"
+    # file rows are what `sensorium embed` gives for the file
+    embedded = {os.path.basename(r.path): r.embedding for r in sn.embed(
+        [str(folder / n) for n in ("cat.png", "dog.mp4")], model=models["image"])}
+    np.testing.assert_allclose(cat["vector"], embedded["cat.png"], atol=1e-6)
+    np.testing.assert_allclose(by["dog.mp4", "image", "file"][0]["vector"], embedded["dog.mp4"], atol=1e-6)
+    av = {os.path.basename(r.path): r.embedding for r in sn.embed(
+        [str(folder / n) for n in ("speech.wav", "train.mp4")], model=models["audio"])}
+    np.testing.assert_allclose(by["speech.wav", "audio", "file"][0]["vector"], av["speech.wav"], atol=1e-6)
+    np.testing.assert_allclose(by["train.mp4", "audio_video", "file"][0]["vector"], av["train.mp4"], atol=1e-6)
+    # the manifest records the failures; status lists them
+    status = index.status()
+    assert status["files"] == 5 and len(status["failed"]) == 2
+    assert {s["space"] for s in status["spaces"]} == {"image:clip_tiny", "audio:" + models["audio"].name,
+                                                      "audio_video:" + models["audio"].name}
+
+
+def test_incremental_runs_touch_edit_delete_add(tmp_path, folder, models, monkeypatch):
+    index = make_index(tmp_path / "db", models)
+    index.add(folder)
+    before = rows_of(index)
+    # unchanged: nothing is opened (the decoder is never called), nothing changes
+    from sensorium.index import build
+
+    def no_decoding(self, item):
+        raise AssertionError(f"decoded {item.path}")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(build.Indexer, "_decode", no_decoding)
+        again = index.add(folder)
+        assert again.indexed == [] and again.unchanged == 5 and len(again.still_failed) == 2
+        # touched: a new mtime, the same bytes -> the hash says unchanged, the manifest follows the mtime
+        os.utime(folder / "cat.png", ns=(time.time_ns(), time.time_ns() + 10**9))
+        touched = index.add(folder)
+        assert touched.touched == 1 and touched.indexed == []
+    assert rows_of(index) == before
+    # edited: its rows are replaced; deleted: removed; added: indexed
+    shutil.copyfile(MEDIA / "dog_small.png", folder / "cat.png")
+    os.remove(folder / "speech.wav")
+    shutil.copyfile(MEDIA / "tone_8k.wav", folder / "sub" / "tone.wav")
+    report = index.add(folder)
+    assert sorted(os.path.basename(p) for p in report.indexed) == ["cat.png", "tone.wav"]
+    assert [os.path.basename(p) for p in report.removed] == ["speech.wav"]
+    after = rows_of(index)
+    cat = [r for r in after if r["path"].endswith("cat.png")]
+    small = [r for r in after if r["path"].endswith("dog_small.png")]
+    assert len(cat) == 1 and np.allclose(cat[0]["vector"], small[0]["vector"])
+    assert not any(r["path"].endswith("speech.wav") for r in after)
+    assert any(r["path"].endswith("tone.wav") for r in after)
+    # a fresh collection built from the final folder holds the same rows
+    assert after == rows_of(_fresh(tmp_path / "fresh", folder, models))
+
+
+def _fresh(path, folder, models):
+    index = make_index(path, models)
+    index.add(folder)
+    return index
+
+
+def test_changed_options_index_a_file_again(tmp_path, folder, models):
+    index = make_index(tmp_path / "db", models)
+    index.add(folder / "dog.mp4")
+    assert index.add(folder / "dog.mp4").unchanged == 1
+    report = index.add(folder / "dog.mp4", segment=2.0)
+    assert len(report.indexed) == 1
+    segments = [r for r in rows_of(index) if r["kind"] == "segment"]
+    assert [(r["start"], r["end"]) for r in segments][:2] == [(0.0, 2.0), (2.0, 4.0)]
+
+
+def test_failed_files_are_retried_on_request(tmp_path, folder, models):
+    index = make_index(tmp_path / "db", models)
+    index.add(folder)
+    assert len(index.add(folder).still_failed) == 2
+    retried = index.add(folder, retry_failed=True)
+    assert sorted(os.path.basename(p) for p in retried.failed) == ["corrupt.mp4", "notmedia.mp3"]
+
+
+def brute_force(index, query_vectors: dict[str, np.ndarray], top_k: int, modality=None):
+    """The documented rule, from the exported rows: per space cosine -> z-score over the space's rows; a file
+    ranks by its best row."""
+    rows = rows_of(index)
+    best: dict[str, float] = {}
+    for space, query in query_vectors.items():
+        mine = [r for r in rows if r["space"] == space]
+        if not mine:
+            continue
+        cos = np.array([r["vector"] for r in mine], dtype=np.float32) @ query
+        z = (cos - cos.mean()) / cos.std() if cos.std() > 1e-12 and len(cos) > 1 else cos
+        for r, score in zip(mine, z):
+            if modality is None or r["modality"] == modality:
+                best[r["path"]] = max(best.get(r["path"], -np.inf), float(score))
+    return [p for p, _ in sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))][:top_k]
+
+
+def test_text_search_equals_brute_force(tmp_path, folder, models):
+    from sensorium.index.spaces import embed_query_texts
+
+    index = make_index(tmp_path / "db", models)
+    index.add(folder)
+    spaces = {s.name: s for s in index.spaces()}
+    for text in ("a cat on a sofa", "a train passing by", "someone speaking"):
+        queries = {}
+        for name, space in spaces.items():
+            model = models["image"] if space.role == "image" else models["audio"]
+            queries[name] = embed_query_texts(model, space, [text])[0]
+        for modality in (None, "video"):
+            hits = index.search(text, modality=modality, top_k=4)
+            assert [h.path for h in hits] == brute_force(index, queries, 4, modality)
+            assert all(modality is None or h.modality == modality for h in hits)
+    one = index.search("a cat", space="image", top_k=10)
+    assert {h.space for h in one} == {"image:clip_tiny"}
+    with pytest.raises(ValueError, match="no space 'nope'"):
+        index.search("a cat", space="nope")
+
+
+def test_search_by_example_finds_the_example_first(tmp_path, folder, models):
+    index = make_index(tmp_path / "db", models)
+    index.add(folder)
+    assert index.search(like=folder / "cat.png", top_k=1)[0].path == str(folder / "cat.png")
+    hits = index.search(like=folder / "speech.wav", top_k=3)
+    assert hits[0].path == str(folder / "speech.wav") and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert all(h.modality == "audio" for h in hits)  # a sound finds sounds
+    video = index.search(like=folder / "train.mp4", top_k=2, segments=True)
+    assert video[0].path == str(folder / "train.mp4") and len(video[0].spans) > 1
+    with pytest.raises(sn.MediaError, match="corrupt.mp4"):
+        index.search(like=folder / "corrupt.mp4")
+
+
+def test_a_second_writer_is_refused_or_waits(tmp_path, models):
+    from sensorium.index import IndexBusyError
+
+    db = tmp_path / "db"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from sensorium.index.store import Store\n"
+        f"with Store({str(db)!r}).lock():\n    print('held', flush=True); time.sleep(3)\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        index = make_index(db, models)
+        started = time.monotonic()
+        with pytest.raises(IndexBusyError, match="another indexer is writing to this collection"):
+            index.add(MEDIA / "cat.png")
+        assert time.monotonic() - started < 1
+        report = index.add(MEDIA / "cat.png", wait=20)  # waits for the holder to let go
+        assert len(report.indexed) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_command_line_index_status_search_export(tmp_path, folder, av_dir, capsys):
+    from sensorium.cli import main
+
+    db = str(tmp_path / "db")
+    common = ["--db", db, "--device", "cpu"]
+    assert main(["index", str(folder), "--image-model", "test-clip_tiny", "--audio-model", str(av_dir), "-q",
+                 *common]) == 1  # two bad files
+    err = capsys.readouterr().err
+    assert "failed" in err and "corrupt.mp4" in err and "5 indexed" in err
+    assert main(["index", "--status", "--db", db]) == 0
+    assert "5 files indexed, 2 failed" in capsys.readouterr().out
+    assert main(["search", "a cat", "--format", "jsonl", "-k", "3", *common]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(hits) == 3 and set(hits[0]) >= {"path", "file_id", "modality", "start", "end", "space", "score"}
+    assert main(["search", "--like", str(folder / "cat.png"), "-k", "1", *common]) == 0
+    assert str(folder / "cat.png") in capsys.readouterr().out
+    out = tmp_path / "rows.parquet"
+    assert main(["index", "--export", str(out), "--db", db]) == 0
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out)
+    assert {"path", "file_id", "modality", "start", "end", "space", "vector"} <= set(table.column_names)
+    assert table.num_rows == sum(s["rows"] for s in sn.Index(db).status()["spaces"])
+    assert main(["search", *common]) == 2
+    assert main(["index", str(folder / "dog.mp4"), "--remove", "--db", db]) == 0
+    assert all(not r.path.endswith("dog.mp4") for r in sn.Index(db).files())
+
+
+RUNNER = FIXTURES.parent / "cli_runner.py"
+
+
+def _collection_folder(folder):
+    """28 small files of every kind: 24 distinct pictures, 2 sounds, 2 videos."""
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        size = (int(rng.integers(24, 64)), int(rng.integers(24, 64)))
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"p{i:02d}.png")
+    shutil.copyfile(MEDIA / "speech.wav", folder / "speech.wav")
+    shutil.copyfile(MEDIA / "tone_8k.wav", folder / "tone.wav")
+    shutil.copyfile(MEDIA / "dog.mp4", folder / "dog.mp4")
+    shutil.copyfile(MEDIA / "dog.mp4", folder / "dog2.mp4")
+    return folder
+
+
+def _consistent(db):
+    """Every file the manifest calls indexed has exactly its rows, and no other rows are visible."""
+    index = sn.Index(db)
+    live = {r.commit for r in index.files() if r.status == "indexed"}
+    records = {r.file_id: r for r in index.files() if r.status == "indexed"}
+    for space in index.spaces():
+        rows = index._searcher.rows(space, live)
+        counts = {}
+        for file_id in (rows.meta["file_id"] if rows else []):
+            counts[file_id] = counts.get(file_id, 0) + 1
+        expected = {f: r.rows[space.name] for f, r in records.items() if r.rows.get(space.name)}
+        assert counts == expected, space.name
+
+
+def test_killed_at_random_moments_then_resumed_equals_an_uninterrupted_run(tmp_path, tiny_entries, av_dir):
+    import random
+    import signal
+
+    folder = _collection_folder(tmp_path / "media")
+    command = [sys.executable, str(RUNNER), "index", str(folder), "--image-model", "test-clip_tiny", "--audio-model",
+               str(av_dir), "--device", "cpu", "-q", "--commit-every", "2", "--workers", "1"]
+    started = time.monotonic()
+    subprocess.run([*command, "--db", str(tmp_path / "reference")], check=True, capture_output=True)
+    whole = time.monotonic() - started
+    reference = rows_of(sn.Index(tmp_path / "reference"))
+    rng = random.Random(1)
+    kills, rounds = 0, 0
+    while kills < 20:
+        rounds += 1
+        db = tmp_path / f"killed{rounds}"
+        while True:
+            run = subprocess.Popen([*command, "--db", str(db)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                run.wait(timeout=rng.uniform(0.8, whole))
+            except subprocess.TimeoutExpired:
+                run.send_signal(signal.SIGKILL)
+                run.wait()
+                kills += 1
+                if db.exists():
+                    _consistent(db)
+                continue
+            assert run.returncode == 0
+            break
+        assert rows_of(sn.Index(db)) == reference, f"round {rounds}"
+    assert kills >= 20
