@@ -759,7 +759,7 @@ def run_search(args) -> int:
         return EXIT_USAGE
     try:
         hits = index.search(args.query, like=args.like, modality=args.modality, top_k=args.top_k, space=args.space,
-                            segments=args.segments)
+                            segments=args.segments, when=args.when, when_model=args.when_model)
     except (SensoriumError, ValueError, OSError) as err:
         return _fail("search", err)
     rows = []

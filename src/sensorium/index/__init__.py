@@ -15,7 +15,8 @@ import os
 
 from sensorium.index.build import COMMIT_FILES, Indexer, Models, Options, Report
 from sensorium.index.search import Hit, Searcher
-from sensorium.index.store import FileRecord, IndexBusyError, SpaceRecord, Store, default_location, is_remote
+from sensorium.index.store import (FileRecord, IndexBusyError, SpaceRecord, Store, columns, default_location,
+                                   is_remote)
 
 __all__ = ["Index", "Hit", "Report", "FileRecord", "SpaceRecord", "IndexBusyError", "default_location"]
 
@@ -74,31 +75,58 @@ class Index:
         live = {r.commit for r in records if r.status == "indexed"}
         spaces = []
         for space in self.spaces():
-            rows = self._searcher.rows(space, live)
+            table = self.store.table(space.table)
+            data = columns(table, ["file_id", "commit"]) if table is not None else None
+            kept = [] if data is None else [f for f, c in zip(data.column("file_id").to_pylist(),
+                                                               data.column("commit").to_pylist()) if c in live]
             spaces.append({"space": space.name, "model": space.model, "weights": space.weights, "dim": space.dim,
-                           "rows": 0 if rows is None else len(rows.vectors),
-                           "files": 0 if rows is None else len(set(rows.meta["file_id"]))})
+                           "rows": len(kept), "files": len(set(kept)), "vector_index": self.store.vector_index(space)})
         return {"path": self.path, "files": sum(r.status == "indexed" for r in records),
                 "failed": {r.path: r.error for r in records if r.status == "failed"}, "spaces": spaces}
 
     def search(self, text: str | None = None, like: str | os.PathLike | None = None, modality: str | None = None,
-               top_k: int = 10, space: str | None = None, segments: bool = False) -> list[Hit]:
+               top_k: int = 10, space: str | None = None, segments: bool = False, when: bool = False,
+               when_model: str | None = None, when_threshold: float = 0.3) -> list[Hit]:
         """The `top_k` best files for a text or an example file (`like`), best first. `modality` keeps
-        "image", "video" or "audio" files; `space` searches one space (its name or the start of it)."""
+        "image", "video" or "audio" files; `space` searches one space (its name or the start of it).
+        `when=True` (text queries): audio and video hits are re-scored by PE-A-Frame (`when_model`, default
+        pe-a-frame-base) with their exact spans (see sensorium.index.search.locate)."""
         if (text is None) == (like is None):
             raise ValueError("search needs a text or an example file (like=...), one of the two")
         if modality is not None and modality not in ("image", "video", "audio"):
             raise ValueError(f"modality must be image, video or audio, got {modality!r}")
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise ValueError(f"top_k must be a whole number of at least 1, got {top_k!r}")
+        if when and text is None:
+            raise ValueError("when=True locates a described sound: it needs a text query")
         spaces = self._pick_spaces(space)
         queries = self._text_queries(text, spaces) if text is not None else self._example_queries(os.fspath(like), spaces)
-        return self._searcher.search(queries, spaces, top_k, modality, segments)
+        hits = self._searcher.search(queries, spaces, top_k, modality, segments)
+        if when:
+            from sensorium.index.search import locate
+
+            hits = locate(hits, text, self._localizer(when_model), when_threshold)
+        return hits
+
+    def _localizer(self, source):
+        from sensorium.catalog import default_model
+        from sensorium.loading import load
+        from sensorium.tasks.capabilities import FrameLocalizer, require
+
+        source = source or default_model("localize")
+        key = ("when", str(source))
+        if key not in self._query_models:
+            model = load(source, device=self.models.device) if isinstance(source, (str, os.PathLike)) else source
+            require(model, "search --when", FrameLocalizer, need_text=True)
+            self._query_models[key] = model
+        return self._query_models[key]
 
     def _pick_spaces(self, wanted: str | None) -> dict[str, SpaceRecord]:
+        """The spaces to search: those holding rows (an empty one would load its model for nothing)."""
         spaces = self.store.spaces()
         if wanted is None:
-            return spaces
+            return {n: s for n, s in spaces.items()
+                    if (table := self.store.table(s.table)) is not None and table.count_rows()}
         chosen = {n: s for n, s in spaces.items() if n == wanted} or \
             {n: s for n, s in spaces.items() if n.startswith(wanted)}
         if not chosen:

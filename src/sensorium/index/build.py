@@ -16,19 +16,12 @@ Rows (every row: path, file_id, modality, kind, start, end, space, policy, commi
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
-from sensorium.errors import MediaError, SensoriumError, reason_for
-from sensorium.index.store import FileRecord, SpaceRecord, Store, content_hash, file_id_of, rows_schema
+from sensorium.index.store import FileRecord, SpaceRecord, Store, content_hash, rows_schema
 from sensorium.tasks.inputs import MediaItem, expand_inputs
 
 MODALITIES = ("image", "video", "audio")
@@ -101,6 +94,11 @@ class Models:
 
         if kind == "image" and not isinstance(model, ImageTextEmbedder):
             raise CapabilityError(f"{model.name} cannot embed images and text; the image model must be a PE-Core model")
+        if kind == "image" and not getattr(model, "has_text", True):
+            import warnings
+
+            warnings.warn(f"{model.name} was loaded without its text tower ({model.text_missing}): this collection "
+                          "can be searched by example (--like) but not by text", stacklevel=3)
         if kind == "audio" and not is_audio_visual(model):
             raise CapabilityError(f"{model.name} cannot embed sound and text; the audio model must be a PE-AV model")
 
@@ -188,6 +186,8 @@ class Indexer:
                 self._run(work, spaces, report)
             if gone:
                 self.store.repair()
+            for space in spaces.values():
+                self.store.build_vector_index(space)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -231,10 +231,16 @@ class Indexer:
         last_commit = time.monotonic()
         segments = 0
         try:
-            for (item, path, stat, old), outcome in zip(work, self._produce(work, spaces)):
-                record, rows, error = outcome
-                if error is not None:
-                    report.failed[item.path] = error
+            from sensorium.index.pipeline import FileWork, Pipeline
+            from sensorium.tasks.visual import default_workers
+
+            workers = default_workers() if self.workers is None else self.workers
+            works = [FileWork(item, path, stat, _policy(item.modality, self.options, spaces))
+                     for item, path, stat, _ in work]
+            pipeline = Pipeline(self.models, self.options, spaces, self.batch_size, workers)
+            for item, (record, rows) in zip((w.item for w in works), pipeline.run(works)):
+                if record.status == "failed":
+                    report.failed[item.path] = record.error
                 else:
                     report.indexed.append(item.path)
                     n = sum(len(r) for r in rows.values())
@@ -263,145 +269,6 @@ class Indexer:
         data = {table: pa.Table.from_pylist(found, schema=rows_schema(dims[table])) for table, found in by_table.items()}
         self.store.commit([record for record, _ in pending], data)
 
-    def _produce(self, work, spaces):
-        """(record, {table: rows}, error) per file of `work`, in order."""
-        from sensorium.tasks.visual import decode_in_order, default_workers
-
-        workers = default_workers() if self.workers is None else self.workers
-        items = [item for item, _, _, _ in work]
-        places = {id(item): (path, stat, old) for item, path, stat, old in work}
-        decoded = decode_in_order(items, self._decode, workers, window=max(2, workers * 2))
-        for item, plan, error in decoded:
-            path, stat, old = places[id(item)]
-            modality = plan.modality if plan is not None else item.modality
-            record = FileRecord(path=path, file_id=file_id_of(path), modality=modality, size=stat[0],
-                                mtime_ns=stat[1], hash=plan.hash if plan is not None else "", status="failed",
-                                error=error, rows={}, policy=_policy(item.modality, self.options, spaces),
-                                commit=uuid.uuid4().hex, indexed_at=time.time())
-            if error is not None:
-                yield record, {}, error
-                continue
-            try:
-                rows = self._rows(item, path, record, plan, spaces)
-            except (SensoriumError, OSError) as err:  # the file's fault; a bug or out of memory propagates
-                record.error = reason_for(err, item.path)
-                yield record, {}, record.error
-                continue
-            record.status, record.error = "indexed", None
-            record.rows = {_space_name(spaces, table): len(found) for table, found in rows.items()}
-            yield record, rows, None
-
-    def _decode(self, item: MediaItem) -> "Plan":
-        """In a worker thread: the file's hash and kind, and for pictures the frames the image space needs."""
-        from sensorium.media.probe import probe
-
-        path = item.path
-        digest = content_hash(path)
-        modality = item.modality
-        streams = None
-        if modality != "image":
-            try:
-                streams = probe(path)
-            except MediaError:
-                if modality != "unknown":
-                    raise
-                modality = "image"  # perhaps a picture under an unknown name: Pillow decides
-            else:
-                if streams.still:
-                    modality = "image"
-                elif streams.video:
-                    modality = "video"
-                elif streams.audio:
-                    modality = "audio"
-                else:
-                    raise MediaError(path, "no audio or video stream")
-        plan = Plan(modality, digest, sound=bool(streams and streams.audio))
-        if modality == "image":
-            from sensorium.tasks.visual import _decode_image
-
-            model = self.models.get("image")
-            plan.frames = np.array(_decode_image(item, model.image_size, _max_pixels()).frames)  # writable
-        elif modality == "video":
-            plan.frames, plan.times, plan.whole, plan.sampled, plan.duration = _video_frames(
-                path, self.models.get("image").image_size, self.options.fps)
-        return plan
-
-    def _rows(self, item, path, record, plan: "Plan", spaces) -> dict[str, list[dict]]:
-        rows: dict[str, list[dict]] = {}
-        base = {"path": path, "file_id": record.file_id, "modality": plan.modality, "commit": record.commit}
-        if plan.modality in ("image", "video"):
-            space = spaces["image"]
-            rows[space.table] = self._picture_rows(plan, space, base)
-        if plan.modality == "audio" or (plan.modality == "video" and plan.sound):
-            kind = "audio" if plan.modality == "audio" else "audio_video"
-            space = spaces["sound" if kind == "audio" else "sound_av"]
-            found = self._sound_rows(item, kind, space, base)
-            if found:
-                rows[space.table] = found
-        return rows
-
-    @torch.inference_mode()
-    def _picture_rows(self, plan: "Plan", space: SpaceRecord, base: dict) -> list[dict]:
-        from sensorium.features.image import pe_normalize
-
-        model = self.models.get("image")
-        raw = []
-        for start in range(0, len(plan.frames), self.batch_size):
-            pixels = pe_normalize(plan.frames[start:start + self.batch_size], device=model.device, dtype=model.dtype)
-            raw.append(model.encode_image(pixels, normalize=False).float())
-        raw = torch.cat(raw)
-        if not bool(torch.isfinite(raw).all()):
-            raise MediaError(base["path"], "the model's output is not finite (NaN or inf) for this input")
-        if plan.modality == "image":
-            return [base | {"kind": "file", "start": None, "end": None, "space": space.name,
-                            "policy": json.dumps({"rows": "image"}), "vector": _unit(raw[0])}]
-        whole = raw[plan.whole].mean(dim=0)
-        rows = [base | {"kind": "file", "start": 0.0, "end": plan.duration, "space": space.name,
-                        "policy": json.dumps({"rows": "file", "frames": 8}), "vector": _unit(whole)}]
-        segment = self.options.segment
-        groups: dict[int, list[int]] = {}
-        for i, t in enumerate(plan.times):
-            if i in plan.sampled:
-                groups.setdefault(int(t // segment), []).append(i)
-        policy = json.dumps({"rows": "segment", "fps": self.options.fps, "segment": segment})
-        for k, members in sorted(groups.items()):
-            rows.append(base | {"kind": "segment", "start": k * segment, "end": min((k + 1) * segment, plan.duration),
-                                "space": space.name, "policy": policy, "vector": _unit(raw[members].mean(dim=0))})
-        return rows
-
-    @torch.inference_mode()
-    def _sound_rows(self, item, kind: str, space: SpaceRecord, base: dict) -> list[dict]:
-        from sensorium.tasks.audiovisual import WINDOW_SECONDS, encode_windows
-
-        model = self.models.get("audio")
-        target = MediaItem(item.path, item.modality)
-        window, hop = self.options.window, self.options.hop
-        parts = encode_windows(model, target, kind, window, hop)
-        if parts.duration <= window and len(parts.spans) == 1 and window <= WINDOW_SECONDS:
-            whole = parts.vectors.mean(dim=0)  # one window covers the file: the same input as the file row's
-        else:
-            whole = encode_windows(model, target, kind, WINDOW_SECONDS, WINDOW_SECONDS).vectors.mean(dim=0)
-        rows = [base | {"kind": "file", "start": 0.0, "end": parts.duration, "space": space.name,
-                        "policy": json.dumps({"rows": "file", "window": WINDOW_SECONDS, "hop": WINDOW_SECONDS}),
-                        "vector": _unit(whole)}]
-        policy = json.dumps({"rows": "window", "window": window, "hop": hop})
-        for (start, end), vector in zip(parts.spans, parts.vectors):
-            rows.append(base | {"kind": "window", "start": start, "end": end, "space": space.name, "policy": policy,
-                                "vector": _unit(vector)})
-        return rows
-
-
-@dataclass
-class Plan:
-    modality: str
-    hash: str
-    sound: bool = False
-    frames: np.ndarray | None = None  # [N, S, S, 3] uint8 resized for PE-Core
-    times: list[float] = field(default_factory=list)  # video: the time of each frame
-    whole: list[int] = field(default_factory=list)  # video: rows of `frames` for the file row (with repeats)
-    sampled: set[int] = field(default_factory=set)  # video: rows of `frames` sampled at fps
-    duration: float | None = None
-
 
 def _kinds(modality: str) -> set[str]:
     if modality == "image":
@@ -409,36 +276,3 @@ def _kinds(modality: str) -> set[str]:
     if modality == "audio":
         return {"sound"}
     return {"image", "sound"}  # video, or a file whose kind its content decides
-
-
-def _max_pixels() -> int:
-    from sensorium.media.image import MAX_PIXELS
-
-    return MAX_PIXELS
-
-
-def _unit(vector: torch.Tensor) -> np.ndarray:
-    return F.normalize(vector.float(), dim=-1).cpu().numpy().astype(np.float32)
-
-
-def _space_name(spaces: dict[str, SpaceRecord], table: str) -> str:
-    return next(s.name for s in spaces.values() if s.table == table)
-
-
-def _video_frames(path: str, size: int, fps: float):
-    """The frames of a video the image space needs: 8 uniform ones (the file row) and one every 1/fps seconds
-    (segment rows), each decoded once and resized."""
-    from sensorium.media.video import FixedRate, Uniform, VideoReader
-    from sensorium.tasks.visual import pe_resize_array
-
-    with VideoReader(path) as video:
-        whole = video.sample(Uniform(8))
-        sampled = video.sample(FixedRate(fps))
-        wanted = sorted(set(whole) | set(sampled))
-        position = {index: row for row, index in enumerate(wanted)}
-        frames, times = [None] * len(wanted), [0.0] * len(wanted)
-        for index, t, rgb in video.frames(wanted):
-            frames[position[index]] = pe_resize_array(rgb, size)
-            times[position[index]] = t
-        duration = video.duration
-    return np.stack(frames), times, [position[i] for i in whole], {position[i] for i in sampled}, duration

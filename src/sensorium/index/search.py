@@ -20,6 +20,8 @@ import numpy as np
 from sensorium.index.store import SpaceRecord, Store, columns
 
 CANDIDATES_PER_FILE = 64
+REFINE = 10  # ANN candidates re-ranked exactly: refine_factor
+SAMPLE_ROWS = 20_000  # rows the z-score's mean and spread are estimated from in a space with a vector index
 META = ("path", "file_id", "modality", "kind", "start", "end", "policy", "commit")
 
 
@@ -35,12 +37,18 @@ class Hit:
     rank_score: float  # the cosine as a z-score within its space (the rule results are ordered by)
     kind: str = "file"  # "file" | "segment" | "window"
     spans: list["Hit"] = field(default_factory=list)  # with segments=True: every row of the file, best first
+    events: list | None = None  # with when=True, audio and video hits: PE-A-Frame's spans of the query (Events)
 
     def record(self) -> dict:
         """The documented result row (also the export schema, with `score` in place of `vector`)."""
-        return {"path": self.path, "file_id": self.file_id, "modality": self.modality, "start": self.start,
-                "end": self.end, "space": self.space, "score": round(self.score, 6),
-                "rank_score": round(self.rank_score, 4), "kind": self.kind}
+        record = {"path": self.path, "file_id": self.file_id, "modality": self.modality, "start": self.start,
+                  "end": self.end, "space": self.space, "score": round(self.score, 6),
+                  "rank_score": round(self.rank_score, 4), "kind": self.kind}
+        if self.events is not None:
+            from sensorium.tasks.events import event_record
+
+            record["events"] = [event_record(e) for e in self.events]
+        return record
 
 
 @dataclass
@@ -51,10 +59,16 @@ class SpaceRows:
 
 
 class Searcher:
-    def __init__(self, store: Store, model_for):
+    """Exact search below `ANN_ROWS` rows (store.py); above, the space's IVF_HNSW_SQ index with refinement
+    (exact re-ranking of `REFINE` times the candidates), and the z-score's mean and spread estimated from a
+    fixed random sample of the space's rows."""
+
+    def __init__(self, store: Store, model_for, exact: bool = False):
         self.store = store
         self.model_for = model_for  # SpaceRecord -> a loaded model whose weights made the space
+        self.exact = exact  # never use a vector index (for checking it)
         self._cache: dict[str, SpaceRows] = {}
+        self._samples: dict[str, tuple[int, np.ndarray]] = {}
 
     def rows(self, space: SpaceRecord, live: set[str]) -> SpaceRows | None:
         table = self.store.table(space.table)
@@ -80,6 +94,9 @@ class Searcher:
         scored: list[Hit] = []
         for name, query in queries.items():
             space = spaces[name]
+            if not self.exact and self.store.vector_index(space) is not None:
+                scored.extend(self._approximate(space, query.astype(np.float32), top_k, modality, live))
+                continue
             rows = self.rows(space, live)
             if rows is None or not len(rows.vectors):
                 continue
@@ -97,6 +114,9 @@ class Searcher:
                 scored.append(Hit(rows.meta["path"][i], rows.meta["file_id"][i], rows.meta["modality"][i],
                                   rows.meta["start"][i], rows.meta["end"][i], name, float(cosines[i]), float(z[i]),
                                   rows.meta["kind"][i]))
+        return self._by_file(scored, top_k, segments)
+
+    def _by_file(self, scored: list[Hit], top_k: int, segments: bool) -> list[Hit]:
         by_file: dict[str, list[Hit]] = {}
         for hit in sorted(scored, key=lambda h: (-h.rank_score, h.path, h.start or 0.0)):
             by_file.setdefault(hit.path, []).append(hit)
@@ -108,3 +128,71 @@ class Searcher:
                                best.rank_score, moment.kind, spans=hits if segments else []))
         results.sort(key=lambda h: (-h.rank_score, h.path))
         return results[:top_k]
+
+    def _approximate(self, space: SpaceRecord, query: np.ndarray, top_k: int, modality: str | None,
+                     live: set[str]) -> list[Hit]:
+        table = self.store.table(space.table)
+        table.checkout_latest()
+        sample = self._sample(space, table, live)
+        cos_sample = sample @ query
+        mean, std = float(cos_sample.mean()), float(cos_sample.std())
+        take = max(top_k * CANDIDATES_PER_FILE, 256)
+        found = table.search(query, vector_column_name="vector").distance_type("cosine").limit(take) \
+            .refine_factor(REFINE)
+        if modality is not None:
+            found = found.where(f"modality = '{modality}'", prefilter=True)
+        data = found.select([*META, "_distance"]).to_arrow().to_pylist()
+        hits = []
+        for row in data:
+            if row["commit"] not in live:
+                continue
+            cos = 1.0 - float(row["_distance"])
+            z = (cos - mean) / std if std > 1e-12 else cos
+            hits.append(Hit(row["path"], row["file_id"], row["modality"], row["start"], row["end"], space.name, cos, z,
+                            row["kind"]))
+        return hits
+
+    def _sample(self, space: SpaceRecord, table, live: set[str]) -> np.ndarray:
+        """Up to SAMPLE_ROWS live vectors at fixed random offsets (the z-score's reference), per table version."""
+        cached = self._samples.get(space.table)
+        if cached is not None and cached[0] == table.version:
+            return cached[1]
+        count = table.count_rows()
+        offsets = np.sort(np.random.default_rng(0).choice(count, size=min(count, SAMPLE_ROWS), replace=False))
+        data = table.take_offsets(offsets.tolist()).select(["commit", "vector"]).to_arrow()
+        keep = np.array([c in live for c in data.column("commit").to_pylist()], dtype=bool)
+        flat = data.column("vector").combine_chunks()
+        vectors = np.asarray(flat.values.to_numpy(zero_copy_only=False), np.float32).reshape(-1, space.dim)[keep]
+        self._samples[space.table] = (table.version, vectors)
+        return vectors
+
+
+def locate(hits: list[Hit], query: str, model, threshold: float = 0.3) -> list[Hit]:
+    """`--when`: the audio and video hits re-scored by PE-A-Frame: each gets the spans where the query sounds
+    (`events`, 40 ms frames above `threshold`) and its best span as start/end; they are re-ordered among the
+    places audio and video hits held, by their best frame probability (a file where nothing passes the threshold
+    keeps its span and goes after those where something does). Image hits keep their places."""
+    from sensorium.errors import MediaError, SensoriumError
+    from sensorium.tasks.localize import Rules, localize_file
+
+    sounding = [i for i, h in enumerate(hits) if h.modality in ("audio", "video")]
+    scored = []
+    for i in sounding:
+        hit = hits[i]
+        try:
+            _, events = localize_file(model, hit.path, [query], Rules(threshold))
+        except (SensoriumError, OSError) as err:
+            if isinstance(err, MediaError) and "no audio" in str(err):
+                events = []  # a video without sound: nothing to locate
+            else:
+                raise
+        hit.events = events
+        if events:
+            best = max(events, key=lambda e: e.score)
+            hit.start, hit.end, hit.kind = best.onset, best.offset, "event"
+        scored.append((max((e.score for e in events), default=-1.0), i, hit))
+    order = [hit for _, _, hit in sorted(scored, key=lambda t: (-t[0], t[1]))]
+    out = list(hits)
+    for place, hit in zip(sounding, order):
+        out[place] = hit
+    return out

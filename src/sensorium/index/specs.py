@@ -56,6 +56,9 @@ SEARCH = TaskSpec(
         Option(("--segments",), "every matching segment of each file, not only the best", action="store_true"),
         Option(("--space",), "search one space (its name, or the start of it; `sensorium index --status` lists "
                "them)"),
+        Option(("--when",), "audio and video hits: find when the described sound happens with PE-A-Frame (their "
+               "exact spans, re-scored)", action="store_true"),
+        Option(("--when-model",), "the PE-A-Frame model for --when (default pe-a-frame-base)"),
         *DEVICE,
         Option(("-o", "--output"), "output file (default: stdout)"),
         FORMAT,

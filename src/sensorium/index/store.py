@@ -28,6 +28,10 @@ from sensorium.errors import SensoriumError
 
 FORMAT_VERSION = 1
 FILES, SPACES = "files", "spaces"
+# A space with this many rows gets a vector index (IVF_HNSW_SQ, cosine); below it exact search is faster
+# (a matrix product over the vector column: 7-19 ms at 100k x 1024 on 2 cores, see BENCHMARKS.md).
+ANN_ROWS = 100_000
+REINDEX_FRACTION = 0.05  # rows added since the index was built, beyond which it is brought up to date
 
 
 class IndexError_(SensoriumError):
@@ -146,6 +150,7 @@ class Store:
     def db(self):
         if self._db is None:
             os.environ.setdefault("LANCE_LOG", "error")  # Lance warns on stderr when it creates a table
+            os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")  # (and about index statistics)
             import lancedb
 
             if not is_remote(self.uri):
@@ -266,6 +271,27 @@ class Store:
             return
         for start in range(0, len(paths), 500):
             files.delete(f"path IN ({_sql_list(paths[start:start + 500])})")
+
+    def vector_index(self, space: SpaceRecord) -> str | None:
+        """The name of the space's vector index, if it has one."""
+        table = self.table(space.table)
+        if table is None:
+            return None
+        return next((i.name for i in table.list_indices() if list(i.columns) == ["vector"]), None)
+
+    def build_vector_index(self, space: SpaceRecord, min_rows: int = ANN_ROWS) -> bool:
+        """Give a space of `min_rows` rows or more a vector index, or fold new rows into the one it has."""
+        table = self.table(space.table)
+        if table is None or table.count_rows() < min_rows:
+            return False
+        name = self.vector_index(space)
+        if name is None:
+            from lancedb.index import IvfHnswSq
+
+            table.create_index("vector", config=IvfHnswSq(distance_type="cosine"))
+        elif table.index_stats(name).num_unindexed_rows > REINDEX_FRACTION * table.count_rows():
+            table.optimize()
+        return True
 
     def repair(self) -> int:
         """Delete rows whose commit the manifest does not name (a killed run's, a replaced file's)."""

@@ -108,62 +108,94 @@ def encode_item(model, item: MediaItem, modality: str = "auto", window: float = 
 def encode_windows(model, item: MediaItem, modality: str = "auto", window: float = WINDOW_SECONDS,
                    hop: float | None = None, on_truncated: str = "error") -> WindowVectors:
     """One raw head output per `window`-second window every `hop` seconds (the last aligned to the end)."""
-    from sensorium.features.video_frames import squash_frames
-    from sensorium.media.audio import load_audio
-    from sensorium.media.video import Uniform, VideoReader
+    with WindowReader(model, item, modality, window, hop, on_truncated) as reader:
+        vectors, frames_used = [], 0
+        for _, _, audio, video in reader:
+            vectors.append(encode_window(model, reader.kind, audio, video))
+            frames_used += 0 if video is None else video.pixel_values_videos.shape[1]
+        found = torch.cat(vectors).float()
+        if not bool(torch.isfinite(found).all()):
+            raise MediaError(item.path, "the model's output is not finite (NaN or inf) for this input")
+        return WindowVectors(reader.kind, reader.duration, reader.spans, found, frames_used)
 
-    if modality not in MODALITIES:
-        raise ValueError(f"modality must be one of {MODALITIES}")
-    if item.error:
-        raise MediaError(item.path, item.error)
-    hop = hop or window
-    kind = _kind(item, modality)
-    reader = VideoReader(item.path, on_truncated=on_truncated) if kind != "audio" else None
-    try:
-        signal = None
-        if kind != "video":
-            try:
-                signal = load_audio(item.path, model.sampling_rate, downmix="ffmpeg", on_truncated=on_truncated)
-                if len(signal) == 0:
-                    raise MediaError(item.path, "no audio samples")
-            except MediaError as err:
-                if not (modality == "auto" and kind == "audio_video" and "no audio samples" in err.reason):
-                    raise
-                kind, signal = "video", None  # a sound track without sound: the pictures alone
-        duration = len(signal) / model.sampling_rate if signal is not None else reader.duration
-        spans = windows_for(duration, window, hop)
-        vectors, frames_used, squashed = [], 0, {}
-        for start, end in spans:
+
+def encode_window(model, kind: str, audio, video) -> torch.Tensor:
+    """The raw output [1, D] of the head that serves `kind` for one window's inputs."""
+    if kind == "audio_video":
+        return model.encode_audio_video(audio, video)
+    if kind == "audio":
+        return model.encode_audio(audio)
+    return model.encode_video(video)
+
+
+class WindowReader:
+    """The decoding side of `encode_windows`, usable in a thread of its own: opening it decodes the sound and
+    indexes the video (`kind`, `duration`, `spans` are then known); iterating yields (start, end, audio features
+    or None, VideoBatch or None) per window, frames decoded as the windows come."""
+
+    def __init__(self, model, item: MediaItem, modality: str = "auto", window: float = WINDOW_SECONDS,
+                 hop: float | None = None, on_truncated: str = "error"):
+        from sensorium.media.audio import load_audio
+        from sensorium.media.video import VideoReader
+
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}")
+        if item.error:
+            raise MediaError(item.path, item.error)
+        self.model, self.item = model, item
+        self.kind = _kind(item, modality)
+        self.video = VideoReader(item.path, on_truncated=on_truncated) if self.kind != "audio" else None
+        try:
+            self.signal = None
+            if self.kind != "video":
+                try:
+                    self.signal = load_audio(item.path, model.sampling_rate, downmix="ffmpeg", on_truncated=on_truncated)
+                    if len(self.signal) == 0:
+                        raise MediaError(item.path, "no audio samples")
+                except MediaError as err:
+                    if not (modality == "auto" and self.kind == "audio_video" and "no audio samples" in err.reason):
+                        raise
+                    self.kind, self.signal = "video", None  # a sound track without sound: the pictures alone
+            self.duration = len(self.signal) / model.sampling_rate if self.signal is not None else self.video.duration
+            self.spans = windows_for(self.duration, window, hop or window)
+        except BaseException:
+            self.close()
+            raise
+
+    def __iter__(self):
+        from sensorium.features.video_frames import squash_frames
+        from sensorium.media.video import Uniform
+
+        model, rate, squashed = self.model, self.model.sampling_rate, {}
+        for start, end in self.spans:
             audio = video = None
-            if signal is not None:
-                clip = signal[int(round(start * model.sampling_rate)) : int(round(end * model.sampling_rate))]
-                audio = model.preprocess_audio([clip], sampling_rate=model.sampling_rate)
-            if reader is not None:
-                inside = [i for i, t in enumerate(reader.times) if start <= t < end] or \
-                    [min(range(len(reader.times)), key=lambda i: abs(reader.times[i] - start))]
+            if self.signal is not None:
+                clip = self.signal[int(round(start * rate)) : int(round(end * rate))]
+                audio = model.preprocess_audio([clip], sampling_rate=rate)
+            if self.video is not None:
+                times = self.video.times
+                inside = [i for i, t in enumerate(times) if start <= t < end] or \
+                    [min(range(len(times)), key=lambda i: abs(times[i] - start))]
                 if model.video_frames:
                     inside = [inside[k] for k in Uniform(model.video_frames).indices(inside)]
                 # squashed as they are decoded (a window of full-size frames would not fit in memory), and
                 # kept for the next window while windows overlap, so each frame is decoded once
                 squashed = {i: v for i, v in squashed.items() if i >= inside[0]}
                 missing = sorted(set(inside) - set(squashed))
-                squashed |= {i: squash_frames(rgb[None], model.frame_size)[0] for i, _, rgb in reader.frames(missing)}
+                squashed |= {i: squash_frames(rgb[None], model.frame_size)[0] for i, _, rgb in self.video.frames(missing)}
                 pixels = torch.stack([squashed[i] for i in inside])
                 video = VideoBatch(pixels[None], torch.ones(1, len(inside), dtype=torch.bool))
-                frames_used += len(inside)
-            if kind == "audio_video":
-                vectors.append(model.encode_audio_video(audio, video))
-            elif kind == "audio":
-                vectors.append(model.encode_audio(audio))
-            else:
-                vectors.append(model.encode_video(video))
-        found = torch.cat(vectors).float()
-        if not bool(torch.isfinite(found).all()):
-            raise MediaError(item.path, "the model's output is not finite (NaN or inf) for this input")
-        return WindowVectors(kind, duration, spans, found, frames_used)
-    finally:
-        if reader is not None:
-            reader.close()
+            yield start, end, audio, video
+
+    def close(self) -> None:
+        if self.video is not None:
+            self.video.close()
+
+    def __enter__(self) -> "WindowReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def iter_encode(model, items: list[MediaItem], modality: str = "auto", window: float = WINDOW_SECONDS,

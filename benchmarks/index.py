@@ -1,0 +1,285 @@
+"""Collections: indexing throughput against the model-only bound, search latency and recall, disk per row, and
+the re-index of an unchanged folder.
+
+    python benchmarks/pe_core.py setup              # once: the timm venv that writes random PE-Core weights
+    python benchmarks/index.py throughput [--images 200] [--videos 4] [--rounds 2]
+    python benchmarks/index.py search [--rows 10000 100000] [--dim 1024] [--queries 200]
+    python benchmarks/index.py reindex [--files 10000]
+
+throughput: `sensorium index` over a mixed folder (photo-sized JPEGs and 10 s videos) with PE-Core-B16-224 at its
+real geometry (random weights, timm layout) against the model-only bound: the same frames, decoded and resized
+beforehand, through the same model in batches of 32. The index run pays for everything else (hashing, probing,
+decoding, resizing, Lance writes); the goal is >= 80 % of the bound.
+
+search: synthetic clustered unit vectors in one space (one file per 20 rows), exact search below the vector-index
+threshold and IVF_HNSW_SQ with refinement above it; p50/p99 over `--queries` text-free queries (the query vector
+is given, so this is the store and the merge, not a text tower), recall@10 of files against exact search, index
+build seconds and bytes on disk per row.
+
+reindex: a folder of tiny PNGs indexed once with the tiny test model, then again unchanged: the second run's
+seconds (nothing is decoded: size + mtime against the manifest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import machine
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+OUT = HERE / "out"
+MODEL = "PE-Core-B16-224"
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
+
+
+def _weights() -> Path:
+    """Random PE-Core-B16-224 weights in the timm layout, under the catalog name (so the file names its
+    architecture, as a download from the hub does)."""
+    made = OUT / f"{MODEL}-random-timm.safetensors"
+    if not made.exists():
+        timm_python = HERE / ".venv-timm" / "bin" / "python"
+        subprocess.run([str(timm_python), str(HERE / "pe_core.py"), "make-weights", MODEL], check=True)
+    named = OUT / "b16" / f"{MODEL}.safetensors"
+    if not named.exists():
+        named.parent.mkdir(parents=True, exist_ok=True)
+        os.link(made, named)
+    return named
+
+
+def _folder(images: int, videos: int) -> Path:
+    sys.path.insert(0, str(HERE))
+    from pe_core import make_jpegs
+
+    folder = OUT / f"mixed-{images}-{videos}"
+    make_jpegs(images, folder, size=(1280, 960))
+    for i in range(videos):
+        target = folder / f"clip{i:02d}.mp4"
+        if not target.exists():
+            _make_video(target, seconds=10, seed=i)
+    return folder
+
+
+def _make_video(path: Path, seconds: int, seed: int) -> None:
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
+        base = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
+        for t in range(25 * seconds):
+            frame = np.roll(base, 4 * t, axis=1)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def model_bound(folder: Path, weights: Path) -> dict:
+    """Frames per second of the model alone on the frames the index reads (pre-decoded, batches of 32)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    import numpy as np
+    import torch
+
+    import sensorium as sn
+    from sensorium.features.image import pe_normalize
+    from sensorium.media.image import open_image
+    from sensorium.features.image import pe_resize
+    from sensorium.media.video import FixedRate, Uniform, VideoReader
+    from sensorium.tasks.visual import pe_resize_array
+
+    model = sn.load(str(weights), config=MODEL, device="cpu")
+    frames = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix == ".jpg":
+            frames.append(pe_resize(open_image(str(path)), model.image_size))
+        else:
+            with VideoReader(str(path)) as video:
+                wanted = sorted(set(video.sample(Uniform(8))) | set(video.sample(FixedRate(1.0))))
+                frames += [pe_resize_array(rgb, model.image_size) for _, _, rgb in video.frames(wanted)]
+    frames = np.stack(frames)
+    with torch.inference_mode():
+        model.encode_image(pe_normalize(frames[:32]), normalize=False)  # warm-up
+        start = time.perf_counter()
+        for i in range(0, len(frames), 32):
+            model.encode_image(pe_normalize(frames[i:i + 32]), normalize=False)
+        seconds = time.perf_counter() - start
+    return {"frames": len(frames), "model_s": seconds, "frames_per_s": len(frames) / seconds}
+
+
+def throughput(images: int, videos: int, rounds: int) -> None:
+    print(f"machine: {machine()}")
+    weights = _weights()
+    folder = _folder(images, videos)
+    files = images + videos
+    runs, bounds = [], []
+    for r in range(rounds):
+        db = OUT / "index-throughput-db"
+        shutil.rmtree(db, ignore_errors=True)
+        command = [sys.executable, "-m", "sensorium.cli", "index", str(folder), "--db", str(db), "--image-model",
+                   str(weights), "--device", "cpu", "-q"]
+        # sounds are not part of this folder: the videos are silent, so only the image model is loaded
+        started = time.perf_counter()
+        run = subprocess.run(command, capture_output=True, text=True, env=_env())
+        if run.returncode:
+            raise RuntimeError(run.stderr[-3000:])
+        match = re.search(r"in ([\d.]+) s", run.stderr)
+        runs.append(float(match.group(1)))
+        bound = subprocess.run([sys.executable, __file__, "bound", str(folder), str(weights)], capture_output=True,
+                               text=True, env=_env(), check=True)
+        bounds.append(json.loads(bound.stdout.strip().splitlines()[-1]))
+        print(f"  round {r + 1}: index {runs[-1]:.1f} s ({time.perf_counter() - started:.1f} s with start-up), "
+              f"model alone {bounds[-1]['model_s']:.1f} s for {bounds[-1]['frames']} frames", file=sys.stderr)
+    index_s, model_s = statistics.median(runs), statistics.median(b["model_s"] for b in bounds)
+    print(f"| {images} JPEGs 1280x960 + {videos} videos 10 s ({bounds[0]['frames']} frames) | {files / index_s:.2f} "
+          f"files/s | bound {files / model_s:.2f} files/s | {100 * model_s / index_s:.0f} % of the bound |")
+
+
+def _synthetic(store_path: Path, rows: int, dim: int, per_file: int = 20):
+    sys.path.insert(0, str(ROOT / "src"))
+    import numpy as np
+    import pyarrow as pa
+
+    from sensorium.index.store import FileRecord, SpaceRecord, Store, rows_schema
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(256, dim)).astype(np.float32)
+    store = Store(str(store_path))
+    space = SpaceRecord("image:synthetic", "rows_synthetic", "image", "none", "none", "{}", dim, None)
+    with store.lock():
+        store.add_space(space)
+        for start in range(0, rows, 50_000):
+            n = min(50_000, rows - start)
+            vectors = centers[rng.integers(0, 256, n)] + 0.7 * rng.normal(size=(n, dim)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            files = sorted({(start + i) // per_file for i in range(n)})
+            records = [FileRecord(f"/media/{f:07d}.mp4", f"id{f}", "video", 1, 1, "h", "indexed", None, {}, {}, f"c{f}",
+                                  0.0) for f in files]
+            ids = [(start + i) // per_file for i in range(n)]
+            table = pa.table({
+                "path": [f"/media/{f:07d}.mp4" for f in ids], "file_id": [f"id{f}" for f in ids],
+                "modality": ["video"] * n, "kind": ["segment"] * n,
+                "start": [4.0 * ((start + i) % per_file) for i in range(n)],
+                "end": [4.0 * ((start + i) % per_file) + 4 for i in range(n)], "space": [space.name] * n,
+                "policy": ["{}"] * n, "commit": [f"c{f}" for f in ids],
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim)}, schema=rows_schema(dim))
+            store.commit(records, {space.table: table})
+    return store, space, centers
+
+
+def search(row_counts: list[int], dim: int, queries: int) -> None:
+    import numpy as np
+
+    from sensorium.index.search import Searcher
+    from sensorium.index.store import ANN_ROWS
+
+    print(f"machine: {machine()}")
+    for rows in row_counts:
+        path = OUT / f"search-{rows}-{dim}"
+        shutil.rmtree(path, ignore_errors=True)
+        store, space, centers = _synthetic(path, rows, dim)
+        build_s = None
+        if rows >= ANN_ROWS:
+            started = time.perf_counter()
+            with store.lock():
+                store.build_vector_index(space)
+            build_s = time.perf_counter() - started
+        disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        rng = np.random.default_rng(1)
+        exact, searcher = Searcher(store, None, exact=True), Searcher(store, None)
+        spaces = {space.name: space}
+        latencies, recalls = [], []
+        for q in range(queries):
+            query = centers[rng.integers(0, len(centers))] + 0.7 * rng.normal(size=dim).astype(np.float32)
+            query = (query / np.linalg.norm(query)).astype(np.float32)
+            started = time.perf_counter()
+            got = searcher.search({space.name: query}, spaces, top_k=10)
+            latencies.append(time.perf_counter() - started)
+            if rows >= ANN_ROWS and q < 50:
+                want = exact.search({space.name: query}, spaces, top_k=10)
+                recalls.append(len({h.path for h in want} & {h.path for h in got}) / 10)
+        latencies = np.array(latencies[1:]) * 1000  # the first query loads the table
+        mode = "IVF_HNSW_SQ, refine 10" if rows >= ANN_ROWS else "exact"
+        recall = f"{np.mean(recalls):.3f}" if recalls else "1 (exact)"
+        build = f"{build_s:.0f} s" if build_s is not None else "-"
+        print(f"| {rows:,} x {dim} | {mode} | p50 {np.percentile(latencies, 50):.1f} ms | p99 "
+              f"{np.percentile(latencies, 99):.1f} ms | recall@10 {recall} | build {build} | "
+              f"{disk / rows:.0f} bytes/row |", flush=True)
+
+
+def reindex(files: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    print(f"machine: {machine()}")
+    folder = OUT / f"tiny-{files}"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        for i in range(files):
+            sub = folder / f"d{i // 500:03d}"
+            sub.mkdir(exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(sub / f"{i:05d}.png")
+    db = OUT / f"tiny-{files}-db"
+    shutil.rmtree(db, ignore_errors=True)
+    runner = ROOT / "tests" / "cli_runner.py"  # the tiny test models registered, as the tests use them
+    cache = OUT / "hf-cache"
+    env = {**_env(), "HF_HUB_CACHE": str(cache)}
+    subprocess.run([sys.executable, "-c", (
+        "import sys; sys.path.insert(0, 'tests'); from helpers import put_in_hf_cache, PE_FIXTURES\n"
+        f"put_in_hf_cache({str(cache)!r}, 'test/clip_tiny', {{'clip_tiny.pt': PE_FIXTURES / 'clip_tiny' / 'original.pt'}})")],
+        check=True, cwd=ROOT, env=env)
+    command = [sys.executable, str(runner), "index", str(folder), "--db", str(db), "--image-model", "test-clip_tiny",
+               "--device", "cpu", "-q"]
+    times = []
+    for attempt in range(3):
+        run = subprocess.run(command, capture_output=True, text=True, env=env)
+        if run.returncode:
+            raise RuntimeError(run.stderr[-3000:])
+        times.append(float(re.search(r"in ([\d.]+) s", run.stderr).group(1)))
+        print(f"  run {attempt + 1}: {run.stderr.strip().splitlines()[-1]}", file=sys.stderr)
+    print(f"| re-index of an unchanged {files:,}-file folder | first run {times[0]:.1f} s | unchanged runs "
+          f"{times[1]:.2f}, {times[2]:.2f} s |")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "bound":
+        print(json.dumps(model_bound(Path(sys.argv[2]), Path(sys.argv[3]))))
+        return
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("throughput")
+    t.add_argument("--images", type=int, default=200)
+    t.add_argument("--videos", type=int, default=4)
+    t.add_argument("--rounds", type=int, default=2)
+    s = sub.add_parser("search")
+    s.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
+    s.add_argument("--dim", type=int, default=1024)
+    s.add_argument("--queries", type=int, default=200)
+    r = sub.add_parser("reindex")
+    r.add_argument("--files", type=int, default=10_000)
+    args = parser.parse_args()
+    if args.command == "throughput":
+        throughput(args.images, args.videos, args.rounds)
+    elif args.command == "search":
+        search(args.rows, args.dim, args.queries)
+    else:
+        reindex(args.files)
+
+
+if __name__ == "__main__":
+    main()
