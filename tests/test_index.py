@@ -405,3 +405,18 @@ def test_when_locates_the_described_sound_in_audio_hits(tmp_path, folder, models
     assert best_scores == sorted(best_scores, reverse=True)
     with pytest.raises(ValueError, match="needs a text query"):
         index.search(like=folder / "cat.png", when=True)
+
+
+def test_without_the_default_sound_model_pictures_are_still_indexed(tmp_path, folder, models):
+    index = sn.Index(tmp_path / "db", image_model=models["image"], device="cpu")  # pe-av-small-16-frame: absent
+    with pytest.warns(UserWarning, match="no sound model"):
+        report = index.add(folder)
+    assert sorted(os.path.basename(p) for p in report.indexed) == ["cat.png", "dog.mp4", "dog_small.png", "train.mp4"]
+    assert "no sound model" in report.failed[str(folder / "speech.wav")]
+    assert {s.name.split(":")[0] for s in index.spaces()} == {"image"}
+    # with the model, the next run indexes the sound: the videos' policy changed, the failed sound file too
+    later = make_index(tmp_path / "db", models).add(folder)
+    assert {"speech.wav", "train.mp4", "dog.mp4"} <= {os.path.basename(p) for p in later.indexed}
+    assert any(s.name.startswith("audio_video:") for s in index.spaces())
+    with pytest.raises(sn.WeightsNotFoundError):  # a model asked for by name must be there
+        sn.Index(tmp_path / "db2", image_model=models["image"], audio_model="pe-av-large", device="cpu").add(folder)

@@ -19,8 +19,10 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
+from sensorium.errors import WeightsNotFoundError
 from sensorium.index.store import FileRecord, SpaceRecord, Store, content_hash, rows_schema
 from sensorium.tasks.inputs import MediaItem, expand_inputs
 
@@ -126,6 +128,7 @@ class Indexer:
         self.store, self.models, self.options = store, models, options
         self.batch_size, self.workers, self.progress = batch_size, workers, progress
         self.commit_every = commit_every
+        self.sound_missing: str | None = None  # why sound is not indexed in this run
 
     # --- planning --------------------------------------------------------------------------------------
 
@@ -200,9 +203,18 @@ class Indexer:
         if "image" in needed:
             spaces["image"] = space_for(self.models.get("image"), "image", taken)
         if "sound" in needed:
-            model = self.models.get("audio")
-            spaces["sound"] = space_for(model, "audio", taken)
-            spaces["sound_av"] = space_for(model, "audio_video", taken)
+            try:
+                model = self.models.get("audio")
+            except WeightsNotFoundError as err:
+                if self.models.audio is not None:
+                    raise  # asked for by name: its absence is the run's error
+                # the default sound model is not on this machine: pictures are still indexed; sound files fail
+                # with this reason, and a later run that has the model indexes the sound of these videos
+                self.sound_missing = f"no sound model: {str(err).splitlines()[0]}"
+                warnings.warn(f"{self.sound_missing}; indexing pictures only", stacklevel=3)
+            else:
+                spaces["sound"] = space_for(model, "audio", taken)
+                spaces["sound_av"] = space_for(model, "audio_video", taken)
         for space in spaces.values():
             self.store.add_space(space)
         return spaces
@@ -237,7 +249,7 @@ class Indexer:
             workers = default_workers() if self.workers is None else self.workers
             works = [FileWork(item, path, stat, _policy(item.modality, self.options, spaces))
                      for item, path, stat, _ in work]
-            pipeline = Pipeline(self.models, self.options, spaces, self.batch_size, workers)
+            pipeline = Pipeline(self.models, self.options, spaces, self.batch_size, workers, self.sound_missing)
             for item, (record, rows) in zip((w.item for w in works), pipeline.run(works)):
                 if record.status == "failed":
                     report.failed[item.path] = record.error

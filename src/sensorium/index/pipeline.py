@@ -57,9 +57,11 @@ class FileWork:
 
 
 class Pipeline:
-    def __init__(self, models, options, spaces: dict[str, SpaceRecord], batch_size: int, workers: int):
+    def __init__(self, models, options, spaces: dict[str, SpaceRecord], batch_size: int, workers: int,
+                 sound_missing: str | None = None):
         self.models, self.options, self.spaces = models, options, spaces
         self.batch_size, self.workers = batch_size, workers
+        self.sound_missing = sound_missing  # why there is no sound space in this run (None: there is one)
 
     # --- workers ---------------------------------------------------------------------------------------
 
@@ -92,7 +94,10 @@ class Pipeline:
             yield ("frames", ([0], self._image(item)))
         elif modality == "video":
             yield from self._video_frames(work)
-        if modality == "audio" or (modality == "video" and streams is not None and streams.audio):
+        if modality == "audio" and self.sound_missing is not None:
+            raise MediaError(work.path, self.sound_missing)
+        if self.sound_missing is None and (
+                modality == "audio" or (modality == "video" and streams is not None and streams.audio)):
             yield from self._sound(work, "audio" if modality == "audio" else "auto")
 
     def _image(self, item: MediaItem) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 from sensorium.index.store import SpaceRecord, Store, columns
 
 CANDIDATES_PER_FILE = 64
+ANN_ROWS_PER_FILE = 4  # a vector index is asked for this many rows per wanted file first
 REFINE = 10  # ANN candidates re-ranked exactly: refine_factor
 SAMPLE_ROWS = 20_000  # rows the z-score's mean and spread are estimated from in a space with a vector index
 META = ("path", "file_id", "modality", "kind", "start", "end", "policy", "commit")
@@ -136,12 +137,18 @@ class Searcher:
         sample = self._sample(space, table, live)
         cos_sample = sample @ query
         mean, std = float(cos_sample.mean()), float(cos_sample.std())
-        take = max(top_k * CANDIDATES_PER_FILE, 256)
-        found = table.search(query, vector_column_name="vector").distance_type("cosine").limit(take) \
-            .refine_factor(REFINE)
-        if modality is not None:
-            found = found.where(f"modality = '{modality}'", prefilter=True)
-        data = found.select([*META, "_distance"]).to_arrow().to_pylist()
+        # candidates for top_k files: a few rows per file first, more when the best files hold most of them
+        take = top_k * ANN_ROWS_PER_FILE
+        while True:
+            found = table.search(query, vector_column_name="vector").distance_type("cosine").limit(take) \
+                .refine_factor(REFINE)
+            if modality is not None:
+                found = found.where(f"modality = '{modality}'", prefilter=True)
+            data = found.select([*META, "_distance"]).to_arrow().to_pylist()
+            files = {row["path"] for row in data if row["commit"] in live}
+            if len(files) >= top_k or len(data) < take or take >= top_k * CANDIDATES_PER_FILE:
+                break
+            take *= 4
         hits = []
         for row in data:
             if row["commit"] not in live:

@@ -145,6 +145,8 @@ class Store:
     uri: str
     _db: object = field(default=None, repr=False)
     _tables: dict = field(default_factory=dict, repr=False)
+    _live: tuple | None = field(default=None, repr=False)
+    _indexes: dict = field(default_factory=dict, repr=False)
 
     @property
     def db(self):
@@ -155,7 +157,10 @@ class Store:
 
             if not is_remote(self.uri):
                 Path(self.uri).mkdir(parents=True, exist_ok=True)
-            self._db = lancedb.connect(self.uri)
+            from datetime import timedelta
+
+            # every read sees the latest committed version (another process may be indexing)
+            self._db = lancedb.connect(self.uri, read_consistency_interval=timedelta(0))
             self._check_version()
         return self._db
 
@@ -202,12 +207,16 @@ class Store:
         return {row["name"]: SpaceRecord(**row) for row in table.to_arrow().to_pylist()}
 
     def live_commits(self) -> set[str]:
+        """The commits of indexed files (read again only when the manifest has a new version)."""
         table = self.table(FILES)
         if table is None:
             return set()
-        data = columns(table, ["commit", "status"])
-        return {c for c, s in zip(data.column("commit").to_pylist(), data.column("status").to_pylist())
-                if s == "indexed"}
+        table.checkout_latest()
+        if self._live is None or self._live[0] != table.version:
+            data = columns(table, ["commit", "status"])
+            self._live = (table.version, {c for c, s in zip(data.column("commit").to_pylist(),
+                                                           data.column("status").to_pylist()) if s == "indexed"})
+        return self._live[1]
 
     # --- writing (under lock()) ----------------------------------------------------------------------
 
@@ -277,7 +286,11 @@ class Store:
         table = self.table(space.table)
         if table is None:
             return None
-        return next((i.name for i in table.list_indices() if list(i.columns) == ["vector"]), None)
+        cached = self._indexes.get(space.table)
+        if cached is None or cached[0] != table.version:
+            name = next((i.name for i in table.list_indices() if list(i.columns) == ["vector"]), None)
+            self._indexes[space.table] = cached = (table.version, name)
+        return cached[1]
 
     def build_vector_index(self, space: SpaceRecord, min_rows: int = ANN_ROWS) -> bool:
         """Give a space of `min_rows` rows or more a vector index, or fold new rows into the one it has."""
