@@ -420,3 +420,50 @@ def test_without_the_default_sound_model_pictures_are_still_indexed(tmp_path, fo
     assert any(s.name.startswith("audio_video:") for s in index.spaces())
     with pytest.raises(sn.WeightsNotFoundError):  # a model asked for by name must be there
         sn.Index(tmp_path / "db2", image_model=models["image"], audio_model="pe-av-large", device="cpu").add(folder)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A real two-node Ray cluster on loopback: a head and a second node, one CPU each, stopped afterwards."""
+    ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable))
+    port = _free_port()
+    temp = tmp_path_factory.mktemp("ray")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    common = ["--num-cpus", "1", "--disable-usage-stats"]
+    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                    "--include-dashboard", "false", "--temp-dir", str(temp), *common],
+                   check=True, capture_output=True, env=env, timeout=120)
+    try:
+        subprocess.run([ray_bin, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
+                        *common], check=True, capture_output=True, env=env, timeout=120)
+        yield f"127.0.0.1:{port}"
+    finally:
+        import ray
+
+        ray.shutdown()
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def test_ray_index_equals_the_local_index(tmp_path, folder, models, ray_cluster):
+    import ray
+
+    local = make_index(tmp_path / "local", models)
+    local.add(folder)
+    distributed = make_index(tmp_path / "ray", models)
+    report = distributed.add(folder, ray=ray_cluster)
+    assert len(ray.nodes()) == 2 and all(node["Alive"] for node in ray.nodes())
+    assert report.nodes == 2  # both nodes embedded files
+    assert sorted(report.indexed) == sorted(str(folder / n) for n in
+                                            ("cat.png", "dog.mp4", "sub/dog_small.png", "speech.wav", "train.mp4"))
+    assert sorted(report.failed) == [str(folder / "corrupt.mp4"), str(folder / "notmedia.mp3")]
+    assert same_rows(rows_of(distributed), rows_of(local))
+    # resumed: the manifest is consulted first, so an unchanged folder sends nothing to the cluster
+    assert distributed.add(folder, ray=ray_cluster).unchanged == 5

@@ -49,3 +49,15 @@ def test_decode_round_trip(tokenizers):
 def test_rejects_non_strings(tokenizers):
     with pytest.raises(TypeError, match="position 1"):
         tokenizers[32](["ok", 3])
+
+
+def test_a_used_clip_tokenizer_pickles_with_its_model():
+    """A model is shipped to Ray workers by pickle; the tokenizer's cache must not stop it."""
+    import pickle
+
+    from sensorium.text.clip_bpe import ClipTokenizer
+
+    tokenizer = ClipTokenizer()
+    ids = tokenizer.encode("a photo of a cat")
+    copy = pickle.loads(pickle.dumps(tokenizer))
+    assert copy.encode("a photo of a cat") == ids

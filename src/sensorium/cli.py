@@ -715,7 +715,8 @@ def run_index(args) -> int:
             return EXIT_OK
         report = index.add(args.inputs, fps=args.fps, segment=args.segment, window=args.window, hop=args.hop,
                            retry_failed=args.retry_failed, wait=args.wait or 0.0, batch_size=args.batch_size,
-                           workers=args.workers, progress=not args.quiet, commit_every=args.commit_every)
+                           workers=args.workers, progress=not args.quiet, commit_every=args.commit_every,
+                           ray=args.ray)
     except IndexBusyError as err:
         return _fail("index", err)
     except (SensoriumError, ValueError, OSError) as err:  # a model that cannot be loaded, a collection that cannot

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 
-from sensorium.index.build import COMMIT_FILES, Indexer, Models, Options, Report
+from sensorium.index.build import COMMIT_FILES, Indexer, Options, Report
+from sensorium.index.spaces import Models
 from sensorium.index.search import Hit, Searcher
 from sensorium.index.store import (FileRecord, IndexBusyError, SpaceRecord, Store, columns, default_location,
                                    is_remote)
@@ -41,13 +42,14 @@ class Index:
 
     def add(self, paths, fps: float = 1.0, segment: float = 4.0, window: float = 10.0, hop: float = 5.0,
             retry_failed: bool = False, wait: float = 0.0, batch_size: int = 32, workers: int | None = None,
-            progress: bool = False, commit_every: int = COMMIT_FILES) -> Report:
+            progress: bool = False, commit_every: int = COMMIT_FILES, ray: str | None = None) -> Report:
         """Index files, folders (recursively) and globs; see sensorium.index.build for what is redone.
-        Work is committed every `commit_every` files (and every 20 s): a killed run loses at most that."""
+        Work is committed every `commit_every` files (and every 20 s): a killed run loses at most that.
+        `ray="auto"` (or a cluster address) runs the embedding on Ray Data (sensorium.index.distributed)."""
         from sensorium.tasks.inputs import as_input_list
 
         indexer = Indexer(self.store, self.models, Options(fps, segment, window, hop), batch_size, workers, progress,
-                          commit_every)
+                          commit_every, ray)
         return indexer.add(as_input_list(paths, "paths"), retry_failed, wait)
 
     def remove(self, paths, wait: float = 0.0) -> int:

@@ -23,6 +23,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from sensorium.errors import WeightsNotFoundError
+from sensorium.index.spaces import Models
 from sensorium.index.store import FileRecord, SpaceRecord, Store, content_hash, rows_schema
 from sensorium.tasks.inputs import MediaItem, expand_inputs
 
@@ -60,49 +61,11 @@ class Report:
     still_failed: dict[str, str] = field(default_factory=dict)  # failed before, unchanged, not retried
     rows: int = 0
     seconds: float = 0.0
+    nodes: int = 0  # Ray nodes that did the work (0: this process)
 
     @property
     def ok(self) -> bool:
         return not self.failed
-
-
-@dataclass
-class Models:
-    """The models an Index uses, loaded on first use and kept."""
-
-    image: str | object | None
-    audio: str | object | None
-    device: str = "auto"
-    dtype: object = None
-    _loaded: dict = field(default_factory=dict)
-
-    def get(self, kind: str):
-        from sensorium.index.spaces import default_model
-        from sensorium.loading import load
-
-        if kind not in self._loaded:
-            source = getattr(self, kind) or default_model(kind, self.device)
-            model = load(source, device=self.device, dtype=self.dtype) if isinstance(source, (str, os.PathLike)) \
-                else source
-            self._check(kind, model)
-            self._loaded[kind] = model
-        return self._loaded[kind]
-
-    @staticmethod
-    def _check(kind: str, model) -> None:
-        from sensorium.errors import CapabilityError
-        from sensorium.tasks.audiovisual import is_audio_visual
-        from sensorium.tasks.capabilities import ImageTextEmbedder
-
-        if kind == "image" and not isinstance(model, ImageTextEmbedder):
-            raise CapabilityError(f"{model.name} cannot embed images and text; the image model must be a PE-Core model")
-        if kind == "image" and not getattr(model, "has_text", True):
-            import warnings
-
-            warnings.warn(f"{model.name} was loaded without its text tower ({model.text_missing}): this collection "
-                          "can be searched by example (--like) but not by text", stacklevel=3)
-        if kind == "audio" and not is_audio_visual(model):
-            raise CapabilityError(f"{model.name} cannot embed sound and text; the audio model must be a PE-AV model")
 
 
 def _stat(path: str) -> tuple[int, int]:
@@ -124,10 +87,13 @@ def _policy(modality: str, options: Options, spaces: dict[str, SpaceRecord]) -> 
 
 class Indexer:
     def __init__(self, store: Store, models: Models, options: Options, batch_size: int = 32,
-                 workers: int | None = None, progress: bool = False, commit_every: int = COMMIT_FILES):
+                 workers: int | None = None, progress: bool = False, commit_every: int = COMMIT_FILES,
+                 ray: str | None = None):
         self.store, self.models, self.options = store, models, options
         self.batch_size, self.workers, self.progress = batch_size, workers, progress
         self.commit_every = commit_every
+        self.ray = ray  # None: this process; "auto" or a cluster address: Ray Data (index/distributed.py)
+        self.ray_nodes: set[str] = set()  # the Ray nodes that embedded files in this run
         self.sound_missing: str | None = None  # why sound is not indexed in this run
 
     # --- planning --------------------------------------------------------------------------------------
@@ -192,6 +158,7 @@ class Indexer:
             for space in spaces.values():
                 self.store.build_vector_index(space)
         report.seconds = time.perf_counter() - started
+        report.nodes = len(self.ray_nodes)
         return report
 
     def _spaces(self, needed: set[str]) -> dict[str, SpaceRecord]:
@@ -249,8 +216,14 @@ class Indexer:
             workers = default_workers() if self.workers is None else self.workers
             works = [FileWork(item, path, stat, _policy(item.modality, self.options, spaces))
                      for item, path, stat, _ in work]
-            pipeline = Pipeline(self.models, self.options, spaces, self.batch_size, workers, self.sound_missing)
-            for item, (record, rows) in zip((w.item for w in works), pipeline.run(works)):
+            if self.ray is not None:
+                from sensorium.index.distributed import run_on_ray
+
+                results = run_on_ray(self, works, spaces, self.ray)
+            else:
+                pipeline = Pipeline(self.models, self.options, spaces, self.batch_size, workers, self.sound_missing)
+                results = zip((w.item for w in works), pipeline.run(works))
+            for item, (record, rows) in results:
                 if record.status == "failed":
                     report.failed[item.path] = record.error
                 else:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +99,41 @@ def embed_query_texts(model, space: SpaceRecord, texts: list[str]) -> np.ndarray
     from sensorium.tasks.audiovisual import encode_texts
 
     return encode_texts(model, texts, space.text_head).cpu().numpy().astype(np.float32)
+
+
+@dataclass
+class Models:
+    """The models an Index uses, loaded on first use and kept."""
+
+    image: str | object | None
+    audio: str | object | None
+    device: str = "auto"
+    dtype: object = None
+    _loaded: dict = field(default_factory=dict)
+
+    def get(self, kind: str):
+        from sensorium.loading import load
+
+        if kind not in self._loaded:
+            source = getattr(self, kind) or default_model(kind, self.device)
+            model = load(source, device=self.device, dtype=self.dtype) if isinstance(source, (str, os.PathLike)) \
+                else source
+            self._check(kind, model)
+            self._loaded[kind] = model
+        return self._loaded[kind]
+
+    @staticmethod
+    def _check(kind: str, model) -> None:
+        from sensorium.errors import CapabilityError
+        from sensorium.tasks.audiovisual import is_audio_visual
+        from sensorium.tasks.capabilities import ImageTextEmbedder
+
+        if kind == "image" and not isinstance(model, ImageTextEmbedder):
+            raise CapabilityError(f"{model.name} cannot embed images and text; the image model must be a PE-Core model")
+        if kind == "image" and not getattr(model, "has_text", True):
+            import warnings
+
+            warnings.warn(f"{model.name} was loaded without its text tower ({model.text_missing}): this collection "
+                          "can be searched by example (--like) but not by text", stacklevel=3)
+        if kind == "audio" and not is_audio_visual(model):
+            raise CapabilityError(f"{model.name} cannot embed sound and text; the audio model must be a PE-AV model")

@@ -36,6 +36,8 @@ INDEX = TaskSpec(
                action="store_true"),
         Option(("--export",), "write every row (with its float32 vector) to this Parquet file, and exit",
                metavar="FILE.parquet"),
+        Option(("--ray",), "embed on a Ray cluster: auto (the one `ray start` made, or a local one) or its "
+               "address (pip install 'sensorium[ray]')", nargs="?", const="auto", metavar="ADDRESS"),
         Option(("--commit-every",), "files per commit (default 64): a run killed at any moment loses at most "
                "this much work, and a new run goes on from there", type=positive_int, default=64),
         Option(("-b", "--batch-size"), "frames per forward pass (default 32)", type=positive_int, default=32),

@@ -126,12 +126,13 @@ class Option:
     action: str | None = None  # "store_true", "append"
     metavar: str | None = None
     nargs: str | None = None
+    const: Any = None  # the value of an option given without one (nargs="?")
     required: bool = False
     exclusive: str | None = None  # options sharing a name are mutually exclusive (one required if any is)
 
     def argparse_kwargs(self) -> dict:
         named = {"help": self.help, "type": self.type, "choices": self.choices, "action": self.action,
-                 "metavar": self.metavar, "nargs": self.nargs}
+                 "metavar": self.metavar, "nargs": self.nargs, "const": self.const}
         kwargs = {k: v for k, v in named.items() if v is not None}
         if self.default is not None or self.action == "append":
             kwargs["default"] = [] if self.action == "append" and self.default is None else self.default

@@ -77,6 +77,15 @@ class ClipTokenizer:
         )
         self._bpe = lru_cache(maxsize=100_000)(self._bpe_uncached)
 
+    def __getstate__(self) -> dict:
+        # the per-instance cache is a wrapper of a bound method, which pickle cannot carry (a model shipped to
+        # Ray workers or another process takes its tokenizer along); it is rebuilt empty on the other side
+        return {k: v for k, v in self.__dict__.items() if k != "_bpe"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._bpe = lru_cache(maxsize=100_000)(self._bpe_uncached)
+
     def _bpe_uncached(self, word: str) -> tuple[str, ...]:
         if word in (SOT_TOKEN, EOT_TOKEN):
             return (word,)
