@@ -16,27 +16,13 @@ from sensorium.tasks.inputs import MediaItem, modality_of
 def example_vectors(path: str, spaces: dict[str, SpaceRecord], model_for) -> dict[str, np.ndarray]:
     import os
 
-    from sensorium.media.probe import probe
+    from sensorium.index.pipeline import content_kind
 
     if not os.path.isfile(path):
         raise MediaError(path, "no such file" if not os.path.exists(path) else "not a file")
-    kind = modality_of(path)
-    sound = pictures = False
-    if kind != "image":
-        try:
-            streams = probe(path)
-        except MediaError:
-            if kind != "unknown":
-                raise
-            kind = "image"
-        else:
-            kind = "image" if streams.still else "video" if streams.video else "audio" if streams.audio else None
-            if kind is None:
-                raise MediaError(path, "no audio or video stream")
-            sound, pictures = streams.audio, streams.video and not streams.still
-    wanted = {"image"} if kind == "image" else set()
-    if pictures:
-        wanted.add("image")
+    kind, sound = content_kind(path, modality_of(path))
+    pictures = kind == "video"
+    wanted = {"image"} if kind in ("image", "video") else set()
     if sound:
         wanted.add("audio_video" if pictures else "audio")
     queries = {}

@@ -56,6 +56,28 @@ class FileWork:
     ended: bool = False
 
 
+def content_kind(path: str, named: str) -> tuple[str, bool]:
+    """(image | video | audio, has sound) from the file's streams, not its name (`named`: the extension's
+    guess; an image is not probed, an unknown name that FFmpeg cannot open is left to Pillow)."""
+    from sensorium.media.probe import probe
+
+    if named == "image":
+        return "image", False
+    try:
+        streams = probe(path)
+    except MediaError:
+        if named != "unknown":
+            raise
+        return "image", False  # perhaps a picture under an unknown name: Pillow decides
+    if streams.still:
+        return "image", False
+    if streams.video:
+        return "video", streams.audio
+    if streams.audio:
+        return "audio", True
+    raise MediaError(path, "no audio or video stream")
+
+
 class Pipeline:
     def __init__(self, models, options, spaces: dict[str, SpaceRecord], batch_size: int, workers: int,
                  sound_missing: str | None = None):
@@ -67,27 +89,9 @@ class Pipeline:
 
     def units(self, work: FileWork):
         """Everything the main thread needs of one file, decoded as it is asked for."""
-        from sensorium.media.probe import probe
-
         item = work.item
         work.hash = content_hash(work.path)
-        modality, streams = item.modality, None
-        if modality != "image":
-            try:
-                streams = probe(work.path)
-            except MediaError:
-                if modality != "unknown":
-                    raise
-                modality = "image"  # perhaps a picture under an unknown name: Pillow decides
-            else:
-                if streams.still:
-                    modality = "image"
-                elif streams.video:
-                    modality = "video"
-                elif streams.audio:
-                    modality = "audio"
-                else:
-                    raise MediaError(work.path, "no audio or video stream")
+        modality, sound = content_kind(work.path, item.modality)
         work.modality = modality
         yield ("begin", None)
         if modality == "image":
@@ -96,8 +100,7 @@ class Pipeline:
             yield from self._video_frames(work)
         if modality == "audio" and self.sound_missing is not None:
             raise MediaError(work.path, self.sound_missing)
-        if self.sound_missing is None and (
-                modality == "audio" or (modality == "video" and streams is not None and streams.audio)):
+        if self.sound_missing is None and (modality == "audio" or (modality == "video" and sound)):
             yield from self._sound(work, "audio" if modality == "audio" else "auto")
 
     def _image(self, item: MediaItem) -> np.ndarray:

@@ -81,8 +81,7 @@ class Searcher:
             return cached
         data = columns(table, [*META, "vector"])
         keep = np.array([c in live for c in data.column("commit").to_pylist()], dtype=bool)
-        flat = data.column("vector").combine_chunks()
-        vectors = np.asarray(flat.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, space.dim)
+        vectors = _vectors(data, space.dim)
         meta = {name: [v for v, k in zip(data.column(name).to_pylist(), keep) if k] for name in META}
         rows = SpaceRows(table.version, np.ascontiguousarray(vectors[keep]), meta)
         self._cache[space.table] = rows
@@ -168,10 +167,15 @@ class Searcher:
         offsets = np.sort(np.random.default_rng(0).choice(count, size=min(count, SAMPLE_ROWS), replace=False))
         data = table.take_offsets(offsets.tolist()).select(["commit", "vector"]).to_arrow()
         keep = np.array([c in live for c in data.column("commit").to_pylist()], dtype=bool)
-        flat = data.column("vector").combine_chunks()
-        vectors = np.asarray(flat.values.to_numpy(zero_copy_only=False), np.float32).reshape(-1, space.dim)[keep]
+        vectors = _vectors(data, space.dim)[keep]
         self._samples[space.table] = (table.version, vectors)
         return vectors
+
+
+def _vectors(data, dim: int) -> np.ndarray:
+    """The fixed-size-list `vector` column of an Arrow table as float32 [rows, dim]."""
+    flat = data.column("vector").combine_chunks()
+    return np.asarray(flat.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
 
 
 def locate(hits: list[Hit], query: str, model, threshold: float = 0.3) -> list[Hit]:
