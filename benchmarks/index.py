@@ -4,12 +4,17 @@ the re-index of an unchanged folder.
     python benchmarks/pe_core.py setup              # once: the timm venv that writes random PE-Core weights
     python benchmarks/index.py throughput [--images 200] [--videos 4] [--rounds 2]
     python benchmarks/index.py search [--rows 10000 100000] [--dim 1024] [--queries 200]
+    python benchmarks/index.py sound [--images 20] [--sounds 6] [--videos 2] [--rounds 2]
     python benchmarks/index.py reindex [--files 10000]
 
 throughput: `sensorium index` over a mixed folder (photo-sized JPEGs and 10 s videos) with PE-Core-B16-224 at its
 real geometry (random weights, timm layout) against the model-only bound: the same frames, decoded and resized
 beforehand, through the same model in batches of 32. The index run pays for everything else (hashing, probing,
 decoding, resizing, Lance writes); the goal is >= 80 % of the bound.
+
+sound: the same with sound: JPEGs, 30 s recordings and 10 s videos with an AAC track, PE-AV at
+pe-av-small-16-frame's geometry (the CPU default; random weights written by transformers) beside PE-Core-B16-224;
+the bound adds every PE-AV window the index encodes, decoded beforehand by the index's own readers.
 
 search: synthetic clustered unit vectors in one space (one file per 20 rows), exact search below the vector-index
 threshold and IVF_HNSW_SQ with refinement above it; p50/p99 over `--queries` text-free queries (the query vector
@@ -150,6 +155,158 @@ def throughput(images: int, videos: int, rounds: int) -> None:
           f"files/s | bound {files / model_s:.2f} files/s | {100 * model_s / index_s:.0f} % of the bound |")
 
 
+def _sound_weights() -> Path:
+    """Random weights at pe-av-small-16-frame's geometry (the CPU default sound model), written by transformers."""
+    sys.path.insert(0, str(HERE))
+    from pe_av import SMALL_WEIGHTS
+
+    if not (SMALL_WEIGHTS / "model.safetensors").exists():
+        subprocess.run([str(HERE / ".venv-timm" / "bin" / "python"), str(HERE / "pe_av.py"), "make", "small"], check=True)
+        # the tokenizer `load` attaches (indexing embeds no text; the test fixture's is enough to load)
+        shutil.copyfile(ROOT / "tests" / "fixtures" / "pe_av" / "tokenizer.json",
+                        SMALL_WEIGHTS / "tokenizer.json")
+    return SMALL_WEIGHTS
+
+
+def _make_sound(path: Path, seconds: int, seed: int) -> None:
+    """A 44.1 kHz stereo WAV: tones that change every second, over noise."""
+    import wave
+
+    import numpy as np
+
+    rng, rate = np.random.default_rng(seed), 44100
+    t = np.arange(rate) / rate
+    tones = [0.3 * np.sin(2 * np.pi * rng.uniform(100, 4000) * t) for _ in range(seconds)]
+    mono = np.concatenate(tones) + 0.05 * rng.standard_normal(seconds * rate)
+    pcm = (np.clip(np.stack([mono, mono[::-1]], axis=1), -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(2)
+        f.setsampwidth(2)
+        f.setframerate(rate)
+        f.writeframes(pcm.tobytes())
+
+
+def _make_video_with_sound(path: Path, seconds: int, seed: int) -> None:
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
+        sound = container.add_stream("aac", rate=48000, layout="stereo")
+        base = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
+        for t in range(25 * seconds):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.roll(base, 4 * t, axis=1), format="rgb24")):
+                container.mux(packet)
+        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(48000 * seconds) / 48000)).astype(np.float32)
+        for start in range(0, len(tone), 1024):
+            chunk = np.ascontiguousarray(np.stack([tone[start:start + 1024]] * 2))
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts = 48000, start
+            for packet in sound.encode(frame):
+                container.mux(packet)
+        for out in (stream, sound):
+            for packet in out.encode():
+                container.mux(packet)
+
+
+def _sound_folder(images: int, sounds: int, videos: int) -> Path:
+    sys.path.insert(0, str(HERE))
+    from pe_core import make_jpegs
+
+    folder = OUT / f"sound-{images}-{sounds}-{videos}"
+    make_jpegs(images, folder, size=(1280, 960))
+    for i in range(sounds):
+        if not (folder / f"rec{i:02d}.wav").exists():
+            _make_sound(folder / f"rec{i:02d}.wav", seconds=30, seed=i)
+    for i in range(videos):
+        if not (folder / f"talk{i:02d}.mp4").exists():
+            _make_video_with_sound(folder / f"talk{i:02d}.mp4", seconds=10, seed=i)
+    return folder
+
+
+def sound_bound(folder: Path, image_weights: Path, sound_weights: Path) -> dict:
+    """Seconds of the models alone on what the index reads of a folder with sound: the picture frames (batches of
+    32, as model_bound) and every PE-AV window (window rows, and the 30 s windows of a file row when the file is
+    longer than one window), each decoded beforehand with the index's own readers."""
+    sys.path.insert(0, str(ROOT / "src"))
+    import numpy as np
+    import torch
+
+    import sensorium as sn
+    from sensorium.features.image import pe_normalize, pe_resize
+    from sensorium.media.image import open_image
+    from sensorium.media.video import FixedRate, Uniform, VideoReader
+    from sensorium.tasks.audiovisual import WINDOW_SECONDS, WindowReader, encode_window
+    from sensorium.tasks.inputs import MediaItem
+    from sensorium.tasks.visual import pe_resize_array
+
+    image = sn.load(str(image_weights), config=MODEL, device="cpu")
+    sound = sn.load(str(sound_weights), device="cpu")
+    frames, windows = [], []
+    for path in sorted(folder.iterdir()):
+        if path.suffix == ".jpg":
+            frames.append(pe_resize(open_image(str(path)), image.image_size))
+            continue
+        if path.suffix == ".mp4":
+            with VideoReader(str(path)) as video:
+                wanted = sorted(set(video.sample(Uniform(8))) | set(video.sample(FixedRate(1.0))))
+                frames += [pe_resize_array(rgb, image.image_size) for _, _, rgb in video.frames(wanted)]
+        item = MediaItem(str(path), "audio" if path.suffix == ".wav" else "video")
+        with WindowReader(sound, item, "audio" if path.suffix == ".wav" else "auto", 10.0, 5.0) as reader:
+            kind = reader.kind
+            windows += [(kind, a, v) for _, _, a, v in reader]
+            whole = not (len(reader.spans) == 1 and reader.duration <= 10.0)
+        if whole:
+            with WindowReader(sound, item, kind, WINDOW_SECONDS, WINDOW_SECONDS) as reader:
+                windows += [(kind, a, v) for _, _, a, v in reader]
+    frames = np.stack(frames)
+    with torch.inference_mode():
+        image.encode_image(pe_normalize(frames[:32]), normalize=False)  # warm-up
+        encode_window(sound, *windows[0])
+        start = time.perf_counter()
+        for i in range(0, len(frames), 32):
+            image.encode_image(pe_normalize(frames[i:i + 32]), normalize=False)
+        image_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for window in windows:
+            encode_window(sound, *window)
+        sound_s = time.perf_counter() - start
+    kinds = {k: sum(w[0] == k for w in windows) for k in ("audio", "audio_video")}
+    return {"frames": len(frames), "windows": kinds, "model_s": image_s + sound_s, "image_s": image_s,
+            "sound_s": sound_s}
+
+
+def sound_throughput(images: int, sounds: int, videos: int, rounds: int) -> None:
+    print(f"machine: {machine()}")
+    weights, sound_weights = _weights(), _sound_weights()
+    folder = _sound_folder(images, sounds, videos)
+    files = images + sounds + videos
+    runs, bounds = [], []
+    for r in range(rounds):
+        db = OUT / "index-sound-db"
+        shutil.rmtree(db, ignore_errors=True)
+        command = [sys.executable, "-m", "sensorium.cli", "index", str(folder), "--db", str(db), "--image-model",
+                   str(weights), "--audio-model", str(sound_weights), "--device", "cpu", "-q"]
+        run = subprocess.run(command, capture_output=True, text=True, env=_env())
+        if run.returncode:
+            raise RuntimeError(run.stderr[-3000:])
+        runs.append(float(re.search(r"in ([\d.]+) s", run.stderr).group(1)))
+        bound = subprocess.run([sys.executable, __file__, "sound-bound", str(folder), str(weights), str(sound_weights)],
+                               capture_output=True, text=True, env=_env())
+        if bound.returncode:
+            raise RuntimeError(bound.stderr[-3000:])
+        bounds.append(json.loads(bound.stdout.strip().splitlines()[-1]))
+        b = bounds[-1]
+        print(f"  round {r + 1}: index {runs[-1]:.1f} s; models alone {b['model_s']:.1f} s ({b['frames']} frames "
+              f"{b['image_s']:.1f} s, windows {b['windows']} {b['sound_s']:.1f} s)", file=sys.stderr)
+    index_s, model_s = statistics.median(runs), statistics.median(b["model_s"] for b in bounds)
+    print(f"| {images} JPEGs + {sounds} recordings 30 s + {videos} videos 10 s with sound ({bounds[0]['frames']} frames, "
+          f"{bounds[0]['windows']} windows) | {files / index_s:.2f} files/s ({index_s:.1f} s) | bound "
+          f"{files / model_s:.2f} files/s ({model_s:.1f} s) | {100 * model_s / index_s:.0f} % of the bound |")
+
+
 def _synthetic(store_path: Path, rows: int, dim: int, per_file: int = 20):
     sys.path.insert(0, str(ROOT / "src"))
     import numpy as np
@@ -271,6 +428,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "bound":
         print(json.dumps(model_bound(Path(sys.argv[2]), Path(sys.argv[3]))))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "sound-bound":
+        print(json.dumps(sound_bound(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))))
+        return
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("throughput")
@@ -281,11 +441,18 @@ def main() -> None:
     s.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
     s.add_argument("--dim", type=int, default=1024)
     s.add_argument("--queries", type=int, default=200)
+    a = sub.add_parser("sound", help="a folder with recordings and videos with sound (PE-AV at pe-av-small's geometry)")
+    a.add_argument("--images", type=int, default=20)
+    a.add_argument("--sounds", type=int, default=6)
+    a.add_argument("--videos", type=int, default=2)
+    a.add_argument("--rounds", type=int, default=2)
     r = sub.add_parser("reindex")
     r.add_argument("--files", type=int, default=10_000)
     args = parser.parse_args()
     if args.command == "throughput":
         throughput(args.images, args.videos, args.rounds)
+    elif args.command == "sound":
+        sound_throughput(args.images, args.sounds, args.videos, args.rounds)
     elif args.command == "search":
         search(args.rows, args.dim, args.queries)
     else:

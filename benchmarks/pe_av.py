@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 TIMM_VENV = HERE / ".venv-timm"
 WEIGHTS = OUT / "pe-av-base-random"
+SMALL_WEIGHTS = OUT / "pe-av-small-16-frame"  # random weights at pe-av-small's geometry
 CLIP_SECONDS = 30.0
 RATE = 48000
 
@@ -49,33 +50,38 @@ def setup() -> None:
 # Workers (each runs in a fresh process)
 
 
-def configs():
+def configs(size: str = "base"):
+    """transformers configs at pe-av-base's geometry, or pe-av-small's (768 wide, 6 heads, 12 audio layers)."""
     text = dict(vocab_size=50368, hidden_size=1024, intermediate_size=2624, num_hidden_layers=22,
                 num_attention_heads=16, global_attn_every_n_layers=3, local_attention=128,
                 pad_token_id=50283, cls_token_id=50281, sep_token_id=50282, bos_token_id=50281, eos_token_id=50282,
                 tie_last_hidden_states=False)
 
+    width, ffn, heads, audio_layers = (768, 2048, 6, 12) if size == "small" else (1024, 2752, 8, 16)
+
     def encoder(layers):
-        return dict(hidden_size=1024, intermediate_size=2752, num_hidden_layers=layers, num_attention_heads=8,
+        return dict(hidden_size=width, intermediate_size=ffn, num_hidden_layers=layers, num_attention_heads=heads,
                     head_dim=128, num_key_value_heads=8, max_position_embeddings=10000, rms_norm_eps=1e-5,
                     rope_parameters={"rope_type": "default", "rope_theta": 20000.0})
 
     dac = dict(encoder_hidden_size=64, downsampling_ratios=[2, 8, 10, 12], codebook_size=1024, codebook_dim=128)
     vision = dict(architecture="vit_pe_core_large_patch14_336", num_labels=1024, global_pool="map", do_pooling=True)
-    audio = {**encoder(16), "dac_config": dac}
+    audio = {**encoder(audio_layers), "dac_config": dac}
     video = {**encoder(5), "vision_config": vision}
     return text, audio, video, encoder(5)
 
 
-def make_weights() -> None:
+def make_weights(size: str = "base") -> None:
+    """Random weights written by transformers' save_pretrained. "small" (for benchmarks/index.py) goes into a
+    folder named after pe-av-small-16-frame, so that the folder name says it reads 16 frames per video."""
     import torch
     from transformers import PeAudioVideoConfig, PeAudioVideoModel
 
-    text, audio, video, fusion = configs()
+    text, audio, video, fusion = configs(size)
     torch.manual_seed(0)
     model = PeAudioVideoModel(PeAudioVideoConfig(text_config=text, audio_video_config=dict(
         audio_config=audio, video_config=video, **fusion)))
-    model.save_pretrained(WEIGHTS)
+    model.save_pretrained(SMALL_WEIGHTS if size == "small" else WEIGHTS)
     print(sum(p.numel() for p in model.parameters()))
 
 
@@ -229,7 +235,7 @@ def main() -> None:
         worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "make":
-        make_weights()
+        make_weights(sys.argv[2] if len(sys.argv) > 2 else "base")
         return
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)

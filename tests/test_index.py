@@ -265,6 +265,33 @@ def test_command_line_index_status_search_export(tmp_path, folder, av_dir, capsy
     assert all(not r.path.endswith("dog.mp4") for r in sn.Index(db).files())
 
 
+def test_an_unchanged_run_does_not_load_the_models(tmp_path, folder, tiny_entries, av_dir, monkeypatch, capsys):
+    import sensorium.loading
+    from sensorium.cli import main
+
+    weights = shutil.copytree(av_dir, tmp_path / "av")
+    db = str(tmp_path / "db")
+    args = ["index", str(folder), "--image-model", "test-clip_tiny", "--audio-model", str(weights), "-q", "--db", db,
+            "--device", "cpu"]
+    assert main(args) == 1  # two bad files
+    spaces = {s.table for s in sn.Index(db).spaces()}
+    loaded, real = [], sensorium.loading.load
+    monkeypatch.setattr(sensorium.loading, "load", lambda source, **kw: loaded.append(str(source)) or real(source, **kw))
+    assert main(args) == 0  # the bad files are unchanged: reported, not failed again
+    assert loaded == [] and "unchanged" in capsys.readouterr().err
+    shutil.copyfile(MEDIA / "cat.png", folder / "cat2.png")  # a new picture: the image model, not the sound one
+    assert main(args) == 0
+    assert loaded == ["test-clip_tiny"]
+    for f in weights.iterdir():  # the sound model's files rewritten (same content): loaded again, same spaces
+        os.utime(f, ns=(time.time_ns(), time.time_ns()))
+    shutil.copyfile(MEDIA / "speech.wav", folder / "speech2.wav")
+    assert main(args) == 0
+    assert loaded[1:] == [str(weights)]
+    assert {s.table for s in sn.Index(db).spaces()} == spaces
+    assert main(["search", "--like", str(folder / "speech.wav"), "-k", "2", "--db", db, "--device", "cpu"]) == 0
+    assert "speech2.wav" in capsys.readouterr().out
+
+
 RUNNER = FIXTURES.parent / "cli_runner.py"
 
 

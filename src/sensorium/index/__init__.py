@@ -166,30 +166,39 @@ class Index:
             self._query_models[space.model] = model
         return self._query_models[space.model]
 
-    def export(self, path: str | os.PathLike) -> int:
+    def export(self, path: str | os.PathLike, batch_rows: int = 8192) -> int:
         """Every live row of every space to a Parquet file (the search result schema with `vector`
-        list<float32> in place of the scores); returns the number of rows. Written beside, then renamed."""
+        list<float32> in place of the scores); returns the number of rows. The rows stream through in batches
+        of `batch_rows` (a collection larger than memory exports); written beside, then renamed."""
         import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         path = os.fspath(path)
-        live = {r.commit for r in self.files() if r.status == "indexed"}
-        schema = pa.schema([("path", pa.string()), ("file_id", pa.string()), ("modality", pa.string()),
-                            ("kind", pa.string()), ("start", pa.float64()), ("end", pa.float64()),
-                            ("space", pa.string()), ("policy", pa.string()), ("vector", pa.list_(pa.float32()))])
+        live = pa.array(sorted(r.commit for r in self.files() if r.status == "indexed"), type=pa.string())
+        names = ["path", "file_id", "modality", "kind", "start", "end", "space", "policy"]
+        schema = pa.schema([*((n, pa.float64() if n in ("start", "end") else pa.string()) for n in names),
+                            ("vector", pa.list_(pa.float32()))])
         partial = path + ".partial"
         total = 0
-        with pq.ParquetWriter(partial, schema) as writer:
-            for space in self.spaces():
-                rows = self._searcher.rows(space, live)
-                if rows is None or not len(rows.vectors):
-                    continue
-                data = {name: rows.meta[name] for name in ("path", "file_id", "modality", "kind", "start", "end")}
-                data["space"] = [space.name] * len(rows.vectors)
-                data["policy"] = rows.meta["policy"]
-                data["vector"] = pa.array(list(rows.vectors), type=pa.list_(pa.float32()))
-                writer.write_table(pa.table(data, schema=schema))
-                total += len(rows.vectors)
+        try:
+            with pq.ParquetWriter(partial, schema) as writer:
+                for space in self.spaces():
+                    table = self.store.table(space.table)
+                    if table is None:
+                        continue
+                    reader = table.search().select([*names, "commit", "vector"]).limit(None).to_batches(batch_rows)
+                    for batch in reader:
+                        batch = batch.filter(pc.is_in(batch.column("commit"), value_set=live))
+                        if not batch.num_rows:
+                            continue
+                        data = [batch.column(n) for n in names]
+                        data.append(pc.cast(batch.column("vector"), pa.list_(pa.float32())))
+                        writer.write_table(pa.Table.from_arrays(data, schema=schema))
+                        total += batch.num_rows
+        except BaseException:
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise
         os.replace(partial, path)
         return total
-

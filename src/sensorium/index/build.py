@@ -163,15 +163,13 @@ class Indexer:
 
     def _spaces(self, needed: set[str]) -> dict[str, SpaceRecord]:
         """The spaces this run writes: "image" (PE-Core), "sound" (PE-AV audio) and "sound_av" (PE-AV audio-visual)."""
-        from sensorium.index.spaces import space_for
-
         taken = self.store.spaces()
         spaces = {}
         if "image" in needed:
-            spaces["image"] = space_for(self.models.get("image"), "image", taken)
+            spaces["image"], = self._resolve("image", ("image",), taken)
         if "sound" in needed:
             try:
-                model = self.models.get("audio")
+                spaces["sound"], spaces["sound_av"] = self._resolve("audio", ("audio", "audio_video"), taken)
             except WeightsNotFoundError as err:
                 if self.models.audio is not None:
                     raise  # asked for by name: its absence is the run's error
@@ -179,12 +177,25 @@ class Indexer:
                 # with this reason, and a later run that has the model indexes the sound of these videos
                 self.sound_missing = f"no sound model: {str(err).splitlines()[0]}"
                 warnings.warn(f"{self.sound_missing}; indexing pictures only", stacklevel=3)
-            else:
-                spaces["sound"] = space_for(model, "audio", taken)
-                spaces["sound_av"] = space_for(model, "audio_video", taken)
         for space in spaces.values():
             self.store.add_space(space)
         return spaces
+
+    def _resolve(self, kind: str, roles: tuple[str, ...], taken: dict[str, SpaceRecord]) -> list[SpaceRecord]:
+        """The spaces of the `kind` model for `roles`. A source whose weights resolve to the file a past run loaded
+        names its spaces from the record of that run: a run with nothing to embed does not load the model."""
+        from sensorium.index.spaces import space_for
+
+        key = self.models.source_key(kind)
+        by_table = {record.table: record for record in taken.values()}
+        tables = self.store.sources().get(key) if key is not None else None
+        if tables is not None and len(tables) == len(roles) and all(t in by_table for t in tables):
+            return [by_table[t] for t in tables]
+        model = self.models.get(kind)
+        records = [space_for(model, role, taken) for role in roles]
+        if key is not None:
+            self.store.remember_source(key, [r.table for r in records])
+        return records
 
     @staticmethod
     def _gone(inputs, items, manifest, seen) -> list[str]:

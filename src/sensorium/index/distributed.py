@@ -61,8 +61,9 @@ def run_on_ray(indexer, works, spaces, address: str):
     if not ray.is_initialized():
         ray.init(address=None if address == "auto" else address, ignore_reinit_error=True, log_to_driver=False,
                  configure_logging=False)
-    # the models the driver loaded (and named the spaces with), shipped once through the object store
-    models = {kind: ray.put(model) for kind, model in indexer.models._loaded.items()}
+    # the driver loads the models the spaces need, shipped once through the object store
+    kinds = [kind for kind, space in (("image", "image"), ("audio", "sound")) if space in spaces]
+    models = {kind: ray.put(indexer.models.get(kind)) for kind in kinds}
     gpus = ray.cluster_resources().get("GPU", 0)
     actors = max(1, int(gpus) if gpus else min(len(works), int(ray.cluster_resources().get("CPU", 1))))
     items = [{"n": n, "item": w.item.path, "modality": w.item.modality, "path": w.path, "size": w.stat[0],

@@ -111,11 +111,27 @@ class Models:
     dtype: object = None
     _loaded: dict = field(default_factory=dict)
 
+    def source(self, kind: str):
+        return getattr(self, kind) or default_model(kind, self.device)
+
+    def source_key(self, kind: str) -> str | None:
+        """What identifies the model `kind` names without loading it: the source and the weights file it resolves
+        to (a hub snapshot's path names its commit; a local file's size and mtime stand for its content).
+        None for a model given as an object. WeightsNotFoundError when the weights are not on this machine."""
+        from sensorium.loading import resolve
+
+        source = self.source(kind)
+        if kind in self._loaded or not isinstance(source, (str, os.PathLike)):
+            return None
+        path = resolve(source).path
+        stat = path.stat()
+        return json.dumps([kind, str(source), str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+
     def get(self, kind: str):
         from sensorium.loading import load
 
         if kind not in self._loaded:
-            source = getattr(self, kind) or default_model(kind, self.device)
+            source = self.source(kind)
             model = load(source, device=self.device, dtype=self.dtype) if isinstance(source, (str, os.PathLike)) \
                 else source
             self._check(kind, model)

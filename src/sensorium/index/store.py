@@ -27,7 +27,7 @@ from pathlib import Path
 from sensorium.errors import SensoriumError
 
 FORMAT_VERSION = 1
-FILES, SPACES = "files", "spaces"
+FILES, SPACES, SOURCES = "files", "spaces", "sources"
 # A space with this many rows gets a vector index (IVF_HNSW_SQ, cosine); below it exact search is faster
 # (a matrix product over the vector column: 7-19 ms at 100k x 1024 on 2 cores, see BENCHMARKS.md).
 ANN_ROWS = 100_000
@@ -132,6 +132,11 @@ def spaces_schema():
                       ("text_head", pa.string())])
 
 
+def sources_schema():
+    pa = _arrow()
+    return pa.schema([("key", pa.string()), ("tables", pa.string())])
+
+
 def rows_schema(dim: int):
     """A space's rows; also the export schema (with `vector` float32)."""
     pa = _arrow()
@@ -206,6 +211,13 @@ class Store:
             return {}
         return {row["name"]: SpaceRecord(**row) for row in table.to_arrow().to_pylist()}
 
+    def sources(self) -> dict[str, list[str]]:
+        """What a model source resolved to before: {source key: its space tables} (spaces.Models.source_key)."""
+        table = self.table(SOURCES)
+        if table is None:
+            return {}
+        return {row["key"]: json.loads(row["tables"]) for row in table.to_arrow().to_pylist()}
+
     def live_commits(self) -> set[str]:
         """The commits of indexed files (read again only when the manifest has a new version)."""
         table = self.table(FILES)
@@ -260,6 +272,13 @@ class Store:
         table = self.table(SPACES, spaces_schema())
         if space.name not in self.spaces():
             table.add(pa.Table.from_pylist([space.to_row()], schema=spaces_schema()))
+
+    def remember_source(self, key: str, tables: list[str]) -> None:
+        """Record the spaces a model source makes, so that a run with nothing to embed need not load it."""
+        pa = _arrow()
+        batch = pa.Table.from_pylist([{"key": key, "tables": json.dumps(tables)}], schema=sources_schema())
+        self.table(SOURCES, sources_schema()).merge_insert("key").when_matched_update_all() \
+            .when_not_matched_insert_all().execute(batch)
 
     def commit(self, records: list[FileRecord], rows: dict[str, object]) -> None:
         """Append each space's rows (pyarrow tables keyed by space table name), then upsert the manifest rows:
