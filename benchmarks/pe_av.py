@@ -61,7 +61,7 @@ def configs(size: str = "base"):
 
     def encoder(layers):
         return dict(hidden_size=width, intermediate_size=ffn, num_hidden_layers=layers, num_attention_heads=heads,
-                    head_dim=128, num_key_value_heads=8, max_position_embeddings=10000, rms_norm_eps=1e-5,
+                    head_dim=128, num_key_value_heads=heads, max_position_embeddings=10000, rms_norm_eps=1e-5,
                     rope_parameters={"rope_type": "default", "rope_theta": 20000.0})
 
     dac = dict(encoder_hidden_size=64, downsampling_ratios=[2, 8, 10, 12], codebook_size=1024, codebook_dim=128)
@@ -104,7 +104,6 @@ def inputs(kind: str, count: int):
 def _transformers_parts(kind: str, dtype):
     """transformers' PeAudioModel or PeVideoModel holding its part of the PeAudioVideoModel file (its own
     from_pretrained loses the frame encoder's head size, transformers 5.23)."""
-    import torch
     from safetensors import safe_open
     from transformers import PeAudioConfig, PeAudioModel, PeVideoConfig, PeVideoModel
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -138,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     for spec, run in _commands():
         add_task(commands, spec).set_defaults(run=run, spec=spec)
     from sensorium.index.specs import INDEX, SEARCH
+    from sensorium.service.spec import SERVE
 
-    for spec, run in ((INDEX, run_index), (SEARCH, run_search)):
+    for spec, run in ((INDEX, run_index), (SEARCH, run_search), (SERVE, run_serve)):
         add_task(commands, spec).set_defaults(run=run, spec=spec)
     return parser
 
@@ -677,6 +679,42 @@ def run_transcribe(args) -> int:
     return _drain(args, "transcribe", len(items), rows,
                   lambda row, path: transcript_records(row, path, fmt, several=len(items) > 1), writer)
 
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The service
+
+
+def run_serve(args) -> int:
+    try:
+        import fastapi
+        import uvicorn
+
+        from sensorium.service import Limits, ServeConfig, serve
+    except ImportError as err:
+        return _fail("serve", f"the service needs its extra: pip install 'sensorium[service]' ({err})")
+    del fastapi, uvicorn  # (imported to check they are installed)
+    if not 0 < args.port < 65536:
+        return _fail("serve", f"--port must be between 1 and 65535, got {args.port}")
+    if not _check_device(args, "serve"):
+        return EXIT_USAGE
+    for folder in args.allow_path or ():
+        if not os.path.isdir(folder):
+            return _fail("serve", f"--allow-path {folder}: not a folder")
+    limits = Limits(max_body_bytes=args.max_body_mb << 20, max_media_seconds=args.max_media_seconds,
+                    max_tokens=args.max_tokens, request_timeout=args.timeout, queue_size=args.queue_size,
+                    max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                    generation_concurrency=args.generation_concurrency)
+    config = ServeConfig(host=args.host, port=args.port, models=tuple(args.model or ()), db=args.db,
+                         api_key=args.api_key or os.environ.get("SENSORIUM_API_KEY") or None, device=args.device,
+                         dtype=None if args.dtype == "auto" else args.dtype,
+                         allow_paths=tuple(os.path.abspath(p) for p in args.allow_path or ()),
+                         batching=not args.no_batching, limits=limits)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
+        print(f"sensorium serve: listening on {args.host} without an API key: anyone who can reach it can use it "
+              "(--api-key KEY)", file=sys.stderr)
+    serve(config)
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -95,8 +95,16 @@ class ChatModel(nn.Module):
                 on_tokens(token)
         return torch.stack(produced, dim=1)
 
+    def respond(self, inputs, stream: bool = False, max_new_tokens: int = 512, temperature: float = 0.0,
+                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                finish: dict | None = None):
+        """`chat` on inputs already processed (`process(conversations)`). `finish`, a dict, receives
+        "prompt_tokens", "completion_tokens" and "finish_reason" ("stop": a stop token; "length":
+        `max_new_tokens` reached) of one conversation once the reply is complete (streamed: once iterated)."""
+        return self._reply(inputs, stream, max_new_tokens, temperature, top_k, top_p, seed, finish)
+
     def _reply(self, inputs, stream: bool, max_new_tokens: int, temperature: float, top_k: int | None,
-               top_p: float | None, seed: int | None):
+               top_p: float | None, seed: int | None, finish: dict | None = None):
         """The reply to processed conversations: text, a list of texts, or (stream) an iterator of pieces."""
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -106,10 +114,17 @@ class ChatModel(nn.Module):
         if stream:
             if not inputs.single:
                 raise ValueError("stream=True takes one conversation")
-            return self._stream(model_inputs, options)
+            return self._stream(model_inputs, options, finish)
         with torch.inference_mode():
             ids = self._collect(self._token_steps(model_inputs, **options), None)
         replies = [self.reply_text(row) for row in ids]
+        if finish is not None:
+            stops = set(self.stop_tokens()) | {self.processor.pad_id}
+            row = ids[0].tolist()
+            ended = next((i for i, token in enumerate(row) if token in stops), None)
+            finish.update(prompt_tokens=int(model_inputs["input_ids"].shape[1]),
+                          completion_tokens=len(row) if ended is None else ended,
+                          finish_reason="length" if ended is None and len(row) >= max_new_tokens else "stop")
         return replies[0] if inputs.single else replies
 
     def reply_text(self, ids: torch.Tensor) -> str:
@@ -122,7 +137,7 @@ class ChatModel(nn.Module):
             kept.append(token)
         return self.processor.tokenizer.decode(kept)
 
-    def _stream(self, model_inputs: dict, options: dict) -> Iterator[str]:
+    def _stream(self, model_inputs: dict, options: dict, finish: dict | None = None) -> Iterator[str]:
         """Text pieces as tokens arrive (a piece waits while its UTF-8 bytes are incomplete); joined, exactly
         the non-streamed reply. The generation runs as this generator is iterated: no thread."""
         stops = set(self.stop_tokens())
@@ -144,6 +159,9 @@ class ChatModel(nn.Module):
             shown = text
         # an answer that ends inside a multi-byte character: the rest, as the non-streamed decode has it
         final = self.processor.tokenizer.decode(produced)
+        if finish is not None:
+            finish.update(prompt_tokens=int(model_inputs["input_ids"].shape[1]), completion_tokens=len(produced),
+                          finish_reason="stop" if step is not None else "length")
         if final != shown:
             yield final[len(shown):] if final.startswith(shown) else final
 
