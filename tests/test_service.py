@@ -299,3 +299,61 @@ def test_concurrent_embeddings_are_batched_and_a_full_queue_recovers(tiny_entrie
         assert not rejected  # recovered once the queue drained
         busy = httpx.post(running.url + "/v1/embeddings", json={"model": "test-clip_tiny", "input": "x"})
         assert busy.status_code == 200
+
+
+def test_index_search_and_media_over_the_collection(server, allowed):
+    root, outside = allowed
+    photos = root / "photos"
+    photos.mkdir()
+    shutil.copyfile(MEDIA / "cat.png", photos / "cat.png")
+    shutil.copyfile(MEDIA / "dog_small.png", photos / "dog.png")
+    post = lambda path, body: httpx.post(server.url + path, json=body, timeout=120)  # noqa: E731
+    assert post("/v1/index", {"paths": [str(outside)]}).status_code == 403
+    refused = post("/v1/index", {"paths": [str(root)]})  # root holds a link to a file outside it
+    assert refused.status_code == 403 and "link.png" in refused.json()["error"]["message"]
+    # the default image model is not on this machine: name the served one through the Index the server opens
+    index = server.service.index()
+    index.models.image = "test-clip_tiny"
+    report = post("/v1/index", {"paths": [str(photos)]})
+    assert report.status_code == 200, report.text
+    assert report.json()["indexed"] == 2 and report.json()["failed"] == {}
+    hits = post("/v1/search", {"query": "a cat", "top_k": 5}).json()["results"]
+    want = index.search("a cat", top_k=5)
+    assert [h["path"] for h in hits] == [h.path for h in want]
+    assert [h["score"] for h in hits] == [h.record()["score"] for h in want]
+    like = post("/v1/search", {"like": data_url(MEDIA / "cat.png", "image/png"), "top_k": 1}).json()["results"]
+    assert like[0]["path"].endswith("cat.png")
+    served = httpx.get(server.url + "/v1/media", params={"path": hits[0]["path"]})
+    assert served.status_code == 200 and served.content == open(hits[0]["path"], "rb").read()
+    assert httpx.get(server.url + "/v1/media", params={"path": str(outside / "secret.png")}).status_code == 404
+    assert post("/v1/search", {"query": "x", "like": data_url(MEDIA / "cat.png", "image/png")}).status_code == 400
+
+
+def test_a_stream_stops_generating_when_the_client_goes(server, plm, monkeypatch):
+    model = server.service.registry.get(plm)
+    produced = []
+
+    def slow_respond(inputs, stream=False, finish=None, **options):
+        def pieces():
+            for i in range(400):
+                time.sleep(0.02)
+                produced.append(i)
+                yield f"w{i} "
+        return pieces()
+
+    monkeypatch.setattr(model, "respond", slow_respond)
+    body = {"model": plm, "stream": True, "max_tokens": 400, "messages": [{"role": "user", "content": "hello"}]}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30) as response:
+        lines = response.iter_lines()
+        got = [next(lines) for _ in range(6)]
+        assert any("w0" in line for line in got)
+    time.sleep(1.0)
+    stopped_at = len(produced)
+    time.sleep(1.0)
+    assert len(produced) == stopped_at < 200  # the generator was not asked for more once the client left
+    assert server.service.metrics.generating == 0
+    # and the model is free for the next request
+    monkeypatch.undo()
+    reply = httpx.post(server.url + "/v1/chat/completions", timeout=60, json={
+        "model": plm, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
+    assert reply.status_code == 200

@@ -21,13 +21,14 @@ from contextlib import asynccontextmanager
 from importlib import resources
 
 import numpy as np
-from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sensorium.errors import CapabilityError, InputError, MediaError, MissingFileError, WeightsNotFoundError
+from sensorium.errors import (CapabilityError, InputError, MediaError, MissingFileError, WeightsNotFoundError,
+                              reason_for)
 from sensorium.service import schemas as s
 from sensorium.service.batching import Batcher, ModelThreads
 from sensorium.service.config import ServeConfig
@@ -54,12 +55,26 @@ class Service:
         self.generation_waiting = 0
         self._index = None
         self._index_lock = threading.Lock()
+        self._files: tuple | None = None
 
     async def model(self, name: str):
         return await asyncio.to_thread(self.registry.get, name)
 
     def uploads(self) -> Uploads:
         return Uploads(self.limits, self.config.allow_paths)
+
+    def collection_files(self) -> set[str]:
+        """The indexed files of the collection (read again only when its manifest has a new version)."""
+        from sensorium.index.store import FILES
+
+        index = self.index()
+        table = index.store.table(FILES)
+        if table is None:
+            return set()
+        table.checkout_latest()
+        if self._files is None or self._files[0] != table.version:
+            self._files = (table.version, {r.path for r in index.files() if r.status == "indexed"})
+        return self._files[1]
 
     def index(self):
         from sensorium.index import Index
@@ -220,7 +235,7 @@ class _SlowClient(BaseException):
 def _route_name(path: str) -> str:
     """A bounded label for /metrics (the API's own routes; everything else is 'other')."""
     known = ("/v1/models", "/v1/embeddings", "/v1/chat/completions", "/v1/audio/transcriptions", "/v1/classify",
-             "/v1/tag", "/v1/localize", "/v1/caption", "/v1/search", "/v1/index", "/v1/media", "/healthz",
+             "/v1/tag", "/v1/localize", "/v1/caption", "/v1/search", "/v1/index", "/v1/media", "/v1/thumbnail", "/healthz",
              "/metrics", "/openapi.json")
     for name in known:
         if path == name or path.startswith(name + "/"):
@@ -393,21 +408,18 @@ def add_openai_routes(api: APIRouter, service: Service) -> None:
             raise RequestError("stop takes up to 4 non-empty strings", param="stop")
         options = dict(max_new_tokens=max_new, temperature=body.temperature or 0.0, top_p=body.top_p,
                        seed=body.seed)
+        _check_generation_queue(service)
         with service.uploads() as uploads:
             conversation = _conversation(body.messages, uploads, model)
             process = _processor_call(model, body)
-            await _generation_slot(service)
-            try:
+            try:  # (the model's thread reads the media; the files go when this block ends)
                 inputs = await service.threads.run(body.model, lambda: process(conversation))
             except (InputError, MediaError, ValueError) as err:
-                service.generation.release()
                 raise RequestError(uploads.public(str(err)), code="bad_input") from None
-            except BaseException:
-                service.generation.release()
-                raise
         created, ident = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
         if not body.stream:
             finish: dict = {}
+            await _generation_slot(service)
             try:
                 reply = await service.threads.run(body.model, lambda: model.respond(inputs, False, finish=finish,
                                                                                     **options))
@@ -537,12 +549,17 @@ def _processor_call(model, body: s.ChatRequest):
     return lambda conversation: model.process(conversation)
 
 
-async def _generation_slot(service: Service) -> None:
-    """A place among the generation requests running at once; 429 when too many are already waiting."""
+def _check_generation_queue(service: Service) -> None:
+    """429 when too many generation requests are already waiting."""
     if service.generation.locked() and service.generation_waiting >= service.limits.queue_size:
         service.batcher.stats.rejected += 1
         raise RequestError("the server is busy generating; try again shortly", status=429, code="queue_full",
                            headers={"Retry-After": "2"})
+
+
+async def _generation_slot(service: Service) -> None:
+    """A place among the generation requests running at once; 429 when too many are already waiting."""
+    _check_generation_queue(service)
     service.generation_waiting += 1
     try:
         await service.generation.acquire()
@@ -563,7 +580,6 @@ async def _sse(service: Service, model, name: str, inputs, options: dict, stops:
     pieces: asyncio.Queue = asyncio.Queue()
     cancelled = threading.Event()
     finish: dict = {}
-    service.metrics.generating += 1
 
     def generate():
         try:
@@ -582,6 +598,14 @@ async def _sse(service: Service, model, name: str, inputs, options: dict, stops:
             body["usage"] = usage
         return f"data: {json.dumps(body)}\n\n"
 
+    # the slot is taken here, inside the generator, so that its `finally` always gives it back (a response that
+    # is never iterated never takes one)
+    service.generation_waiting += 1
+    try:
+        await service.generation.acquire()
+    finally:
+        service.generation_waiting -= 1
+    service.metrics.generating += 1
     job = loop.run_in_executor(service.threads.pool(name), generate)
     try:
         yield chunk({"role": "assistant", "content": ""})
@@ -769,17 +793,52 @@ def add_own_routes(api: APIRouter, service: Service) -> None:
                 "removed": len(report.removed), "failed": report.failed, "rows": report.rows,
                 "seconds": round(report.seconds, 3)}
 
+    @api.get("/v1/thumbnail", response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+    async def thumbnail(path: str, t: float = Query(0.0, ge=0, le=1e7), size: int = Query(320, ge=16, le=1024)):
+        """A JPEG of a collection's image, or of a video's frame at `t` seconds (the page's thumbnails)."""
+        if path not in await asyncio.to_thread(service.collection_files):
+            raise RequestError("not a file of this server's collection", status=404, param="path")
+        try:
+            jpeg = await asyncio.to_thread(_thumbnail, path, t, size)
+        except (MediaError, OSError) as err:
+            raise RequestError(f"no thumbnail: {reason_for(err, path)}", status=404, param="path") from None
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=300"})
+
     @api.get("/v1/media", response_class=FileResponse, responses={200: {"content": {"application/octet-stream": {}}}})
     async def media(path: str):
         """A file of the collection (for the page's thumbnails and players): only files the index holds."""
-        index = service.index()
-        known = await asyncio.to_thread(lambda: {r.path for r in index.files() if r.status == "indexed"})
+        known = await asyncio.to_thread(service.collection_files)
         if path not in known:
             raise RequestError("not a file of this server's collection", status=404, param="path")
         real = os.path.realpath(path)
         if not os.path.isfile(real):
             raise RequestError("the file is no longer there", status=404, param="path")
         return FileResponse(real)
+
+
+def _thumbnail(path: str, at: float, size: int) -> bytes:
+    """A JPEG of an image, or of a video's frame nearest `at` seconds, at most `size` pixels on its long side
+    (decoded by sensorium's own readers, so every codec FFmpeg reads has one, whatever the browser plays)."""
+    from PIL import Image
+
+    from sensorium.media.probe import probe
+
+    streams = probe(path) if not path.lower().endswith((".jpg", ".jpeg", ".png", ".webp", ".bmp")) else None
+    if streams is not None and streams.video:
+        from sensorium.media.video import VideoReader
+
+        with VideoReader(path) as video:
+            nearest = min(range(len(video.times)), key=lambda i: abs(video.times[i] - at))
+            _, _, rgb = next(iter(video.frames([nearest])))
+        picture = Image.fromarray(rgb)
+    else:
+        from sensorium.media.image import open_image
+
+        picture = open_image(path)
+    picture.thumbnail((size, size))
+    out = io.BytesIO()
+    picture.convert("RGB").save(out, "JPEG", quality=85)
+    return out.getvalue()
 
 
 def _allowed_path(uploads: Uploads, path: str, label: str) -> str:
@@ -791,6 +850,16 @@ def _allowed_path(uploads: Uploads, path: str, label: str) -> str:
     except (OSError, RuntimeError):
         raise RequestError(f"{label}: no such file or folder under the allowed folders", status=404,
                            param=label) from None
-    if not any(resolved == root or root in resolved.parents for root in uploads.allow):
+    def inside(target: Path) -> bool:
+        return any(target == root or root in target.parents for root in uploads.allow)
+
+    if not inside(resolved):
         raise RequestError(f"{label}: outside the folders this server may read", status=403, param=label)
+    if resolved.is_dir():  # the indexer follows links: none may lead out
+        for folder, dirs, files in os.walk(resolved):
+            for entry in (*dirs, *files):
+                link = Path(folder) / entry
+                if link.is_symlink() and not inside(link.resolve()):
+                    raise RequestError(f"{label}: {link.relative_to(resolved)} is a link that leads outside the "
+                                       "folders this server may read", status=403, param=label)
     return str(resolved)

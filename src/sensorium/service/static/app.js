@@ -45,22 +45,29 @@ function showResults(results) {
     card.dataset.path = hit.path;
     const start = hit.start || 0;
     let player;
-    if (hit.modality === "image") {
+    if (hit.modality === "image" || hit.modality === "video") {
+      // the frame at the matching moment, made by the server (any codec); a video plays from there on a click
       player = document.createElement("img");
-      player.src = mediaUrl(hit.path);
+      player.src = "/v1/thumbnail?path=" + encodeURIComponent(hit.path) + "&t=" + start;
       player.alt = hit.path;
-    } else if (hit.modality === "video") {
-      player = document.createElement("video");
-      player.src = mediaUrl(hit.path) + "#t=" + start; // the frame at the matching moment, and play from there
-      player.controls = true;
-      player.preload = "metadata";
+      if (hit.modality === "video") {
+        player.title = "play from " + seconds(start);
+        player.className = "thumb";
+        player.addEventListener("click", () => {
+          const video = document.createElement("video");
+          video.src = mediaUrl(hit.path) + "#t=" + start;
+          video.controls = true;
+          video.autoplay = true;
+          player.replaceWith(video);
+        });
+      }
     } else {
       player = document.createElement("audio");
       player.src = mediaUrl(hit.path) + "#t=" + start;
       player.controls = true;
       player.preload = "metadata";
     }
-    player.className = "media";
+    player.classList.add("media");
     card.appendChild(player);
     const name = document.createElement("div");
     name.className = "name";
