@@ -357,3 +357,28 @@ def test_a_stream_stops_generating_when_the_client_goes(server, plm, monkeypatch
     reply = httpx.post(server.url + "/v1/chat/completions", timeout=60, json={
         "model": plm, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
     assert reply.status_code == 200
+
+
+def test_caption_and_localize_are_the_tasks_records(tiny_entries, plm, tmp_path_factory):
+    from helpers import pe_av_folder
+    from sensorium.service import ServeConfig
+    from sensorium.tasks.caption import records as caption_records
+    from sensorium.tasks.localize import records as localize_records
+
+    frame = str(pe_av_folder(tmp_path_factory.mktemp("pe-a-frame-tiny"), "pe_a_frame_tiny/original"))
+    config = ServeConfig(port=free_port(), models=(plm, frame), device="cpu")
+    with Server(config) as running:
+        model = running.service.registry.get(plm)
+        want = [r | {"path": "x"} for r in caption_records(
+            sn.caption([str(MEDIA / "cat.png")], model=model, max_new_tokens=6)[0], "x")]
+        got = httpx.post(running.url + "/v1/caption", timeout=120, json={
+            "model": plm, "max_tokens": 6, "inputs": [data_url(MEDIA / "cat.png", "image/png")]}).json()
+        assert [r | {"path": "x"} for r in got["results"]] == want
+        localizer = running.service.registry.get(frame)
+        row = sn.localize([str(MEDIA / "speech.wav")], ["a person speaking"], model=localizer)[0]
+        want = [r | {"path": "x"} for r in localize_records(row, "x", "json")]
+        wav = base64.b64encode((MEDIA / "speech.wav").read_bytes()).decode()
+        got = httpx.post(running.url + "/v1/localize", timeout=120, json={
+            "model": frame, "queries": ["a person speaking"],
+            "inputs": [{"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}}]}).json()
+        assert [r | {"path": "x"} for r in got["results"]] == want

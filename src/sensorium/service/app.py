@@ -259,6 +259,27 @@ def _media(uploads: Uploads, part, name: str, want: str | None = None) -> MediaI
     raise RequestError(f"{name}: not a media part", param=name)
 
 
+async def _rows_for(service: Service, name: str, parts: list, want: str | None, key: tuple | None, run,
+                    generation: bool = False) -> tuple[list, list[str]]:
+    """A task's rows for a request's media (and the names the client gave them): `run(items)` batched with other
+    requests under `key`, or alone on the model's thread (`generation`: in a generation slot)."""
+    with service.uploads() as uploads:
+        items = [_media(uploads, part, f"inputs[{i}]", want) for i, part in enumerate(parts)]
+        names = [uploads.names[item.path] for item in items]
+        if key is not None:
+            rows = await service.batcher.submit(key, name, items, run)
+        else:
+            if generation:
+                await _generation_slot(service)
+            try:
+                rows = await service.threads.run(name, run, items)
+            finally:
+                if generation:
+                    service.generation.release()
+        _check_failed(rows, names, uploads)
+    return rows, names
+
+
 def _check_failed(rows, names: list[str], uploads: Uploads) -> None:
     """A request whose input could not be used fails as a whole, naming the input and the reason."""
     for row, name in zip(rows, names):
@@ -679,16 +700,9 @@ def add_own_routes(api: APIRouter, service: Service) -> None:
                 load_templates(body.templates or ("sound" if is_audio_visual(model) else "default"))
         except (ValueError, OSError) as err:
             raise RequestError(str(err), param="labels") from None
-        with service.uploads() as uploads:
-            items = [_media(uploads, part, f"inputs[{i}]") for i, part in enumerate(body.inputs)]
-            names = [uploads.names[item.path] for item in items]
-            key = (name, "classify", json.dumps([labels, templates, body.top_k]))
-
-            def run(batch):
-                return list(iter_classify(model, batch, labels, templates, body.top_k))
-
-            rows = await service.batcher.submit(key, name, items, run)
-            _check_failed(rows, names, uploads)
+        key = (name, "classify", json.dumps([labels, templates, body.top_k]))
+        rows, names = await _rows_for(service, name, body.inputs, None, key, lambda batch: list(
+            iter_classify(model, batch, labels, templates, body.top_k)))
         return s.Rows(model=name, results=[r for row, n in zip(rows, names) for r in records(row, n, "json")])
 
     @api.post("/v1/tag", response_model=s.Rows)
@@ -705,16 +719,9 @@ def add_own_routes(api: APIRouter, service: Service) -> None:
         rule = {"window": round(windowing.size_seconds, 4), "hop": round(windowing.hop_seconds, 4),
                 "pooling": body.pooling}
         timeline = (EVENT_THRESHOLD if body.threshold is None else body.threshold) if body.timeline else None
-        with service.uploads() as uploads:
-            items = [_media(uploads, part, f"inputs[{i}]", "audio") for i, part in enumerate(body.inputs)]
-            names = [uploads.names[item.path] for item in items]
-            key = (name, "tag", json.dumps([body.top_k, body.threshold, body.window, body.hop, body.pooling]))
-
-            def run(batch):
-                return list(iter_tag(model, batch, body.top_k, body.threshold, body.window, body.hop, body.pooling))
-
-            rows = await service.batcher.submit(key, name, items, run)
-            _check_failed(rows, names, uploads)
+        key = (name, "tag", json.dumps([body.top_k, body.threshold, body.window, body.hop, body.pooling]))
+        rows, names = await _rows_for(service, name, body.inputs, "audio", key, lambda batch: list(
+            iter_tag(model, batch, body.top_k, body.threshold, body.window, body.hop, body.pooling)))
         results = [r for row, n in zip(rows, names) for r in records(row, n, "json", rule, model.labels, timeline)]
         return s.Rows(model=name, results=results)
 
@@ -730,11 +737,8 @@ def add_own_routes(api: APIRouter, service: Service) -> None:
         except ValueError as err:
             raise RequestError(str(err), param="queries") from None
         rules = Rules(body.threshold, None, None, None, None, None)
-        with service.uploads() as uploads:
-            items = [_media(uploads, part, f"inputs[{i}]", "audio") for i, part in enumerate(body.inputs)]
-            names = [uploads.names[item.path] for item in items]
-            rows = await service.threads.run(name, lambda: list(iter_localize(model, items, queries, rules)))
-            _check_failed(rows, names, uploads)
+        rows, names = await _rows_for(service, name, body.inputs, "audio", None, lambda items: list(
+            iter_localize(model, items, queries, rules)))
         return s.Rows(model=name, results=[r for row, n in zip(rows, names) for r in records(row, n, "json")])
 
     @api.post("/v1/caption", response_model=s.Rows)
@@ -747,16 +751,8 @@ def add_own_routes(api: APIRouter, service: Service) -> None:
                                "allows", param="max_tokens")
         name = body.model or registry.default_for("caption")
         model = await service.model(name)
-        with service.uploads() as uploads:
-            items = [_media(uploads, part, f"inputs[{i}]", "image") for i, part in enumerate(body.inputs)]
-            names = [uploads.names[item.path] for item in items]
-            await _generation_slot(service)
-            try:
-                rows = await service.threads.run(name, lambda: list(iter_caption(
-                    model, items, body.prompt, body.frames, body.max_tiles, 4, body.max_tokens)))
-            finally:
-                service.generation.release()
-            _check_failed(rows, names, uploads)
+        rows, names = await _rows_for(service, name, body.inputs, "image", None, lambda items: list(iter_caption(
+            model, items, body.prompt, body.frames, body.max_tiles, 4, body.max_tokens)), generation=True)
         return s.Rows(model=name, results=[r for row, n in zip(rows, names) for r in records(row, n)])
 
     @api.post("/v1/search", response_model=s.Rows)
