@@ -264,7 +264,9 @@ async def _rows_for(service: Service, name: str, parts: list, want: str | None, 
     """A task's rows for a request's media (and the names the client gave them): `run(items)` batched with other
     requests under `key`, or alone on the model's thread (`generation`: in a generation slot)."""
     with service.uploads() as uploads:
-        items = [_media(uploads, part, f"inputs[{i}]", want) for i, part in enumerate(parts)]
+        # decoding base64, writing and probing the files: off the event loop
+        items = await asyncio.to_thread(lambda: [_media(uploads, part, f"inputs[{i}]", want)
+                                                 for i, part in enumerate(parts)])
         names = [uploads.names[item.path] for item in items]
         if key is not None:
             rows = await service.batcher.submit(key, name, items, run)
@@ -384,18 +386,8 @@ def add_openai_routes(api: APIRouter, service: Service) -> None:
                                "cannot be served", param="dimensions")
         pe_av = is_audio_visual(model)
         with service.uploads() as uploads:
-            entries, names = [], []
-            for i, part in enumerate(inputs):
-                label = f"input[{i}]"
-                names.append(label)
-                if isinstance(part, s.TextPart):
-                    part = part.text
-                if isinstance(part, str) and not part.lower().startswith("data:"):
-                    if not part:
-                        raise RequestError(f"{label}: an empty text", param=label)
-                    entries.append(("text", part))
-                else:
-                    entries.append(("media", _media(uploads, part, label)))
+            names = [f"input[{i}]" for i in range(len(inputs))]
+            entries = await asyncio.to_thread(_embedding_entries, inputs, names, uploads)
             av = {"modality": body.modality, "window": None, "hop": None, "text_head": body.text_head} if pe_av else None
             key = (name, "embed", json.dumps(av, sort_keys=True))
             rows = await service.batcher.submit(key, name, entries, lambda batch: _run_embed(model, batch, av))
@@ -431,7 +423,7 @@ def add_openai_routes(api: APIRouter, service: Service) -> None:
                        seed=body.seed)
         _check_generation_queue(service)
         with service.uploads() as uploads:
-            conversation = _conversation(body.messages, uploads, model)
+            conversation = await asyncio.to_thread(_conversation, body.messages, uploads, model)
             process = _processor_call(model, body)
             try:  # (the model's thread reads the media; the files go when this block ends)
                 inputs = await service.threads.run(body.model, lambda: process(conversation))
@@ -501,6 +493,21 @@ def add_openai_routes(api: APIRouter, service: Service) -> None:
                      "no_speech_prob": 0.0} for i, seg in enumerate(transcript.segments)]
         return {"task": "transcribe", "language": language or "unknown", "duration": round(duration, 3),
                 "text": transcript.text, "segments": segments}
+
+
+def _embedding_entries(inputs: list, names: list[str], uploads: Uploads) -> list[tuple[str, object]]:
+    """("text", str) or ("media", MediaItem) per input: a string is a text unless it is a data URL."""
+    entries = []
+    for part, label in zip(inputs, names):
+        if isinstance(part, s.TextPart):
+            part = part.text
+        if isinstance(part, str) and not part.lower().startswith("data:"):
+            if not part:
+                raise RequestError(f"{label}: an empty text", param=label)
+            entries.append(("text", part))
+        else:
+            entries.append(("media", _media(uploads, part, label)))
+    return entries
 
 
 def _run_embed(model, batch: list[tuple[str, object]], av: dict | None) -> list:
@@ -761,7 +768,7 @@ def add_own_routes(api: APIRouter, service: Service) -> None:
             raise RequestError("give a query text or an example (like), one of the two", param="query")
         index = service.index()
         with service.uploads() as uploads:
-            like = _media(uploads, body.like, "like").path if body.like is not None else None
+            like = (await asyncio.to_thread(_media, uploads, body.like, "like")).path if body.like is not None else None
 
             def run():
                 return index.search(body.query, like=like, modality=body.modality, top_k=body.top_k,
