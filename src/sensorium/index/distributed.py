@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pickle
 
+ACTOR_START_SECONDS = 600  # how long the actor pool may take to start (model loads included) before the run fails
 FILES_PER_TASK = 8  # files an actor takes at a time: enough to share forward passes, small enough to balance
 
 
@@ -69,6 +70,9 @@ def run_on_ray(indexer, works, spaces, address: str):
     items = [{"n": n, "item": w.item.path, "modality": w.item.modality, "path": w.path, "size": w.stat[0],
               "mtime_ns": w.stat[1], "policy": pickle.dumps(w.policy)} for n, w in enumerate(works)]
     workers = default_workers() if indexer.workers is None else indexer.workers
+    # every actor up before the first block is handed out: otherwise the first one to load its models takes
+    # block after block while the others start, and a small run lands on one node
+    ray.data.DataContext.get_current().wait_for_min_actors_s = ACTOR_START_SECONDS
     # at least one block per actor, so that a small run still spreads over the cluster
     per_task = max(1, min(FILES_PER_TASK, -(-len(items) // (2 * actors))))
     blocks = max(1, -(-len(items) // per_task))
