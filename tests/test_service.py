@@ -382,3 +382,34 @@ def test_caption_and_localize_are_the_tasks_records(tiny_entries, plm, tmp_path_
             "model": frame, "queries": ["a person speaking"],
             "inputs": [{"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}}]}).json()
         assert [r | {"path": "x"} for r in got["results"]] == want
+
+
+def test_uploaded_files_and_pe_av_embeddings_equal_the_library(tiny_entries, tmp_path_factory):
+    from helpers import pe_av_folder
+    from sensorium.service import ServeConfig
+
+    av = str(pe_av_folder(tmp_path_factory.mktemp("pe-av-tiny"), "pe_av_tiny/original"))
+    config = ServeConfig(port=free_port(), models=("test-clip_tiny", av), device="cpu")
+    with Server(config) as running:
+        clip = running.service.registry.get("test-clip_tiny")
+        want = sn.embed([str(MEDIA / "cat.png"), str(MEDIA / "dog_small.png")], model=clip)
+        with open(MEDIA / "cat.png", "rb") as a, open(MEDIA / "dog_small.png", "rb") as b:
+            got = httpx.post(running.url + "/v1/embeddings/files", timeout=120, data={"model": "test-clip_tiny"},
+                             files=[("files", ("cat.png", a, "image/png")), ("files", ("dog.png", b, "image/png"))])
+        assert got.status_code == 200, got.text
+        np.testing.assert_allclose([d["embedding"] for d in got.json()["data"]], [r.embedding for r in want],
+                                   atol=1e-5)
+        sound = running.service.registry.get(av)
+        want = sn.embed([str(MEDIA / "speech.wav")], model=sound, texts=["speech"])
+        with open(MEDIA / "speech.wav", "rb") as f:
+            got = httpx.post(running.url + "/v1/embeddings/files", timeout=120, data={"model": av},
+                             files=[("files", ("speech.wav", f, "audio/wav"))]).json()
+        np.testing.assert_allclose(got["data"][0]["embedding"], want[1].embedding, atol=1e-5)
+        assert got["data"][0]["modality"] == want[1].modality
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
+        text = client.embeddings.create(model=av, input="speech", encoding_format="float").data[0].embedding
+        np.testing.assert_allclose(text, want[0].embedding, atol=1e-5)
+        with open(MEDIA / "corrupt.mp4", "rb") as f:
+            bad = httpx.post(running.url + "/v1/embeddings/files", timeout=60, data={"model": av},
+                             files=[("files", ("broken.mp4", f, "video/mp4"))])
+        assert bad.status_code == 400 and "broken.mp4" in bad.json()["error"]["message"]

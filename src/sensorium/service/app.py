@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
+from typing import Literal
 from importlib import resources
 
 import numpy as np
@@ -234,9 +235,9 @@ class _SlowClient(BaseException):
 
 def _route_name(path: str) -> str:
     """A bounded label for /metrics (the API's own routes; everything else is 'other')."""
-    known = ("/v1/models", "/v1/embeddings", "/v1/chat/completions", "/v1/audio/transcriptions", "/v1/classify",
-             "/v1/tag", "/v1/localize", "/v1/caption", "/v1/search", "/v1/index", "/v1/media", "/v1/thumbnail", "/healthz",
-             "/metrics", "/openapi.json")
+    known = ("/v1/models", "/v1/embeddings/files", "/v1/embeddings", "/v1/chat/completions",
+             "/v1/audio/transcriptions", "/v1/classify", "/v1/tag", "/v1/localize", "/v1/caption", "/v1/search",
+             "/v1/index", "/v1/media", "/v1/thumbnail", "/healthz", "/metrics", "/openapi.json")
     for name in known:
         if path == name or path.startswith(name + "/"):
             return name
@@ -371,37 +372,27 @@ def add_openai_routes(api: APIRouter, service: Service) -> None:
 
     @api.post("/v1/embeddings", response_model=s.EmbeddingResponse)
     async def embeddings(body: s.EmbeddingRequest):
-        from sensorium.tasks.audiovisual import is_audio_visual
-
-        name = body.model or registry.default_for("embed")
-        model = await service.model(name)
         inputs = [body.input] if isinstance(body.input, str) else body.input
-        if not inputs:
-            raise RequestError("input is empty", param="input")
-        if len(inputs) > limits.max_inputs:
-            raise RequestError(f"{len(inputs)} inputs; this server takes at most {limits.max_inputs} per request",
-                               param="input")
-        if body.dimensions is not None and body.dimensions != int(model.embed_dim):
-            raise RequestError(f"{name} makes {int(model.embed_dim)}-d vectors; dimensions={body.dimensions} "
-                               "cannot be served", param="dimensions")
-        pe_av = is_audio_visual(model)
-        with service.uploads() as uploads:
-            names = [f"input[{i}]" for i in range(len(inputs))]
-            entries = await asyncio.to_thread(_embedding_entries, inputs, names, uploads)
-            av = {"modality": body.modality, "window": None, "hop": None, "text_head": body.text_head} if pe_av else None
-            key = (name, "embed", json.dumps(av, sort_keys=True))
-            rows = await service.batcher.submit(key, name, entries, lambda batch: _run_embed(model, batch, av))
-            _check_failed(rows, names, uploads)
-        texts = [text for kind, text in entries if kind == "text"]
-        tokens = _token_count(model, texts)
-        data = []
-        for i, row in enumerate(rows):
-            vector = np.asarray(row.embedding, dtype=np.float32)
-            encoded = base64.b64encode(vector.astype("<f4").tobytes()).decode() \
-                if body.encoding_format == "base64" else vector.tolist()
-            data.append(s.EmbeddingItem(index=i, embedding=encoded, modality=row.modality,
-                                        head=row.extra.get("head") if row.extra else None))
-        return s.EmbeddingResponse(data=data, model=name, usage=s.Usage(prompt_tokens=tokens, total_tokens=tokens))
+        names = [f"input[{i}]" for i in range(len(inputs))]
+
+        async def entries(uploads):
+            return await asyncio.to_thread(_embedding_entries, inputs, names, uploads)
+
+        return await _embed_request(service, body.model, len(inputs), names, entries, body.encoding_format,
+                                    body.dimensions, body.modality, body.text_head)
+
+    @api.post("/v1/embeddings/files", response_model=s.EmbeddingResponse)
+    async def embedding_files(files: list[UploadFile] = File(..., description="images, videos or sounds"),
+                              model: str | None = Form(None),
+                              encoding_format: Literal["float", "base64"] = Form("float"),
+                              modality: Literal["auto", "audio", "video", "audio_video"] = Form("auto")):
+        """/v1/embeddings for multipart uploads: one vector per file, in order (written to disk as it arrives)."""
+        names = [f.filename or f"files[{i}]" for i, f in enumerate(files)]
+
+        async def entries(uploads):
+            return [("media", await uploads.upload(f, n)) for f, n in zip(files, names)]
+
+        return await _embed_request(service, model, len(files), names, entries, encoding_format, None, modality, None)
 
     @api.post("/v1/chat/completions", response_model=s.ChatResponse,
               responses={200: {"content": {"text/event-stream": {}}}})
@@ -493,6 +484,37 @@ def add_openai_routes(api: APIRouter, service: Service) -> None:
                      "no_speech_prob": 0.0} for i, seg in enumerate(transcript.segments)]
         return {"task": "transcribe", "language": language or "unknown", "duration": round(duration, 3),
                 "text": transcript.text, "segments": segments}
+
+
+async def _embed_request(service: Service, name: str | None, count: int, names: list[str], entries, encoding: str,
+                         dimensions: int | None, modality: str, text_head: str | None) -> s.EmbeddingResponse:
+    """The embed task over a request's inputs (`entries(uploads)` makes them), batched with other requests."""
+    from sensorium.tasks.audiovisual import is_audio_visual
+
+    limits = service.limits
+    name = name or service.registry.default_for("embed")
+    model = await service.model(name)
+    if not count:
+        raise RequestError("input is empty", param="input")
+    if count > limits.max_inputs:
+        raise RequestError(f"{count} inputs; this server takes at most {limits.max_inputs} per request", param="input")
+    if dimensions is not None and dimensions != int(model.embed_dim):
+        raise RequestError(f"{name} makes {int(model.embed_dim)}-d vectors; dimensions={dimensions} cannot be served",
+                           param="dimensions")
+    av = {"modality": modality, "window": None, "hop": None, "text_head": text_head} if is_audio_visual(model) else None
+    with service.uploads() as uploads:
+        made = await entries(uploads)
+        key = (name, "embed", json.dumps(av, sort_keys=True))
+        rows = await service.batcher.submit(key, name, made, lambda batch: _run_embed(model, batch, av))
+        _check_failed(rows, names, uploads)
+    tokens = _token_count(model, [text for kind, text in made if kind == "text"])
+    data = []
+    for i, row in enumerate(rows):
+        vector = np.asarray(row.embedding, dtype=np.float32)
+        encoded = base64.b64encode(vector.astype("<f4").tobytes()).decode() if encoding == "base64" else vector.tolist()
+        data.append(s.EmbeddingItem(index=i, embedding=encoded, modality=row.modality,
+                                    head=row.extra.get("head") if row.extra else None))
+    return s.EmbeddingResponse(data=data, model=name, usage=s.Usage(prompt_tokens=tokens, total_tokens=tokens))
 
 
 def _embedding_entries(inputs: list, names: list[str], uploads: Uploads) -> list[tuple[str, object]]:
