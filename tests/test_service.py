@@ -413,3 +413,22 @@ def test_uploaded_files_and_pe_av_embeddings_equal_the_library(tiny_entries, tmp
             bad = httpx.post(running.url + "/v1/embeddings/files", timeout=60, data={"model": av},
                              files=[("files", ("broken.mp4", f, "video/mp4"))])
         assert bad.status_code == 400 and "broken.mp4" in bad.json()["error"]["message"]
+
+
+def test_a_request_past_its_timeout_gets_503(tiny_entries, monkeypatch):
+    import sensorium.service.app as app_module
+    from sensorium.service import Limits, ServeConfig
+
+    def slow(model, batch, av):
+        time.sleep(3)
+        return []
+
+    monkeypatch.setattr(app_module, "_run_embed", slow)
+    config = ServeConfig(port=free_port(), models=("test-clip_tiny",), device="cpu",
+                         limits=Limits(request_timeout=1.0))
+    with Server(config) as running:
+        started = time.monotonic()
+        response = httpx.post(running.url + "/v1/embeddings", json={"model": "test-clip_tiny", "input": "x"},
+                              timeout=30)
+        assert response.status_code == 503 and time.monotonic() - started < 2.5
+        assert response.json()["error"]["code"] == "timeout" and response.headers["Retry-After"]
