@@ -7,12 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from selenium import webdriver
 
-pytest.importorskip("fastapi")
-webdriver = pytest.importorskip("selenium.webdriver")
-
-from helpers import FIXTURES  # noqa: E402
-from test_service import AST, Server, free_port  # noqa: E402
+from helpers import FIXTURES
+from test_service import AST, Server, free_port
 
 MEDIA = FIXTURES / "media"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -9,15 +9,13 @@ import socket
 import threading
 import time
 
+import httpx
 import numpy as np
+import openai
 import pytest
 
 import sensorium as sn
 from helpers import FIXTURES, put_in_hf_cache
-
-pytest.importorskip("fastapi")
-httpx = pytest.importorskip("httpx")
-openai = pytest.importorskip("openai")
 
 MEDIA = FIXTURES / "media"
 AST = "ast-finetuned-audioset-10-10-0.4593"
