@@ -686,14 +686,14 @@ def run_transcribe(args) -> int:
 
 
 def run_serve(args) -> int:
-    try:
-        import fastapi
-        import uvicorn
+    import importlib.util
 
-        from sensorium.service import Limits, ServeConfig, serve
-    except ImportError as err:
-        return _fail("serve", f"the service needs its extra: pip install 'sensorium[service]' ({err})")
-    del fastapi, uvicorn  # (imported to check they are installed)
+    missing = [m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
+    if missing:
+        return _fail("serve", f"the service needs its extra ({', '.join(missing)} missing): "
+                     "pip install 'sensorium[service]'")
+    from sensorium.service import Limits, ServeConfig, serve
+
     if not 0 < args.port < 65536:
         return _fail("serve", f"--port must be between 1 and 65535, got {args.port}")
     if not _check_device(args, "serve"):

@@ -18,8 +18,8 @@ import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import Literal
 from importlib import resources
+from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
@@ -82,7 +82,7 @@ class Service:
 
         with self._index_lock:
             if self._index is None:
-                self._index = Index(self.config.db, device=self.config.device)
+                self._index = Index(self.config.db, device=self.config.device, dtype=self.config.dtype)
             return self._index
 
 
@@ -580,8 +580,6 @@ def _conversation(messages: list[s.Message], uploads: Uploads, model) -> list[di
                 what = "sound" if listens else "images and video"
                 raise RequestError(f"{label}: {model.name} reads {what}, not {kind}", param=label)
             item = _media(uploads, part, label, kind)
-            if kind == "audio" and item.modality == "video":
-                kind = "audio"  # the sound of a video, as `sensorium ask` reads it
             items.append({"type": kind, kind: item.path})
         if role == "system":
             text = "".join(i["text"] for i in items if i["type"] == "text")
@@ -805,13 +803,7 @@ def add_own_routes(api: APIRouter, service: Service) -> None:
     @api.post("/v1/index", response_model=dict)
     async def add_to_index(body: s.IndexRequest):
         with service.uploads() as uploads:
-            paths = []
-            for i, path in enumerate(body.paths):
-                label = f"paths[{i}]"
-                if not service.config.allow_paths:
-                    raise RequestError(f"{label}: this server indexes no server-side paths (start it with "
-                                       "--allow-path DIR)", status=403, param=label)
-                paths.append(_allowed_path(uploads, path, label))
+            paths = [str(uploads.allowed(path, f"paths[{i}]")) for i, path in enumerate(body.paths)]
         index = service.index()
         report = await service.threads.run("index", lambda: index.add(paths, retry_failed=body.retry_failed))
         return {"indexed": len(report.indexed), "unchanged": report.unchanged, "touched": report.touched,
@@ -864,27 +856,3 @@ def _thumbnail(path: str, at: float, size: int) -> bytes:
     out = io.BytesIO()
     picture.convert("RGB").save(out, "JPEG", quality=85)
     return out.getvalue()
-
-
-def _allowed_path(uploads: Uploads, path: str, label: str) -> str:
-    """A server-side file or folder under an allowed root, resolved (no way out through .. or symlinks)."""
-    from pathlib import Path
-
-    try:
-        resolved = Path(os.path.expanduser(path)).resolve(strict=True)
-    except (OSError, RuntimeError):
-        raise RequestError(f"{label}: no such file or folder under the allowed folders", status=404,
-                           param=label) from None
-    def inside(target: Path) -> bool:
-        return any(target == root or root in target.parents for root in uploads.allow)
-
-    if not inside(resolved):
-        raise RequestError(f"{label}: outside the folders this server may read", status=403, param=label)
-    if resolved.is_dir():  # the indexer follows links: none may lead out
-        for folder, dirs, files in os.walk(resolved):
-            for entry in (*dirs, *files):
-                link = Path(folder) / entry
-                if link.is_symlink() and not inside(link.resolve()):
-                    raise RequestError(f"{label}: {link.relative_to(resolved)} is a link that leads outside the "
-                                       "folders this server may read", status=403, param=label)
-    return str(resolved)

@@ -123,20 +123,36 @@ class Uploads:
         return self._item(path, upload.filename or name, want)
 
     def path(self, path: str, name: str, want: str | None = None) -> MediaItem:
-        if not self.allow:
-            raise RequestError(f"{name}: this server takes no server-side paths (start it with --allow-path DIR)",
-                               status=403, param=name)
-        resolved = Path(os.path.expanduser(path))
-        try:
-            resolved = resolved.resolve(strict=True)  # symlinks and .. resolved before the check
-        except (OSError, RuntimeError):
-            raise RequestError(f"{name}: no such file under the allowed folders", status=404, param=name) from None
-        if not any(resolved == root or root in resolved.parents for root in self.allow):
-            raise RequestError(f"{name}: outside the folders this server may read", status=403, param=name)
+        resolved = self.allowed(path, name)
         if not resolved.is_file():
             raise RequestError(f"{name}: not a file", status=404, param=name)
         self.names[str(resolved)] = path
         return self._checked(MediaItem(str(resolved), modality_of(str(resolved))), want)
+
+    def allowed(self, path: str, name: str) -> Path:
+        """A server-side file or folder under an allowed folder, resolved first (symlinks and `..`), so there is
+        no way out; a folder may hold no link that leads out (the indexer follows links)."""
+        if not self.allow:
+            raise RequestError(f"{name}: this server takes no server-side paths (start it with --allow-path DIR)",
+                               status=403, param=name)
+        try:
+            resolved = Path(os.path.expanduser(path)).resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise RequestError(f"{name}: no such file or folder under the allowed folders", status=404,
+                               param=name) from None
+        if not self._inside(resolved):
+            raise RequestError(f"{name}: outside the folders this server may read", status=403, param=name)
+        if resolved.is_dir():
+            for folder, dirs, files in os.walk(resolved):
+                for entry in (*dirs, *files):
+                    link = Path(folder) / entry
+                    if link.is_symlink() and not self._inside(link.resolve()):
+                        raise RequestError(f"{name}: {link.relative_to(resolved)} is a link that leads outside the "
+                                           "folders this server may read", status=403, param=name)
+        return resolved
+
+    def _inside(self, target: Path) -> bool:
+        return any(target == root or root in target.parents for root in self.allow)
 
     # --- helpers --------------------------------------------------------------------------------------
 

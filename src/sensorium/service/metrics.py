@@ -56,7 +56,6 @@ class Metrics:
             f"sensorium_batches_total {stats.batches}",
             "# HELP sensorium_batch_size Inputs per forward pass.", "# TYPE sensorium_batch_size histogram",
         ]
-        total = 0
         for bound in (1, 2, 4, 8, 16, 32, 64, 128, 256):
             total = sum(n for size, n in stats.batch_sizes.items() if size <= bound)
             lines.append(f'sensorium_batch_size_bucket{{le="{bound}"}} {total}')
