@@ -1,7 +1,6 @@
 """AST: features against transformers' ASTFeatureExtractor on real media, logits against
 ASTForAudioClassification on checkpoints it saved, loaded by hub id through the offline HF cache."""
 
-import numpy as np
 import pytest
 import torch
 from transformers import ASTFeatureExtractor

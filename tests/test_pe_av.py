@@ -2,16 +2,14 @@
 the original at 3e352cc) and against transformers 5.23 where it agrees with the original."""
 
 import json
-import shutil
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import sensorium as sn
 from devices import DEVICES
-from helpers import FIXTURES, put_in_hf_cache
+from helpers import FIXTURES
 
 AV = FIXTURES / "pe_av"
 REF = load_file(AV / "reference.safetensors")

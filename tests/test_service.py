@@ -297,6 +297,32 @@ def test_concurrent_embeddings_are_batched_and_a_full_queue_recovers(tiny_entrie
         assert not rejected  # recovered once the queue drained
         busy = httpx.post(running.url + "/v1/embeddings", json={"model": "test-clip_tiny", "input": "x"})
         assert busy.status_code == 200
+        # /metrics counts what happened: every request by status, the refusals, the forwards and their inputs
+        metrics = scrape(httpx.get(running.url + "/metrics").text)
+        route = 'method="POST",route="/v1/embeddings"'
+        answered, refused = statuses.count(200) + 2, statuses.count(429)
+        assert metrics[f'sensorium_requests_total{{{route},status="200"}}'] == answered
+        assert metrics[f'sensorium_requests_total{{{route},status="429"}}'] == refused
+        assert metrics["sensorium_rejected_total"] == refused
+        assert metrics['sensorium_request_seconds_count{route="/v1/embeddings"}'] == answered + refused
+        assert metrics["sensorium_batches_total"] == metrics["sensorium_batch_size_count"] == sum(stats.batch_sizes.values())
+        assert metrics["sensorium_batch_size_sum"] == 2 * (answered - 1) + 1  # two inputs a request, one for "x"
+        assert metrics['sensorium_batch_size_bucket{le="+Inf"}'] == metrics["sensorium_batches_total"]
+        assert metrics['sensorium_batch_size_bucket{le="1"}'] < metrics["sensorium_batches_total"]
+        assert metrics["sensorium_queue_depth"] == 0 and metrics["sensorium_models_loaded"] == 1
+
+
+def scrape(text: str) -> dict[str, float]:
+    """Prometheus text exposition -> {'name{labels}': value}; the comment lines must be HELP or TYPE."""
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            assert line.split()[1] in ("HELP", "TYPE"), line
+            continue
+        key, value = line.rsplit(" ", 1)
+        assert key not in values, f"{key} twice"
+        values[key] = float(value)
+    return values
 
 
 def test_index_search_and_media_over_the_collection(server, allowed):
@@ -321,6 +347,10 @@ def test_index_search_and_media_over_the_collection(server, allowed):
     assert [h["score"] for h in hits] == [h.record()["score"] for h in want]
     like = post("/v1/search", {"like": data_url(MEDIA / "cat.png", "image/png"), "top_k": 1}).json()["results"]
     assert like[0]["path"].endswith("cat.png")
+    # the index made and searched its rows with the model the server serves, not a second copy of it
+    served_model = server.service.registry.get("test-clip_tiny")
+    assert index.models.get("image") is served_model
+    assert list(index._query_models.values()) == [served_model]
     served = httpx.get(server.url + "/v1/media", params={"path": hits[0]["path"]})
     assert served.status_code == 200 and served.content == open(hits[0]["path"], "rb").read()
     assert httpx.get(server.url + "/v1/media", params={"path": str(outside / "secret.png")}).status_code == 404

@@ -24,14 +24,16 @@ __all__ = ["Index", "Hit", "Report", "FileRecord", "SpaceRecord", "IndexBusyErro
 
 class Index:
     """A collection on disk. `image_model` / `audio_model`: what new rows are made with (defaults: a small
-    PE-Core and PE-AV on a CPU, large ones on a GPU); queries always use the model that made a space."""
+    PE-Core and PE-AV on a CPU, large ones on a GPU); queries always use the model that made a space.
+    `loader(source, device=, dtype=)` loads a model by name or path (default: sensorium.loading.load; a server
+    passes its registry, so that a model it serves and a space's model are one copy in memory)."""
 
     def __init__(self, path: str | os.PathLike | None = None, image_model=None, audio_model=None,
-                 device: str = "auto", dtype=None):
+                 device: str = "auto", dtype=None, loader=None):
         uri = os.fspath(path) if path is not None else default_location()
         self.path = uri if is_remote(uri) else os.path.abspath(os.path.expanduser(uri))
         self.store = Store(self.path)
-        self.models = Models(image_model, audio_model, device, dtype)
+        self.models = Models(image_model, audio_model, device, dtype, loader)
         self._query_models: dict[str, object] = {}
         self._searcher = Searcher(self.store, self._model_for)
 
@@ -112,13 +114,12 @@ class Index:
 
     def _localizer(self, source):
         from sensorium.catalog import default_model
-        from sensorium.loading import load
         from sensorium.tasks.capabilities import FrameLocalizer, require
 
         source = source or default_model("localize")
         key = ("when", str(source))
         if key not in self._query_models:
-            model = load(source, device=self.models.device) if isinstance(source, (str, os.PathLike)) else source
+            model = self.models.load(source) if isinstance(source, (str, os.PathLike)) else source
             require(model, "search --when", FrameLocalizer, need_text=True)
             self._query_models[key] = model
         return self._query_models[key]
@@ -151,7 +152,6 @@ class Index:
     def _model_for(self, space: SpaceRecord):
         """The model that made a space, loaded once (the Index's own when its weights are the same)."""
         from sensorium.index.spaces import weights_id
-        from sensorium.loading import load
 
         if space.model not in self._query_models:
             kind = "image" if space.role == "image" else "audio"
@@ -159,7 +159,7 @@ class Index:
             if kind in self.models._loaded and weights_id(self.models._loaded[kind]) == space.weights:
                 model = self.models._loaded[kind]
             if model is None:
-                model = load(space.model, device=self.models.device, dtype=self.models.dtype)
+                model = self.models.load(space.model)
             if weights_id(model) != space.weights:
                 raise ValueError(f"{space.name}: its vectors were made by weights {space.weights}, but {space.model} "
                                  f"now loads {weights_id(model)}; index the files again with this model")

@@ -16,6 +16,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -109,7 +110,15 @@ class Models:
     audio: str | object | None
     device: str = "auto"
     dtype: object = None
+    # (source, device=, dtype=) -> model: sensorium.loading.load, or a server's registry so that a model it serves
+    # is held once
+    loader: Callable | None = None
     _loaded: dict = field(default_factory=dict)
+
+    def load(self, source):
+        from sensorium.loading import load
+
+        return (self.loader or load)(source, device=self.device, dtype=self.dtype)
 
     def source(self, kind: str):
         return getattr(self, kind) or default_model(kind, self.device)
@@ -128,12 +137,9 @@ class Models:
         return json.dumps([kind, str(source), str(path.resolve()), stat.st_size, stat.st_mtime_ns])
 
     def get(self, kind: str):
-        from sensorium.loading import load
-
         if kind not in self._loaded:
             source = self.source(kind)
-            model = load(source, device=self.device, dtype=self.dtype) if isinstance(source, (str, os.PathLike)) \
-                else source
+            model = self.load(source) if isinstance(source, (str, os.PathLike)) else source
             self._check(kind, model)
             self._loaded[kind] = model
         return self._loaded[kind]

@@ -82,7 +82,8 @@ class Service:
 
         with self._index_lock:
             if self._index is None:
-                self._index = Index(self.config.db, device=self.config.device, dtype=self.config.dtype)
+                self._index = Index(self.config.db, device=self.config.device, dtype=self.config.dtype,
+                                    loader=self.registry.load)
             return self._index
 
 

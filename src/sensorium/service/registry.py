@@ -59,15 +59,22 @@ class Registry:
             served = ", ".join(self.names()[:20])
             raise RequestError(f"model {name!r} is not served here (served: {served})", status=404,
                                param="model", code="model_not_found")
+        return self.load(name)
+
+    def load(self, source, device=None, dtype=None):
+        """Any model by catalog name or path, loaded once: the collection index loads its spaces' models here, so
+        that a model this server also serves is one copy. (`device` and `dtype` are the server's; the index passes
+        the same ones.)"""
+        key = str(source)
         with self._lock:
-            lock = self._locks.setdefault(name, threading.Lock())
+            lock = self._locks.setdefault(key, threading.Lock())
         with lock:  # two first requests load it once
-            if name not in self._models:
+            if key not in self._models:
                 from sensorium.loading import load
 
-                self._models[name] = load(name, device=self.device, dtype=self.dtype)
-                self._loaded_at[name] = time.time()
-        return self._models[name]
+                self._models[key] = load(source, device=self.device, dtype=self.dtype)
+                self._loaded_at[key] = time.time()
+        return self._models[key]
 
     def loaded(self) -> dict[str, object]:
         return dict(self._models)
