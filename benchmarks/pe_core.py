@@ -1,7 +1,12 @@
-"""PE-Core speed and memory: sensorium vs timm on the same weights and inputs, and `sensorium embed` end to end.
+"""PE-Core speed and memory: sensorium vs the runtimes a user could pick instead, on the same weights and inputs,
+and `sensorium embed` end to end.
 
-    python benchmarks/pe_core.py setup             # a separate venv with timm (benchmarks/.venv-timm)
-    python benchmarks/pe_core.py models            # image tower, batch 8, fp32 and bf16, B16-224 and L14-336
+    python benchmarks/pe_core.py setup             # the peer venv (benchmarks/.venv-timm): timm, ONNX Runtime, OpenVINO
+    python benchmarks/bound.py                     # the machine's GEMM and memory bounds (benchmarks/out/bound.json)
+    python benchmarks/pe_core.py models            # image tower, batch 8, fp32 and bf16, B16-224 and L14-336:
+                                                   # sensorium (oneDNN linears; -mkl: torch's F.linear), timm eager,
+                                                   # torch.compile(timm) with freezing, ONNX Runtime (torch.onnx
+                                                   # export of timm's model), OpenVINO (its converter on timm's model)
     python benchmarks/pe_core.py embed             # `sensorium embed` over 200 photo-sized JPEGs, decode overlapped or not
 
 Each measurement runs in its own process (so peak RSS is that run's own), the two sides alternate within
@@ -64,6 +69,7 @@ def setup() -> None:
     subprocess.run(pip + ["torch==2.13.0"], check=True)
     subprocess.run(pip + ["--no-deps", "timm==1.0.31"], check=True)
     subprocess.run(pip + ["pyyaml", "huggingface_hub", "safetensors", "numpy", "pillow"], check=True)
+    subprocess.run(pip + ["onnxruntime==1.32.0", "openvino==2026.4.1", "onnx", "onnxscript"], check=True)
     site = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"],
                           check=True, capture_output=True, text=True).stdout.strip()
     for module in ("", "ops", "ops/misc", "transforms", "transforms/functional", "transforms/v2", "datasets", "io"):
@@ -92,49 +98,119 @@ def make_weights(name: str) -> Path:
     return path
 
 
+IMPLS = ("sensorium", "sensorium-mkl", "timm", "timm-compile", "onnxruntime", "openvino", "openvino-throughput")
+PEERS = IMPLS[2:]  # run in the peer environment
+# which (impl, dtype) pairs exist: ONNX Runtime's CPU provider has no bf16 kernels for these models
+PAIRS = {"fp32": ("sensorium", "sensorium-mkl", "timm", "onnxruntime", "openvino"),
+         "bf16": ("sensorium", "sensorium-mkl", "timm", "timm-compile", "openvino", "openvino-throughput")}
+
+
+def _timm_model(name: str, dtype):
+    import timm
+    from safetensors.torch import load_file
+
+    model = timm.create_model(MODELS[name], pretrained=False)
+    model.load_state_dict(load_file(OUT / f"{name}-random-timm.safetensors"))
+    return model.eval().to(dtype)
+
+
+def _onnx_file(name: str, batch: int, size: int) -> Path:
+    """timm's model exported by torch.onnx (dynamo), fp32, batch fixed; made once and kept in benchmarks/out."""
+    import torch
+
+    path = OUT / f"{name}-b{batch}.onnx"
+    if not path.exists():
+        model = _timm_model(name, torch.float32)
+        torch.onnx.export(model, (torch.zeros(batch, 3, size, size),), str(path), dynamo=True)
+    return path
+
+
 def worker(impl: str, name: str, dtype_name: str, batch: int, iters: int) -> dict:
+    """One runtime on the same weights and pixels: images/s (median of `iters` timed calls after a warm-up),
+    peak RSS, and the output (saved, so that the parent compares every runtime with timm fp32)."""
     import resource
 
+    import numpy as np
     import torch
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    weights = OUT / f"{name}-random-timm.safetensors"
-    if impl == "timm":
-        import timm
-        from safetensors.torch import load_file
-
-        model = timm.create_model(MODELS[name], pretrained=False)
-        model.load_state_dict(load_file(weights))
-        model = model.eval().to(dtype)
+    size = int(MODELS[name].rsplit("_", 1)[1])
+    generator = torch.Generator().manual_seed(1)
+    pixels = torch.randn(batch, 3, size, size, generator=generator)
+    prepare_s = 0.0
+    start = time.perf_counter()
+    if impl in ("timm", "timm-compile"):
+        model = _timm_model(name, dtype)
         forward = model
-        size = model.pretrained_cfg["input_size"][-1]
-    else:
+        if impl == "timm-compile":  # inductor with frozen weights (constant-folded, prepacked for oneDNN)
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True
+            forward = torch.compile(model)
+        inputs = pixels.to(dtype)
+    elif impl in ("sensorium", "sensorium-mkl"):
         sys.path.insert(0, str(HERE.parent / "src"))
         import sensorium as sn
+        from sensorium.nn import use_onednn
 
-        model = sn.load(weights, config=name, device="cpu", dtype=dtype)
-        forward = lambda x: model.encode_image(x, normalize=False)  # noqa: E731  pooled + projected, as timm
-        size = model.image_size
-    generator = torch.Generator().manual_seed(1)
-    pixels = torch.randn(batch, 3, size, size, generator=generator).to(dtype)
+        model = sn.load(OUT / f"{name}-random-timm.safetensors", config=name, device="cpu", dtype=dtype)
+        onednn = impl == "sensorium"
+
+        def forward(x):  # pooled + projected, as timm's forward
+            with use_onednn(onednn):
+                return model.encode_image(x, normalize=False)
+        inputs = pixels.to(dtype)
+    elif impl == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(_onnx_file(name, batch, size)), options, providers=["CPUExecutionProvider"])
+        feed = session.get_inputs()[0].name
+        forward = lambda x: torch.from_numpy(session.run(None, {feed: x})[0])  # noqa: E731
+        inputs = pixels.numpy()
+    else:  # OpenVINO converts timm's torch module itself (its PyTorch frontend), weights fp32
+        import openvino as ov
+
+        model = _timm_model(name, torch.float32)
+        converted = ov.convert_model(model, example_input=pixels)
+        hint = {"fp32": "f32", "bf16": "bf16"}[dtype_name]
+        mode = "THROUGHPUT" if impl == "openvino-throughput" else "LATENCY"
+        compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": mode})
+        if mode == "LATENCY":
+            request = compiled.create_infer_request()
+            forward = lambda x: torch.from_numpy(request.infer({0: x})[0].copy())  # noqa: E731
+        else:  # two batches in flight (the issue's "2 requests"): images/s counts both
+            queue = ov.AsyncInferQueue(compiled, 2)
+            results = {}
+            queue.set_callback(lambda req, slot: results.__setitem__(slot, req.get_output_tensor(0).data.copy()))
+
+            def forward(x):
+                queue.start_async({0: x}, 0)
+                queue.start_async({0: x}, 1)
+                queue.wait_all()
+                return torch.from_numpy(results[0])
+            batch *= 2
+        inputs = pixels.numpy()
     loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     times = []
     with torch.inference_mode():
-        forward(pixels)  # warm-up
+        out = forward(inputs)  # warm-up (for torch.compile: the compilation)
+        prepare_s = time.perf_counter() - start
         for _ in range(iters):
             start = time.perf_counter()
-            out = forward(pixels)
+            out = forward(inputs)
             times.append(time.perf_counter() - start)
+    np.save(OUT / f"out-{impl}-{name}-{dtype_name}.npy", out.float().numpy())
     return {
         "impl": impl, "model": name, "dtype": dtype_name, "batch": batch,
-        "images_per_s": batch / statistics.median(times), "times": times,
+        "images_per_s": batch / statistics.median(times), "times": times, "prepare_s": prepare_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_after_load_mb": loaded_rss,
-        "out_norm": float(out.float().norm()),
     }
 
 
 def _python(impl: str) -> str:
-    return str(TIMM_VENV / "bin" / "python") if impl == "timm" else sys.executable
+    return str(TIMM_VENV / "bin" / "python") if impl in PEERS else sys.executable
 
 
 def _run_worker(impl: str, *args: str) -> dict:
@@ -144,32 +220,67 @@ def _run_worker(impl: str, *args: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def bench_models(rounds: int, iters: int, batch: int, models: list[str], dtypes: list[str]) -> list[dict]:
+def flops_per_image(name: str) -> float:
+    """The image tower's FLOPs for one image (torch's FLOP counter over sensorium's eager forward, batch 1)."""
+    sys.path.insert(0, str(HERE.parent / "src"))
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import sensorium as sn
+    from sensorium.nn import use_onednn
+
+    model = sn.load(OUT / f"{name}-random-timm.safetensors", config=name, device="cpu")
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), use_onednn(False), counter:  # the counter knows aten's ops, not oneDNN's
+        model.encode_image(torch.zeros(1, 3, model.image_size, model.image_size), normalize=False)
+    return float(counter.get_total_flops())
+
+
+def bench_models(rounds: int, iters: int, batch: int, models: list[str], dtypes: list[str],
+                 only: list[str] | None = None) -> list[dict]:
+    """Every runtime of PAIRS on each model and dtype, the order rotated every round; medians; each output
+    compared with timm fp32's on the same pixels before its speed counts."""
+    import numpy as np
+
+    from bound import load as load_bound
+
     OUT.mkdir(exist_ok=True)
     for name in models:
         if not (OUT / f"{name}-random-timm.safetensors").exists():
             subprocess.run([_python("timm"), __file__, "make-weights", name], check=True)
+    rates = load_bound()["rates"]
+    bound = {"fp32": max(v for k, v in rates.items() if "fp32 GFLOP/s" in k),
+             "bf16": max(v for k, v in rates.items() if "bf16 GFLOP/s" in k)}
     rows = []
     for name in models:
-        for dtype in dtypes:
-            runs: dict[str, list[dict]] = {"sensorium": [], "timm": []}
+        flops = flops_per_image(name)
+        for dtype in ["fp32"] + [d for d in dtypes if d != "fp32"]:  # fp32 first: timm fp32 is the reference
+            impls = tuple(i for i in PAIRS[dtype] if not only or i in only or i in ("timm", "sensorium"))
+            runs: dict[str, list[dict]] = {impl: [] for impl in impls}
             for r in range(rounds):
-                order = ("sensorium", "timm") if r % 2 == 0 else ("timm", "sensorium")
+                order = impls[r % len(impls):] + impls[:r % len(impls)]
                 for impl in order:
                     runs[impl].append(_run_worker(impl, name, dtype, str(batch), str(iters)))
                     print(f"  {name} {dtype} round {r + 1}/{rounds} {impl}: "
                           f"{runs[impl][-1]['images_per_s']:.2f} img/s", file=sys.stderr)
-            ours, theirs = runs["sensorium"], runs["timm"]
-            row = {
-                "model": name, "dtype": dtype, "batch": batch, "rounds": rounds, "iters": iters,
-                "sensorium_img_s": statistics.median(r["images_per_s"] for r in ours),
-                "timm_img_s": statistics.median(r["images_per_s"] for r in theirs),
-                "sensorium_peak_mb": statistics.median(r["peak_rss_mb"] for r in ours),
-                "timm_peak_mb": statistics.median(r["peak_rss_mb"] for r in theirs),
-                "same_output_norm": abs(ours[0]["out_norm"] - theirs[0]["out_norm"]) / theirs[0]["out_norm"],
-            }
-            row["speed_ratio"] = row["sensorium_img_s"] / row["timm_img_s"]
-            rows.append(row)
+            reference = np.load(OUT / f"out-timm-{name}-fp32.npy")
+            for impl in impls:
+                out = np.load(OUT / f"out-{impl}-{name}-{dtype}.npy")[: len(reference)]
+                speed = statistics.median(r["images_per_s"] for r in runs[impl])
+                rows.append({
+                    "model": name, "dtype": dtype, "impl": impl, "batch": batch, "rounds": rounds, "iters": iters,
+                    "img_s": speed, "all_img_s": [r["images_per_s"] for r in runs[impl]],
+                    "prepare_s": statistics.median(r["prepare_s"] for r in runs[impl]),
+                    "peak_mb": statistics.median(r["peak_rss_mb"] for r in runs[impl]),
+                    "max_err_vs_timm_fp32": float(np.abs(out - reference).max() / np.abs(reference).max()),
+                    "gflop_s": speed * flops / 1e9, "fraction_of_bound": speed * flops / 1e9 / bound[dtype],
+                    "bound_gflop_s": bound[dtype], "flops_per_image": flops,
+                })
+    timm_fp32 = {r["model"]: r["img_s"] for r in rows if r["impl"] == "timm" and r["dtype"] == "fp32"}
+    for row in rows:
+        row["vs_timm_fp32"] = row["img_s"] / timm_fp32[row["model"]]
+        ours = next(r for r in rows if (r["model"], r["dtype"], r["impl"]) == (row["model"], row["dtype"], "sensorium"))
+        row["sensorium_vs_this"] = ours["img_s"] / row["img_s"]
     return rows
 
 
@@ -233,6 +344,7 @@ def main() -> None:
     m.add_argument("--batch", type=int, default=8)
     m.add_argument("--model", action="append", choices=list(MODELS))
     m.add_argument("--dtype", action="append", choices=["fp32", "bf16"])
+    m.add_argument("--only", action="append", choices=IMPLS, help="runtimes to run (default: all; timm always)")
     e = sub.add_parser("embed")
     e.add_argument("--rounds", type=int, default=3)
     e.add_argument("--images", type=int, default=200)
@@ -256,13 +368,16 @@ def main() -> None:
     elif args.command == "worker":
         print(json.dumps(worker(args.impl, args.model, args.dtype, args.batch, args.iters)))
     elif args.command == "models":
-        rows = bench_models(args.rounds, args.iters, args.batch, args.model or list(MODELS), args.dtype or ["fp32", "bf16"])
+        rows = bench_models(args.rounds, args.iters, args.batch, args.model or list(MODELS), args.dtype or ["fp32", "bf16"],
+                            args.only)
         print(f"machine: {machine()}")
-        print("| model | dtype | batch | sensorium img/s | timm img/s | ratio | sensorium peak RSS MB | timm peak RSS MB |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| model | dtype | runtime | img/s | vs timm fp32 | sensorium vs it | fraction of the GEMM bound | "
+              "max error vs timm fp32 | setup s | peak RSS MB |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['sensorium_img_s']:.2f} | {r['timm_img_s']:.2f} | "
-                  f"{r['speed_ratio']:.2f}x | {r['sensorium_peak_mb']:.0f} | {r['timm_peak_mb']:.0f} |")
+            print(f"| {r['model']} | {r['dtype']} | {r['impl']} | {r['img_s']:.2f} | {r['vs_timm_fp32']:.2f}x | "
+                  f"{r['sensorium_vs_this']:.2f}x | {100 * r['fraction_of_bound']:.0f} % of {r['bound_gflop_s']:.0f} | "
+                  f"{r['max_err_vs_timm_fp32']:.1e} | {r['prepare_s']:.1f} | {r['peak_mb']:.0f} |")
         (OUT / "models.json").write_text(json.dumps(rows, indent=1))
     elif args.command == "embed":
         rows = bench_embed(args.rounds, args.images, args.batch, args.workers,

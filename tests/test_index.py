@@ -120,7 +120,8 @@ def test_incremental_runs_touch_edit_delete_add(tmp_path, folder, models, monkey
     after = rows_of(index)
     cat = [r for r in after if r["path"].endswith("cat.png")]
     small = [r for r in after if r["path"].endswith("dog_small.png")]
-    assert len(cat) == 1 and np.allclose(cat[0]["vector"], small[0]["vector"])
+    # the same pixels, embedded in another batch: equal to float32 rounding (oneDNN's blocking follows the batch)
+    assert len(cat) == 1 and np.allclose(cat[0]["vector"], small[0]["vector"], rtol=0, atol=1e-6)
     assert not any(r["path"].endswith("speech.wav") for r in after)
     assert any(r["path"].endswith("tone.wav") for r in after)
     # a fresh collection built from the final folder holds the same rows

@@ -102,8 +102,8 @@ def test_av_batch_item_equals_item_alone(av_model):
         video={k: v[1:, :5] for k, v in video.items()},
         text={k: v[1:] for k, v in text.items()},
     ).fields()
-    for field in FIELDS:
-        assert max_diff(batched[field][1], alone[field][0]) <= 2e-6, field
+    for field in FIELDS:  # float32 rounding only (oneDNN's GEMM blocking follows the batch): values ~2, 1e-6 relative
+        assert max_diff(batched[field][1], alone[field][0]) <= 5e-6, field
     # the original's own batched values for item 1 differ (its codec sees the batch's zero padding)
     assert max_diff(REF["av.batch.audio_embeds"][1], REF["av.batch_item1_alone.audio_embeds"][0]) > 1e-2
 

@@ -22,6 +22,7 @@ from sensorium.nn.decoder import Decoder, DecoderConfig, config_from_transformer
 from sensorium.nn.chat import ChatModel
 from sensorium.nn.generation import check_sampling
 from sensorium.nn.multimodal import scatter_placeholders
+from sensorium.nn.linear import Linear, linear
 
 SAMPLING_RATE = 16000  # the Whisper encoder's rate
 
@@ -96,10 +97,10 @@ class EncoderAttention(nn.Module):
     def __init__(self, config: EncoderConfig):
         super().__init__()
         self.heads, self.head_dim = config.heads, config.head_dim
-        self.q = nn.Linear(config.width, config.width)
-        self.k = nn.Linear(config.width, config.width, bias=False)
-        self.v = nn.Linear(config.width, config.width)
-        self.out = nn.Linear(config.width, config.width)
+        self.q = Linear(config.width, config.width)
+        self.k = Linear(config.width, config.width, bias=False)
+        self.v = Linear(config.width, config.width)
+        self.out = Linear(config.width, config.width)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         batch, tokens, width = x.shape
@@ -117,12 +118,12 @@ class EncoderLayer(nn.Module):
         self.attn_norm = nn.LayerNorm(config.width)
         self.attn = EncoderAttention(config)
         self.mlp_norm = nn.LayerNorm(config.width)
-        self.fc1 = nn.Linear(config.width, config.mlp_hidden)
-        self.fc2 = nn.Linear(config.mlp_hidden, config.width)
+        self.fc1 = Linear(config.width, config.mlp_hidden)
+        self.fc2 = Linear(config.mlp_hidden, config.width)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), mask)
-        x = x + self.fc2(F.gelu(self.fc1(self.mlp_norm(x))))
+        x = x + self.fc2(linear(self.mlp_norm(x), self.fc1.weight, self.fc1.bias, "gelu"))
         if x.dtype == torch.float16:  # the reference's overflow guard
             bound = torch.finfo(x.dtype).max - 1000
             x = x.clamp(-bound, bound)
@@ -157,11 +158,11 @@ class AudioEncoder(nn.Module):
 class Projector(nn.Module):
     def __init__(self, config: AF3Config):
         super().__init__()
-        self.fc1 = nn.Linear(config.encoder.width, config.decoder.width, bias=config.projector_bias)
-        self.fc2 = nn.Linear(config.decoder.width, config.decoder.width, bias=config.projector_bias)
+        self.fc1 = Linear(config.encoder.width, config.decoder.width, bias=config.projector_bias)
+        self.fc2 = Linear(config.decoder.width, config.decoder.width, bias=config.projector_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(linear(x, self.fc1.weight, self.fc1.bias, "gelu"))
 
 
 # ---------------------------------------------------------------------------------------------------------

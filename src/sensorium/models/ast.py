@@ -20,6 +20,7 @@ from torch import nn
 from sensorium.nn import TransformerBlock
 from sensorium.keymaps import Concat, KeyMap, prefixed
 from sensorium.models.family import Family, processor_of
+from sensorium.nn.linear import Linear
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class AST(nn.Module):
         )
         self.norm = nn.LayerNorm(width, eps=c.layer_norm_eps)
         self.head_norm = nn.LayerNorm(width, eps=c.layer_norm_eps)
-        self.head = nn.Linear(width, len(c.labels))
+        self.head = Linear(width, len(c.labels))
         self.processor = None  # attached by the loader (sensorium.processors.ast)
 
     @property

@@ -13,6 +13,7 @@ from torch import nn
 
 from sensorium.keymaps import KeyMap, Unused
 from sensorium.nn import Rope1D, apply_rope_halves
+from sensorium.nn.linear import Linear
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,11 @@ class ModernBertLayer(nn.Module):
         super().__init__()
         self.heads, self.head_dim = config.heads, config.head_dim
         self.attn_norm = nn.Identity() if first else nn.LayerNorm(config.width, eps=config.eps, bias=False)
-        self.qkv = nn.Linear(config.width, 3 * config.width, bias=False)
-        self.attn_out = nn.Linear(config.width, config.width, bias=False)
+        self.qkv = Linear(config.width, 3 * config.width, bias=False)
+        self.attn_out = Linear(config.width, config.width, bias=False)
         self.mlp_norm = nn.LayerNorm(config.width, eps=config.eps, bias=False)
-        self.mlp_in = nn.Linear(config.width, 2 * config.mlp_hidden, bias=False)
-        self.mlp_out = nn.Linear(config.mlp_hidden, config.width, bias=False)
+        self.mlp_in = Linear(config.width, 2 * config.mlp_hidden, bias=False)
+        self.mlp_out = Linear(config.mlp_hidden, config.width, bias=False)
 
     def forward(self, x, rope, mask):
         batch, tokens, width = x.shape

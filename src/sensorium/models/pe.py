@@ -22,6 +22,7 @@ from sensorium.nn import Mlp, RopeTables, TransformerBlock, rope_2d_angles, rope
 from sensorium.errors import CapabilityError
 from sensorium.keymaps import Concat, KeyMap, Transposed, ZeroBiasDropped, prefixed
 from sensorium.models.family import Family, processor_of
+from sensorium.nn.linear import Linear, linear
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,8 @@ class AttentionPool(nn.Module):
         super().__init__()
         self.heads = heads
         self.probe = nn.Parameter(torch.zeros(1, 1, width))
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
+        self.qkv = Linear(width, 3 * width)
+        self.proj = Linear(width, width)
         self.norm = nn.LayerNorm(width, eps=1e-5)
         self.mlp = Mlp(width, 4 * width)
 
@@ -98,9 +99,9 @@ class AttentionPool(nn.Module):
         batch, tokens, width = x.shape
         head_dim = width // self.heads
         weight, bias = self.qkv.weight, self.qkv.bias
-        q = F.linear(self.probe.to(x.dtype).expand(batch, -1, -1), weight[:width], bias[:width])
+        q = linear(self.probe.to(x.dtype).expand(batch, -1, -1), weight[:width], bias[:width])
         q = q.view(batch, 1, self.heads, head_dim).transpose(1, 2)
-        k, v = F.linear(x, weight[width:], bias[width:]).view(batch, tokens, 2, self.heads, head_dim).permute(
+        k, v = linear(x, weight[width:], bias[width:]).view(batch, tokens, 2, self.heads, head_dim).permute(
             2, 0, 3, 1, 4
         )
         pooled = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, 1, width)

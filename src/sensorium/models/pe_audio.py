@@ -27,6 +27,7 @@ from sensorium.models.pe import VisionConfig
 from sensorium.models.family import processor_of
 from sensorium.nn import RMSNorm, Rope1D, SwiGLU, apply_rope_pairs
 from sensorium.nn.sequence import reflect_pad_to_multiple
+from sensorium.nn.linear import Linear
 
 TEXT_MISSING = "no tokenizer.json was found beside the weights"
 CODEC_CHUNK = 750  # frames (30 s) per codec call on long clips
@@ -118,10 +119,10 @@ class Attention(nn.Module):
     def __init__(self, config: EncoderConfig):
         super().__init__()
         self.heads, self.head_dim = config.heads, config.head_dim
-        self.q = nn.Linear(config.width, config.width, bias=False)
-        self.k = nn.Linear(config.width, config.width, bias=False)
-        self.v = nn.Linear(config.width, config.width, bias=False)
-        self.o = nn.Linear(config.width, config.width, bias=False)
+        self.q = Linear(config.width, config.width, bias=False)
+        self.k = Linear(config.width, config.width, bias=False)
+        self.v = Linear(config.width, config.width, bias=False)
+        self.o = Linear(config.width, config.width, bias=False)
         self.q_norm = RMSNorm(config.head_dim, config.eps)
         self.k_norm = RMSNorm(config.head_dim, config.eps)
 
@@ -158,7 +159,7 @@ class SequenceEncoder(nn.Module):
         self.patch2 = ConvBlock(config.width)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.layers))
         self.norm = RMSNorm(config.width, config.eps)
-        self.output = nn.Linear(config.width, config.width, bias=False)
+        self.output = Linear(config.width, config.width, bias=False)
         self.rope = Rope1D(config.head_dim, config.rope_theta, "pairs", limit=config.max_positions)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -192,7 +193,7 @@ class ContrastiveHead(nn.Module):
     def __init__(self, width: int, output_dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(width, eps=1e-6)
-        self.proj = nn.Linear(width, output_dim, bias=False)
+        self.proj = Linear(width, output_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.norm(x))
@@ -202,7 +203,7 @@ class AudioTower(nn.Module):
     def __init__(self, config: PEAVConfig):
         super().__init__()
         self.dac = DacEncoder(config.dac)
-        self.data_proj = nn.Linear(config.dac.latent_dim, config.audio.width)
+        self.data_proj = Linear(config.dac.latent_dim, config.audio.width)
         self.encoder = SequenceEncoder(config.audio)
 
     def latents(self, waveforms: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

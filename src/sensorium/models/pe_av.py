@@ -53,6 +53,7 @@ from sensorium.models.pe_audio import (
 )
 from sensorium.models.pe_a_frame import PEAFrameModel
 from sensorium.models.pe import ORIGINAL_VISION, TIMM_VISION, VisionConfig, VisionTransformer
+from sensorium.nn.linear import Linear
 
 FRAME_CHUNK = 32  # video frames per frame-encoder call
 
@@ -61,8 +62,8 @@ class VideoTower(nn.Module):
     def __init__(self, config: PEAVConfig):
         super().__init__()
         self.frames = VisionTransformer(config.frame_encoder)
-        self.proj = nn.Linear(config.frame_encoder.output_dim, config.video.width, bias=False)
-        self.data_proj = nn.Linear(config.video.width, config.video.width)
+        self.proj = Linear(config.frame_encoder.output_dim, config.video.width, bias=False)
+        self.data_proj = Linear(config.video.width, config.video.width)
         self.encoder = SequenceEncoder(config.video)
 
     def frame_features(self, pixels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -90,8 +91,8 @@ class Fusion(nn.Module):
             raise ValueError("PE-AV fusion needs equal audio, video and fusion widths")
         self.video_proj = nn.Conv1d(width, width, kernel_size=1)
         self.video_norm = nn.LayerNorm(width, eps=1e-5)
-        self.concat_proj = nn.Linear(2 * width, width)
-        self.data_proj = nn.Linear(width, width)
+        self.concat_proj = Linear(2 * width, width)
+        self.data_proj = Linear(width, width)
         self.encoder = SequenceEncoder(config.fusion)
 
     def forward(self, audio, audio_mask, video, video_mask) -> torch.Tensor:

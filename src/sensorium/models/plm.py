@@ -25,6 +25,7 @@ from sensorium.nn.decoder import Decoder, DecoderConfig, config_from_transformer
 from sensorium.nn.generation import check_sampling
 from sensorium.nn.multimodal import scatter_placeholders
 from sensorium.nn.rope import Llama3Scaling
+from sensorium.nn.linear import Linear, linear
 
 
 @dataclass(frozen=True)
@@ -144,12 +145,12 @@ class Projector(nn.Module):
 
     def __init__(self, vision_width: int, width: int, ratio: int):
         super().__init__()
-        self.fc1 = nn.Linear(vision_width, width)
-        self.fc2 = nn.Linear(width, width)
+        self.fc1 = Linear(vision_width, width)
+        self.fc2 = Linear(width, width)
         self.ratio = ratio
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.fc2(F.gelu(self.fc1(tokens)))  # [tiles, side*side, width]
+        x = self.fc2(linear(tokens, self.fc1.weight, self.fc1.bias, "gelu"))  # [tiles, side*side, width]
         if self.ratio == 1:
             return x
         tiles, count, width = x.shape

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensorium.nn.rope import apply_rope_pairs
+from sensorium.nn.linear import Linear, linear
 
 
 class SelfAttention(nn.Module):
@@ -20,8 +21,8 @@ class SelfAttention(nn.Module):
         if width % heads:
             raise ValueError(f"width {width} is not divisible by {heads} heads")
         self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
+        self.qkv = Linear(width, 3 * width)
+        self.proj = Linear(width, width)
 
     def forward(
         self,
@@ -44,8 +45,8 @@ class SelfAttention(nn.Module):
         batch, tokens, width = x.shape
         head_dim = width // self.heads
         weight, bias = self.qkv.weight, self.qkv.bias
-        q = F.linear(x[:, :count], weight[:width], bias[:width]).view(batch, count, self.heads, head_dim)
-        k, v = F.linear(x, weight[width:], bias[width:]).view(batch, tokens, 2, self.heads, head_dim).permute(
+        q = linear(x[:, :count], weight[:width], bias[:width]).view(batch, count, self.heads, head_dim)
+        k, v = linear(x, weight[width:], bias[width:]).view(batch, tokens, 2, self.heads, head_dim).permute(
             2, 0, 3, 1, 4
         )
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v)

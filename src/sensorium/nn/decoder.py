@@ -19,6 +19,7 @@ from sensorium.nn.kv_cache import KVCache
 from sensorium.nn.norms import RMSNorm
 from sensorium.nn.layers import SwiGLU
 from sensorium.nn.rope import Llama3Scaling, Rope1D, apply_rope_halves
+from sensorium.nn.linear import Linear, linear
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,10 @@ class DecoderAttention(nn.Module):
     def __init__(self, config: DecoderConfig):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = config.heads, config.kv_heads, config.head_dim
-        self.q = nn.Linear(config.width, config.heads * config.head_dim, bias=config.qkv_bias)
-        self.k = nn.Linear(config.width, config.kv_heads * config.head_dim, bias=config.qkv_bias)
-        self.v = nn.Linear(config.width, config.kv_heads * config.head_dim, bias=config.qkv_bias)
-        self.o = nn.Linear(config.heads * config.head_dim, config.width, bias=False)
+        self.q = Linear(config.width, config.heads * config.head_dim, bias=config.qkv_bias)
+        self.k = Linear(config.width, config.kv_heads * config.head_dim, bias=config.qkv_bias)
+        self.v = Linear(config.width, config.kv_heads * config.head_dim, bias=config.qkv_bias)
+        self.o = Linear(config.heads * config.head_dim, config.width, bias=False)
 
     def forward(self, x, rope, mask, cache: KVCache | None = None, layer: int = 0, start: int = 0):
         """x [B, T, width]; rope (cos, sin) [B, T, head_dim]; mask [B, 1, T, S] bool or None (plain causal);
@@ -117,7 +118,7 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.layers))
         self.norm = RMSNorm(config.width, config.eps, weight_in_float32=False)
         # A tied head reads the embedding's weight at call time (nothing to re-tie after loading).
-        self.head = None if config.tie_embeddings else nn.Linear(config.width, config.vocab_size, bias=False)
+        self.head = None if config.tie_embeddings else Linear(config.width, config.vocab_size, bias=False)
         self.rope = Rope1D(config.head_dim, config.rope_theta, "halves", scaling=config.rope_scaling)
 
     def forward(self, embeds, positions, mask, length: int, cache: KVCache | None = None, start: int = 0):
@@ -130,7 +131,7 @@ class Decoder(nn.Module):
         return self.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.embed.weight if self.head is None else self.head.weight)
+        return linear(hidden, self.embed.weight if self.head is None else self.head.weight)
 
     def new_cache(self, batch: int, length: int) -> KVCache:
         c, weight = self.config, self.embed.weight

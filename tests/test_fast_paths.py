@@ -1,0 +1,81 @@
+"""The CPU fast paths of sensorium.nn against the plain torch forms they replace: oneDNN linears (fused GELU)
+against F.linear, the complex-multiply RoPE against the explicit rotation, and a whole model with and without
+them. Tolerances: float32 differs only in the order of the sums (~1e-7 relative); bfloat16 by a rounding."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sensorium as sn
+from sensorium.nn import Linear, apply_rope_pairs, linear, rope_2d_angles, rope_tables, use_onednn
+from sensorium.nn.linear import AVAILABLE
+
+pytestmark = pytest.mark.skipif(not AVAILABLE, reason="this torch has no oneDNN")  # x86 and ARM builds have it
+
+
+def rel(a, b) -> float:
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+@pytest.mark.parametrize("shape", [(5, 48), (2, 7, 48), (0, 48), (1, 1, 48)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_onednn_linear_equals_f_linear_in_float32(shape, with_bias):
+    torch.manual_seed(0)
+    x, weight = torch.randn(shape), torch.randn(96, 48)
+    bias = torch.randn(96) if with_bias else None
+    with torch.inference_mode():
+        want = F.linear(x, weight, bias)
+        got = linear(x, weight, bias)
+        assert got.shape == want.shape
+        if x.numel():
+            assert rel(got, want) < 1e-6
+            assert rel(linear(x, weight, bias, "gelu"), F.gelu(want)) < 1e-6
+
+
+def test_onednn_linear_takes_strided_inputs_and_bfloat16():
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(7, 3, 64).transpose(0, 1), torch.randn(32, 64), torch.randn(32)
+    with torch.inference_mode():
+        assert rel(linear(x, weight, bias), F.linear(x, weight, bias)) < 1e-6
+        xb, wb, bb = x.bfloat16(), weight.bfloat16(), bias.bfloat16()
+        assert linear(xb, wb, bb).dtype == torch.bfloat16
+        assert rel(linear(xb, wb, bb), F.linear(x, weight, bias)) < 2e-2  # bf16 inputs: a bf16 rounding
+
+
+def test_switched_off_and_with_gradients_it_is_f_linear():
+    torch.manual_seed(0)
+    x, layer = torch.randn(4, 16), Linear(16, 8)
+    with torch.inference_mode(), use_onednn(False):
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+    out = layer(x)  # gradients wanted: the autograd path
+    out.sum().backward()
+    assert layer.weight.grad is not None and torch.equal(out, F.linear(x, layer.weight, layer.bias))
+    with pytest.raises(ValueError, match="activation"):
+        linear(x, layer.weight, layer.bias, "relu6")
+
+
+def explicit_rotation(x, cos, signed_sin):
+    """(x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin) in float32, written out (the original's form)."""
+    x32 = x.float()
+    pairs = x32.unflatten(-1, (-1, 2))
+    swapped = torch.stack((pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    return (x32 * cos + swapped * signed_sin).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_complex_rope_is_bit_identical_to_the_explicit_rotation(dtype):
+    torch.manual_seed(0)
+    cos, signed_sin = rope_tables(rope_2d_angles(16, 3, 4, prefix_tokens=1))
+    qkv = torch.randn(2, 13, 3, 4, 16).to(dtype).permute(2, 0, 3, 1, 4)  # the attention's strided view of q, k
+    for x in (qkv[:2], qkv[1], torch.randn(2, 4, 13, 16).to(dtype)):
+        assert torch.equal(apply_rope_pairs(x, cos, signed_sin), explicit_rotation(x, cos, signed_sin))
+
+
+def test_a_model_with_and_without_the_fast_paths(tiny_entries):
+    model = sn.load("test-clip_tiny", device="cpu")
+    pixels = torch.randn(3, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        fast = model.encode_image(pixels, normalize=False)
+        with use_onednn(False):
+            plain = model.encode_image(pixels, normalize=False)
+    assert rel(fast, plain) < 1e-5
