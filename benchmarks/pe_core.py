@@ -98,11 +98,12 @@ def make_weights(name: str) -> Path:
     return path
 
 
-IMPLS = ("sensorium", "sensorium-mkl", "timm", "timm-compile", "onnxruntime", "openvino", "openvino-throughput")
-PEERS = IMPLS[2:]  # run in the peer environment
+IMPLS = ("sensorium", "sensorium-compile", "sensorium-mkl", "timm", "timm-compile", "onnxruntime", "openvino", "openvino-throughput")
+PEERS = IMPLS[3:]  # run in the peer environment
 # which (impl, dtype) pairs exist: ONNX Runtime's CPU provider has no bf16 kernels for these models
-PAIRS = {"fp32": ("sensorium", "sensorium-mkl", "timm", "onnxruntime", "openvino"),
-         "bf16": ("sensorium", "sensorium-mkl", "timm", "timm-compile", "openvino", "openvino-throughput")}
+PAIRS = {"fp32": ("sensorium", "sensorium-compile", "sensorium-mkl", "timm", "onnxruntime", "openvino"),
+         "bf16": ("sensorium", "sensorium-compile", "sensorium-mkl", "timm", "timm-compile", "openvino",
+                  "openvino-throughput")}
 
 
 def _timm_model(name: str, dtype):
@@ -148,13 +149,14 @@ def worker(impl: str, name: str, dtype_name: str, batch: int, iters: int) -> dic
             inductor_config.freezing = True
             forward = torch.compile(model)
         inputs = pixels.to(dtype)
-    elif impl in ("sensorium", "sensorium-mkl"):
+    elif impl.startswith("sensorium"):
         sys.path.insert(0, str(HERE.parent / "src"))
         import sensorium as sn
         from sensorium.nn import use_onednn
 
-        model = sn.load(OUT / f"{name}-random-timm.safetensors", config=name, device="cpu", dtype=dtype)
-        onednn = impl == "sensorium"
+        model = sn.load(OUT / f"{name}-random-timm.safetensors", config=name, device="cpu", dtype=dtype,
+                        compile=impl == "sensorium-compile")  # compiled: inductor's cache in ~/.cache/sensorium
+        onednn = impl != "sensorium-mkl"
 
         def forward(x):  # pooled + projected, as timm's forward
             with use_onednn(onednn):

@@ -79,3 +79,41 @@ def test_a_model_with_and_without_the_fast_paths(tiny_entries):
         with use_onednn(False):
             plain = model.encode_image(pixels, normalize=False)
     assert rel(fast, plain) < 1e-5
+
+
+def test_a_compiled_model_equals_eager(tiny_entries, ast_models, monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # not the user's cache
+    eager, compiled = sn.load("test-clip_tiny", device="cpu"), sn.load("test-clip_tiny", device="cpu", compile=True)
+    pixels = torch.randn(2, 3, eager.image_size, eager.image_size, generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(1, 50, (2, eager.context_length), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert rel(compiled.encode_image(pixels), eager.encode_image(pixels)) < 1e-5
+        assert rel(compiled.encode_text(ids), eager.encode_text(ids)) < 1e-5
+    assert compiled.encode_image.failure is None
+    tagger = sn.load("ast-finetuned-audioset-10-10-0.4593", device="cpu")
+    features = torch.randn(1, tagger.max_frames, tagger.config.num_mel_bins, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        want = tagger.classify(features)
+        from sensorium.nn.compiled import compile_methods
+
+        compile_methods(tagger, tagger.compile_methods)
+        assert rel(tagger.classify(features), want) < 1e-5
+
+
+def test_a_failed_compile_falls_back_to_eager_and_bad_input_still_raises(tiny_entries, af3_model_dir, monkeypatch):
+    import sensorium.nn.compiled as compiled_module
+
+    def no_compiler(fn):
+        def fails(*args, **kwargs):
+            raise RuntimeError("InductorError: no C++ compiler found")
+        return fails
+    monkeypatch.setattr(compiled_module.torch, "compile", no_compiler)
+    eager, model = sn.load("test-clip_tiny", device="cpu"), sn.load("test-clip_tiny", device="cpu", compile=True)
+    pixels = torch.randn(1, 3, eager.image_size, eager.image_size)
+    with torch.inference_mode():
+        with pytest.warns(RuntimeWarning, match="no C.. compiler found.*runs eagerly"):
+            assert torch.equal(model.encode_image(pixels), eager.encode_image(pixels))
+        with pytest.raises(ValueError, match="pixels must be a float tensor"):  # a bad input: eager's own error
+            model.encode_image(torch.randn(1, 5, 7))
+    with pytest.raises(sn.CapabilityError, match="compile=True is not available"):
+        sn.load(str(af3_model_dir), device="cpu", compile=True)

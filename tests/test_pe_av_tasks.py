@@ -100,3 +100,25 @@ def test_cli(model_dir, media, tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["templates"] == ["{}", "the sound of {}.", "a recording of {}."] and "cosine" in doc["scores"]
     assert doc["windows"].startswith("2 s every 2 s")
+
+
+def test_an_every_frame_run_is_announced_with_its_frames_and_time(model, media, monkeypatch):
+    """Before an every-frame model starts, a warning gives the frame-encoder passes it will make (equal to what the
+    run then reports), a measured time per frame and what a -16-frame model would make instead."""
+    from sensorium.tasks import audiovisual
+    from sensorium.tasks.inputs import MediaItem, modality_of
+
+    monkeypatch.setattr(audiovisual, "ANNOUNCE_FRAMES", 10)
+    files = [str(media / n) for n in ("train.mp4", "dog.mp4", "speech.wav", "corrupt.mp4")]
+    with pytest.warns(UserWarning, match="reads every video frame") as caught:
+        rows = sn.embed(files, model=model, window=5.0)
+    done = [r for r in rows if r.error is None and r.modality != "audio"]
+    frames = sum(r.extra["frames"] for r in done)
+    [message] = [str(w.message) for w in caught if "every video frame" in str(w.message)]
+    assert f"2 videos, {frames} passes" in message and "s a frame, measured" in message
+    items = [MediaItem(f, modality_of(f)) for f in files]
+    cost = audiovisual.frame_cost(model, items, window=5.0)
+    assert (cost.videos, cost.frames) == (2, frames) and cost.frames_16 < frames and cost.seconds_per_frame > 0
+    # nothing to announce for a -16-frame model
+    monkeypatch.setattr(model, "config", type(model.config)(**{**model.config.__dict__, "video_frames": 16}))
+    assert audiovisual.frame_cost(model, items) is None

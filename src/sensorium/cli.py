@@ -226,7 +226,8 @@ def _load_model(args, task: str, need_text: bool):
     from sensorium.tasks.visual import require_clip
 
     try:
-        model = load(args.model, config=args.config, device=args.device, dtype=args.dtype)
+        model = load(args.model, config=args.config, device=args.device, dtype=args.dtype,
+                     compile=getattr(args, "compile", False))
         if task == "tag":
             require(model, task, AudioTagger)
         elif task in ("embed", "classify") and isinstance(model, AudioVideoEmbedder):
@@ -556,7 +557,8 @@ def _load_listener(args, task: str, source: str, need):
     from sensorium.tasks.capabilities import require
 
     try:
-        model = load(source, config=args.config, device=args.device, dtype=args.dtype)
+        model = load(source, config=args.config, device=args.device, dtype=args.dtype,
+                     compile=getattr(args, "compile", False))
         require(model, task, need(model), need_text=True)
     except (SensoriumError, OSError, ValueError, TypeError) as err:
         print(f"sensorium {task}: cannot use model {source}:\n{err}", file=sys.stderr)
@@ -709,7 +711,7 @@ def run_serve(args) -> int:
                          api_key=args.api_key or os.environ.get("SENSORIUM_API_KEY") or None, device=args.device,
                          dtype=None if args.dtype == "auto" else args.dtype,
                          allow_paths=tuple(os.path.abspath(p) for p in args.allow_path or ()),
-                         batching=not args.no_batching, limits=limits)
+                         batching=not args.no_batching, compile=args.compile, limits=limits)
     if args.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
         print(f"sensorium serve: listening on {args.host} without an API key: anyone who can reach it can use it "
               "(--api-key KEY)", file=sys.stderr)

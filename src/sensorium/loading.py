@@ -21,7 +21,7 @@ import torch
 from sensorium import catalog, processors
 # by name from the package: `sensorium.models` itself is rebound to the catalog's `models()` in __init__
 from sensorium.models import families, family, family_of
-from sensorium.errors import UnknownModelError, WeightsError, WeightsNotFoundError
+from sensorium.errors import CapabilityError, UnknownModelError, WeightsError, WeightsNotFoundError
 from sensorium.hub import fetch_published
 from sensorium.keymaps import assign_strict, remap
 
@@ -162,13 +162,17 @@ class Found:
     name: str
 
 
-def load(source: str | os.PathLike, config=None, device: str | torch.device = "auto", dtype=None) -> torch.nn.Module:
+def load(source: str | os.PathLike, config=None, device: str | torch.device = "auto", dtype=None,
+         compile: bool = False) -> torch.nn.Module:
     """Load a model: `source` is a catalog name, a hub repo id ("owner/name" or "owner/name@revision"),
     a local directory or a local weights file. `config` (a catalog name or a config object) names the
     architecture when the source does not. `device="auto"` picks CUDA, then Apple MPS, then the CPU;
     `dtype=None` picks bfloat16 on CUDA (float16 where bf16 is unsupported) and float32 elsewhere.
 
     The model comes back in eval mode with gradients off (`requires_grad_(True)` to fine-tune).
+    `compile=True` runs its towers through torch.compile with frozen weights, for inference (sensorium.nn.compiled:
+    the first call compiles, a second input shape once more; a failure to compile falls back to eager with a
+    warning).
     """
     found = resolve(source, config)
     builder = family(found.family)
@@ -196,7 +200,15 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
     model.source = str(source)
     model.weights_path = str(found.path)  # what a collection records of the weights (index/spaces.py)
     model.layout = layout
-    return model.to(target)  # what the checkpoint does not hold (buffers made at build)
+    model = model.to(target)  # what the checkpoint does not hold (buffers made at build)
+    if compile:
+        methods = getattr(model, "compile_methods", ())
+        if not methods:
+            raise CapabilityError(f"{model.name}: compile=True is not available for this model family yet")
+        from sensorium.nn.compiled import compile_methods
+
+        compile_methods(model, methods)
+    return model
 
 
 def config_for(entry: catalog.CatalogEntry):

@@ -96,6 +96,8 @@ class ASTConfig:
 
 
 class AST(nn.Module):
+    compile_methods = ("classify",)  # the methods `load(..., compile=True)` compiles
+
     def __init__(self, config: ASTConfig):
         super().__init__()
         c = self.config = config

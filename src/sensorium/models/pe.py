@@ -204,6 +204,8 @@ class TextTransformer(nn.Module):
 class PEVisionModel(nn.Module):
     """PE-Lang and PE-Spatial: a feature tower. `image_features` is its output."""
 
+    compile_methods = ("image_features",)  # the methods `load(..., compile=True)` compiles
+
     def __init__(self, config: PEConfig):
         super().__init__()
         self.config = config
@@ -251,6 +253,8 @@ class PEVisionModel(nn.Module):
 
 class PECoreModel(PEVisionModel):
     """PE-Core CLIP: image, video and text embeddings in one space."""
+
+    compile_methods = ("encode_image", "encode_text", "image_features")
 
     def __init__(self, config: PEConfig, with_text: bool = True):
         super().__init__(config)

@@ -46,7 +46,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if (_enabled and x.device.type == "cpu" and x.dtype == weight.dtype and x.dtype in (torch.float32, torch.bfloat16)
             and (bias is None or bias.dtype == x.dtype) and x.numel() > 0
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            # compiled bf16: inductor packs aten's linear into oneDNN itself, with its fusions (it sends fp32 to MKL)
+            and not (x.dtype == torch.bfloat16 and torch.compiler.is_compiling())):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "none" if activation == "gelu" else "")
     out = F.linear(x, weight, bias)
     return F.gelu(out) if activation == "gelu" else out

@@ -33,4 +33,5 @@ class ServeConfig:
     dtype: str | None = None
     allow_paths: tuple[str, ...] = ()  # folders whose files requests may name by server-side path
     batching: bool = True  # coalesce concurrent embedding / classify / tag requests
+    compile: bool = False  # torch.compile the models whose family supports it (the others run eagerly)
     limits: Limits = field(default_factory=Limits)

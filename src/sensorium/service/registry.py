@@ -10,8 +10,8 @@ from sensorium.service.inputs import RequestError
 
 
 class Registry:
-    def __init__(self, names: tuple[str, ...], device: str, dtype):
-        self.device, self.dtype = device, dtype
+    def __init__(self, names: tuple[str, ...], device: str, dtype, compile: bool = False):
+        self.device, self.dtype, self.compile = device, dtype, compile
         self.fixed = tuple(names)  # served models; empty: any catalog model, loaded when first asked for
         self._models: dict[str, object] = {}
         self._loaded_at: dict[str, float] = {}
@@ -72,7 +72,12 @@ class Registry:
             if key not in self._models:
                 from sensorium.loading import load
 
-                self._models[key] = load(source, device=self.device, dtype=self.dtype)
+                model = load(source, device=self.device, dtype=self.dtype)
+                if self.compile and getattr(model, "compile_methods", ()):  # the others serve eagerly
+                    from sensorium.nn.compiled import compile_methods
+
+                    compile_methods(model, model.compile_methods)
+                self._models[key] = model
                 self._loaded_at[key] = time.time()
         return self._models[key]
 

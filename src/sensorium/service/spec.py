@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sensorium.index.specs import DB, DEVICE
-from sensorium.tasks.spec import Option, TaskSpec, integer, positive_int, seconds
+from sensorium.tasks.spec import COMPILE, Option, TaskSpec, integer, positive_int, seconds
 
 SERVE = TaskSpec(
     "serve", "serve every task over HTTP (OpenAI-compatible where a standard exists) with a search page",
@@ -15,6 +15,7 @@ SERVE = TaskSpec(
         DB,
         Option(("--api-key",), "require 'Authorization: Bearer KEY' on /v1 (default: $SENSORIUM_API_KEY, else none)"),
         *DEVICE,
+        COMPILE,
         Option(("--allow-path",), "a folder whose files requests may name by server-side path (repeatable)",
                action="append", metavar="DIR"),
         Option(("--max-batch",), "inputs coalesced into one forward (default 32)", type=positive_int, default=32),

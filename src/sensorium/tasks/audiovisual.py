@@ -198,12 +198,86 @@ class WindowReader:
         self.close()
 
 
+ANNOUNCE_FRAMES = 256  # an every-frame run reading more frames than this is announced before it starts
+
+
+@dataclass(frozen=True)
+class FrameCost:
+    videos: int
+    frames: int  # frame-encoder passes the run will make (a frame in two overlapping windows counts twice)
+    frames_16: int  # what a -16-frame model would make on the same windows
+    seconds_per_frame: float  # one frame-encoder pass on this model's device, measured
+
+    def message(self, model) -> str:
+        eta = self.frames * self.seconds_per_frame
+        when = f"{eta / 60:.0f} min" if eta >= 120 else f"{eta:.0f} s"
+        return (f"{model.name} reads every video frame: {self.videos} videos, {self.frames} passes of its "
+                f"{self.frame_encoder(model)} frame encoder, about {when} here ({self.seconds_per_frame:.2f} s a "
+                f"frame, measured); a -16-frame model (e.g. {model.name}-16-frame) reads 16 frames per window: "
+                f"{self.frames_16} passes")
+
+    @staticmethod
+    def frame_encoder(model) -> str:
+        c = model.config.frame_encoder
+        return f"{c.layers}-layer {c.width}-wide {c.image_size}px"
+
+
+def frame_cost(model, items: list[MediaItem], modality: str = "auto", window: float = WINDOW_SECONDS,
+               hop: float | None = None) -> FrameCost | None:
+    """What an every-frame model will spend on the videos among `items` (their packet index only, no
+    decoding), with one frame-encoder pass timed on this device; None for a -16-frame model or no video.
+    Files that cannot be read are left to the run, which reports them."""
+    import time
+
+    from sensorium.media.video import VideoReader
+
+    if model.video_frames is not None:
+        return None
+    videos = frames = frames_16 = 0
+    for item in items:
+        try:
+            if item.error or _kind(item, modality) == "audio":
+                continue
+            with VideoReader(item.path, on_truncated="warn") as video:
+                times, spans = video.times, windows_for(video.duration, window, hop or window)
+        except (SensoriumError, OSError):
+            continue
+        videos += 1
+        for start, end in spans:
+            inside = sum(start <= t < end for t in times) or 1
+            frames += inside
+            frames_16 += min(16, inside)
+    if not frames:
+        return None
+    size = model.frame_size
+    pixels = torch.zeros(1, 1, 3, size, size, device=model.device, dtype=model.dtype)
+    with torch.inference_mode():
+        model.video.frame_features(pixels, None)  # warm-up
+        start = time.perf_counter()
+        model.video.frame_features(pixels.expand(1, 2, -1, -1, -1), None)
+        seconds = (time.perf_counter() - start) / 2
+    return FrameCost(videos, frames, frames_16, seconds)
+
+
+def announce_frames(model, items: list[MediaItem], modality: str = "auto", window: float = WINDOW_SECONDS,
+                    hop: float | None = None) -> FrameCost | None:
+    """Warn, before the work starts, when an every-frame model is about to read many frames."""
+    import warnings
+
+    cost = frame_cost(model, items, modality, window, hop)
+    if cost is not None and cost.frames > ANNOUNCE_FRAMES:
+        warnings.warn(cost.message(model), stacklevel=3)
+    return cost
+
+
 def iter_encode(model, items: list[MediaItem], modality: str = "auto", window: float = WINDOW_SECONDS,
                 hop: float | None = None, progress: Callable[[int], None] | None = None,
                 on_truncated: str = "error") -> Iterator[AVResult]:
     from sensorium.errors import reason_for
 
     with torch.inference_mode():
+        if modality != "audio":
+            announce_frames(model, items, modality, window, hop)
         for item in items:
             try:
                 result = encode_item(model, item, modality, window, hop, on_truncated)

@@ -158,6 +158,12 @@ class TaskSpec:
         return default_model(self.name)
 
 
+COMPILE = Option(("--compile",), "run the model's towers through torch.compile (frozen weights; the first batch and the "
+                 "first of another size compile, 10-20 s each on a small CPU, cached in ~/.cache/sensorium/inductor; "
+                 "PE and AST models)",
+                 action="store_true")
+
+
 def model_options(task: str, batch_help: str, batch_default: int) -> tuple[Option, ...]:
     """Inputs, model, device, dtype, batch size, quiet: what every batch task takes."""
     model = default_model(task)
@@ -168,6 +174,7 @@ def model_options(task: str, batch_help: str, batch_default: int) -> tuple[Optio
         Option(("--device",), "auto, cpu, cuda, cuda:1, mps (default: auto)", default="auto"),
         Option(("--dtype",), "auto: bfloat16 (or float16) on CUDA, float32 elsewhere", default="auto",
                choices=("auto", "float32", "bfloat16", "float16")),
+        COMPILE,
         Option(("-b", "--batch-size"), batch_help, type=positive_int, default=batch_default),
         Option(("-q", "--quiet"), "no progress bar", action="store_true"),
     )

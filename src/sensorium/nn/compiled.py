@@ -1,0 +1,55 @@
+"""torch.compile for inference, opt in: `sn.load(..., compile=True)` / `--compile`.
+
+A model family names the methods that run its towers (`compile_methods`); each becomes a `CompiledCall`: inductor
+with the weights frozen as constants, so that it packs them for oneDNN and fuses the glue between the matmuls
+(PE-Core-B16 bf16 batch 8 on 2 Zen cores: +15-19 % over eager; fp32 gains nothing, eager's oneDNN linears are
+already at 82 % of the GEMM rate; BENCHMARKS.md). The first call compiles (10-20 s on a small CPU), the first
+call with another shape once more, for every size (torch's automatic dynamic shapes); inductor's cache persists in ~/.cache/sensorium/inductor ($TORCHINDUCTOR_CACHE_DIR overrides), so
+later processes start faster.
+
+Frozen weights are constants of the compiled code: a compiled model is for inference (calls with gradients
+enabled run eagerly). When compiling fails (no C++ compiler, an unsupported op), the call runs eagerly, one
+warning says why, and the model stays eager; an error that eager raises too (a bad input) is raised as is.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+CACHE = Path("~/.cache/sensorium/inductor").expanduser()
+
+
+class CompiledCall:
+    def __init__(self, name: str, eager: Callable):
+        self.name, self.eager = name, eager
+        self.compiled = torch.compile(eager)  # dynamic=None: a second input shape recompiles once for all sizes
+        self.failure: str | None = None  # why compiling failed; from then on every call is eager
+
+    def __call__(self, *args, **kwargs):
+        if self.failure is not None or torch.is_grad_enabled():
+            return self.eager(*args, **kwargs)
+        import torch._inductor.config as inductor_config
+
+        try:
+            with inductor_config.patch(freezing=True):
+                return self.compiled(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 -- eager decides below whether the input or the compiler is at fault
+            out = self.eager(*args, **kwargs)  # a bad input raises here, eagerly, as without compile
+            self.failure = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
+            warnings.warn(f"torch.compile failed for {self.name} ({self.failure}); it runs eagerly from now on",
+                          RuntimeWarning, stacklevel=2)
+            return out
+
+
+def compile_methods(model: torch.nn.Module, names: tuple[str, ...]) -> torch.nn.Module:
+    """Replace each named method of `model` (on the instance) by a CompiledCall over it; returns the model."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE))
+    for name in names:
+        setattr(model, name, CompiledCall(f"{getattr(model, 'name', type(model).__name__)}.{name}",
+                                          getattr(model, name)))
+    return model
