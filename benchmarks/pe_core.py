@@ -258,6 +258,8 @@ def bench_models(rounds: int, iters: int, batch: int, models: list[str], dtypes:
         flops = flops_per_image(name)
         for dtype in ["fp32"] + [d for d in dtypes if d != "fp32"]:  # fp32 first: timm fp32 is the reference
             impls = tuple(i for i in PAIRS[dtype] if not only or i in only or i in ("timm", "sensorium"))
+            if dtype not in dtypes:  # only the reference: timm fp32, its output and its speed (rounds as asked)
+                impls = ("timm",)
             runs: dict[str, list[dict]] = {impl: [] for impl in impls}
             for r in range(rounds):
                 order = impls[r % len(impls):] + impls[:r % len(impls)]
@@ -281,7 +283,8 @@ def bench_models(rounds: int, iters: int, batch: int, models: list[str], dtypes:
     timm_fp32 = {r["model"]: r["img_s"] for r in rows if r["impl"] == "timm" and r["dtype"] == "fp32"}
     for row in rows:
         row["vs_timm_fp32"] = row["img_s"] / timm_fp32[row["model"]]
-        ours = next(r for r in rows if (r["model"], r["dtype"], r["impl"]) == (row["model"], row["dtype"], "sensorium"))
+        ours = next((r for r in rows if (r["model"], r["dtype"], r["impl"]) == (row["model"], row["dtype"], "sensorium")),
+                    row)
         row["sensorium_vs_this"] = ours["img_s"] / row["img_s"]
     return rows
 
