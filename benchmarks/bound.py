@@ -60,6 +60,12 @@ def torch_bounds(size: int, repeats: int) -> dict[str, float]:
         ah, wh = torch.randn(small, small).half(), torch.randn(small, small).half()
         rates["torch F.linear fp16 GFLOP/s"] = 2 * small**3 / seconds(lambda: F.linear(ah, wh), 3) / 1e9
         rates["copy GB/s (read + write)"] = copy_rate(repeats)
+        weight32 = torch.randn(8192, 8192)  # 256 MB of fp32 weights, one token (fp32 decoding)
+        x32 = torch.randn(1, 8192)
+        rates["fp32 GEMV GB/s (oneDNN)"] = weight32.numel() * 4 / seconds(
+            lambda: torch.ops.mkldnn._linear_pointwise(x32, weight32, None, "none", [], ""), repeats) / 1e9
+        rates["fp32 GEMV GB/s (torch F.linear)"] = weight32.numel() * 4 / seconds(
+            lambda: F.linear(x32, weight32), repeats) / 1e9
         weight = torch.randn(16384, 8192).bfloat16()  # 256 MB of bf16 weights, one token
         x = torch.randn(1, 8192).bfloat16()
         rates["bf16 GEMV GB/s (oneDNN)"] = weight.numel() * 2 / seconds(
