@@ -90,6 +90,12 @@ def test_a_compiled_model_equals_eager(tiny_entries, ast_models, monkeypatch, tm
         assert rel(compiled.encode_image(pixels), eager.encode_image(pixels)) < 1e-5
         assert rel(compiled.encode_text(ids), eager.encode_text(ids)) < 1e-5
     assert compiled.encode_image.failure is None
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.inference_mode():
+        compiled.encode_image(pixels)  # the same shape again: no second compile (lazy RoPE tables existed)
+    assert counters["stats"]["unique_graphs"] == graphs
     tagger = sn.load("ast-finetuned-audioset-10-10-0.4593", device="cpu")
     features = torch.randn(1, tagger.max_frames, tagger.config.num_mel_bins, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():

@@ -29,12 +29,19 @@ class CompiledCall:
         self.name, self.eager = name, eager
         self.compiled = torch.compile(eager)  # dynamic=None: a second input shape recompiles once for all sizes
         self.failure: str | None = None  # why compiling failed; from then on every call is eager
+        self.warmed = False
 
     def __call__(self, *args, **kwargs):
         if self.failure is not None or torch.is_grad_enabled():
             return self.eager(*args, **kwargs)
         import torch._inductor.config as inductor_config
 
+        if not self.warmed:
+            # once eagerly first: what a model builds lazily (RoPE tables, kept in a dict) then exists before
+            # tracing; traced while it is being built, the next call fails the guard on it and compiles again
+            # (PE-Core-L14: a second 22 s compile)
+            self.eager(*args, **kwargs)
+            self.warmed = True
         try:
             with inductor_config.patch(freezing=True):
                 return self.compiled(*args, **kwargs)
