@@ -100,9 +100,9 @@ def test_a_compiled_model_equals_eager(tiny_entries, ast_models, monkeypatch, tm
     features = torch.randn(1, tagger.max_frames, tagger.config.num_mel_bins, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         want = tagger.classify(features)
-        from sensorium.nn.compiled import compile_methods
+        from sensorium.nn.compiled import compile_model
 
-        compile_methods(tagger, tagger.compile_methods)
+        compile_model(tagger)
         assert rel(tagger.classify(features), want) < 1e-5
 
 

@@ -202,12 +202,10 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
     model.layout = layout
     model = model.to(target)  # what the checkpoint does not hold (buffers made at build)
     if compile:
-        methods = getattr(model, "compile_methods", ())
-        if not methods:
-            raise CapabilityError(f"{model.name}: compile=True is not available for this model family yet")
-        from sensorium.nn.compiled import compile_methods
+        from sensorium.nn.compiled import compile_model
 
-        compile_methods(model, methods)
+        if not compile_model(model):
+            raise CapabilityError(f"{model.name}: compile=True is not available for this model family yet")
     return model
 
 

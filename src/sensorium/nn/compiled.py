@@ -4,8 +4,8 @@ A model family names the methods that run its towers (`compile_methods`); each b
 with the weights frozen as constants, so that it packs them for oneDNN and fuses the glue between the matmuls
 (PE-Core-B16 bf16 batch 8 on 2 Zen cores: +15-19 % over eager; fp32 gains nothing, eager's oneDNN linears are
 already at 82 % of the GEMM rate; BENCHMARKS.md). The first call compiles (10-20 s on a small CPU), the first
-call with another shape once more, for every size (torch's automatic dynamic shapes); inductor's cache persists in ~/.cache/sensorium/inductor ($TORCHINDUCTOR_CACHE_DIR overrides), so
-later processes start faster.
+call with another shape once more, for every size (torch's automatic dynamic shapes); inductor's cache persists
+in ~/.cache/sensorium/inductor ($TORCHINDUCTOR_CACHE_DIR overrides), so later processes start faster.
 
 Frozen weights are constants of the compiled code: a compiled model is for inference (calls with gradients
 enabled run eagerly). When compiling fails (no C++ compiler, an unsupported op), the call runs eagerly, one
@@ -47,16 +47,20 @@ class CompiledCall:
                 return self.compiled(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 -- eager decides below whether the input or the compiler is at fault
             out = self.eager(*args, **kwargs)  # a bad input raises here, eagerly, as without compile
-            self.failure = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
+            first_line = (str(err).strip().splitlines() or [""])[0][:300]
+            self.failure = f"{type(err).__name__}: {first_line}"
             warnings.warn(f"torch.compile failed for {self.name} ({self.failure}); it runs eagerly from now on",
                           RuntimeWarning, stacklevel=2)
             return out
 
 
-def compile_methods(model: torch.nn.Module, names: tuple[str, ...]) -> torch.nn.Module:
-    """Replace each named method of `model` (on the instance) by a CompiledCall over it; returns the model."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE))
+def compile_model(model: torch.nn.Module) -> bool:
+    """Replace each of the model's `compile_methods` (on the instance) by a CompiledCall over it; False when its
+    family names none (nothing is changed)."""
+    names = getattr(model, "compile_methods", ())
+    if names:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE))
     for name in names:
         setattr(model, name, CompiledCall(f"{getattr(model, 'name', type(model).__name__)}.{name}",
                                           getattr(model, name)))
-    return model
+    return bool(names)

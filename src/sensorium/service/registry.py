@@ -73,10 +73,10 @@ class Registry:
                 from sensorium.loading import load
 
                 model = load(source, device=self.device, dtype=self.dtype)
-                if self.compile and getattr(model, "compile_methods", ()):  # the others serve eagerly
-                    from sensorium.nn.compiled import compile_methods
+                if self.compile:
+                    from sensorium.nn.compiled import compile_model
 
-                    compile_methods(model, model.compile_methods)
+                    compile_model(model)  # a family without compile_methods serves eagerly
                 self._models[key] = model
                 self._loaded_at[key] = time.time()
         return self._models[key]

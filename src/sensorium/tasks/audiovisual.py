@@ -227,8 +227,14 @@ def frame_cost(model, items: list[MediaItem], modality: str = "auto", window: fl
     """What an every-frame model will spend on the videos among `items` (their packet index only, no
     decoding), with one frame-encoder pass timed on this device; None for a -16-frame model or no video.
     Files that cannot be read are left to the run, which reports them."""
-    import time
+    counts = frame_counts(model, items, modality, window, hop)
+    return None if counts is None else FrameCost(*counts, seconds_per_frame(model))
 
+
+def frame_counts(model, items: list[MediaItem], modality: str = "auto", window: float = WINDOW_SECONDS,
+                 hop: float | None = None) -> tuple[int, int, int] | None:
+    """(videos, frame-encoder passes, passes a -16-frame model would make) for an every-frame model; None for a
+    -16-frame model or when there is no video."""
     from sensorium.media.video import VideoReader
 
     if model.video_frames is not None:
@@ -247,16 +253,20 @@ def frame_cost(model, items: list[MediaItem], modality: str = "auto", window: fl
             inside = sum(start <= t < end for t in times) or 1
             frames += inside
             frames_16 += min(16, inside)
-    if not frames:
-        return None
+    return (videos, frames, frames_16) if frames else None
+
+
+def seconds_per_frame(model) -> float:
+    """One frame-encoder pass on the model's device, timed after a warm-up."""
+    import time
+
     size = model.frame_size
     pixels = torch.zeros(1, 1, 3, size, size, device=model.device, dtype=model.dtype)
     with torch.inference_mode():
         model.video.frame_features(pixels, None)  # warm-up
         start = time.perf_counter()
         model.video.frame_features(pixels.expand(1, 2, -1, -1, -1), None)
-        seconds = (time.perf_counter() - start) / 2
-    return FrameCost(videos, frames, frames_16, seconds)
+        return (time.perf_counter() - start) / 2
 
 
 def announce_frames(model, items: list[MediaItem], modality: str = "auto", window: float = WINDOW_SECONDS,
@@ -264,9 +274,11 @@ def announce_frames(model, items: list[MediaItem], modality: str = "auto", windo
     """Warn, before the work starts, when an every-frame model is about to read many frames."""
     import warnings
 
-    cost = frame_cost(model, items, modality, window, hop)
-    if cost is not None and cost.frames > ANNOUNCE_FRAMES:
-        warnings.warn(cost.message(model), stacklevel=3)
+    counts = frame_counts(model, items, modality, window, hop)
+    if counts is None or counts[1] <= ANNOUNCE_FRAMES:
+        return None  # a small run is not worth the timing pass
+    cost = FrameCost(*counts, seconds_per_frame(model))
+    warnings.warn(cost.message(model), stacklevel=3)
     return cost
 
 
