@@ -2,7 +2,7 @@
 
 A model family names the methods that run its towers (`compile_methods`); each becomes a `CompiledCall`: inductor
 with the weights frozen as constants, so that it packs them for oneDNN and fuses the glue between the matmuls
-(PE-Core-B16 bf16 batch 8 on 2 Zen cores: +15-19 % over eager; fp32 gains nothing, eager's oneDNN linears are
+(PE-Core-B16 bf16 batch 8 on 2 Zen cores: +12 % over eager in the benchmark, +2 % at L14-336; fp32 gains nothing, eager's oneDNN linears are
 already at 82 % of the GEMM rate; BENCHMARKS.md). The first call compiles (10-20 s on a small CPU), the first
 call with another shape once more, for every size (torch's automatic dynamic shapes); inductor's cache persists
 in ~/.cache/sensorium/inductor ($TORCHINDUCTOR_CACHE_DIR overrides), so later processes start faster.
