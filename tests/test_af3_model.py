@@ -201,3 +201,19 @@ def test_ask_and_transcribe_task_functions(model, media):
         sn.ask(speech, " ", model=model)
     with pytest.raises(ValueError, match="max_new_tokens"):
         sn.ask(speech, "What?", model=model, max_new_tokens=0)
+
+
+def test_cli_runs_a_quantized_decoder(checkpoint, media, capsys):
+    """--dtype int8/int4 reach the loader from the chat commands (the numbers are tests/test_quant.py's)."""
+    from sensorium.cli import main
+
+    quantized = sn.load("audio-flamingo-3", device="cpu", dtype="int4")
+    want = quantized.chat([{"role": "user", "content": [{"type": "audio", "audio": str(media / "speech.wav")},
+                                                        {"type": "text", "text": "What is said?"}]}], max_new_tokens=4)
+    assert main(["ask", str(media / "speech.wav"), "What is said?", "--max-new-tokens", "4", "--dtype", "int4"]) == 0
+    assert capsys.readouterr().out == want + "\n"
+    assert main(["transcribe", str(media / "speech.wav"), "--format", "txt", "--max-new-tokens", "3", "-q",
+                 "--dtype", "int8"]) == 0
+    with pytest.raises(SystemExit) as usage:  # not a dtype of a command without a chat model
+        main(["tag", str(media / "speech.wav"), "--dtype", "int8"])
+    assert usage.value.code == 2 and "invalid choice: 'int8'" in capsys.readouterr().err

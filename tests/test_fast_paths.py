@@ -123,3 +123,96 @@ def test_a_failed_compile_falls_back_to_eager_and_bad_input_still_raises(tiny_en
             model.encode_image(torch.randn(1, 5, 7))
     with pytest.raises(sn.CapabilityError, match="compile=True is not available"):
         sn.load(str(af3_model_dir), device="cpu", compile=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_packed_linear_equals_the_plain_one_and_keeps_a_plain_state_dict(dtype):
+    import copy
+    import io
+    import pickle
+
+    from sensorium.nn import pack_linears, unpack_linears
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(Linear(48, 96), Linear(96, 40, bias=False)).to(dtype).requires_grad_(False)
+    x = torch.randn(2, 5, 48).to(dtype)
+    with torch.inference_mode():
+        want, want_gelu = block(x), block[0](x, "gelu")
+    plain_state = {k: v.clone() for k, v in block.state_dict().items()}
+    assert pack_linears(block) == 2 and block[0].packed and block[1].packed
+    with torch.inference_mode():
+        assert torch.equal(block(x), want) and torch.equal(block[0](x, "gelu"), want_gelu)
+        assert block(x[:, :0]).shape == (2, 0, 40)
+        for rows in (1, 3, 17):  # a packed weight serves every row count
+            assert rel(block(x[0, :1].expand(rows, -1).contiguous())[0], want[0, 0]) < 1e-6
+    state = block.state_dict()
+    assert all(v.layout == torch.strided for v in state.values())
+    assert all(torch.equal(state[k], plain_state[k]) for k in plain_state)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # an opaque weight would not save
+    copied = copy.deepcopy(block)
+    again = pickle.loads(pickle.dumps(block))
+    assert copied[0].packed and again[0].packed
+    with torch.inference_mode():
+        assert torch.equal(copied(x), want) and torch.equal(again(x), want)
+    block.load_state_dict({k: v + 1 for k, v in plain_state.items()})  # loads into the packed layer, packs again
+    assert block[0].packed and torch.equal(block.state_dict()["0.weight"], plain_state["0.weight"] + 1)
+    block.float()  # .to() / .float() work on the plain weight
+    assert not block[0].packed and block[0].weight.dtype == torch.float32
+    pack_linears(block)
+    block[0].weight.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="packed for inference.*unpack_linears"):
+        block(x.float())
+    unpack_linears(block)
+    block[0].weight.requires_grad_(True)
+    block(x.float()).sum().backward()
+    assert block[0].weight.grad is not None
+
+
+def _decode_inputs(dtype, keys: int, heads: int = 14, kv_heads: int = 2, batch: int = 2):
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(batch, heads, 1, 64, generator=g).to(dtype)
+    k = (2 * torch.randn(batch, kv_heads, keys, 64, generator=g)).to(dtype)
+    v = torch.randn(batch, kv_heads, keys, 64, generator=g).to(dtype)
+    mask = torch.ones(batch, 1, 1, keys, dtype=torch.bool)
+    mask[1, ..., :9] = False  # the second row was left-padded
+    return q, k, v, mask
+
+
+@pytest.mark.parametrize("keys", [1, 37, 800])
+def test_few_query_attention_equals_sdpa(keys):
+    from sensorium.nn.attention import few_query_attention
+
+    q, k, v, mask = _decode_inputs(torch.float32, keys)
+    mask[1, ..., :9] = keys <= 9 or mask[1, ..., :9]  # every query keeps one key at least
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    assert rel(few_query_attention(q, k, v, mask), want) < 5e-6  # float32 sums over up to 800 keys, other orders
+    assert rel(few_query_attention(q, k, v, None), F.scaled_dot_product_attention(q, k, v, enable_gqa=True)) < 5e-6
+    qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()  # bf16: no further from float64 than SDPA is
+    exact = F.scaled_dot_product_attention(qb.double(), kb.double(), vb.double(), attn_mask=mask, enable_gqa=True)
+    ours = few_query_attention(qb, kb, vb, mask)
+    assert ours.dtype == torch.bfloat16
+    assert rel(ours, exact) <= rel(F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, enable_gqa=True), exact)
+
+
+def test_a_bf16_chat_model_loads_packed_and_answers_as_unpacked(af3_model_dir):
+    from sensorium.nn import unpack_linears
+
+    model = sn.load(str(af3_model_dir), device="cpu", dtype="bfloat16")
+    layers = [m for m in model.decoder.modules() if isinstance(m, Linear)]
+    assert layers and all(m.packed for m in layers)
+    assert not any(m.packed for m in model.modules() if isinstance(m, Linear) and m not in layers)  # encoder: plain
+    conversation = [{"role": "user", "content": [
+        {"type": "audio", "audio": torch.randn(16000, generator=torch.Generator().manual_seed(4)).numpy(),
+         "sampling_rate": 16000},
+        {"type": "text", "text": "What is it?"}]}]
+    inputs = model.process([conversation])
+    with torch.inference_mode():
+        packed_ids = model.generate(**inputs.model_inputs(), max_new_tokens=12, stop_tokens=())
+        packed_logits = model(**inputs.model_inputs()).logits
+    assert model.dtype == torch.bfloat16 and model.device.type == "cpu"
+    unpack_linears(model)
+    with torch.inference_mode():
+        assert torch.equal(model.generate(**inputs.model_inputs(), max_new_tokens=12, stop_tokens=()), packed_ids)
+        assert rel(model(**inputs.model_inputs()).logits, packed_logits) < 1e-2  # one bf16 rounding apart at most
+    assert sn.load(str(af3_model_dir), device="cpu").decoder.head.packed is False  # float32: left plain

@@ -24,6 +24,8 @@ from sensorium.models import families, family, family_of
 from sensorium.errors import CapabilityError, UnknownModelError, WeightsError, WeightsNotFoundError
 from sensorium.hub import fetch_published
 from sensorium.keymaps import assign_strict, remap
+from sensorium.nn.decoder import Decoder
+from sensorium.nn.linear import pack_linears
 
 
 def read_state_dict(path: str | os.PathLike, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -167,7 +169,9 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
     """Load a model: `source` is a catalog name, a hub repo id ("owner/name" or "owner/name@revision"),
     a local directory or a local weights file. `config` (a catalog name or a config object) names the
     architecture when the source does not. `device="auto"` picks CUDA, then Apple MPS, then the CPU;
-    `dtype=None` picks bfloat16 on CUDA (float16 where bf16 is unsupported) and float32 elsewhere.
+    `dtype=None` picks bfloat16 on CUDA (float16 where bf16 is unsupported) and float32 elsewhere; "int8" and
+    "int4" load a chat model (AF3, PerceptionLM) for the CPU with its decoder's linear weights quantized (weight-only,
+    sensorium.nn.quant) and everything else in bfloat16.
 
     The model comes back in eval mode with gradients off (`requires_grad_(True)` to fine-tune).
     `compile=True` runs its towers through torch.compile with frozen weights, for inference (sensorium.nn.compiled:
@@ -182,7 +186,10 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
     if config is None:
         raise WeightsError(f"{display(found.path.parent)}: the checkpoint's config files are missing")
     target = resolve_device(device)
-    precision = resolve_dtype(dtype, target)
+    quantized = dtype if isinstance(dtype, str) and dtype in QUANTIZED else None
+    if quantized:
+        check_quantized(quantized, builder, found.name, target)
+    precision = torch.bfloat16 if quantized else resolve_dtype(dtype, target)
     state = read_state_dict(found.path, precision)
     try:
         layout = builder.detect_layout(set(state))
@@ -201,6 +208,17 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
     model.weights_path = str(found.path)  # what a collection records of the weights (index/spaces.py)
     model.layout = layout
     model = model.to(target)  # what the checkpoint does not hold (buffers made at build)
+    if quantized:
+        for part in model.modules():
+            if isinstance(part, Decoder):
+                part.quantize(quantized)
+    elif target.type == "cpu" and precision == torch.bfloat16 and not compile:
+        # a decoder streams all its weights for each token: packed once for oneDNN, a bf16 step is 1.4-1.5x
+        # faster (nn/linear.py). Not in float32, whose packed one-row product is slower (0.8x at 18944x3584),
+        # nor for encoders, which gain too little to be worth an opaque weight.
+        for part in model.modules():
+            if isinstance(part, Decoder):
+                pack_linears(part)
     if compile:
         from sensorium.nn.compiled import compile_model
 
@@ -341,6 +359,22 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device("cpu")
 
 
+QUANTIZED = ("int8", "int4")  # weight-only, for the decoders of chat models on a CPU (nn/quant.py)
+
+
+def check_quantized(mode: str, builder, name: str, target: torch.device) -> None:
+    """Before any weight is read: a quantized dtype needs a chat model's decoder, the CPU, and torch's kernel."""
+    from sensorium.nn.quant import available
+
+    if not builder.quantizable:
+        raise CapabilityError(f"{name}: dtype={mode} is weight-only quantization for the decoders of chat models "
+                              "(Audio Flamingo 3, PerceptionLM); use bfloat16 or float32 for this model")
+    if target.type != "cpu":
+        raise ValueError(f"dtype={mode} runs on the CPU (torch's {mode} weight-only kernels); on {target} use bfloat16")
+    if not available(mode):
+        raise CapabilityError(f"this torch build has no {mode} weight-only kernel; use bfloat16")
+
+
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -353,7 +387,8 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16")
+        raise ValueError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16 (int8, int4: a chat "
+                         "model's decoder on the CPU)")
     return DTYPES[dtype]
 
 

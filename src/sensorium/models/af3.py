@@ -22,7 +22,7 @@ from sensorium.nn.decoder import Decoder, DecoderConfig, config_from_transformer
 from sensorium.nn.chat import ChatModel
 from sensorium.nn.generation import check_sampling
 from sensorium.nn.multimodal import scatter_placeholders
-from sensorium.nn.linear import Linear, linear
+from sensorium.nn.linear import Linear
 
 SAMPLING_RATE = 16000  # the Whisper encoder's rate
 
@@ -123,7 +123,7 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), mask)
-        x = x + self.fc2(linear(self.mlp_norm(x), self.fc1.weight, self.fc1.bias, "gelu"))
+        x = x + self.fc2(self.fc1(self.mlp_norm(x), "gelu"))
         if x.dtype == torch.float16:  # the reference's overflow guard
             bound = torch.finfo(x.dtype).max - 1000
             x = x.clamp(-bound, bound)
@@ -162,7 +162,7 @@ class Projector(nn.Module):
         self.fc2 = Linear(config.decoder.width, config.decoder.width, bias=config.projector_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(linear(x, self.fc1.weight, self.fc1.bias, "gelu"))
+        return self.fc2(self.fc1(x, "gelu"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -367,4 +367,5 @@ FAMILY = Family(
     build=build,
     config_files=("config.json",),
     config_from_files=config_from_files,
+    quantizable=True,
 )

@@ -32,6 +32,8 @@ class Family:
     config_from_files: Callable[[dict[str, dict], str], Any]
     # Named architectures the catalog's rows refer to (PE's configs are not stored with the checkpoints).
     archs: Mapping[str, Any] = field(default_factory=dict)
+    # A decoder whose linears take weight-only int8/int4 (`dtype="int8" | "int4"`, sensorium.nn.quant).
+    quantizable: bool = False
 
 
 def processor_of(model: nn.Module) -> Any:

@@ -25,7 +25,7 @@ from sensorium.nn.decoder import Decoder, DecoderConfig, config_from_transformer
 from sensorium.nn.generation import check_sampling
 from sensorium.nn.multimodal import scatter_placeholders
 from sensorium.nn.rope import Llama3Scaling
-from sensorium.nn.linear import Linear, linear
+from sensorium.nn.linear import Linear
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ class Projector(nn.Module):
         self.ratio = ratio
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.fc2(linear(tokens, self.fc1.weight, self.fc1.bias, "gelu"))  # [tiles, side*side, width]
+        x = self.fc2(self.fc1(tokens, "gelu"))  # [tiles, side*side, width]
         if self.ratio == 1:
             return x
         tiles, count, width = x.shape
@@ -335,4 +335,5 @@ FAMILY = Family(
     build=build,
     config_files=("config.json", "params.json"),
     config_from_files=config_from_files,
+    quantizable=True,
 )

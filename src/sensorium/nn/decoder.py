@@ -8,6 +8,7 @@ transformers' `*ForCausalLM` saves.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -15,11 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensorium.keymaps import KeyMap
+from sensorium.nn.attention import few_query_attention
 from sensorium.nn.kv_cache import KVCache
 from sensorium.nn.norms import RMSNorm
 from sensorium.nn.layers import SwiGLU
 from sensorium.nn.rope import Llama3Scaling, Rope1D, apply_rope_halves
 from sensorium.nn.linear import Linear, linear
+
+
+STEP_TOKENS = 8  # steps of at most this many tokens after a prompt take few_query_attention on a CPU
 
 
 @dataclass(frozen=True)
@@ -91,9 +96,12 @@ class DecoderAttention(nn.Module):
         q, k = apply_rope_halves(q, cos, sin), apply_rope_halves(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)
-        causal = mask is None and tokens > 1  # a one-token step sees every cached key
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                             enable_gqa=self.heads != self.kv_heads)
+        if cache is not None and start > 0 and tokens <= STEP_TOKENS and x.device.type == "cpu":
+            out = few_query_attention(q, k, v, mask)  # a decode step: each query sees its own key at least
+        else:
+            causal = mask is None and tokens > 1  # a one-token step sees every cached key
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                                 enable_gqa=self.heads != self.kv_heads)
         return self.o(out.transpose(1, 2).reshape(batch, tokens, self.heads * self.head_dim))
 
 
@@ -131,7 +139,25 @@ class Decoder(nn.Module):
         return self.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return linear(hidden, self.embed.weight if self.head is None else self.head.weight)
+        return linear(hidden, self.embed.weight) if self.head is None else self.head(hidden)
+
+    def quantize(self, mode: str) -> None:
+        """Weight-only int8/int4 linears (nn/quant.py), the head included; a tied head gets a quantized copy of
+        the embedding (the lookups keep the exact table)."""
+        from sensorium.nn.quant import QuantizedLinear, quantize_linears
+
+        done, kept = quantize_linears(self.layers, mode)
+        if self.head is not None:
+            self.head.unpack()
+        weight = self.embed.weight if self.head is None else self.head.weight
+        try:
+            self.head = QuantizedLinear.from_weight(mode, weight.detach(), None, self.embed.weight.dtype)
+            done += 1
+        except ValueError:  # the head keeps its bf16 weight (a tied head: the embedding itself)
+            kept += 1
+        if kept:
+            warnings.warn(f"{mode}: {kept} of {done + kept} decoder linears keep bfloat16 weights (int4 "
+                          "needs inputs in multiples of 32)", RuntimeWarning, stacklevel=3)
 
     def new_cache(self, batch: int, length: int) -> KVCache:
         c, weight = self.config, self.embed.weight

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensorium.nn.attention import SelfAttention
-from sensorium.nn.linear import Linear, linear
+from sensorium.nn.linear import Linear
 
 
 class Mlp(nn.Module):
@@ -19,7 +19,7 @@ class Mlp(nn.Module):
         self.fc2 = Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(linear(x, self.fc1.weight, self.fc1.bias, "gelu"))
+        return self.fc2(self.fc1(x, "gelu"))
 
 
 class SwiGLU(nn.Module):

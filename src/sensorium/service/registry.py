@@ -70,9 +70,13 @@ class Registry:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:  # two first requests load it once
             if key not in self._models:
-                from sensorium.loading import load
+                from sensorium.loading import QUANTIZED, load, resolve
+                from sensorium.models import family
 
-                model = load(source, device=self.device, dtype=self.dtype)
+                dtype = self.dtype
+                if dtype in QUANTIZED and not family(resolve(source).family).quantizable:
+                    dtype = "bfloat16"  # int8/int4 quantize chat decoders; the other models run in bf16
+                model = load(source, device=self.device, dtype=dtype)
                 if self.compile:
                     from sensorium.nn.compiled import compile_model
 

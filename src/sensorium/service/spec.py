@@ -14,7 +14,10 @@ SERVE = TaskSpec(
                "use)", action="append", metavar="NAME"),
         DB,
         Option(("--api-key",), "require 'Authorization: Bearer KEY' on /v1 (default: $SENSORIUM_API_KEY, else none)"),
-        *DEVICE,
+        DEVICE[0],
+        Option(("--dtype",), "auto: bfloat16 (or float16) on CUDA, float32 elsewhere; int8, int4: chat models' "
+               "decoders with weight-only quantized weights (CPU), every other model in bfloat16", default="auto",
+               choices=("auto", "float32", "bfloat16", "float16", "int8", "int4")),
         COMPILE,
         Option(("--allow-path",), "a folder whose files requests may name by server-side path (repeatable)",
                action="append", metavar="DIR"),

@@ -18,13 +18,13 @@ import torch
 from sensorium.catalog import default_model
 from sensorium.errors import InputError, SensoriumError, reason_for
 from sensorium.tasks.inputs import MediaItem, as_input_list, expand_inputs
-from sensorium.tasks.spec import (FORMAT, TRUNCATION, Option, TaskSpec, model_options, output_option, positive_int,
+from sensorium.tasks.spec import (CHAT_DTYPE, FORMAT, TRUNCATION, Option, TaskSpec, model_options, output_option, positive_int,
                                   text_argument)
 
 PROMPTS = {"image": "Describe the image in detail.", "video": "Describe the video in detail."}
 SPEC = TaskSpec(
     "caption", "describe images and videos (PerceptionLM), a whole collection at a time",
-    model_options("caption", "conversations per generation batch", 4) + (
+    model_options("caption", "conversations per generation batch", 4, CHAT_DTYPE) + (
         Option(("--prompt",), 'the request (default "Describe the image in detail." / "... the video ...")',
                type=text_argument),
         Option(("--frames",), "frames per video (default 32, as PLM was trained)", type=positive_int, default=32),

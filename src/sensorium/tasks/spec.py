@@ -164,7 +164,14 @@ COMPILE = Option(("--compile",), "run the model's towers through torch.compile (
                  action="store_true")
 
 
-def model_options(task: str, batch_help: str, batch_default: int) -> tuple[Option, ...]:
+DTYPE = Option(("--dtype",), "auto: bfloat16 (or float16) on CUDA, float32 elsewhere", default="auto",
+               choices=("auto", "float32", "bfloat16", "float16"))
+CHAT_DTYPE = Option(("--dtype",), "auto: bfloat16 (or float16) on CUDA, float32 elsewhere; int8, int4: the "
+                    "decoder's weights quantized (weight-only, CPU; the rest in bfloat16)", default="auto",
+                    choices=("auto", "float32", "bfloat16", "float16", "int8", "int4"))
+
+
+def model_options(task: str, batch_help: str, batch_default: int, dtype: Option = DTYPE) -> tuple[Option, ...]:
     """Inputs, model, device, dtype, batch size, quiet: what every batch task takes."""
     model = default_model(task)
     return (
@@ -172,8 +179,7 @@ def model_options(task: str, batch_help: str, batch_default: int) -> tuple[Optio
         Option(("-m", "--model"), f"catalog name, hub id or local path (default {model})", default=model),
         Option(("--config",), "catalog name of the architecture, when --model is a file it cannot tell"),
         Option(("--device",), "auto, cpu, cuda, cuda:1, mps (default: auto)", default="auto"),
-        Option(("--dtype",), "auto: bfloat16 (or float16) on CUDA, float32 elsewhere", default="auto",
-               choices=("auto", "float32", "bfloat16", "float16")),
+        dtype,
         COMPILE,
         Option(("-b", "--batch-size"), batch_help, type=positive_int, default=batch_default),
         Option(("-q", "--quiet"), "no progress bar", action="store_true"),

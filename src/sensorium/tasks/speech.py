@@ -9,13 +9,13 @@ from typing import Callable, Iterator
 from sensorium.catalog import DEFAULT_VISUAL_LISTENER, default_model
 from sensorium.errors import InputError, SensoriumError
 from sensorium.tasks.inputs import MediaItem
-from sensorium.tasks.spec import (FORMAT, TRUNCATION, Option, TaskSpec, chunk_seconds, integer, model_options,
+from sensorium.tasks.spec import (CHAT_DTYPE, FORMAT, TRUNCATION, Option, TaskSpec, chunk_seconds, integer, model_options,
                                   output_option, positive_int, temperature, text_argument, top_p)
 
 DEFAULT_LISTENER = default_model("transcribe")
 TRANSCRIBE = TaskSpec(
     "transcribe", "speech to text with Audio Flamingo 3, any length",
-    model_options("transcribe", "(unused: one file at a time)", 1) + (
+    model_options("transcribe", "(unused: one file at a time)", 1, CHAT_DTYPE) + (
         Option(("--prompt",), 'the request (default "Transcribe the input speech.")', type=text_argument),
         Option(("--chunk",), "chunk length in seconds (1 to 30; cuts move to the quietest 20 ms in the 3 s before "
                "each)", type=chunk_seconds, default=30.0),
@@ -36,7 +36,7 @@ ASK = TaskSpec(
         Option(("-m", "--model"), f"catalog name, hub id or local folder (default: {DEFAULT_VISUAL_LISTENER} for "
                f"images and video, {default_model('ask')} for audio)"),
         Option(("--device",), default="auto"),
-        Option(("--dtype",), default="auto", choices=("auto", "float32", "bfloat16", "float16")),
+        CHAT_DTYPE,
         Option(("--config",), argparse.SUPPRESS),
         Option(("--max-new-tokens",), type=positive_int, default=512),
         Option(("--temperature",), "0 = greedy (default)", type=temperature, default=0.0),

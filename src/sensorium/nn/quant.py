@@ -1,0 +1,230 @@
+"""Weight-only int8 and int4 linears for a decoder on a CPU: `sn.load(..., dtype="int8" | "int4")`.
+
+A decoder's step reads every weight once per token, so on a CPU its speed is the bytes it streams per weight.
+Activations stay bfloat16; only the decoder's linear weights are quantized, once, at load:
+
+- int8: symmetric, one scale per output channel (scale = max |w| / 127 of the row, round to nearest), run by torch's
+  `_weight_int8pack_mm` (what gpt-fast and torchao call on a CPU).
+- int4: asymmetric, one scale and zero per group of 128 inputs (scale = (max - min) / 15, value = (q - 8) * scale +
+  zero with zero = min + 8 * scale), run by torch's `_weight_int4pack_mm_for_cpu`, in its packed layout. A layer
+  whose inputs are not a multiple of 128 takes groups of 64 or 32; one that fits none stays bfloat16 (said once).
+
+Both kernels compute one output row per pass over the weights: ideal for a decode step, slow for a prompt (126 and
+167 GFLOP/s at 3584x18944 on 2 Zen cores, against 420 for oneDNN's bf16 GEMM). A call with more than
+`KERNEL_ROWS` rows (a prefill) therefore dequantizes the weight to bfloat16 and runs the oneDNN GEMM instead:
+the same numbers, the prompt at bf16 speed plus one pass over the weight.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sensorium.nn.linear import Linear, linear
+
+MODES = ("int8", "int4")
+INT4_GROUPS = (128, 64, 32)  # inputs per int4 scale/zero: 128 (gpt-fast's, torchao's, GPTQ's default) where it fits
+DEQUANTIZE_ROWS = 4096  # weight rows dequantized at a time (float32 scratch of this many rows)
+# up to here the row-at-a-time kernel is faster than dequantizing (10 and 50 ms at 18944x3584) + the bf16 GEMM
+KERNEL_ROWS = {"int8": 16, "int4": 96}
+
+
+def available(mode: str) -> bool:
+    op = "_weight_int8pack_mm" if mode == "int8" else "_weight_int4pack_mm_for_cpu"
+    return hasattr(torch.ops.aten, op)
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q int8 [N, K], scale float32 [N]) with weight ≈ q * scale[:, None]; an all-zero row gets scale 1."""
+    w = weight.float()
+    scale = w.abs().amax(dim=1) / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
+
+
+def int4_group(inputs: int) -> int | None:
+    return next((group for group in INT4_GROUPS if inputs % group == 0), None)
+
+
+def quantize_int4(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q uint8 [N, K] in 0..15, scale [N, K/group], zero [N, K/group]), float32, with
+    weight ≈ (q - 8) * scale + zero per group; a constant group gets scale 1 (q = 0 then gives its value)."""
+    rows, inputs = weight.shape
+    w = weight.float().view(rows, inputs // group, group)
+    low, high = w.amin(dim=-1), w.amax(dim=-1)
+    scale = (high - low) / 15
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round((w - low[..., None]) / scale[..., None]).clamp_(0, 15)
+    zero = low + 8 * scale
+    return q.to(torch.uint8).view(rows, inputs), scale, zero
+
+
+class _Int4Layout:
+    """Where `_convert_weight_to_int4pack_for_cpu` puts each value (it depends on the CPU build: a block of 64
+    output rows on AVX-512, 32 on AVX2, pairs elsewhere), found once by packing a probe, so that a prompt can
+    dequantize the packed weight instead of keeping a second copy."""
+
+    block: int | None = None  # rows per block; 0: pairs of rows; None: not known yet
+
+    @classmethod
+    def find(cls) -> int:
+        if cls.block is None:
+            rows = 128
+            probe = (torch.arange(rows, dtype=torch.int32)[:, None] * 7 + torch.arange(2, dtype=torch.int32)) % 16
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(probe, 1)
+            cls.block = -1
+            for block in (64, 32, 0):
+                if torch.equal(unpack_int4(packed, rows, 2, block), probe.to(torch.uint8)):
+                    cls.block = block
+                    break
+        return cls.block
+
+
+def unpack_int4(packed: torch.Tensor, rows: int, inputs: int, block: int,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """The values [rows, inputs] (0..15) of a weight packed by `_convert_weight_to_int4pack_for_cpu` in the layout of
+    `block` rows (0: pairs of rows): a full block stores, per input k, block/2 bytes whose low nibbles are the
+    block's first half of rows and high nibbles its second half; a last, partial block pairs rows (n, n + 1).
+    Written into `out` (any dtype that holds 0..255 exactly; uint8 by default), which may keep fewer rows."""
+    out = torch.empty(rows, inputs, dtype=torch.uint8) if out is None else out
+    kept = out.shape[0]
+    flat = packed.reshape(-1)
+    full = rows // block * block if block else 0
+    if full:
+        raw = flat[: full * inputs // 2].view(full // block, inputs, block // 2).transpose(1, 2)  # [B, block/2, K]
+        whole = min(full, kept) // block  # blocks whose rows are all kept
+        half = block // 2
+        if whole:
+            grouped = out[: whole * block].view(whole, block, inputs)
+            nibbles = _scratch("nibbles", (whole, inputs, half), torch.uint8)  # integer ops, then one copy each
+            grouped[:, half:].copy_(torch.bitwise_right_shift(raw[:whole].transpose(1, 2), 4, out=nibbles).transpose(1, 2))
+            grouped[:, :half].copy_(torch.bitwise_and(raw[:whole].transpose(1, 2), 15, out=nibbles).transpose(1, 2))
+        if whole * block < min(full, kept):  # a block cut by `kept` (the padding rows of an int4 layer)
+            last = raw[whole].to(torch.int16)
+            values = torch.cat([last & 15, last >> 4])  # [block, K]
+            out[whole * block : kept].copy_(values[: kept - whole * block])
+    if rows > full and kept > full:
+        tail = flat[full * inputs // 2 :].view(inputs, (rows - full) // 2)
+        values = torch.stack([tail & 15, tail >> 4], dim=-1).reshape(inputs, rows - full).T  # [rows - full, K]
+        out[full:kept].copy_(values[: kept - full])
+    return out
+
+
+_scratch_buffers = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A buffer reused by every dequantizing call in this thread (the layers of a prefill run one after another):
+    a fresh tensor of a big weight's size costs its page faults on every call."""
+    count = math.prod(shape)
+    buffer = getattr(_scratch_buffers, name, None)
+    if buffer is None or buffer.numel() < count or buffer.dtype != dtype:
+        buffer = torch.empty(count, dtype=dtype)
+        setattr(_scratch_buffers, name, buffer)
+    return buffer[:count].view(shape)
+
+
+class QuantizedLinear(nn.Module):
+    """A Linear whose weight is int8 (per output channel) or int4 (per group of inputs), for inference on a CPU.
+    Buffers: `qweight` (int8 [N, K]; int4: the kernel's packed uint8), `scales` (bf16 [N]; int4: [K/group, N, 2]
+    scale and zero), `bias` (bf16 [N] or None)."""
+
+    def __init__(self, mode: str, in_features: int, out_features: int, qweight: torch.Tensor, scales: torch.Tensor,
+                 bias: torch.Tensor | None, group: int | None = None):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode, self.in_features, self.out_features, self.group = mode, in_features, out_features, group
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scales", scales)
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def from_weight(cls, mode: str, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                    dtype: torch.dtype = torch.bfloat16) -> "QuantizedLinear":
+        """ValueError when int4 cannot take this shape (inputs not a multiple of 32, or an odd output count)."""
+        out_features, in_features = weight.shape
+        bias = None if bias is None else bias.detach().to(dtype)
+        if mode == "int8":
+            q, scale = quantize_int8(weight)
+            return cls(mode, in_features, out_features, q, scale.to(dtype), bias)
+        group = int4_group(in_features)
+        if group is None:
+            raise ValueError(f"int4 needs inputs in groups of {INT4_GROUPS[-1]}; this layer has {in_features}")
+        q, scale, zero = quantize_int4(weight, group)
+        padding = -out_features % 16  # the packer takes outputs in sixteens (Qwen2's 151672-token head is not)
+        if padding:  # zero rows (q 0, scale 1, zero 8: value 0), cut from every output
+            q = torch.cat([q, q.new_zeros(padding, in_features)])
+            scale = torch.cat([scale, scale.new_ones(padding, scale.shape[1])])
+            zero = torch.cat([zero, zero.new_full((padding, zero.shape[1]), 8.0)])
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+        scales = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(dtype)  # [K/group, N, 2]
+        return cls(mode, in_features, out_features, packed, scales, bias, group)
+
+    def dequantized(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The weight the kernels multiply by, [N, K] in the activations' dtype, each value rounded once (into
+        `out` when given). int8: q * scale; int4: (q - 8) * scale + zero, per group."""
+        rows, inputs = self.out_features, self.in_features
+        out = torch.empty(rows, inputs, dtype=self.scales.dtype) if out is None else out
+        if self.mode == "int8":
+            return out.copy_(self.qweight).mul_(self.scales[:, None])  # q is exact in bf16: one rounding
+        block = _Int4Layout.find()
+        if block < 0:  # forward keeps to the kernel then
+            raise RuntimeError("this torch build packs int4 weights in a layout sensorium does not know")
+        unpack_int4(self.qweight, self.scales.shape[1], inputs, block, out=out)
+        scale, zero = self.scales[:, :rows].permute(2, 1, 0)[..., None]  # each [N, K/group, 1]
+        grouped = out.view(rows, inputs // self.group, self.group).sub_(8)  # exact: small integers
+        # (q - 8) * scale, then + zero: two bf16 roundings (a fused addcmul rounds once but is 5x slower here),
+        # far inside int4's own error
+        return grouped.mul_(scale).add_(zero).view(rows, inputs)
+
+    def forward(self, x: torch.Tensor, activation: str = "none") -> torch.Tensor:
+        if x.device.type != "cpu" or x.dtype != self.scales.dtype:
+            raise RuntimeError(f"{self.mode} weights take {self.scales.dtype} inputs on the CPU; got {x.dtype} on "
+                               f"{x.device}")
+        rows = x.numel() // self.in_features
+        if rows > KERNEL_ROWS[self.mode] and (self.mode == "int8" or _Int4Layout.find() >= 0):
+            weight = self.dequantized(_scratch("weight", (self.out_features, self.in_features), self.scales.dtype))
+            return linear(x, weight, self.bias, activation)
+        flat = x.reshape(rows, self.in_features)
+        if self.mode == "int8":
+            out = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales)
+        else:
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.qweight, self.group, self.scales)
+            out = out[:, : self.out_features]  # without the padding rows
+        if self.bias is not None:
+            out = out.add_(self.bias)
+        if activation == "gelu":
+            out = F.gelu(out)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        group = f", group={self.group}" if self.group else ""
+        return (f"{self.mode}{group}, in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
+
+def quantize_linears(module: nn.Module, mode: str) -> tuple[int, int]:
+    """Replace every Linear under `module` by a QuantizedLinear in `mode` (bf16 activations): (quantized, left in
+    bfloat16 because int4 cannot take their shape)."""
+    if not available(mode):
+        raise RuntimeError(f"this torch build has no {mode} weight-only kernel")
+    done = kept = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, Linear):
+            child.unpack()
+            try:
+                setattr(module, name, QuantizedLinear.from_weight(mode, child.weight.detach(), child.bias,
+                                                                  child.weight.dtype))
+                done += 1
+            except ValueError:
+                child.pack()
+                kept += 1
+        else:
+            more, left = quantize_linears(child, mode)
+            done, kept = done + more, kept + left
+    return done, kept

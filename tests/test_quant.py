@@ -1,0 +1,122 @@
+"""Weight-only int8/int4 decoders (sensorium.nn.quant, `sn.load(..., dtype="int8" | "int4")`): the quantizers'
+error bounds, the packed int4 layout read back exactly, each kernel against the plain product with the weight it
+stands for, and a quantized chat model against the same model running on those dequantized weights."""
+
+import pytest
+import torch
+
+import sensorium as sn
+from sensorium.nn import Linear
+from sensorium.nn.quant import (KERNEL_ROWS, QuantizedLinear, _Int4Layout, available, int4_group, quantize_int4,
+                                quantize_int8, unpack_int4)
+
+pytestmark = pytest.mark.skipif(not (available("int8") and available("int4")), reason="no weight-only kernels")
+
+
+def rel(a, b) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+def test_int8_rounds_each_weight_to_its_rows_step():
+    torch.manual_seed(0)
+    weight = torch.randn(40, 96) * torch.rand(40, 1)
+    weight[3] = 0  # an all-zero row
+    q, scale = quantize_int8(weight)
+    assert q.dtype == torch.int8 and int(q.abs().max()) <= 127 and scale[3] == 1 and not q[3].any()
+    assert bool(((q.float() * scale[:, None] - weight).abs() <= scale[:, None] / 2 + 1e-7).all())
+    assert torch.equal(q.abs().amax(1)[weight.abs().amax(1) > 0], torch.full((39,), 127, dtype=torch.int8))
+
+
+def test_int4_rounds_each_weight_to_its_groups_step():
+    torch.manual_seed(0)
+    weight = torch.randn(24, 256)
+    weight[5, :64] = 0.25  # a constant group comes back exactly
+    q, scale, zero = quantize_int4(weight, 64)
+    assert q.dtype == torch.uint8 and int(q.max()) <= 15 and scale.shape == (24, 4)
+    value = ((q.float().view(24, 4, 64) - 8) * scale[..., None] + zero[..., None]).view(24, 256)
+    assert bool(((value - weight).abs() <= scale.repeat_interleave(64, 1) / 2 + 1e-6).all())
+    assert torch.equal(value[5, :64], weight[5, :64])
+    assert [int4_group(k) for k in (3584, 896, 192, 96, 48)] == [128, 128, 64, 32, None]
+
+
+@pytest.mark.parametrize("rows, inputs", [(128, 64), (208, 32), (96, 64), (48, 96), (200 + 8, 256)])
+def test_the_packed_int4_layout_reads_back(rows, inputs):
+    assert _Int4Layout.find() >= 0  # this build's layout is one sensorium knows
+    q = torch.randint(0, 16, (rows, inputs), dtype=torch.int32, generator=torch.Generator().manual_seed(rows))
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    assert torch.equal(unpack_int4(packed, rows, inputs, _Int4Layout.find()), q.to(torch.uint8))
+    kept = torch.empty(rows - 5, inputs, dtype=torch.bfloat16)  # fewer rows kept: an int4 layer's padding cut
+    assert torch.equal(unpack_int4(packed, rows, inputs, _Int4Layout.find(), out=kept), q[: rows - 5].bfloat16())
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("shape", [(200, 256), (72, 96)])  # 200 and 72 outputs: int4 pads them to sixteens
+def test_a_quantized_linear_is_the_product_with_its_dequantized_weight(mode, shape):
+    out_features, in_features = shape
+    g = torch.Generator().manual_seed(1)
+    weight, bias = torch.randn(shape, generator=g) * 0.05, torch.randn(out_features, generator=g)
+    layer = QuantizedLinear.from_weight(mode, weight, bias)
+    dense = layer.dequantized()
+    assert dense.shape == shape and dense.dtype == torch.bfloat16
+    if mode == "int8":  # the weight it stands for, from the quantizer's own output
+        q, scale = quantize_int8(weight)
+        assert torch.equal(dense, (q.float() * scale.bfloat16().float()[:, None]).bfloat16())
+    else:
+        group = int4_group(in_features)
+        q, scale, zero = quantize_int4(weight, group)
+        want = (q.float().view(out_features, -1, group) - 8) * scale.bfloat16().float()[..., None] \
+            + zero.bfloat16().float()[..., None]
+        assert rel(dense, want.view(shape)) < 8e-3  # two bf16 roundings of each value
+    for rows in (1, 3, KERNEL_ROWS[mode], KERNEL_ROWS[mode] + 1, 150):  # the kernel, then dequantize + GEMM
+        x = torch.randn(rows, in_features, generator=g).bfloat16()
+        want = x.double() @ dense.double().T + bias.bfloat16().double()
+        got = layer(x[None])[0]
+        assert got.shape == (rows, out_features) and got.dtype == torch.bfloat16
+        assert rel(got, want) < 1e-2  # bf16 outputs (and kernel sums in float32)
+    with pytest.raises(RuntimeError, match="bfloat16 inputs on the CPU"):
+        layer(torch.randn(1, in_features))
+
+
+def test_int4_refuses_inputs_it_cannot_group():
+    with pytest.raises(ValueError, match="int4 needs inputs in groups of 32"):
+        QuantizedLinear.from_weight("int4", torch.randn(32, 48))
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_a_quantized_chat_model_equals_it_on_the_dequantized_weights(mode, af3_model_dir):
+    model = sn.load(str(af3_model_dir), device="cpu", dtype=mode)
+    layers = [m for m in model.decoder.modules() if isinstance(m, QuantizedLinear)]
+    assert len(layers) == 7 * model.decoder.config.layers + 1  # q k v o gate up down per layer, and the head
+    assert model.dtype == torch.bfloat16 and not any(isinstance(m, Linear) for m in model.decoder.modules())
+    reference = sn.load(str(af3_model_dir), device="cpu", dtype="bfloat16")
+    with torch.no_grad():  # the same decoder, on the weights the quantized one stands for
+        named = dict(reference.decoder.named_modules())
+        for name, layer in model.decoder.named_modules():
+            if isinstance(layer, QuantizedLinear):
+                named[name].unpack()
+                named[name].weight.copy_(layer.dequantized())
+    conversation = [{"role": "user", "content": [
+        {"type": "audio", "audio": torch.randn(16000, generator=torch.Generator().manual_seed(4)).numpy(),
+         "sampling_rate": 16000},
+        {"type": "text", "text": "What is it?"}]}]
+    inputs = model.process([conversation])
+    with torch.inference_mode():
+        got = model(**inputs.model_inputs()).logits  # a prompt: the dequantizing path
+        want = reference(**inputs.model_inputs()).logits
+        assert rel(got, want) < 2e-2
+        ids = model.generate(**inputs.model_inputs(), max_new_tokens=8, stop_tokens=())  # steps: the kernels
+        assert ids.shape == (1, 8)
+        steps = model.decoder.logits(model.decoder.embed(ids[:, :1]))  # one row: the head's kernel
+        assert rel(steps, reference.decoder.logits(reference.decoder.embed(ids[:, :1]))) < 2e-2
+
+
+def test_quantized_dtypes_are_for_chat_decoders_on_the_cpu(tiny_entries, af3_model_dir):
+    from sensorium.loading import check_quantized
+    from sensorium.models import family
+
+    with pytest.raises(sn.CapabilityError, match="int8 is weight-only quantization for the decoders of chat"):
+        sn.load("test-clip_tiny", device="cpu", dtype="int8")
+    with pytest.raises(ValueError, match="dtype=int4 runs on the CPU"):
+        check_quantized("int4", family("af3"), "audio-flamingo-3", torch.device("cuda"))
+    with pytest.raises(ValueError, match="unknown dtype 'int2'"):
+        sn.load(str(af3_model_dir), device="cpu", dtype="int2")
