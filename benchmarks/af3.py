@@ -1,6 +1,7 @@
 """Audio Flamingo 3 prefill and decode: sensorium vs transformers 5.23 `generate` on the same weights.
 
-    python benchmarks/af3.py run [--rounds 3] [--new-tokens 128] [--batch 1 4]
+    python benchmarks/af3.py run [--rounds 3] [--new-tokens 128] [--batch 1 4] [--dtype float32 bfloat16 int8 int4]
+    python benchmarks/af3.py accuracy [--new-tokens 64]   # int8/int4 against bf16: greedy agreement, logit error
 
 Weights: a mid-size AF3 with transformers' random initialisation, written by save_pretrained and loaded by
 both sides: the decoder is Qwen2.5-0.5B's shape (24 layers, 896 wide, 14 heads / 2 KV heads, MLP 4864, the
@@ -10,8 +11,12 @@ sensorium's processor (identical ids and features to transformers' processor, se
 
 Prefill: from the call to the first new token (audio encoder + 750 audio tokens per clip + text). Decode: the
 following `new_tokens - 1` greedy tokens, timed between the first and the last token's arrival (a streamer on
-the transformers side, the token callback on ours), as tokens/s summed over the batch. Greedy ids of the two sides are compared. Each measurement runs in a fresh process; sides
-alternate; medians of the rounds; peak RSS per process.
+the transformers side, the token callback on ours), as tokens/s summed over the batch. Greedy ids of the two sides
+are compared. Each measurement runs in a fresh process; sides alternate; medians of the rounds; peak RSS per
+process. A decode row also gives the bytes of decoder weights it streams per step (each step reads every decoder
+weight and the head once) divided by its step time, as a fraction of the machine's read bandwidth
+(benchmarks/bound.py). int8 / int4 rows are sensorium's weight-only decoders (transformers has no CPU kernel for
+them without torchao); their peer is transformers in bf16.
 """
 
 from __future__ import annotations
@@ -67,7 +72,23 @@ def _inputs(batch: int):
     return processor(conversations).model_inputs()
 
 
-def worker(side: str, batch: int, new_tokens: int) -> None:
+def weight_bytes(model) -> int:
+    """Bytes of decoder weights one decode step reads: every layer's linears and the head (norms are noise)."""
+    from sensorium.nn.quant import QuantizedLinear
+
+    total = 0
+    for module in model.decoder.modules():
+        if isinstance(module, QuantizedLinear):
+            total += module.qweight.numel() * module.qweight.element_size() + module.scales.numel() * 2
+        elif hasattr(module, "weight") and module.weight is not None and module.weight.ndim == 2 \
+                and module is not model.decoder.embed:
+            total += module.weight.shape[0] * module.weight.shape[1] * module.weight.element_size()
+    if model.decoder.head is None:  # tied: the head reads the embedding
+        total += model.decoder.embed.weight.numel() * model.decoder.embed.weight.element_size()
+    return total
+
+
+def worker(side: str, batch: int, new_tokens: int, dtype: str = "float32") -> None:
     import resource
     import time
 
@@ -79,7 +100,10 @@ def worker(side: str, batch: int, new_tokens: int) -> None:
     if side == "transformers":
         from transformers import AudioFlamingo3ForConditionalGeneration
 
-        model = AudioFlamingo3ForConditionalGeneration.from_pretrained(WEIGHTS, dtype=torch.float32).eval()
+        peer_dtype = torch.float32 if dtype.startswith("float32") else torch.bfloat16  # int8/int4: bf16 is the peer
+        model = AudioFlamingo3ForConditionalGeneration.from_pretrained(WEIGHTS, dtype=peer_dtype).eval()
+        inputs = {k: v.to(peer_dtype) if v.is_floating_point() else v for k, v in inputs.items()}  # its features
+        streamed = None
 
         class Clock:  # generate's streamer hook: called with the prompt, then once per new token
             def put(self, value):
@@ -95,12 +119,16 @@ def worker(side: str, batch: int, new_tokens: int) -> None:
     else:
         import sensorium as sn
 
-        model = sn.load(WEIGHTS, device="cpu", dtype="float32")
+        compiled = dtype.endswith("-compile")
+        model = sn.load(WEIGHTS, device="cpu", dtype=dtype.removesuffix("-compile"), compile=compiled)
+        streamed = weight_bytes(model)
 
         def generate(count, clock=False):
             hook = (lambda _: stamps.append(time.perf_counter())) if clock else None
             return model.generate(**inputs, max_new_tokens=count, stop_tokens=(), on_tokens=hook)
     with torch.inference_mode():
+        if side == "sensorium" and compiled:  # the timed run's shapes: the step compiles here
+            generate(new_tokens)
         generate(2)  # warm-up
         stamps.clear()
         start = time.perf_counter()
@@ -108,49 +136,102 @@ def worker(side: str, batch: int, new_tokens: int) -> None:
     token_times = stamps[-new_tokens:]  # transformers' streamer also reports the prompt first
     prefill = token_times[0] - start
     decode = token_times[-1] - token_times[0]
-    np.save(OUT / f"af3-{side}-b{batch}.npy", ids.numpy())
+    np.save(OUT / f"af3-{side}-{dtype}-b{batch}.npy", ids.numpy())
     print(json.dumps({"prefill_s": prefill, "decode_tokens_per_s": (new_tokens - 1) * batch / decode,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "prompt_tokens": int(inputs["input_ids"].shape[1])}))
+                      "prompt_tokens": int(inputs["input_ids"].shape[1]), "weight_bytes": streamed,
+                      "step_s": decode / (new_tokens - 1)}))
 
 
-def run(rounds: int, batches: list[int], new_tokens: int) -> None:
+def run(rounds: int, batches: list[int], new_tokens: int, dtypes: list[str]) -> None:
     import numpy as np
+
+    sys.path.insert(0, str(HERE))
+    from bound import load as load_bound
 
     OUT.mkdir(exist_ok=True)
     if not (WEIGHTS / "config.json").exists():
         subprocess.run([sys.executable, __file__, "make"], check=True)
-    print(f"machine: {machine()}")
+    read_bound = load_bound()["rates"].get("read GB/s (best of sum, GEMV)")
+    print(f"machine: {machine()}; read bandwidth {read_bound:.1f} GB/s" if read_bound else f"machine: {machine()}")
+    print("| dtype | batch (prompt tokens) | prefill transformers vs sensorium | decode transformers vs sensorium | "
+          "sensorium's weight stream per step | peak RSS | greedy ids equal |")
+    print("|---|---|---|---|---|---|---|")
     results = {}
-    for batch in batches:
-        runs = {"transformers": [], "sensorium": []}
-        for r in range(rounds):
-            for side in (("transformers", "sensorium") if r % 2 == 0 else ("sensorium", "transformers")):
-                out = subprocess.run([sys.executable, __file__, "worker", side, str(batch), str(new_tokens)],
-                                     capture_output=True, text=True)
-                if out.returncode:
-                    raise RuntimeError(out.stderr[-3000:])
-                runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
-                m = runs[side][-1]
-                print(f"  batch {batch} round {r + 1} {side}: prefill {m['prefill_s']:.2f} s, decode "
-                      f"{m['decode_tokens_per_s']:.1f} tok/s, {m['peak_rss_mb']:.0f} MB", file=sys.stderr)
-        same = bool(np.array_equal(*(np.load(OUT / f"af3-{s}-b{batch}.npy") for s in ("transformers", "sensorium"))))
-        med = {s: {k: statistics.median(x[k] for x in v) for k in ("prefill_s", "decode_tokens_per_s")}
-               for s, v in runs.items()}
-        rss = {s: max(x["peak_rss_mb"] for x in v) for s, v in runs.items()}
-        results[f"batch{batch}"] = {"median": med, "peak_rss_mb": rss, "same_ids": same, "runs": runs,
-                                    "prompt_tokens": runs["sensorium"][0]["prompt_tokens"]}
-        t, s = med["transformers"], med["sensorium"]
-        print(f"| batch {batch} ({results[f'batch{batch}']['prompt_tokens']} prompt tokens) | prefill {t['prefill_s']:.2f} s vs "
-              f"{s['prefill_s']:.2f} s ({t['prefill_s'] / s['prefill_s']:.2f}x) | decode {t['decode_tokens_per_s']:.1f} vs "
-              f"{s['decode_tokens_per_s']:.1f} tok/s ({s['decode_tokens_per_s'] / t['decode_tokens_per_s']:.2f}x) | "
-              f"peak RSS {rss['transformers']:.0f} vs {rss['sensorium']:.0f} MB | greedy ids equal: {same} |", flush=True)
+    for dtype in dtypes:
+        for batch in batches:
+            runs = {"transformers": [], "sensorium": []}
+            for r in range(rounds):
+                for side in (("transformers", "sensorium") if r % 2 == 0 else ("sensorium", "transformers")):
+                    out = subprocess.run([sys.executable, __file__, "worker", side, str(batch), str(new_tokens), dtype],
+                                         capture_output=True, text=True)
+                    if out.returncode:
+                        raise RuntimeError(out.stderr[-3000:])
+                    runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                    m = runs[side][-1]
+                    print(f"  {dtype} batch {batch} round {r + 1} {side}: prefill {m['prefill_s']:.2f} s, decode "
+                          f"{m['decode_tokens_per_s']:.1f} tok/s, {m['peak_rss_mb']:.0f} MB", file=sys.stderr)
+            same = bool(np.array_equal(*(np.load(OUT / f"af3-{s}-{dtype}-b{batch}.npy")
+                                         for s in ("transformers", "sensorium"))))
+            med = {s: {k: statistics.median(x[k] for x in v) for k in ("prefill_s", "decode_tokens_per_s", "step_s")}
+                   for s, v in runs.items()}
+            rss = {s: max(x["peak_rss_mb"] for x in v) for s, v in runs.items()}
+            streamed = runs["sensorium"][0]["weight_bytes"]
+            rate = streamed / med["sensorium"]["step_s"] / 1e9
+            key = f"{dtype}-batch{batch}"
+            results[key] = {"median": med, "peak_rss_mb": rss, "same_ids": same, "runs": runs,
+                            "prompt_tokens": runs["sensorium"][0]["prompt_tokens"], "weight_gb": streamed / 1e9,
+                            "weight_stream_gb_s": rate, "read_bound_gb_s": read_bound}
+            t, s = med["transformers"], med["sensorium"]
+            peer = "" if dtype in ("float32", "bfloat16", "float32-compile", "bfloat16-compile") else " (transformers bf16)"
+            fraction = f", {100 * rate / read_bound:.0f} % of {read_bound:.0f}" if read_bound else ""
+            print(f"| {dtype}{peer} | {batch} ({results[key]['prompt_tokens']}) | {t['prefill_s']:.2f} vs "
+                  f"{s['prefill_s']:.2f} s ({t['prefill_s'] / s['prefill_s']:.2f}x) | {t['decode_tokens_per_s']:.1f} vs "
+                  f"{s['decode_tokens_per_s']:.1f} tok/s ({s['decode_tokens_per_s'] / t['decode_tokens_per_s']:.2f}x) | "
+                  f"{streamed / 1e9:.2f} GB: {rate:.1f} GB/s{fraction} | {rss['transformers']:.0f} vs "
+                  f"{rss['sensorium']:.0f} MB | {same} |", flush=True)
     (OUT / "af3.json").write_text(json.dumps(results, indent=1))
+
+
+def accuracy(new_tokens: int, modes: list[str]) -> None:
+    """Each quantized decoder against bf16 on the same prompt (one 30 s clip + a question): greedy tokens equal
+    to bf16's until the first difference; top-1 agreement and logit error with bf16's continuation fed to both
+    (teacher forcing), the error relative to the spread of bf16's logits."""
+    import torch
+
+    import sensorium as sn
+
+    inputs = _inputs(1)
+    base = sn.load(WEIGHTS, device="cpu", dtype="bfloat16")
+    with torch.inference_mode():
+        ids = base.generate(**inputs, max_new_tokens=new_tokens, stop_tokens=())
+        full = {**inputs, "input_ids": torch.cat([inputs["input_ids"], ids], 1),
+                "attention_mask": torch.ones(1, inputs["input_ids"].shape[1] + new_tokens, dtype=torch.long)}
+        want = base(**full).logits[0, -new_tokens - 1 : -1].float()
+    del base
+    print(f"machine: {machine()}; {new_tokens} greedy tokens after a {inputs['input_ids'].shape[1]}-token prompt")
+    print("| dtype | greedy tokens equal to bf16's before the first difference | teacher-forced top-1 agreement | "
+          "max logit error / bf16 logit std | mean |")
+    print("|---|---|---|---|---|")
+    rows = {}
+    for mode in modes:
+        model = sn.load(WEIGHTS, device="cpu", dtype=mode)
+        with torch.inference_mode():
+            got_ids = model.generate(**inputs, max_new_tokens=new_tokens, stop_tokens=())
+            got = model(**full).logits[0, -new_tokens - 1 : -1].float()
+        differs = (got_ids[0] != ids[0]).nonzero()
+        prefix = int(differs[0]) if len(differs) else new_tokens
+        spread = float(want.std())
+        rows[mode] = {"greedy_prefix": prefix, "top1": float((got.argmax(-1) == want.argmax(-1)).float().mean()),
+                      "max_err": float((got - want).abs().max()) / spread, "mean_err": float((got - want).abs().mean()) / spread}
+        r = rows[mode]
+        print(f"| {mode} | {prefix} of {new_tokens} | {100 * r['top1']:.1f} % | {r['max_err']:.3f} | {r['mean_err']:.4f} |")
+    (OUT / "af3-accuracy.json").write_text(json.dumps(rows, indent=1))
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
-        worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] if len(sys.argv) > 5 else "float32")
         return
     if len(sys.argv) > 1 and sys.argv[1] == "make":
         make_weights()
@@ -161,8 +242,16 @@ def main() -> None:
     r.add_argument("--rounds", type=int, default=3)
     r.add_argument("--new-tokens", type=int, default=128)
     r.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    r.add_argument("--dtype", nargs="+", default=["float32"],
+                   choices=["float32", "bfloat16", "int8", "int4", "bfloat16-compile", "float32-compile"])
+    a = sub.add_parser("accuracy")
+    a.add_argument("--new-tokens", type=int, default=64)
+    a.add_argument("--dtype", nargs="+", default=["int8", "int4"], choices=["int8", "int4"])
     args = parser.parse_args()
-    run(args.rounds, args.batch, args.new_tokens)
+    if args.command == "run":
+        run(args.rounds, args.batch, args.new_tokens, args.dtype)
+    else:
+        accuracy(args.new_tokens, args.dtype)
 
 
 if __name__ == "__main__":

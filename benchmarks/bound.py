@@ -7,7 +7,8 @@ what fraction of the hardware it reaches.
 CPU: torch's F.linear (MKL sgemm in float32 on x86, oneDNN in bfloat16), oneDNN's linear (torch.ops.mkldnn, what
 sensorium's layers call), float16 where torch has a fast path, ONNX Runtime's and OpenVINO's MatMul (in the peer
 environment, benchmarks/.venv-timm: `python benchmarks/pe_core.py setup`); memory: a large copy (read + write) and
-a bf16 GEMV (the decoder's bound: one pass over the weights per token). GPU (when one is present): cuBLAS bf16 and
+a streaming read, and GEMVs (the decoder's bound: one pass over the weights per token) in fp32, bf16 (plain and
+packed for oneDNN) and torch's int8/int4 weight-only kernels. GPU (when one is present): cuBLAS bf16 and
 fp16 GEMM, TF32, and a device copy (HBM). Every rate is the median of repeated calls after two warm-ups.
 """
 
@@ -70,8 +71,42 @@ def torch_bounds(size: int, repeats: int) -> dict[str, float]:
         x = torch.randn(1, 8192).bfloat16()
         rates["bf16 GEMV GB/s (oneDNN)"] = weight.numel() * 2 / seconds(
             lambda: torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], ""), repeats) / 1e9
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight)  # sensorium's bf16 decoders (nn/linear.py)
+        rates["bf16 GEMV GB/s (oneDNN, packed weight)"] = weight.numel() * 2 / seconds(
+            lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), repeats) / 1e9
+        del packed
+        rates |= weight_only_rates(weight, x, repeats)
+        rates["read GB/s (sum of 1 GB)"] = read_rate(repeats)
+        rates["read GB/s (best of sum, GEMV)"] = max(rates["read GB/s (sum of 1 GB)"], rates["fp32 GEMV GB/s (oneDNN)"])
         if torch.cuda.is_available():
             rates |= cuda_bounds(size * 4, repeats)
+    return rates
+
+
+def read_rate(repeats: int) -> float:
+    """A streaming read: the sum of 1 GB of float32 (one pass, nothing written)."""
+    import torch
+
+    data = torch.ones(1 << 28)
+    return data.numel() * 4 / seconds(lambda: data.sum(), repeats) / 1e9
+
+
+def weight_only_rates(weight, x, repeats: int) -> dict[str, float]:
+    """torch's weight-only kernels on the same 16384x8192 matrix (sensorium's int8/int4 decoders), as GB/s of the
+    bytes they stream (int8: 1 byte a weight; int4: half)."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(HERE.parent / "src"))
+    from sensorium.nn.quant import QuantizedLinear, available
+
+    rates = {}
+    for mode, size in (("int8", 1.0), ("int4", 0.5)):
+        if available(mode):
+            layer = QuantizedLinear.from_weight(mode, weight.float())
+            rates[f"{mode} weight-only GEMV GB/s (torch's kernel)"] = weight.numel() * size / seconds(
+                lambda: layer(x), repeats) / 1e9
     return rates
 
 

@@ -3,6 +3,7 @@
     python benchmarks/pe_core.py setup    # once: the separate venv with timm (benchmarks/.venv-timm)
     python benchmarks/pe_av.py setup      # once: transformers 5.23 into that venv (its PE video needs timm)
     python benchmarks/pe_av.py run        # audio embedding of 30 s clips, 16-frame video embedding; fp32, bf16
+    python benchmarks/pe_av.py frames --old COMMIT   # an every-frame model's 30 s window: memory of its frames
 
 Weights: pe-av-base geometry (1024-wide encoders: audio 16 layers, video 5, fusion 5; DAC-VAE 64 channels;
 PE-Core-L14-336 frames; ModernBERT-large cut at 22 layers) with transformers' random initialisation, written
@@ -229,7 +230,82 @@ def run(rounds: int, dtypes: list[str], clips: int, kinds: list[str]) -> None:
     (OUT / "pe_av.json").write_text(json.dumps(results, indent=1))
 
 
+def frames_video(seconds: float = 30.0, fps: int = 30) -> Path:
+    """A silent 640x360 video (moving gradients, so frames differ) for the frame-memory measurement."""
+    import av
+    import numpy as np
+
+    path = OUT / f"frames-{int(seconds)}s-{fps}fps.mp4"
+    if path.exists():
+        return path
+    OUT.mkdir(exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
+        yy, xx = np.mgrid[0:360, 0:640]
+        for i in range(int(seconds * fps)):
+            rgb = np.stack([(xx + 4 * i) % 256, (yy + 2 * i) % 256, (xx + yy + i) % 256], -1).astype(np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def frames_worker(source: str, path: str) -> None:
+    """Peak memory of reading one file's windows as an every-frame PE-AV model at 336 px reads them (the
+    WindowReader of `source`'s tree: decode, squash, keep a window's frames); the model is a stand-in that only
+    answers what the reader asks (its frame size, every frame, its rate)."""
+    import resource
+
+    sys.path.insert(0, str(Path(source) / "src"))
+    from sensorium.tasks.audiovisual import WindowReader
+    from sensorium.tasks.inputs import MediaItem
+
+    class EveryFrameModel:
+        frame_size, video_frames, sampling_rate = 336, None, 48000
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    held = 0
+    with WindowReader(EveryFrameModel(), MediaItem(path, "video"), "video") as reader:
+        for _, _, _, video in reader:
+            pixels = video.pixel_values_videos
+            held = max(held, pixels.numel() * pixels.element_size())
+            frames = pixels.shape[1]
+    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before,
+                      "window_pixels_mb": held / 2**20, "frames": frames, "dtype": str(pixels.dtype)}))
+
+
+def frames(rounds: int, old: str) -> None:
+    """This tree against commit `old` (checked out in a temporary worktree), sides alternating."""
+    import tempfile
+
+    video = frames_video()
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "old"
+        subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "-f", str(tree), old], check=True,
+                       capture_output=True)
+        try:
+            sides = {"old": str(tree), "new": str(HERE.parent)}
+            runs: dict[str, list[dict]] = {name: [] for name in sides}
+            for r in range(rounds):
+                for name in (("old", "new") if r % 2 == 0 else ("new", "old")):
+                    out = subprocess.run([sys.executable, __file__, "frames-worker", sides[name], str(video)],
+                                         capture_output=True, text=True, check=True)
+                    runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        finally:
+            subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", str(tree)], check=True)
+    print(f"machine: {machine()}; {video.name}: one 30 s window of {runs['new'][0]['frames']} frames at 336 px")
+    print("| code | frames kept as | window's pixels | added peak RSS (median) |")
+    print("|---|---|---|---|")
+    for name, label in (("old", f"{old} (before)"), ("new", "this tree")):
+        first = runs[name][0]
+        print(f"| {label} | {first['dtype']} | {first['window_pixels_mb']:.0f} MB | "
+              f"{statistics.median(x['peak_mb'] for x in runs[name]):.0f} MB |")
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "frames-worker":
+        frames_worker(sys.argv[2], sys.argv[3])
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
         worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
         return
@@ -244,9 +320,14 @@ def main() -> None:
     r.add_argument("--clips", type=int, default=2, help="30 s clips per audio call")
     r.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
     r.add_argument("--kind", nargs="+", default=["audio", "video"])
+    f = sub.add_parser("frames")
+    f.add_argument("--rounds", type=int, default=3)
+    f.add_argument("--old", default="6824bf6", help="the commit to compare with (default: before uint8 frames)")
     args = parser.parse_args()
     if args.command == "setup":
         setup()
+    elif args.command == "frames":
+        frames(args.rounds, args.old)
     else:
         run(args.rounds, args.dtype, args.clips, args.kind)
 

@@ -106,7 +106,9 @@ def test_a_compiled_model_equals_eager(tiny_entries, ast_models, monkeypatch, tm
         assert rel(tagger.classify(features), want) < 1e-5
 
 
-def test_a_failed_compile_falls_back_to_eager_and_bad_input_still_raises(tiny_entries, af3_model_dir, monkeypatch):
+def test_a_failed_compile_falls_back_to_eager_and_bad_input_still_raises(tiny_entries, monkeypatch, tmp_path):
+    from helpers import pe_av_folder
+
     import sensorium.nn.compiled as compiled_module
 
     def no_compiler(fn):
@@ -122,7 +124,7 @@ def test_a_failed_compile_falls_back_to_eager_and_bad_input_still_raises(tiny_en
         with pytest.raises(ValueError, match="pixels must be a float tensor"):  # a bad input: eager's own error
             model.encode_image(torch.randn(1, 5, 7))
     with pytest.raises(sn.CapabilityError, match="compile=True is not available"):
-        sn.load(str(af3_model_dir), device="cpu", compile=True)
+        sn.load(pe_av_folder(tmp_path, "pe_av_tiny/original"), device="cpu", compile=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -216,3 +218,43 @@ def test_a_bf16_chat_model_loads_packed_and_answers_as_unpacked(af3_model_dir):
         assert torch.equal(model.generate(**inputs.model_inputs(), max_new_tokens=12, stop_tokens=()), packed_ids)
         assert rel(model(**inputs.model_inputs()).logits, packed_logits) < 1e-2  # one bf16 rounding apart at most
     assert sn.load(str(af3_model_dir), device="cpu").decoder.head.packed is False  # float32: left plain
+
+
+def test_a_compiled_decode_step_generates_what_eager_does(af3_model_dir, monkeypatch, tmp_path):
+    """compile=True on a chat model: the one-token step (static shapes, the whole bucketed cache under a mask) is
+    compiled once and generates the eager model's tokens (float32), on a left-padded batch too; in bfloat16 a step's
+    logits are the eager step's to bf16 rounding (inductor fuses the norms and the rotation in float32)."""
+    from torch._dynamo.utils import counters
+
+    from sensorium.nn.generation import CACHE_BUCKET
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    eager = sn.load(str(af3_model_dir), device="cpu")
+    compiled = sn.load(str(af3_model_dir), device="cpu", compile=True)
+    assert compiled.decoder.compiled_step is not None
+    conversations = [[{"role": "user", "content": text}] for text in ("Hello there, how are you?", "Hi.")]
+    inputs = eager.process(conversations)
+    assert not bool(inputs.attention_mask.all())  # the second row is left-padded
+    with torch.inference_mode():
+        want = eager.generate(**inputs.model_inputs(), max_new_tokens=10, stop_tokens=())
+        got = compiled.generate(**inputs.model_inputs(), max_new_tokens=10, stop_tokens=())
+        assert torch.equal(got, want)
+        assert compiled.decoder.compiled_step.failure is None
+        graphs = counters["stats"]["unique_graphs"]
+        again = compiled.generate(**inputs.model_inputs(), max_new_tokens=CACHE_BUCKET // 4, stop_tokens=())
+    assert torch.equal(again[:, :10], want)
+    assert counters["stats"]["unique_graphs"] == graphs  # same batch, same cache bucket: no new compile
+
+    low = sn.load(str(af3_model_dir), device="cpu", dtype="bfloat16", compile=True)
+    decoder, ids = low.decoder, inputs.input_ids[:1]
+    with torch.inference_mode():
+        cache = decoder.new_cache(1, CACHE_BUCKET, zeroed=True)
+        prompt = ids.shape[1]
+        decoder(low.embed_prompt({"input_ids": ids}), torch.arange(prompt)[None], None, prompt, cache, 0)
+        token, position = want[:1, :1], torch.tensor([[prompt]])
+        seen = (torch.arange(CACHE_BUCKET) <= prompt)[None, None, None, :]
+        # the first call runs the step eagerly (CompiledCall's warm-up), the second the compiled graph
+        eager_step, compiled_step = (decoder.compiled_step(token, position, seen, cache, torch.tensor([prompt]))
+                                     for _ in range(2))
+    assert low.decoder.compiled_step.failure is None
+    assert rel(compiled_step, eager_step) < 2e-2

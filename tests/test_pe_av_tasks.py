@@ -122,3 +122,44 @@ def test_an_every_frame_run_is_announced_with_its_frames_and_time(model, media, 
     # nothing to announce for a -16-frame model
     monkeypatch.setattr(model, "config", type(model.config)(**{**model.config.__dict__, "video_frames": 16}))
     assert audiovisual.frame_cost(model, items) is None
+
+
+def test_window_frames_are_kept_in_uint8_and_encode_as_the_normalised_frames(model, media):
+    """A window's squashed frames stay uint8 (exact: the squash rounds to it) until the frame encoder normalises
+    each chunk: the same vectors as the processor's float frames."""
+    from sensorium.batches import VideoBatch, normalize_squashed
+    from sensorium.tasks.audiovisual import WindowReader
+    from sensorium.tasks.inputs import MediaItem
+
+    with WindowReader(model, MediaItem(str(media / "dog.mp4"), "video"), "video") as reader:
+        ((_, _, _, video),) = list(reader)
+    pixels = video.pixel_values_videos
+    assert pixels.dtype == torch.uint8 and pixels.shape[2:] == (3, model.frame_size, model.frame_size)
+    processed = model.preprocess_video(str(media / "dog.mp4"))
+    assert torch.equal(normalize_squashed(pixels), processed.pixel_values_videos)
+    with torch.inference_mode():
+        assert torch.equal(model.encode_video(video), model.encode_video(processed))
+        assert torch.equal(model.encode_video(video), model.encode_video(VideoBatch(normalize_squashed(pixels),
+                                                                                    video.padding_mask_videos)))
+
+
+def test_a_short_window_repeats_frames_for_a_16_frame_model(tmp_path):
+    """16 samples of a 5-frame window repeat frames; each is squashed once and the stack equals the processor's."""
+    from helpers import make_video
+
+    from sensorium.features.video_frames import squash_frames
+    from sensorium.processors.pe_av import read_squashed_frames
+    from sensorium.tasks.audiovisual import WindowReader
+    from sensorium.tasks.inputs import MediaItem
+
+    path = tmp_path / "short.mp4"
+    make_video(path, num_frames=5, fps=10)
+
+    class SixteenFrames:  # what the reader asks of a -16-frame model
+        frame_size, video_frames, sampling_rate = 32, 16, 48000
+
+    with WindowReader(SixteenFrames(), MediaItem(str(path), "video"), "video") as reader:
+        ((_, _, _, video),) = list(reader)
+    want, _ = read_squashed_frames(path, 16, 32)
+    assert video.pixel_values_videos.shape[1] == 16 and len(set(map(bytes, video.pixel_values_videos[0].numpy()))) == 5
+    assert torch.equal(squash_frames(video.pixel_values_videos[0].permute(0, 2, 3, 1).numpy(), 32), want)

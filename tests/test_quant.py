@@ -17,7 +17,10 @@ def rel(a, b) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
 
-def test_int8_rounds_each_weight_to_its_rows_step():
+def test_int8_rounds_each_weight_to_its_rows_step(monkeypatch):
+    import sensorium.nn.quant as quant
+
+    monkeypatch.setattr(quant, "DEQUANTIZE_ROWS", 7)  # several chunks of rows
     torch.manual_seed(0)
     weight = torch.randn(40, 96) * torch.rand(40, 1)
     weight[3] = 0  # an all-zero row
@@ -27,7 +30,10 @@ def test_int8_rounds_each_weight_to_its_rows_step():
     assert torch.equal(q.abs().amax(1)[weight.abs().amax(1) > 0], torch.full((39,), 127, dtype=torch.int8))
 
 
-def test_int4_rounds_each_weight_to_its_groups_step():
+def test_int4_rounds_each_weight_to_its_groups_step(monkeypatch):
+    import sensorium.nn.quant as quant
+
+    monkeypatch.setattr(quant, "DEQUANTIZE_ROWS", 7)  # several chunks of rows
     torch.manual_seed(0)
     weight = torch.randn(24, 256)
     weight[5, :64] = 0.25  # a constant group comes back exactly
@@ -47,6 +53,15 @@ def test_the_packed_int4_layout_reads_back(rows, inputs):
     assert torch.equal(unpack_int4(packed, rows, inputs, _Int4Layout.find()), q.to(torch.uint8))
     kept = torch.empty(rows - 5, inputs, dtype=torch.bfloat16)  # fewer rows kept: an int4 layer's padding cut
     assert torch.equal(unpack_int4(packed, rows, inputs, _Int4Layout.find(), out=kept), q[: rows - 5].bfloat16())
+
+
+def test_int4_packed_by_row_chunks_is_packed_whole(monkeypatch):
+    import sensorium.nn.quant as quant
+
+    q = torch.randint(0, 16, (8192 + 64 + 16, 64), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    whole = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    monkeypatch.setattr(quant, "DEQUANTIZE_ROWS", 4096)
+    assert torch.equal(quant.pack_int4(q.to(torch.uint8)).reshape(-1), whole.reshape(-1))
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])

@@ -53,9 +53,17 @@ class AudioBatch(TensorBatch):
     seconds: tuple[float, ...] | None = None  # each clip's duration before padding, when known
 
 
+def normalize_squashed(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 squashed frames -> [-1, 1] as the original PE-AV normalises them (/255, then (x - 0.5) / 0.5 in
+    float32), cast to `dtype`."""
+    return x.float().div_(255.0).sub_(0.5).div_(0.5).to(dtype)
+
+
 @dataclass(frozen=True)
 class VideoBatch(TensorBatch):
-    pixel_values_videos: torch.Tensor  # [B, F, 3, S, S] in [-1, 1]
+    # [B, F, 3, S, S] in [-1, 1]; or uint8, the squashed frames before normalising (features.video_frames:
+    # exact, a quarter of the memory), normalised as they reach the frame encoder
+    pixel_values_videos: torch.Tensor
     padding_mask_videos: torch.Tensor  # [B, F] bool
     timestamps: tuple[tuple[float, ...], ...] | None = None  # seconds of each frame, when known
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sensorium.batches import VideoBatch
+from sensorium.batches import VideoBatch, normalize_squashed
 from sensorium.keymaps import KeyMap, Unused, prefixed
 from sensorium.models import pe
 from sensorium.models.family import Family, processor_of
@@ -67,15 +67,18 @@ class VideoTower(nn.Module):
         self.encoder = SequenceEncoder(config.video)
 
     def frame_features(self, pixels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """L2-normalised frame-encoder outputs [B, F, D] of pixels [B, F, 3, S, S]. Padding frames are not run
-        (their rows stay zero), and frames go through the encoder FRAME_CHUNK at a time: an all-frame model
-        reads every frame of a 30 s clip (750-900 of them), whose activations would not fit at once."""
+        """L2-normalised frame-encoder outputs [B, F, D] of pixels [B, F, 3, S, S] (in [-1, 1], or the uint8
+        squashed frames, normalised a chunk at a time). Padding frames are not run (their rows stay zero), and
+        frames go through the encoder FRAME_CHUNK at a time: an all-frame model reads every frame of a 30 s clip
+        (750-900 of them), whose activations would not fit at once."""
         batch, count = pixels.shape[:2]
         flat = pixels.flatten(0, 1)
         valid = torch.ones(batch * count, dtype=torch.bool, device=pixels.device) if mask is None else mask.flatten().bool()
-        chosen = flat[valid]
-        encoded = torch.cat([self.frames(chosen[i : i + FRAME_CHUNK]) for i in range(0, len(chosen), FRAME_CHUNK)])
-        out = flat.new_zeros(batch * count, self.frames.config.output_dim)
+        dtype = self.proj.weight.dtype
+        chunks = (flat[valid][i : i + FRAME_CHUNK] for i in range(0, int(valid.sum()), FRAME_CHUNK))
+        encoded = torch.cat([self.frames(normalize_squashed(chunk, dtype) if chunk.dtype == torch.uint8
+                                         else chunk.to(dtype)) for chunk in chunks])
+        out = encoded.new_zeros(batch * count, self.frames.config.output_dim)
         out[valid] = F.normalize(encoded, dim=-1)
         return out.view(batch, count, -1)
 
@@ -183,7 +186,9 @@ class PEAVModel(PEAudioBase):
         """Video encoder output [B, 1 + F, width] (class token first) and the frame mask [B, F]."""
         batch = self._video_batch(video)
         mask = batch.padding_mask_videos.to(self.device).bool()
-        features = self.video.frame_features(batch.pixel_values_videos.to(self.device, self.dtype), mask)
+        pixels = batch.pixel_values_videos
+        pixels = pixels.to(self.device) if pixels.dtype == torch.uint8 else pixels.to(self.device, self.dtype)
+        features = self.video.frame_features(pixels, mask)
         return self.video(features, mask), mask
 
     def encode(self, audio=None, video=None, text=None, sampling_rate: int | None = None) -> PEAVOutput:

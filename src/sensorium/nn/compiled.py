@@ -55,12 +55,17 @@ class CompiledCall:
 
 
 def compile_model(model: torch.nn.Module) -> bool:
-    """Replace each of the model's `compile_methods` (on the instance) by a CompiledCall over it; False when its
-    family names none (nothing is changed)."""
+    """Replace each of the model's `compile_methods` (on the instance) by a CompiledCall over it, and give a chat
+    model's decoder a compiled one-token step (`decoder.compiled_step`, which generation then takes); False when
+    there is nothing to compile (nothing is changed)."""
     names = getattr(model, "compile_methods", ())
-    if names:
+    decoder = getattr(model, "decoder", None)
+    stepper = decoder is not None and hasattr(decoder, "step")
+    if names or stepper:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE))
+    label = getattr(model, "name", type(model).__name__)
     for name in names:
-        setattr(model, name, CompiledCall(f"{getattr(model, 'name', type(model).__name__)}.{name}",
-                                          getattr(model, name)))
-    return bool(names)
+        setattr(model, name, CompiledCall(f"{label}.{name}", getattr(model, name)))
+    if stepper:
+        decoder.compiled_step = CompiledCall(f"{label} decode step", decoder.step)
+    return bool(names) or stepper

@@ -96,7 +96,8 @@ class DecoderAttention(nn.Module):
         q, k = apply_rope_halves(q, cos, sin), apply_rope_halves(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)
-        if cache is not None and start > 0 and tokens <= STEP_TOKENS and x.device.type == "cpu":
+        stepping = cache is not None and (isinstance(start, torch.Tensor) or start > 0) and tokens <= STEP_TOKENS
+        if stepping and x.device.type == "cpu":
             out = few_query_attention(q, k, v, mask)  # a decode step: each query sees its own key at least
         else:
             causal = mask is None and tokens > 1  # a one-token step sees every cached key
@@ -159,9 +160,17 @@ class Decoder(nn.Module):
             warnings.warn(f"{mode}: {kept} of {done + kept} decoder linears keep bfloat16 weights (int4 "
                           "needs inputs in multiples of 32)", RuntimeWarning, stacklevel=3)
 
-    def new_cache(self, batch: int, length: int) -> KVCache:
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache,
+             slots: torch.Tensor) -> torch.Tensor:
+        """One decode step in static shapes (what `compile=True` compiles): `tokens` [B, 1] at rotary `positions`
+        [B, 1] go to cache slot `slots` [1]; `mask` [B, 1, 1, cache.length] says which slots each row sees. The
+        next token's logits [B, vocab], float32."""
+        hidden = self(self.embed(tokens), positions, mask, cache.length, cache, slots)
+        return self.logits(hidden[:, -1]).float()
+
+    def new_cache(self, batch: int, length: int, zeroed: bool = False) -> KVCache:
         c, weight = self.config, self.embed.weight
-        return KVCache(c.layers, batch, c.kv_heads, length, c.head_dim, weight.device, weight.dtype)
+        return KVCache(c.layers, batch, c.kv_heads, length, c.head_dim, weight.device, weight.dtype, zeroed)
 
 
 def causal_mask(attention_mask: torch.Tensor, queries: int, past: int = 0) -> torch.Tensor | None:

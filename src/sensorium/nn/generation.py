@@ -76,12 +76,23 @@ def generate_tokens(
                   generator)
 
 
+CACHE_BUCKET = 256  # a compiled step's cache length is rounded up to this, so few lengths are compiled
+
+
 def _steps(decoder, embeds, attention_mask, max_new_tokens, temperature, top_k, top_p, stop_ids, pad_id, generator):
     device = embeds.device
     mask = attention_mask.to(device).long()
     batch, prompt = mask.shape
     stops = torch.tensor(stop_ids, device=device, dtype=torch.long)
-    cache = decoder.new_cache(batch, prompt + max_new_tokens)
+    compiled = getattr(decoder, "compiled_step", None)  # set by compile=True (nn/compiled.py)
+    if compiled is None:
+        cache = decoder.new_cache(batch, prompt + max_new_tokens)
+    else:  # static shapes: the whole (bucketed) cache, masked, every step
+        capacity = min(-(-(prompt + max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET, decoder.config.max_positions)
+        cache = decoder.new_cache(batch, capacity, zeroed=True)
+        seen = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
+        seen[:, :prompt] = mask.bool()
+        slot_numbers = torch.arange(capacity, device=device)
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     hidden = decoder(embeds, positions, causal_mask(mask, prompt), prompt, cache, 0)
     logits = decoder.logits(hidden[:, -1]).float()
@@ -94,8 +105,14 @@ def _steps(decoder, embeds, attention_mask, max_new_tokens, temperature, top_k, 
         running &= ~torch.isin(token, stops)
         if not bool(running.any()) or step + 1 == max_new_tokens:
             return
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         past = prompt + step
-        hidden = decoder(decoder.embed(token[:, None]), next_position, causal_mask(mask, 1, past), past + 1, cache, past)
-        logits = decoder.logits(hidden[:, -1]).float()
+        if compiled is None:
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            hidden = decoder(decoder.embed(token[:, None]), next_position, causal_mask(mask, 1, past), past + 1, cache,
+                             past)
+            logits = decoder.logits(hidden[:, -1]).float()
+        else:
+            seen[:, past] = True
+            visible = (seen & (slot_numbers <= past))[:, None, None, :]
+            logits = compiled(token[:, None], next_position, visible, cache, slot_numbers[past : past + 1])
         next_position = next_position + 1

@@ -11,15 +11,22 @@ class KVCache:
     token fed (prompt padding included); rotary positions are applied before the keys are stored."""
 
     def __init__(self, layers: int, batch: int, kv_heads: int, length: int, head_dim: int,
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, zeroed: bool = False):
         shape = (batch, kv_heads, length, head_dim)
-        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(layers)]
-        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(layers)]
+        make = torch.zeros if zeroed else torch.empty  # zeroed: read whole (masked) by a compiled step
+        self.keys = [make(shape, device=device, dtype=dtype) for _ in range(layers)]
+        self.values = [make(shape, device=device, dtype=dtype) for _ in range(layers)]
         self.length = length
 
-    def update(self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, layer: int, start: int | torch.Tensor, keys: torch.Tensor,
+               values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store `keys`/`values` [B, kv_heads, T, head_dim] at slots start..start+T-1 of `layer`; the keys and
-        values of slots 0..start+T-1, for attention."""
+        values of slots 0..start+T-1, for attention. A tensor `start` holds the T slots themselves (a compiled
+        step: no Python number, so no recompiling per step) and every slot comes back, for a masked attention."""
+        if isinstance(start, torch.Tensor):
+            self.keys[layer].index_copy_(2, start, keys)
+            self.values[layer].index_copy_(2, start, values)
+            return self.keys[layer], self.values[layer]
         end = start + keys.shape[2]
         if end > self.length:
             raise ValueError(f"the cache holds {self.length} positions; slot {end - 1} asked for")

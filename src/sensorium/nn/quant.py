@@ -28,7 +28,7 @@ from sensorium.nn.linear import Linear, linear
 
 MODES = ("int8", "int4")
 INT4_GROUPS = (128, 64, 32)  # inputs per int4 scale/zero: 128 (gpt-fast's, torchao's, GPTQ's default) where it fits
-DEQUANTIZE_ROWS = 4096  # weight rows dequantized at a time (float32 scratch of this many rows)
+DEQUANTIZE_ROWS = 4096  # weight rows (de)quantized at a time: float32 scratch of this many rows
 # up to here the row-at-a-time kernel is faster than dequantizing (10 and 50 ms at 18944x3584) + the bf16 GEMM
 KERNEL_ROWS = {"int8": 16, "int4": 96}
 
@@ -39,11 +39,16 @@ def available(mode: str) -> bool:
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q int8 [N, K], scale float32 [N]) with weight ≈ q * scale[:, None]; an all-zero row gets scale 1."""
-    w = weight.float()
-    scale = w.abs().amax(dim=1) / 127
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
+    """(q int8 [N, K], scale float32 [N]) with weight ≈ q * scale[:, None]; an all-zero row gets scale 1. Worked
+    out a few thousand rows at a time (a float32 copy of a whole head would be 2 GB at 7B)."""
+    q = torch.empty(weight.shape, dtype=torch.int8)
+    scale = torch.empty(weight.shape[0])
+    for rows in _row_chunks(weight.shape[0]):
+        w = weight[rows].float()
+        step = w.abs().amax(dim=1) / 127
+        scale[rows] = step = torch.where(step > 0, step, torch.ones_like(step))
+        q[rows] = torch.round(w / step[:, None]).clamp_(-127, 127)
+    return q, scale
 
 
 def int4_group(inputs: int) -> int | None:
@@ -53,14 +58,29 @@ def int4_group(inputs: int) -> int | None:
 def quantize_int4(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(q uint8 [N, K] in 0..15, scale [N, K/group], zero [N, K/group]), float32, with
     weight ≈ (q - 8) * scale + zero per group; a constant group gets scale 1 (q = 0 then gives its value)."""
-    rows, inputs = weight.shape
-    w = weight.float().view(rows, inputs // group, group)
-    low, high = w.amin(dim=-1), w.amax(dim=-1)
-    scale = (high - low) / 15
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round((w - low[..., None]) / scale[..., None]).clamp_(0, 15)
-    zero = low + 8 * scale
-    return q.to(torch.uint8).view(rows, inputs), scale, zero
+    count, inputs = weight.shape
+    q = torch.empty(count, inputs, dtype=torch.uint8)
+    scale, zero = torch.empty(count, inputs // group), torch.empty(count, inputs // group)
+    for rows in _row_chunks(count):
+        w = weight[rows].float().view(-1, inputs // group, group)
+        low, high = w.amin(dim=-1), w.amax(dim=-1)
+        step = (high - low) / 15
+        step = torch.where(step > 0, step, torch.ones_like(step))
+        q[rows] = torch.round((w - low[..., None]) / step[..., None]).clamp_(0, 15).view(-1, inputs)
+        scale[rows], zero[rows] = step, low + 8 * step
+    return q, scale, zero
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """torch's packed int4 layout of values q [N, K] (0..15), packed a few thousand rows at a time: the packer wants
+    int32, 4 bytes a weight, and its blocks of rows are laid out one after another (DEQUANTIZE_ROWS is a multiple
+    of every block size, so only the last chunk holds a partial block)."""
+    return torch.cat([torch.ops.aten._convert_weight_to_int4pack_for_cpu(q[rows].to(torch.int32), 1).reshape(-1)
+                      for rows in _row_chunks(q.shape[0])]).view(q.shape[0], -1)
+
+
+def _row_chunks(count: int):
+    return (slice(start, min(start + DEQUANTIZE_ROWS, count)) for start in range(0, count, DEQUANTIZE_ROWS))
 
 
 class _Int4Layout:
@@ -161,7 +181,7 @@ class QuantizedLinear(nn.Module):
             q = torch.cat([q, q.new_zeros(padding, in_features)])
             scale = torch.cat([scale, scale.new_ones(padding, scale.shape[1])])
             zero = torch.cat([zero, zero.new_full((padding, zero.shape[1]), 8.0)])
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+        packed = pack_int4(q)
         scales = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(dtype)  # [K/group, N, 2]
         return cls(mode, in_features, out_features, packed, scales, bias, group)
 

@@ -163,11 +163,11 @@ class WindowReader:
             raise
 
     def __iter__(self):
-        from sensorium.features.video_frames import squash_frames
+        from sensorium.features.video_frames import squash_frames_uint8
         from sensorium.media.video import Uniform
 
         model, rate, squashed = self.model, self.model.sampling_rate, {}
-        for start, end in self.spans:
+        for number, (start, end) in enumerate(self.spans):
             audio = video = None
             if self.signal is not None:
                 clip = self.signal[int(round(start * rate)) : int(round(end * rate))]
@@ -178,12 +178,20 @@ class WindowReader:
                     [min(range(len(times)), key=lambda i: abs(times[i] - start))]
                 if model.video_frames:
                     inside = [inside[k] for k in Uniform(model.video_frames).indices(inside)]
-                # squashed as they are decoded (a window of full-size frames would not fit in memory), and
-                # kept for the next window while windows overlap, so each frame is decoded once
-                squashed = {i: v for i, v in squashed.items() if i >= inside[0]}
-                missing = sorted(set(inside) - set(squashed))
-                squashed |= {i: squash_frames(rgb[None], model.frame_size)[0] for i, _, rgb in self.video.frames(missing)}
-                pixels = torch.stack([squashed[i] for i in inside])
+                # squashed as they are decoded (a window of full-size frames would not fit in memory), kept in
+                # uint8 (exact: the squash rounds to it; 0.34 MB a 336 px frame, not 1.35), and kept past this
+                # window only when the next one overlaps it, so each frame is decoded once
+                missing = [i for i in inside if i not in squashed]
+                squashed |= {i: squash_frames_uint8(rgb[None], model.frame_size)[0]
+                             for i, _, rgb in self.video.frames(missing)}
+                following = self.spans[number + 1][0] if number + 1 < len(self.spans) else float("inf")
+                pixels = torch.empty(len(inside), *squashed[inside[0]].shape, dtype=torch.uint8)
+                last_row = {i: row for row, i in enumerate(inside)}  # a short window's 16 samples repeat frames
+                for row, i in enumerate(inside):  # moved, not copied: the window's frames are held once
+                    pixels[row] = squashed[i]
+                    if row == last_row[i] and times[i] < following:
+                        del squashed[i]
+                squashed = {i: v for i, v in squashed.items() if times[i] >= following}
                 video = VideoBatch(pixels[None], torch.ones(1, len(inside), dtype=torch.bool))
             yield start, end, audio, video
 
