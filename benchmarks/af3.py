@@ -28,7 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import machine
+from common import machine, peak_rss_mb
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -89,7 +89,6 @@ def weight_bytes(model) -> int:
 
 
 def worker(side: str, batch: int, new_tokens: int, dtype: str = "float32") -> None:
-    import resource
     import time
 
     import numpy as np
@@ -138,7 +137,7 @@ def worker(side: str, batch: int, new_tokens: int, dtype: str = "float32") -> No
     decode = token_times[-1] - token_times[0]
     np.save(OUT / f"af3-{side}-{dtype}-b{batch}.npy", ids.numpy())
     print(json.dumps({"prefill_s": prefill, "decode_tokens_per_s": (new_tokens - 1) * batch / decode,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "peak_rss_mb": peak_rss_mb(),
                       "prompt_tokens": int(inputs["input_ids"].shape[1]), "weight_bytes": streamed,
                       "step_s": decode / (new_tokens - 1)}))
 

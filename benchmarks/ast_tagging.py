@@ -1,8 +1,17 @@
-"""AST tagging speed and memory: sensorium vs transformers 5.23 on the same weights and clips.
+"""AST tagging speed and memory: sensorium vs transformers 5.23 on the same weights and clips, and the model
+alone vs the runtimes a user could pick instead.
 
     python benchmarks/ast_tagging.py features     # (a) Kaldi fbank of 100 ten-second clips vs ASTFeatureExtractor
     python benchmarks/ast_tagging.py tag          # (b) end to end from files: decode + features + model, fp32 and bf16
     python benchmarks/ast_tagging.py long         # (c) `sensorium tag` on a one-hour file: wall time and peak RSS
+    python benchmarks/pe_core.py setup            # once, for (d): ONNX Runtime, OpenVINO in benchmarks/.venv-timm
+    python benchmarks/pe_av.py setup              # once, for (d): transformers 5.23 into that venv
+    python benchmarks/bound.py                    # the machine's GEMM bounds (benchmarks/out/bound.json)
+    python benchmarks/ast_tagging.py models       # (d) the model on fbank features, batch 8, fp32 and bf16: sensorium
+                                                  # (eager; -compile), transformers eager, torch.compile(transformers)
+                                                  # with freezing, ONNX Runtime (torch.onnx export of transformers'
+                                                  # model), OpenVINO (its converter on transformers' model;
+                                                  # -throughput: 2 requests in flight)
 
 Weights: the AudioSet geometry (768 wide, 12 layers, 1214 tokens, 527 labels) with random values, written by
 transformers' save_pretrained and loaded by both sides. Clips: 10 s, 48 kHz stereo FLAC (so both sides
@@ -10,6 +19,11 @@ decode, downmix and resample). The transformers side decodes with `transformers.
 (soundfile + soxr, its fallback without torchcodec), runs ASTFeatureExtractor and ASTForAudioClassification
 in batches of 8 and applies a sigmoid; sensorium runs `sensorium.tag` with batches of 8 windows. Sides
 alternate within each round; tables give medians.
+
+`models` times logits from the same features (ASTFeatureExtractor's, of the first clips), as benchmarks/pe_core.py
+does for PE-Core: each runtime in its own process (so peak RSS is that run's own; the peers in the peer venv,
+which never imports sensorium), the order rotated every round, medians over rounds, and every runtime's
+logits compared with transformers fp32's before its speed counts.
 """
 
 from __future__ import annotations
@@ -23,25 +37,26 @@ import sys
 import time
 from pathlib import Path
 
-from common import machine
+from common import machine, peak_rss_mb
 
 import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
+PEER_PYTHON = HERE / ".venv-timm" / "bin" / "python"
+WEIGHTS = OUT / "ast-audioset-random"
 sys.path.insert(0, str(HERE.parent / "src"))
 
 
 def make_weights() -> Path:
     from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
 
-    folder = OUT / "ast-audioset-random"
-    if not (folder / "model.safetensors").exists():
+    if not (WEIGHTS / "model.safetensors").exists():
         torch.manual_seed(0)
-        ASTForAudioClassification(ASTConfig(num_labels=527)).save_pretrained(folder)
-        ASTFeatureExtractor().save_pretrained(folder)
-    return folder
+        ASTForAudioClassification(ASTConfig(num_labels=527)).save_pretrained(WEIGHTS)
+        ASTFeatureExtractor().save_pretrained(WEIGHTS)
+    return WEIGHTS
 
 
 def make_clips(count: int, seconds: float = 10.0, rate: int = 48000) -> list[Path]:
@@ -176,6 +191,191 @@ def bench_long(hours: float, dtype: str) -> dict:
     return {"file": str(path.name), "dtype": dtype, "runs": runs, "labels_written": windows}
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The model alone vs other runtimes (workers run in a fresh process each)
+
+IMPLS = ("sensorium", "sensorium-compile", "transformers", "transformers-compile", "onnxruntime", "openvino",
+         "openvino-throughput")
+PEERS = IMPLS[2:]  # run in the peer environment
+# which (impl, dtype) pairs exist: ONNX Runtime's CPU provider has no bf16 kernels for this model; torch.compile of
+# transformers' model is timed in bf16, as timm's in pe_core.py
+PAIRS = {"fp32": ("sensorium", "sensorium-compile", "transformers", "onnxruntime", "openvino", "openvino-throughput"),
+         "bf16": ("sensorium", "sensorium-compile", "transformers", "transformers-compile", "openvino",
+                  "openvino-throughput")}
+
+
+def make_features(batch: int) -> Path:
+    """ASTFeatureExtractor's features of the first `batch` clips (decoded and resampled by sensorium), the input
+    every runtime gets; made once."""
+    from transformers import ASTFeatureExtractor
+
+    from sensorium.media.audio import load_audio
+
+    path = OUT / f"ast-features-b{batch}.npy"
+    if not path.exists():
+        audio = [load_audio(p, 16000) for p in make_clips(batch)]
+        extractor = ASTFeatureExtractor.from_pretrained(make_weights())
+        np.save(path, extractor(audio, sampling_rate=16000, return_tensors="np")["input_values"])
+    return path
+
+
+class Logits(torch.nn.Module):
+    """transformers' model with the logits as its one output, which torch.onnx and OpenVINO trace
+    (`return_dict=False` breaks ASTForAudioClassification's forward in 5.23)."""
+
+    def __init__(self, dtype: torch.dtype):
+        from transformers import ASTForAudioClassification
+
+        super().__init__()
+        self.model = ASTForAudioClassification.from_pretrained(WEIGHTS, dtype=dtype).eval()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model(features).logits
+
+
+def _onnx_file(batch: int) -> Path:
+    """transformers' model exported by torch.onnx (dynamo), fp32, batch fixed; made once and kept in benchmarks/out."""
+    path = OUT / f"ast-audioset-random-b{batch}.onnx"
+    if not path.exists():
+        torch.onnx.export(Logits(torch.float32), (torch.zeros(batch, 1024, 128),), str(path), dynamo=True)
+    return path
+
+
+def worker(impl: str, dtype_name: str, batch: int, iters: int) -> dict:
+    """One runtime on the same weights and features: clips/s (median of `iters` timed calls after a warm-up),
+    peak RSS, and the logits (saved, so that the parent compares every runtime with transformers fp32)."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    features = torch.from_numpy(np.load(OUT / f"ast-features-b{batch}.npy"))
+    start = time.perf_counter()
+    if impl in ("transformers", "transformers-compile"):
+        forward = Logits(dtype)
+        if impl == "transformers-compile":  # inductor with frozen weights (constant-folded, prepacked for oneDNN)
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True
+            forward = torch.compile(forward)
+        inputs = features.to(dtype)
+    elif impl.startswith("sensorium"):
+        import sensorium as sn
+
+        model = sn.load(WEIGHTS, device="cpu", dtype=dtype,
+                        compile=impl == "sensorium-compile")  # compiled: inductor's cache in ~/.cache/sensorium
+        forward = model.classify
+        inputs = features.to(dtype)
+    elif impl == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(_onnx_file(batch)), options, providers=["CPUExecutionProvider"])
+        feed = session.get_inputs()[0].name
+        forward = lambda x: torch.from_numpy(session.run(None, {feed: x})[0])  # noqa: E731
+        inputs = features.numpy()
+    else:  # OpenVINO converts transformers' torch module itself (its PyTorch frontend), weights fp32
+        import openvino as ov
+
+        converted = ov.convert_model(Logits(torch.float32), example_input=features)
+        hint = {"fp32": "f32", "bf16": "bf16"}[dtype_name]
+        mode = "THROUGHPUT" if impl == "openvino-throughput" else "LATENCY"
+        compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": mode})
+        if mode == "LATENCY":
+            request = compiled.create_infer_request()
+            forward = lambda x: torch.from_numpy(request.infer({0: x})[0].copy())  # noqa: E731
+        else:  # two batches in flight: clips/s counts both
+            queue = ov.AsyncInferQueue(compiled, 2)
+            results = {}
+            queue.set_callback(lambda req, slot: results.__setitem__(slot, req.get_output_tensor(0).data.copy()))
+
+            def forward(x):
+                queue.start_async({0: x}, 0)
+                queue.start_async({0: x}, 1)
+                queue.wait_all()
+                return torch.from_numpy(results[0])
+            batch *= 2
+        inputs = features.numpy()
+    loaded_rss = peak_rss_mb()
+    times = []
+    with torch.inference_mode():
+        out = forward(inputs)  # warm-up (for torch.compile: the compilation)
+        prepare_s = time.perf_counter() - start
+        for _ in range(iters):
+            start = time.perf_counter()
+            out = forward(inputs)
+            times.append(time.perf_counter() - start)
+    if impl == "sensorium-compile" and model.classify.failure:  # it fell back to eager: not what this row claims
+        raise RuntimeError(f"sensorium-compile ran eagerly: {model.classify.failure}")
+    np.save(OUT / f"out-{impl}-ast-{dtype_name}.npy", out.float().numpy())
+    return {
+        "impl": impl, "dtype": dtype_name, "batch": batch,
+        "clips_per_s": batch / statistics.median(times), "times": times, "prepare_s": prepare_s,
+        "peak_rss_mb": peak_rss_mb(), "rss_after_load_mb": loaded_rss,
+    }
+
+
+def _run_worker(impl: str, *args: str) -> dict:
+    python = str(PEER_PYTHON) if impl in PEERS else sys.executable
+    result = subprocess.run([python, __file__, "worker", impl, *args], capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{impl} worker failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def flops_per_clip() -> float:
+    """The model's FLOPs for one clip: torch's FLOP counter over transformers' fp32 forward, batch 1, with eager
+    attention (the counter has no formula for the CPU's fused SDPA kernel, so it would miss attention's 21 %)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import ASTForAudioClassification
+
+    model = ASTForAudioClassification.from_pretrained(WEIGHTS, attn_implementation="eager").eval()
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(torch.zeros(1, model.config.max_length, model.config.num_mel_bins))
+    return float(counter.get_total_flops())
+
+
+def bench_models(rounds: int, iters: int, batch: int, dtypes: list[str], only: list[str] | None = None) -> list[dict]:
+    """Every runtime of PAIRS in each dtype, the order rotated every round; medians; each runtime's logits
+    compared with transformers fp32's on the same features before its speed counts."""
+    from bound import load as load_bound
+
+    make_features(batch)
+    rates = load_bound()["rates"]
+    bound = {"fp32": max(v for k, v in rates.items() if "fp32 GFLOP/s" in k),
+             "bf16": max(v for k, v in rates.items() if "bf16 GFLOP/s" in k)}
+    flops = flops_per_clip()
+    rows = []
+    for dtype in ["fp32"] + [d for d in dtypes if d != "fp32"]:  # fp32 first: transformers fp32 is the reference
+        impls = tuple(i for i in PAIRS[dtype] if not only or i in only or i in ("transformers", "sensorium"))
+        if dtype not in dtypes:  # only the reference: transformers fp32, its logits and its speed
+            impls = ("transformers",)
+        runs: dict[str, list[dict]] = {impl: [] for impl in impls}
+        for r in range(rounds):
+            order = impls[r % len(impls):] + impls[:r % len(impls)]
+            for impl in order:
+                runs[impl].append(_run_worker(impl, dtype, str(batch), str(iters)))
+                print(f"  {dtype} round {r + 1}/{rounds} {impl}: {runs[impl][-1]['clips_per_s']:.2f} clips/s",
+                      file=sys.stderr)
+        reference = np.load(OUT / "out-transformers-ast-fp32.npy")
+        for impl in impls:
+            out = np.load(OUT / f"out-{impl}-ast-{dtype}.npy")[: len(reference)]
+            speed = statistics.median(r["clips_per_s"] for r in runs[impl])
+            rows.append({
+                "dtype": dtype, "impl": impl, "batch": batch, "rounds": rounds, "iters": iters,
+                "clips_s": speed, "all_clips_s": [r["clips_per_s"] for r in runs[impl]],
+                "prepare_s": statistics.median(r["prepare_s"] for r in runs[impl]),
+                "peak_mb": statistics.median(r["peak_rss_mb"] for r in runs[impl]),
+                "max_err_vs_transformers_fp32": float(np.abs(out - reference).max() / np.abs(reference).max()),
+                "gflop_s": speed * flops / 1e9, "fraction_of_bound": speed * flops / 1e9 / bound[dtype],
+                "bound_gflop_s": bound[dtype], "flops_per_clip": flops,
+            })
+    transformers_fp32 = next(r["clips_s"] for r in rows if r["impl"] == "transformers" and r["dtype"] == "fp32")
+    for row in rows:
+        row["vs_transformers_fp32"] = row["clips_s"] / transformers_fp32
+        ours = next((r for r in rows if (r["dtype"], r["impl"]) == (row["dtype"], "sensorium")), row)
+        row["sensorium_vs_this"] = ours["clips_s"] / row["clips_s"]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,7 +389,22 @@ def main() -> None:
     long = sub.add_parser("long")
     long.add_argument("--hours", type=float, default=1.0)
     long.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    models = sub.add_parser("models")
+    models.add_argument("--rounds", type=int, default=3)
+    models.add_argument("--iters", type=int, default=3)
+    models.add_argument("--batch", type=int, default=8)
+    models.add_argument("--dtype", action="append", choices=["fp32", "bf16"])
+    models.add_argument("--only", action="append", choices=IMPLS,
+                        help="runtimes to run (default: all; transformers and sensorium always)")
+    w = sub.add_parser("worker")
+    w.add_argument("impl")
+    w.add_argument("dtype")
+    w.add_argument("batch", type=int)
+    w.add_argument("iters", type=int)
     args = parser.parse_args()
+    if args.command == "worker":  # its last line of stdout is its result, read by _run_worker
+        print(json.dumps(worker(args.impl, args.dtype, args.batch, args.iters)))
+        return
     OUT.mkdir(exist_ok=True)
     print(f"machine: {machine()}")
     if args.command == "features":
@@ -206,6 +421,16 @@ def main() -> None:
                   f"| sensorium {m['sensorium']:.1f} s ({v['clips'] / m['sensorium']:.2f} clips/s) | "
                   f"{m['transformers'] / m['sensorium']:.2f}x | max score diff {v['max_abs_score_diff']:.1e} "
                   f"(same waveforms: {v['max_abs_score_diff_same_waveforms']:.1e}) |")
+    elif args.command == "models":
+        r = bench_models(args.rounds, args.iters, args.batch, args.dtype or ["fp32", "bf16"], args.only)
+        print("| dtype | runtime | clips/s | vs transformers fp32 | sensorium vs it | fraction of the GEMM bound | "
+              "max error vs transformers fp32 | setup s | peak RSS MB |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for row in r:
+            print(f"| {row['dtype']} | {row['impl']} | {row['clips_s']:.2f} | {row['vs_transformers_fp32']:.2f}x | "
+                  f"{row['sensorium_vs_this']:.2f}x | {100 * row['fraction_of_bound']:.0f} % of "
+                  f"{row['bound_gflop_s']:.0f} | {row['max_err_vs_transformers_fp32']:.1e} | {row['prepare_s']:.1f} | "
+                  f"{row['peak_mb']:.0f} |")
     else:
         r = bench_long(args.hours, args.dtype)
     (OUT / f"ast-{args.command}.json").write_text(json.dumps(r, indent=1))

@@ -15,3 +15,9 @@ def machine() -> str:
                 if line.startswith("model name")), platform.processor())
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"Python {platform.python_version()}")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. Not ru_maxrss: exec keeps that, so a worker's would start at its parent's peak."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import machine
+from common import machine, peak_rss_mb
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -254,8 +254,6 @@ def frames_worker(source: str, path: str) -> None:
     """Peak memory of reading one file's windows as an every-frame PE-AV model at 336 px reads them (the
     WindowReader of `source`'s tree: decode, squash, keep a window's frames); the model is a stand-in that only
     answers what the reader asks (its frame size, every frame, its rate)."""
-    import resource
-
     sys.path.insert(0, str(Path(source) / "src"))
     from sensorium.tasks.audiovisual import WindowReader
     from sensorium.tasks.inputs import MediaItem
@@ -263,14 +261,14 @@ def frames_worker(source: str, path: str) -> None:
     class EveryFrameModel:
         frame_size, video_frames, sampling_rate = 336, None, 48000
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = peak_rss_mb()
     held = 0
     with WindowReader(EveryFrameModel(), MediaItem(path, "video"), "video") as reader:
         for _, _, _, video in reader:
             pixels = video.pixel_values_videos
             held = max(held, pixels.numel() * pixels.element_size())
             frames = pixels.shape[1]
-    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before,
+    print(json.dumps({"peak_mb": peak_rss_mb() - before,
                       "window_pixels_mb": held / 2**20, "frames": frames, "dtype": str(pixels.dtype)}))
 
 

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import machine
+from common import machine, peak_rss_mb
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -129,8 +129,6 @@ def _onnx_file(name: str, batch: int, size: int) -> Path:
 def worker(impl: str, name: str, dtype_name: str, batch: int, iters: int) -> dict:
     """One runtime on the same weights and pixels: images/s (median of `iters` timed calls after a warm-up),
     peak RSS, and the output (saved, so that the parent compares every runtime with timm fp32)."""
-    import resource
-
     import numpy as np
     import torch
 
@@ -194,7 +192,7 @@ def worker(impl: str, name: str, dtype_name: str, batch: int, iters: int) -> dic
                 return torch.from_numpy(results[0])
             batch *= 2
         inputs = pixels.numpy()
-    loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    loaded_rss = peak_rss_mb()
     times = []
     with torch.inference_mode():
         out = forward(inputs)  # warm-up (for torch.compile: the compilation)
@@ -207,7 +205,7 @@ def worker(impl: str, name: str, dtype_name: str, batch: int, iters: int) -> dic
     return {
         "impl": impl, "model": name, "dtype": dtype_name, "batch": batch,
         "images_per_s": batch / statistics.median(times), "times": times, "prepare_s": prepare_s,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_after_load_mb": loaded_rss,
+        "peak_rss_mb": peak_rss_mb(), "rss_after_load_mb": loaded_rss,
     }
 
 
