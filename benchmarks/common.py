@@ -21,3 +21,60 @@ def peak_rss_mb() -> float:
     """This process's peak RSS. Not ru_maxrss: exec keeps that, so a worker's would start at its parent's peak."""
     status = Path("/proc/self/status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+
+def onnxruntime_forward(path):
+    """A forward over an exported ONNX file on ONNX Runtime's CPU provider, every graph optimisation on: numpy in,
+    the first output as a torch tensor out (run in the peer environment)."""
+    import onnxruntime as ort
+    import torch
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0].name
+    return lambda x: torch.from_numpy(session.run(None, {feed: x})[0])
+
+
+def openvino_forward(module, example, dtype_name: str, throughput: bool):
+    """(forward, batches per call) for OpenVINO converting a torch module itself (its PyTorch frontend) and compiling
+    it for the CPU in `dtype_name` ("fp32" | "bf16"): the LATENCY hint, or THROUGHPUT with two batches in flight
+    (the forward then answers two batches, and the caller counts both)."""
+    import openvino as ov
+    import torch
+
+    converted = ov.convert_model(module, example_input=example)
+    hint = {"fp32": "f32", "bf16": "bf16"}[dtype_name]
+    mode = "THROUGHPUT" if throughput else "LATENCY"
+    compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": mode})
+    if not throughput:
+        request = compiled.create_infer_request()
+        return (lambda x: torch.from_numpy(request.infer({0: x})[0].copy())), 1
+    queue = ov.AsyncInferQueue(compiled, 2)
+    results = {}
+    queue.set_callback(lambda request, slot: results.__setitem__(slot, request.get_output_tensor(0).data.copy()))
+
+    def forward(x):
+        queue.start_async({0: x}, 0)
+        queue.start_async({0: x}, 1)
+        queue.wait_all()
+        return torch.from_numpy(results[0])
+    return forward, 2
+
+
+def time_forward(forward, inputs, iters: int, start: float):
+    """(last output, seconds of each of `iters` timed calls, seconds from `start` to the end of the warm-up call):
+    one warm-up call (for compiling runtimes: the compilation), then the timed ones, under inference mode."""
+    import time
+
+    import torch
+
+    times = []
+    with torch.inference_mode():
+        out = forward(inputs)
+        prepare_s = time.perf_counter() - start
+        for _ in range(iters):
+            began = time.perf_counter()
+            out = forward(inputs)
+            times.append(time.perf_counter() - began)
+    return out, times, prepare_s

@@ -101,7 +101,7 @@ def pe_a_frame(device, dtype):
                     "windows": m.frame_logits(_audio(2.0, 48000), ["rain"], sampling_rate=48000, window=0.8, hop=0.4)}
 
 
-def af3(device, dtype):
+def _af3_parts(device, dtype):
     from sensorium.models import af3 as family
 
     config = family.AF3Config("smoke-af3", family.EncoderConfig(width=64, layers=2, heads=4, mlp_hidden=128),
@@ -118,7 +118,23 @@ def af3(device, dtype):
     ids = torch.tensor([[1, 2, 3] + [511] * slots + [4, 5]])
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "input_features": features,
               "input_features_mask": mask}
+    return m, inputs
+
+
+def af3(device, dtype):
+    m, inputs = _af3_parts(device, dtype)
     return lambda: {"logits": m(**inputs).logits, "ids": m.generate(**inputs, max_new_tokens=16, stop_tokens=())}
+
+
+def af3_compiled(device, dtype):
+    """compile=True: on cuda the one-token step is a CUDA graph (nn/compiled.py); its ids must be the eager CPU
+    model's. The CPU side (the reference) stays eager."""
+    from sensorium.nn.compiled import compile_model
+
+    m, inputs = _af3_parts(device, dtype)
+    if device != "cpu":
+        compile_model(m)
+    return lambda: {"ids": m.generate(**inputs, max_new_tokens=16, stop_tokens=())}
 
 
 def plm(device, dtype):
@@ -131,7 +147,8 @@ def plm(device, dtype):
 
 
 FAMILIES = {"PE-Core": pe_core, "AST": ast, "PE-AV": pe_av, "PE-A-Frame": pe_a_frame,
-            "AF3 (forward + 16-token generate)": af3, "PLM (forward + 16-token generate)": plm}
+            "AF3 (forward + 16-token generate)": af3, "AF3 compile=True 16-token generate": af3_compiled,
+            "PLM (forward + 16-token generate)": plm}
 
 
 def _sync(device: str) -> None:

@@ -3,6 +3,7 @@
     python benchmarks/llama_peer.py setup                 # llama-cpp-python (built here) and gguf in benchmarks/.venv-llama
     python benchmarks/llama_peer.py make                  # the weights: transformers' layout + GGUFs (BF16, Q8_0, Q4_0)
     python benchmarks/llama_peer.py run [--rounds 3]      # prefill and decode, sides alternating, medians
+    python benchmarks/llama_peer.py errors               # the quantized logits of each side against its bf16
 
 The decoder is PerceptionLM-1B's (Llama 3.2 1B: 16 layers, 2048 wide, 32 heads / 8 KV heads, MLP 8192, the
 128,256-token vocabulary, tied head; RoPE without Llama 3's long-context scaling, which llama.cpp needs as an extra
@@ -251,12 +252,29 @@ def run(rounds: int, new_tokens: int, pairs: list[str]) -> None:
     (OUT.parent / "llama_peer.json").write_text(json.dumps(results, indent=1))
 
 
+def errors() -> None:
+    """Each quantized side's last-prompt-position logits against the same side's bf16 (saved by `run`): how far
+    each scheme moves the output, relative to the spread of the bf16 logits."""
+    import numpy as np
+
+    print("| format | max error / bf16 std | mean error / bf16 std | same top-1 as bf16 |")
+    print("|---|---|---|---|")
+    for side, base, kinds in (("sensorium", "bfloat16", ("bfloat16-compile", "int8", "int4")),
+                              ("llama", "BF16", ("Q8_0", "Q4_0"))):
+        want = np.load(OUT / f"logits-{side}-{base}.npy")
+        for kind in kinds:
+            got = np.load(OUT / f"logits-{side}-{kind}.npy")
+            print(f"| {side} {kind} | {np.abs(got - want).max() / want.std():.3f} | "
+                  f"{np.abs(got - want).mean() / want.std():.4f} | {int(got.argmax()) == int(want.argmax())} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("setup")
     sub.add_parser("make")
     sub.add_parser("gguf")
+    sub.add_parser("errors")
     r = sub.add_parser("run")
     r.add_argument("--rounds", type=int, default=3)
     r.add_argument("--new-tokens", type=int, default=64)
@@ -272,6 +290,8 @@ def main() -> None:
         make()
     elif args.command == "gguf":
         write_gguf()
+    elif args.command == "errors":
+        errors()
     elif args.command == "worker":
         work = worker_llama if args.side == "llama.cpp" else worker_sensorium
         print(json.dumps(work(args.kind, args.new_tokens)))

@@ -4,6 +4,7 @@
     python benchmarks/pe_av.py setup      # once: transformers 5.23 into that venv (its PE video needs timm)
     python benchmarks/pe_av.py run        # audio embedding of 30 s clips, 16-frame video embedding; fp32, bf16
     python benchmarks/pe_av.py frames --old COMMIT   # an every-frame model's 30 s window: memory of its frames
+    python benchmarks/pe_av.py chunks     # the frame encoder's time per frame against its batch (FRAME_CHUNK)
 
 Weights: pe-av-base geometry (1024-wide encoders: audio 16 layers, video 5, fusion 5; DAC-VAE 64 channels;
 PE-Core-L14-336 frames; ModernBERT-large cut at 22 layers) with transformers' random initialisation, written
@@ -300,7 +301,49 @@ def frames(rounds: int, old: str) -> None:
               f"{statistics.median(x['peak_mb'] for x in runs[name]):.0f} MB |")
 
 
+def chunks_worker(dtype: str, chunk: int) -> None:
+    """Seconds per frame of sensorium's PE-Core-L14-336 frame encoder (random weights) on one batch of `chunk`
+    frames, after a warm-up call at the same batch."""
+    import time
+
+    import torch
+
+    sys.path.insert(0, str(HERE.parent / "src"))
+    from sensorium.models.pe import ARCHS, VisionTransformer
+
+    torch.manual_seed(0)
+    config = ARCHS["PE-Core-L14-336"].vision
+    encoder = VisionTransformer(config).to(getattr(torch, dtype)).eval()
+    pixels = torch.randn(chunk, 3, config.image_size, config.image_size).to(getattr(torch, dtype))
+    with torch.inference_mode():
+        encoder(pixels)
+        start = time.perf_counter()
+        encoder(pixels)
+        seconds = time.perf_counter() - start
+    print(json.dumps({"per_frame_s": seconds / chunk}))
+
+
+def chunks(rounds: int, dtypes: list[str], sizes: list[int]) -> None:
+    """Per-frame time at each batch, a fresh process per measurement, the sizes' order reversed every round."""
+    runs = {(d, c): [] for d in dtypes for c in sizes}
+    for r in range(rounds):
+        for dtype in dtypes:
+            for chunk in (sizes if r % 2 == 0 else sizes[::-1]):
+                out = subprocess.run([sys.executable, __file__, "chunks-worker", dtype, str(chunk)],
+                                     capture_output=True, text=True, check=True)
+                runs[dtype, chunk].append(json.loads(out.stdout.strip().splitlines()[-1])["per_frame_s"])
+                print(dtype, chunk, f"{runs[dtype, chunk][-1]:.3f} s/frame", flush=True)
+    print(f"machine: {machine()}; PE-Core-L14-336 frame encoder, random weights, medians of {rounds}")
+    print("| dtype | " + " | ".join(f"batch {c}" for c in sizes) + " |")
+    print("|---|" + "---|" * len(sizes))
+    for dtype in dtypes:
+        print(f"| {dtype} | " + " | ".join(f"{statistics.median(runs[dtype, c]):.2f} s" for c in sizes) + " |")
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "chunks-worker":
+        chunks_worker(sys.argv[2], int(sys.argv[3]))
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "frames-worker":
         frames_worker(sys.argv[2], sys.argv[3])
         return
@@ -321,9 +364,15 @@ def main() -> None:
     f = sub.add_parser("frames")
     f.add_argument("--rounds", type=int, default=3)
     f.add_argument("--old", default="6824bf6", help="the commit to compare with (default: before uint8 frames)")
+    c = sub.add_parser("chunks")
+    c.add_argument("--rounds", type=int, default=3)
+    c.add_argument("--dtype", nargs="+", default=["bfloat16"])
+    c.add_argument("--sizes", nargs="+", type=int, default=[4, 8, 16, 32])
     args = parser.parse_args()
     if args.command == "setup":
         setup()
+    elif args.command == "chunks":
+        chunks(args.rounds, args.dtype, args.sizes)
     elif args.command == "frames":
         frames(args.rounds, args.old)
     else:

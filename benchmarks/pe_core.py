@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import machine, peak_rss_mb
+from common import machine, onnxruntime_forward, openvino_forward, peak_rss_mb, time_forward
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -161,46 +161,15 @@ def worker(impl: str, name: str, dtype_name: str, batch: int, iters: int) -> dic
                 return model.encode_image(x, normalize=False)
         inputs = pixels.to(dtype)
     elif impl == "onnxruntime":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(_onnx_file(name, batch, size)), options, providers=["CPUExecutionProvider"])
-        feed = session.get_inputs()[0].name
-        forward = lambda x: torch.from_numpy(session.run(None, {feed: x})[0])  # noqa: E731
+        forward = onnxruntime_forward(_onnx_file(name, batch, size))
         inputs = pixels.numpy()
     else:  # OpenVINO converts timm's torch module itself (its PyTorch frontend), weights fp32
-        import openvino as ov
-
-        model = _timm_model(name, torch.float32)
-        converted = ov.convert_model(model, example_input=pixels)
-        hint = {"fp32": "f32", "bf16": "bf16"}[dtype_name]
-        mode = "THROUGHPUT" if impl == "openvino-throughput" else "LATENCY"
-        compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": mode})
-        if mode == "LATENCY":
-            request = compiled.create_infer_request()
-            forward = lambda x: torch.from_numpy(request.infer({0: x})[0].copy())  # noqa: E731
-        else:  # two batches in flight (the "2 requests"): images/s counts both
-            queue = ov.AsyncInferQueue(compiled, 2)
-            results = {}
-            queue.set_callback(lambda req, slot: results.__setitem__(slot, req.get_output_tensor(0).data.copy()))
-
-            def forward(x):
-                queue.start_async({0: x}, 0)
-                queue.start_async({0: x}, 1)
-                queue.wait_all()
-                return torch.from_numpy(results[0])
-            batch *= 2
+        forward, batches = openvino_forward(_timm_model(name, torch.float32), pixels, dtype_name,
+                                            impl == "openvino-throughput")
+        batch *= batches  # two in flight (the "2 requests"): images/s counts both
         inputs = pixels.numpy()
     loaded_rss = peak_rss_mb()
-    times = []
-    with torch.inference_mode():
-        out = forward(inputs)  # warm-up (for torch.compile: the compilation)
-        prepare_s = time.perf_counter() - start
-        for _ in range(iters):
-            start = time.perf_counter()
-            out = forward(inputs)
-            times.append(time.perf_counter() - start)
+    out, times, prepare_s = time_forward(forward, inputs, iters, start)
     np.save(OUT / f"out-{impl}-{name}-{dtype_name}.npy", out.float().numpy())
     return {
         "impl": impl, "model": name, "dtype": dtype_name, "batch": batch,

@@ -232,3 +232,12 @@ def make_af3_checkpoint(folder: Path):
                 param.add_(torch.randn_like(param) * 0.1)
     reference.save_pretrained(folder)
     return folder, reference
+
+
+def one_second_question(seed: int = 4) -> list[dict]:
+    """A chat conversation for an audio model: one second of noise at 16 kHz and a short question."""
+    import torch
+
+    noise = torch.randn(16000, generator=torch.Generator().manual_seed(seed)).numpy()
+    return [{"role": "user", "content": [{"type": "audio", "audio": noise, "sampling_rate": 16000},
+                                         {"type": "text", "text": "What is it?"}]}]

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import sensorium as sn
+from helpers import one_second_question
 from sensorium.nn import Linear, apply_rope_pairs, linear, rope_2d_angles, rope_tables, use_onednn
 from sensorium.nn.linear import AVAILABLE
 
@@ -204,11 +205,7 @@ def test_a_bf16_chat_model_loads_packed_and_answers_as_unpacked(af3_model_dir):
     layers = [m for m in model.decoder.modules() if isinstance(m, Linear)]
     assert layers and all(m.packed for m in layers)
     assert not any(m.packed for m in model.modules() if isinstance(m, Linear) and m not in layers)  # encoder: plain
-    conversation = [{"role": "user", "content": [
-        {"type": "audio", "audio": torch.randn(16000, generator=torch.Generator().manual_seed(4)).numpy(),
-         "sampling_rate": 16000},
-        {"type": "text", "text": "What is it?"}]}]
-    inputs = model.process([conversation])
+    inputs = model.process([one_second_question()])
     with torch.inference_mode():
         packed_ids = model.generate(**inputs.model_inputs(), max_new_tokens=12, stop_tokens=())
         packed_logits = model(**inputs.model_inputs()).logits
@@ -244,6 +241,20 @@ def test_a_compiled_decode_step_generates_what_eager_does(af3_model_dir, monkeyp
         again = compiled.generate(**inputs.model_inputs(), max_new_tokens=CACHE_BUCKET // 4, stop_tokens=())
     assert torch.equal(again[:, :10], want)
     assert counters["stats"]["unique_graphs"] == graphs  # same batch, same cache bucket: no new compile
+
+    # the CUDA-graph form of the step (on a GPU): its caches come from a pool, the same tensors every generation
+    # (here on the CPU inductor skips the graph itself; the pool, the step marks and the cloned logits run)
+    from sensorium.nn.compiled import CompiledCall
+
+    decoder = compiled.decoder
+    decoder.compiled_step = CompiledCall("test step", decoder.step, cuda_graphs=True)
+    with torch.inference_mode():
+        first = compiled.generate(**inputs.model_inputs(), max_new_tokens=10, stop_tokens=())
+        (pooled,) = decoder.static_caches[2, CACHE_BUCKET]
+        pooled.keys[0].fill_(float("nan"))  # a used cache is zeroed before it serves again
+        second = compiled.generate(**inputs.model_inputs(), max_new_tokens=10, stop_tokens=())
+    assert torch.equal(first, want) and torch.equal(second, want)
+    assert decoder.static_caches[2, CACHE_BUCKET] == [pooled] and decoder.compiled_step.failure is None
 
     low = sn.load(str(af3_model_dir), device="cpu", dtype="bfloat16", compile=True)
     decoder, ids = low.decoder, inputs.input_ids[:1]

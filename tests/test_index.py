@@ -91,6 +91,38 @@ def test_rows_per_file_and_file_rows_equal_embed(tmp_path, folder, models):
                                                       "audio_video:" + models["audio"].name}
 
 
+def test_sound_windows_of_several_files_share_frame_encoder_batches(tmp_path, models, monkeypatch):
+    """The index hands audio-visual windows to a FrameBatcher: consecutive videos' windows go through the frame
+    encoder together (fewer calls than windows, every frame once), with the rows of one window at a time; an
+    every-frame model's cost is announced first."""
+    from sensorium.models import pe_av
+
+    media = tmp_path / "media"
+    media.mkdir()
+    for n in range(3):
+        shutil.copyfile(MEDIA / "train.mp4", media / f"train{n}.mp4")
+    model = models["audio"]
+    frame_features, calls = model.frame_features, []
+    monkeypatch.setattr(model, "frame_features", lambda video: calls.append(video.pixel_values_videos.shape[1])
+                        or frame_features(video))
+    runs = {}
+    for name, chunk in (("alone", 1), ("shared", 10**6)):  # the batcher's threshold: 1 frame, or never reached
+        monkeypatch.setitem(pe_av.FRAME_CHUNK, "cpu", chunk)
+        calls.clear()
+        index = make_index(tmp_path / name, models)
+        with pytest.warns(UserWarning, match="reads every video frame: 3 videos") as announced:
+            assert sorted(os.path.basename(p) for p in index.add(media).indexed) == [f"train{n}.mp4" for n in range(3)]
+        runs[name] = ([r for r in rows_of(index) if r["space"].startswith("audio_video")], list(calls))
+    (alone, alone_calls), (shared, shared_calls) = runs["alone"], runs["shared"]
+    assert len(alone) == len(alone_calls) >= 6  # each window (and file window) of each file, one call each
+    # announced before the work, with the passes the run then made (windows and the 30 s file windows)
+    assert f"{sum(alone_calls)} passes of its" in str(announced[0].message)
+    assert len(shared_calls) < 3 and sum(shared_calls) == sum(alone_calls)
+    assert [(r["path"], r["kind"], r["start"]) for r in alone] == [(r["path"], r["kind"], r["start"]) for r in shared]
+    for a, b in zip(alone, shared):
+        np.testing.assert_allclose(a["vector"], b["vector"], atol=1e-6)
+
+
 def test_incremental_runs_touch_edit_delete_add(tmp_path, folder, models, monkeypatch):
     index = make_index(tmp_path / "db", models)
     index.add(folder)

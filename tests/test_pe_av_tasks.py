@@ -163,3 +163,35 @@ def test_a_short_window_repeats_frames_for_a_16_frame_model(tmp_path):
     want, _ = read_squashed_frames(path, 16, 32)
     assert video.pixel_values_videos.shape[1] == 16 and len(set(map(bytes, video.pixel_values_videos[0].numpy()))) == 5
     assert torch.equal(squash_frames(video.pixel_values_videos[0].permute(0, 2, 3, 1).numpy(), 32), want)
+
+
+def test_frames_of_several_files_share_frame_encoder_batches(model, media, tmp_path, monkeypatch):
+    """iter_encode batches the frames of consecutive files' windows (FrameBatcher): fewer frame-encoder calls than
+    windows, the same vectors as one file at a time, results in input order, a bad file in between reported."""
+    from helpers import make_video
+
+    from sensorium.tasks.audiovisual import encode_item, iter_encode
+    from sensorium.tasks.inputs import MediaItem
+
+    paths = []
+    for n in range(3):
+        paths.append(tmp_path / f"clip{n}.mp4")
+        make_video(paths[-1], num_frames=5 + n, fps=10)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    items = [MediaItem(str(p), "video") for p in (paths[0], broken, paths[1], paths[2])]
+    items.append(MediaItem(str(media / "speech.wav"), "audio"))
+    calls = []
+    frame_features = model.frame_features
+    monkeypatch.setattr(model, "frame_features", lambda video: calls.append(video.pixel_values_videos.shape[1])
+                        or frame_features(video))
+    results = list(iter_encode(model, items, frames=12))
+    assert [r.item.path for r in results] == [i.path for i in items]
+    assert results[1].error and "broken.mp4" not in results[1].error and all(r.error is None for r in results[2:])
+    assert calls == [5 + 6 + 7]  # the three clips' 18 frames in one call (12 reached at the third clip)
+    monkeypatch.setattr(model, "frame_features", frame_features)
+    for result, item in zip(results, items):
+        if result.error is None:
+            alone = encode_item(model, item)
+            assert result.modality == alone.modality and result.frames == alone.frames
+            np.testing.assert_allclose(result.embedding, alone.embedding, atol=2e-6)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import sensorium as sn
+from helpers import one_second_question
 from sensorium.nn import Linear
 from sensorium.nn.quant import (KERNEL_ROWS, QuantizedLinear, _Int4Layout, available, int4_group, quantize_int4,
                                 quantize_int8, unpack_int4)
@@ -110,11 +111,7 @@ def test_a_quantized_chat_model_equals_it_on_the_dequantized_weights(mode, af3_m
             if isinstance(layer, QuantizedLinear):
                 named[name].unpack()
                 named[name].weight.copy_(layer.dequantized())
-    conversation = [{"role": "user", "content": [
-        {"type": "audio", "audio": torch.randn(16000, generator=torch.Generator().manual_seed(4)).numpy(),
-         "sampling_rate": 16000},
-        {"type": "text", "text": "What is it?"}]}]
-    inputs = model.process([conversation])
+    inputs = model.process([one_second_question()])
     with torch.inference_mode():
         got = model(**inputs.model_inputs()).logits  # a prompt: the dequantizing path
         want = reference(**inputs.model_inputs()).logits
@@ -135,3 +132,11 @@ def test_quantized_dtypes_are_for_chat_decoders_on_the_cpu(tiny_entries, af3_mod
         check_quantized("int4", family("af3"), "audio-flamingo-3", torch.device("cuda"))
     with pytest.raises(ValueError, match="unknown dtype 'int2'"):
         sn.load(str(af3_model_dir), device="cpu", dtype="int2")
+
+
+def test_a_torch_without_the_kernels_gets_a_clear_message(af3_model_dir, monkeypatch):
+    import sensorium.nn.quant as quant
+
+    monkeypatch.setattr(quant, "available", lambda mode: False)
+    with pytest.raises(sn.CapabilityError, match="this torch build has no int4 weight-only kernel; use bfloat16"):
+        sn.load(str(af3_model_dir), device="cpu", dtype="int4")

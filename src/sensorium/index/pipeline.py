@@ -3,8 +3,9 @@
 Each worker takes every `workers`-th file and turns it into a stream of units on a bounded queue of its own:
 `begin` (hash and kind known), `frames` (picture frames resized for PE-Core, a batch at a time), `window` and
 `whole` (one PE-AV window's inputs), `end`. The main thread reads the queues in file order, so results come out
-in input order; picture frames of consecutive files share forward passes (`batch_size` frames), and a file is
-finished once its last frames have been through the model. Decoding never holds more than a few batches per
+in input order; picture frames of consecutive files share forward passes (`batch_size` frames), so do the frames
+of consecutive files' audio-visual windows (a FrameBatcher), and a file is finished once its last frames and
+windows have been through the models. Decoding never holds more than a few batches per
 worker, whatever the length of a video.
 """
 
@@ -51,6 +52,8 @@ class FileWork:
     sound_duration: float | None = None
     windows: list[tuple[float, float, torch.Tensor]] = field(default_factory=list)
     whole_sound: list[torch.Tensor] = field(default_factory=list)
+    windows_sent: int = 0  # sound windows handed to the FrameBatcher (their vectors may still be on the way)
+    windows_done: int = 0
     reuse_window: bool = False  # one window covers the file: the file row is that window
     error: str | None = None
     ended: bool = False
@@ -216,6 +219,7 @@ class Pipeline:
         pending: list[tuple[FileWork, list[int], np.ndarray]] = []
         pending_frames = 0
         waiting: deque[FileWork] = deque()
+        windows = None  # a FrameBatcher once a sound window comes: audio-visual windows share frame-encoder batches
         for work, kind, payload in self._stream(works):
             if kind == "frames":
                 rows, frames = payload
@@ -225,23 +229,51 @@ class Pipeline:
                 if pending_frames >= self.batch_size:
                     self._encode_frames(pending)
                     pending, pending_frames = [], 0
-            elif kind == "window" and work.error is None:
-                start, end, audio, video = payload
-                work.windows.append((start, end, self._encode_window(work, audio, video)))
-            elif kind == "whole" and work.error is None:
-                work.whole_sound.append(self._encode_window(work, *payload))
+            elif kind in ("window", "whole") and work.error is None:
+                if windows is None:
+                    windows = self._first_window(works[works.index(work):])
+                audio, video = payload[-2:]
+                work.windows_sent += 1
+                span = payload[:2] if kind == "window" else None
+                self._take_windows(windows.add((work, kind, span), work.sound_kind, audio, video))
             elif kind == "end":
                 work.ended = True
                 waiting.append(work)
-                if len(waiting) >= self.batch_size and pending:  # files are finished in order: do not hold them
-                    self._encode_frames(pending)
-                    pending, pending_frames = [], 0
-            while waiting and (waiting[0].error is not None or len(waiting[0].frames) == waiting[0].frames_sent):
+                if len(waiting) >= self.batch_size:  # files are finished in order: do not hold them
+                    if pending:
+                        self._encode_frames(pending)
+                        pending, pending_frames = [], 0
+                    if windows is not None:
+                        self._take_windows(windows.flush())
+            while waiting and (waiting[0].error is not None or len(waiting[0].frames) == waiting[0].frames_sent
+                               and waiting[0].windows_done == waiting[0].windows_sent):
                 yield self._finish(waiting.popleft())
         if pending:
             self._encode_frames(pending)
+        if windows is not None:
+            self._take_windows(windows.flush())
         while waiting:
             yield self._finish(waiting.popleft())
+
+    def _first_window(self, works: list[FileWork]):
+        """The FrameBatcher for the run's sound windows; an every-frame PE-AV model first says what its frame
+        encoder is about to cost on the videos from here on (before any of their frames is encoded)."""
+        from sensorium.tasks.audiovisual import FrameBatcher, announce_frames
+
+        model = self.models.get("audio")
+        videos = [w.item for w in works if w.item.modality == "video"]
+        announce_frames(model, videos, "audio_video", self.options.window, self.options.hop, file_window=True)
+        return FrameBatcher(model)
+
+    @staticmethod
+    def _take_windows(done) -> None:
+        """Each finished window's vector into its file, in the order the file sent them (the batcher keeps it)."""
+        for (work, kind, span), vector in done:
+            work.windows_done += 1
+            if kind == "window":
+                work.windows.append((*span, vector.float()))
+            else:
+                work.whole_sound.append(vector.float())
 
     @torch.inference_mode()
     def _encode_frames(self, pending) -> None:
@@ -255,12 +287,6 @@ class Pipeline:
             for row in rows:
                 work.frames[row] = raw[at]
                 at += 1
-
-    @torch.inference_mode()
-    def _encode_window(self, work: FileWork, audio, video) -> torch.Tensor:
-        from sensorium.tasks.audiovisual import encode_window
-
-        return encode_window(self.models.get("audio"), work.sound_kind, audio, video)[0].float()
 
     def _finish(self, work: FileWork) -> tuple[FileRecord, dict[str, list[dict]]]:
         record = FileRecord(path=work.path, file_id=file_id_of(work.path), modality=work.modality, size=work.stat[0],

@@ -10,6 +10,14 @@ in ~/.cache/sensorium/inductor ($TORCHINDUCTOR_CACHE_DIR overrides), so later pr
 Frozen weights are constants of the compiled code: a compiled model is for inference (calls with gradients
 enabled run eagerly). When compiling fails (no C++ compiler, an unsupported op), the call runs eagerly, one
 warning says why, and the model stays eager; an error that eager raises too (a bad input) is raised as is.
+
+A chat model's decoder gets a compiled one-token step (`Decoder.step`, taken by nn/generation.py): static shapes
+(the cache is allocated in buckets of 256 positions and read whole under a mask; slots are tensors), so one graph
+serves every step of every generation of the same batch size and bucket. The prompt still runs eagerly, on the
+plain weights, while the step's graph holds its own packed copy of them: the decoder's weights are held twice.
+On a GPU the step is also a CUDA graph (inductor's "reduce-overhead"): its caches come from a pool per batch size
+and bucket (`Decoder.static_cache`), so their addresses stay those the graph was recorded with, generation after
+generation. Not yet run on a GPU here (no device was lent): a failure to compile falls back to eager as above.
 """
 
 from __future__ import annotations
@@ -25,9 +33,13 @@ CACHE = Path("~/.cache/sensorium/inductor").expanduser()
 
 
 class CompiledCall:
-    def __init__(self, name: str, eager: Callable):
-        self.name, self.eager = name, eager
-        self.compiled = torch.compile(eager)  # dynamic=None: a second input shape recompiles once for all sizes
+    """`cuda_graphs`: inductor's "reduce-overhead" mode (a CUDA graph replayed per call, for a decode step whose
+    launches cost more than its work). A replay overwrites the last call's outputs, so they are cloned."""
+
+    def __init__(self, name: str, eager: Callable, cuda_graphs: bool = False):
+        self.name, self.eager, self.cuda_graphs = name, eager, cuda_graphs
+        # dynamic=None: a second input shape recompiles once for all sizes
+        self.compiled = torch.compile(eager, mode="reduce-overhead" if cuda_graphs else None)
         self.failure: str | None = None  # why compiling failed; from then on every call is eager
         self.warmed = False
 
@@ -44,7 +56,10 @@ class CompiledCall:
             self.warmed = True
         try:
             with inductor_config.patch(freezing=True):
-                return self.compiled(*args, **kwargs)
+                if not self.cuda_graphs:
+                    return self.compiled(*args, **kwargs)
+                torch.compiler.cudagraph_mark_step_begin()
+                return self.compiled(*args, **kwargs).clone()
         except Exception as err:  # noqa: BLE001 -- eager decides below whether the input or the compiler is at fault
             out = self.eager(*args, **kwargs)  # a bad input raises here, eagerly, as without compile
             first_line = (str(err).strip().splitlines() or [""])[0][:300]
@@ -67,5 +82,6 @@ def compile_model(model: torch.nn.Module) -> bool:
     for name in names:
         setattr(model, name, CompiledCall(f"{label}.{name}", getattr(model, name)))
     if stepper:
-        decoder.compiled_step = CompiledCall(f"{label} decode step", decoder.step)
+        on_gpu = decoder.embed.weight.is_cuda
+        decoder.compiled_step = CompiledCall(f"{label} decode step", decoder.step, cuda_graphs=on_gpu)
     return bool(names) or stepper

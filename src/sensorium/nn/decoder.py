@@ -129,6 +129,8 @@ class Decoder(nn.Module):
         # A tied head reads the embedding's weight at call time (nothing to re-tie after loading).
         self.head = None if config.tie_embeddings else Linear(config.width, config.vocab_size, bias=False)
         self.rope = Rope1D(config.head_dim, config.rope_theta, "halves", scaling=config.rope_scaling)
+        # (batch, length) -> free caches whose addresses a CUDA-graph decode step was recorded with (nn/compiled.py)
+        self.static_caches: dict[tuple[int, int], list[KVCache]] = {}
 
     def forward(self, embeds, positions, mask, length: int, cache: KVCache | None = None, start: int = 0):
         """Hidden states [B, T, width] after the final norm. `positions` [B, T] are all below `length` (a
@@ -167,6 +169,22 @@ class Decoder(nn.Module):
         next token's logits [B, vocab], float32."""
         hidden = self(self.embed(tokens), positions, mask, cache.length, cache, slots)
         return self.logits(hidden[:, -1]).float()
+
+    def take_static_cache(self, batch: int, length: int) -> KVCache:
+        """A zeroed cache from the pool (the caller appends it to `static_caches[batch, length]` when done), or a
+        new one with its tensors marked as static addresses: the same tensors serve generation after generation,
+        so a recorded CUDA graph replays on them instead of recording again; concurrent generations take
+        different ones."""
+        weight = self.embed.weight
+        pool = self.static_caches.setdefault((batch, length), [])
+        while pool:
+            cache = pool.pop()
+            if cache.keys[0].device == weight.device and cache.keys[0].dtype == weight.dtype:
+                return cache.zero_()
+        cache = self.new_cache(batch, length, zeroed=True)
+        for tensor in cache.keys + cache.values:
+            torch._dynamo.mark_static_address(tensor)
+        return cache
 
     def new_cache(self, batch: int, length: int, zeroed: bool = False) -> KVCache:
         c, weight = self.config, self.embed.weight

@@ -89,7 +89,25 @@ def _steps(decoder, embeds, attention_mask, max_new_tokens, temperature, top_k, 
         cache = decoder.new_cache(batch, prompt + max_new_tokens)
     else:  # static shapes: the whole (bucketed) cache, masked, every step
         capacity = min(-(-(prompt + max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET, decoder.config.max_positions)
+        if compiled.cuda_graphs:  # the graph's cache addresses: a cache from the pool, returned when done
+            cache = decoder.take_static_cache(batch, capacity)
+            try:
+                yield from _steps_in(decoder, cache, embeds, mask, max_new_tokens, temperature, top_k, top_p, stops,
+                                     pad_id, generator)
+            finally:
+                decoder.static_caches[batch, capacity].append(cache)
+            return
         cache = decoder.new_cache(batch, capacity, zeroed=True)
+    yield from _steps_in(decoder, cache, embeds, mask, max_new_tokens, temperature, top_k, top_p, stops, pad_id,
+                         generator)
+
+
+def _steps_in(decoder, cache, embeds, mask, max_new_tokens, temperature, top_k, top_p, stops, pad_id, generator):
+    device = embeds.device
+    batch, prompt = mask.shape
+    compiled = getattr(decoder, "compiled_step", None)
+    if compiled is not None:
+        capacity = cache.length
         seen = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
         seen[:, :prompt] = mask.bool()
         slot_numbers = torch.arange(capacity, device=device)

@@ -18,6 +18,11 @@ class KVCache:
         self.values = [make(shape, device=device, dtype=dtype) for _ in range(layers)]
         self.length = length
 
+    def zero_(self) -> "KVCache":
+        for tensor in self.keys + self.values:
+            tensor.zero_()
+        return self
+
     def update(self, layer: int, start: int | torch.Tensor, keys: torch.Tensor,
                values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store `keys`/`values` [B, kv_heads, T, head_dim] at slots start..start+T-1 of `layer`; the keys and

@@ -119,13 +119,53 @@ def encode_windows(model, item: MediaItem, modality: str = "auto", window: float
         return WindowVectors(reader.kind, reader.duration, reader.spans, found, frames_used)
 
 
-def encode_window(model, kind: str, audio, video) -> torch.Tensor:
-    """The raw output [1, D] of the head that serves `kind` for one window's inputs."""
+def encode_window(model, kind: str, audio, video, frame_features: torch.Tensor | None = None) -> torch.Tensor:
+    """The raw output [1, D] of the head that serves `kind` for one window's inputs (with its frame features
+    when they were computed already, see FrameBatcher)."""
     if kind == "audio_video":
-        return model.encode_audio_video(audio, video)
+        return model.encode_audio_video(audio, video, frame_features=frame_features)
     if kind == "audio":
         return model.encode_audio(audio)
-    return model.encode_video(video)
+    return model.encode_video(video, frame_features=frame_features)
+
+
+class FrameBatcher:
+    """Windows of several files sharing frame-encoder batches: a window with video waits until `frames` frames are
+    pending (or `flush()`), then all pending windows' frames go through the frame encoder together and each window
+    finishes alone (video encoder, fusion, head); a window without video finishes at once. A -16-frame model's
+    windows would otherwise run the encoder 16 frames at a time, and a short clip's last frames alone. `add` and
+    `flush` return (key, raw head output [D]) for each window they finished; the keys say which. `frames`
+    defaults to the frame encoder's own batch on the model's device (frame_chunk: 8 on a CPU, where bigger batches
+    are slower per frame, so that a window flushes alone; 32 on a GPU)."""
+
+    def __init__(self, model, frames: int | None = None):
+        from sensorium.models.pe_av import frame_chunk
+
+        self.model, self.frames = model, frames or frame_chunk(model.device)
+        self.pending: list[tuple[object, str, object, VideoBatch]] = []
+        self.count = 0
+
+    @torch.inference_mode()
+    def add(self, key, kind: str, audio, video: VideoBatch | None) -> list[tuple[object, torch.Tensor]]:
+        if video is None:
+            return [(key, encode_window(self.model, kind, audio, None)[0])]
+        self.pending.append((key, kind, audio, video))
+        self.count += video.pixel_values_videos.shape[1]
+        return self.flush() if self.count >= self.frames else []
+
+    @torch.inference_mode()
+    def flush(self) -> list[tuple[object, torch.Tensor]]:
+        if not self.pending:
+            return []
+        stacks = [video.pixel_values_videos[0] for _, _, _, video in self.pending]  # each window: [F, 3, S, S]
+        pixels = stacks[0] if len(stacks) == 1 else torch.cat(stacks)
+        features = self.model.frame_features(VideoBatch(pixels[None], torch.ones(1, len(pixels), dtype=torch.bool)))[0]
+        done, at = [], 0
+        for (key, kind, audio, video), stack in zip(self.pending, stacks):
+            done.append((key, encode_window(self.model, kind, audio, video, features[None, at : at + len(stack)])[0]))
+            at += len(stack)
+        self.pending, self.count = [], 0
+        return done
 
 
 class WindowReader:
@@ -178,20 +218,20 @@ class WindowReader:
                     [min(range(len(times)), key=lambda i: abs(times[i] - start))]
                 if model.video_frames:
                     inside = [inside[k] for k in Uniform(model.video_frames).indices(inside)]
-                # squashed as they are decoded (a window of full-size frames would not fit in memory), kept in
-                # uint8 (exact: the squash rounds to it; 0.34 MB a 336 px frame, not 1.35), and kept past this
-                # window only when the next one overlaps it, so each frame is decoded once
-                missing = [i for i in inside if i not in squashed]
-                squashed |= {i: squash_frames_uint8(rgb[None], model.frame_size)[0]
-                             for i, _, rgb in self.video.frames(missing)}
+                # squashed as they are decoded, straight into the window's stack (a window of full-size frames
+                # would not fit in memory), in uint8 (exact: the squash rounds to it; 0.34 MB a 336 px frame, not
+                # 1.35); the frames the next window shares are kept for it, so each frame is decoded once
+                rows: dict[int, list[int]] = {}
+                for row, i in enumerate(inside):  # a short window's 16 samples repeat frames
+                    rows.setdefault(i, []).append(row)
+                size = model.frame_size
+                pixels = torch.empty(len(inside), 3, size, size, dtype=torch.uint8)
+                for i in rows.keys() & squashed.keys():
+                    pixels[rows[i]] = squashed[i]
+                for i, _, rgb in self.video.frames(sorted(rows.keys() - squashed.keys())):
+                    pixels[rows[i]] = squash_frames_uint8(rgb[None], size)[0]
                 following = self.spans[number + 1][0] if number + 1 < len(self.spans) else float("inf")
-                pixels = torch.empty(len(inside), *squashed[inside[0]].shape, dtype=torch.uint8)
-                last_row = {i: row for row, i in enumerate(inside)}  # a short window's 16 samples repeat frames
-                for row, i in enumerate(inside):  # moved, not copied: the window's frames are held once
-                    pixels[row] = squashed[i]
-                    if row == last_row[i] and times[i] < following:
-                        del squashed[i]
-                squashed = {i: v for i, v in squashed.items() if times[i] >= following}
+                squashed = {i: pixels[found[0]].clone() for i, found in rows.items() if times[i] >= following}
                 video = VideoBatch(pixels[None], torch.ones(1, len(inside), dtype=torch.bool))
             yield start, end, audio, video
 
@@ -240,9 +280,10 @@ def frame_cost(model, items: list[MediaItem], modality: str = "auto", window: fl
 
 
 def frame_counts(model, items: list[MediaItem], modality: str = "auto", window: float = WINDOW_SECONDS,
-                 hop: float | None = None) -> tuple[int, int, int] | None:
+                 hop: float | None = None, file_window: bool = False) -> tuple[int, int, int] | None:
     """(videos, frame-encoder passes, passes a -16-frame model would make) for an every-frame model; None for a
-    -16-frame model or when there is no video."""
+    -16-frame model or when there is no video. `file_window`: each file is also read as 30 s windows (the
+    index's file row) unless its one window covers it."""
     from sensorium.media.video import VideoReader
 
     if model.video_frames is not None:
@@ -254,6 +295,8 @@ def frame_counts(model, items: list[MediaItem], modality: str = "auto", window: 
                 continue
             with VideoReader(item.path, on_truncated="warn") as video:
                 times, spans = video.times, windows_for(video.duration, window, hop or window)
+                if file_window and not (len(spans) == 1 and video.duration <= window <= WINDOW_SECONDS):
+                    spans += windows_for(video.duration, WINDOW_SECONDS, WINDOW_SECONDS)
         except (SensoriumError, OSError):
             continue
         videos += 1
@@ -278,11 +321,11 @@ def seconds_per_frame(model) -> float:
 
 
 def announce_frames(model, items: list[MediaItem], modality: str = "auto", window: float = WINDOW_SECONDS,
-                    hop: float | None = None) -> FrameCost | None:
+                    hop: float | None = None, file_window: bool = False) -> FrameCost | None:
     """Warn, before the work starts, when an every-frame model is about to read many frames."""
     import warnings
 
-    counts = frame_counts(model, items, modality, window, hop)
+    counts = frame_counts(model, items, modality, window, hop, file_window)
     if counts is None or counts[1] <= ANNOUNCE_FRAMES:
         return None  # a small run is not worth the timing pass
     cost = FrameCost(*counts, seconds_per_frame(model))
@@ -290,22 +333,69 @@ def announce_frames(model, items: list[MediaItem], modality: str = "auto", windo
     return cost
 
 
+@dataclass
+class _Pending:
+    """One file of `iter_encode` while its windows are being encoded."""
+
+    item: MediaItem
+    kind: str = ""
+    spans: list[tuple[float, float]] = field(default_factory=list)
+    vectors: dict[int, torch.Tensor] = field(default_factory=dict)  # window number -> raw head output
+    frames: int = 0
+    read: bool = False  # every window was read (their vectors may still be on the way)
+    error: str | None = None
+
+
 def iter_encode(model, items: list[MediaItem], modality: str = "auto", window: float = WINDOW_SECONDS,
                 hop: float | None = None, progress: Callable[[int], None] | None = None,
-                on_truncated: str = "error") -> Iterator[AVResult]:
+                on_truncated: str = "error", frames: int | None = None) -> Iterator[AVResult]:
+    """One AVResult per item, in order; the frames of consecutive files' windows share frame-encoder batches of
+    `frames` (FrameBatcher; by default the frame encoder's batch on the model's device), so a file's result may wait for the next file's frames."""
     from sensorium.errors import reason_for
 
     with torch.inference_mode():
         if modality != "audio":
             announce_frames(model, items, modality, window, hop)
+        batcher, files, shown = FrameBatcher(model, frames), [], 0
+
+        def take(done):
+            for (number, index), vector in done:
+                if files[number] is not None:  # (a file that failed mid-way has gone out already)
+                    files[number].vectors[index] = vector
+
         for item in items:
+            state = _Pending(item)
+            files.append(state)
             try:
-                result = encode_item(model, item, modality, window, hop, on_truncated)
+                with WindowReader(model, item, modality, window, hop, on_truncated) as reader:
+                    state.kind, state.spans = reader.kind, reader.spans
+                    for index, (_, _, audio, video) in enumerate(reader):
+                        state.frames += 0 if video is None else video.pixel_values_videos.shape[1]
+                        take(batcher.add((len(files) - 1, index), reader.kind, audio, video))
+                state.read = True
             except (SensoriumError, OSError) as err:  # the input's fault; a bug or out of memory propagates
-                result = AVResult(item, item.modality, error=reason_for(err, item.path))
-            if progress is not None:
-                progress(1)
-            yield result
+                state.error = reason_for(err, item.path)
+            while shown < len(files) and (files[shown].error or len(files[shown].vectors) == len(files[shown].spans)
+                                          and files[shown].read):
+                yield _result(files[shown], progress)
+                files[shown] = None  # its vectors are out
+                shown += 1
+        take(batcher.flush())
+        for state in files[shown:]:
+            yield _result(state, progress)
+
+
+def _result(state: _Pending, progress) -> AVResult:
+    if progress is not None:
+        progress(1)
+    item = state.item
+    if state.error is not None:
+        return AVResult(item, item.modality, error=state.error)
+    found = torch.stack([state.vectors[i] for i in range(len(state.spans))]).float()
+    if not bool(torch.isfinite(found).all()):
+        return AVResult(item, item.modality, error="the model's output is not finite (NaN or inf) for this input")
+    embedding = F.normalize(found.mean(dim=0), dim=-1).cpu().numpy()
+    return AVResult(item, state.kind, embedding, state.spans, state.frames)
 
 
 @torch.inference_mode()
