@@ -112,7 +112,7 @@ def test_a_failed_compile_falls_back_to_eager_and_bad_input_still_raises(tiny_en
 
     import sensorium.nn.compiled as compiled_module
 
-    def no_compiler(fn):
+    def no_compiler(fn, mode=None):  # torch.compile's signature, as far as sensorium calls it
         def fails(*args, **kwargs):
             raise RuntimeError("InductorError: no C++ compiler found")
         return fails
