@@ -28,7 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import machine, peak_rss_mb
+from common import machine, peak_rss_mb, run_json
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -162,11 +162,8 @@ def run(rounds: int, batches: list[int], new_tokens: int, dtypes: list[str]) -> 
             runs = {"transformers": [], "sensorium": []}
             for r in range(rounds):
                 for side in (("transformers", "sensorium") if r % 2 == 0 else ("sensorium", "transformers")):
-                    out = subprocess.run([sys.executable, __file__, "worker", side, str(batch), str(new_tokens), dtype],
-                                         capture_output=True, text=True)
-                    if out.returncode:
-                        raise RuntimeError(out.stderr[-3000:])
-                    runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                    runs[side].append(run_json([sys.executable, __file__, "worker", side, str(batch), str(new_tokens),
+                                                dtype], side))
                     m = runs[side][-1]
                     print(f"  {dtype} batch {batch} round {r + 1} {side}: prefill {m['prefill_s']:.2f} s, decode "
                           f"{m['decode_tokens_per_s']:.1f} tok/s, {m['peak_rss_mb']:.0f} MB", file=sys.stderr)

@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import machine, onnxruntime_forward, openvino_forward, peak_rss_mb, time_forward
+from common import machine, onnxruntime_forward, openvino_forward, peak_rss_mb, run_json, time_forward
 
 import numpy as np
 import torch
@@ -283,10 +283,7 @@ def worker(impl: str, dtype_name: str, batch: int, iters: int) -> dict:
 
 def _run_worker(impl: str, *args: str) -> dict:
     python = str(PEER_PYTHON) if impl in PEERS else sys.executable
-    result = subprocess.run([python, __file__, "worker", impl, *args], capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError(f"{impl} worker failed:\n{result.stderr}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_json([python, __file__, "worker", impl, *args], f"{impl} worker")
 
 
 def flops_per_clip() -> float:

@@ -96,8 +96,6 @@ def weight_only_rates(weight, x, repeats: int) -> dict[str, float]:
     bytes they stream (int8: 1 byte a weight; int4: half)."""
     import sys
 
-    import torch
-
     sys.path.insert(0, str(HERE.parent / "src"))
     from sensorium.nn.quant import QuantizedLinear, available
 

@@ -17,6 +17,17 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
+def run_json(command: list[str], what: str) -> dict:
+    """Run a worker process and return the JSON object its last stdout line holds; its stderr's tail when it fails."""
+    import json
+    import subprocess
+
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{what} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def peak_rss_mb() -> float:
     """This process's peak RSS. Not ru_maxrss: exec keeps that, so a worker's would start at its parent's peak."""
     status = Path("/proc/self/status").read_text()

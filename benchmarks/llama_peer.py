@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import machine
+from common import machine, run_json
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "llama-1b-random"
@@ -230,11 +230,7 @@ def run(rounds: int, new_tokens: int, pairs: list[str]) -> None:
             for side in order:
                 python = str(VENV / "bin" / "python") if side == "llama.cpp" else sys.executable
                 arg = theirs if side == "llama.cpp" else ours
-                out = subprocess.run([python, __file__, "worker", side, arg, str(new_tokens)], capture_output=True,
-                                     text=True)
-                if out.returncode:
-                    raise RuntimeError(out.stderr[-3000:])
-                runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                runs[side].append(run_json([python, __file__, "worker", side, arg, str(new_tokens)], side))
                 m = runs[side][-1]
                 print(f"  {pair} round {r + 1} {side}: prefill {m['prefill_s']:.2f} s, decode "
                       f"{m['decode_tokens_per_s']:.2f} tok/s", file=sys.stderr)

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import machine, peak_rss_mb
+from common import machine, peak_rss_mb, run_json
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -189,11 +189,7 @@ def _python(side: str) -> str:
 
 
 def measure(side: str, kind: str, dtype: str, count: int) -> dict:
-    out = subprocess.run([_python(side), __file__, "worker", side, kind, dtype, str(count)],
-                         capture_output=True, text=True)
-    if out.returncode:
-        raise RuntimeError(f"{side} {kind} {dtype} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json([_python(side), __file__, "worker", side, kind, dtype, str(count)], f"{side} {kind} {dtype}")
 
 
 def run(rounds: int, dtypes: list[str], clips: int, kinds: list[str]) -> None:
@@ -287,9 +283,8 @@ def frames(rounds: int, old: str) -> None:
             runs: dict[str, list[dict]] = {name: [] for name in sides}
             for r in range(rounds):
                 for name in (("old", "new") if r % 2 == 0 else ("new", "old")):
-                    out = subprocess.run([sys.executable, __file__, "frames-worker", sides[name], str(video)],
-                                         capture_output=True, text=True, check=True)
-                    runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                    runs[name].append(run_json([sys.executable, __file__, "frames-worker", sides[name], str(video)],
+                                               f"frames worker ({name})"))
         finally:
             subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", str(tree)], check=True)
     print(f"machine: {machine()}; {video.name}: one 30 s window of {runs['new'][0]['frames']} frames at 336 px")
@@ -329,9 +324,8 @@ def chunks(rounds: int, dtypes: list[str], sizes: list[int]) -> None:
     for r in range(rounds):
         for dtype in dtypes:
             for chunk in (sizes if r % 2 == 0 else sizes[::-1]):
-                out = subprocess.run([sys.executable, __file__, "chunks-worker", dtype, str(chunk)],
-                                     capture_output=True, text=True, check=True)
-                runs[dtype, chunk].append(json.loads(out.stdout.strip().splitlines()[-1])["per_frame_s"])
+                runs[dtype, chunk].append(run_json([sys.executable, __file__, "chunks-worker", dtype, str(chunk)],
+                                                   f"chunks worker {dtype} {chunk}")["per_frame_s"])
                 print(dtype, chunk, f"{runs[dtype, chunk][-1]:.3f} s/frame", flush=True)
     print(f"machine: {machine()}; PE-Core-L14-336 frame encoder, random weights, medians of {rounds}")
     print("| dtype | " + " | ".join(f"batch {c}" for c in sizes) + " |")

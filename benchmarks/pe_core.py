@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import machine, onnxruntime_forward, openvino_forward, peak_rss_mb, time_forward
+from common import machine, onnxruntime_forward, openvino_forward, peak_rss_mb, run_json, time_forward
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -183,10 +183,7 @@ def _python(impl: str) -> str:
 
 
 def _run_worker(impl: str, *args: str) -> dict:
-    result = subprocess.run([_python(impl), __file__, "worker", impl, *args], capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError(f"{impl} worker failed:\n{result.stderr}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_json([_python(impl), __file__, "worker", impl, *args], f"{impl} worker")
 
 
 def flops_per_image(name: str) -> float:

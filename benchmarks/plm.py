@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine
+from common import machine, run_json
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -174,11 +174,7 @@ def run(rounds: int, cases: list[dict]) -> None:
         runs = {"transformers": [], "sensorium": []}
         for r in range(rounds):
             for side in (("transformers", "sensorium") if r % 2 == 0 else ("sensorium", "transformers")):
-                out = subprocess.run([sys.executable, __file__, "worker", side, json.dumps(case)],
-                                     capture_output=True, text=True)
-                if out.returncode:
-                    raise RuntimeError(out.stderr[-3000:])
-                runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                runs[side].append(run_json([sys.executable, __file__, "worker", side, json.dumps(case)], side))
                 m = runs[side][-1]
                 print(f"  {_label(case)} round {r + 1} {side}: {json.dumps(m)}", file=sys.stderr, flush=True)
         same = bool(np.array_equal(*(np.load(OUT / f"plm-{s}-{_stem(case)}.npy") for s in ("transformers", "sensorium"))))
