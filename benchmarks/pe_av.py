@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import machine, peak_rss_mb, run_json
+from common import count_flops, machine, peak_rss_mb, run_json
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -150,7 +150,7 @@ def worker(side: str, kind: str, dtype_name: str, count: int) -> None:
         else:
             run = lambda v, m: model.video_head(model.video_encoder(pixel_values_videos=v.to(dtype),  # noqa: E731
                                                                     padding_mask_videos=m).pooler_output)
-    else:
+    else:  # sensorium, or its FLOP count
         sys.path.insert(0, str(HERE.parent / "src"))
         import sensorium as sn
         from sensorium.models.pe_audio import AudioBatch
@@ -161,6 +161,9 @@ def worker(side: str, kind: str, dtype_name: str, count: int) -> None:
             run = lambda v, m: model.encode_audio(AudioBatch(v, m))  # noqa: E731
         else:
             run = lambda v, m: model.encode_video(VideoBatch(v, m))  # noqa: E731
+    if side == "flops":  # sensorium's forward under torch's FLOP counter (the same in any dtype)
+        print(json.dumps({"flops": count_flops(lambda: run(values, mask))}))
+        return
     import gc
 
     gc.collect()
@@ -198,10 +201,19 @@ def run(rounds: int, dtypes: list[str], clips: int, kinds: list[str]) -> None:
     OUT.mkdir(exist_ok=True)
     if not (WEIGHTS / "model.safetensors").exists():
         subprocess.run([_python("transformers"), __file__, "make"], check=True)
+    from bound import load as load_bound
+
+    rates = load_bound()["rates"]
+    bound = {"float32": max(v for k, v in rates.items() if "fp32 GFLOP/s" in k),
+             "bfloat16": max(v for k, v in rates.items() if "bf16 GFLOP/s" in k)}
     print(f"machine: {machine()}")
+    print("| input | dtype | transformers | sensorium | ratio | GFLOP/s and fraction of the GEMM bound, transformers vs "
+          "sensorium | max diff |")
+    print("|---|---|---|---|---|---|---|")
     results = {}
     for kind in kinds:
         count = clips if kind == "audio" else 1
+        flops = measure("flops", kind, "bfloat16", count)["flops"]
         for dtype in dtypes:
             runs = {"transformers": [], "sensorium": []}
             for r in range(rounds):
@@ -214,16 +226,19 @@ def run(rounds: int, dtypes: list[str], clips: int, kinds: list[str]) -> None:
             rss = {s: max(x["peak_rss_mb"] for x in v) for s, v in runs.items()}
             extra = {s: max(x["inference_extra_mb"] for x in v) for s, v in runs.items()}
             held = {s: v[0]["weights_held_mb"] for s, v in runs.items()}
+            rate = {s: flops / med[s] / 1e9 for s in med}
             results[f"{kind}-{dtype}"] = {"median_s": med, "peak_rss_mb": rss, "inference_extra_mb": extra,
-                                         "weights_held_mb": held, "count": count,
+                                         "weights_held_mb": held, "count": count, "flops": flops,
+                                         "gflop_s": rate, "bound_gflop_s": bound[dtype],
                                          "max_abs_diff": float(np.abs(a - b).max()), "runs": runs}
             what = f"{count} x 30 s clips" if kind == "audio" else "1 video x 16 frames"
-            print(f"| {kind} ({what}) | {dtype} | transformers {med['transformers']:.1f} s, peak {rss['transformers']:.0f} MB "
-                  f"(+{extra['transformers']:.0f} MB running; holds {held['transformers']:.0f} MB) "
-                  f"| sensorium {med['sensorium']:.1f} s, peak {rss['sensorium']:.0f} MB (+{extra['sensorium']:.0f} MB "
-                  f"running; holds {held['sensorium']:.0f} MB) | "
-                  f"{med['transformers'] / med['sensorium']:.2f}x | max diff {results[f'{kind}-{dtype}']['max_abs_diff']:.1e} |",
-                  flush=True)
+            print(f"| {kind} ({what}, {flops / 1e9:.0f} GFLOP) | {dtype} | {med['transformers']:.1f} s, peak "
+                  f"{rss['transformers']:.0f} MB (+{extra['transformers']:.0f} MB running; holds "
+                  f"{held['transformers']:.0f} MB) | {med['sensorium']:.1f} s, peak {rss['sensorium']:.0f} MB "
+                  f"(+{extra['sensorium']:.0f} MB running; holds {held['sensorium']:.0f} MB) | "
+                  f"{med['transformers'] / med['sensorium']:.2f}x | {rate['transformers']:.0f} vs {rate['sensorium']:.0f}: "
+                  f"{100 * rate['transformers'] / bound[dtype]:.0f} vs {100 * rate['sensorium'] / bound[dtype]:.0f} % of "
+                  f"{bound[dtype]:.0f} | {results[f'{kind}-{dtype}']['max_abs_diff']:.1e} |", flush=True)
     (OUT / "pe_av.json").write_text(json.dumps(results, indent=1))
 
 

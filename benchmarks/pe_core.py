@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import machine, onnxruntime_forward, openvino_forward, peak_rss_mb, run_json, time_forward
+from common import count_flops, machine, onnxruntime_forward, openvino_forward, peak_rss_mb, run_json, time_forward
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -187,19 +187,16 @@ def _run_worker(impl: str, *args: str) -> dict:
 
 
 def flops_per_image(name: str) -> float:
-    """The image tower's FLOPs for one image (torch's FLOP counter over sensorium's eager forward, batch 1)."""
+    """The image tower's FLOPs for one image (torch's FLOP counter over sensorium's eager forward, batch 1,
+    attention included)."""
     sys.path.insert(0, str(HERE.parent / "src"))
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     import sensorium as sn
-    from sensorium.nn import use_onednn
 
     model = sn.load(OUT / f"{name}-random-timm.safetensors", config=name, device="cpu")
-    counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), use_onednn(False), counter:  # the counter knows aten's ops, not oneDNN's
-        model.encode_image(torch.zeros(1, 3, model.image_size, model.image_size), normalize=False)
-    return float(counter.get_total_flops())
+    return count_flops(lambda: model.encode_image(torch.zeros(1, 3, model.image_size, model.image_size),
+                                                  normalize=False))
 
 
 def bench_models(rounds: int, iters: int, batch: int, models: list[str], dtypes: list[str],
