@@ -231,7 +231,8 @@ class Pipeline:
                     pending, pending_frames = [], 0
             elif kind in ("window", "whole") and work.error is None:
                 if windows is None:
-                    windows = self._first_window(works[works.index(work):])
+                    at = next(i for i, w in enumerate(works) if w is work)  # (not ==: a dataclass compares fields)
+                    windows = self._first_window(works[at:])
                 audio, video = payload[-2:]
                 work.windows_sent += 1
                 span = payload[:2] if kind == "window" else None
