@@ -195,3 +195,24 @@ def test_frames_of_several_files_share_frame_encoder_batches(model, media, tmp_p
             alone = encode_item(model, item)
             assert result.modality == alone.modality and result.frames == alone.frames
             np.testing.assert_allclose(result.embedding, alone.embedding, atol=2e-6)
+
+
+def test_the_frame_encoder_batch_follows_the_device(model, monkeypatch):
+    """On a CPU the frame encoder takes 8 frames at a time (bigger batches are slower per frame there), 32 on an
+    accelerator; padding frames are not run; the chunked result equals one frame at a time."""
+    from sensorium.models import pe_av
+
+    assert pe_av.frame_chunk(torch.device("cpu")) == 8 and pe_av.frame_chunk(torch.device("cuda")) == 32
+    size = model.frame_size
+    pixels = torch.rand(2, 12, 3, size, size) * 2 - 1
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[1, 9:] = False  # 21 real frames
+    encoder, sizes = model.video.frames, []
+    monkeypatch.setattr(encoder, "forward", lambda x, forward=encoder.forward: sizes.append(len(x)) or forward(x))
+    with torch.inference_mode():
+        chunked = model.video.frame_features(pixels, mask)
+        monkeypatch.setitem(pe_av.FRAME_CHUNK, "cpu", 1)
+        single = model.video.frame_features(pixels, mask)
+    assert sizes[:3] == [8, 8, 5] and len(sizes) == 3 + 21
+    assert bool((chunked[1, 9:] == 0).all())
+    torch.testing.assert_close(chunked, single, atol=2e-6, rtol=0)
