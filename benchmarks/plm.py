@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine, run_json
+from common import count_flops, machine, run_json
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -160,13 +160,40 @@ def worker(side: str, case: dict) -> None:
                       "prompt_tokens": int(inputs["input_ids"].shape[1])}))
 
 
+def bounds_worker() -> None:
+    """What the bound columns divide by: the vision tower + projector's FLOPs for one tile (torch's FLOP counter
+    over sensorium's forward) and the decoder's weights read per decode step (every layer and the head, once)."""
+    sys.path.insert(0, str(HERE.parent / "src"))
+    import sensorium as sn
+
+    model = sn.load(WEIGHTS, device="cpu")
+    pixels = _inputs(1)["pixel_values"]
+    flops = count_flops(lambda: model.tile_features(pixels))
+    decoder = model.decoder
+    head = decoder.embed.weight if decoder.head is None else decoder.head.weight  # a tied head reads the table
+    params = sum(p.numel() for p in decoder.layers.parameters()) + decoder.norm.weight.numel() + head.numel()
+    print(json.dumps({"vision_flops_per_tile": flops, "decode_params_per_step": params}))
+
+
 def run(rounds: int, cases: list[dict]) -> None:
     import numpy as np
 
     OUT.mkdir(exist_ok=True)
     if not (WEIGHTS / "config.json").exists():
         subprocess.run([sys.executable, __file__, "make"], check=True)
-    print(f"machine: {machine()}")
+    from bound import load as load_bound
+
+    rates = load_bound()["rates"]
+    gemm = {"float32": max(v for k, v in rates.items() if "fp32 GFLOP/s" in k),
+            "bfloat16": max(v for k, v in rates.items() if "bf16 GFLOP/s" in k)}
+    read = rates["read GB/s (best of sum, GEMV)"]
+    sizes = run_json([sys.executable, __file__, "bounds-worker"], "bounds worker")
+    print(f"machine: {machine()}; vision {sizes['vision_flops_per_tile'] / 1e9:.0f} GFLOP a tile; decoder "
+          f"{sizes['decode_params_per_step'] / 1e6:.0f} M weights read a step; bounds: GEMM {gemm} GFLOP/s, read "
+          f"{read:.1f} GB/s")
+    print("| input (prompt tokens), rounds | vision s/tile transformers vs sensorium; of the GEMM bound | prefill | "
+          "decode tok/s; weight stream of the read bound | peak RSS after load | peak RSS | same ids |")
+    print("|---|---|---|---|---|---|---|")
     keys = ("vision_s_per_tile", "prefill_s", "decode_tokens_per_s", "load_s")
     saved = OUT / "plm.json"
     results = json.loads(saved.read_text()) if saved.exists() else {}
@@ -185,12 +212,21 @@ def run(rounds: int, cases: list[dict]) -> None:
         results[_stem(case)] = {"case": case, "median": med, "peak_rss_mb": rss, "load_peak_rss_mb": load_rss,
                                 "same_ids": same, "runs": runs}
         t, s = med["transformers"], med["sensorium"]
+        bound = gemm[case["dtype"]]
+        share = {side: sizes["vision_flops_per_tile"] / m["vision_s_per_tile"] / 1e9 / bound
+                 for side, m in med.items() if m["vision_s_per_tile"]}
         vision = (f"{t['vision_s_per_tile']:.2f} vs {s['vision_s_per_tile']:.2f} s "
-                  f"({t['vision_s_per_tile'] / s['vision_s_per_tile']:.2f}x)" if s["vision_s_per_tile"] else "-")
+                  f"({t['vision_s_per_tile'] / s['vision_s_per_tile']:.2f}x); {100 * share['transformers']:.0f} vs "
+                  f"{100 * share['sensorium']:.0f} % of {bound:.0f}" if s["vision_s_per_tile"] else "-")
+        element = 4 if case["dtype"] == "float32" else 2
+        stream = {side: sizes["decode_params_per_step"] * element * m["decode_tokens_per_s"] / case["batch"] / 1e9
+                  for side, m in med.items()}
         print(f"| {_label(case)} ({runs['sensorium'][0]['prompt_tokens']} tokens), {rounds} round(s) | {vision} | "
               f"{t['prefill_s']:.2f} vs {s['prefill_s']:.2f} s ({t['prefill_s'] / s['prefill_s']:.2f}x) | "
               f"{t['decode_tokens_per_s']:.2f} vs {s['decode_tokens_per_s']:.2f} tok/s "
-              f"({s['decode_tokens_per_s'] / t['decode_tokens_per_s']:.2f}x) | {load_rss['transformers']:.0f} vs "
+              f"({s['decode_tokens_per_s'] / t['decode_tokens_per_s']:.2f}x); {stream['transformers']:.1f} vs "
+              f"{stream['sensorium']:.1f} GB/s, {100 * stream['transformers'] / read:.0f} vs "
+              f"{100 * stream['sensorium'] / read:.0f} % of {read:.1f} | {load_rss['transformers']:.0f} vs "
               f"{load_rss['sensorium']:.0f} MB | {rss['transformers']:.0f} vs {rss['sensorium']:.0f} MB | {same} |",
               flush=True)
         saved.write_text(json.dumps(results, indent=1))
@@ -199,6 +235,9 @@ def run(rounds: int, cases: list[dict]) -> None:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
         worker(sys.argv[2], json.loads(sys.argv[3]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "bounds-worker":
+        bounds_worker()
         return
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
