@@ -146,13 +146,13 @@ def run(rounds: int, batches: list[int], new_tokens: int, dtypes: list[str]) -> 
     import numpy as np
 
     sys.path.insert(0, str(HERE))
-    from bound import load as load_bound
+    from bound import read_bound
 
     OUT.mkdir(exist_ok=True)
     if not (WEIGHTS / "config.json").exists():
         subprocess.run([sys.executable, __file__, "make"], check=True)
-    read_bound = load_bound()["rates"].get("read GB/s (best of sum, GEMV)")
-    print(f"machine: {machine()}; read bandwidth {read_bound:.1f} GB/s" if read_bound else f"machine: {machine()}")
+    read = read_bound()
+    print(f"machine: {machine()}; read bandwidth {read:.1f} GB/s" if read else f"machine: {machine()}")
     print("| dtype | batch (prompt tokens) | prefill transformers vs sensorium | decode transformers vs sensorium | "
           "sensorium's weight stream per step | peak RSS | greedy ids equal |")
     print("|---|---|---|---|---|---|---|")
@@ -177,10 +177,10 @@ def run(rounds: int, batches: list[int], new_tokens: int, dtypes: list[str]) -> 
             key = f"{dtype}-batch{batch}"
             results[key] = {"median": med, "peak_rss_mb": rss, "same_ids": same, "runs": runs,
                             "prompt_tokens": runs["sensorium"][0]["prompt_tokens"], "weight_gb": streamed / 1e9,
-                            "weight_stream_gb_s": rate, "read_bound_gb_s": read_bound}
+                            "weight_stream_gb_s": rate, "read_bound_gb_s": read}
             t, s = med["transformers"], med["sensorium"]
             peer = "" if dtype in ("float32", "bfloat16", "float32-compile", "bfloat16-compile") else " (transformers bf16)"
-            fraction = f", {100 * rate / read_bound:.0f} % of {read_bound:.0f}" if read_bound else ""
+            fraction = f", {100 * rate / read:.0f} % of {read:.0f}" if read else ""
             print(f"| {dtype}{peer} | {batch} ({results[key]['prompt_tokens']}) | {t['prefill_s']:.2f} vs "
                   f"{s['prefill_s']:.2f} s ({t['prefill_s'] / s['prefill_s']:.2f}x) | {t['decode_tokens_per_s']:.1f} vs "
                   f"{s['decode_tokens_per_s']:.1f} tok/s ({s['decode_tokens_per_s'] / t['decode_tokens_per_s']:.2f}x) | "

@@ -302,12 +302,10 @@ def flops_per_clip() -> float:
 def bench_models(rounds: int, iters: int, batch: int, dtypes: list[str], only: list[str] | None = None) -> list[dict]:
     """Every runtime of PAIRS in each dtype, the order rotated every round; medians; each runtime's logits
     compared with transformers fp32's on the same features before its speed counts."""
-    from bound import load as load_bound
+    from bound import gemm_bound
 
     make_features(batch)
-    rates = load_bound()["rates"]
-    bound = {"fp32": max(v for k, v in rates.items() if "fp32 GFLOP/s" in k),
-             "bf16": max(v for k, v in rates.items() if "bf16 GFLOP/s" in k)}
+    bound = {dtype: gemm_bound(dtype) for dtype in ("fp32", "bf16")}
     flops = flops_per_clip()
     rows = []
     for dtype in ["fp32"] + [d for d in dtypes if d != "fp32"]:  # fp32 first: transformers fp32 is the reference

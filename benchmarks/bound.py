@@ -206,6 +206,18 @@ def load() -> dict:
     return json.loads(path.read_text())
 
 
+def gemm_bound(dtype: str) -> float:
+    """The fastest library's measured GEMM rate, GFLOP/s, for "fp32" / "float32" or "bf16" / "bfloat16"."""
+    short = {"float32": "fp32", "bfloat16": "bf16"}.get(dtype, dtype)
+    return max(v for k, v in load()["rates"].items() if f"{short} GFLOP/s" in k)
+
+
+def read_bound() -> float | None:
+    """The measured read bandwidth, GB/s: the faster of a streaming sum and a one-row product (None in a file
+    written before it was measured)."""
+    return load()["rates"].get("read GB/s (best of sum, GEMV)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("command", nargs="?", default="all", choices=["all", "peers"])

@@ -214,11 +214,11 @@ def run(rounds: int, new_tokens: int, pairs: list[str]) -> None:
     import numpy as np
 
     sys.path.insert(0, str(HERE))
-    from bound import load as load_bound
+    from bound import read_bound
 
-    read_bound = load_bound()["rates"].get("read GB/s (best of sum, GEMV)")
+    read = read_bound()
     results = {}
-    print(f"machine: {machine()}; read bandwidth {read_bound:.1f} GB/s; prompt {PROMPT} tokens, {new_tokens} new")
+    print(f"machine: {machine()}; read bandwidth {read:.1f} GB/s; prompt {PROMPT} tokens, {new_tokens} new")
     print("| sensorium vs llama.cpp | prefill s | decode tok/s | sensorium vs llama.cpp decode | greedy tokens equal "
           "before the first difference | last prompt logits, max difference / std |")
     print("|---|---|---|---|---|---|")

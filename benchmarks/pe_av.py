@@ -201,11 +201,9 @@ def run(rounds: int, dtypes: list[str], clips: int, kinds: list[str]) -> None:
     OUT.mkdir(exist_ok=True)
     if not (WEIGHTS / "model.safetensors").exists():
         subprocess.run([_python("transformers"), __file__, "make"], check=True)
-    from bound import load as load_bound
+    from bound import gemm_bound
 
-    rates = load_bound()["rates"]
-    bound = {"float32": max(v for k, v in rates.items() if "fp32 GFLOP/s" in k),
-             "bfloat16": max(v for k, v in rates.items() if "bf16 GFLOP/s" in k)}
+    bound = {dtype: gemm_bound(dtype) for dtype in dtypes}
     print(f"machine: {machine()}")
     print("| input | dtype | transformers | sensorium | ratio | GFLOP/s and fraction of the GEMM bound, transformers vs "
           "sensorium | max diff |")

@@ -205,15 +205,13 @@ def bench_models(rounds: int, iters: int, batch: int, models: list[str], dtypes:
     compared with timm fp32's on the same pixels before its speed counts."""
     import numpy as np
 
-    from bound import load as load_bound
+    from bound import gemm_bound
 
     OUT.mkdir(exist_ok=True)
     for name in models:
         if not (OUT / f"{name}-random-timm.safetensors").exists():
             subprocess.run([_python("timm"), __file__, "make-weights", name], check=True)
-    rates = load_bound()["rates"]
-    bound = {"fp32": max(v for k, v in rates.items() if "fp32 GFLOP/s" in k),
-             "bf16": max(v for k, v in rates.items() if "bf16 GFLOP/s" in k)}
+    bound = {dtype: gemm_bound(dtype) for dtype in ("fp32", "bf16")}
     rows = []
     for name in models:
         flops = flops_per_image(name)

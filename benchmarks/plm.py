@@ -181,12 +181,10 @@ def run(rounds: int, cases: list[dict]) -> None:
     OUT.mkdir(exist_ok=True)
     if not (WEIGHTS / "config.json").exists():
         subprocess.run([sys.executable, __file__, "make"], check=True)
-    from bound import load as load_bound
+    from bound import gemm_bound, read_bound
 
-    rates = load_bound()["rates"]
-    gemm = {"float32": max(v for k, v in rates.items() if "fp32 GFLOP/s" in k),
-            "bfloat16": max(v for k, v in rates.items() if "bf16 GFLOP/s" in k)}
-    read = rates["read GB/s (best of sum, GEMV)"]
+    gemm = {dtype: gemm_bound(dtype) for dtype in ("float32", "bfloat16")}
+    read = read_bound()
     sizes = run_json([sys.executable, __file__, "bounds-worker"], "bounds worker")
     print(f"machine: {machine()}; vision {sizes['vision_flops_per_tile'] / 1e9:.0f} GFLOP a tile; decoder "
           f"{sizes['decode_params_per_step'] / 1e6:.0f} M weights read a step; bounds: GEMM {gemm} GFLOP/s, read "

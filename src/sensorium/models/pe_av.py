@@ -56,8 +56,8 @@ from sensorium.models.pe import ORIGINAL_VISION, TIMM_VISION, VisionConfig, Visi
 from sensorium.nn.linear import Linear
 
 # Video frames per frame-encoder call. On a GPU a larger batch fills the device; on a CPU the time per frame grows
-# with the batch (PE-Core-L14-336 bf16 on 2 Zen 4 cores: 1.21 s a frame at 8, 1.30 at 16, 1.52 at 32: the
-# attention and activations of a big batch fall out of cache), so CPU batches stay small.
+# with the batch (PE-Core-L14-336 bf16 on 2 Zen 4 cores: 1.29 s a frame at 8, 1.40 at 16, 1.73 at 32, from
+# `benchmarks/pe_av.py chunks`: a big batch's activations fall out of cache), so CPU batches stay small.
 FRAME_CHUNK = {"cpu": 8}
 FRAME_CHUNK_ACCELERATOR = 32
 
@@ -83,8 +83,9 @@ class VideoTower(nn.Module):
         flat = pixels.flatten(0, 1)
         valid = torch.ones(batch * count, dtype=torch.bool, device=pixels.device) if mask is None else mask.flatten().bool()
         dtype = self.proj.weight.dtype
+        chosen = flat if mask is None else flat[valid]  # (one copy of the real frames, not one per chunk)
         step = frame_chunk(pixels.device)
-        chunks = (flat[valid][i : i + step] for i in range(0, int(valid.sum()), step))
+        chunks = (chosen[i : i + step] for i in range(0, len(chosen), step))
         encoded = torch.cat([self.frames(normalize_squashed(chunk, dtype) if chunk.dtype == torch.uint8
                                          else chunk.to(dtype)) for chunk in chunks])
         out = encoded.new_zeros(batch * count, self.frames.config.output_dim)

@@ -9,7 +9,9 @@ transformers' `*ForCausalLM` saves.
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -170,21 +172,29 @@ class Decoder(nn.Module):
         hidden = self(self.embed(tokens), positions, mask, cache.length, cache, slots)
         return self.logits(hidden[:, -1]).float()
 
-    def take_static_cache(self, batch: int, length: int) -> KVCache:
-        """A zeroed cache from the pool (the caller appends it to `static_caches[batch, length]` when done), or a
-        new one with its tensors marked as static addresses: the same tensors serve generation after generation,
-        so a recorded CUDA graph replays on them instead of recording again; concurrent generations take
-        different ones."""
+    @contextmanager
+    def static_cache(self, batch: int, length: int) -> Iterator[KVCache]:
+        """A zeroed cache from the pool for the block, back in the pool after it; a new one (its tensors marked as
+        static addresses) when the pool has none: the same tensors serve generation after generation, so a
+        recorded CUDA graph replays on them instead of recording again; concurrent generations take different
+        ones."""
         weight = self.embed.weight
         pool = self.static_caches.setdefault((batch, length), [])
-        while pool:
+        cache = None
+        while pool and cache is None:
             cache = pool.pop()
-            if cache.keys[0].device == weight.device and cache.keys[0].dtype == weight.dtype:
-                return cache.zero_()
-        cache = self.new_cache(batch, length, zeroed=True)
-        for tensor in cache.keys + cache.values:
-            torch._dynamo.mark_static_address(tensor)
-        return cache
+            if cache.keys[0].device != weight.device or cache.keys[0].dtype != weight.dtype:
+                cache = None  # the model moved since: that cache is dropped
+        if cache is None:
+            cache = self.new_cache(batch, length, zeroed=True)
+            for tensor in cache.keys + cache.values:
+                torch._dynamo.mark_static_address(tensor)
+        else:
+            cache.zero_()
+        try:
+            yield cache
+        finally:
+            pool.append(cache)
 
     def new_cache(self, batch: int, length: int, zeroed: bool = False) -> KVCache:
         c, weight = self.config, self.embed.weight

@@ -8,6 +8,7 @@ tokens), so a row's tokens do not depend on the rows beside it.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Iterator
 
 import torch
@@ -86,31 +87,25 @@ def _steps(decoder, embeds, attention_mask, max_new_tokens, temperature, top_k, 
     stops = torch.tensor(stop_ids, device=device, dtype=torch.long)
     compiled = getattr(decoder, "compiled_step", None)  # set by compile=True (nn/compiled.py)
     if compiled is None:
-        cache = decoder.new_cache(batch, prompt + max_new_tokens)
-    else:  # static shapes: the whole (bucketed) cache, masked, every step
+        borrowed = nullcontext(decoder.new_cache(batch, prompt + max_new_tokens))
+    else:
+        # static shapes: the whole (bucketed) cache, masked, every step; a CUDA-graph step's cache comes from the
+        # decoder's pool (the addresses its graph was recorded with) and goes back to it when generation ends
         capacity = min(-(-(prompt + max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET, decoder.config.max_positions)
-        if compiled.cuda_graphs:  # the graph's cache addresses: a cache from the pool, returned when done
-            cache = decoder.take_static_cache(batch, capacity)
-            try:
-                yield from _steps_in(decoder, cache, embeds, mask, max_new_tokens, temperature, top_k, top_p, stops,
-                                     pad_id, generator)
-            finally:
-                decoder.static_caches[batch, capacity].append(cache)
-            return
-        cache = decoder.new_cache(batch, capacity, zeroed=True)
-    yield from _steps_in(decoder, cache, embeds, mask, max_new_tokens, temperature, top_k, top_p, stops, pad_id,
-                         generator)
+        borrowed = (decoder.static_cache(batch, capacity) if compiled.cuda_graphs
+                    else nullcontext(decoder.new_cache(batch, capacity, zeroed=True)))
+    with borrowed as cache:
+        yield from _run(decoder, cache, compiled, embeds, mask, max_new_tokens, temperature, top_k, top_p, stops,
+                        pad_id, generator)
 
 
-def _steps_in(decoder, cache, embeds, mask, max_new_tokens, temperature, top_k, top_p, stops, pad_id, generator):
+def _run(decoder, cache, compiled, embeds, mask, max_new_tokens, temperature, top_k, top_p, stops, pad_id, generator):
     device = embeds.device
     batch, prompt = mask.shape
-    compiled = getattr(decoder, "compiled_step", None)
     if compiled is not None:
-        capacity = cache.length
-        seen = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
+        seen = torch.zeros(batch, cache.length, dtype=torch.bool, device=device)
         seen[:, :prompt] = mask.bool()
-        slot_numbers = torch.arange(capacity, device=device)
+        slot_numbers = torch.arange(cache.length, device=device)
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     hidden = decoder(embeds, positions, causal_mask(mask, prompt), prompt, cache, 0)
     logits = decoder.logits(hidden[:, -1]).float()
