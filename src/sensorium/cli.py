@@ -227,7 +227,7 @@ def _load_model(args, task: str, need_text: bool):
 
     try:
         model = load(args.model, config=args.config, device=args.device, dtype=args.dtype,
-                     compile=getattr(args, "compile", False))
+                     compile=getattr(args, "compile", False), backend=getattr(args, "backend", "torch"))
         if task == "tag":
             require(model, task, AudioTagger)
         elif task in ("embed", "classify") and isinstance(model, AudioVideoEmbedder):
@@ -558,7 +558,7 @@ def _load_listener(args, task: str, source: str, need):
 
     try:
         model = load(source, config=args.config, device=args.device, dtype=args.dtype,
-                     compile=getattr(args, "compile", False))
+                     compile=getattr(args, "compile", False), backend=getattr(args, "backend", "torch"))
         require(model, task, need(model), need_text=True)
     except (SensoriumError, OSError, ValueError, TypeError) as err:
         print(f"sensorium {task}: cannot use model {source}:\n{err}", file=sys.stderr)
@@ -711,7 +711,21 @@ def run_serve(args) -> int:
                          api_key=args.api_key or os.environ.get("SENSORIUM_API_KEY") or None, device=args.device,
                          dtype=None if args.dtype == "auto" else args.dtype,
                          allow_paths=tuple(os.path.abspath(p) for p in args.allow_path or ()),
-                         batching=not args.no_batching, compile=args.compile, limits=limits)
+                         batching=not args.no_batching, compile=args.compile, backend=args.backend,
+                         limits=limits)
+    if args.backend != "torch" and args.compile:
+        return _fail("serve", f"--compile is torch's compiler; it does not combine with --backend {args.backend}")
+    if args.backend != "torch":  # refused now rather than at the first request
+        from sensorium.errors import SensoriumError
+        from sensorium.loading import QUANTIZED, resolve_device, resolve_dtype
+        from sensorium.nn.exported import check_backend
+
+        try:
+            check_backend(args.backend, resolve_device(args.device),
+                          resolve_dtype("bfloat16" if config.dtype in QUANTIZED else config.dtype,
+                                        resolve_device(args.device)))
+        except (SensoriumError, ValueError) as err:
+            return _fail("serve", str(err))
     if args.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
         print(f"sensorium serve: listening on {args.host} without an API key: anyone who can reach it can use it "
               "(--api-key KEY)", file=sys.stderr)

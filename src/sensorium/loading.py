@@ -21,7 +21,7 @@ import torch
 from sensorium import catalog, processors
 # by name from the package: `sensorium.models` itself is rebound to the catalog's `models()` in __init__
 from sensorium.models import families, family, family_of
-from sensorium.errors import CapabilityError, UnknownModelError, WeightsError, WeightsNotFoundError
+from sensorium.errors import CapabilityError, InputError, UnknownModelError, WeightsError, WeightsNotFoundError
 from sensorium.hub import fetch_published
 from sensorium.keymaps import assign_strict, remap
 from sensorium.nn.decoder import Decoder
@@ -165,7 +165,7 @@ class Found:
 
 
 def load(source: str | os.PathLike, config=None, device: str | torch.device = "auto", dtype=None,
-         compile: bool = False) -> torch.nn.Module:
+         compile: bool = False, backend: str = "torch") -> torch.nn.Module:
     """Load a model: `source` is a catalog name, a hub repo id ("owner/name" or "owner/name@revision"),
     a local directory or a local weights file. `config` (a catalog name or a config object) names the
     architecture when the source does not. `device="auto"` picks CUDA, then Apple MPS, then the CPU;
@@ -176,7 +176,8 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
     The model comes back in eval mode with gradients off (`requires_grad_(True)` to fine-tune).
     `compile=True` runs its towers through torch.compile with frozen weights, for inference (sensorium.nn.compiled:
     the first call compiles, a second input shape once more; a failure to compile falls back to eager with a
-    warning).
+    warning). `backend="openvino"` or `"onnxruntime"` runs them on that runtime instead, on the CPU (sensorium.nn.exported:
+    sensorium's modules exported on first use and cached on disk; ONNX Runtime in float32 only).
     """
     found = resolve(source, config)
     builder = family(found.family)
@@ -190,6 +191,8 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
     if quantized:
         check_quantized(quantized, builder, found.name, target)
     precision = torch.bfloat16 if quantized else resolve_dtype(dtype, target)
+    if backend != "torch" or compile:
+        check_backend_choice(backend, compile, builder, found.name, target, precision)
     state = read_state_dict(found.path, precision)
     try:
         layout = builder.detect_layout(set(state))
@@ -224,7 +227,24 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
 
         if not compile_model(model):
             raise CapabilityError(f"{model.name}: compile=True is not available for this model family yet")
+    if backend != "torch":
+        from sensorium.nn.exported import export_model
+
+        export_model(model, backend)
     return model
+
+
+def check_backend_choice(backend: str, compile: bool, builder, name: str, target: torch.device,
+                         precision: torch.dtype) -> None:
+    """Before the weights are read: a backend that cannot serve this load is an error naming why."""
+    from sensorium.nn.exported import check_backend
+
+    if compile and backend != "torch":
+        raise InputError(f"compile=True is torch's compiler; it does not combine with backend={backend!r} (pick one)")
+    check_backend(backend, target, precision)
+    if backend != "torch" and not builder.exportable:
+        raise CapabilityError(f"{name}: backend={backend!r} is not available for this model family yet (PE and AST "
+                              "models have it); use backend='torch'")
 
 
 def config_for(entry: catalog.CatalogEntry):

@@ -272,4 +272,5 @@ FAMILY = Family(
     build=build,
     config_files=("config.json", "preprocessor_config.json"),
     config_from_files=config_from_files,
+    exportable=True,
 )

@@ -576,4 +576,5 @@ FAMILY = Family(
     config_files=("config.json", "open_clip_config.json"),
     config_from_files=config_from_files,
     archs=ARCHS,
+    exportable=True,
 )

@@ -47,7 +47,8 @@ class Service:
 
     def __init__(self, config: ServeConfig, registry: Registry | None = None):
         self.config, self.limits = config, config.limits
-        self.registry = registry or Registry(config.models, config.device, config.dtype, config.compile)
+        self.registry = registry or Registry(config.models, config.device, config.dtype, config.compile,
+                                             config.backend)
         self.threads = ModelThreads()
         self.batcher = Batcher(self.threads, self.limits.max_batch, self.limits.max_wait_ms, self.limits.queue_size,
                                config.batching)

@@ -10,8 +10,8 @@ from sensorium.service.inputs import RequestError
 
 
 class Registry:
-    def __init__(self, names: tuple[str, ...], device: str, dtype, compile: bool = False):
-        self.device, self.dtype, self.compile = device, dtype, compile
+    def __init__(self, names: tuple[str, ...], device: str, dtype, compile: bool = False, backend: str = "torch"):
+        self.device, self.dtype, self.compile, self.backend = device, dtype, compile, backend
         self.fixed = tuple(names)  # served models; empty: any catalog model, loaded when first asked for
         self._models: dict[str, object] = {}
         self._loaded_at: dict[str, float] = {}
@@ -73,10 +73,12 @@ class Registry:
                 from sensorium.loading import QUANTIZED, load, resolve
                 from sensorium.models import family
 
-                dtype = self.dtype
-                if dtype in QUANTIZED and not family(resolve(source).family).quantizable:
+                dtype, found = self.dtype, family(resolve(source).family)
+                if dtype in QUANTIZED and not found.quantizable:
                     dtype = "bfloat16"  # int8/int4 quantize chat decoders; the other models run in bf16
-                model = load(source, device=self.device, dtype=dtype)
+                # the families that export run on the backend, the others on torch (as compile does)
+                model = load(source, device=self.device, dtype=dtype,
+                             backend=self.backend if found.exportable else "torch")
                 if self.compile:
                     from sensorium.nn.compiled import compile_model
 

@@ -162,6 +162,10 @@ COMPILE = Option(("--compile",), "run the model's towers through torch.compile (
                  "first of another size compile, 10-20 s each on a small CPU, cached in ~/.cache/sensorium/inductor; "
                  "PE and AST models)",
                  action="store_true")
+BACKEND = Option(("--backend",), "torch (default), openvino or onnxruntime: run the model's towers on that CPU "
+                 "runtime (sensorium's modules, exported on first use and cached in ~/.cache/sensorium/exported; PE "
+                 "and AST models; onnxruntime in float32 only; pip install 'sensorium[openvino]' or "
+                 "'sensorium[onnxruntime]')", default="torch", choices=("torch", "openvino", "onnxruntime"))
 
 
 DTYPE = Option(("--dtype",), "auto: bfloat16 (or float16) on CUDA, float32 elsewhere", default="auto",
@@ -181,6 +185,7 @@ def model_options(task: str, batch_help: str, batch_default: int, dtype: Option 
         Option(("--device",), "auto, cpu, cuda, cuda:1, mps (default: auto)", default="auto"),
         dtype,
         COMPILE,
+        BACKEND,
         Option(("-b", "--batch-size"), batch_help, type=positive_int, default=batch_default),
         Option(("-q", "--quiet"), "no progress bar", action="store_true"),
     )

@@ -1,0 +1,263 @@
+"""sensorium's own towers on another CPU runtime, opt in: `sn.load(..., backend="openvino" | "onnxruntime")` /
+`--backend`.
+
+Many CPU embedding services run their encoders on OpenVINO or ONNX Runtime; this does that with sensorium's modules,
+so that the weights, the preprocessing and the API stay sensorium's. A model family names its tower methods
+(`compile_methods`, the same ones `compile=True` compiles); each becomes an `ExportedCall`. Its first call with an
+input of a new kind (the shape past the batch dimension, the dtype, the method's other arguments) runs eagerly, then
+exports the method for that kind: OpenVINO converts a TorchScript trace with its PyTorch frontend, ONNX Runtime
+takes torch.onnx's dynamo export, both with the batch dimension free. The runtime's output on that first input must
+match eager's (relative error under 1e-4 in float32, 3e-2 in bfloat16), or the export is not used. Later calls of
+any batch size run on the runtime. An export is kept on disk, in ~/.cache/sensorium/exported
+($SENSORIUM_EXPORT_CACHE overrides), keyed by the weights file, the runtime's version and sensorium's model code,
+so a later process reads it instead of exporting again (B16: 7 s to convert for OpenVINO, 14 s to export to ONNX).
+
+- float32 on both runtimes; bfloat16 on OpenVINO only (its bf16 inference precision; ONNX Runtime's CPU provider
+  has no bf16 kernels). CPU only.
+- Floating inputs go to the runtime as float32 (every tower method casts its input to the model's dtype first, so
+  this is lossless); outputs come back in eager's dtype.
+- The runtime holds its own copy of a tower's weights; the torch module keeps its own too (eager serves what was
+  not exported, and `model.visual` stays a module).
+- A failure to export or run (a missing package is an error at load instead) warns once for that kind of input,
+  which then runs eagerly; an input eager rejects raises eager's error, as without a backend.
+
+Speed against eager on the same machine: BENCHMARKS.md ("backend" rows of `benchmarks/pe_core.py models` and
+`benchmarks/ast_tagging.py models`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+BACKENDS = ("torch", "openvino", "onnxruntime")
+INSTALL = {"openvino": "pip install 'sensorium[openvino]' (the openvino package)",
+           "onnxruntime": "pip install 'sensorium[onnxruntime]' (onnxruntime, onnx and onnxscript)"}
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2}  # relative L2 error of the first output against eager's
+
+
+def cache_folder() -> Path:
+    return Path(os.environ.get("SENSORIUM_EXPORT_CACHE") or "~/.cache/sensorium/exported").expanduser()
+
+
+def check_backend(backend: str, device: torch.device, dtype: torch.dtype) -> None:
+    """Raise a clear error for a backend that is unknown, not installed, or cannot run this device or dtype."""
+    from sensorium.errors import CapabilityError, InputError
+
+    if backend not in BACKENDS:
+        raise InputError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if backend == "torch":
+        return
+    if device.type != "cpu":
+        raise CapabilityError(f"backend={backend!r} runs on the CPU; this model is on {device} (use device='cpu', "
+                              "or backend='torch')")
+    if backend == "onnxruntime" and dtype != torch.float32:
+        raise CapabilityError(f"backend='onnxruntime' runs float32 (its CPU provider has no {dtype} kernels); load "
+                              "with dtype='float32', or use backend='openvino' for bfloat16")
+    if backend == "openvino" and dtype not in (torch.float32, torch.bfloat16):
+        raise CapabilityError(f"backend='openvino' runs float32 or bfloat16 here, not {dtype}")
+    modules = ("openvino",) if backend == "openvino" else ("onnxruntime", "onnx", "onnxscript")
+    for module in modules:
+        try:
+            __import__(module)
+        except ImportError as err:
+            raise CapabilityError(f"backend={backend!r} needs the {module} package, which is not installed "
+                                  f"({err}); {INSTALL[backend]}") from None
+
+
+def _code_digest() -> str:
+    """What an export depends on besides the weights: the model code (models/, nn/)."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent
+    for folder in ("models", "nn"):
+        for path in sorted((root / folder).glob("*.py")):
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class _Method(torch.nn.Module):
+    """One tower method with its non-tensor arguments fixed, as a module to trace. The model is not a submodule
+    (TorchScript would script its properties); its weights enter the trace as constants. Floating outputs are
+    float32, which every runtime returns through numpy."""
+
+    def __init__(self, method: Callable, options: tuple, keywords: dict):
+        super().__init__()
+        object.__setattr__(self, "method", method)
+        self.options, self.keywords = options, keywords
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.method(x, *self.options, **self.keywords)
+        return out.float() if out.is_floating_point() else out
+
+
+class ExportedCall:
+    """A tower method on `backend`, exported once per kind of input (see the module's docstring)."""
+
+    def __init__(self, name: str, eager: Callable, backend: str, origin: dict):
+        self.name, self.eager, self.backend = name, eager, backend
+        self.origin = origin  # what identifies the weights and the model (the disk cache's key)
+        self.runners: dict[tuple, Callable] = {}
+        self.out_dtypes: dict[tuple, torch.dtype] = {}
+        self.failures: dict[tuple, str] = {}  # kinds of input that run eagerly, and why
+        self.lock = threading.Lock()  # an OpenVINO infer request serves one call at a time
+
+    def __call__(self, *args, **kwargs):
+        if not args or not isinstance(args[0], torch.Tensor) or torch.is_grad_enabled():
+            return self.eager(*args, **kwargs)
+        x, options = args[0], args[1:]
+        if any(isinstance(v, torch.Tensor) for v in (*options, *kwargs.values())):
+            return self.eager(*args, **kwargs)
+        try:
+            kind = (tuple(x.shape[1:]), str(x.dtype), repr(options), repr(sorted(kwargs.items())))
+        except Exception:  # noqa: BLE001 -- an argument without a stable repr: nothing to key an export by
+            return self.eager(*args, **kwargs)
+        runner = self.runners.get(kind)
+        if runner is not None:
+            with self.lock:
+                out = runner(_as_input(x))
+            return out.to(self.out_dtypes[kind])
+        if kind in self.failures or x.shape[0] == 0:
+            return self.eager(*args, **kwargs)
+        out = self.eager(*args, **kwargs)  # a bad input raises here, as without a backend
+        if not isinstance(out, torch.Tensor):
+            self.failures[kind] = "the method returns no single tensor"
+            return out
+        try:
+            runner = self._export(kind, x, options, kwargs)
+            with self.lock:
+                got = runner(_as_input(x))
+            error = ((got.float() - out.float()).norm() / out.float().norm().clamp_min(1e-30)).item()
+            allowed = TOLERANCE.get(out.dtype, 3e-2)
+            if tuple(got.shape) != tuple(out.shape) or not error <= allowed:
+                raise RuntimeError(f"its output is {error:.2e} from eager's (allowed {allowed:.0e}), shape "
+                                   f"{tuple(got.shape)} against {tuple(out.shape)}")
+        except Exception as err:  # noqa: BLE001 -- eager answered this input; the runtime could not
+            first_line = (str(err).strip().splitlines() or [""])[0][:300]
+            self.failures[kind] = f"{type(err).__name__}: {first_line}"
+            warnings.warn(f"backend={self.backend!r} failed for {self.name} on inputs {kind[1]} {list(kind[0])} "
+                          f"past the batch ({self.failures[kind]}); they run eagerly", RuntimeWarning, stacklevel=2)
+            return out
+        self.runners[kind], self.out_dtypes[kind] = runner, out.dtype
+        return out
+
+    def _key(self, kind: tuple) -> str:
+        runtime = sys.modules["openvino" if self.backend == "openvino" else "onnxruntime"]
+        fields = {**self.origin, "method": self.name, "kind": kind, "backend": self.backend,
+                  "runtime": getattr(runtime, "__version__", "?"), "torch": torch.__version__, "code": _code_digest()}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+    def _export(self, kind: tuple, x: torch.Tensor, options: tuple, kwargs: dict) -> Callable:
+        """A runner (float32 or integer tensor in, tensor out) for this kind of input: read from the disk cache
+        when the weights file allows a key, else exported (and kept there)."""
+        folder = None
+        if self.origin.get("weights"):
+            folder = cache_folder() / f"{self.backend}-{self._key(kind)}"
+            if (folder / "done").is_file():
+                return _open(self.backend, folder, self.origin["dtype"])
+        # two rows: torch.export fixes a dimension whose example size is 1
+        example = _as_input(x[:2] if x.shape[0] > 1 else x[:1].expand(2, *x.shape[1:]))
+        module = _Method(self.eager, options, kwargs)
+        work = Path(tempfile.mkdtemp(prefix="export-", dir=_made(cache_folder()) if folder else None))
+        try:
+            _write(self.backend, module, example, work)
+            (work / "done").write_text(json.dumps({"method": self.name, "kind": kind, **self.origin}, default=str))
+            if folder is None:
+                return _open(self.backend, work, self.origin["dtype"], keep=False)
+            try:
+                os.replace(work, folder)
+            except OSError:  # another process kept the same export first: use theirs
+                shutil.rmtree(work, ignore_errors=True)
+            return _open(self.backend, folder, self.origin["dtype"])
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _as_input(x: torch.Tensor) -> torch.Tensor:
+    x = x.detach()
+    return x.float() if x.is_floating_point() else x
+
+
+def _write(backend: str, module: torch.nn.Module, example: torch.Tensor, folder: Path) -> None:
+    """Export `module` on `example` into `folder` (model.xml/.bin, or model.onnx + its external data)."""
+    from sensorium.nn.linear import use_onednn
+
+    # F.linear instead of oneDNN's op, which neither exporter knows (same numbers to the order of the sums)
+    with use_onednn(False), torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's tracer warns at every Python branch on a shape
+        example = example.clone()  # not an inference-mode tensor, which the exporters refuse
+        if backend == "openvino":
+            import openvino as ov
+
+            converted = ov.convert_model(module, example_input=example)
+            ov.save_model(converted, str(folder / "model.xml"), compress_to_fp16=False)
+        else:
+            import logging
+
+            quiet = logging.getLogger("torch.onnx")  # it lists the torchvision ops it skips, at every export
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)
+            try:
+                batch = torch.export.Dim("batch", min=1)
+                program = torch.onnx.export(module, (example,), dynamo=True, dynamic_shapes=({0: batch},),
+                                            verbose=False)
+            finally:
+                quiet.setLevel(level)
+            program.save(str(folder / "model.onnx"), external_data=True)
+
+
+def _open(backend: str, folder: Path, dtype_name: str, keep: bool = True) -> Callable:
+    """A runner over the export in `folder`; `keep=False` deletes the folder once the runtime holds the model."""
+    try:
+        if backend == "openvino":
+            import openvino as ov
+
+            core = ov.Core()
+            precision = "bf16" if dtype_name == "torch.bfloat16" else "f32"
+            compiled = core.compile_model(core.read_model(str(folder / "model.xml")), "CPU",
+                                          {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"})
+            request = compiled.create_infer_request()
+            return lambda x: torch.from_numpy(request.infer({0: x.numpy()})[0].copy())
+        import onnxruntime as ort
+
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session_options.log_severity_level = 3
+        session = ort.InferenceSession(str(folder / "model.onnx"), session_options,
+                                       providers=["CPUExecutionProvider"])
+        feed = session.get_inputs()[0].name
+        return lambda x: torch.from_numpy(session.run(None, {feed: x.numpy()})[0])
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def export_model(model: torch.nn.Module, backend: str) -> bool:
+    """Replace each of the model's `compile_methods` (on the instance) by an ExportedCall on `backend`; False when
+    the family names none (nothing is changed)."""
+    names = getattr(model, "compile_methods", ())
+    weights = getattr(model, "weights_path", None)
+    origin = {"model": getattr(model, "name", type(model).__name__), "class": type(model).__qualname__,
+              "dtype": str(getattr(model, "dtype", torch.float32)), "weights": None}
+    if weights and Path(weights).is_file():
+        stat = Path(weights).stat()
+        origin.update(weights=str(Path(weights).resolve()), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
+                      layout=str(getattr(model, "layout", "")))
+    for name in names:
+        setattr(model, name, ExportedCall(f"{origin['model']}.{name}", getattr(model, name), backend, origin))
+    return bool(names)

@@ -1,0 +1,227 @@
+"""`backend="openvino" | "onnxruntime"`: sensorium's own towers exported to another CPU runtime.
+
+Parity is checked on the runtime's own outputs (the first call of a kind of input runs eagerly and exports; the
+calls after it run on the runtime), against the original code's outputs (fixtures/pe_core, atol 1e-5 in float32)
+and transformers' (AST, 1e-4 as the eager test), at batch sizes the export never saw.
+"""
+
+import sys
+
+import pytest
+import torch
+
+import sensorium as sn
+from helpers import PE_FIXTURES, pe_av_folder, pe_config, pe_reference
+
+BACKENDS = ("openvino", "onnxruntime")
+ATOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def export_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SENSORIUM_EXPORT_CACHE", str(tmp_path / "exported"))
+    return tmp_path / "exported"
+
+
+def on_runtime(method, *args, **kwargs):
+    """The method's output from the runtime: once to export (eager answers), then again on the runtime."""
+    method(*args, **kwargs)
+    out = method(*args, **kwargs)
+    assert not method.failures, method.failures
+    assert method.runners, "nothing was exported"
+    return out
+
+
+def check(actual, expected, atol=ATOL):
+    torch.testing.assert_close(actual, expected, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pe_core_on_the_runtime_matches_the_original(backend):
+    ref = pe_reference("clip_tiny")
+    model = sn.load(PE_FIXTURES / "clip_tiny" / "original.pt", config=pe_config("clip_tiny"), device="cpu",
+                    backend=backend)
+    with torch.inference_mode():
+        check(on_runtime(model.encode_image, ref["pixels"], normalize=False), ref["image_embeds"])
+        check(model.encode_image(ref["pixels"][:1], normalize=False), ref["image_embeds"][:1])  # batch 1 now
+        check(on_runtime(model.encode_image, ref["pixels"]), ref["image_embeds_normalized"])
+        # another image size is another export; the video's frames are another batch size
+        check(on_runtime(model.encode_image, ref["pixels_nonnative"], normalize=False), ref["image_embeds_nonnative"])
+        check(model.encode_video(ref["video_pixels"], normalize=False), ref["video_embeds"])
+        check(on_runtime(model.encode_text, ref["text_ids"], normalize=False), ref["text_embeds"])
+        check(model.encode_text(ref["text_ids"][:1], normalize=False), ref["text_embeds"][:1])
+        check(on_runtime(model.image_features, ref["pixels"], layer=0), ref["tokens_layer0"])
+        check(on_runtime(model.image_features, ref["pixels"], norm=True), ref["tokens_final"])
+    assert len(model.encode_image.runners) == 3 and len(model.image_features.runners) == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pe_tower_on_the_runtime_matches_the_original(backend):
+    ref = pe_reference("lang_tiny")
+    model = sn.load(PE_FIXTURES / "lang_tiny" / "original.pt", config=pe_config("lang_tiny"), device="cpu",
+                    backend=backend)
+    with torch.inference_mode():
+        check(on_runtime(model.image_features, ref["pixels"], norm=True), ref["tokens_final"])
+        check(on_runtime(model.image_features, ref["pixels_nonnative"], layer=0), ref["tokens_layer0_nonnative"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ast_on_the_runtime_matches_transformers(ast_models, backend):
+    repo = "MIT/ast-finetuned-speech-commands-v2"
+    model = sn.load(repo, device="cpu", backend=backend)
+    features = torch.randn(3, model.max_frames, model.config.num_mel_bins, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        expected = ast_models[repo](features).logits
+        check(on_runtime(model.classify, features), expected, atol=1e-4)
+        check(model.classify(features[1:]), expected[1:], atol=1e-4)
+
+
+def test_openvino_in_bfloat16_is_within_bf16_error_of_float32():
+    """bf16 on OpenVINO (its bf16 inference precision over the bf16 weights): the error against the float32
+    reference is bf16's, as for eager bf16 (stated bound: 3e-2 relative)."""
+    ref = pe_reference("clip_tiny")
+    model = sn.load(PE_FIXTURES / "clip_tiny" / "original.pt", config=pe_config("clip_tiny"), device="cpu",
+                    dtype="bfloat16", backend="openvino")
+    with torch.inference_mode():
+        got = on_runtime(model.encode_image, ref["pixels"], normalize=False)
+    assert got.dtype == torch.bfloat16
+    expected = ref["image_embeds"]
+    assert ((got.float() - expected).norm() / expected.norm()).item() < 3e-2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_second_process_reads_the_export_from_disk(backend, export_cache, monkeypatch):
+    import sensorium.nn.exported as exported
+
+    ref = pe_reference("clip_tiny")
+    path, config = PE_FIXTURES / "clip_tiny" / "original.pt", pe_config("clip_tiny")
+    with torch.inference_mode():
+        on_runtime(sn.load(path, config=config, device="cpu", backend=backend).encode_image, ref["pixels"])
+    kept = sorted(p.name for p in export_cache.iterdir())
+    assert len(kept) == 1 and kept[0].startswith(backend)
+
+    def no_export(*args):
+        raise AssertionError("exported again although the export is on disk")
+
+    original = exported._write
+    monkeypatch.setattr(exported, "_write", no_export)
+    model = sn.load(path, config=config, device="cpu", backend=backend)
+    with torch.inference_mode():
+        check(on_runtime(model.encode_image, ref["pixels"]), ref["image_embeds_normalized"])
+    # other weights are another key (a copy of the file with one weight changed)
+    state = torch.load(path, weights_only=True)
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.ndim == 2)
+    state[key] = state[key] + 1
+    other = export_cache.parent / "changed.pt"
+    torch.save(state, other)
+    monkeypatch.setattr(exported, "_write", original)
+    changed = sn.load(other, config=config, device="cpu", backend=backend)
+    with torch.inference_mode():
+        on_runtime(changed.encode_image, ref["pixels"])
+    assert len(list(export_cache.iterdir())) == 2
+
+
+def test_a_failed_export_runs_eagerly_with_a_warning_and_bad_input_still_raises(monkeypatch):
+    import sensorium.nn.exported as exported
+
+    def broken(*args):
+        raise RuntimeError("Exporter failed: unsupported operator aten::something")
+
+    monkeypatch.setattr(exported, "_write", broken)
+    ref = pe_reference("clip_tiny")
+    model = sn.load(PE_FIXTURES / "clip_tiny" / "original.pt", config=pe_config("clip_tiny"), device="cpu",
+                    backend="onnxruntime")
+    with torch.inference_mode():
+        with pytest.warns(RuntimeWarning, match="onnxruntime.*failed.*unsupported operator.*run eagerly"):
+            first = model.encode_image(ref["pixels"])
+        check(first, ref["image_embeds_normalized"])
+        check(model.encode_image(ref["pixels"]), ref["image_embeds_normalized"])  # eager now, no second warning
+        assert model.encode_image.failures and not model.encode_image.runners
+        with pytest.raises(ValueError, match=r"pixels must be a float tensor \[B, 3, H, W\]"):
+            model.encode_image(ref["pixels"][:, :2])
+        with pytest.raises(TypeError, match="pixels must be a tensor"):
+            model.encode_image([[0.0]])
+
+
+def test_an_export_that_departs_from_eager_is_not_used(monkeypatch):
+    import sensorium.nn.exported as exported
+
+    real_open = exported._open
+
+    def off_by_one(*args, **kwargs):
+        runner = real_open(*args, **kwargs)
+        return lambda x: runner(x) + 1
+
+    monkeypatch.setattr(exported, "_open", off_by_one)
+    ref = pe_reference("clip_tiny")
+    model = sn.load(PE_FIXTURES / "clip_tiny" / "original.pt", config=pe_config("clip_tiny"), device="cpu",
+                    backend="openvino")
+    with torch.inference_mode(), pytest.warns(RuntimeWarning, match="from eager's"):
+        model.encode_image(ref["pixels"])
+    with torch.inference_mode():
+        check(model.encode_image(ref["pixels"]), ref["image_embeds_normalized"])
+    assert not model.encode_image.runners
+
+
+def test_backend_choices_that_cannot_work_are_refused_at_load(monkeypatch, tmp_path):
+    path, config = PE_FIXTURES / "clip_tiny" / "original.pt", pe_config("clip_tiny")
+    with pytest.raises(sn.CapabilityError, match="onnxruntime.*float32.*backend='openvino' for bfloat16"):
+        sn.load(path, config=config, device="cpu", dtype="bfloat16", backend="onnxruntime")
+    with pytest.raises(sn.InputError, match="backend must be one of torch, openvino, onnxruntime; got 'tensorrt'"):
+        sn.load(path, config=config, device="cpu", backend="tensorrt")
+    with pytest.raises(sn.InputError, match="does not combine with backend='openvino'"):
+        sn.load(path, config=config, device="cpu", backend="openvino", compile=True)
+    with pytest.raises(sn.CapabilityError, match="backend='openvino' is not available for this model family"):
+        sn.load(pe_av_folder(tmp_path, "pe_av_tiny/original"), device="cpu", backend="openvino")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
+    with pytest.raises(sn.CapabilityError, match=r"needs the openvino package.*pip install 'sensorium\[openvino\]'"):
+        sn.load(path, config=config, device="cpu", backend="openvino")
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    with pytest.raises(sn.CapabilityError, match=r"needs the onnxscript package.*sensorium\[onnxruntime\]"):
+        sn.load(path, config=config, device="cpu", backend="onnxruntime")
+
+
+def test_the_command_takes_backend_and_gives_torchs_rows(tiny_entries, capsys, export_cache):
+    import json
+
+    from sensorium.cli import main
+    from helpers import FIXTURES
+
+    images = [str(FIXTURES / "media" / name) for name in ("cat.png", "dog_small.png")]
+    rows = {}
+    for backend in ("torch", "openvino"):
+        assert main(["embed", *images, "--text", "a cat", "-m", "test-clip_tiny", "-q", "--backend", backend]) == 0
+        rows[backend] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {p.name.split("-")[0] for p in export_cache.iterdir()} == {"openvino"}  # the option reached the loader
+    assert [r.get("path") for r in rows["openvino"]] == [r.get("path") for r in rows["torch"]]
+    for got, want in zip(rows["openvino"], rows["torch"]):
+        assert max(abs(a - b) for a, b in zip(got["embedding"], want["embedding"])) < 1e-5
+    assert main(["serve", "--backend", "onnxruntime", "--dtype", "bfloat16", "--device", "cpu"]) == 2
+    assert "backend='onnxruntime' runs float32" in capsys.readouterr().err
+    assert main(["serve", "--backend", "openvino", "--compile"]) == 2
+    assert "does not combine with --backend openvino" in capsys.readouterr().err
+
+
+def test_a_server_on_a_backend_answers_as_the_library(tiny_entries, ast_models):
+    """`serve --backend openvino`: the exporting families run there (the embeddings equal torch's), the others
+    (here none are asked) on torch."""
+    import numpy as np
+    import openai
+
+    from helpers import FIXTURES
+    from sensorium.service import ServeConfig
+    from test_service import Server, data_url, free_port
+
+    config = ServeConfig(port=free_port(), models=("test-clip_tiny",), device="cpu", backend="openvino")
+    want = sn.embed([str(FIXTURES / "media" / "cat.png")], model=sn.load("test-clip_tiny", device="cpu"),
+                    texts=["a cat"])
+    with Server(config) as running:
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        inputs = ["a cat", data_url(FIXTURES / "media" / "cat.png", "image/png")]
+        for _ in range(2):  # the first request exports (and answers eagerly), the second runs on OpenVINO
+            got = client.embeddings.create(model="test-clip_tiny", input=inputs, encoding_format="float")
+            np.testing.assert_allclose(np.array([d.embedding for d in got.data]),
+                                       np.stack([r.embedding for r in want]), atol=1e-5)
+        served = running.service.registry.get("test-clip_tiny")
+        assert served.encode_image.runners and served.encode_text.runners
+        assert not served.encode_image.failures and not served.encode_text.failures
