@@ -8,7 +8,8 @@ alone vs the runtimes a user could pick instead.
     python benchmarks/pe_av.py setup              # once, for (d): transformers 5.23 into that venv
     python benchmarks/bound.py                    # the machine's GEMM bounds (benchmarks/out/bound.json)
     python benchmarks/ast_tagging.py models       # (d) the model on fbank features, batch 8, fp32 and bf16: sensorium
-                                                  # (eager; -compile), transformers eager, torch.compile(transformers)
+                                                  # (eager; -compile; -openvino, -onnxruntime: its backend= option),
+                                                  # transformers eager, torch.compile(transformers)
                                                   # with freezing, ONNX Runtime (torch.onnx export of transformers'
                                                   # model), OpenVINO (its converter on transformers' model;
                                                   # -throughput: 2 requests in flight)
@@ -194,14 +195,16 @@ def bench_long(hours: float, dtype: str) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # The model alone vs other runtimes (workers run in a fresh process each)
 
-IMPLS = ("sensorium", "sensorium-compile", "transformers", "transformers-compile", "onnxruntime", "openvino",
-         "openvino-throughput")
-PEERS = IMPLS[2:]  # run in the peer environment
+IMPLS = ("sensorium", "sensorium-compile", "sensorium-openvino", "sensorium-onnxruntime", "transformers",
+         "transformers-compile", "onnxruntime", "openvino", "openvino-throughput")
+PEERS = IMPLS[4:]  # run in the peer environment
 # which (impl, dtype) pairs exist: ONNX Runtime's CPU provider has no bf16 kernels for this model; torch.compile of
-# transformers' model is timed in bf16, as timm's in pe_core.py
-PAIRS = {"fp32": ("sensorium", "sensorium-compile", "transformers", "onnxruntime", "openvino", "openvino-throughput"),
-         "bf16": ("sensorium", "sensorium-compile", "transformers", "transformers-compile", "openvino",
-                  "openvino-throughput")}
+# transformers' model is timed in bf16, as timm's in pe_core.py. sensorium-openvino / -onnxruntime: `backend=`
+# (sensorium's own modules exported, the export cached in ~/.cache/sensorium/exported)
+PAIRS = {"fp32": ("sensorium", "sensorium-compile", "sensorium-openvino", "sensorium-onnxruntime", "transformers",
+                  "onnxruntime", "openvino", "openvino-throughput"),
+         "bf16": ("sensorium", "sensorium-compile", "sensorium-openvino", "transformers", "transformers-compile",
+                  "openvino", "openvino-throughput")}
 
 
 def make_features(batch: int) -> Path:
@@ -258,7 +261,8 @@ def worker(impl: str, dtype_name: str, batch: int, iters: int) -> dict:
     elif impl.startswith("sensorium"):
         import sensorium as sn
 
-        model = sn.load(WEIGHTS, device="cpu", dtype=dtype,
+        backend = impl.split("-")[1] if impl in ("sensorium-openvino", "sensorium-onnxruntime") else "torch"
+        model = sn.load(WEIGHTS, device="cpu", dtype=dtype, backend=backend,
                         compile=impl == "sensorium-compile")  # compiled: inductor's cache in ~/.cache/sensorium
         forward = model.classify
         inputs = features.to(dtype)
@@ -273,6 +277,8 @@ def worker(impl: str, dtype_name: str, batch: int, iters: int) -> dict:
     out, times, prepare_s = time_forward(forward, inputs, iters, start)
     if impl == "sensorium-compile" and model.classify.failure:  # it fell back to eager: not what this row claims
         raise RuntimeError(f"sensorium-compile ran eagerly: {model.classify.failure}")
+    if impl in ("sensorium-openvino", "sensorium-onnxruntime") and not model.classify.runners:
+        raise RuntimeError(f"{impl} ran eagerly: {model.classify.failures}")
     np.save(OUT / f"out-{impl}-ast-{dtype_name}.npy", out.float().numpy())
     return {
         "impl": impl, "dtype": dtype_name, "batch": batch,

@@ -2,7 +2,8 @@
 
     python benchmarks/pe_core.py setup    # once: the separate venv with timm (benchmarks/.venv-timm)
     python benchmarks/pe_av.py setup      # once: transformers 5.23 into that venv (its PE video needs timm)
-    python benchmarks/pe_av.py run        # audio embedding of 30 s clips, 16-frame video embedding; fp32, bf16
+    python benchmarks/pe_av.py run        # audio embedding of 30 s clips, 16-frame video embedding; fp32, bf16;
+                                          # sensorium eager and with backend="openvino" / "onnxruntime" (fp32)
     python benchmarks/pe_av.py frames --old COMMIT   # an every-frame model's 30 s window: memory of its frames
     python benchmarks/pe_av.py chunks     # the frame encoder's time per frame against its batch (FRAME_CHUNK)
 
@@ -156,7 +157,8 @@ def worker(side: str, kind: str, dtype_name: str, count: int) -> None:
         from sensorium.models.pe_audio import AudioBatch
         from sensorium.models.pe_av import VideoBatch
 
-        model = sn.load(WEIGHTS, device="cpu", dtype=dtype)
+        backend = side.split("-", 1)[1] if side.startswith("sensorium-") else "torch"
+        model = sn.load(WEIGHTS, device="cpu", dtype=dtype, backend=backend)  # the export is cached on disk
         if kind == "audio":
             run = lambda v, m: model.encode_audio(AudioBatch(v, m))  # noqa: E731
         else:
@@ -177,6 +179,10 @@ def worker(side: str, kind: str, dtype_name: str, count: int) -> None:
         start = time.perf_counter()
         out = run(values, mask)
         seconds = time.perf_counter() - start
+    if side.startswith("sensorium-"):  # the row is the runtime's only if the export was used
+        exported = model.audio.dac.forward if kind == "audio" else model.video.frames.forward
+        if not exported.runners:
+            raise RuntimeError(f"{side} ran eagerly: {exported.failures}")
     np.save(OUT / f"pe_av-{side}-{kind}-{dtype_name}.npy", out.float().numpy())
     held = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     print(json.dumps({"seconds": seconds, "peak_rss_mb": _status("VmHWM"), "resident_after_load_mb": resident,
@@ -195,7 +201,7 @@ def measure(side: str, kind: str, dtype: str, count: int) -> dict:
     return run_json([_python(side), __file__, "worker", side, kind, dtype, str(count)], f"{side} {kind} {dtype}")
 
 
-def run(rounds: int, dtypes: list[str], clips: int, kinds: list[str]) -> None:
+def run(rounds: int, dtypes: list[str], clips: int, kinds: list[str], backends: list[str]) -> None:
     import numpy as np
 
     OUT.mkdir(exist_ok=True)
@@ -213,9 +219,11 @@ def run(rounds: int, dtypes: list[str], clips: int, kinds: list[str]) -> None:
         count = clips if kind == "audio" else 1
         flops = measure("flops", kind, "bfloat16", count)["flops"]
         for dtype in dtypes:
-            runs = {"transformers": [], "sensorium": []}
+            sides = ["transformers", "sensorium", *(f"sensorium-{b}" for b in backends
+                                                   if b == "openvino" or dtype == "float32")]
+            runs = {side: [] for side in sides}
             for r in range(rounds):
-                for side in (("transformers", "sensorium") if r % 2 == 0 else ("sensorium", "transformers")):
+                for side in sides[r % len(sides):] + sides[:r % len(sides)]:
                     runs[side].append(measure(side, kind, dtype, count))
                     print(f"  {kind} {dtype} round {r + 1} {side}: {runs[side][-1]['seconds']:.1f} s, "
                           f"{runs[side][-1]['peak_rss_mb']:.0f} MB", file=sys.stderr)
@@ -237,6 +245,13 @@ def run(rounds: int, dtypes: list[str], clips: int, kinds: list[str]) -> None:
                   f"{med['transformers'] / med['sensorium']:.2f}x | {rate['transformers']:.0f} vs {rate['sensorium']:.0f}: "
                   f"{100 * rate['transformers'] / bound[dtype]:.0f} vs {100 * rate['sensorium'] / bound[dtype]:.0f} % of "
                   f"{bound[dtype]:.0f} | {results[f'{kind}-{dtype}']['max_abs_diff']:.1e} |", flush=True)
+            for side in sides[2:]:  # sensorium on a backend (`backend=`): its own row
+                diff = float(np.abs(np.load(OUT / f"pe_av-{side}-{kind}-{dtype}.npy") - a).max())
+                results[f"{kind}-{dtype}"]["max_abs_diff_" + side] = diff
+                print(f"| {kind}, sensorium backend={side.split('-', 1)[1]} | {dtype} | | {med[side]:.1f} s, peak "
+                      f"{rss[side]:.0f} MB (+{extra[side]:.0f} MB running) | {med['transformers'] / med[side]:.2f}x "
+                      f"transformers, {med['sensorium'] / med[side]:.2f}x sensorium eager | {rate[side]:.0f}: "
+                      f"{100 * rate[side] / bound[dtype]:.0f} % of {bound[dtype]:.0f} | {diff:.1e} |", flush=True)
     (OUT / "pe_av.json").write_text(json.dumps(results, indent=1))
 
 
@@ -368,6 +383,8 @@ def main() -> None:
     r.add_argument("--clips", type=int, default=2, help="30 s clips per audio call")
     r.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
     r.add_argument("--kind", nargs="+", default=["audio", "video"])
+    r.add_argument("--backend", nargs="*", default=["openvino", "onnxruntime"], choices=["openvino", "onnxruntime"],
+                   help="sensorium's backend= rows besides eager (onnxruntime in float32 only)")
     f = sub.add_parser("frames")
     f.add_argument("--rounds", type=int, default=3)
     f.add_argument("--old", default="6824bf6", help="the commit to compare with (default: before uint8 frames)")
@@ -383,7 +400,7 @@ def main() -> None:
     elif args.command == "frames":
         frames(args.rounds, args.old)
     else:
-        run(args.rounds, args.dtype, args.clips, args.kind)
+        run(args.rounds, args.dtype, args.clips, args.kind, args.backend)
 
 
 if __name__ == "__main__":

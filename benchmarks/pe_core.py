@@ -4,7 +4,8 @@ and `sensorium embed` end to end.
     python benchmarks/pe_core.py setup             # the peer venv (benchmarks/.venv-timm): timm, ONNX Runtime, OpenVINO
     python benchmarks/bound.py                     # the machine's GEMM and memory bounds (benchmarks/out/bound.json)
     python benchmarks/pe_core.py models            # image tower, batch 8, fp32 and bf16, B16-224 and L14-336:
-                                                   # sensorium (oneDNN linears; -mkl: torch's F.linear), timm eager,
+                                                   # sensorium (oneDNN linears; -mkl: torch's F.linear; -openvino,
+                                                   # -onnxruntime: its backend= option), timm eager,
                                                    # torch.compile(timm) with freezing, ONNX Runtime (torch.onnx
                                                    # export of timm's model), OpenVINO (its converter on timm's model)
     python benchmarks/pe_core.py embed             # `sensorium embed` over 200 photo-sized JPEGs, decode overlapped or not
@@ -98,12 +99,16 @@ def make_weights(name: str) -> Path:
     return path
 
 
-IMPLS = ("sensorium", "sensorium-compile", "sensorium-mkl", "timm", "timm-compile", "onnxruntime", "openvino", "openvino-throughput")
-PEERS = IMPLS[3:]  # run in the peer environment
+IMPLS = ("sensorium", "sensorium-compile", "sensorium-mkl", "sensorium-openvino", "sensorium-onnxruntime", "timm",
+         "timm-compile", "onnxruntime", "openvino", "openvino-throughput")
+PEERS = IMPLS[5:]  # run in the peer environment
 # which (impl, dtype) pairs exist: ONNX Runtime's CPU provider has no bf16 kernels for these models
-PAIRS = {"fp32": ("sensorium", "sensorium-compile", "sensorium-mkl", "timm", "onnxruntime", "openvino"),
-         "bf16": ("sensorium", "sensorium-compile", "sensorium-mkl", "timm", "timm-compile", "openvino",
-                  "openvino-throughput")}
+PAIRS = {"fp32": ("sensorium", "sensorium-compile", "sensorium-mkl", "sensorium-openvino", "sensorium-onnxruntime",
+                  "timm", "onnxruntime", "openvino"),
+         "bf16": ("sensorium", "sensorium-compile", "sensorium-mkl", "sensorium-openvino", "timm", "timm-compile",
+                  "openvino", "openvino-throughput")}
+# sensorium-openvino / -onnxruntime: `backend=` (sensorium's own modules exported; the export is cached in
+# ~/.cache/sensorium/exported, so only the first round's prepare_s includes it)
 
 
 def _timm_model(name: str, dtype):
@@ -152,8 +157,10 @@ def worker(impl: str, name: str, dtype_name: str, batch: int, iters: int) -> dic
         import sensorium as sn
         from sensorium.nn import use_onednn
 
+        backend = impl.split("-")[1] if impl in ("sensorium-openvino", "sensorium-onnxruntime") else "torch"
         model = sn.load(OUT / f"{name}-random-timm.safetensors", config=name, device="cpu", dtype=dtype,
-                        compile=impl == "sensorium-compile")  # compiled: inductor's cache in ~/.cache/sensorium
+                        compile=impl == "sensorium-compile",  # compiled: inductor's cache in ~/.cache/sensorium
+                        backend=backend)
         onednn = impl != "sensorium-mkl"
 
         def forward(x):  # pooled + projected, as timm's forward
@@ -170,6 +177,8 @@ def worker(impl: str, name: str, dtype_name: str, batch: int, iters: int) -> dic
         inputs = pixels.numpy()
     loaded_rss = peak_rss_mb()
     out, times, prepare_s = time_forward(forward, inputs, iters, start)
+    if impl in ("sensorium-openvino", "sensorium-onnxruntime") and not model.encode_image.runners:
+        raise RuntimeError(f"{impl} ran eagerly: {model.encode_image.failures}")
     np.save(OUT / f"out-{impl}-{name}-{dtype_name}.npy", out.float().numpy())
     return {
         "impl": impl, "model": name, "dtype": dtype_name, "batch": batch,

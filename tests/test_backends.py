@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import sensorium as sn
-from helpers import PE_FIXTURES, pe_av_folder, pe_config, pe_reference
+from helpers import PE_FIXTURES, pe_config, pe_reference
 
 BACKENDS = ("openvino", "onnxruntime")
 ATOL = 1e-5
@@ -74,6 +74,50 @@ def test_ast_on_the_runtime_matches_transformers(ast_models, backend):
         expected = ast_models[repo](features).logits
         check(on_runtime(model.classify, features), expected, atol=1e-4)
         check(model.classify(features[1:]), expected[1:], atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pe_av_codec_and_frame_encoder_on_the_runtime_match_the_original(backend):
+    """PE-AV's codec (any length: exported once with the samples free, checked at a second length) and its frame
+    encoder on the runtime; every embedding against the original's, the same tolerance as eager's test."""
+    from test_pe_av import AV, FIELDS, REF, TOL, inputs, max_diff
+
+    model = sn.load(AV / "pe_av_tiny" / "original", device="cpu", backend=backend)
+    codec, frames = model.audio.dac.forward, model.video.frames.forward
+    audio, video, text = inputs("single")
+    with torch.inference_mode():
+        model.encode(audio=audio, video=video, text=text)  # exports (and answers eagerly)
+        out = model.encode(audio=audio, video=video, text=text).fields()
+        for field in FIELDS:
+            assert max_diff(out[field], REF[f"av.single.{field}"]) <= TOL, field
+        audio, video, text = inputs("batch")  # other clip lengths, other frame counts: the same exports
+        out = model.encode(audio=audio, video=video, text=text).fields()
+    for field in FIELDS:
+        want = REF[f"av.batch.{field}"].clone()
+        want[1] = REF[f"av.batch_item1_alone.{field}"][0]
+        assert max_diff(out[field], want) <= TOL, field
+    assert len(codec.runners) == len(frames.runners) == 1 and not codec.failures and not frames.failures
+
+
+def test_pe_a_frame_codec_on_the_runtime_matches_the_original():
+    """PE-A-Frame streams its codec in overlapping chunks; on OpenVINO its logits and spans match the original's
+    as eager's do (the same float64-anchored tolerance for what lies behind the codec's deep convolutions)."""
+    import copy
+
+    from test_pe_av import AV, REF, REF_JSON, as_float64, assert_within_fp32_noise, inputs
+
+    model = sn.load(AV / "pe_a_frame_tiny" / "original", device="cpu", backend="openvino")
+    exact = copy.deepcopy(sn.load(AV / "pe_a_frame_tiny" / "original", device="cpu")).double()
+    audio, _, text = inputs("batch")
+    with torch.inference_mode():
+        model.encode(audio, text)
+        got = model.encode(audio, text, threshold=0.3)
+        want = exact.encode(as_float64(audio), text, threshold=0.3)
+    assert model.audio.dac.forward.runners and not model.audio.dac.forward.failures
+    assert_within_fp32_noise(got.logits[0], want.logits[0], REF["aframe.single.logits"][0])
+    assert_within_fp32_noise(got.logits[1, :51], want.logits[1, :51], REF["aframe.batch_item1_alone.logits"][0])
+    spans = REF_JSON["aframe"]["spans"]
+    assert got.spans == [spans["batch"]["threshold_0.3"][0], spans["batch_item1_alone"]["threshold_0.3"][0]]
 
 
 def test_openvino_in_bfloat16_is_within_bf16_error_of_float32():
@@ -163,7 +207,7 @@ def test_an_export_that_departs_from_eager_is_not_used(monkeypatch):
     assert not model.encode_image.runners
 
 
-def test_backend_choices_that_cannot_work_are_refused_at_load(monkeypatch, tmp_path):
+def test_backend_choices_that_cannot_work_are_refused_at_load(monkeypatch, af3_model_dir):
     path, config = PE_FIXTURES / "clip_tiny" / "original.pt", pe_config("clip_tiny")
     with pytest.raises(sn.CapabilityError, match="onnxruntime.*float32.*backend='openvino' for bfloat16"):
         sn.load(path, config=config, device="cpu", dtype="bfloat16", backend="onnxruntime")
@@ -172,7 +216,7 @@ def test_backend_choices_that_cannot_work_are_refused_at_load(monkeypatch, tmp_p
     with pytest.raises(sn.InputError, match="does not combine with backend='openvino'"):
         sn.load(path, config=config, device="cpu", backend="openvino", compile=True)
     with pytest.raises(sn.CapabilityError, match="backend='openvino' is not available for this model family"):
-        sn.load(pe_av_folder(tmp_path, "pe_av_tiny/original"), device="cpu", backend="openvino")
+        sn.load(str(af3_model_dir), device="cpu", backend="openvino")
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
     with pytest.raises(sn.CapabilityError, match=r"needs the openvino package.*pip install 'sensorium\[openvino\]'"):
         sn.load(path, config=config, device="cpu", backend="openvino")

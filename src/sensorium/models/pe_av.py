@@ -166,6 +166,11 @@ class PEAVModel(PEAudioBase):
         self.heads = nn.ModuleDict({name: ContrastiveHead(widths[name], config.output_dim) for name in self.HEADS})
 
     @property
+    def export_modules(self) -> dict[str, tuple[int, int] | None]:
+        """The codec, and the frame encoder (a PE-Core vision tower: every frame of an every-frame model)."""
+        return {**super().export_modules, "video.frames": None}
+
+    @property
     def embed_dim(self) -> int:
         return self.config.output_dim
 
@@ -475,4 +480,5 @@ FAMILY = Family(
     build=build,
     config_files=("config.json",),
     config_from_files=config_from_files,
+    exportable=True,
 )

@@ -90,21 +90,24 @@ class _Method(torch.nn.Module):
     (TorchScript would script its properties); its weights enter the trace as constants. Floating outputs are
     float32, which every runtime returns through numpy."""
 
-    def __init__(self, method: Callable, options: tuple, keywords: dict):
+    def __init__(self, method: Callable, options: tuple, keywords: dict, input_dtype: torch.dtype):
         super().__init__()
         object.__setattr__(self, "method", method)
-        self.options, self.keywords = options, keywords
+        self.options, self.keywords, self.input_dtype = options, keywords, input_dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.method(x, *self.options, **self.keywords)
+        out = self.method(x.to(self.input_dtype), *self.options, **self.keywords)
         return out.float() if out.is_floating_point() else out
 
 
 class ExportedCall:
-    """A tower method on `backend`, exported once per kind of input (see the module's docstring)."""
+    """A tower method (or a submodule's forward) on `backend`, exported once per kind of input (see the module's
+    docstring). `free_dim` = (dim, multiple): that dimension's size is left free in the export as well (a codec
+    over any number of samples in hops), and checked at a second, shorter size before the export is used."""
 
-    def __init__(self, name: str, eager: Callable, backend: str, origin: dict):
-        self.name, self.eager, self.backend = name, eager, backend
+    def __init__(self, name: str, eager: Callable, backend: str, origin: dict,
+                 free_dim: tuple[int, int] | None = None):
+        self.name, self.eager, self.backend, self.free_dim = name, eager, backend, free_dim
         self.origin = origin  # what identifies the weights and the model (the disk cache's key)
         self.runners: dict[tuple, Callable] = {}
         self.out_dtypes: dict[tuple, torch.dtype] = {}
@@ -118,14 +121,22 @@ class ExportedCall:
         if any(isinstance(v, torch.Tensor) for v in (*options, *kwargs.values())):
             return self.eager(*args, **kwargs)
         try:
-            kind = (tuple(x.shape[1:]), str(x.dtype), repr(options), repr(sorted(kwargs.items())))
+            shape = list(x.shape[1:])
+            if self.free_dim is not None and x.ndim > 1:
+                shape[self.free_dim[0] % x.ndim - 1] = None  # any size
+            kind = (tuple(shape), str(x.dtype), repr(options), repr(sorted(kwargs.items())))
         except Exception:  # noqa: BLE001 -- an argument without a stable repr: nothing to key an export by
             return self.eager(*args, **kwargs)
         runner = self.runners.get(kind)
         if runner is not None:
-            with self.lock:
-                out = runner(_as_input(x))
-            return out.to(self.out_dtypes[kind])
+            try:
+                with self.lock:
+                    return runner(_as_input(x)).to(self.out_dtypes[kind])
+            except Exception as err:  # noqa: BLE001 -- eager decides whether the input or the runtime is at fault
+                out = self.eager(*args, **kwargs)  # a bad input raises here
+                del self.runners[kind]
+                self._failed(kind, err)
+                return out
         if kind in self.failures or x.shape[0] == 0:
             return self.eager(*args, **kwargs)
         out = self.eager(*args, **kwargs)  # a bad input raises here, as without a backend
@@ -134,21 +145,34 @@ class ExportedCall:
             return out
         try:
             runner = self._export(kind, x, options, kwargs)
-            with self.lock:
-                got = runner(_as_input(x))
-            error = ((got.float() - out.float()).norm() / out.float().norm().clamp_min(1e-30)).item()
-            allowed = TOLERANCE.get(out.dtype, 3e-2)
-            if tuple(got.shape) != tuple(out.shape) or not error <= allowed:
-                raise RuntimeError(f"its output is {error:.2e} from eager's (allowed {allowed:.0e}), shape "
-                                   f"{tuple(got.shape)} against {tuple(out.shape)}")
+            self._check(runner, x, out)
+            if self.free_dim is not None:  # a size baked into the export would show at another size
+                dim, multiple = self.free_dim
+                size = max(multiple, x.shape[dim] // 2 // multiple * multiple)
+                if size != x.shape[dim]:
+                    shorter = x.narrow(dim, 0, size)
+                    self._check(runner, shorter, self.eager(shorter, *options, **kwargs))
         except Exception as err:  # noqa: BLE001 -- eager answered this input; the runtime could not
-            first_line = (str(err).strip().splitlines() or [""])[0][:300]
-            self.failures[kind] = f"{type(err).__name__}: {first_line}"
-            warnings.warn(f"backend={self.backend!r} failed for {self.name} on inputs {kind[1]} {list(kind[0])} "
-                          f"past the batch ({self.failures[kind]}); they run eagerly", RuntimeWarning, stacklevel=2)
+            self._failed(kind, err)
             return out
         self.runners[kind], self.out_dtypes[kind] = runner, out.dtype
         return out
+
+    def _check(self, runner: Callable, x: torch.Tensor, expected: torch.Tensor) -> None:
+        with self.lock:
+            got = runner(_as_input(x))
+        error = ((got.float() - expected.float()).norm() / expected.float().norm().clamp_min(1e-30)).item()
+        allowed = TOLERANCE.get(expected.dtype, 3e-2)
+        if tuple(got.shape) != tuple(expected.shape) or not error <= allowed:
+            raise RuntimeError(f"its output is {error:.2e} from eager's (allowed {allowed:.0e}), shape "
+                               f"{tuple(got.shape)} against {tuple(expected.shape)}")
+
+    def _failed(self, kind: tuple, err: Exception) -> None:
+        first_line = (str(err).strip().splitlines() or [""])[0][:300]
+        self.failures[kind] = f"{type(err).__name__}: {first_line}"
+        shown = ["any" if size is None else size for size in kind[0]]
+        warnings.warn(f"backend={self.backend!r} failed for {self.name} on inputs {kind[1]} {shown} past the "
+                      f"batch ({self.failures[kind]}); they run eagerly", RuntimeWarning, stacklevel=3)
 
     def _key(self, kind: tuple) -> str:
         runtime = sys.modules["openvino" if self.backend == "openvino" else "onnxruntime"]
@@ -164,12 +188,16 @@ class ExportedCall:
             folder = cache_folder() / f"{self.backend}-{self._key(kind)}"
             if (folder / "done").is_file():
                 return _open(self.backend, folder, self.origin["dtype"])
-        # two rows: torch.export fixes a dimension whose example size is 1
-        example = _as_input(x[:2] if x.shape[0] > 1 else x[:1].expand(2, *x.shape[1:]))
-        module = _Method(self.eager, options, kwargs)
+        # two rows: torch.export fixes a dimension whose example size is 1; a free dimension is traced short
+        example = x[:2] if x.shape[0] > 1 else x[:1].expand(2, *x.shape[1:])
+        if self.free_dim is not None:
+            dim, multiple = self.free_dim
+            example = example.narrow(dim, 0, min(example.shape[dim], 8 * multiple))
+        example = _as_input(example)
+        module = _Method(self.eager, options, kwargs, x.dtype)
         work = Path(tempfile.mkdtemp(prefix="export-", dir=_made(cache_folder()) if folder else None))
         try:
-            _write(self.backend, module, example, work)
+            _write(self.backend, module, example, work, None if self.free_dim is None else self.free_dim[0])
             (work / "done").write_text(json.dumps({"method": self.name, "kind": kind, **self.origin}, default=str))
             if folder is None:
                 return _open(self.backend, work, self.origin["dtype"], keep=False)
@@ -193,8 +221,9 @@ def _as_input(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.is_floating_point() else x
 
 
-def _write(backend: str, module: torch.nn.Module, example: torch.Tensor, folder: Path) -> None:
-    """Export `module` on `example` into `folder` (model.xml/.bin, or model.onnx + its external data)."""
+def _write(backend: str, module: torch.nn.Module, example: torch.Tensor, folder: Path, free_dim: int | None) -> None:
+    """Export `module` on `example` into `folder` (model.xml/.bin, or model.onnx + its external data), the batch
+    dimension and `free_dim` left free (OpenVINO's conversion leaves every dimension free)."""
     from sensorium.nn.linear import use_onednn
 
     # F.linear instead of oneDNN's op, which neither exporter knows (same numbers to the order of the sums)
@@ -213,9 +242,10 @@ def _write(backend: str, module: torch.nn.Module, example: torch.Tensor, folder:
             level = quiet.level
             quiet.setLevel(logging.ERROR)
             try:
-                batch = torch.export.Dim("batch", min=1)
-                program = torch.onnx.export(module, (example,), dynamo=True, dynamic_shapes=({0: batch},),
-                                            verbose=False)
+                free = {0: torch.export.Dim.AUTO}  # AUTO: torch.export infers how the sizes relate (a hop)
+                if free_dim is not None:
+                    free[free_dim % example.ndim] = torch.export.Dim.AUTO
+                program = torch.onnx.export(module, (example,), dynamo=True, dynamic_shapes=(free,), verbose=False)
             finally:
                 quiet.setLevel(level)
             program.save(str(folder / "model.onnx"), external_data=True)
@@ -248,9 +278,11 @@ def _open(backend: str, folder: Path, dtype_name: str, keep: bool = True) -> Cal
 
 
 def export_model(model: torch.nn.Module, backend: str) -> bool:
-    """Replace each of the model's `compile_methods` (on the instance) by an ExportedCall on `backend`; False when
-    the family names none (nothing is changed)."""
+    """Replace each of the model's `compile_methods` (on the instance), and the forward of each submodule its
+    `export_modules` names ({path: free_dim or None}), by an ExportedCall on `backend`; False when the family
+    names none (nothing is changed)."""
     names = getattr(model, "compile_methods", ())
+    modules = getattr(model, "export_modules", {})
     weights = getattr(model, "weights_path", None)
     origin = {"model": getattr(model, "name", type(model).__name__), "class": type(model).__qualname__,
               "dtype": str(getattr(model, "dtype", torch.float32)), "weights": None}
@@ -260,4 +292,8 @@ def export_model(model: torch.nn.Module, backend: str) -> bool:
                       layout=str(getattr(model, "layout", "")))
     for name in names:
         setattr(model, name, ExportedCall(f"{origin['model']}.{name}", getattr(model, name), backend, origin))
-    return bool(names)
+    for path, free_dim in modules.items():
+        part = model.get_submodule(path)
+        # an instance attribute: nn.Module.__call__ finds it before the class's forward
+        part.forward = ExportedCall(f"{origin['model']}.{path}", part.forward, backend, origin, free_dim)
+    return bool(names) or bool(modules)
