@@ -269,3 +269,49 @@ def test_a_server_on_a_backend_answers_as_the_library(tiny_entries, ast_models):
         served = running.service.registry.get("test-clip_tiny")
         assert served.encode_image.runners and served.encode_text.runners
         assert not served.encode_image.failures and not served.encode_text.failures
+
+
+def test_an_index_on_a_backend_has_torchs_rows(tiny_entries, tmp_path, export_cache):
+    """`sensorium index --backend openvino`: the same rows as on torch (images, video segments, sound windows
+    through the codec and the frame encoder), the exports made once for the run."""
+    import shutil
+
+    import numpy as np
+
+    from helpers import FIXTURES, pe_av_folder
+    from test_index import rows_of
+
+    media = tmp_path / "media"
+    media.mkdir()
+    for name in ("cat.png", "dog.mp4", "train.mp4", "speech.wav"):
+        shutil.copyfile(FIXTURES / "media" / name, media / name)
+    av = pe_av_folder(tmp_path, "pe_av_tiny/original")
+    rows = {}
+    for backend in ("torch", "openvino"):
+        index = sn.Index(tmp_path / f"db-{backend}", image_model="test-clip_tiny", audio_model=str(av), device="cpu",
+                         backend=backend)
+        assert len(index.add(media).indexed) == 4
+        rows[backend] = rows_of(index)
+    assert [(r["path"], r["space"], r["kind"], r["start"]) for r in rows["openvino"]] == [
+        (r["path"], r["space"], r["kind"], r["start"]) for r in rows["torch"]]
+    for got, want in zip(rows["openvino"], rows["torch"]):
+        np.testing.assert_allclose(got["vector"], want["vector"], atol=1e-5)
+    assert {p.name.split("-")[0] for p in export_cache.iterdir()} == {"openvino"}
+
+
+def test_a_model_on_a_backend_pickles_without_its_runtime(export_cache):
+    """What Ray does to ship a model to its actors: the copy leaves the runtime's objects behind and reads the
+    export back from the disk cache on its first call."""
+    import pickle
+
+    ref = pe_reference("clip_tiny")
+    model = sn.load(PE_FIXTURES / "clip_tiny" / "original.pt", config=pe_config("clip_tiny"), device="cpu",
+                    backend="openvino")
+    with torch.inference_mode():
+        on_runtime(model.encode_image, ref["pixels"])
+    copy = pickle.loads(pickle.dumps(model))
+    assert not copy.encode_image.runners and copy.encode_image.owner is copy
+    with torch.inference_mode():
+        check(on_runtime(copy.encode_image, ref["pixels"]), ref["image_embeds_normalized"])
+        check(copy.encode_text(ref["text_ids"], normalize=False), ref["text_embeds"])
+    assert len(list(export_cache.iterdir())) == 2  # the image export was read back, the text one made

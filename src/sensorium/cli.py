@@ -744,7 +744,7 @@ def _open_index(args, task: str):
         return None
     dtype = None if args.dtype == "auto" else args.dtype
     return Index(args.db, image_model=getattr(args, "image_model", None), audio_model=getattr(args, "audio_model", None),
-                 device=args.device, dtype=dtype)
+                 device=args.device, dtype=dtype, backend=getattr(args, "backend", "torch"))
 
 
 def run_index(args) -> int:

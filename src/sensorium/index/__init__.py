@@ -26,14 +26,15 @@ class Index:
     """A collection on disk. `image_model` / `audio_model`: what new rows are made with (defaults: a small
     PE-Core and PE-AV on a CPU, large ones on a GPU); queries always use the model that made a space.
     `loader(source, device=, dtype=)` loads a model by name or path (default: sensorium.loading.load; a server
-    passes its registry, so that a model it serves and a space's model are one copy in memory)."""
+    passes its registry, so that a model it serves and a space's model are one copy in memory). `backend`:
+    "openvino" | "onnxruntime" runs the models' towers on that CPU runtime (sensorium.loading.load's)."""
 
     def __init__(self, path: str | os.PathLike | None = None, image_model=None, audio_model=None,
-                 device: str = "auto", dtype=None, loader=None):
+                 device: str = "auto", dtype=None, loader=None, backend: str = "torch"):
         uri = os.fspath(path) if path is not None else default_location()
         self.path = uri if is_remote(uri) else os.path.abspath(os.path.expanduser(uri))
         self.store = Store(self.path)
-        self.models = Models(image_model, audio_model, device, dtype, loader)
+        self.models = Models(image_model, audio_model, device, dtype, loader, backend)
         self._query_models: dict[str, object] = {}
         self._searcher = Searcher(self.store, self._model_for)
 

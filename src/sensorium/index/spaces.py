@@ -113,12 +113,15 @@ class Models:
     # (source, device=, dtype=) -> model: sensorium.loading.load, or a server's registry so that a model it serves
     # is held once
     loader: Callable | None = None
+    backend: str = "torch"  # sensorium.loading.load's (a `loader` applies its own)
     _loaded: dict = field(default_factory=dict)
 
     def load(self, source):
         from sensorium.loading import load
 
-        return (self.loader or load)(source, device=self.device, dtype=self.dtype)
+        if self.loader is not None:
+            return self.loader(source, device=self.device, dtype=self.dtype)
+        return load(source, device=self.device, dtype=self.dtype, backend=self.backend)
 
     def source(self, kind: str):
         return getattr(self, kind) or default_model(kind, self.device)

@@ -105,14 +105,28 @@ class ExportedCall:
     docstring). `free_dim` = (dim, multiple): that dimension's size is left free in the export as well (a codec
     over any number of samples in hops), and checked at a second, shorter size before the export is used."""
 
-    def __init__(self, name: str, eager: Callable, backend: str, origin: dict,
+    def __init__(self, name: str, owner: torch.nn.Module, attribute: str, backend: str, origin: dict,
                  free_dim: tuple[int, int] | None = None):
-        self.name, self.eager, self.backend, self.free_dim = name, eager, backend, free_dim
+        self.name, self.owner, self.attribute, self.backend, self.free_dim = name, owner, attribute, backend, free_dim
         self.origin = origin  # what identifies the weights and the model (the disk cache's key)
+        self.failures: dict[tuple, str] = {}  # kinds of input that run eagerly, and why
+        self._fresh()
+
+    def _fresh(self) -> None:
+        # the class's method, bound: the instance attribute of that name is this call
+        self.eager = getattr(type(self.owner), self.attribute).__get__(self.owner)
         self.runners: dict[tuple, Callable] = {}
         self.out_dtypes: dict[tuple, torch.dtype] = {}
-        self.failures: dict[tuple, str] = {}  # kinds of input that run eagerly, and why
         self.lock = threading.Lock()  # an OpenVINO infer request serves one call at a time
+
+    # pickle / deepcopy (a model shipped to Ray actors): the runtime's objects stay behind; the copy exports
+    # again on its first call, or reads the export from its machine's disk cache
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("eager", "runners", "out_dtypes", "lock")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._fresh()
 
     def __call__(self, *args, **kwargs):
         if not args or not isinstance(args[0], torch.Tensor) or torch.is_grad_enabled():
@@ -291,9 +305,9 @@ def export_model(model: torch.nn.Module, backend: str) -> bool:
         origin.update(weights=str(Path(weights).resolve()), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
                       layout=str(getattr(model, "layout", "")))
     for name in names:
-        setattr(model, name, ExportedCall(f"{origin['model']}.{name}", getattr(model, name), backend, origin))
+        setattr(model, name, ExportedCall(f"{origin['model']}.{name}", model, name, backend, origin))
     for path, free_dim in modules.items():
         part = model.get_submodule(path)
         # an instance attribute: nn.Module.__call__ finds it before the class's forward
-        part.forward = ExportedCall(f"{origin['model']}.{path}", part.forward, backend, origin, free_dim)
+        part.forward = ExportedCall(f"{origin['model']}.{path}", part, "forward", backend, origin, free_dim)
     return bool(names) or bool(modules)
