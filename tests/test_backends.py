@@ -165,6 +165,18 @@ def test_a_second_process_reads_the_export_from_disk(backend, export_cache, monk
     assert len(list(export_cache.iterdir())) == 2
 
 
+def test_calls_without_no_grad_use_the_runtime_and_calls_wanting_gradients_do_not():
+    ref = pe_reference("clip_tiny")
+    model = sn.load(PE_FIXTURES / "clip_tiny" / "original.pt", config=pe_config("clip_tiny"), device="cpu",
+                    backend="openvino")
+    check(on_runtime(model.encode_image, ref["pixels"]), ref["image_embeds_normalized"])  # grad mode on, no graph
+    pixels = ref["pixels"].clone().requires_grad_(True)
+    out = model.encode_image(pixels)
+    assert out.requires_grad  # eager: a gradient reaches the pixels
+    out.sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+
+
 def test_a_failed_export_runs_eagerly_with_a_warning_and_bad_input_still_raises(monkeypatch):
     import sensorium.nn.exported as exported
 

@@ -129,7 +129,7 @@ class ExportedCall:
         self._fresh()
 
     def __call__(self, *args, **kwargs):
-        if not args or not isinstance(args[0], torch.Tensor) or torch.is_grad_enabled():
+        if not args or not isinstance(args[0], torch.Tensor) or self._wants_gradients(args[0]):
             return self.eager(*args, **kwargs)
         x, options = args[0], args[1:]
         if any(isinstance(v, torch.Tensor) for v in (*options, *kwargs.values())):
@@ -171,6 +171,11 @@ class ExportedCall:
             return out
         self.runners[kind], self.out_dtypes[kind] = runner, out.dtype
         return out
+
+    def _wants_gradients(self, x: torch.Tensor) -> bool:
+        """A call that builds an autograd graph runs eagerly (the runtime has none). A plain call without
+        torch.no_grad() builds none (the loader turns the weights' gradients off), so it runs on the runtime."""
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.owner.parameters()))
 
     def _check(self, runner: Callable, x: torch.Tensor, expected: torch.Tensor) -> None:
         with self.lock:
