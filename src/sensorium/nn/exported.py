@@ -3,30 +3,35 @@
 
 Many CPU embedding services run their encoders on OpenVINO or ONNX Runtime; this does that with sensorium's modules,
 so that the weights, the preprocessing and the API stay sensorium's. A model family names its tower methods
-(`compile_methods`, the same ones `compile=True` compiles); each becomes an `ExportedCall`. Its first call with an
+(`compile_methods`, the same ones `compile=True` compiles) and submodules (`export_modules`: PE-AV's audio codec, with
+its length free, and its frame encoder); each becomes an `ExportedCall`. Its first call with an
 input of a new kind (the shape past the batch dimension, the dtype, the method's other arguments) runs eagerly, then
 exports the method for that kind: OpenVINO converts a TorchScript trace with its PyTorch frontend, ONNX Runtime
 takes torch.onnx's dynamo export, both with the batch dimension free. The runtime's output on that first input must
 match eager's (relative error under 1e-4 in float32, 3e-2 in bfloat16), or the export is not used. Later calls of
 any batch size run on the runtime. An export is kept on disk, in ~/.cache/sensorium/exported
 ($SENSORIUM_EXPORT_CACHE overrides), keyed by the weights file, the runtime's version and sensorium's model code,
-so a later process reads it instead of exporting again (B16: 7 s to convert for OpenVINO, 14 s to export to ONNX).
+so a later process reads it instead of exporting again (B16: 7 s to convert for OpenVINO, 14 s to export to ONNX;
+PE-AV's codec ~30 s).
 
 - float32 on both runtimes; bfloat16 on OpenVINO only (its bf16 inference precision; ONNX Runtime's CPU provider
   has no bf16 kernels). CPU only.
-- Floating inputs go to the runtime as float32 (every tower method casts its input to the model's dtype first, so
-  this is lossless); outputs come back in eager's dtype.
+- Floating inputs go to the runtime as float32 and are cast back to the dtype eager was given inside the graph
+  (lossless); outputs come back in eager's dtype.
+- Calls that build no autograd graph run on the runtime (torch.no_grad() is not needed: the loader turns the
+  weights' gradients off); a call on an input that requires gradients runs eagerly.
 - The runtime holds its own copy of a tower's weights; the torch module keeps its own too (eager serves what was
   not exported, and `model.visual` stays a module).
 - A failure to export or run (a missing package is an error at load instead) warns once for that kind of input,
   which then runs eagerly; an input eager rejects raises eager's error, as without a backend.
 
-Speed against eager on the same machine: BENCHMARKS.md ("backend" rows of `benchmarks/pe_core.py models` and
-`benchmarks/ast_tagging.py models`).
+Speed against eager on the same machine: BENCHMARKS.md (the `backend=` section: `benchmarks/pe_core.py models`,
+`benchmarks/ast_tagging.py models`, `benchmarks/pe_av.py run`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -75,6 +80,7 @@ def check_backend(backend: str, device: torch.device, dtype: torch.dtype) -> Non
                                   f"({err}); {INSTALL[backend]}") from None
 
 
+@functools.lru_cache(maxsize=1)
 def _code_digest() -> str:
     """What an export depends on besides the weights: the model code (models/, nn/)."""
     digest = hashlib.sha256()
