@@ -32,6 +32,12 @@ def on_runtime(method, *args, **kwargs):
     return out
 
 
+def fixture_model(name: str, backend: str = "openvino", dtype: str = "float32"):
+    """A PE fixture model in the original layout (its goldens are the original code's)."""
+    return sn.load(PE_FIXTURES / name / "original.pt", config=pe_config(name), device="cpu", dtype=dtype,
+                   backend=backend)
+
+
 def check(actual, expected, atol=ATOL):
     torch.testing.assert_close(actual, expected, rtol=0, atol=atol)
 
@@ -39,8 +45,7 @@ def check(actual, expected, atol=ATOL):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_pe_core_on_the_runtime_matches_the_original(backend):
     ref = pe_reference("clip_tiny")
-    model = sn.load(PE_FIXTURES / "clip_tiny" / "original.pt", config=pe_config("clip_tiny"), device="cpu",
-                    backend=backend)
+    model = fixture_model("clip_tiny", backend)
     with torch.inference_mode():
         check(on_runtime(model.encode_image, ref["pixels"], normalize=False), ref["image_embeds"])
         check(model.encode_image(ref["pixels"][:1], normalize=False), ref["image_embeds"][:1])  # batch 1 now
@@ -58,8 +63,7 @@ def test_pe_core_on_the_runtime_matches_the_original(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_pe_tower_on_the_runtime_matches_the_original(backend):
     ref = pe_reference("lang_tiny")
-    model = sn.load(PE_FIXTURES / "lang_tiny" / "original.pt", config=pe_config("lang_tiny"), device="cpu",
-                    backend=backend)
+    model = fixture_model("lang_tiny", backend)
     with torch.inference_mode():
         check(on_runtime(model.image_features, ref["pixels"], norm=True), ref["tokens_final"])
         check(on_runtime(model.image_features, ref["pixels_nonnative"], layer=0), ref["tokens_layer0_nonnative"])
@@ -124,8 +128,7 @@ def test_openvino_in_bfloat16_is_within_bf16_error_of_float32():
     """bf16 on OpenVINO (its bf16 inference precision over the bf16 weights): the error against the float32
     reference is bf16's, as for eager bf16 (stated bound: 3e-2 relative)."""
     ref = pe_reference("clip_tiny")
-    model = sn.load(PE_FIXTURES / "clip_tiny" / "original.pt", config=pe_config("clip_tiny"), device="cpu",
-                    dtype="bfloat16", backend="openvino")
+    model = fixture_model("clip_tiny", "openvino", "bfloat16")
     with torch.inference_mode():
         got = on_runtime(model.encode_image, ref["pixels"], normalize=False)
     assert got.dtype == torch.bfloat16
@@ -140,7 +143,7 @@ def test_a_second_process_reads_the_export_from_disk(backend, export_cache, monk
     ref = pe_reference("clip_tiny")
     path, config = PE_FIXTURES / "clip_tiny" / "original.pt", pe_config("clip_tiny")
     with torch.inference_mode():
-        on_runtime(sn.load(path, config=config, device="cpu", backend=backend).encode_image, ref["pixels"])
+        on_runtime(fixture_model("clip_tiny", backend).encode_image, ref["pixels"])
     kept = sorted(p.name for p in export_cache.iterdir())
     assert len(kept) == 1 and kept[0].startswith(backend)
 
@@ -149,7 +152,7 @@ def test_a_second_process_reads_the_export_from_disk(backend, export_cache, monk
 
     original = exported._write
     monkeypatch.setattr(exported, "_write", no_export)
-    model = sn.load(path, config=config, device="cpu", backend=backend)
+    model = fixture_model("clip_tiny", backend)
     with torch.inference_mode():
         check(on_runtime(model.encode_image, ref["pixels"]), ref["image_embeds_normalized"])
     # other weights are another key (a copy of the file with one weight changed)
@@ -167,8 +170,7 @@ def test_a_second_process_reads_the_export_from_disk(backend, export_cache, monk
 
 def test_calls_without_no_grad_use_the_runtime_and_calls_wanting_gradients_do_not():
     ref = pe_reference("clip_tiny")
-    model = sn.load(PE_FIXTURES / "clip_tiny" / "original.pt", config=pe_config("clip_tiny"), device="cpu",
-                    backend="openvino")
+    model = fixture_model("clip_tiny", "openvino")
     check(on_runtime(model.encode_image, ref["pixels"]), ref["image_embeds_normalized"])  # grad mode on, no graph
     pixels = ref["pixels"].clone().requires_grad_(True)
     out = model.encode_image(pixels)
@@ -185,8 +187,7 @@ def test_a_failed_export_runs_eagerly_with_a_warning_and_bad_input_still_raises(
 
     monkeypatch.setattr(exported, "_write", broken)
     ref = pe_reference("clip_tiny")
-    model = sn.load(PE_FIXTURES / "clip_tiny" / "original.pt", config=pe_config("clip_tiny"), device="cpu",
-                    backend="onnxruntime")
+    model = fixture_model("clip_tiny", "onnxruntime")
     with torch.inference_mode():
         with pytest.warns(RuntimeWarning, match="onnxruntime.*failed.*unsupported operator.*run eagerly"):
             first = model.encode_image(ref["pixels"])
@@ -210,8 +211,7 @@ def test_an_export_that_departs_from_eager_is_not_used(monkeypatch):
 
     monkeypatch.setattr(exported, "_open", off_by_one)
     ref = pe_reference("clip_tiny")
-    model = sn.load(PE_FIXTURES / "clip_tiny" / "original.pt", config=pe_config("clip_tiny"), device="cpu",
-                    backend="openvino")
+    model = fixture_model("clip_tiny", "openvino")
     with torch.inference_mode(), pytest.warns(RuntimeWarning, match="from eager's"):
         model.encode_image(ref["pixels"])
     with torch.inference_mode():
@@ -317,8 +317,7 @@ def test_a_model_on_a_backend_pickles_without_its_runtime(export_cache):
     import pickle
 
     ref = pe_reference("clip_tiny")
-    model = sn.load(PE_FIXTURES / "clip_tiny" / "original.pt", config=pe_config("clip_tiny"), device="cpu",
-                    backend="openvino")
+    model = fixture_model("clip_tiny", "openvino")
     with torch.inference_mode():
         on_runtime(model.encode_image, ref["pixels"])
     copy = pickle.loads(pickle.dumps(model))

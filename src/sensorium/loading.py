@@ -243,8 +243,8 @@ def check_backend_choice(backend: str, compile: bool, builder, name: str, target
         raise InputError(f"compile=True is torch's compiler; it does not combine with backend={backend!r} (pick one)")
     check_backend(backend, target, precision)
     if backend != "torch" and not builder.exportable:
-        raise CapabilityError(f"{name}: backend={backend!r} is not available for this model family yet (PE and AST "
-                              "models have it); use backend='torch'")
+        raise CapabilityError(f"{name}: backend={backend!r} is not available for this model family yet (PE, AST and "
+                              "PE-AV models have it); use backend='torch'")
 
 
 def config_for(entry: catalog.CatalogEntry):

@@ -163,8 +163,8 @@ COMPILE = Option(("--compile",), "run the model's towers through torch.compile (
                  "PE and AST models)",
                  action="store_true")
 BACKEND = Option(("--backend",), "torch (default), openvino or onnxruntime: run the model's towers on that CPU "
-                 "runtime (sensorium's modules, exported on first use and cached in ~/.cache/sensorium/exported; PE "
-                 "and AST models; onnxruntime in float32 only; pip install 'sensorium[openvino]' or "
+                 "runtime (sensorium's modules, exported on first use and cached in ~/.cache/sensorium/exported; PE, "
+                 "AST and PE-AV models; onnxruntime in float32 only; pip install 'sensorium[openvino]' or "
                  "'sensorium[onnxruntime]')", default="torch", choices=("torch", "openvino", "onnxruntime"))
 
 
