@@ -191,7 +191,7 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
     if quantized:
         check_quantized(quantized, builder, found.name, target)
     precision = torch.bfloat16 if quantized else resolve_dtype(dtype, target)
-    if backend != "torch" or compile:
+    if backend != "torch":
         check_backend_choice(backend, compile, builder, found.name, target, precision)
     state = read_state_dict(found.path, precision)
     try:
@@ -239,10 +239,10 @@ def check_backend_choice(backend: str, compile: bool, builder, name: str, target
     """Before the weights are read: a backend that cannot serve this load is an error naming why."""
     from sensorium.nn.exported import check_backend
 
-    if compile and backend != "torch":
+    if compile:
         raise InputError(f"compile=True is torch's compiler; it does not combine with backend={backend!r} (pick one)")
     check_backend(backend, target, precision)
-    if backend != "torch" and not builder.exportable:
+    if not builder.exportable:
         raise CapabilityError(f"{name}: backend={backend!r} is not available for this model family yet (PE, AST and "
                               "PE-AV models have it); use backend='torch'")
 

@@ -34,7 +34,8 @@ class Family:
     archs: Mapping[str, Any] = field(default_factory=dict)
     # A decoder whose linears take weight-only int8/int4 (`dtype="int8" | "int4"`, sensorium.nn.quant).
     quantizable: bool = False
-    # Its models' `compile_methods` export to OpenVINO / ONNX Runtime (`backend=`, sensorium.nn.exported).
+    # Its models' `compile_methods` and `export_modules` export to OpenVINO / ONNX Runtime (`backend=`,
+    # sensorium.nn.exported); the loader refuses a backend for the other families before reading weights.
     exportable: bool = False
 
 

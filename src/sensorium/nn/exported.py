@@ -121,14 +121,13 @@ class ExportedCall:
     def _fresh(self) -> None:
         # the class's method, bound: the instance attribute of that name is this call
         self.eager = getattr(type(self.owner), self.attribute).__get__(self.owner)
-        self.runners: dict[tuple, Callable] = {}
-        self.out_dtypes: dict[tuple, torch.dtype] = {}
+        self.runners: dict[tuple, tuple[Callable, torch.dtype]] = {}  # kind -> (runner, eager's output dtype)
         self.lock = threading.Lock()  # an OpenVINO infer request serves one call at a time
 
     # pickle / deepcopy (a model shipped to Ray actors): the runtime's objects stay behind; the copy exports
     # again on its first call, or reads the export from its machine's disk cache
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("eager", "runners", "out_dtypes", "lock")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("eager", "runners", "lock")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -147,11 +146,11 @@ class ExportedCall:
             kind = (tuple(shape), str(x.dtype), repr(options), repr(sorted(kwargs.items())))
         except Exception:  # noqa: BLE001 -- an argument without a stable repr: nothing to key an export by
             return self.eager(*args, **kwargs)
-        runner = self.runners.get(kind)
-        if runner is not None:
+        if kind in self.runners:
+            runner, out_dtype = self.runners[kind]
             try:
                 with self.lock:
-                    return runner(_as_input(x)).to(self.out_dtypes[kind])
+                    return runner(_as_input(x)).to(out_dtype)
             except Exception as err:  # noqa: BLE001 -- eager decides whether the input or the runtime is at fault
                 out = self.eager(*args, **kwargs)  # a bad input raises here
                 del self.runners[kind]
@@ -175,7 +174,7 @@ class ExportedCall:
         except Exception as err:  # noqa: BLE001 -- eager answered this input; the runtime could not
             self._failed(kind, err)
             return out
-        self.runners[kind], self.out_dtypes[kind] = runner, out.dtype
+        self.runners[kind] = runner, out.dtype
         return out
 
     def _wants_gradients(self, x: torch.Tensor) -> bool:
