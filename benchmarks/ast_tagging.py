@@ -195,16 +195,17 @@ def bench_long(hours: float, dtype: str) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # The model alone vs other runtimes (workers run in a fresh process each)
 
-IMPLS = ("sensorium", "sensorium-compile", "sensorium-openvino", "sensorium-onnxruntime", "transformers",
-         "transformers-compile", "onnxruntime", "openvino", "openvino-throughput")
-PEERS = IMPLS[4:]  # run in the peer environment
+IMPLS = ("sensorium", "sensorium-compile", "sensorium-openvino", "sensorium-onnxruntime", "sensorium-auto",
+         "transformers", "transformers-compile", "onnxruntime", "openvino", "openvino-throughput")
+PEERS = tuple(impl for impl in IMPLS if not impl.startswith("sensorium"))  # run in the peer environment
 # which (impl, dtype) pairs exist: ONNX Runtime's CPU provider has no bf16 kernels for this model; torch.compile of
 # transformers' model is timed in bf16, as timm's in pe_core.py. sensorium-openvino / -onnxruntime: `backend=`
-# (sensorium's own modules exported, the export cached in ~/.cache/sensorium/exported)
-PAIRS = {"fp32": ("sensorium", "sensorium-compile", "sensorium-openvino", "sensorium-onnxruntime", "transformers",
-                  "onnxruntime", "openvino", "openvino-throughput"),
-         "bf16": ("sensorium", "sensorium-compile", "sensorium-openvino", "transformers", "transformers-compile",
-                  "openvino", "openvino-throughput")}
+# (sensorium's own modules exported, the export cached in ~/.cache/sensorium/exported); sensorium-auto: the
+# index's and the service's default, OpenVINO kept only if timed faster on the first batch
+PAIRS = {"fp32": ("sensorium", "sensorium-compile", "sensorium-openvino", "sensorium-onnxruntime", "sensorium-auto",
+                  "transformers", "onnxruntime", "openvino", "openvino-throughput"),
+         "bf16": ("sensorium", "sensorium-compile", "sensorium-openvino", "sensorium-auto", "transformers",
+                  "transformers-compile", "openvino", "openvino-throughput")}
 
 
 def make_features(batch: int) -> Path:
@@ -261,7 +262,8 @@ def worker(impl: str, dtype_name: str, batch: int, iters: int) -> dict:
     elif impl.startswith("sensorium"):
         import sensorium as sn
 
-        backend = impl.split("-")[1] if impl in ("sensorium-openvino", "sensorium-onnxruntime") else "torch"
+        backend = impl.split("-")[1] if impl in ("sensorium-openvino", "sensorium-onnxruntime",
+                                                  "sensorium-auto") else "torch"
         model = sn.load(WEIGHTS, device="cpu", dtype=dtype, backend=backend,
                         compile=impl == "sensorium-compile")  # compiled: inductor's cache in ~/.cache/sensorium
         forward = model.classify
@@ -279,6 +281,10 @@ def worker(impl: str, dtype_name: str, batch: int, iters: int) -> dict:
         raise RuntimeError(f"sensorium-compile ran eagerly: {model.classify.failure}")
     if impl in ("sensorium-openvino", "sensorium-onnxruntime") and not model.classify.runners:
         raise RuntimeError(f"{impl} ran eagerly: {model.classify.failures}")
+    if impl == "sensorium-auto":  # which way the timed choice went (eager or OpenVINO)
+        from sensorium.nn.exported import backend_choices
+
+        print(f"  sensorium-auto {dtype_name}: {backend_choices(model)}", file=sys.stderr)
     np.save(OUT / f"out-{impl}-ast-{dtype_name}.npy", out.float().numpy())
     return {
         "impl": impl, "dtype": dtype_name, "batch": batch,

@@ -179,7 +179,11 @@ def worker(side: str, kind: str, dtype_name: str, count: int) -> None:
         start = time.perf_counter()
         out = run(values, mask)
         seconds = time.perf_counter() - start
-    if side.startswith("sensorium-"):  # the row is the runtime's only if the export was used
+    if side == "sensorium-auto":  # which way the timed choice went (eager or OpenVINO), per module
+        from sensorium.nn.exported import backend_choices
+
+        print(f"  {side} {kind} {dtype_name}: {backend_choices(model)}", file=sys.stderr)
+    elif side.startswith("sensorium-"):  # the row is the runtime's only if the export was used
         exported = model.audio.dac.forward if kind == "audio" else model.video.frames.forward
         if not exported.runners:
             raise RuntimeError(f"{side} ran eagerly: {exported.failures}")
@@ -220,7 +224,7 @@ def run(rounds: int, dtypes: list[str], clips: int, kinds: list[str], backends: 
         flops = measure("flops", kind, "bfloat16", count)["flops"]
         for dtype in dtypes:
             sides = ["transformers", "sensorium", *(f"sensorium-{b}" for b in backends
-                                                   if b == "openvino" or dtype == "float32")]
+                                                   if b != "onnxruntime" or dtype == "float32")]
             runs = {side: [] for side in sides}
             for r in range(rounds):
                 for side in sides[r % len(sides):] + sides[:r % len(sides)]:
@@ -383,8 +387,10 @@ def main() -> None:
     r.add_argument("--clips", type=int, default=2, help="30 s clips per audio call")
     r.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
     r.add_argument("--kind", nargs="+", default=["audio", "video"])
-    r.add_argument("--backend", nargs="*", default=["openvino", "onnxruntime"], choices=["openvino", "onnxruntime"],
-                   help="sensorium's backend= rows besides eager (onnxruntime in float32 only)")
+    r.add_argument("--backend", nargs="*", default=["openvino", "onnxruntime"],
+                   choices=["openvino", "onnxruntime", "auto"],
+                   help="sensorium's backend= rows besides eager (onnxruntime in float32 only; auto: OpenVINO kept "
+                        "per module only where timed faster)")
     f = sub.add_parser("frames")
     f.add_argument("--rounds", type=int, default=3)
     f.add_argument("--old", default="6824bf6", help="the commit to compare with (default: before uint8 frames)")

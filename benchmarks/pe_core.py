@@ -99,16 +99,17 @@ def make_weights(name: str) -> Path:
     return path
 
 
-IMPLS = ("sensorium", "sensorium-compile", "sensorium-mkl", "sensorium-openvino", "sensorium-onnxruntime", "timm",
-         "timm-compile", "onnxruntime", "openvino", "openvino-throughput")
-PEERS = IMPLS[5:]  # run in the peer environment
+IMPLS = ("sensorium", "sensorium-compile", "sensorium-mkl", "sensorium-openvino", "sensorium-onnxruntime",
+         "sensorium-auto", "timm", "timm-compile", "onnxruntime", "openvino", "openvino-throughput")
+PEERS = tuple(impl for impl in IMPLS if not impl.startswith("sensorium"))  # run in the peer environment
 # which (impl, dtype) pairs exist: ONNX Runtime's CPU provider has no bf16 kernels for these models
 PAIRS = {"fp32": ("sensorium", "sensorium-compile", "sensorium-mkl", "sensorium-openvino", "sensorium-onnxruntime",
-                  "timm", "onnxruntime", "openvino"),
-         "bf16": ("sensorium", "sensorium-compile", "sensorium-mkl", "sensorium-openvino", "timm", "timm-compile",
-                  "openvino", "openvino-throughput")}
+                  "sensorium-auto", "timm", "onnxruntime", "openvino"),
+         "bf16": ("sensorium", "sensorium-compile", "sensorium-mkl", "sensorium-openvino", "sensorium-auto", "timm",
+                  "timm-compile", "openvino", "openvino-throughput")}
 # sensorium-openvino / -onnxruntime: `backend=` (sensorium's own modules exported; the export is cached in
-# ~/.cache/sensorium/exported, so only the first round's prepare_s includes it)
+# ~/.cache/sensorium/exported, so only the first round's prepare_s includes it); sensorium-auto: the index's and the
+# service's default, OpenVINO kept only if timed faster on the first batch (the choice cached beside the export)
 
 
 def _timm_model(name: str, dtype):
@@ -157,7 +158,8 @@ def worker(impl: str, name: str, dtype_name: str, batch: int, iters: int) -> dic
         import sensorium as sn
         from sensorium.nn import use_onednn
 
-        backend = impl.split("-")[1] if impl in ("sensorium-openvino", "sensorium-onnxruntime") else "torch"
+        backend = impl.split("-")[1] if impl in ("sensorium-openvino", "sensorium-onnxruntime",
+                                                  "sensorium-auto") else "torch"
         model = sn.load(OUT / f"{name}-random-timm.safetensors", config=name, device="cpu", dtype=dtype,
                         compile=impl == "sensorium-compile",  # compiled: inductor's cache in ~/.cache/sensorium
                         backend=backend)
@@ -179,6 +181,10 @@ def worker(impl: str, name: str, dtype_name: str, batch: int, iters: int) -> dic
     out, times, prepare_s = time_forward(forward, inputs, iters, start)
     if impl in ("sensorium-openvino", "sensorium-onnxruntime") and not model.encode_image.runners:
         raise RuntimeError(f"{impl} ran eagerly: {model.encode_image.failures}")
+    if impl == "sensorium-auto":  # which way the timed choice went (eager or OpenVINO)
+        from sensorium.nn.exported import backend_choices
+
+        print(f"  sensorium-auto {dtype_name}: {backend_choices(model)}", file=sys.stderr)
     np.save(OUT / f"out-{impl}-{name}-{dtype_name}.npy", out.float().numpy())
     return {
         "impl": impl, "model": name, "dtype": dtype_name, "batch": batch,

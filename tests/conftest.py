@@ -9,6 +9,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_CACHE"] = _CACHE
 os.environ["HF_HOME"] = os.path.join(_CACHE, "home")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# backend="auto" (the index's and the service's default) keeps exports and timed choices here, not in ~/.cache
+os.environ["SENSORIUM_EXPORT_CACHE"] = os.path.join(_CACHE, "exported")
 
 import pytest  # noqa: E402
 

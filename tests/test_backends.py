@@ -1,4 +1,5 @@
-"""`backend="openvino" | "onnxruntime"`: sensorium's own towers exported to another CPU runtime.
+"""`backend="openvino" | "onnxruntime"`: sensorium's own towers exported to another CPU runtime; `backend="auto"`
+(the index's and the service's default): the runtime kept only where it is timed faster than eager.
 
 Parity is checked on the runtime's own outputs (the first call of a kind of input runs eagerly and exports; the
 calls after it run on the runtime), against the original code's outputs (fixtures/pe_core, atol 1e-5 in float32)
@@ -6,12 +7,14 @@ and transformers' (AST, 1e-4 as the eager test), at batch sizes the export never
 """
 
 import sys
+import time
 
 import pytest
 import torch
 
 import sensorium as sn
 from helpers import PE_FIXTURES, pe_config, pe_reference
+from sensorium.nn.exported import ExportedCall
 
 BACKENDS = ("openvino", "onnxruntime")
 ATOL = 1e-5
@@ -223,7 +226,7 @@ def test_backend_choices_that_cannot_work_are_refused_at_load(monkeypatch, af3_m
     path, config = PE_FIXTURES / "clip_tiny" / "original.pt", pe_config("clip_tiny")
     with pytest.raises(sn.CapabilityError, match="onnxruntime.*float32.*backend='openvino' for bfloat16"):
         sn.load(path, config=config, device="cpu", dtype="bfloat16", backend="onnxruntime")
-    with pytest.raises(sn.InputError, match="backend must be one of torch, openvino, onnxruntime; got 'tensorrt'"):
+    with pytest.raises(sn.InputError, match="backend must be one of torch, auto, openvino, onnxruntime; got 'tensorrt'"):
         sn.load(path, config=config, device="cpu", backend="tensorrt")
     with pytest.raises(sn.InputError, match="does not combine with backend='openvino'"):
         sn.load(path, config=config, device="cpu", backend="openvino", compile=True)
@@ -326,3 +329,94 @@ def test_a_model_on_a_backend_pickles_without_its_runtime(export_cache):
         check(on_runtime(copy.encode_image, ref["pixels"]), ref["image_embeds_normalized"])
         check(copy.encode_text(ref["text_ids"], normalize=False), ref["text_embeds"])
     assert len(list(export_cache.iterdir())) == 2  # the image export was read back, the text one made
+
+
+# --- backend="auto": the runtime where it is timed faster (the index's and the service's default) ---------------
+
+
+def slowed(call, seconds=0.05):
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return call(*args, **kwargs)
+    return slow
+
+
+def test_auto_keeps_the_runtime_only_where_it_is_timed_faster_and_remembers(monkeypatch, export_cache):
+    import sensorium.nn.exported as exported
+    from sensorium.nn.exported import backend_choices
+
+    monkeypatch.setattr(exported, "WORTH_EXPORTING_S", 0.0)  # the tiny model's calls take milliseconds
+    ref = pe_reference("clip_tiny")
+    real_open = exported._open
+    monkeypatch.setattr(exported, "_open", lambda *a, **k: slowed(real_open(*a, **k)))  # a runtime slower than eager
+    model = fixture_model("clip_tiny", "auto")
+    with torch.inference_mode():
+        for _ in range(2):
+            check(model.encode_image(ref["pixels"]), ref["image_embeds_normalized"])
+    call = model.encode_image
+    assert not call.runners and not call.failures  # eager won: the runner (and the runtime's weights) went
+    (why,) = call.eager_kinds.values()
+    assert why.startswith("eager: openvino ") and f"timed on a batch of {len(ref['pixels'])}" in why
+    assert backend_choices(model)[call.name] == {f"float32 {list(ref['pixels'].shape[1:])}": why}
+
+    # eager slower than the runtime on another kind of input: the runtime is kept, and answers as the original
+    monkeypatch.setattr(exported, "_open", real_open)
+    call.eager = slowed(call.eager)
+    with torch.inference_mode():
+        model.encode_image(ref["pixels_nonnative"], normalize=False)
+        check(model.encode_image(ref["pixels_nonnative"], normalize=False), ref["image_embeds_nonnative"])
+    assert len(call.runners) == 1 and len(call.chosen) == 1
+    assert next(iter(call.chosen.values())).startswith("openvino: openvino ")
+
+    # a later process reads both choices from disk: no timing, and no export for the kind eager won
+    def never(*args):
+        raise AssertionError("timed or exported again although the choice is on disk")
+
+    monkeypatch.setattr(exported, "_write", never)
+    monkeypatch.setattr(ExportedCall, "_race", never)
+    again = fixture_model("clip_tiny", "auto")
+    with torch.inference_mode():
+        check(again.encode_image(ref["pixels"]), ref["image_embeds_normalized"])
+        for _ in range(2):
+            check(again.encode_image(ref["pixels_nonnative"], normalize=False), ref["image_embeds_nonnative"])
+    assert len(again.encode_image.runners) == 1 and len(again.encode_image.eager_kinds) == 1
+
+
+def test_auto_leaves_short_calls_eager_without_exporting(export_cache):
+    ref = pe_reference("clip_tiny")
+    model = fixture_model("clip_tiny", "auto")
+    with torch.inference_mode():
+        for _ in range(2):
+            check(model.encode_image(ref["pixels"]), ref["image_embeds_normalized"])
+    assert "too short to gain from an export" in next(iter(model.encode_image.eager_kinds.values()))
+    assert not model.encode_image.runners and not export_cache.exists()
+
+
+def test_auto_is_torch_where_openvino_cannot_run(monkeypatch, af3_model_dir):
+    path, config = PE_FIXTURES / "clip_tiny" / "original.pt", pe_config("clip_tiny")
+
+    def exported(model):
+        return isinstance(vars(model).get("encode_image"), ExportedCall)
+
+    assert exported(sn.load(path, config=config, device="cpu", backend="auto"))
+    assert exported(sn.load(path, config=config, device="cpu", dtype="bfloat16", backend="auto"))
+    assert not exported(sn.load(path, config=config, device="cpu", dtype="float16", backend="auto"))
+    assert not exported(sn.load(path, config=config, device="cpu", backend="auto", compile=True))
+    sn.load(str(af3_model_dir), device="cpu", backend="auto")  # a family without exports: torch, no refusal
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
+    assert not exported(sn.load(path, config=config, device="cpu", backend="auto"))
+
+
+def test_the_index_and_the_service_default_to_auto_and_compile_overrides_it(tiny_entries, tmp_path):
+    from sensorium.cli import build_parser
+    from sensorium.service import ServeConfig
+    from sensorium.service.registry import Registry
+
+    parser = build_parser()
+    assert parser.parse_args(["index", "x"]).backend == "auto" and parser.parse_args(["serve"]).backend == "auto"
+    assert parser.parse_args(["embed", "x"]).backend == "torch"  # one-off commands do not pay a first-batch timing
+    assert ServeConfig().backend == "auto" and sn.Index(tmp_path / "db").models.backend == "auto"
+    compiled = Registry(("test-clip_tiny",), "cpu", None, compile=True, backend="auto").load("test-clip_tiny")
+    assert not isinstance(vars(compiled).get("encode_image"), ExportedCall)
+    on_auto = Registry(("test-clip_tiny",), "cpu", None, backend="auto").load("test-clip_tiny")
+    assert isinstance(vars(on_auto).get("encode_image"), ExportedCall)

@@ -713,9 +713,9 @@ def run_serve(args) -> int:
                          allow_paths=tuple(os.path.abspath(p) for p in args.allow_path or ()),
                          batching=not args.no_batching, compile=args.compile, backend=args.backend,
                          limits=limits)
-    if args.backend != "torch" and args.compile:
+    if args.backend not in ("torch", "auto") and args.compile:
         return _fail("serve", f"--compile is torch's compiler; it does not combine with --backend {args.backend}")
-    if args.backend != "torch":  # refused now rather than at the first request
+    if args.backend not in ("torch", "auto"):  # refused now rather than at the first request (auto never refuses)
         from sensorium.errors import SensoriumError
         from sensorium.loading import QUANTIZED, resolve_device, resolve_dtype
         from sensorium.nn.exported import check_backend
@@ -744,7 +744,7 @@ def _open_index(args, task: str):
         return None
     dtype = None if args.dtype == "auto" else args.dtype
     return Index(args.db, image_model=getattr(args, "image_model", None), audio_model=getattr(args, "audio_model", None),
-                 device=args.device, dtype=dtype, backend=getattr(args, "backend", "torch"))
+                 device=args.device, dtype=dtype, backend=getattr(args, "backend", "auto"))
 
 
 def run_index(args) -> int:

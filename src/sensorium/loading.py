@@ -177,7 +177,9 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
     `compile=True` runs its towers through torch.compile with frozen weights, for inference (sensorium.nn.compiled:
     the first call compiles, a second input shape once more; a failure to compile falls back to eager with a
     warning). `backend="openvino"` or `"onnxruntime"` runs them on that runtime instead, on the CPU (sensorium.nn.exported:
-    sensorium's modules exported on first use and cached on disk; ONNX Runtime in float32 only).
+    sensorium's modules exported on first use and cached on disk; ONNX Runtime in float32 only). `backend="auto"` runs
+    each on OpenVINO only where it is timed faster than eager on this machine, and is torch where OpenVINO cannot run
+    (not installed, not a CPU, compiled, a family without exports): it never refuses.
     """
     found = resolve(source, config)
     builder = family(found.family)
@@ -227,10 +229,12 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
 
         if not compile_model(model):
             raise CapabilityError(f"{model.name}: compile=True is not available for this model family yet")
-    if backend != "torch":
-        from sensorium.nn.exported import export_model
+    if backend != "torch" and builder.exportable:
+        from sensorium.nn.exported import export_model, resolve_backend
 
-        export_model(model, backend)
+        runtime, choose = resolve_backend(backend, target, precision, compile)
+        if runtime != "torch":
+            export_model(model, runtime, choose)
     return model
 
 
@@ -239,6 +243,8 @@ def check_backend_choice(backend: str, compile: bool, builder, name: str, target
     """Before the weights are read: a backend that cannot serve this load is an error naming why."""
     from sensorium.nn.exported import check_backend
 
+    if backend == "auto":  # what cannot run on a runtime runs on torch
+        return
     if compile:
         raise InputError(f"compile=True is torch's compiler; it does not combine with backend={backend!r} (pick one)")
     check_backend(backend, target, precision)

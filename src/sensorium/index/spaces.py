@@ -113,7 +113,7 @@ class Models:
     # (source, device=, dtype=) -> model: sensorium.loading.load, or a server's registry so that a model it serves
     # is held once
     loader: Callable | None = None
-    backend: str = "torch"  # sensorium.loading.load's (a `loader` applies its own)
+    backend: str = "auto"  # sensorium.loading.load's (a `loader` applies its own)
     _loaded: dict = field(default_factory=dict)
 
     def load(self, source):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sensorium.tasks.spec import BACKEND, FORMAT, Option, TaskSpec, count, positive_int, seconds, text_argument
+from sensorium.tasks.spec import BACKEND_AUTO, FORMAT, Option, TaskSpec, count, positive_int, seconds, text_argument
 
 DB = Option(("--db",), "the collection: a folder or an s3:// URI (default: $SENSORIUM_INDEX, else "
             "~/.local/share/sensorium/index)")
@@ -22,7 +22,7 @@ INDEX = TaskSpec(
         Option(("--audio-model",), "PE-AV model for audio and the sound of videos (default: pe-av-small-16-frame "
                "on a CPU, pe-av-large-16-frame on a GPU)"),
         *DEVICE,
-        BACKEND,
+        BACKEND_AUTO,
         Option(("--fps",), "video frames per second for segment rows (default 1)", type=seconds, default=1.0),
         Option(("--segment",), "seconds of video per segment row (default 4)", type=seconds, default=4.0),
         Option(("--window",), "seconds of sound per window row (default 10)", type=seconds, default=10.0),

@@ -24,6 +24,13 @@ PE-AV's codec ~30 s).
   not exported, and `model.visual` stays a module).
 - A failure to export or run (a missing package is an error at load instead) warns once for that kind of input,
   which then runs eagerly; an input eager rejects raises eager's error, as without a backend.
+- `backend="auto"` (the default of `sensorium index` and `sensorium serve`) keeps the runtime only where it is
+  measurably faster on this machine: OpenVINO when it is installed (a CPU, float32 or bfloat16, not compiled; else
+  torch). A kind of input whose eager call takes under 50 ms stays eager without an export; otherwise, after the
+  check, the runtime and eager are timed on the same first input (alternating, the faster of two tries each), and the
+  runtime is kept only when it is at least 5 % faster (a tie goes to eager, which holds one copy of the weights
+  less). The choice is kept beside the export on disk, keyed by this CPU and the thread count, so a later process
+  neither times nor, when eager won, exports again. Which way each kind went: `backend_choices(model)`.
 
 Speed against eager on the same machine: BENCHMARKS.md (the `backend=` section: `benchmarks/pe_core.py models`,
 `benchmarks/ast_tagging.py models`, `benchmarks/pe_av.py run`).
@@ -37,18 +44,29 @@ import json
 import os
 import shutil
 import sys
+import importlib
+import importlib.util
+import logging
+import platform
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-BACKENDS = ("torch", "openvino", "onnxruntime")
+BACKENDS = ("torch", "auto", "openvino", "onnxruntime")
 INSTALL = {"openvino": "pip install 'sensorium[openvino]' (the openvino package)",
            "onnxruntime": "pip install 'sensorium[onnxruntime]' (onnxruntime, onnx and onnxscript)"}
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2}  # relative L2 error of the first output against eager's
+# backend="auto": an eager call shorter than this stays eager (an export costs seconds; a runtime saves a fraction
+# of the call), and the runtime must be this much faster than eager to be kept (it holds its own weights)
+WORTH_EXPORTING_S = 0.05
+KEEP_IF_FASTER = 0.95
+
+log = logging.getLogger("sensorium.backend")
 
 
 def cache_folder() -> Path:
@@ -61,7 +79,7 @@ def check_backend(backend: str, device: torch.device, dtype: torch.dtype) -> Non
 
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    if backend == "torch":
+    if backend in ("torch", "auto"):  # auto falls back to torch where no runtime can serve (resolve_backend)
         return
     if device.type != "cpu":
         raise CapabilityError(f"backend={backend!r} runs on the CPU; this model is on {device} (use device='cpu', "
@@ -78,6 +96,38 @@ def check_backend(backend: str, device: torch.device, dtype: torch.dtype) -> Non
         except ImportError as err:
             raise CapabilityError(f"backend={backend!r} needs the {module} package, which is not installed "
                                   f"({err}); {INSTALL[backend]}") from None
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, compile: bool = False) -> tuple[str, bool]:
+    """(the runtime to export to, or "torch"; whether each export is kept only where timed faster than eager).
+    "auto" is OpenVINO, timed, where it can run (installed, a CPU, float32 or bfloat16, not compiled), else torch."""
+    if backend != "auto":
+        return backend, False
+    if compile or device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
+        return "torch", False
+    if importlib.util.find_spec("openvino") is None:
+        return "torch", False
+    return "openvino", True
+
+
+def backend_choices(model: torch.nn.Module) -> dict[str, dict[str, str]]:
+    """For each exported method or submodule of `model`: the kinds of input met so far and what runs them (the
+    runtime, eager and why), e.g. {"PE-Core-B16-224.encode_image": {"float32 [3, 224, 224]": "openvino: ..."}}."""
+    calls = [v for v in vars(model).values() if isinstance(v, ExportedCall)]
+    calls += [part.forward for part in model.modules() if isinstance(vars(part).get("forward"), ExportedCall)]
+    return {call.name: call.report() for call in calls}
+
+
+@functools.lru_cache(maxsize=1)
+def _machine() -> str:
+    """This CPU, for a timed choice kept on disk (another CPU may choose the other way)."""
+    name = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as info:
+            name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}|{platform.machine()}|{os.cpu_count()}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -112,10 +162,13 @@ class ExportedCall:
     over any number of samples in hops), and checked at a second, shorter size before the export is used."""
 
     def __init__(self, name: str, owner: torch.nn.Module, attribute: str, backend: str, origin: dict,
-                 free_dim: tuple[int, int] | None = None):
+                 free_dim: tuple[int, int] | None = None, choose: bool = False):
         self.name, self.owner, self.attribute, self.backend, self.free_dim = name, owner, attribute, backend, free_dim
         self.origin = origin  # what identifies the weights and the model (the disk cache's key)
-        self.failures: dict[tuple, str] = {}  # kinds of input that run eagerly, and why
+        self.choose = choose  # backend="auto": keep the runtime only where it is timed faster than eager
+        self.failures: dict[tuple, str] = {}  # kinds of input that run eagerly because the runtime failed, and why
+        self.eager_kinds: dict[tuple, str] = {}  # backend="auto": kinds of input eager runs faster, and by how much
+        self.chosen: dict[tuple, str] = {}  # backend="auto": kinds of input the runtime runs faster, and by how much
         self._fresh()
 
     def _fresh(self) -> None:
@@ -134,7 +187,8 @@ class ExportedCall:
         self._fresh()
 
     def __call__(self, *args, **kwargs):
-        if not args or not isinstance(args[0], torch.Tensor) or self._wants_gradients(args[0]):
+        if (not args or not isinstance(args[0], torch.Tensor) or args[0].device.type != "cpu"
+                or self._wants_gradients(args[0])):  # (a model moved to a GPU after load: eager runs there)
             return self.eager(*args, **kwargs)
         x, options = args[0], args[1:]
         if any(isinstance(v, torch.Tensor) for v in (*options, *kwargs.values())):
@@ -156,12 +210,23 @@ class ExportedCall:
                 del self.runners[kind]
                 self._failed(kind, err)
                 return out
-        if kind in self.failures or x.shape[0] == 0:
+        if kind in self.failures or kind in self.eager_kinds or x.shape[0] == 0:
             return self.eager(*args, **kwargs)
+        start = time.perf_counter()
         out = self.eager(*args, **kwargs)  # a bad input raises here, as without a backend
+        eager_s = time.perf_counter() - start
         if not isinstance(out, torch.Tensor):
             self.failures[kind] = "the method returns no single tensor"
             return out
+        decided = None
+        if self.choose:
+            if eager_s < WORTH_EXPORTING_S:
+                self._keep_eager(kind, f"eager: {eager_s * 1e3:.0f} ms a call, too short to gain from an export")
+                return out
+            decided = self._read_choice(kind)
+            if decided is not None and decided["runtime"] == "eager":
+                self._keep_eager(kind, decided["why"])
+                return out
         try:
             runner = self._export(kind, x, options, kwargs)
             self._check(runner, x, out)
@@ -174,8 +239,84 @@ class ExportedCall:
         except Exception as err:  # noqa: BLE001 -- eager answered this input; the runtime could not
             self._failed(kind, err)
             return out
+        if self.choose:
+            if decided is None:
+                decided = self._race(runner, x, args, kwargs)
+                self._write_choice(kind, decided)
+            if decided["runtime"] == "eager":
+                self._keep_eager(kind, decided["why"])  # the runner goes, and the runtime's copy of the weights
+                return out
+            self.chosen[kind] = decided["why"]
+            log.info("%s on %s: %s", self.name, self._shown(kind), decided["why"])
         self.runners[kind] = runner, out.dtype
         return out
+
+    def _race(self, runner: Callable, x: torch.Tensor, args: tuple, kwargs: dict) -> dict:
+        """Time the runtime and eager on the same input, alternating, after each has run it once; the faster of
+        two tries each unless the first pair already differs by more than 10 %."""
+        def timed(call: Callable) -> float:
+            start = time.perf_counter()
+            call()
+            return time.perf_counter() - start
+
+        runtime_s, eager_s = [], []
+        for _ in range(2):
+            with self.lock:
+                runtime_s.append(timed(lambda: runner(_as_input(x))))
+            eager_s.append(timed(lambda: self.eager(*args, **kwargs)))
+            if not 0.9 < runtime_s[0] / eager_s[0] < 1.1:
+                break
+        runtime, eager = min(runtime_s), min(eager_s)
+        winner = self.backend if runtime < KEEP_IF_FASTER * eager else "eager"
+        return {"runtime": winner, "runtime_s": runtime, "eager_s": eager, "threads": torch.get_num_threads(),
+                "why": f"{winner}: {self.backend} {runtime:.3g} s a call, eager {eager:.3g} s "
+                       f"({eager / runtime:.2f}x; timed on a batch of {x.shape[0]}, {torch.get_num_threads()} threads)"}
+
+    def _choice_file(self, kind: tuple) -> Path | None:
+        if not self.origin.get("weights"):
+            return None
+        machine = hashlib.sha256(f"{_machine()}|{torch.get_num_threads()}".encode()).hexdigest()[:12]
+        return cache_folder() / f"{self.backend}-{self._key(kind)}" / f"choice-{machine}.json"
+
+    def _read_choice(self, kind: tuple) -> dict | None:
+        path = self._choice_file(kind)
+        try:
+            return json.loads(path.read_text()) if path is not None and path.is_file() else None
+        except (OSError, ValueError):  # a half-written or unreadable choice: time again
+            return None
+
+    def _write_choice(self, kind: tuple, decided: dict) -> None:
+        path = self._choice_file(kind)
+        if path is None or not path.parent.is_dir():
+            return
+        try:
+            temporary = path.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(decided))
+            os.replace(temporary, path)
+        except OSError:  # a read-only cache: the choice is remade by the next process
+            pass
+
+    def _keep_eager(self, kind: tuple, why: str) -> None:
+        self.eager_kinds[kind] = why
+        log.info("%s on %s: %s", self.name, self._shown(kind), why)
+
+    @staticmethod
+    def _shown(kind: tuple) -> str:
+        """A kind of input for people: its dtype and shape past the batch ("any": free), then other arguments."""
+        shape, dtype, options, keywords = kind
+        shown = f"{dtype.removeprefix('torch.')} {['any' if size is None else size for size in shape]}"
+        return shown + "".join(f" {extra}" for extra in (options, keywords) if extra not in ("()", "[]"))
+
+    def report(self) -> dict[str, str]:
+        """Each kind of input met so far and what runs it."""
+        shown = {}
+        for kind in self.runners:
+            shown[self._shown(kind)] = self.chosen.get(kind, self.backend)
+        for kind, why in self.eager_kinds.items():
+            shown[self._shown(kind)] = why
+        for kind, why in self.failures.items():
+            shown[self._shown(kind)] = f"eager: {self.backend} failed ({why})"
+        return shown
 
     def _wants_gradients(self, x: torch.Tensor) -> bool:
         """A call that builds an autograd graph runs eagerly (the runtime has none). A plain call without
@@ -194,12 +335,11 @@ class ExportedCall:
     def _failed(self, kind: tuple, err: Exception) -> None:
         first_line = (str(err).strip().splitlines() or [""])[0][:300]
         self.failures[kind] = f"{type(err).__name__}: {first_line}"
-        shown = ["any" if size is None else size for size in kind[0]]
-        warnings.warn(f"backend={self.backend!r} failed for {self.name} on inputs {kind[1]} {shown} past the "
+        warnings.warn(f"backend={self.backend!r} failed for {self.name} on inputs {self._shown(kind)} past the "
                       f"batch ({self.failures[kind]}); they run eagerly", RuntimeWarning, stacklevel=3)
 
     def _key(self, kind: tuple) -> str:
-        runtime = sys.modules["openvino" if self.backend == "openvino" else "onnxruntime"]
+        runtime = importlib.import_module("openvino" if self.backend == "openvino" else "onnxruntime")
         fields = {**self.origin, "method": self.name, "kind": kind, "backend": self.backend,
                   "runtime": getattr(runtime, "__version__", "?"), "torch": torch.__version__, "code": _code_digest()}
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:24]
@@ -301,10 +441,10 @@ def _open(backend: str, folder: Path, dtype_name: str, keep: bool = True) -> Cal
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def export_model(model: torch.nn.Module, backend: str) -> bool:
+def export_model(model: torch.nn.Module, backend: str, choose: bool = False) -> bool:
     """Replace each of the model's `compile_methods` (on the instance), and the forward of each submodule its
-    `export_modules` names ({path: free_dim or None}), by an ExportedCall on `backend`; False when the family
-    names none (nothing is changed)."""
+    `export_modules` names ({path: free_dim or None}), by an ExportedCall on `backend` (`choose`: kept only where
+    timed faster than eager, backend="auto"); False when the family names none (nothing is changed)."""
     names = getattr(model, "compile_methods", ())
     modules = getattr(model, "export_modules", {})
     weights = getattr(model, "weights_path", None)
@@ -315,9 +455,9 @@ def export_model(model: torch.nn.Module, backend: str) -> bool:
         origin.update(weights=str(Path(weights).resolve()), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
                       layout=str(getattr(model, "layout", "")))
     for name in names:
-        setattr(model, name, ExportedCall(f"{origin['model']}.{name}", model, name, backend, origin))
+        setattr(model, name, ExportedCall(f"{origin['model']}.{name}", model, name, backend, origin, choose=choose))
     for path, free_dim in modules.items():
         part = model.get_submodule(path)
         # an instance attribute: nn.Module.__call__ finds it before the class's forward
-        part.forward = ExportedCall(f"{origin['model']}.{path}", part, "forward", backend, origin, free_dim)
+        part.forward = ExportedCall(f"{origin['model']}.{path}", part, "forward", backend, origin, free_dim, choose)
     return bool(names) or bool(modules)

@@ -34,5 +34,7 @@ class ServeConfig:
     allow_paths: tuple[str, ...] = ()  # folders whose files requests may name by server-side path
     batching: bool = True  # coalesce concurrent embedding / classify / tag requests
     compile: bool = False  # torch.compile the models whose family supports it (the others run eagerly)
-    backend: str = "torch"  # "openvino" | "onnxruntime": the models whose family exports run there (the rest: torch)
+    # "openvino" | "onnxruntime": the models whose family exports run there (the rest: torch); "auto": OpenVINO
+    # where timed faster than torch (sensorium.nn.exported)
+    backend: str = "auto"
     limits: Limits = field(default_factory=Limits)

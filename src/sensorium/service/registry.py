@@ -76,9 +76,10 @@ class Registry:
                 dtype, found = self.dtype, family(resolve(source).family)
                 if dtype in QUANTIZED and not found.quantizable:
                     dtype = "bfloat16"  # int8/int4 quantize chat decoders; the other models run in bf16
-                # the families that export run on the backend, the others on torch (as compile does)
-                model = load(source, device=self.device, dtype=dtype,
-                             backend=self.backend if found.exportable else "torch")
+                # the families that export run on the backend, the others on torch (as compile does); "auto"
+                # gives way to --compile
+                backend = "torch" if not found.exportable or (self.compile and self.backend == "auto") else self.backend
+                model = load(source, device=self.device, dtype=dtype, backend=backend)
                 if self.compile:
                     from sensorium.nn.compiled import compile_model
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sensorium.index.specs import DB, DEVICE
-from sensorium.tasks.spec import BACKEND, COMPILE, Option, TaskSpec, integer, positive_int, seconds
+from sensorium.tasks.spec import BACKEND_AUTO, COMPILE, Option, TaskSpec, integer, positive_int, seconds
 
 SERVE = TaskSpec(
     "serve", "serve every task over HTTP (OpenAI-compatible where a standard exists) with a search page",
@@ -19,7 +19,7 @@ SERVE = TaskSpec(
                "decoders with weight-only quantized weights (CPU), every other model in bfloat16", default="auto",
                choices=("auto", "float32", "bfloat16", "float16", "int8", "int4")),
         COMPILE,
-        BACKEND,
+        BACKEND_AUTO,
         Option(("--allow-path",), "a folder whose files requests may name by server-side path (repeatable)",
                action="append", metavar="DIR"),
         Option(("--max-batch",), "inputs coalesced into one forward (default 32)", type=positive_int, default=32),

@@ -162,10 +162,15 @@ COMPILE = Option(("--compile",), "run the model's towers through torch.compile (
                  "first of another size compile, 10-20 s each on a small CPU, cached in ~/.cache/sensorium/inductor; "
                  "PE and AST models)",
                  action="store_true")
-BACKEND = Option(("--backend",), "torch (default), openvino or onnxruntime: run the model's towers on that CPU "
-                 "runtime (sensorium's modules, exported on first use and cached in ~/.cache/sensorium/exported; PE, "
-                 "AST and PE-AV models; onnxruntime in float32 only; pip install 'sensorium[openvino]' or "
-                 "'sensorium[onnxruntime]')", default="torch", choices=("torch", "openvino", "onnxruntime"))
+BACKEND_HELP = ("openvino or onnxruntime: run the model's towers on that CPU runtime (sensorium's modules, exported "
+                "on first use and cached in ~/.cache/sensorium/exported; PE, AST and PE-AV models; onnxruntime in "
+                "float32 only; pip install 'sensorium[openvino]' or 'sensorium[onnxruntime]'); auto: OpenVINO for "
+                "each tower where it is timed faster than torch on this machine's first batch (the choice is kept "
+                "on disk), else torch")
+BACKENDS = ("torch", "auto", "openvino", "onnxruntime")
+BACKEND = Option(("--backend",), f"torch (default), {BACKEND_HELP}", default="torch", choices=BACKENDS)
+# collections and the service run long enough for a first-batch timing to pay for itself
+BACKEND_AUTO = Option(("--backend",), f"auto (default), torch, {BACKEND_HELP}", default="auto", choices=BACKENDS)
 
 
 DTYPE = Option(("--dtype",), "auto: bfloat16 (or float16) on CUDA, float32 elsewhere", default="auto",
