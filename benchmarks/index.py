@@ -4,7 +4,7 @@ the re-index of an unchanged folder.
     python benchmarks/pe_core.py setup              # once: the timm venv that writes random PE-Core weights
     python benchmarks/index.py throughput [--images 200] [--videos 4] [--rounds 2]
     python benchmarks/index.py search [--rows 10000 100000] [--dim 1024] [--queries 200]
-    python benchmarks/index.py sound [--images 20] [--sounds 6] [--videos 2] [--rounds 2]
+    python benchmarks/index.py sound [--images 20] [--sounds 6] [--videos 2] [--rounds 2] [--backend torch auto]
     python benchmarks/index.py reindex [--files 10000]
 
 throughput: `sensorium index` over a mixed folder (photo-sized JPEGs and 10 s videos) with PE-Core-B16-224 at its
@@ -307,6 +307,39 @@ def sound_throughput(images: int, sounds: int, videos: int, rounds: int) -> None
           f"{files / model_s:.2f} files/s ({model_s:.1f} s) | {100 * model_s / index_s:.0f} % of the bound |")
 
 
+def sound_backends(images: int, sounds: int, videos: int, rounds: int, backends: list[str]) -> None:
+    """`sensorium index --backend B` on the same folder for each B (sides alternating within each round): what
+    the default (auto) gains or costs against torch. Round 1 of auto includes its exports and timings (they are
+    kept on disk, so later rounds read them); the export cache is emptied before round 1."""
+    print(f"machine: {machine()}")
+    weights, sound_weights = _weights(), _sound_weights()
+    folder = _sound_folder(images, sounds, videos)
+    cache = OUT / "index-export-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    seconds: dict[str, list[float]] = {backend: [] for backend in backends}
+    for r in range(rounds):
+        for backend in backends[r % len(backends):] + backends[:r % len(backends)]:
+            db = OUT / "index-sound-db"
+            shutil.rmtree(db, ignore_errors=True)
+            command = [sys.executable, "-m", "sensorium.cli", "index", str(folder), "--db", str(db), "--image-model",
+                       str(weights), "--audio-model", str(sound_weights), "--device", "cpu", "-q",
+                       "--backend", backend]
+            run = subprocess.run(command, capture_output=True, text=True,
+                                 env={**_env(), "SENSORIUM_EXPORT_CACHE": str(cache)})
+            if run.returncode:
+                raise RuntimeError(run.stderr[-3000:])
+            seconds[backend].append(float(re.search(r"in ([\d.]+) s", run.stderr).group(1)))
+            print(f"  round {r + 1} --backend {backend}: {seconds[backend][-1]:.1f} s", file=sys.stderr)
+    choices = sorted(p.read_text() for p in cache.glob("*/choice-*.json"))
+    print("timed choices kept on disk:", *choices, sep="\n  ", file=sys.stderr)
+    files = images + sounds + videos
+    steady = {backend: statistics.median(times[1:] or times) for backend, times in seconds.items()}
+    for backend in backends:
+        print(f"| --backend {backend} | rounds: {', '.join(f'{s:.1f}' for s in seconds[backend])} s | after round 1: "
+              f"{steady[backend]:.1f} s, {files / steady[backend]:.3f} files/s | "
+              f"{steady[backends[0]] / steady[backend]:.2f}x {backends[0]} |")
+
+
 def _synthetic(store_path: Path, rows: int, dim: int, per_file: int = 20):
     sys.path.insert(0, str(ROOT / "src"))
     import numpy as np
@@ -446,11 +479,15 @@ def main() -> None:
     a.add_argument("--sounds", type=int, default=6)
     a.add_argument("--videos", type=int, default=2)
     a.add_argument("--rounds", type=int, default=2)
+    a.add_argument("--backend", nargs="+", choices=["torch", "auto", "openvino", "onnxruntime"],
+                   help="compare `sensorium index --backend` on the folder instead (no bound), e.g. torch auto")
     r = sub.add_parser("reindex")
     r.add_argument("--files", type=int, default=10_000)
     args = parser.parse_args()
     if args.command == "throughput":
         throughput(args.images, args.videos, args.rounds)
+    elif args.command == "sound" and args.backend:
+        sound_backends(args.images, args.sounds, args.videos, args.rounds, args.backend)
     elif args.command == "sound":
         sound_throughput(args.images, args.sounds, args.videos, args.rounds)
     elif args.command == "search":

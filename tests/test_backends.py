@@ -226,7 +226,7 @@ def test_backend_choices_that_cannot_work_are_refused_at_load(monkeypatch, af3_m
     path, config = PE_FIXTURES / "clip_tiny" / "original.pt", pe_config("clip_tiny")
     with pytest.raises(sn.CapabilityError, match="onnxruntime.*float32.*backend='openvino' for bfloat16"):
         sn.load(path, config=config, device="cpu", dtype="bfloat16", backend="onnxruntime")
-    with pytest.raises(sn.InputError, match="backend must be one of torch, auto, openvino, onnxruntime; got 'tensorrt'"):
+    with pytest.raises(sn.InputError, match="must be one of torch, auto, openvino, onnxruntime; got 'tensorrt'"):
         sn.load(path, config=config, device="cpu", backend="tensorrt")
     with pytest.raises(sn.InputError, match="does not combine with backend='openvino'"):
         sn.load(path, config=config, device="cpu", backend="openvino", compile=True)
@@ -264,6 +264,7 @@ def test_the_command_takes_backend_and_gives_torchs_rows(tiny_entries, capsys, e
 def test_a_server_on_a_backend_answers_as_the_library(tiny_entries, ast_models):
     """`serve --backend openvino`: the exporting families run there (the embeddings equal torch's), the others
     (here none are asked) on torch."""
+    import httpx
     import numpy as np
     import openai
 
@@ -284,6 +285,12 @@ def test_a_server_on_a_backend_answers_as_the_library(tiny_entries, ast_models):
         served = running.service.registry.get("test-clip_tiny")
         assert served.encode_image.runners and served.encode_text.runners
         assert not served.encode_image.failures and not served.encode_text.failures
+        health = httpx.get(running.url + "/healthz").json()  # what runs where, for whoever operates the server
+        shown = health["backends"]["test-clip_tiny"]
+        assert set(shown) == {served.encode_image.name, served.encode_text.name}
+        assert shown[served.encode_image.name] == {
+            f"float32 {list(list(served.encode_image.runners)[0][0])} [('normalize', False)]": "openvino"}
+        assert list(shown[served.encode_text.name].values()) == ["openvino"]
 
 
 def test_an_index_on_a_backend_has_torchs_rows(tiny_entries, tmp_path, export_cache):
@@ -355,7 +362,7 @@ def test_auto_keeps_the_runtime_only_where_it_is_timed_faster_and_remembers(monk
             check(model.encode_image(ref["pixels"]), ref["image_embeds_normalized"])
     call = model.encode_image
     assert not call.runners and not call.failures  # eager won: the runner (and the runtime's weights) went
-    (why,) = call.eager_kinds.values()
+    (why,) = call.eager_spans.values()
     assert why.startswith("eager: openvino ") and f"timed on a batch of {len(ref['pixels'])}" in why
     assert backend_choices(model)[call.name] == {f"float32 {list(ref['pixels'].shape[1:])}": why}
 
@@ -379,7 +386,7 @@ def test_auto_keeps_the_runtime_only_where_it_is_timed_faster_and_remembers(monk
         check(again.encode_image(ref["pixels"]), ref["image_embeds_normalized"])
         for _ in range(2):
             check(again.encode_image(ref["pixels_nonnative"], normalize=False), ref["image_embeds_nonnative"])
-    assert len(again.encode_image.runners) == 1 and len(again.encode_image.eager_kinds) == 1
+    assert len(again.encode_image.runners) == 1 and len(again.encode_image.eager_spans) == 1
 
 
 def test_auto_leaves_short_calls_eager_without_exporting(export_cache):
@@ -388,7 +395,7 @@ def test_auto_leaves_short_calls_eager_without_exporting(export_cache):
     with torch.inference_mode():
         for _ in range(2):
             check(model.encode_image(ref["pixels"]), ref["image_embeds_normalized"])
-    assert "too short to gain from an export" in next(iter(model.encode_image.eager_kinds.values()))
+    assert "too short to gain from an export" in next(iter(model.encode_image.eager_spans.values()))
     assert not model.encode_image.runners and not export_cache.exists()
 
 
@@ -420,3 +427,41 @@ def test_the_index_and_the_service_default_to_auto_and_compile_overrides_it(tiny
     assert not isinstance(vars(compiled).get("encode_image"), ExportedCall)
     on_auto = Registry(("test-clip_tiny",), "cpu", None, backend="auto").load("test-clip_tiny")
     assert isinstance(vars(on_auto).get("encode_image"), ExportedCall)
+
+
+def test_auto_decides_a_free_length_per_power_of_two_from_one_export(monkeypatch, export_cache):
+    """The codec on OpenVINO can tie eager on a short clip and win on a long one: auto times each power of two of
+    the length on its own, all on one export, and keeps the runtime where it won."""
+    import sensorium.nn.exported as exported
+    from test_pe_av import AV
+
+    monkeypatch.setattr(exported, "WORTH_EXPORTING_S", 0.0)
+    model = sn.load(AV / "pe_av_tiny" / "original", device="cpu", backend="auto")
+    codec = model.audio.dac.forward
+    hop = model.audio.dac.hop_length if hasattr(model.audio.dac, "hop_length") else codec.free_dim[1]
+    waves = torch.randn(1, 1, 64 * hop, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want_long, want_short = codec.eager(waves), codec.eager(waves[..., : 8 * hop])
+        real_eager = codec.eager
+        codec.eager = slowed(real_eager)  # long clips: eager slower than the runtime
+        codec(waves)
+        codec.eager = real_eager
+        real_open_runner = codec.runners[next(iter(codec.runners))][0]
+        out_dtype = codec.runners[next(iter(codec.runners))][1]
+        codec.runners[next(iter(codec.runners))] = slowed(real_open_runner), out_dtype  # short ones: it is slower
+        codec(waves[..., : 8 * hop])
+        codec.runners[next(iter(codec.runners))] = real_open_runner, out_dtype
+        torch.testing.assert_close(codec(waves), want_long, rtol=0, atol=1e-4)  # on the runtime
+        torch.testing.assert_close(codec(waves[..., : 8 * hop]), want_short, rtol=0, atol=0)  # eagerly
+    assert len(codec.runners) == 1 and len(list(export_cache.iterdir())) == 1
+    (long_span,), (short_span,) = codec.chosen, codec.eager_spans
+    assert long_span[1] == (64 * hop).bit_length() and short_span[1] == (8 * hop).bit_length()
+    shown = backend_choices_of(model)[codec.name]
+    assert [why.split(":")[0] for why in shown.values()] == ["openvino", "eager"]
+    assert any(f"free size {2 ** (long_span[1] - 1)}-" in key for key in shown)
+
+
+def backend_choices_of(model):
+    from sensorium.nn.exported import backend_choices
+
+    return backend_choices(model)

@@ -29,8 +29,10 @@ PE-AV's codec ~30 s).
   torch). A kind of input whose eager call takes under 50 ms stays eager without an export; otherwise, after the
   check, the runtime and eager are timed on the same first input (alternating, the faster of two tries each), and the
   runtime is kept only when it is at least 5 % faster (a tie goes to eager, which holds one copy of the weights
-  less). The choice is kept beside the export on disk, keyed by this CPU and the thread count, so a later process
-  neither times nor, when eager won, exports again. Which way each kind went: `backend_choices(model)`.
+  less). A free dimension (the codec's length) is decided per power of two of its size (the codec on OpenVINO ties
+  eager on 2 s of sound and wins by 1.4x on 30 s), all from one export. The choice is kept beside the export on
+  disk, keyed by this CPU and the thread count, so a later process neither times nor, when eager won, exports
+  again. Which way each went: `backend_choices(model)` (and the service's /healthz).
 
 Speed against eager on the same machine: BENCHMARKS.md (the `backend=` section: `benchmarks/pe_core.py models`,
 `benchmarks/ast_tagging.py models`, `benchmarks/pe_av.py run`).
@@ -40,14 +42,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
-import os
-import shutil
-import sys
 import importlib
 import importlib.util
+import json
 import logging
+import os
 import platform
+import shutil
 import tempfile
 import threading
 import time
@@ -111,11 +112,11 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, comp
 
 
 def backend_choices(model: torch.nn.Module) -> dict[str, dict[str, str]]:
-    """For each exported method or submodule of `model`: the kinds of input met so far and what runs them (the
-    runtime, eager and why), e.g. {"PE-Core-B16-224.encode_image": {"float32 [3, 224, 224]": "openvino: ..."}}."""
+    """For each exported method or submodule of `model` called so far: the kinds of input met and what runs them
+    (the runtime, eager and why), e.g. {"PE-Core-B16-224.encode_image": {"float32 [3, 224, 224]": "openvino: ..."}}."""
     calls = [v for v in vars(model).values() if isinstance(v, ExportedCall)]
     calls += [part.forward for part in model.modules() if isinstance(vars(part).get("forward"), ExportedCall)]
-    return {call.name: call.report() for call in calls}
+    return {call.name: report for call in calls if (report := call.report())}
 
 
 @functools.lru_cache(maxsize=1)
@@ -167,8 +168,9 @@ class ExportedCall:
         self.origin = origin  # what identifies the weights and the model (the disk cache's key)
         self.choose = choose  # backend="auto": keep the runtime only where it is timed faster than eager
         self.failures: dict[tuple, str] = {}  # kinds of input that run eagerly because the runtime failed, and why
-        self.eager_kinds: dict[tuple, str] = {}  # backend="auto": kinds of input eager runs faster, and by how much
-        self.chosen: dict[tuple, str] = {}  # backend="auto": kinds of input the runtime runs faster, and by how much
+        # backend="auto", per span of input (see __call__): those eager runs, and those the runtime runs, and why
+        self.eager_spans: dict[tuple, str] = {}
+        self.chosen: dict[tuple, str] = {}
         self._fresh()
 
     def _fresh(self) -> None:
@@ -200,7 +202,12 @@ class ExportedCall:
             kind = (tuple(shape), str(x.dtype), repr(options), repr(sorted(kwargs.items())))
         except Exception:  # noqa: BLE001 -- an argument without a stable repr: nothing to key an export by
             return self.eager(*args, **kwargs)
-        if kind in self.runners:
+        # auto decides per span: a kind of input and, for a free dimension, its size's power of two (a codec's
+        # runtime can lose on 2 s of sound and win on 30 s); one export serves every span of its kind
+        span = (kind, x.shape[self.free_dim[0]].bit_length() if self.free_dim is not None and x.ndim > 1 else 0)
+        if span in self.eager_spans:
+            return self.eager(*args, **kwargs)
+        if kind in self.runners and (not self.choose or span in self.chosen):
             runner, out_dtype = self.runners[kind]
             try:
                 with self.lock:
@@ -210,7 +217,7 @@ class ExportedCall:
                 del self.runners[kind]
                 self._failed(kind, err)
                 return out
-        if kind in self.failures or kind in self.eager_kinds or x.shape[0] == 0:
+        if kind in self.failures or x.shape[0] == 0:
             return self.eager(*args, **kwargs)
         start = time.perf_counter()
         out = self.eager(*args, **kwargs)  # a bad input raises here, as without a backend
@@ -221,34 +228,40 @@ class ExportedCall:
         decided = None
         if self.choose:
             if eager_s < WORTH_EXPORTING_S:
-                self._keep_eager(kind, f"eager: {eager_s * 1e3:.0f} ms a call, too short to gain from an export")
+                self._keep_eager(span, f"eager: {eager_s * 1e3:.0f} ms a call, too short to gain from an export")
                 return out
-            decided = self._read_choice(kind)
+            decided = self._read_choice(span)
             if decided is not None and decided["runtime"] == "eager":
-                self._keep_eager(kind, decided["why"])
+                self._keep_eager(span, decided["why"])
                 return out
         try:
-            runner = self._export(kind, x, options, kwargs)
-            self._check(runner, x, out)
-            if self.free_dim is not None:  # a size baked into the export would show at another size
-                dim, multiple = self.free_dim
-                size = max(multiple, x.shape[dim] // 2 // multiple * multiple)
-                if size != x.shape[dim]:
-                    shorter = x.narrow(dim, 0, size)
-                    self._check(runner, shorter, self.eager(shorter, *options, **kwargs))
+            if kind in self.runners:  # exported and checked already, at another size of its free dimension
+                runner = self.runners[kind][0]
+            else:
+                runner = self._export(kind, x, options, kwargs)
+                self._check(runner, x, out)
+                if self.free_dim is not None:  # a size baked into the export would show at another size
+                    dim, multiple = self.free_dim
+                    size = max(multiple, x.shape[dim] // 2 // multiple * multiple)
+                    if size != x.shape[dim]:
+                        shorter = x.narrow(dim, 0, size)
+                        self._check(runner, shorter, self.eager(shorter, *options, **kwargs))
+            if self.choose and decided is None:
+                decided = self._race(runner, x, args, kwargs)
+                self._write_choice(span, decided)
         except Exception as err:  # noqa: BLE001 -- eager answered this input; the runtime could not
+            self.runners.pop(kind, None)
             self._failed(kind, err)
             return out
-        if self.choose:
-            if decided is None:
-                decided = self._race(runner, x, args, kwargs)
-                self._write_choice(kind, decided)
-            if decided["runtime"] == "eager":
-                self._keep_eager(kind, decided["why"])  # the runner goes, and the runtime's copy of the weights
-                return out
-            self.chosen[kind] = decided["why"]
-            log.info("%s on %s: %s", self.name, self._shown(kind), decided["why"])
         self.runners[kind] = runner, out.dtype
+        if self.choose:
+            if decided["runtime"] == "eager":
+                self._keep_eager(span, decided["why"])
+                if not any(chosen_kind == kind for chosen_kind, _ in self.chosen):
+                    del self.runners[kind]  # no span runs on it: the runner goes, with the runtime's weights
+                return out
+            self.chosen[span] = decided["why"]
+            log.info("%s on %s: %s", self.name, self._shown(span), decided["why"])
         return out
 
     def _race(self, runner: Callable, x: torch.Tensor, args: tuple, kwargs: dict) -> dict:
@@ -267,26 +280,27 @@ class ExportedCall:
             if not 0.9 < runtime_s[0] / eager_s[0] < 1.1:
                 break
         runtime, eager = min(runtime_s), min(eager_s)
-        winner = self.backend if runtime < KEEP_IF_FASTER * eager else "eager"
-        return {"runtime": winner, "runtime_s": runtime, "eager_s": eager, "threads": torch.get_num_threads(),
+        winner, threads = self.backend if runtime < KEEP_IF_FASTER * eager else "eager", torch.get_num_threads()
+        return {"runtime": winner, "runtime_s": runtime, "eager_s": eager, "threads": threads,
                 "why": f"{winner}: {self.backend} {runtime:.3g} s a call, eager {eager:.3g} s "
-                       f"({eager / runtime:.2f}x; timed on a batch of {x.shape[0]}, {torch.get_num_threads()} threads)"}
+                       f"({eager / runtime:.2f}x; timed on a batch of {x.shape[0]}, {threads} threads)"}
 
-    def _choice_file(self, kind: tuple) -> Path | None:
+    def _choice_file(self, span: tuple) -> Path | None:
         if not self.origin.get("weights"):
             return None
+        kind, bucket = span
         machine = hashlib.sha256(f"{_machine()}|{torch.get_num_threads()}".encode()).hexdigest()[:12]
-        return cache_folder() / f"{self.backend}-{self._key(kind)}" / f"choice-{machine}.json"
+        return cache_folder() / f"{self.backend}-{self._key(kind)}" / f"choice-{machine}-{bucket}.json"
 
-    def _read_choice(self, kind: tuple) -> dict | None:
-        path = self._choice_file(kind)
+    def _read_choice(self, span: tuple) -> dict | None:
+        path = self._choice_file(span)
         try:
             return json.loads(path.read_text()) if path is not None and path.is_file() else None
         except (OSError, ValueError):  # a half-written or unreadable choice: time again
             return None
 
-    def _write_choice(self, kind: tuple, decided: dict) -> None:
-        path = self._choice_file(kind)
+    def _write_choice(self, span: tuple, decided: dict) -> None:
+        path = self._choice_file(span)
         if path is None or not path.parent.is_dir():
             return
         try:
@@ -296,26 +310,26 @@ class ExportedCall:
         except OSError:  # a read-only cache: the choice is remade by the next process
             pass
 
-    def _keep_eager(self, kind: tuple, why: str) -> None:
-        self.eager_kinds[kind] = why
-        log.info("%s on %s: %s", self.name, self._shown(kind), why)
+    def _keep_eager(self, span: tuple, why: str) -> None:
+        self.eager_spans[span] = why
+        log.info("%s on %s: %s", self.name, self._shown(span), why)
 
     @staticmethod
-    def _shown(kind: tuple) -> str:
-        """A kind of input for people: its dtype and shape past the batch ("any": free), then other arguments."""
-        shape, dtype, options, keywords = kind
+    def _shown(span: tuple) -> str:
+        """A span of input for people: its dtype and shape past the batch ("any": free), other arguments, and the
+        free size's range where auto told sizes apart."""
+        (shape, dtype, options, keywords), bucket = span
         shown = f"{dtype.removeprefix('torch.')} {['any' if size is None else size for size in shape]}"
-        return shown + "".join(f" {extra}" for extra in (options, keywords) if extra not in ("()", "[]"))
+        shown += "".join(f" {extra}" for extra in (options, keywords) if extra not in ("()", "[]"))
+        return shown + (f" (free size {2 ** (bucket - 1)}-{2 ** bucket - 1})" if bucket else "")
 
     def report(self) -> dict[str, str]:
-        """Each kind of input met so far and what runs it."""
-        shown = {}
-        for kind in self.runners:
-            shown[self._shown(kind)] = self.chosen.get(kind, self.backend)
-        for kind, why in self.eager_kinds.items():
-            shown[self._shown(kind)] = why
+        """Each kind (auto: span) of input met so far and what runs it."""
+        shown = {} if self.choose else {self._shown((kind, 0)): self.backend for kind in self.runners}
+        for span, why in (*self.chosen.items(), *self.eager_spans.items()):
+            shown[self._shown(span)] = why
         for kind, why in self.failures.items():
-            shown[self._shown(kind)] = f"eager: {self.backend} failed ({why})"
+            shown[self._shown((kind, 0))] = f"eager: {self.backend} failed ({why})"
         return shown
 
     def _wants_gradients(self, x: torch.Tensor) -> bool:
@@ -335,7 +349,7 @@ class ExportedCall:
     def _failed(self, kind: tuple, err: Exception) -> None:
         first_line = (str(err).strip().splitlines() or [""])[0][:300]
         self.failures[kind] = f"{type(err).__name__}: {first_line}"
-        warnings.warn(f"backend={self.backend!r} failed for {self.name} on inputs {self._shown(kind)} past the "
+        warnings.warn(f"backend={self.backend!r} failed for {self.name} on inputs {self._shown((kind, 0))} past the "
                       f"batch ({self.failures[kind]}); they run eagerly", RuntimeWarning, stacklevel=3)
 
     def _key(self, kind: tuple) -> str:

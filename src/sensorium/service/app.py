@@ -330,7 +330,12 @@ def create_app(config: ServeConfig | None = None, registry: Registry | None = No
 
     @app.get("/healthz", include_in_schema=True)
     async def healthz() -> dict:
-        return {"status": "ok", "models_loaded": sorted(service.registry.loaded())}
+        from sensorium.nn.exported import backend_choices
+
+        loaded = service.registry.loaded()
+        # which towers run on OpenVINO / ONNX Runtime and which eagerly (--backend; auto: and why)
+        backends = {name: choices for name, model in loaded.items() if (choices := backend_choices(model))}
+        return {"status": "ok", "models_loaded": sorted(loaded), "backends": backends}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
