@@ -438,7 +438,7 @@ def test_auto_decides_a_free_length_per_power_of_two_from_one_export(monkeypatch
     monkeypatch.setattr(exported, "WORTH_EXPORTING_S", 0.0)
     model = sn.load(AV / "pe_av_tiny" / "original", device="cpu", backend="auto")
     codec = model.audio.dac.forward
-    hop = model.audio.dac.hop_length if hasattr(model.audio.dac, "hop_length") else codec.free_dim[1]
+    hop = codec.free_dim[1]  # samples per latent frame
     waves = torch.randn(1, 1, 64 * hop, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         want_long, want_short = codec.eager(waves), codec.eager(waves[..., : 8 * hop])
@@ -451,7 +451,8 @@ def test_auto_decides_a_free_length_per_power_of_two_from_one_export(monkeypatch
         codec.runners[next(iter(codec.runners))] = slowed(real_open_runner), out_dtype  # short ones: it is slower
         codec(waves[..., : 8 * hop])
         codec.runners[next(iter(codec.runners))] = real_open_runner, out_dtype
-        torch.testing.assert_close(codec(waves), want_long, rtol=0, atol=1e-4)  # on the runtime
+        long = codec(waves)  # on the runtime: within the export check's bound (the codec's deep convolutions)
+        assert (long - want_long).norm() / want_long.norm() < 1e-4
         torch.testing.assert_close(codec(waves[..., : 8 * hop]), want_short, rtol=0, atol=0)  # eagerly
     assert len(codec.runners) == 1 and len(list(export_cache.iterdir())) == 1
     (long_span,), (short_span,) = codec.chosen, codec.eager_spans
