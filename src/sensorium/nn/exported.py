@@ -238,9 +238,12 @@ class ExportedCall:
             if kind in self.runners:  # exported and checked already, at another size of its free dimension
                 runner = self.runners[kind][0]
             else:
+                cached = self._cached(kind)
                 runner = self._export(kind, x, options, kwargs)
                 self._check(runner, x, out)
-                if self.free_dim is not None:  # a size baked into the export would show at another size
+                # a size baked into the export would show at another size (a cached export was checked at two
+                # sizes when it was made)
+                if self.free_dim is not None and not cached:
                     dim, multiple = self.free_dim
                     size = max(multiple, x.shape[dim] // 2 // multiple * multiple)
                     if size != x.shape[dim]:
@@ -357,6 +360,13 @@ class ExportedCall:
         fields = {**self.origin, "method": self.name, "kind": kind, "backend": self.backend,
                   "runtime": getattr(runtime, "__version__", "?"), "torch": torch.__version__, "code": _code_digest()}
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+    def _cached(self, kind: tuple) -> Path | None:
+        """The finished export of this kind in the disk cache, if there is one."""
+        if not self.origin.get("weights"):
+            return None
+        folder = cache_folder() / f"{self.backend}-{self._key(kind)}"
+        return folder if (folder / "done").is_file() else None
 
     def _export(self, kind: tuple, x: torch.Tensor, options: tuple, kwargs: dict) -> Callable:
         """A runner (float32 or integer tensor in, tensor out) for this kind of input: read from the disk cache
