@@ -341,7 +341,9 @@ def test_a_model_on_a_backend_pickles_without_its_runtime(export_cache):
 # --- backend="auto": the runtime where it is timed faster (the index's and the service's default) ---------------
 
 
-def slowed(call, seconds=0.05):
+def slowed(call, seconds=0.3):
+    """`call` made `seconds` slower: far more than a tiny model's call, so that a busy machine cannot flip a timed
+    choice in these tests."""
     def slow(*args, **kwargs):
         time.sleep(seconds)
         return call(*args, **kwargs)
