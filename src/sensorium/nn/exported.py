@@ -238,8 +238,7 @@ class ExportedCall:
             if kind in self.runners:  # exported and checked already, at another size of its free dimension
                 runner = self.runners[kind][0]
             else:
-                cached = self._cached(kind)
-                runner = self._export(kind, x, options, kwargs)
+                runner, cached = self._export(kind, x, options, kwargs)
                 self._check(runner, x, out)
                 # a size baked into the export would show at another size (a cached export was checked at two
                 # sizes when it was made)
@@ -289,11 +288,12 @@ class ExportedCall:
                        f"({eager / runtime:.2f}x; timed on a batch of {x.shape[0]}, {threads} threads)"}
 
     def _choice_file(self, span: tuple) -> Path | None:
-        if not self.origin.get("weights"):
-            return None
         kind, bucket = span
+        folder = self._folder(kind)
+        if folder is None:
+            return None
         machine = hashlib.sha256(f"{_machine()}|{torch.get_num_threads()}".encode()).hexdigest()[:12]
-        return cache_folder() / f"{self.backend}-{self._key(kind)}" / f"choice-{machine}-{bucket}.json"
+        return folder / f"choice-{machine}-{bucket}.json"
 
     def _read_choice(self, span: tuple) -> dict | None:
         path = self._choice_file(span)
@@ -361,21 +361,16 @@ class ExportedCall:
                   "runtime": getattr(runtime, "__version__", "?"), "torch": torch.__version__, "code": _code_digest()}
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
-    def _cached(self, kind: tuple) -> Path | None:
-        """The finished export of this kind in the disk cache, if there is one."""
-        if not self.origin.get("weights"):
-            return None
-        folder = cache_folder() / f"{self.backend}-{self._key(kind)}"
-        return folder if (folder / "done").is_file() else None
+    def _folder(self, kind: tuple) -> Path | None:
+        """This kind's export (and timed choices) in the disk cache; None when the weights file allows no key."""
+        return cache_folder() / f"{self.backend}-{self._key(kind)}" if self.origin.get("weights") else None
 
-    def _export(self, kind: tuple, x: torch.Tensor, options: tuple, kwargs: dict) -> Callable:
-        """A runner (float32 or integer tensor in, tensor out) for this kind of input: read from the disk cache
-        when the weights file allows a key, else exported (and kept there)."""
-        folder = None
-        if self.origin.get("weights"):
-            folder = cache_folder() / f"{self.backend}-{self._key(kind)}"
-            if (folder / "done").is_file():
-                return _open(self.backend, folder, self.origin["dtype"])
+    def _export(self, kind: tuple, x: torch.Tensor, options: tuple, kwargs: dict) -> tuple[Callable, bool]:
+        """(a runner, float32 or integer tensor in, tensor out, for this kind of input; whether it was read from the
+        disk cache, when the weights file allows a key, rather than exported now and kept there)."""
+        folder = self._folder(kind)
+        if folder is not None and (folder / "done").is_file():
+            return _open(self.backend, folder, self.origin["dtype"]), True
         # two rows: torch.export fixes a dimension whose example size is 1; a free dimension is traced short
         example = x[:2] if x.shape[0] > 1 else x[:1].expand(2, *x.shape[1:])
         if self.free_dim is not None:
@@ -388,12 +383,12 @@ class ExportedCall:
             _write(self.backend, module, example, work, None if self.free_dim is None else self.free_dim[0])
             (work / "done").write_text(json.dumps({"method": self.name, "kind": kind, **self.origin}, default=str))
             if folder is None:
-                return _open(self.backend, work, self.origin["dtype"], keep=False)
+                return _open(self.backend, work, self.origin["dtype"], keep=False), False
             try:
                 os.replace(work, folder)
             except OSError:  # another process kept the same export first: use theirs
                 shutil.rmtree(work, ignore_errors=True)
-            return _open(self.backend, folder, self.origin["dtype"])
+            return _open(self.backend, folder, self.origin["dtype"]), False
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
