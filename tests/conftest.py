@@ -11,6 +11,7 @@ os.environ["HF_HOME"] = os.path.join(_CACHE, "home")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # backend="auto" (the index's and the service's default) keeps exports and timed choices here, not in ~/.cache
 os.environ["SENSORIUM_EXPORT_CACHE"] = os.path.join(_CACHE, "exported")
+os.environ["SENSORIUM_KERNEL_CACHE"] = os.path.join(_CACHE, "kernels")  # the one-row bf16 kernel, built once here
 # OpenVINO's telemetry forks a sender process per event, which can deadlock in this threaded process and then hold
 # pytest at exit; it stays off in CI (ovc's disable_in_ci; checked: no sender is forked with it)
 os.environ.setdefault("CI", "true")

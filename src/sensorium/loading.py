@@ -25,7 +25,7 @@ from sensorium.errors import CapabilityError, InputError, UnknownModelError, Wei
 from sensorium.hub import fetch_published
 from sensorium.keymaps import assign_strict, remap
 from sensorium.nn.decoder import Decoder
-from sensorium.nn.linear import pack_linears
+from sensorium.nn.linear import pack_linears, stream_linears
 
 
 def read_state_dict(path: str | os.PathLike, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -218,11 +218,12 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
             if isinstance(part, Decoder):
                 part.quantize(quantized)
     elif target.type == "cpu" and precision == torch.bfloat16 and not compile:
-        # a decoder streams all its weights for each token: packed once for oneDNN, a bf16 step is 1.4-1.5x
-        # faster (nn/linear.py). Not in float32, whose packed one-row product is slower (0.8x at 18944x3584),
-        # nor for encoders, which gain too little to be worth an opaque weight.
+        # a decoder streams all its weights for each token: its steps run the one-row bf16 kernel on the plain
+        # weights where it builds (nn/gemv.py), else oneDNN's product on weights packed once, 1.4-1.5x faster
+        # than on plain ones (nn/linear.py). Not in float32, whose packed one-row product is slower (0.8x at
+        # 18944x3584), nor for encoders, which gain too little to be worth an opaque weight.
         for part in model.modules():
-            if isinstance(part, Decoder):
+            if isinstance(part, Decoder) and not stream_linears(part):
                 pack_linears(part)
     if compile:
         from sensorium.nn.compiled import compile_model

@@ -1,0 +1,175 @@
+"""One-row bf16 products for decode steps, from a small C kernel built on first use (`gemv_bf16.c` beside this file).
+
+A decoder's one-token step reads every weight once for one row of activations: it is bound by memory bandwidth,
+and torch's bf16 product for one row is not (on a 2-core Zen 4: oneDNN on the weight as stored 15-20 GB/s, packed
+for oneDNN 23-34, this kernel 30-35 of a ~33-57 GB/s streaming read; benchmarks/gemv_probe.py). The kernel needs
+AVX512-BF16 (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later), Linux on x86-64 and a C compiler
+(`$CC`, else `cc` or `gcc`); it is compiled once into `$SENSORIUM_KERNEL_CACHE` (default
+`~/.cache/sensorium/kernels`), checked against float32, and loaded with ctypes. Its OpenMP runtime is the libgomp
+torch has already loaded (same soname), so the two share one thread pool; each call passes torch's thread count.
+
+Where any of that is missing, `available()` is False, `why_not()` says why, and decoders keep oneDNN's packed
+product (nn/linear.py). `SENSORIUM_GEMV=0` (read at first use) or `use_gemv(False)` turns the kernel off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+MAX_ROWS = 4  # rows of x per call (a step's batch); more go to oneDNN, whose GEMM then wins
+SOURCE = Path(__file__).with_name("gemv_bf16.c")
+FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC"]
+
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+_reason: str | None = None  # why the kernel is not available; None before the first try and when it is
+_tried = False
+_enabled = True
+
+
+def cache_folder() -> Path:
+    return Path(os.environ.get("SENSORIUM_KERNEL_CACHE") or "~/.cache/sensorium/kernels").expanduser()
+
+
+def available() -> bool:
+    """Whether the kernel is built and loaded here (the first call builds or loads it: ~1 s once per machine)."""
+    if not _tried:
+        _load()
+    return _library is not None and _enabled
+
+
+def why_not() -> str | None:
+    """Why the kernel is not used, or None when it is."""
+    if not _tried:
+        _load()
+    if _library is not None and not _enabled:
+        return "turned off (use_gemv(False))"
+    return _reason
+
+
+@contextlib.contextmanager
+def use_gemv(enabled: bool):
+    """Within the block, one-row bf16 products run on the kernel (True, the default where it is available) or
+    on oneDNN."""
+    global _enabled
+    before, _enabled = _enabled, enabled
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+def fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether `linear(x, weight, bias)` can run on the kernel: bf16 on the CPU, at most MAX_ROWS rows, a plain
+    contiguous weight, no gradient, not inside torch.compile; and the kernel available."""
+    return (x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 and x.device.type == "cpu"
+            and weight.device.type == "cpu" and weight.dim() == 2 and not weight.is_mkldnn
+            and weight.is_contiguous() and 0 < x.numel() <= MAX_ROWS * weight.shape[1]
+            and x.shape[-1] == weight.shape[1] and weight.shape[0] > 0
+            and (bias is None or (bias.dtype == torch.bfloat16 and bias.is_contiguous() and bias.dim() == 1
+                                  and bias.device.type == "cpu"))
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                                  or (bias is not None and bias.requires_grad)))
+            and not torch.compiler.is_compiling() and available())
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight.T + bias for at most MAX_ROWS rows of bf16 x (call `fits` first)."""
+    k = weight.shape[1]
+    rows = x.numel() // k
+    x = x.contiguous()
+    out = torch.empty(*x.shape[:-1], weight.shape[0], dtype=torch.bfloat16)
+    status = _library.sensorium_gemv_bf16(x.data_ptr(), rows, weight.data_ptr(),
+                                          None if bias is None else bias.data_ptr(), out.data_ptr(),
+                                          weight.shape[0], k, torch.get_num_threads())
+    if status != 0:
+        raise RuntimeError(f"the one-row bf16 kernel cannot take {rows} rows (at most {MAX_ROWS})")
+    return out
+
+
+def _load() -> None:
+    global _library, _reason, _tried
+    with _lock:
+        if _tried:
+            return
+        try:
+            _library, _reason = _build_and_check()
+        except (OSError, subprocess.SubprocessError) as error:  # a cache folder we cannot write, a broken compiler
+            _library, _reason = None, f"the kernel could not be built or loaded: {error}"
+        _tried = True
+
+
+def _build_and_check() -> tuple[ctypes.CDLL | None, str | None]:
+    if os.environ.get("SENSORIUM_GEMV", "1") == "0":
+        return None, "turned off by SENSORIUM_GEMV=0"
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return None, f"the kernel is for Linux on x86-64, not {sys.platform} on {platform.machine()}"
+    if not _cpu_has_avx512_bf16():
+        return None, "this CPU has no AVX512-BF16 instructions"
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler or not shutil.which(compiler):
+        return None, "no C compiler found ($CC, cc or gcc); install gcc to build the one-row bf16 kernel"
+    source = SOURCE.read_bytes()
+    version = subprocess.run([compiler, "--version"], capture_output=True, timeout=60).stdout
+    key = hashlib.sha256(source + version + " ".join(FLAGS).encode() + compiler.encode()).hexdigest()[:16]
+    built = cache_folder() / f"gemv_bf16-{key}.so"
+    if not built.exists():
+        built.parent.mkdir(parents=True, exist_ok=True)
+        # build beside the final name and rename: processes building at once (Ray workers) each replace it whole
+        handle, partial = tempfile.mkstemp(suffix=".so", dir=built.parent)
+        os.close(handle)
+        result = subprocess.run([compiler, *FLAGS, "-o", partial, str(SOURCE)], capture_output=True, text=True,
+                                timeout=300)
+        if result.returncode != 0:
+            os.unlink(partial)
+            return None, f"{compiler} could not build {SOURCE.name}: {result.stderr.strip()[-500:]}"
+        os.replace(partial, built)
+    library = ctypes.CDLL(str(built))
+    function = library.sensorium_gemv_bf16
+    function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                         ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    function.restype = ctypes.c_int
+    error = _self_check(library)
+    if error is not None:
+        return None, error
+    return library, None
+
+
+def _self_check(library: ctypes.CDLL) -> str | None:
+    """The built kernel against float32 on a small product with ragged sizes (n % 4, k % 32 not zero)."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(37, 203, generator=generator).bfloat16()
+    bias = torch.randn(37, generator=generator).bfloat16()
+    for rows in range(1, MAX_ROWS + 1):
+        x = torch.randn(rows, 203, generator=generator).bfloat16()
+        out = torch.empty(rows, 37, dtype=torch.bfloat16)
+        library.sensorium_gemv_bf16(x.data_ptr(), rows, weight.data_ptr(), bias.data_ptr(), out.data_ptr(), 37, 203,
+                                    torch.get_num_threads())
+        expected = x.float() @ weight.float().T + bias.float()
+        error = ((out.float() - expected).norm() / expected.norm()).item()
+        if not error < 1e-2:  # bf16 output: ~2e-3
+            return f"the built kernel failed its check against float32 ({rows} rows: relative error {error:.1e})"
+    return None
+
+
+def _cpu_has_avx512_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return "avx512_bf16" in line.split()
+    except OSError:
+        pass
+    return False

@@ -1,0 +1,152 @@
+"""The one-row bf16 kernel (sensorium/nn/gemv.py) against float64 and oneDNN's product, the cases it must refuse,
+its build (a fresh cache, processes building at once, no compiler) and a bf16 decoder on it against the packed path.
+
+Tolerance: the kernel sums in float32 in another order than oneDNN and rounds once to bf16, so it is held to the
+float64 product as closely as oneDNN's bf16 product is (a rounding: ~4e-3 of the largest output at most)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import sensorium as sn
+from helpers import one_second_question
+from sensorium.nn import Linear, gemv, linear, stream_linears
+
+pytestmark = pytest.mark.skipif(not gemv.available(), reason=f"the one-row bf16 kernel is not available here: "
+                                                            f"{gemv.why_not()}")
+
+
+def rel(a, b) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+def onednn(x, weight, bias):
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+@pytest.mark.parametrize("n, k", [(1, 1), (5, 31), (37, 203), (64, 896), (130, 33), (9, 4096)])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_the_kernel_is_as_close_to_float64_as_onednn(n, k, rows, with_bias):
+    g = torch.Generator().manual_seed(n * 1000 + k + rows)
+    weight = torch.randn(n, k, generator=g).bfloat16()
+    bias = torch.randn(n, generator=g).bfloat16() if with_bias else None
+    x = torch.randn(rows, 1, k, generator=g).bfloat16()  # a step's (batch, 1, width)
+    assert gemv.fits(x, weight, bias)
+    got = gemv.gemv(x, weight, bias)
+    assert got.shape == (rows, 1, n) and got.dtype == torch.bfloat16
+    exact = x.double() @ weight.double().T + (0 if bias is None else bias.double())
+    theirs = onednn(x, weight, bias)
+    assert rel(got, exact) <= max(rel(theirs, exact) * 1.5, 4e-3)
+    assert rel(got, theirs) < 8e-3
+    for rows_alone in range(rows):  # each row of x alone gives the same row: rows never mix
+        assert torch.equal(gemv.gemv(x[rows_alone], weight, bias), got[rows_alone])
+
+
+def test_the_kernel_gives_the_same_bits_on_any_thread_count_and_keeps_nan_and_inf():
+    g = torch.Generator().manual_seed(1)
+    weight, x = torch.randn(203, 300, generator=g).bfloat16(), torch.randn(1, 300, generator=g).bfloat16()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = gemv.gemv(x, weight)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(gemv.gemv(x, weight), one)  # each output's sum is one thread's, whatever the split
+    x[0, 7] = float("nan")
+    assert gemv.gemv(x, weight).isnan().all()
+    x[0, 7], weight[5, 0], x[0, 0] = 0.0, float("inf"), 1.0
+    out = gemv.gemv(x, weight)[0]
+    assert out[5] == float("inf") and out.isfinite().sum() == 202
+
+
+def test_linear_sends_only_what_the_kernel_can_take_to_it():
+    weight, bias = torch.randn(40, 64).bfloat16(), torch.randn(40).bfloat16()
+    with torch.inference_mode():
+        assert gemv.fits(torch.randn(4, 64).bfloat16(), weight, bias)
+        assert not gemv.fits(torch.randn(5, 64).bfloat16(), weight, bias)  # a prompt: oneDNN's GEMM
+        assert not gemv.fits(torch.randn(1, 64), weight.float(), None)  # float32
+        assert not gemv.fits(torch.randn(1, 64).bfloat16(), weight, bias.float())
+        assert not gemv.fits(torch.randn(1, 40).bfloat16(), weight.T, None)  # not contiguous
+        assert not gemv.fits(torch.randn(1, 64).bfloat16(), torch.ops.mkldnn._reorder_linear_weight(weight), None)
+        assert not gemv.fits(torch.randn(1, 0).bfloat16(), torch.randn(40, 0).bfloat16(), None)
+    trained = weight.clone().requires_grad_(True)
+    assert not gemv.fits(torch.randn(1, 64).bfloat16(), trained, None)  # gradients: torch's own product
+    out = linear(torch.randn(1, 64).bfloat16(), trained)
+    out.float().sum().backward()
+    assert trained.grad is not None
+    with gemv.use_gemv(False):
+        assert not gemv.fits(torch.randn(1, 64).bfloat16(), weight, bias)
+        assert gemv.why_not() == "turned off (use_gemv(False))"
+    assert gemv.why_not() is None
+
+
+def test_a_streamed_linear_packs_per_call_for_many_rows_only(monkeypatch):
+    torch.manual_seed(0)
+    layer = Linear(96, 80).bfloat16().requires_grad_(False)
+    assert stream_linears(layer) == 1 and layer.pack_per_call and not layer.packed
+    reorders = []
+    reorder = torch.ops.mkldnn._reorder_linear_weight
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", lambda w: reorders.append(w.shape) or reorder(w))
+    with torch.inference_mode():
+        for rows in (1, 4, 17, 300):
+            x = torch.randn(rows, 96).bfloat16()
+            got = layer(x)
+            exact = x.double() @ layer.weight.double().T + layer.bias.double()
+            assert rel(got, exact) < 8e-3
+    assert reorders == [(80, 96)]  # the 300-row call only
+    assert not layer.packed and torch.equal(layer.state_dict()["weight"], layer.weight)
+
+
+BUILD = textwrap.dedent("""
+    import torch
+    from sensorium.nn import gemv
+    print(gemv.available(), gemv.why_not())
+""")
+
+
+def _fresh_process(tmp_path, **env):
+    return subprocess.Popen([sys.executable, "-c", BUILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "SENSORIUM_KERNEL_CACHE": str(tmp_path / "kernels"), **env})
+
+
+def test_processes_building_the_kernel_at_once_all_get_it(tmp_path):
+    processes = [_fresh_process(tmp_path) for _ in range(3)]
+    outputs = [p.communicate(timeout=240) for p in processes]
+    assert [out.strip() for out, _ in outputs] == ["True None"] * 3, outputs
+    assert len(list((tmp_path / "kernels").glob("gemv_bf16-*.so"))) == 1
+    assert not [p for p in (tmp_path / "kernels").iterdir() if not p.name.startswith("gemv_bf16-")]  # no partials
+
+
+def test_without_a_compiler_or_when_turned_off_it_says_why_and_decoders_pack(tmp_path, af3_model_dir):
+    out, err = _fresh_process(tmp_path, CC=str(tmp_path / "no-such-cc")).communicate(timeout=120)
+    assert out.strip().startswith("False no C compiler found"), err
+    out, err = _fresh_process(tmp_path, SENSORIUM_GEMV="0").communicate(timeout=120)
+    assert out.strip() == "False turned off by SENSORIUM_GEMV=0", err
+    with gemv.use_gemv(False):
+        model = sn.load(str(af3_model_dir), device="cpu", dtype="bfloat16")
+    assert all(m.packed for m in model.decoder.modules() if isinstance(m, Linear))
+
+
+def test_a_bf16_decoder_steps_on_the_kernel_and_answers_as_the_packed_one(af3_model_dir, monkeypatch):
+    with gemv.use_gemv(False):
+        packed = sn.load(str(af3_model_dir), device="cpu", dtype="bfloat16")
+        inputs = packed.process([one_second_question()]).model_inputs()
+        with torch.inference_mode():
+            want_ids = packed.generate(**inputs, max_new_tokens=12, stop_tokens=())
+    model = sn.load(str(af3_model_dir), device="cpu", dtype="bfloat16")
+    layers = [m for m in model.decoder.modules() if isinstance(m, Linear)]
+    assert layers and not any(m.packed for m in layers) and all(m.pack_per_call for m in layers)
+    calls = []
+    kernel = gemv.gemv
+    monkeypatch.setattr(gemv, "gemv", lambda x, w, b=None: calls.append(x.shape) or kernel(x, w, b))
+    with torch.inference_mode():
+        ids = model.generate(**inputs, max_new_tokens=12, stop_tokens=())
+    assert torch.equal(ids, want_ids)
+    # the prompt's head on its last position, then every linear of the decoder once a step for 11 steps
+    assert calls[0] == (1, model.decoder.config.width) and len(calls) == 1 + 11 * len(layers)
+    assert all(shape[:-1].numel() == 1 for shape in calls[1:])  # one row: (1, 1, width) or the head's (1, width)
