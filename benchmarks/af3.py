@@ -16,7 +16,9 @@ are compared. Each measurement runs in a fresh process; sides alternate; medians
 process. A decode row also gives the bytes of decoder weights it streams per step (each step reads every decoder
 weight and the head once) divided by its step time, as a fraction of the machine's read bandwidth
 (benchmarks/bound.py). int8 / int4 rows are sensorium's weight-only decoders (transformers has no CPU kernel for
-them without torchao); their peer is transformers in bf16.
+them without torchao); their peer is transformers in bf16. `bfloat16` is sensorium's default (its steps on the
+one-row kernel, nn/gemv.py, where it builds); `bfloat16-packed` turns the kernel off (SENSORIUM_GEMV=0): the
+decoder's weights packed for oneDNN, the path before the kernel and where it cannot build.
 """
 
 from __future__ import annotations
@@ -116,10 +118,17 @@ def worker(side: str, batch: int, new_tokens: int, dtype: str = "float32") -> No
                                  pad_token_id=0, streamer=Clock() if clock else None)
             return out[:, inputs["input_ids"].shape[1]:]
     else:
+        import os
+
+        if dtype.endswith("-packed"):  # the decoder's linears on oneDNN's packed product, not the one-row kernel
+            os.environ["SENSORIUM_GEMV"] = "0"
         import sensorium as sn
+        from sensorium.nn import gemv
 
         compiled = dtype.endswith("-compile")
-        model = sn.load(WEIGHTS, device="cpu", dtype=dtype.removesuffix("-compile"), compile=compiled)
+        model = sn.load(WEIGHTS, device="cpu", dtype=dtype.removesuffix("-compile").removesuffix("-packed"),
+                        compile=compiled)
+        print(f"one-row bf16 kernel: {gemv.why_not() or 'available'}", file=sys.stderr)
         streamed = weight_bytes(model)
 
         def generate(count, clock=False):
@@ -179,7 +188,8 @@ def run(rounds: int, batches: list[int], new_tokens: int, dtypes: list[str]) -> 
                             "prompt_tokens": runs["sensorium"][0]["prompt_tokens"], "weight_gb": streamed / 1e9,
                             "weight_stream_gb_s": rate, "read_bound_gb_s": read}
             t, s = med["transformers"], med["sensorium"]
-            peer = "" if dtype in ("float32", "bfloat16", "float32-compile", "bfloat16-compile") else " (transformers bf16)"
+            peer = "" if dtype in ("float32", "bfloat16", "float32-compile", "bfloat16-compile",
+                                   "bfloat16-packed") else " (transformers bf16)"
             fraction = f", {100 * rate / read:.0f} % of {read:.0f}" if read else ""
             print(f"| {dtype}{peer} | {batch} ({results[key]['prompt_tokens']}) | {t['prefill_s']:.2f} vs "
                   f"{s['prefill_s']:.2f} s ({t['prefill_s'] / s['prefill_s']:.2f}x) | {t['decode_tokens_per_s']:.1f} vs "
@@ -239,7 +249,8 @@ def main() -> None:
     r.add_argument("--new-tokens", type=int, default=128)
     r.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     r.add_argument("--dtype", nargs="+", default=["float32"],
-                   choices=["float32", "bfloat16", "int8", "int4", "bfloat16-compile", "float32-compile"])
+                   choices=["float32", "bfloat16", "int8", "int4", "bfloat16-compile", "float32-compile",
+                            "bfloat16-packed"])
     a = sub.add_parser("accuracy")
     a.add_argument("--new-tokens", type=int, default=64)
     a.add_argument("--dtype", nargs="+", default=["int8", "int4"], choices=["int8", "int4"])

@@ -8,7 +8,8 @@ CPU: torch's F.linear (MKL sgemm in float32 on x86, oneDNN in bfloat16), oneDNN'
 sensorium's layers call), float16 where torch has a fast path, ONNX Runtime's and OpenVINO's MatMul (in the peer
 environment, benchmarks/.venv-timm: `python benchmarks/pe_core.py setup`); memory: a large copy (read + write) and
 a streaming read, and GEMVs (the decoder's bound: one pass over the weights per token) in fp32, bf16 (plain and
-packed for oneDNN) and torch's int8/int4 weight-only kernels. GPU (when one is present): cuBLAS bf16 and
+packed for oneDNN; sensorium's one-row kernel) and torch's int8/int4 weight-only kernels. GPU (when one is present):
+cuBLAS bf16 and
 fp16 GEMM, TF32, and a device copy (HBM). Every rate is the median of repeated calls after two warm-ups.
 """
 
@@ -75,9 +76,16 @@ def torch_bounds(size: int, repeats: int) -> dict[str, float]:
         rates["bf16 GEMV GB/s (oneDNN, packed weight)"] = weight.numel() * 2 / seconds(
             lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), repeats) / 1e9
         del packed
+        sys.path.insert(0, str(HERE.parent / "src"))
+        from sensorium.nn import gemv
+
+        if gemv.available():  # sensorium's bf16 decoders where it builds (nn/gemv.py)
+            rates["bf16 GEMV GB/s (sensorium's one-row kernel)"] = weight.numel() * 2 / seconds(
+                lambda: gemv.gemv(x, weight), repeats) / 1e9
         rates |= weight_only_rates(weight, x, repeats)
         rates["read GB/s (sum of 1 GB)"] = read_rate(repeats)
-        rates["read GB/s (best of sum, GEMV)"] = max(rates["read GB/s (sum of 1 GB)"], rates["fp32 GEMV GB/s (oneDNN)"])
+        rates["read GB/s (best of sum, GEMV)"] = max(rates["read GB/s (sum of 1 GB)"], rates["fp32 GEMV GB/s (oneDNN)"],
+                                                     rates.get("bf16 GEMV GB/s (sensorium's one-row kernel)", 0.0))
         if torch.cuda.is_available():
             rates |= cuda_bounds(size * 4, repeats)
     return rates
