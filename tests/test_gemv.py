@@ -64,6 +64,36 @@ def test_the_kernel_gives_the_same_bits_on_any_thread_count_and_keeps_nan_and_in
     assert out[5] == float("inf") and out.isfinite().sum() == 202
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_the_fused_step_calls_equal_the_separate_ops(rows):
+    """q/k/v in one call, SwiGLU's gate/up/silu/multiply in one, the Llama/Qwen2 RMSNorm: the same bf16 values as
+    the separate kernel calls and torch's ops (silu's exp and the norm's sum may differ in the last float32 bit,
+    which can move a bf16 rounding: a few elements by one bf16 step at most)."""
+    from sensorium.nn.layers import SwiGLU
+    from sensorium.nn.norms import RMSNorm
+
+    torch.manual_seed(rows)
+    x = torch.randn(rows, 1, 200).bfloat16()
+    layers = [Linear(200, n, bias=n != 24).bfloat16().requires_grad_(False) for n in (64, 24, 24)]
+    assert gemv.fit_all(x, layers)
+    for got, layer in zip(gemv.gemv_many(x, layers), layers):
+        assert torch.equal(got, gemv.gemv(x, layer.weight, layer.bias))
+    mlp = SwiGLU(200, 300).bfloat16().requires_grad_(False)
+    fused = gemv.swiglu_hidden(x, mlp.gate.weight, mlp.up.weight)
+    separate = torch.nn.functional.silu(gemv.gemv(x, mlp.gate.weight)) * gemv.gemv(x, mlp.up.weight)
+    assert (fused != separate).float().mean() < 0.01 and rel(fused, separate) < 8e-3
+    with torch.inference_mode():
+        assert torch.equal(mlp(x), mlp.down(fused))
+        norm = RMSNorm(200, 1e-6, weight_in_float32=False)
+        norm.weight.data = torch.randn(200).bfloat16()
+        x32 = (3 * x).float()
+        want = norm.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-6)).to(torch.bfloat16)
+        got = norm(3 * x)
+        assert (got != want).float().mean() < 0.01 and rel(got, want) < 8e-3
+        many = torch.randn(2, 9, 200).bfloat16()  # a prompt: torch's ops
+        assert not gemv.rms_norm_fits(many, norm.weight) and not gemv.fit_all(many, layers)
+
+
 def test_linear_sends_only_what_the_kernel_can_take_to_it():
     weight, bias = torch.randn(40, 64).bfloat16(), torch.randn(40).bfloat16()
     with torch.inference_mode():
@@ -83,6 +113,19 @@ def test_linear_sends_only_what_the_kernel_can_take_to_it():
         assert not gemv.fits(torch.randn(1, 64).bfloat16(), weight, bias)
         assert gemv.why_not() == "turned off (use_gemv(False))"
     assert gemv.why_not() is None
+
+
+def test_a_trace_records_torch_ops_not_the_kernel():
+    """OpenVINO's conversion traces with TorchScript (F.linear, as nn/exported.py asks): a ctypes call would be
+    recorded as an empty output."""
+    from sensorium.nn import use_onednn
+
+    torch.manual_seed(0)
+    layer = Linear(64, 40).bfloat16().requires_grad_(False)
+    with torch.no_grad(), use_onednn(False):
+        traced = torch.jit.trace(layer, torch.randn(1, 64).bfloat16())
+        x = torch.randn(1, 64).bfloat16()
+        assert rel(traced(x), x.double() @ layer.weight.double().T + layer.bias.double()) < 8e-3
 
 
 def test_a_streamed_linear_packs_per_call_for_many_rows_only(monkeypatch):
@@ -141,12 +184,18 @@ def test_a_bf16_decoder_steps_on_the_kernel_and_answers_as_the_packed_one(af3_mo
     model = sn.load(str(af3_model_dir), device="cpu", dtype="bfloat16")
     layers = [m for m in model.decoder.modules() if isinstance(m, Linear)]
     assert layers and not any(m.packed for m in layers) and all(m.pack_per_call for m in layers)
-    calls = []
-    kernel = gemv.gemv
-    monkeypatch.setattr(gemv, "gemv", lambda x, w, b=None: calls.append(x.shape) or kernel(x, w, b))
+    calls = {"gemv": [], "gemv_many": [], "swiglu_hidden": [], "rms_norm": []}
+    for name in calls:
+        kernel = getattr(gemv, name)
+        monkeypatch.setattr(gemv, name, lambda x, *rest, kernel=kernel, name=name: calls[name].append(x.shape)
+                            or kernel(x, *rest))
     with torch.inference_mode():
         ids = model.generate(**inputs, max_new_tokens=12, stop_tokens=())
     assert torch.equal(ids, want_ids)
-    # the prompt's head on its last position, then every linear of the decoder once a step for 11 steps
-    assert calls[0] == (1, model.decoder.config.width) and len(calls) == 1 + 11 * len(layers)
-    assert all(shape[:-1].numel() == 1 for shape in calls[1:])  # one row: (1, 1, width) or the head's (1, width)
+    depth, width = model.decoder.config.layers, model.decoder.config.width
+    # the prompt's head on its last position; then 11 steps, each: per layer q/k/v in one call, o, the MLP's
+    # gate/up in one call and down, two norms; the final norm and the head
+    assert calls["gemv"][0] == (1, width) and len(calls["gemv"]) == 1 + 11 * (2 * depth + 1)
+    assert len(calls["gemv_many"]) == len(calls["swiglu_hidden"]) == 11 * depth
+    assert len(calls["rms_norm"]) == 11 * (2 * depth + 1)
+    assert all(shape[:-1].numel() == 1 for shapes in calls.values() for shape in shapes)  # one row each

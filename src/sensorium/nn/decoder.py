@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensorium.keymaps import KeyMap
+from sensorium.nn import gemv
 from sensorium.nn.attention import few_query_attention
 from sensorium.nn.kv_cache import KVCache
 from sensorium.nn.norms import RMSNorm
@@ -91,9 +92,13 @@ class DecoderAttention(nn.Module):
         """x [B, T, width]; rope (cos, sin) [B, T, head_dim]; mask [B, 1, T, S] bool or None (plain causal);
         with a cache, k and v go to slots start.. of `layer` and attention reads every slot up to them."""
         batch, tokens, _ = x.shape
-        q = self.q(x).view(batch, tokens, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k(x).view(batch, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v(x).view(batch, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
+        if gemv.fit_all(x, (self.q, self.k, self.v)):  # a step on the one-row kernel: the three in one call
+            q, k, v = gemv.gemv_many(x, (self.q, self.k, self.v))
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        q = q.view(batch, tokens, self.heads, self.head_dim).transpose(1, 2)
+        k = k.view(batch, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(batch, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = rope[0][:, None], rope[1][:, None]
         q, k = apply_rope_halves(q, cos, sin), apply_rope_halves(k, cos, sin)
         if cache is not None:

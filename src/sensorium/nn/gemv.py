@@ -32,6 +32,7 @@ MAX_ROWS = 4  # rows of x per call (a step's batch); more go to oneDNN, whose GE
 SOURCE = Path(__file__).with_name("gemv_bf16.c")
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC"]
 
+_BF16 = torch.bfloat16
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _reason: str | None = None  # why the kernel is not available; None before the first try and when it is
@@ -73,16 +74,26 @@ def use_gemv(enabled: bool):
 
 def fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether `linear(x, weight, bias)` can run on the kernel: bf16 on the CPU, at most MAX_ROWS rows, a plain
-    contiguous weight, no gradient, not inside torch.compile; and the kernel available."""
-    return (x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 and x.device.type == "cpu"
-            and weight.device.type == "cpu" and weight.dim() == 2 and not weight.is_mkldnn
-            and weight.is_contiguous() and 0 < x.numel() <= MAX_ROWS * weight.shape[1]
-            and x.shape[-1] == weight.shape[1] and weight.shape[0] > 0
-            and (bias is None or (bias.dtype == torch.bfloat16 and bias.is_contiguous() and bias.dim() == 1
-                                  and bias.device.type == "cpu"))
+    contiguous weight, no gradient, not being traced or compiled; and the kernel available. (Called for every
+    linear: the cheap tests first, ~2 us in all.)"""
+    if x.dtype != _BF16 or weight.dtype != _BF16 or not (_tried and _library is not None and _enabled):
+        if _tried or x.dtype != _BF16:
+            return False
+        return available() and fits(x, weight, bias)  # the first bf16 call builds the kernel
+    return (x.is_cpu and weight.is_cpu and weight.dim() == 2 and not weight.is_mkldnn and weight.is_contiguous()
+            and x.shape[-1] == weight.shape[1] and 0 < x.numel() <= MAX_ROWS * weight.shape[1]
+            and weight.shape[0] > 0
+            and (bias is None or (bias.dtype == _BF16 and bias.is_cpu and bias.is_contiguous() and bias.dim() == 1))
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                   or (bias is not None and bias.requires_grad)))
-            and not torch.compiler.is_compiling() and available())
+            and not _tracing())
+
+
+def fit_all(x: torch.Tensor, layers) -> bool:
+    """`fits` for each of several Linear layers reading the same x (False for layers without a plain weight, such
+    as quantized ones)."""
+    return all(isinstance(getattr(layer, "weight", None), torch.Tensor) and fits(x, layer.weight, layer.bias)
+               for layer in layers)
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -97,6 +108,61 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     if status != 0:
         raise RuntimeError(f"the one-row bf16 kernel cannot take {rows} rows (at most {MAX_ROWS})")
     return out
+
+
+def gemv_many(x: torch.Tensor, layers) -> list[torch.Tensor]:
+    """[layer(x) for layer in layers] in one call (a layer's q, k and v projections; `fit_all` first)."""
+    k = x.shape[-1]
+    rows = x.numel() // k
+    x = x.contiguous()
+    count = len(layers)
+    outs = [torch.empty(*x.shape[:-1], layer.weight.shape[0], dtype=torch.bfloat16) for layer in layers]
+    pointers = ctypes.c_void_p * count
+    status = _library.sensorium_gemv_many_bf16(
+        x.data_ptr(), rows, count, pointers(*(layer.weight.data_ptr() for layer in layers)),
+        pointers(*(None if layer.bias is None else layer.bias.data_ptr() for layer in layers)),
+        pointers(*(out.data_ptr() for out in outs)), (ctypes.c_int64 * count)(*(out.shape[-1] for out in outs)), k,
+        torch.get_num_threads())
+    if status != 0:
+        raise RuntimeError(f"the one-row bf16 kernel cannot take {rows} rows (at most {MAX_ROWS})")
+    return outs
+
+
+def swiglu_hidden(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(x @ gate.T) * (x @ up.T) in one call, rounded where the three bf16 ops round (`fits` both first)."""
+    k = x.shape[-1]
+    rows = x.numel() // k
+    x = x.contiguous()
+    out = torch.empty(*x.shape[:-1], gate.shape[0], dtype=torch.bfloat16)
+    status = _library.sensorium_swiglu_bf16(x.data_ptr(), rows, gate.data_ptr(), up.data_ptr(), out.data_ptr(),
+                                            gate.shape[0], k, torch.get_num_threads())
+    if status != 0:
+        raise RuntimeError(f"the one-row bf16 kernel cannot take {rows} rows (at most {MAX_ROWS})")
+    return out
+
+
+def rms_norm_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `rms_norm` can take x: a few bf16 rows on the CPU, a bf16 weight, no gradient; the kernel built."""
+    return (x.dtype == _BF16 and weight.dtype == _BF16 and x.is_cpu and weight.is_cpu and weight.is_contiguous()
+            and x.shape[-1] == weight.shape[0] and 0 < x.numel() <= MAX_ROWS * weight.shape[0]
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and not _tracing() and available())
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * bf16(x * rsqrt(mean(x²) + eps)) (transformers' Llama/Qwen2 form) for a few rows; `rms_norm_fits`
+    first. One call instead of eight small ops: a step runs two a layer."""
+    k = x.shape[-1]
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    _library.sensorium_rms_norm_bf16(x.data_ptr(), x.numel() // k, weight.data_ptr(), out.data_ptr(), k, eps)
+    return out
+
+
+def _tracing() -> bool:
+    """Inside torch.compile, torch.export or a TorchScript trace (OpenVINO's and ONNX's exports): a ctypes call is
+    invisible there (a trace would record its output as an empty tensor), so torch's own ops run."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
 def _load() -> None:
@@ -130,7 +196,7 @@ def _build_and_check() -> tuple[ctypes.CDLL | None, str | None]:
         # build beside the final name and rename: processes building at once (Ray workers) each replace it whole
         handle, partial = tempfile.mkstemp(suffix=".so", dir=built.parent)
         os.close(handle)
-        result = subprocess.run([compiler, *FLAGS, "-o", partial, str(SOURCE)], capture_output=True, text=True,
+        result = subprocess.run([compiler, *FLAGS, "-o", partial, str(SOURCE), "-lm"], capture_output=True, text=True,
                                 timeout=300)
         if result.returncode != 0:
             os.unlink(partial)
@@ -141,6 +207,16 @@ def _build_and_check() -> tuple[ctypes.CDLL | None, str | None]:
     function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                          ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
     function.restype = ctypes.c_int
+    library.sensorium_gemv_many_bf16.argtypes = [
+        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+    library.sensorium_gemv_many_bf16.restype = ctypes.c_int
+    library.sensorium_swiglu_bf16.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                              ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    library.sensorium_swiglu_bf16.restype = ctypes.c_int
+    library.sensorium_rms_norm_bf16.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                                ctypes.c_int64, ctypes.c_float]
+    library.sensorium_rms_norm_bf16.restype = None
     error = _self_check(library)
     if error is not None:
         return None, error

@@ -7,6 +7,7 @@
    1.5x faster with it). Rows are split across threads in contiguous ranges. */
 
 #include <immintrin.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -81,7 +82,63 @@ GEMV(2)
 GEMV(3)
 GEMV(4)
 
-/* 0, or -1 for an m this file has no copy for */
+/* Several matrices sharing x (a layer's q, k and v) in one parallel region: their blocks are numbered in turn and
+   split across threads together. outs[j] is [m, ns[j]]. */
+#define GEMV_MANY(M)                                                                                              \
+    static void gemv_many_m##M(const uint16_t *x, int count, const uint16_t *const *weights,                     \
+                               const uint16_t *const *biases, uint16_t *const *outs, const int64_t *ns, int64_t k,\
+                               int threads) {                                                                     \
+        int64_t total = 0;                                                                                        \
+        for (int j = 0; j < count; ++j) total += (ns[j] + ROWS - 1) / ROWS;                                      \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")                                        \
+        for (int64_t b = 0; b < total; ++b) {                                                                     \
+            int j = 0;                                                                                            \
+            int64_t local = b;                                                                                    \
+            while (local >= (ns[j] + ROWS - 1) / ROWS) local -= (ns[j++] + ROWS - 1) / ROWS;                      \
+            const int64_t n = ns[j], first = local * ROWS;                                                        \
+            const int rows = n - first < ROWS ? (int)(n - first) : ROWS;                                          \
+            float out[ROWS][4];                                                                                   \
+            dot_block(x, M, weights[j], k, first, rows, out);                                                     \
+            for (int r = 0; r < rows; ++r) {                                                                      \
+                const float add = biases[j] ? from_bf16(biases[j][first + r]) : 0.0f;                            \
+                for (int i = 0; i < M; ++i) outs[j][i * n + first + r] = to_bf16(out[r][i] + add);                \
+            }                                                                                                     \
+        }                                                                                                         \
+    }
+
+GEMV_MANY(1)
+GEMV_MANY(2)
+GEMV_MANY(3)
+GEMV_MANY(4)
+
+/* SwiGLU's first half: y = silu(x @ gate^T) * (x @ up^T), rounded to bf16 where torch's bf16 ops round (after
+   each product, after silu, after the multiply), so it equals F.silu(gate(x)) * up(x) but for the sums' order. */
+#define SWIGLU(M)                                                                                                 \
+    static void swiglu_m##M(const uint16_t *x, const uint16_t *gate, const uint16_t *up, uint16_t *y, int64_t n,   \
+                            int64_t k, int threads) {                                                             \
+        const int64_t blocks = (n + ROWS - 1) / ROWS;                                                             \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")                                        \
+        for (int64_t b = 0; b < blocks; ++b) {                                                                    \
+            const int64_t first = b * ROWS;                                                                       \
+            const int rows = n - first < ROWS ? (int)(n - first) : ROWS;                                          \
+            float g[ROWS][4], u[ROWS][4];                                                                         \
+            dot_block(x, M, gate, k, first, rows, g);                                                             \
+            dot_block(x, M, up, k, first, rows, u);                                                               \
+            for (int r = 0; r < rows; ++r)                                                                        \
+                for (int i = 0; i < M; ++i) {                                                                     \
+                    const float a = from_bf16(to_bf16(g[r][i]));                                                  \
+                    const float silu = from_bf16(to_bf16(a / (1.0f + expf(-a))));                                 \
+                    y[i * n + first + r] = to_bf16(silu * from_bf16(to_bf16(u[r][i])));                           \
+                }                                                                                                 \
+        }                                                                                                         \
+    }
+
+SWIGLU(1)
+SWIGLU(2)
+SWIGLU(3)
+SWIGLU(4)
+
+/* 0, or -1 for an m this file has no copy for (the same for the functions below) */
 int sensorium_gemv_bf16(const uint16_t *x, int64_t m, const uint16_t *w, const uint16_t *bias, uint16_t *y,
                         int64_t n, int64_t k, int threads) {
     switch (m) {
@@ -91,4 +148,44 @@ int sensorium_gemv_bf16(const uint16_t *x, int64_t m, const uint16_t *w, const u
         case 4: gemv_m4(x, w, bias, y, n, k, threads); return 0;
     }
     return -1;
+}
+
+int sensorium_gemv_many_bf16(const uint16_t *x, int64_t m, int count, const uint16_t *const *weights,
+                             const uint16_t *const *biases, uint16_t *const *outs, const int64_t *ns, int64_t k,
+                             int threads) {
+    switch (m) {
+        case 1: gemv_many_m1(x, count, weights, biases, outs, ns, k, threads); return 0;
+        case 2: gemv_many_m2(x, count, weights, biases, outs, ns, k, threads); return 0;
+        case 3: gemv_many_m3(x, count, weights, biases, outs, ns, k, threads); return 0;
+        case 4: gemv_many_m4(x, count, weights, biases, outs, ns, k, threads); return 0;
+    }
+    return -1;
+}
+
+int sensorium_swiglu_bf16(const uint16_t *x, int64_t m, const uint16_t *gate, const uint16_t *up, uint16_t *y,
+                          int64_t n, int64_t k, int threads) {
+    switch (m) {
+        case 1: swiglu_m1(x, gate, up, y, n, k, threads); return 0;
+        case 2: swiglu_m2(x, gate, up, y, n, k, threads); return 0;
+        case 3: swiglu_m3(x, gate, up, y, n, k, threads); return 0;
+        case 4: swiglu_m4(x, gate, up, y, n, k, threads); return 0;
+    }
+    return -1;
+}
+
+/* transformers' Llama/Qwen2 RMSNorm of a few bf16 rows: weight * bf16(x * rsqrt(mean(x^2) + eps)), in float32
+   (torch's mean sums in another order: the bf16 result differs by a rounding at most, rarely) */
+void sensorium_rms_norm_bf16(const uint16_t *x, int64_t m, const uint16_t *weight, uint16_t *y, int64_t k,
+                             float eps) {
+    for (int64_t i = 0; i < m; ++i) {
+        const uint16_t *row = x + i * k;
+        float squares = 0.0f;
+        for (int64_t j = 0; j < k; ++j) {
+            const float v = from_bf16(row[j]);
+            squares += v * v;
+        }
+        const float scale = 1.0f / sqrtf(squares / (float)k + eps);
+        for (int64_t j = 0; j < k; ++j)
+            y[i * k + j] = to_bf16(from_bf16(weight[j]) * from_bf16(to_bf16(from_bf16(row[j]) * scale)));
+    }
 }

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sensorium.nn import gemv
 from sensorium.nn.attention import SelfAttention
 from sensorium.nn.linear import Linear
 
@@ -32,6 +33,8 @@ class SwiGLU(nn.Module):
         self.down = Linear(hidden, width, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if gemv.fit_all(x, (self.gate, self.up)):  # a decode step
+            return self.down(gemv.swiglu_hidden(x, self.gate.weight, self.up.weight))
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
