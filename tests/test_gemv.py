@@ -94,6 +94,40 @@ def test_the_fused_step_calls_equal_the_separate_ops(rows):
         assert not gemv.rms_norm_fits(many, norm.weight) and not gemv.fit_all(many, layers)
 
 
+@pytest.mark.parametrize("tokens, dim, masked", [(1, 64, False), (1, 24, True), (3, 64, True), (2, 128, True)])
+def test_a_steps_rope_and_attention_equal_the_torch_ops(tokens, dim, masked):
+    """rope_halves_ and step_attention against apply_rope_halves and few_query_attention (what a step runs without
+    the kernel): GQA (6 query heads over 2), a cache longer than what is read, a left-padded row, a head width
+    that is not a multiple of 16. Both compute in float32 and round once to bf16; the sums' order differs."""
+    from sensorium.nn.attention import few_query_attention
+    from sensorium.nn.rope import apply_rope_halves
+
+    g = torch.Generator().manual_seed(tokens * 100 + dim)
+    batch, heads, kv_heads, visible, length = 2, 6, 2, 37, 50
+    q = torch.randn(batch, tokens, heads, dim, generator=g).bfloat16()
+    k = torch.randn(batch, tokens, kv_heads, dim, generator=g).bfloat16()
+    angles = torch.rand(batch, tokens, dim // 2, generator=g) * 6
+    cos, sin = torch.cat([angles.cos()] * 2, -1).bfloat16(), torch.cat([angles.sin()] * 2, -1).bfloat16()
+    want_q = apply_rope_halves(q.transpose(1, 2), cos[:, None], sin[:, None])
+    want_k = apply_rope_halves(k.transpose(1, 2), cos[:, None], sin[:, None])
+    gemv.rope_halves_(q, k, cos, sin)
+    assert torch.equal(q.transpose(1, 2), want_q) and torch.equal(k.transpose(1, 2), want_k)
+    keys = (2 * torch.randn(batch, kv_heads, length, dim, generator=g)).bfloat16()
+    values = torch.randn(batch, kv_heads, length, dim, generator=g).bfloat16()
+    mask = None
+    if masked:
+        mask = torch.ones(batch, 1, tokens, visible, dtype=torch.bool)
+        mask[1, ..., :9] = False  # the second row was left-padded
+        mask[..., visible - tokens:] &= torch.ones(tokens, tokens, dtype=torch.bool).tril()  # causal among them
+    got = gemv.step_attention(q, keys, values, visible, mask)
+    want = few_query_attention(want_q, keys[:, :, :visible], values[:, :, :visible], mask).transpose(1, 2)
+    assert got.shape == want.shape and rel(got, want) < 8e-3 and (got != want).float().mean() < 0.05
+    exact = torch.nn.functional.scaled_dot_product_attention(
+        want_q.double(), keys[:, :, :visible].double(), values[:, :, :visible].double(), attn_mask=mask,
+        enable_gqa=True).transpose(1, 2)
+    assert rel(got, exact) <= max(1.5 * rel(want, exact), 8e-3)
+
+
 def test_linear_sends_only_what_the_kernel_can_take_to_it():
     weight, bias = torch.randn(40, 64).bfloat16(), torch.randn(40).bfloat16()
     with torch.inference_mode():
@@ -184,7 +218,7 @@ def test_a_bf16_decoder_steps_on_the_kernel_and_answers_as_the_packed_one(af3_mo
     model = sn.load(str(af3_model_dir), device="cpu", dtype="bfloat16")
     layers = [m for m in model.decoder.modules() if isinstance(m, Linear)]
     assert layers and not any(m.packed for m in layers) and all(m.pack_per_call for m in layers)
-    calls = {"gemv": [], "gemv_many": [], "swiglu_hidden": [], "rms_norm": []}
+    calls = {"gemv": [], "gemv_many": [], "swiglu_hidden": [], "rms_norm": [], "step_attention": []}
     for name in calls:
         kernel = getattr(gemv, name)
         monkeypatch.setattr(gemv, name, lambda x, *rest, kernel=kernel, name=name: calls[name].append(x.shape)
@@ -193,9 +227,27 @@ def test_a_bf16_decoder_steps_on_the_kernel_and_answers_as_the_packed_one(af3_mo
         ids = model.generate(**inputs, max_new_tokens=12, stop_tokens=())
     assert torch.equal(ids, want_ids)
     depth, width = model.decoder.config.layers, model.decoder.config.width
-    # the prompt's head on its last position; then 11 steps, each: per layer q/k/v in one call, o, the MLP's
-    # gate/up in one call and down, two norms; the final norm and the head
+    # the prompt's head on its last position; then 11 steps, each: per layer q/k/v in one call, attention, o, the
+    # MLP's gate/up in one call and down, two norms; the final norm and the head
     assert calls["gemv"][0] == (1, width) and len(calls["gemv"]) == 1 + 11 * (2 * depth + 1)
-    assert len(calls["gemv_many"]) == len(calls["swiglu_hidden"]) == 11 * depth
+    assert len(calls["gemv_many"]) == len(calls["swiglu_hidden"]) == len(calls["step_attention"]) == 11 * depth
     assert len(calls["rms_norm"]) == 11 * (2 * depth + 1)
-    assert all(shape[:-1].numel() == 1 for shapes in calls.values() for shape in shapes)  # one row each
+    assert all(shape[:-1].numel() == 1 for name, shapes in calls.items() if name != "step_attention"
+               for shape in shapes)  # one row each
+
+
+def test_a_left_padded_batch_steps_on_the_kernel_as_on_the_packed_path(af3_model_dir):
+    """Two conversations of different lengths (the shorter left-padded): each step is two rows through the
+    kernel and a masked attention; the tokens equal the packed path's."""
+    longer = one_second_question(5)
+    longer[0]["content"][1]["text"] = "What is it, and what happens in the second half of the recording?"
+    conversations = [one_second_question(), longer]
+    with gemv.use_gemv(False):
+        packed = sn.load(str(af3_model_dir), device="cpu", dtype="bfloat16")
+        inputs = packed.process(conversations).model_inputs()
+        assert not inputs["attention_mask"].all()  # padded
+        with torch.inference_mode():
+            want = packed.generate(**inputs, max_new_tokens=10, stop_tokens=())
+    model = sn.load(str(af3_model_dir), device="cpu", dtype="bfloat16")
+    with torch.inference_mode():
+        assert torch.equal(model.generate(**inputs, max_new_tokens=10, stop_tokens=()), want)

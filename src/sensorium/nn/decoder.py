@@ -92,13 +92,13 @@ class DecoderAttention(nn.Module):
         """x [B, T, width]; rope (cos, sin) [B, T, head_dim]; mask [B, 1, T, S] bool or None (plain causal);
         with a cache, k and v go to slots start.. of `layer` and attention reads every slot up to them."""
         batch, tokens, _ = x.shape
-        if gemv.fit_all(x, (self.q, self.k, self.v)):  # a step on the one-row kernel: the three in one call
-            q, k, v = gemv.gemv_many(x, (self.q, self.k, self.v))
-        else:
-            q, k, v = self.q(x), self.k(x), self.v(x)
-        q = q.view(batch, tokens, self.heads, self.head_dim).transpose(1, 2)
-        k = k.view(batch, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(batch, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
+        projections = (self.q, self.k, self.v)
+        if (cache is not None and not isinstance(start, torch.Tensor) and 0 < start and tokens <= STEP_TOKENS
+                and gemv.fit_all(x, projections) and cache.keys[layer].dtype == torch.bfloat16):
+            return self._step_on_kernel(x, rope, mask, cache, layer, start)
+        q = self.q(x).view(batch, tokens, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(batch, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(batch, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = rope[0][:, None], rope[1][:, None]
         q, k = apply_rope_halves(q, cos, sin), apply_rope_halves(k, cos, sin)
         if cache is not None:
@@ -111,6 +111,19 @@ class DecoderAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                                  enable_gqa=self.heads != self.kv_heads)
         return self.o(out.transpose(1, 2).reshape(batch, tokens, self.heads * self.head_dim))
+
+    def _step_on_kernel(self, x, rope, mask, cache: KVCache, layer: int, start: int):
+        """The step above in a few C calls (nn/gemv.py): q/k/v in one product, RoPE in place, attention over
+        the cache as few_query_attention; the same rounding points, other summation orders."""
+        batch, tokens, _ = x.shape
+        q, k, v = gemv.gemv_many(x, (self.q, self.k, self.v))
+        q = q.view(batch, tokens, self.heads, self.head_dim)
+        k = k.view(batch, tokens, self.kv_heads, self.head_dim)
+        gemv.rope_halves_(q, k, rope[0], rope[1])
+        v = v.view(batch, tokens, self.kv_heads, self.head_dim)
+        cache.update(layer, start, k.transpose(1, 2), v.transpose(1, 2))
+        out = gemv.step_attention(q, cache.keys[layer], cache.values[layer], start + tokens, mask)
+        return self.o(out.view(batch, tokens, self.heads * self.head_dim))
 
 
 class DecoderLayer(nn.Module):

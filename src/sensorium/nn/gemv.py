@@ -30,7 +30,8 @@ import torch
 
 MAX_ROWS = 4  # rows of x per call (a step's batch); more go to oneDNN, whose GEMM then wins
 SOURCE = Path(__file__).with_name("gemv_bf16.c")
-FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC"]
+# no FMA contraction: the small ops round each product as torch's do
+FLAGS = ["-O3", "-ffp-contract=off", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC"]
 
 _BF16 = torch.bfloat16
 _lock = threading.Lock()
@@ -80,13 +81,12 @@ def fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bo
         if _tried or x.dtype != _BF16:
             return False
         return available() and fits(x, weight, bias)  # the first bf16 call builds the kernel
-    return (x.is_cpu and weight.is_cpu and weight.dim() == 2 and not weight.is_mkldnn and weight.is_contiguous()
-            and x.shape[-1] == weight.shape[1] and 0 < x.numel() <= MAX_ROWS * weight.shape[1]
-            and weight.shape[0] > 0
+    return (x.is_cpu and weight.is_cpu and not _tracing() and weight.dim() == 2 and not weight.is_mkldnn
+            and weight.is_contiguous() and x.shape[-1] == weight.shape[1]
+            and 0 < x.numel() <= MAX_ROWS * weight.shape[1] and weight.shape[0] > 0
             and (bias is None or (bias.dtype == _BF16 and bias.is_cpu and bias.is_contiguous() and bias.dim() == 1))
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                                  or (bias is not None and bias.requires_grad)))
-            and not _tracing())
+                                                  or (bias is not None and bias.requires_grad))))
 
 
 def fit_all(x: torch.Tensor, layers) -> bool:
@@ -143,10 +143,9 @@ def swiglu_hidden(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torc
 
 def rms_norm_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether `rms_norm` can take x: a few bf16 rows on the CPU, a bf16 weight, no gradient; the kernel built."""
-    return (x.dtype == _BF16 and weight.dtype == _BF16 and x.is_cpu and weight.is_cpu and weight.is_contiguous()
-            and x.shape[-1] == weight.shape[0] and 0 < x.numel() <= MAX_ROWS * weight.shape[0]
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and not _tracing() and available())
+    return (x.dtype == _BF16 and weight.dtype == _BF16 and x.is_cpu and weight.is_cpu and not _tracing()
+            and weight.is_contiguous() and x.shape[-1] == weight.shape[0] and 0 < x.numel() <= MAX_ROWS * weight.shape[0]
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)) and available())
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -156,6 +155,31 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     x = x.contiguous()
     out = torch.empty_like(x)
     _library.sensorium_rms_norm_bf16(x.data_ptr(), x.numel() // k, weight.data_ptr(), out.data_ptr(), k, eps)
+    return out
+
+
+def rope_halves_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """apply_rope_halves on a step's q [B, T, H, D] and k [B, T, Hkv, D] (contiguous bf16), in place; cos and sin
+    [B, T, D] (converted to float32, as apply_rope_halves promotes them)."""
+    batch, tokens, heads, dim = q.shape
+    cos, sin = cos.float().contiguous(), sin.float().contiguous()
+    _library.sensorium_rope_halves_bf16(q.data_ptr(), k.data_ptr(), cos.data_ptr(), sin.data_ptr(), batch, tokens,
+                                        heads, k.shape[2], dim)
+
+
+def step_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: int,
+                   mask: torch.Tensor | None) -> torch.Tensor:
+    """few_query_attention for a step on the kernel: q [B, T, H, D] bf16; keys/values a layer's whole cache
+    [B, Hkv, L, D] (bf16, contiguous) of which the first `visible` slots are read; mask [B, 1, T, visible] bool or
+    None. Returns [B, T, H, D] bf16 (float32 math, one rounding at the end, as few_query_attention)."""
+    batch, tokens, heads, dim = q.shape
+    seen = None if mask is None else mask[:, 0].contiguous()
+    out = torch.empty_like(q)
+    scratch = torch.empty(batch * heads * tokens * visible)
+    _library.sensorium_step_attention_bf16(q.data_ptr(), keys.data_ptr(), values.data_ptr(),
+                                           None if seen is None else seen.data_ptr(), out.data_ptr(),
+                                           scratch.data_ptr(), batch, tokens, heads, keys.shape[1], dim, visible,
+                                           keys.shape[2], dim**-0.5, torch.get_num_threads())
     return out
 
 
@@ -217,6 +241,11 @@ def _build_and_check() -> tuple[ctypes.CDLL | None, str | None]:
     library.sensorium_rms_norm_bf16.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                                                 ctypes.c_int64, ctypes.c_float]
     library.sensorium_rms_norm_bf16.restype = None
+    library.sensorium_rope_halves_bf16.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5
+    library.sensorium_rope_halves_bf16.restype = None
+    library.sensorium_step_attention_bf16.argtypes = ([ctypes.c_void_p] * 6 + [ctypes.c_int64] * 7
+                                                      + [ctypes.c_float, ctypes.c_int])
+    library.sensorium_step_attention_bf16.restype = None
     error = _self_check(library)
     if error is not None:
         return None, error

@@ -189,3 +189,88 @@ void sensorium_rms_norm_bf16(const uint16_t *x, int64_t m, const uint16_t *weigh
             y[i * k + j] = to_bf16(from_bf16(weight[j]) * from_bf16(to_bf16(from_bf16(row[j]) * scale)));
     }
 }
+
+/* The rest of a decode step's attention, for its few tokens (nn/decoder.py with the kernel; the same rounding
+   points as the torch ops they replace: float32 math, bf16 where torch rounds). */
+
+static inline __m512 load_bf16(const uint16_t *p, __mmask16 mask) {  /* 16 bf16 -> float32 (masked lanes 0) */
+    __m256i raw = _mm256_maskz_loadu_epi16(mask, p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+/* Rotate-half RoPE on q [B, T, H, D] and k [B, T, Hkv, D] in place: x * cos + rotate_half(x) * sin, with cos and
+   sin float32 [B, T, D]; as apply_rope_halves: each product rounded to float32, then the sum, then to bf16. */
+void sensorium_rope_halves_bf16(uint16_t *q, uint16_t *k, const float *cos, const float *sin, int64_t batch,
+                                int64_t tokens, int64_t heads, int64_t kv_heads, int64_t dim) {
+    const int64_t half = dim / 2;
+    for (int64_t bt = 0; bt < batch * tokens; ++bt) {
+        const float *c = cos + bt * dim, *s = sin + bt * dim;
+        for (int which = 0; which < 2; ++which) {
+            const int64_t count = which ? kv_heads : heads;
+            uint16_t *x = (which ? k : q) + bt * count * dim;
+            for (int64_t h = 0; h < count; ++h, x += dim)
+                for (int64_t d = 0; d < half; ++d) {
+                    const float first = from_bf16(x[d]), second = from_bf16(x[d + half]);
+                    const float a = first * c[d], b = -second * s[d];
+                    const float e = second * c[d + half], f = first * s[d + half];
+                    x[d] = to_bf16(a + b);
+                    x[d + half] = to_bf16(e + f);
+                }
+        }
+    }
+}
+
+/* softmax(q k^T * scale, masked) v for T <= a few queries per row over S cached keys, as few_query_attention:
+   float32 scores, softmax and weighted sum, the output rounded to bf16 once. q [B, T, H, D]; keys and values
+   [B, Hkv, L, D] of which the first S slots are read (L: the cache's length); mask [B, T, S] (1 = visible) or
+   NULL; out [B, T, H, D]; scores: a float32 scratch of B * H * T * S. Query head h reads key/value head
+   h / (H / Hkv). */
+void sensorium_step_attention_bf16(const uint16_t *q, const uint16_t *keys, const uint16_t *values,
+                                   const uint8_t *mask, uint16_t *out, float *scores, int64_t batch, int64_t tokens,
+                                   int64_t heads, int64_t kv_heads, int64_t dim, int64_t visible, int64_t length,
+                                   float scale, int threads) {
+    const int64_t group = heads / kv_heads;
+    #pragma omp parallel for schedule(static) collapse(2) num_threads(threads)
+    for (int64_t b = 0; b < batch; ++b)
+        for (int64_t h = 0; h < heads; ++h) {
+            const uint16_t *k = keys + ((b * kv_heads + h / group) * length) * dim;
+            const uint16_t *v = values + ((b * kv_heads + h / group) * length) * dim;
+            for (int64_t t = 0; t < tokens; ++t) {
+                const uint16_t *query = q + ((b * tokens + t) * heads + h) * dim;
+                const uint8_t *seen = mask ? mask + (b * tokens + t) * visible : NULL;
+                float *row = scores + ((b * heads + h) * tokens + t) * visible;
+                float best = -INFINITY;
+                for (int64_t s = 0; s < visible; ++s) {
+                    if (seen && !seen[s]) {
+                        row[s] = -INFINITY;
+                        continue;
+                    }
+                    __m512 acc = _mm512_setzero_ps();
+                    for (int64_t d = 0; d < dim; d += 16) {
+                        const __mmask16 lanes = dim - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (dim - d)) - 1);
+                        acc = _mm512_fmadd_ps(load_bf16(query + d, lanes), load_bf16(k + s * dim + d, lanes), acc);
+                    }
+                    row[s] = _mm512_reduce_add_ps(acc) * scale;
+                    if (row[s] > best) best = row[s];
+                }
+                float total = 0.0f;
+                for (int64_t s = 0; s < visible; ++s) {
+                    row[s] = row[s] == -INFINITY ? 0.0f : expf(row[s] - best);
+                    total += row[s];
+                }
+                const float inverse = 1.0f / total;
+                for (int64_t d = 0; d < dim; d += 16) {
+                    const __mmask16 lanes = dim - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (dim - d)) - 1);
+                    __m512 acc = _mm512_setzero_ps();
+                    for (int64_t s = 0; s < visible; ++s)
+                        if (row[s] != 0.0f)
+                            acc = _mm512_fmadd_ps(_mm512_set1_ps(row[s]), load_bf16(v + s * dim + d, lanes), acc);
+                    acc = _mm512_mul_ps(acc, _mm512_set1_ps(inverse));
+                    float lane[16];
+                    _mm512_storeu_ps(lane, acc);
+                    uint16_t *target = out + ((b * tokens + t) * heads + h) * dim + d;
+                    for (int64_t i = 0; i < 16 && d + i < dim; ++i) target[i] = to_bf16(lane[i]);
+                }
+            }
+        }
+}
