@@ -2,6 +2,7 @@
 
     python benchmarks/af3.py run [--rounds 3] [--new-tokens 128] [--batch 1 4] [--dtype float32 bfloat16 int8 int4]
     python benchmarks/af3.py accuracy [--new-tokens 64]   # int8/int4 against bf16: greedy agreement, logit error
+    python benchmarks/af3.py steps [--rounds 6]           # bf16 decode: kernel, packed, transformers in one process
 
 Weights: a mid-size AF3 with transformers' random initialisation, written by save_pretrained and loaded by
 both sides: the decoder is Qwen2.5-0.5B's shape (24 layers, 896 wide, 14 heads / 2 KV heads, MLP 4864, the
@@ -199,6 +200,107 @@ def run(rounds: int, batches: list[int], new_tokens: int, dtypes: list[str]) -> 
     (OUT / "af3.json").write_text(json.dumps(results, indent=1))
 
 
+def steps(rounds: int, new_tokens: int) -> None:
+    """bf16 decode in one process, interleaved: sensorium on the one-row kernel (its default), sensorium with the
+    kernel off (weights packed for oneDNN, the fallback) and transformers, on the same weights and prompt, with a
+    streaming read (sum of 1 GB) timed between them. The machine's memory bandwidth drifts by 1.5x within minutes
+    here, so the ratios and each side's fraction of the read are taken round by round, then their medians."""
+    import time
+
+    import torch
+    from transformers import AudioFlamingo3ForConditionalGeneration
+
+    import sensorium as sn
+    from sensorium.nn import gemv, pack_linears, stream_linears
+
+    if not gemv.available():
+        raise SystemExit(f"the one-row kernel is not available here: {gemv.why_not()}")
+    inputs = _inputs(1)
+    ours = sn.load(WEIGHTS, device="cpu", dtype="bfloat16")
+    theirs = AudioFlamingo3ForConditionalGeneration.from_pretrained(WEIGHTS, dtype=torch.bfloat16).eval()
+    their_inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
+    streamed = weight_bytes(ours)
+    data = torch.ones(1 << 28)
+
+    def read_rate() -> float:
+        data.sum()
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            data.sum()
+            times.append(time.perf_counter() - start)
+        return data.numel() * 4 / statistics.median(times) / 1e9
+
+    def timed(generate) -> tuple[float, float, torch.Tensor]:
+        stamps: list[float] = []
+        start = time.perf_counter()
+        ids = generate(stamps)
+        gaps = [b - a for a, b in zip(stamps[-new_tokens:], stamps[-new_tokens + 1:])]
+        return stamps[-new_tokens] - start, statistics.median(gaps), ids
+
+    class Clock:
+        def __init__(self, stamps):
+            self.stamps = stamps
+
+        def put(self, value):
+            self.stamps.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    def run_ours(stamps):
+        return ours.generate(**inputs, max_new_tokens=new_tokens, stop_tokens=(),
+                             on_tokens=lambda _: stamps.append(time.perf_counter()))
+
+    def run_theirs(stamps):
+        out = theirs.generate(**their_inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                              pad_token_id=0, streamer=Clock(stamps))
+        return out[:, inputs["input_ids"].shape[1]:]
+
+    def kernel_side(stamps):
+        return run_ours(stamps)
+
+    def packed_side(stamps):
+        with gemv.use_gemv(False):
+            return run_ours(stamps)
+
+    sides = {"sensorium, one-row kernel": kernel_side, "sensorium, packed oneDNN": packed_side,
+             "transformers": run_theirs}
+    layouts = {"sensorium, one-row kernel": lambda: stream_linears(ours.decoder),
+               "sensorium, packed oneDNN": lambda: pack_linears(ours.decoder), "transformers": lambda: None}
+    results = {name: {"prefill": [], "step": [], "fraction": []} for name in sides}
+    ids = {}
+    print(f"machine: {machine()}; AF3 mid (0.5 B decoder), bf16, {inputs['input_ids'].shape[1]}-token prompt, "
+          f"{new_tokens} greedy tokens; decoder weights read per step {streamed / 1e9:.2f} GB")
+    with torch.inference_mode():
+        for name, side in sides.items():  # warm-up, each layout once
+            layouts[name]()
+            timed(side)
+        names = list(sides)
+        for r in range(rounds):
+            for name in names[r % 3:] + names[:r % 3]:
+                layouts[name]()
+                before = read_rate()
+                prefill, step, ids[name] = timed(sides[name])
+                read = (before + read_rate()) / 2
+                results[name]["prefill"].append(prefill)
+                results[name]["step"].append(step)
+                results[name]["fraction"].append(streamed / step / 1e9 / read)
+                print(f"  round {r + 1} {name}: prefill {prefill:.2f} s, step {1000 * step:.1f} ms, read {read:.1f} "
+                      f"GB/s", file=sys.stderr, flush=True)
+    kernel = results["sensorium, one-row kernel"]
+    print("| side | prefill s | decode tok/s | kernel's step vs this side's (median of per-round ratios) | weight "
+          "stream / streaming read in the same round |")
+    print("|---|---|---|---|---|")
+    for name, values in results.items():
+        ratio = statistics.median(b / a for a, b in zip(kernel["step"], values["step"]))
+        print(f"| {name} | {statistics.median(values['prefill']):.2f} | {1 / statistics.median(values['step']):.1f} | "
+              f"{ratio:.2f}x | {100 * statistics.median(values['fraction']):.0f} % |")
+    first = ids["sensorium, one-row kernel"]
+    print("greedy ids equal to the kernel side's:", {name: bool(torch.equal(first, v)) for name, v in ids.items()})
+    (OUT / "af3-steps.json").write_text(json.dumps(results, indent=1))
+
+
 def accuracy(new_tokens: int, modes: list[str]) -> None:
     """Each quantized decoder against bf16 on the same prompt (one 30 s clip + a question): greedy tokens equal
     to bf16's until the first difference; top-1 agreement and logit error with bf16's continuation fed to both
@@ -251,12 +353,17 @@ def main() -> None:
     r.add_argument("--dtype", nargs="+", default=["float32"],
                    choices=["float32", "bfloat16", "int8", "int4", "bfloat16-compile", "float32-compile",
                             "bfloat16-packed"])
+    st = sub.add_parser("steps")
+    st.add_argument("--rounds", type=int, default=6)
+    st.add_argument("--new-tokens", type=int, default=32)
     a = sub.add_parser("accuracy")
     a.add_argument("--new-tokens", type=int, default=64)
     a.add_argument("--dtype", nargs="+", default=["int8", "int4"], choices=["int8", "int4"])
     args = parser.parse_args()
     if args.command == "run":
         run(args.rounds, args.batch, args.new_tokens, args.dtype)
+    elif args.command == "steps":
+        steps(args.rounds, args.new_tokens)
     else:
         accuracy(args.new_tokens, args.dtype)
 

@@ -11,7 +11,8 @@ table), with transformers' random initialisation, saved once by `save_pretrained
 GGUF holds the same tensors, q and k rows reordered for llama.cpp's rotation (so both compute one function: the
 script checks the last prompt position's logits agree), written in F32 and quantized by llama.cpp itself.
 
-Pairs compared: sensorium bf16 (eager, and `compile=True`'s compiled step) vs llama.cpp BF16, sensorium int8
+Pairs compared: sensorium bf16 (eager: its steps on the one-row kernel where it builds; `bf16-packed`: the kernel
+off, weights packed for oneDNN; and `compile=True`'s compiled step) vs llama.cpp BF16, sensorium int8
 (per-channel) vs Q8_0 (blocks of 32), sensorium
 int4 (groups of 128, asymmetric) vs Q4_0 (blocks of 32, symmetric). The quantization schemes differ; the bits per
 weight are close (8.0 / 8.5, 4.1 / 4.5). Prompt: 256 token ids; then `new_tokens` greedy tokens. Decode rate: tokens
@@ -34,7 +35,8 @@ from common import machine, run_json
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "llama-1b-random"
 VENV = HERE / ".venv-llama"
-PAIRS = {"bf16": ("bfloat16", "BF16"), "bf16-compile": ("bfloat16-compile", "BF16"), "int8": ("int8", "Q8_0"),
+PAIRS = {"bf16": ("bfloat16", "BF16"), "bf16-packed": ("bfloat16-packed", "BF16"),
+         "bf16-compile": ("bfloat16-compile", "BF16"), "int8": ("int8", "Q8_0"),
          "int4": ("int4", "Q4_0")}
 FTYPES = {"BF16": 32, "Q8_0": 7, "Q4_0": 2}  # llama.cpp's LLAMA_FTYPE_MOSTLY_*
 CONFIG = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
@@ -169,10 +171,14 @@ def worker_sensorium(dtype: str, new_tokens: int) -> dict:
     import numpy as np
     import torch
 
+    import os
+
+    if dtype == "bfloat16-packed":  # the one-row kernel off: weights packed for oneDNN (its fallback)
+        os.environ["SENSORIUM_GEMV"] = "0"
     sys.path.insert(0, str(HERE.parent / "src"))
     from sensorium.keymaps import assign_strict, remap
     from sensorium.loading import read_state_dict
-    from sensorium.nn import pack_linears
+    from sensorium.nn import prepare_for_decoding
     from sensorium.nn.decoder import Decoder, config_from_transformers, transformers_key_map
     from sensorium.nn.generation import generate_tokens
 
@@ -183,8 +189,8 @@ def worker_sensorium(dtype: str, new_tokens: int) -> dict:
     tensors, origin, unknown = remap(read_state_dict(OUT / "model.safetensors", torch.bfloat16), key_map)
     assign_strict(decoder, tensors, origin, unknown, key_map, str(OUT), torch.bfloat16, torch.device("cpu"))
     decoder.eval().requires_grad_(False)
-    if dtype == "bfloat16":
-        pack_linears(decoder)  # what sn.load does for a bf16 chat model on a CPU
+    if dtype in ("bfloat16", "bfloat16-packed"):
+        print(f"decoder linears: {prepare_for_decoding(decoder)}", file=sys.stderr)  # what sn.load does on a CPU
     elif dtype == "bfloat16-compile":  # what sn.load(..., compile=True) does for a chat model's decoder
         from sensorium.nn.compiled import CompiledCall
 

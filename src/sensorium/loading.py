@@ -25,7 +25,7 @@ from sensorium.errors import CapabilityError, InputError, UnknownModelError, Wei
 from sensorium.hub import fetch_published
 from sensorium.keymaps import assign_strict, remap
 from sensorium.nn.decoder import Decoder
-from sensorium.nn.linear import pack_linears, stream_linears
+from sensorium.nn.linear import prepare_for_decoding
 
 
 def read_state_dict(path: str | os.PathLike, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -223,8 +223,8 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
         # than on plain ones (nn/linear.py). Not in float32, whose packed one-row product is slower (0.8x at
         # 18944x3584), nor for encoders, which gain too little to be worth an opaque weight.
         for part in model.modules():
-            if isinstance(part, Decoder) and not stream_linears(part):
-                pack_linears(part)
+            if isinstance(part, Decoder):
+                prepare_for_decoding(part)
     if compile:
         from sensorium.nn.compiled import compile_model
 

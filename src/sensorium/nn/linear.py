@@ -15,6 +15,12 @@ a decoder's one-token step (bf16 GEMV at 18944x3584: 13.6 -> 25.5 GB/s, 1.9x; it
 and little for encoders (2-7 % per GEMM at ViT shapes, within noise end to end), so the loader packs decoders. A
 packed weight is an opaque oneDNN tensor: the state dict still holds plain tensors, `.to()` / `.float()` unpack
 first, and training needs `unpack_linears(model)` (a packed weight has no gradient path; the error says so).
+
+Where the one-row bf16 kernel runs (nn/gemv.py: AVX512-BF16 and a C compiler), it beats the packed product for
+one-row steps and reads the plain weight, so a bf16 decoder keeps its weights plain instead (`stream_linears`;
+`prepare_for_decoding` picks): calls of at most 4 rows go to the kernel, a prompt's to oneDNN on the plain weight
+(0-15 % slower than on a packed one; packing for each prompt call costs more than that: +1.2 s on PerceptionLM-1B's
+281-token prompt).
 """
 
 from __future__ import annotations
@@ -31,7 +37,6 @@ from sensorium.nn import gemv
 AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 _enabled = AVAILABLE and os.environ.get("SENSORIUM_ONEDNN", "1") != "0"
 ACTIVATIONS = ("none", "gelu")  # gelu: exact (erf)
-PACK_PER_CALL_ROWS = 256  # bf16, 896-4864 wide: packed per call 1.07-1.10x the plain weight at 779 rows, 0.6x at 64
 
 
 @contextlib.contextmanager
@@ -79,20 +84,10 @@ def _packed_linear(x, weight, bias, activation):
 
 class Linear(nn.Linear):
     """nn.Linear (same parameters, same state dict) whose forward is `linear` above, with an optional fused
-    activation ("gelu"), and whose weight can be packed for oneDNN (`pack`), once or for each call of many rows
-    (`pack_per_call`, see `stream_linears`)."""
-
-    pack_per_call = False
+    activation ("gelu"), and whose weight can be packed for oneDNN (`pack`)."""
 
     def forward(self, x: torch.Tensor, activation: str = "none") -> torch.Tensor:
-        weight = self.weight
-        if (self.pack_per_call and _enabled and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16
-                and x.device.type == "cpu" and not weight.is_mkldnn
-                and x.numel() >= PACK_PER_CALL_ROWS * self.in_features
-                and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-                and not torch.compiler.is_compiling()):
-            weight = torch.ops.mkldnn._reorder_linear_weight(weight)
-        return linear(x, weight, self.bias, activation)
+        return linear(x, self.weight, self.bias, activation)
 
     @property
     def packed(self) -> bool:
@@ -152,18 +147,23 @@ def pack_linears(module: nn.Module) -> int:
 
 
 def stream_linears(module: nn.Module) -> int:
-    """A bf16 decoder's linears under `module` for the one-row kernel: plain weights, packed per call of many rows
-    (see the module docstring). How many; 0 where the kernel is not available (then `pack_linears` is the better
-    choice)."""
+    """A bf16 decoder's linears under `module` for the one-row kernel: plain weights (unpacked where packed). How
+    many; 0 where the kernel is not available (then `pack_linears` is the better choice)."""
     if not gemv.available():
         return 0
-    count = 0
-    for layer in module.modules():
-        if isinstance(layer, Linear):
-            layer.unpack()
-            layer.pack_per_call = True
-            count += 1
-    return count
+    layers = [layer for layer in module.modules() if isinstance(layer, Linear)]
+    for layer in layers:
+        layer.unpack()
+    return len(layers)
+
+
+def prepare_for_decoding(module: nn.Module) -> str:
+    """What the loader does to a bf16 decoder on a CPU: its linears streamed for the one-row kernel where that
+    builds ("kernel"), else packed once for oneDNN ("packed")."""
+    if stream_linears(module):
+        return "kernel"
+    pack_linears(module)
+    return "packed"
 
 
 def unpack_linears(module: nn.Module) -> None:
