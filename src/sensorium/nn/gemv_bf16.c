@@ -59,31 +59,9 @@ static inline uint16_t to_bf16(float value) {  /* round to nearest even, as torc
     return (uint16_t)(bits >> 16);
 }
 
-/* m is a constant in each copy, so the compiler keeps the accumulators in registers */
-#define GEMV(M)                                                                                                   \
-    static void gemv_m##M(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int64_t n,     \
-                          int64_t k, int threads) {                                                               \
-        const int64_t blocks = (n + ROWS - 1) / ROWS;                                                             \
-        _Pragma("omp parallel for schedule(static) num_threads(threads)")                                        \
-        for (int64_t b = 0; b < blocks; ++b) {                                                                    \
-            const int64_t first = b * ROWS;                                                                       \
-            const int rows = n - first < ROWS ? (int)(n - first) : ROWS;                                          \
-            float out[ROWS][4];                                                                                   \
-            dot_block(x, M, w, k, first, rows, out);                                                              \
-            for (int r = 0; r < rows; ++r) {                                                                      \
-                const float add = bias ? from_bf16(bias[first + r]) : 0.0f;                                       \
-                for (int j = 0; j < M; ++j) y[j * n + first + r] = to_bf16(out[r][j] + add);                      \
-            }                                                                                                     \
-        }                                                                                                         \
-    }
-
-GEMV(1)
-GEMV(2)
-GEMV(3)
-GEMV(4)
-
-/* Several matrices sharing x (a layer's q, k and v) in one parallel region: their blocks are numbered in turn and
-   split across threads together. outs[j] is [m, ns[j]]. */
+/* One or several matrices sharing x (a layer's q, k and v) in one parallel region: their blocks are numbered in
+   turn and split across threads together. outs[j] is [m, ns[j]]. m is a constant in each copy, so the compiler
+   keeps the accumulators in registers. */
 #define GEMV_MANY(M)                                                                                              \
     static void gemv_many_m##M(const uint16_t *x, int count, const uint16_t *const *weights,                     \
                                const uint16_t *const *biases, uint16_t *const *outs, const int64_t *ns, int64_t k,\
@@ -138,39 +116,30 @@ SWIGLU(2)
 SWIGLU(3)
 SWIGLU(4)
 
-/* 0, or -1 for an m this file has no copy for (the same for the functions below) */
+/* Each entry point picks the copy for m: 0, or -1 for an m this file has no copy for. */
+#define BY_ROWS(name, ...)                                 \
+    switch (m) {                                           \
+        case 1: name##_m1(__VA_ARGS__); return 0;          \
+        case 2: name##_m2(__VA_ARGS__); return 0;          \
+        case 3: name##_m3(__VA_ARGS__); return 0;          \
+        case 4: name##_m4(__VA_ARGS__); return 0;          \
+    }                                                      \
+    return -1;
+
 int sensorium_gemv_bf16(const uint16_t *x, int64_t m, const uint16_t *w, const uint16_t *bias, uint16_t *y,
                         int64_t n, int64_t k, int threads) {
-    switch (m) {
-        case 1: gemv_m1(x, w, bias, y, n, k, threads); return 0;
-        case 2: gemv_m2(x, w, bias, y, n, k, threads); return 0;
-        case 3: gemv_m3(x, w, bias, y, n, k, threads); return 0;
-        case 4: gemv_m4(x, w, bias, y, n, k, threads); return 0;
-    }
-    return -1;
+    BY_ROWS(gemv_many, x, 1, &w, &bias, &y, &n, k, threads)
 }
 
 int sensorium_gemv_many_bf16(const uint16_t *x, int64_t m, int count, const uint16_t *const *weights,
                              const uint16_t *const *biases, uint16_t *const *outs, const int64_t *ns, int64_t k,
                              int threads) {
-    switch (m) {
-        case 1: gemv_many_m1(x, count, weights, biases, outs, ns, k, threads); return 0;
-        case 2: gemv_many_m2(x, count, weights, biases, outs, ns, k, threads); return 0;
-        case 3: gemv_many_m3(x, count, weights, biases, outs, ns, k, threads); return 0;
-        case 4: gemv_many_m4(x, count, weights, biases, outs, ns, k, threads); return 0;
-    }
-    return -1;
+    BY_ROWS(gemv_many, x, count, weights, biases, outs, ns, k, threads)
 }
 
 int sensorium_swiglu_bf16(const uint16_t *x, int64_t m, const uint16_t *gate, const uint16_t *up, uint16_t *y,
                           int64_t n, int64_t k, int threads) {
-    switch (m) {
-        case 1: swiglu_m1(x, gate, up, y, n, k, threads); return 0;
-        case 2: swiglu_m2(x, gate, up, y, n, k, threads); return 0;
-        case 3: swiglu_m3(x, gate, up, y, n, k, threads); return 0;
-        case 4: swiglu_m4(x, gate, up, y, n, k, threads); return 0;
-    }
-    return -1;
+    BY_ROWS(swiglu, x, gate, up, y, n, k, threads)
 }
 
 /* transformers' Llama/Qwen2 RMSNorm of a few bf16 rows: weight * bf16(x * rsqrt(mean(x^2) + eps)), in float32
