@@ -9,8 +9,8 @@ sensorium's layers call), float16 where torch has a fast path, ONNX Runtime's an
 environment, benchmarks/.venv-timm: `python benchmarks/pe_core.py setup`); memory: a large copy (read + write) and
 a streaming read, and GEMVs (the decoder's bound: one pass over the weights per token) in fp32, bf16 (plain and
 packed for oneDNN; sensorium's one-row kernel) and torch's int8/int4 weight-only kernels. GPU (when one is present):
-cuBLAS bf16 and
-fp16 GEMM, TF32, and a device copy (HBM). Every rate is the median of repeated calls after two warm-ups.
+cuBLAS bf16 and fp16 GEMM, TF32, and a device copy (HBM). Every rate is the median of repeated calls after two
+warm-ups.
 """
 
 from __future__ import annotations

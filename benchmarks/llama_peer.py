@@ -168,10 +168,10 @@ def worker_llama(kind: str, new_tokens: int) -> dict:
 def worker_sensorium(dtype: str, new_tokens: int) -> dict:
     import json as json_module
 
+    import os
+
     import numpy as np
     import torch
-
-    import os
 
     if dtype == "bfloat16-packed":  # the one-row kernel off: weights packed for oneDNN (its fallback)
         os.environ["SENSORIUM_GEMV"] = "0"

@@ -92,9 +92,9 @@ class DecoderAttention(nn.Module):
         """x [B, T, width]; rope (cos, sin) [B, T, head_dim]; mask [B, 1, T, S] bool or None (plain causal);
         with a cache, k and v go to slots start.. of `layer` and attention reads every slot up to them."""
         batch, tokens, _ = x.shape
-        projections = (self.q, self.k, self.v)
-        if (cache is not None and not isinstance(start, torch.Tensor) and 0 < start and tokens <= STEP_TOKENS
-                and gemv.fit_all(x, projections) and cache.keys[layer].dtype == torch.bfloat16):
+        stepping = cache is not None and (isinstance(start, torch.Tensor) or start > 0) and tokens <= STEP_TOKENS
+        if (stepping and not isinstance(start, torch.Tensor) and cache.keys[layer].dtype == torch.bfloat16
+                and gemv.fit_all(x, (self.q, self.k, self.v))):
             return self._step_on_kernel(x, rope, mask, cache, layer, start)
         q = self.q(x).view(batch, tokens, self.heads, self.head_dim).transpose(1, 2)
         k = self.k(x).view(batch, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -103,7 +103,6 @@ class DecoderAttention(nn.Module):
         q, k = apply_rope_halves(q, cos, sin), apply_rope_halves(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)
-        stepping = cache is not None and (isinstance(start, torch.Tensor) or start > 0) and tokens <= STEP_TOKENS
         if stepping and x.device.type == "cpu":
             out = few_query_attention(q, k, v, mask)  # a decode step: each query sees its own key at least
         else:

@@ -31,7 +31,20 @@ import torch
 MAX_ROWS = 4  # rows of x per call (a step's batch); more go to oneDNN, whose GEMM then wins
 SOURCE = Path(__file__).with_name("gemv_bf16.c")
 # no FMA contraction: the small ops round each product as torch's do
-FLAGS = ["-O3", "-ffp-contract=off", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-ffp-contract=off", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp", "-shared",
+         "-fPIC"]
+_POINTER, _SIZE = ctypes.c_void_p, ctypes.c_int64
+# each entry point: (argument types, result type); the ints are 0, or -1 for more than MAX_ROWS rows
+SIGNATURES = {
+    "sensorium_gemv_bf16": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, ctypes.c_int], ctypes.c_int),
+    "sensorium_gemv_many_bf16": ([_POINTER, _SIZE, ctypes.c_int, _POINTER, _POINTER, _POINTER, _POINTER, _SIZE,
+                                  ctypes.c_int], ctypes.c_int),
+    "sensorium_swiglu_bf16": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, ctypes.c_int],
+                              ctypes.c_int),
+    "sensorium_rms_norm_bf16": ([_POINTER, _SIZE, _POINTER, _POINTER, _SIZE, ctypes.c_float], None),
+    "sensorium_rope_halves_bf16": ([_POINTER] * 4 + [_SIZE] * 5, None),
+    "sensorium_step_attention_bf16": ([_POINTER] * 6 + [_SIZE] * 7 + [ctypes.c_float, ctypes.c_int], None),
+}
 
 _BF16 = torch.bfloat16
 _lock = threading.Lock()
@@ -77,10 +90,8 @@ def fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bo
     """Whether `linear(x, weight, bias)` can run on the kernel: bf16 on the CPU, at most MAX_ROWS rows, a plain
     contiguous weight, no gradient, not being traced or compiled; and the kernel available. (Called for every
     linear: the cheap tests first, ~2 us in all.)"""
-    if x.dtype != _BF16 or weight.dtype != _BF16 or not (_tried and _library is not None and _enabled):
-        if _tried or x.dtype != _BF16:
-            return False
-        return available() and fits(x, weight, bias)  # the first bf16 call builds the kernel
+    if x.dtype != _BF16 or weight.dtype != _BF16 or not available():  # the first bf16 call builds the kernel
+        return False
     return (x.is_cpu and weight.is_cpu and not _tracing() and weight.dim() == 2 and not weight.is_mkldnn
             and weight.is_contiguous() and x.shape[-1] == weight.shape[1]
             and 0 < x.numel() <= MAX_ROWS * weight.shape[1] and weight.shape[0] > 0
@@ -102,11 +113,9 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     rows = x.numel() // k
     x = x.contiguous()
     out = torch.empty(*x.shape[:-1], weight.shape[0], dtype=torch.bfloat16)
-    status = _library.sensorium_gemv_bf16(x.data_ptr(), rows, weight.data_ptr(),
-                                          None if bias is None else bias.data_ptr(), out.data_ptr(),
-                                          weight.shape[0], k, torch.get_num_threads())
-    if status != 0:
-        raise RuntimeError(f"the one-row bf16 kernel cannot take {rows} rows (at most {MAX_ROWS})")
+    _rows_taken(_library.sensorium_gemv_bf16(x.data_ptr(), rows, weight.data_ptr(),
+                                             None if bias is None else bias.data_ptr(), out.data_ptr(),
+                                             weight.shape[0], k, torch.get_num_threads()), rows)
     return out
 
 
@@ -118,13 +127,11 @@ def gemv_many(x: torch.Tensor, layers) -> list[torch.Tensor]:
     count = len(layers)
     outs = [torch.empty(*x.shape[:-1], layer.weight.shape[0], dtype=torch.bfloat16) for layer in layers]
     pointers = ctypes.c_void_p * count
-    status = _library.sensorium_gemv_many_bf16(
+    _rows_taken(_library.sensorium_gemv_many_bf16(
         x.data_ptr(), rows, count, pointers(*(layer.weight.data_ptr() for layer in layers)),
         pointers(*(None if layer.bias is None else layer.bias.data_ptr() for layer in layers)),
         pointers(*(out.data_ptr() for out in outs)), (ctypes.c_int64 * count)(*(out.shape[-1] for out in outs)), k,
-        torch.get_num_threads())
-    if status != 0:
-        raise RuntimeError(f"the one-row bf16 kernel cannot take {rows} rows (at most {MAX_ROWS})")
+        torch.get_num_threads()), rows)
     return outs
 
 
@@ -134,10 +141,8 @@ def swiglu_hidden(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torc
     rows = x.numel() // k
     x = x.contiguous()
     out = torch.empty(*x.shape[:-1], gate.shape[0], dtype=torch.bfloat16)
-    status = _library.sensorium_swiglu_bf16(x.data_ptr(), rows, gate.data_ptr(), up.data_ptr(), out.data_ptr(),
-                                            gate.shape[0], k, torch.get_num_threads())
-    if status != 0:
-        raise RuntimeError(f"the one-row bf16 kernel cannot take {rows} rows (at most {MAX_ROWS})")
+    _rows_taken(_library.sensorium_swiglu_bf16(x.data_ptr(), rows, gate.data_ptr(), up.data_ptr(), out.data_ptr(),
+                                               gate.shape[0], k, torch.get_num_threads()), rows)
     return out
 
 
@@ -181,6 +186,11 @@ def step_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, vi
                                            scratch.data_ptr(), batch, tokens, heads, keys.shape[1], dim, visible,
                                            keys.shape[2], dim**-0.5, torch.get_num_threads())
     return out
+
+
+def _rows_taken(status: int, rows: int) -> None:
+    if status != 0:
+        raise RuntimeError(f"the one-row bf16 kernel cannot take {rows} rows (at most {MAX_ROWS})")
 
 
 def _tracing() -> bool:
@@ -227,25 +237,8 @@ def _build_and_check() -> tuple[ctypes.CDLL | None, str | None]:
             return None, f"{compiler} could not build {SOURCE.name}: {result.stderr.strip()[-500:]}"
         os.replace(partial, built)
     library = ctypes.CDLL(str(built))
-    function = library.sensorium_gemv_bf16
-    function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                         ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
-    function.restype = ctypes.c_int
-    library.sensorium_gemv_many_bf16.argtypes = [
-        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
-    library.sensorium_gemv_many_bf16.restype = ctypes.c_int
-    library.sensorium_swiglu_bf16.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-                                              ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
-    library.sensorium_swiglu_bf16.restype = ctypes.c_int
-    library.sensorium_rms_norm_bf16.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-                                                ctypes.c_int64, ctypes.c_float]
-    library.sensorium_rms_norm_bf16.restype = None
-    library.sensorium_rope_halves_bf16.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5
-    library.sensorium_rope_halves_bf16.restype = None
-    library.sensorium_step_attention_bf16.argtypes = ([ctypes.c_void_p] * 6 + [ctypes.c_int64] * 7
-                                                      + [ctypes.c_float, ctypes.c_int])
-    library.sensorium_step_attention_bf16.restype = None
+    for name, (arguments, result) in SIGNATURES.items():
+        getattr(library, name).argtypes, getattr(library, name).restype = arguments, result
     error = _self_check(library)
     if error is not None:
         return None, error
