@@ -26,6 +26,7 @@ from sensorium.models.modernbert import ModernBert, ModernBertConfig
 from sensorium.models.pe import VisionConfig
 from sensorium.models.family import processor_of
 from sensorium.nn import RMSNorm, Rope1D, SwiGLU, apply_rope_pairs
+from sensorium.nn.attention import attention_on_kernel
 from sensorium.nn.sequence import reflect_pad_to_multiple
 from sensorium.nn.linear import Linear
 
@@ -129,9 +130,14 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None):
         batch, tokens, width = x.shape
         shape = (batch, tokens, self.heads, self.head_dim)
-        q = self.q_norm(self.q(x).view(shape)).transpose(1, 2)
-        k = self.k_norm(self.k(x).view(shape)).transpose(1, 2)
-        v = self.v(x).view(shape).transpose(1, 2)
+        q = self.q_norm(self.q(x).view(shape))
+        k = self.k_norm(self.k(x).view(shape))
+        v = self.v(x)
+        valid = None if mask is None else mask[:, 0, 0]  # mask [B, 1, 1, T]: the keys to see
+        out = attention_on_kernel(q.view(x.shape), k.view(x.shape), v, self.heads, rope, valid=valid)
+        if out is not None:
+            return self.o(out)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.view(shape).transpose(1, 2)
         q, k = apply_rope_pairs(torch.stack((q, k)), *rope).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.o(out.transpose(1, 2).reshape(batch, tokens, width))

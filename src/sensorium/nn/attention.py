@@ -1,4 +1,5 @@
-"""Multi-head attention on `scaled_dot_product_attention`, and a decode step's attention in float32 matmuls."""
+"""Multi-head attention on `scaled_dot_product_attention` (bf16 on a CPU: sensorium's attention kernel, nn/gemv.py),
+and a decode step's attention in float32 matmuls."""
 
 from __future__ import annotations
 
@@ -6,8 +7,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sensorium.nn import gemv
 from sensorium.nn.rope import apply_rope_pairs
 from sensorium.nn.linear import Linear, linear
+
+
+@torch.library.custom_op("sensorium::attention_bf16", mutates_args=())
+def kernel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, cos: torch.Tensor | None,
+                     signed_sin: torch.Tensor | None, causal: bool, valid: torch.Tensor | None) -> torch.Tensor:
+    """gemv.attention as an operator torch.compile can call (a ctypes call is invisible to its tracing)."""
+    return gemv.attention(q, k, v, heads, cos, signed_sin, causal, valid)
+
+
+@kernel_attention.register_fake
+def _(q, k, v, heads, cos, signed_sin, causal, valid):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def attention_on_kernel(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None, causal: bool = False, valid: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """Attention of bf16 tokens on a CPU through sensorium's kernel (2-2.5x SDPA's flash kernel there, RoPE on
+    adjacent pairs applied as it packs q and k), or None where the kernel cannot take them (then use SDPA).
+
+    q, k, v [B, T, H * D] (views are read in place); rope: (cos, signed sin) [T, D] of `rope_tables`; valid [B, T]
+    bool, the keys every query may see. Returns [B, T, H * D]."""
+    if not gemv.attention_fits(q, k, v, heads):
+        return None
+    if rope is not None and rope[0].shape != (q.shape[1], q.shape[2] // heads):
+        return None
+    if valid is not None and valid.shape != q.shape[:2]:
+        return None
+    return kernel_attention(q, k, v, heads, *(rope or (None, None)), causal, valid)
 
 
 class SelfAttention(nn.Module):
@@ -31,7 +63,12 @@ class SelfAttention(nn.Module):
         is_causal: bool = False,
     ) -> torch.Tensor:
         batch, tokens, width = x.shape
-        qkv = self.qkv(x).view(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x)
+        q, k, v = qkv.view(batch, tokens, 3, width).unbind(2)  # [B, T, width] views, read in place by the kernel
+        out = attention_on_kernel(q, k, v, self.heads, rope, is_causal)
+        if out is not None:
+            return self.proj(out)
+        qkv = qkv.view(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
         if rope is not None:
             q, k = apply_rope_pairs(qkv[:2], *rope).unbind(0)  # one op for q and k together
         else:

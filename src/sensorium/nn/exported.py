@@ -133,11 +133,12 @@ def _machine() -> str:
 
 @functools.lru_cache(maxsize=1)
 def _code_digest() -> str:
-    """What an export depends on besides the weights: the model code (models/, nn/)."""
+    """What an export and a timed choice depend on besides the weights: the model code (models/, nn/), the C
+    kernels' included (eager's speed changes with them)."""
     digest = hashlib.sha256()
     root = Path(__file__).resolve().parent.parent
     for folder in ("models", "nn"):
-        for path in sorted((root / folder).glob("*.py")):
+        for path in sorted(p for pattern in ("*.py", "*.c", "*.h") for p in (root / folder).glob(pattern)):
             digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:16]
 

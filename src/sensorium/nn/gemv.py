@@ -1,15 +1,19 @@
-"""One-row bf16 products for decode steps, from a small C kernel built on first use (`gemv_bf16.c` beside this file).
+"""sensorium's bf16 CPU kernels, from small C files built on first use into one library: one-row products for
+decode steps (`gemv_bf16.c`) and the encoders' self-attention (`attention_bf16.c`; nn/attention.py calls it).
 
 A decoder's one-token step reads every weight once for one row of activations: it is bound by memory bandwidth,
 and torch's bf16 product for one row is not (on a 2-core Zen 4: oneDNN on the weight as stored 15-20 GB/s, packed
-for oneDNN 23-34, this kernel 30-35 of a ~33-57 GB/s streaming read; benchmarks/gemv_probe.py). The kernel needs
-AVX512-BF16 (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later), Linux on x86-64 and a C compiler
-(`$CC`, else `cc` or `gcc`); it is compiled once into `$SENSORIUM_KERNEL_CACHE` (default
-`~/.cache/sensorium/kernels`), checked against float32, and loaded with ctypes. Its OpenMP runtime is the libgomp
+for oneDNN 23-34, this kernel 30-35 of a ~33-57 GB/s streaming read; benchmarks/gemv_probe.py). An encoder's bf16
+attention on SDPA's CPU flash kernel runs at 70-120 GFLOP/s there, a quarter of the bf16 GEMM rate; the attention
+kernel 170-250 (benchmarks/attention_probe.py).
+
+The kernels need AVX512-BF16 (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later), Linux on x86-64
+and a C compiler (`$CC`, else `cc` or `gcc`); they are compiled once into `$SENSORIUM_KERNEL_CACHE` (default
+`~/.cache/sensorium/kernels`), checked against float32, and loaded with ctypes. Their OpenMP runtime is the libgomp
 torch has already loaded (same soname), so the two share one thread pool; each call passes torch's thread count.
 
-Where any of that is missing, `available()` is False, `why_not()` says why, and decoders keep oneDNN's packed
-product (nn/linear.py). `SENSORIUM_GEMV=0` (read at first use) or `use_gemv(False)` turns the kernel off.
+Where any of that is missing, `available()` is False, `why_not()` says why, decoders keep oneDNN's packed product
+(nn/linear.py) and encoders SDPA. `SENSORIUM_GEMV=0` (read at first use) or `use_gemv(False)` turns the kernels off.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from pathlib import Path
 import torch
 
 MAX_ROWS = 4  # rows of x per call (a step's batch); more go to oneDNN, whose GEMM then wins
-SOURCE = Path(__file__).with_name("gemv_bf16.c")
+# one library from these (bf16.h: their shared conversions)
+SOURCES = [Path(__file__).with_name(name) for name in ("gemv_bf16.c", "attention_bf16.c", "bf16.h")]
 # no FMA contraction: the small ops round each product as torch's do
 FLAGS = ["-O3", "-ffp-contract=off", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp", "-shared",
          "-fPIC"]
@@ -44,6 +49,8 @@ SIGNATURES = {
     "sensorium_rms_norm_bf16": ([_POINTER, _SIZE, _POINTER, _POINTER, _SIZE, ctypes.c_float], None),
     "sensorium_rope_halves_bf16": ([_POINTER] * 4 + [_SIZE] * 5, None),
     "sensorium_step_attention_bf16": ([_POINTER] * 6 + [_SIZE] * 7 + [ctypes.c_float, ctypes.c_int], None),
+    "sensorium_attention_bf16": ([_POINTER] * 3 + [_SIZE] * 6 + [_POINTER] * 2 + [_SIZE] * 4 + [_POINTER] * 2
+                                 + [ctypes.c_int, _POINTER, ctypes.c_float, ctypes.c_int], ctypes.c_int),
 }
 
 _BF16 = torch.bfloat16
@@ -76,8 +83,8 @@ def why_not() -> str | None:
 
 @contextlib.contextmanager
 def use_gemv(enabled: bool):
-    """Within the block, one-row bf16 products run on the kernel (True, the default where it is available) or
-    on oneDNN."""
+    """Within the block, one-row bf16 products and bf16 encoder attention run on the kernels (True, the default
+    where they are available) or on oneDNN and SDPA."""
     global _enabled
     before, _enabled = _enabled, enabled
     try:
@@ -188,6 +195,49 @@ def step_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, vi
     return out
 
 
+def attention_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> bool:
+    """Whether `attention` can take these [B, T, H * D] views: bf16 on the CPU, q, k and v of one shape, each
+    token's channels contiguous, D a multiple of 32 (at most 512), no gradient, not being exported or traced (an
+    export keeps SDPA, which its runtime knows; torch.compile calls the kernel as the custom op
+    sensorium::attention_bf16), and the kernel available."""
+    if q.dtype != _BF16 or q.dim() != 3 or not q.is_cpu or torch.compiler.is_exporting() or torch.jit.is_tracing():
+        return False
+    width = q.shape[-1]
+    return (k.shape == q.shape == v.shape and k.dtype == v.dtype == _BF16 and k.is_cpu and v.is_cpu
+            and width % heads == 0 and (width // heads) % 32 == 0 and width // heads <= 512 and q.shape[1] > 0
+            and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+            and available())
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, cos: torch.Tensor | None = None,
+              signed_sin: torch.Tensor | None = None, causal: bool = False,
+              valid: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q kᵀ / √D) v per head, [B, T, H * D] in (views with any batch and token strides: a fused qkv
+    projection's thirds as they are) and [B, T, H * D] out, contiguous; RoPE on adjacent pairs of q and k first
+    when `cos` and `signed_sin` ([T, D] tables of rope_tables) are given; `causal`: token t sees tokens <= t;
+    `valid` [B, T] bool: the keys each sequence's queries may see (padding False). Rounds where torch's CPU flash
+    kernel rounds (`attention_fits` first)."""
+    batch, tokens, width = q.shape
+    dim = width // heads
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    if cos is not None:
+        cos = cos.to(torch.float32).contiguous()
+        signed_sin = signed_sin.to(torch.float32).contiguous()
+    if valid is not None:
+        valid = valid.to(torch.uint8).contiguous()
+    padded = -(-tokens // 32) * 32
+    packed = torch.empty(batch * heads * (tokens + 2 * padded) * dim, dtype=_BF16)
+    out = torch.empty(batch, tokens, width, dtype=_BF16)
+    status = _library.sensorium_attention_bf16(
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
+        v.stride(1), out.data_ptr(), packed.data_ptr(), batch, tokens, heads, dim,
+        None if cos is None else cos.data_ptr(), None if cos is None else signed_sin.data_ptr(), int(causal),
+        None if valid is None else valid.data_ptr(), dim**-0.5, torch.get_num_threads())
+    if status != 0:
+        raise RuntimeError(f"the bf16 attention kernel could not take heads of {dim} channels or ran out of memory")
+    return out
+
+
 def _rows_taken(status: int, rows: int) -> None:
     if status != 0:
         raise RuntimeError(f"the one-row bf16 kernel cannot take {rows} rows (at most {MAX_ROWS})")
@@ -221,7 +271,7 @@ def _build_and_check() -> tuple[ctypes.CDLL | None, str | None]:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler or not shutil.which(compiler):
         return None, "no C compiler found ($CC, cc or gcc); install gcc to build the one-row bf16 kernel"
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     version = subprocess.run([compiler, "--version"], capture_output=True, timeout=60).stdout
     key = hashlib.sha256(source + version + " ".join(FLAGS).encode() + compiler.encode()).hexdigest()[:16]
     built = cache_folder() / f"gemv_bf16-{key}.so"
@@ -230,11 +280,12 @@ def _build_and_check() -> tuple[ctypes.CDLL | None, str | None]:
         # build beside the final name and rename: processes building at once (Ray workers) each replace it whole
         handle, partial = tempfile.mkstemp(suffix=".so", dir=built.parent)
         os.close(handle)
-        result = subprocess.run([compiler, *FLAGS, "-o", partial, str(SOURCE), "-lm"], capture_output=True, text=True,
+        compiled = [str(path) for path in SOURCES if path.suffix == ".c"]
+        result = subprocess.run([compiler, *FLAGS, "-o", partial, *compiled, "-lm"], capture_output=True, text=True,
                                 timeout=300)
         if result.returncode != 0:
             os.unlink(partial)
-            return None, f"{compiler} could not build {SOURCE.name}: {result.stderr.strip()[-500:]}"
+            return None, f"{compiler} could not build {', '.join(compiled)}: {result.stderr.strip()[-500:]}"
         os.replace(partial, built)
     library = ctypes.CDLL(str(built))
     for name, (arguments, result) in SIGNATURES.items():

@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "bf16.h"
+
 #define ROWS 4          /* rows of w per block */
 #define PREFETCH 4096   /* bytes ahead of the block's sweep (1-16 KB measured alike on Zen 4; 4 KB best on the head) */
 
@@ -42,21 +44,6 @@ static inline __attribute__((always_inline)) void dot_block(const uint16_t *x, c
     }
     for (int r = 0; r < rows; ++r)
         for (int j = 0; j < m; ++j) out[r][j] = _mm512_reduce_add_ps(acc[r][j]);
-}
-
-static inline float from_bf16(uint16_t value) {
-    uint32_t bits = (uint32_t)value << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-static inline uint16_t to_bf16(float value) {  /* round to nearest even, as torch's casts; a NaN stays a NaN */
-    uint32_t bits;
-    memcpy(&bits, &value, 4);
-    if ((bits & 0x7fffffff) > 0x7f800000) return (uint16_t)((bits >> 16) | 0x40);
-    bits += 0x7fff + ((bits >> 16) & 1);
-    return (uint16_t)(bits >> 16);
 }
 
 /* One or several matrices sharing x (a layer's q, k and v) in one parallel region: their blocks are numbered in
@@ -161,11 +148,6 @@ void sensorium_rms_norm_bf16(const uint16_t *x, int64_t m, const uint16_t *weigh
 
 /* The rest of a decode step's attention, for its few tokens (nn/decoder.py with the kernel; the same rounding
    points as the torch ops they replace: float32 math, bf16 where torch rounds). */
-
-static inline __m512 load_bf16(const uint16_t *p, __mmask16 mask) {  /* 16 bf16 -> float32 (masked lanes 0) */
-    __m256i raw = _mm256_maskz_loadu_epi16(mask, p);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
 
 /* Rotate-half RoPE on q [B, T, H, D] and k [B, T, Hkv, D] in place: x * cos + rotate_half(x) * sin, with cos and
    sin float32 [B, T, D]; as apply_rope_halves: each product rounded to float32, then the sum, then to bf16. */
