@@ -148,3 +148,39 @@ def test_an_export_keeps_sdpa():
     targets = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
     assert not any("sensorium" in target for target in targets)
     assert any("scaled_dot_product_attention" in target for target in targets)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_the_audio_encoders_attention_on_the_kernel_matches_its_sdpa_path(padded):
+    """AF3's encoder (q scaled before q·k, scale 1, a key-padding mask) and PE-AV's (q/k norms, RoPE, mask)."""
+    from sensorium.models import af3, pe_audio
+    from sensorium.nn import Rope1D
+
+    torch.manual_seed(7)
+    valid = torch.ones(2, 40, dtype=torch.bool)
+    if padded:
+        valid[1, 25:] = False
+    mask = valid[:, None, None, :]
+    x = torch.randn(2, 40, 128).bfloat16()
+    whisper = af3.EncoderAttention(af3.EncoderConfig(width=128, heads=4)).bfloat16().eval()
+    config = pe_audio.EncoderConfig(width=128, heads=4, layers=1, mlp_hidden=256)
+    pe = pe_audio.Attention(config).bfloat16().eval()
+    rope = Rope1D(config.head_dim, config.rope_theta, "pairs", limit=64).tables(40, "cpu")
+    calls = []
+    original = gemv.attention
+
+    def counting(*args):
+        calls.append(args[0].shape)
+        return original(*args)
+
+    with torch.no_grad():
+        gemv.attention = counting
+        try:
+            got = [whisper(x, mask if padded else None), pe(x, rope, mask if padded else None)]
+        finally:
+            gemv.attention = original
+        with gemv.use_gemv(False):
+            want = [whisper(x, mask if padded else None), pe(x, rope, mask if padded else None)]
+    assert len(calls) == 2
+    for a, b in zip(got, want):
+        assert (a.float() - b.float()).abs().max() <= 2e-2 * b.float().abs().max()

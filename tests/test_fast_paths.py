@@ -82,6 +82,33 @@ def test_a_model_with_and_without_the_fast_paths(tiny_entries):
     assert rel(fast, plain) < 1e-5
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_encoders_load_with_packed_blocks_and_answer_as_unpacked(tiny_entries, ast_models, dtype):
+    from sensorium.nn import TransformerBlock, unpack_linears
+
+    def block_linears(model):
+        return [m for block in model.modules() if isinstance(block, TransformerBlock)
+                for m in block.modules() if isinstance(m, Linear)]
+
+    clip = sn.load("test-clip_tiny", device="cpu", dtype=dtype)
+    assert block_linears(clip) and all(m.packed for m in block_linears(clip))
+    assert not clip.visual.attn_pool.qkv.packed  # the pool slices its qkv rows: plain
+    tagger = sn.load("ast-finetuned-audioset-10-10-0.4593", device="cpu", dtype=dtype)
+    assert all(m.packed for m in block_linears(tagger))  # its last block's prefix path takes a packed qkv
+    pixels = torch.randn(3, 3, clip.image_size, clip.image_size, generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(1, 50, (2, clip.context_length), generator=torch.Generator().manual_seed(1))
+    features = torch.randn(2, tagger.max_frames, tagger.config.num_mel_bins, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        packed = [clip.encode_image(pixels.to(clip.dtype)), clip.encode_text(ids), tagger.classify(features.to(tagger.dtype))]
+    unpack_linears(clip)
+    unpack_linears(tagger)
+    with torch.inference_mode():
+        plain = [clip.encode_image(pixels.to(clip.dtype)), clip.encode_text(ids), tagger.classify(features.to(tagger.dtype))]
+    for a, b in zip(packed, plain):
+        assert rel(a, b) < (1e-6 if dtype == "float32" else 1e-2)  # the same product in another blocking
+    assert not any(m.packed for m in block_linears(sn.load("test-clip_tiny", device="cpu", compile=True)))
+
+
 def test_a_compiled_model_equals_eager(tiny_entries, ast_models, monkeypatch, tmp_path):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # not the user's cache
     eager, compiled = sn.load("test-clip_tiny", device="cpu"), sn.load("test-clip_tiny", device="cpu", compile=True)
@@ -205,7 +232,8 @@ def test_a_bf16_chat_model_loads_packed_and_answers_as_unpacked(af3_model_dir):
         model = sn.load(str(af3_model_dir), device="cpu", dtype="bfloat16")
     layers = [m for m in model.decoder.modules() if isinstance(m, Linear)]
     assert layers and all(m.packed for m in layers)
-    assert not any(m.packed for m in model.modules() if isinstance(m, Linear) and m not in layers)  # encoder: plain
+    encoder = [m for m in model.encoder.modules() if isinstance(m, Linear)]
+    assert encoder and all(m.packed for m in encoder)  # the audio encoder's layers: packed (many rows a call)
     inputs = model.process([one_second_question()])
     with torch.inference_mode():
         packed_ids = model.generate(**inputs.model_inputs(), max_new_tokens=12, stop_tokens=())

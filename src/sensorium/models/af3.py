@@ -19,6 +19,7 @@ from sensorium.batches import AF3Inputs
 from sensorium.keymaps import KeyMap
 from sensorium.models.family import Family
 from sensorium.nn.decoder import Decoder, DecoderConfig, config_from_transformers, transformers_key_map
+from sensorium.nn.attention import attention_on_kernel
 from sensorium.nn.chat import ChatModel
 from sensorium.nn.generation import check_sampling
 from sensorium.nn.multimodal import scatter_placeholders
@@ -105,9 +106,13 @@ class EncoderAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         batch, tokens, width = x.shape
         shape = (batch, tokens, self.heads, self.head_dim)
-        q = (self.q(x) * self.head_dim**-0.5).view(shape).transpose(1, 2)  # scaled before q.k, as the reference
-        k = self.k(x).view(shape).transpose(1, 2)
-        v = self.v(x).view(shape).transpose(1, 2)
+        q = self.q(x) * self.head_dim**-0.5  # scaled before q.k, as the reference
+        k, v = self.k(x), self.v(x)
+        valid = None if mask is None else mask[:, 0, 0]  # mask [W, 1, 1, T]: the keys to see
+        out = attention_on_kernel(q, k, v, self.heads, valid=valid, scale=1.0)  # bf16 on a CPU
+        if out is not None:
+            return self.out(out)
+        q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
         return self.out(out.transpose(1, 2).reshape(batch, tokens, width))
 

@@ -14,32 +14,34 @@ from sensorium.nn.linear import Linear, linear
 
 @torch.library.custom_op("sensorium::attention_bf16", mutates_args=())
 def kernel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, cos: torch.Tensor | None,
-                     signed_sin: torch.Tensor | None, causal: bool, valid: torch.Tensor | None) -> torch.Tensor:
+                     signed_sin: torch.Tensor | None, causal: bool, valid: torch.Tensor | None,
+                     scale: float | None) -> torch.Tensor:
     """gemv.attention as an operator torch.compile can call (a ctypes call is invisible to its tracing)."""
-    return gemv.attention(q, k, v, heads, cos, signed_sin, causal, valid)
+    return gemv.attention(q, k, v, heads, cos, signed_sin, causal, valid, scale)
 
 
 @kernel_attention.register_fake
-def _(q, k, v, heads, cos, signed_sin, causal, valid):
+def _(q, k, v, heads, cos, signed_sin, causal, valid, scale):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
 def attention_on_kernel(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
     rope: tuple[torch.Tensor, torch.Tensor] | None = None, causal: bool = False, valid: torch.Tensor | None = None,
+    scale: float | None = None,
 ) -> torch.Tensor | None:
     """Attention of bf16 tokens on a CPU through sensorium's kernel (2-2.5x SDPA's flash kernel there, RoPE on
     adjacent pairs applied as it packs q and k), or None where the kernel cannot take them (then use SDPA).
 
     q, k, v [B, T, H * D] (views are read in place); rope: (cos, signed sin) [T, D] of `rope_tables`; valid [B, T]
-    bool, the keys every query may see. Returns [B, T, H * D]."""
+    bool, the keys every query may see; scale: of q·k (1/√D unless given). Returns [B, T, H * D]."""
     if not gemv.attention_fits(q, k, v, heads):
         return None
     if rope is not None and rope[0].shape != (q.shape[1], q.shape[2] // heads):
         return None
     if valid is not None and valid.shape != q.shape[:2]:
         return None
-    return kernel_attention(q, k, v, heads, *(rope or (None, None)), causal, valid)
+    return kernel_attention(q, k, v, heads, *(rope or (None, None)), causal, valid, scale)
 
 
 class SelfAttention(nn.Module):
@@ -82,10 +84,14 @@ class SelfAttention(nn.Module):
         batch, tokens, width = x.shape
         head_dim = width // self.heads
         weight, bias = self.qkv.weight, self.qkv.bias
-        q = linear(x[:, :count], weight[:width], bias[:width]).view(batch, count, self.heads, head_dim)
-        k, v = linear(x, weight[width:], bias[width:]).view(batch, tokens, 2, self.heads, head_dim).permute(
-            2, 0, 3, 1, 4
-        )
+        if self.qkv.packed:  # an opaque oneDNN weight has no rows to slice: q for every token, the others unused
+            q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
+            q = q[:, :, :count].transpose(1, 2)
+        else:
+            q = linear(x[:, :count], weight[:width], bias[:width]).view(batch, count, self.heads, head_dim)
+            k, v = linear(x, weight[width:], bias[width:]).view(batch, tokens, 2, self.heads, head_dim).permute(
+                2, 0, 3, 1, 4
+            )
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v)
         return self.proj(out.transpose(1, 2).reshape(batch, count, width))
 

@@ -58,6 +58,8 @@ from typing import Callable
 
 import torch
 
+from sensorium.nn.linear import plain_weights
+
 BACKENDS = ("torch", "auto", "openvino", "onnxruntime")
 INSTALL = {"openvino": "pip install 'sensorium[openvino]' (the openvino package)",
            "onnxruntime": "pip install 'sensorium[onnxruntime]' (onnxruntime, onnx and onnxscript)"}
@@ -381,7 +383,8 @@ class ExportedCall:
         module = _Method(self.eager, options, kwargs, x.dtype)
         work = Path(tempfile.mkdtemp(prefix="export-", dir=_made(cache_folder()) if folder else None))
         try:
-            _write(self.backend, module, example, work, None if self.free_dim is None else self.free_dim[0])
+            with plain_weights(self.owner):  # packed linears (the loader's, on a CPU) traced as plain ones
+                _write(self.backend, module, example, work, None if self.free_dim is None else self.free_dim[0])
             (work / "done").write_text(json.dumps({"method": self.name, "kind": kind, **self.origin}, default=str))
             if folder is None:
                 return _open(self.backend, work, self.origin["dtype"], keep=False), False

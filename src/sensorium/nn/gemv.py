@@ -211,12 +211,12 @@ def attention_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, cos: torch.Tensor | None = None,
               signed_sin: torch.Tensor | None = None, causal: bool = False,
-              valid: torch.Tensor | None = None) -> torch.Tensor:
+              valid: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
     """softmax(q kᵀ / √D) v per head, [B, T, H * D] in (views with any batch and token strides: a fused qkv
     projection's thirds as they are) and [B, T, H * D] out, contiguous; RoPE on adjacent pairs of q and k first
     when `cos` and `signed_sin` ([T, D] tables of rope_tables) are given; `causal`: token t sees tokens <= t;
-    `valid` [B, T] bool: the keys each sequence's queries may see (padding False). Rounds where torch's CPU flash
-    kernel rounds (`attention_fits` first)."""
+    `valid` [B, T] bool: the keys each sequence's queries may see (padding False); `scale`: of q·k, 1/√D unless
+    given. Rounds where torch's CPU flash kernel rounds (`attention_fits` first)."""
     batch, tokens, width = q.shape
     dim = width // heads
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
@@ -232,7 +232,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, cos
         q.data_ptr(), k.data_ptr(), v.data_ptr(), q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
         v.stride(1), out.data_ptr(), packed.data_ptr(), batch, tokens, heads, dim,
         None if cos is None else cos.data_ptr(), None if cos is None else signed_sin.data_ptr(), int(causal),
-        None if valid is None else valid.data_ptr(), dim**-0.5, torch.get_num_threads())
+        None if valid is None else valid.data_ptr(), dim**-0.5 if scale is None else scale, torch.get_num_threads())
     if status != 0:
         raise RuntimeError(f"the bf16 attention kernel could not take heads of {dim} channels or ran out of memory")
     return out

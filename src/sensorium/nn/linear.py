@@ -11,10 +11,12 @@ order of the sums, ~1e-7 relative. bfloat16 goes to oneDNN in torch already; the
 
 `pack_linears(module)` goes one step further for inference on a CPU: each Linear's weight is reordered once into
 oneDNN's blocked layout, so no call reorders it again. That matters where a call streams big weights for few rows:
-a decoder's one-token step (bf16 GEMV at 18944x3584: 13.6 -> 25.5 GB/s, 1.9x; its 779-token prefill 1.25-1.38x)
-and little for encoders (2-7 % per GEMM at ViT shapes, within noise end to end), so the loader packs decoders. A
+a decoder's one-token step (bf16 GEMV at 18944x3584: 13.6 -> 25.5 GB/s, 1.9x; its 779-token prefill 1.25-1.38x),
+and for encoders, a whole forward 1.07x in bf16 and 1.04x in float32 (PE-Core-B16, batch 8, same bits), so the
+loader packs both on a CPU (the encoders' transformer blocks; not under compile=True, where inductor packs). A
 packed weight is an opaque oneDNN tensor: the state dict still holds plain tensors, `.to()` / `.float()` unpack
-first, and training needs `unpack_linears(model)` (a packed weight has no gradient path; the error says so).
+first, exports trace plain weights (`plain_weights`), and training needs `unpack_linears(model)` (a packed weight
+has no gradient path; the error says so).
 
 Where the one-row bf16 kernel runs (nn/gemv.py: AVX512-BF16 and a C compiler), it beats the packed product for
 one-row steps and reads the plain weight, so a bf16 decoder keeps its weights plain instead (`stream_linears`;
@@ -171,3 +173,17 @@ def unpack_linears(module: nn.Module) -> None:
     for layer in module.modules():
         if isinstance(layer, Linear):
             layer.unpack()
+
+
+@contextlib.contextmanager
+def plain_weights(module: nn.Module):
+    """Within the block, the packed linears under `module` hold plain weights (an export traces them: neither
+    exporter knows an opaque oneDNN tensor); packed again after it, one layer at a time either way."""
+    packed = [layer for layer in module.modules() if isinstance(layer, Linear) and layer.packed]
+    for layer in packed:
+        layer.unpack()
+    try:
+        yield
+    finally:
+        for layer in packed:
+            layer.pack()
