@@ -18,9 +18,10 @@ def machine() -> str:
 
 
 def count_flops(call) -> float:
-    """FLOPs of `call()` by torch's FLOP counter, with sensorium's linears on F.linear (the counter knows aten's
-    matmuls, not oneDNN's) and a formula for the CPU's fused attention kernel, which the counter lacks (it would
-    miss attention: 4 % of PE-Core-B16's FLOPs, 21 % of AST's)."""
+    """FLOPs of `call()` by torch's FLOP counter, with sensorium's plain linears on F.linear (the counter knows
+    aten's matmuls, not oneDNN's), formulas for its packed ones (oneDNN's op), for the CPU's fused attention kernel
+    and for sensorium's bf16 attention kernel, which the counter lacks (it would miss attention: 4 % of
+    PE-Core-B16's FLOPs, 21 % of AST's)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -32,8 +33,20 @@ def count_flops(call) -> float:
             rows *= size
         return 2 * rows * key[-2] * (query[-1] + value[-1])  # q @ k^T and p @ v
 
-    counter = FlopCounterMode(display=False, custom_mapping={
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention})
+    def onednn_linear(x, weight, *args, out_shape=None, **kwargs) -> int:  # a packed weight stays on oneDNN
+        rows = 1
+        for size in x[:-1]:
+            rows *= size
+        return 2 * rows * weight[0] * weight[1]
+
+    def kernel_attention(q, k, *args, out_shape=None, **kwargs) -> int:  # sensorium's bf16 kernel: [B, T, H * D]
+        return 4 * q[0] * q[1] * k[1] * q[2]
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention,
+               torch.ops.mkldnn._linear_pointwise: onednn_linear}
+    if hasattr(torch.ops, "sensorium") and hasattr(torch.ops.sensorium, "attention_bf16"):
+        mapping[torch.ops.sensorium.attention_bf16] = kernel_attention
+    counter = FlopCounterMode(display=False, custom_mapping=mapping)
     with torch.inference_mode(), use_onednn(False), counter:
         call()
     return float(counter.get_total_flops())
