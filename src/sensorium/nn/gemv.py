@@ -49,7 +49,7 @@ SIGNATURES = {
     "sensorium_rms_norm_bf16": ([_POINTER, _SIZE, _POINTER, _POINTER, _SIZE, ctypes.c_float], None),
     "sensorium_rope_halves_bf16": ([_POINTER] * 4 + [_SIZE] * 5, None),
     "sensorium_step_attention_bf16": ([_POINTER] * 6 + [_SIZE] * 7 + [ctypes.c_float, ctypes.c_int], None),
-    "sensorium_attention_bf16": ([_POINTER] * 3 + [_SIZE] * 6 + [_POINTER] * 2 + [_SIZE] * 4 + [_POINTER] * 2
+    "sensorium_attention_bf16": ([_POINTER] * 3 + [_SIZE] * 6 + [_POINTER] + [_SIZE] * 4 + [_POINTER] * 2
                                  + [ctypes.c_int, _POINTER, ctypes.c_float, ctypes.c_int], ctypes.c_int),
 }
 
@@ -225,12 +225,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, cos
         signed_sin = signed_sin.to(torch.float32).contiguous()
     if valid is not None:
         valid = valid.to(torch.uint8).contiguous()
-    padded = -(-tokens // 32) * 32
-    packed = torch.empty(batch * heads * (tokens + 2 * padded) * dim, dtype=_BF16)
     out = torch.empty(batch, tokens, width, dtype=_BF16)
     status = _library.sensorium_attention_bf16(
         q.data_ptr(), k.data_ptr(), v.data_ptr(), q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
-        v.stride(1), out.data_ptr(), packed.data_ptr(), batch, tokens, heads, dim,
+        v.stride(1), out.data_ptr(), batch, tokens, heads, dim,
         None if cos is None else cos.data_ptr(), None if cos is None else signed_sin.data_ptr(), int(causal),
         None if valid is None else valid.data_ptr(), dim**-0.5 if scale is None else scale, torch.get_num_threads())
     if status != 0:
