@@ -109,6 +109,31 @@ def test_encoders_load_with_packed_blocks_and_answer_as_unpacked(tiny_entries, a
     assert not any(m.packed for m in block_linears(sn.load("test-clip_tiny", device="cpu", compile=True)))
 
 
+def test_a_packed_encoder_trains_once_asked_for_gradients_or_training_mode(tiny_entries):
+    from sensorium.nn import TransformerBlock
+
+    def block_linears(model):
+        return [m for block in model.modules() if isinstance(block, TransformerBlock)
+                for m in block.modules() if isinstance(m, Linear)]
+
+    for ask in ("requires_grad_", "train"):
+        model = sn.load("test-clip_tiny", device="cpu")
+        assert all(m.packed for m in block_linears(model))
+        if ask == "train":
+            model.train()
+            assert not any(m.packed for m in block_linears(model)) and model.training
+        model.requires_grad_(True)
+        assert not any(m.packed for m in block_linears(model))
+        pixels = torch.randn(2, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
+        model.encode_image(pixels).sum().backward()
+        assert all(m.weight.grad is not None for m in block_linears(model.visual))
+    model = sn.load("test-clip_tiny", device="cpu")
+    for layer in block_linears(model):  # asked for gradients one by one while packed: still trainable once plain
+        layer.weight.requires_grad_(True)
+    model.visual.train()
+    assert all(not m.packed and m.weight.requires_grad for m in block_linears(model.visual))
+
+
 def test_a_compiled_model_equals_eager(tiny_entries, ast_models, monkeypatch, tmp_path):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # not the user's cache
     eager, compiled = sn.load("test-clip_tiny", device="cpu"), sn.load("test-clip_tiny", device="cpu", compile=True)

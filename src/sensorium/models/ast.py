@@ -20,7 +20,7 @@ from torch import nn
 from sensorium.nn import TransformerBlock
 from sensorium.keymaps import Concat, KeyMap, prefixed
 from sensorium.models.family import Family, processor_of
-from sensorium.nn.linear import Linear
+from sensorium.nn.linear import Linear, PackedForInference
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class ASTConfig:
         )
 
 
-class AST(nn.Module):
+class AST(PackedForInference):
     compile_methods = ("classify",)  # the methods `load(..., compile=True)` compiles
 
     def __init__(self, config: ASTConfig):

@@ -22,7 +22,7 @@ from sensorium.nn import Mlp, RopeTables, TransformerBlock, rope_2d_angles, rope
 from sensorium.errors import CapabilityError
 from sensorium.keymaps import Concat, KeyMap, Transposed, ZeroBiasDropped, prefixed
 from sensorium.models.family import Family, processor_of
-from sensorium.nn.linear import Linear, linear
+from sensorium.nn.linear import Linear, PackedForInference, linear
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ class TextTransformer(nn.Module):
 # Models users hold
 
 
-class PEVisionModel(nn.Module):
+class PEVisionModel(PackedForInference):
     """PE-Lang and PE-Spatial: a feature tower. `image_features` is its output."""
 
     compile_methods = ("image_features",)  # the methods `load(..., compile=True)` compiles

@@ -28,7 +28,7 @@ from sensorium.models.family import processor_of
 from sensorium.nn import RMSNorm, Rope1D, SwiGLU, apply_rope_pairs
 from sensorium.nn.attention import attention_on_kernel
 from sensorium.nn.sequence import reflect_pad_to_multiple
-from sensorium.nn.linear import Linear
+from sensorium.nn.linear import Linear, PackedForInference
 
 TEXT_MISSING = "no tokenizer.json was found beside the weights"
 CODEC_CHUNK = 750  # frames (30 s) per codec call on long clips
@@ -253,7 +253,7 @@ class AudioTower(nn.Module):
 # Models users hold
 
 
-class PEAudioBase(nn.Module):
+class PEAudioBase(PackedForInference):
     """What PE-AV and PE-A-Frame share: the text tower, the audio tower and their preprocessing."""
 
     def __init__(self, config: PEAVConfig):

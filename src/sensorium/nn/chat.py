@@ -13,30 +13,17 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from sensorium.errors import MissingFileError
 from sensorium.nn.decoder import causal_mask
 from sensorium.nn.generation import check_generation, generate_tokens
-from sensorium.nn.linear import unpack_linears
+from sensorium.nn.linear import PackedForInference
 
 STOP_TOKEN_NAMES = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")  # Qwen2's and Llama 3's
 
 
-class ChatModel(nn.Module):
+class ChatModel(PackedForInference):  # the loader packs its weights on a CPU; gradients or train() unpack them
     text_missing = "no tokenizer/chat template was found beside the weights"
-
-    # The loader packs the decoder's weights for inference on a CPU (nn/linear.py); asking for gradients or
-    # training mode makes them plain tensors again first, so fine-tuning works as on any module.
-    def requires_grad_(self, requires_grad: bool = True):
-        if requires_grad:
-            unpack_linears(self)
-        return super().requires_grad_(requires_grad)
-
-    def train(self, mode: bool = True):
-        if mode:
-            unpack_linears(self)
-        return super().train(mode)
 
     @property
     def has_text(self) -> bool:

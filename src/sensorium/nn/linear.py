@@ -107,7 +107,13 @@ class Linear(nn.Linear):
 
     def unpack(self) -> None:
         if self.weight.is_mkldnn:
-            self.weight = nn.Parameter(self.weight.to_dense(), requires_grad=False)
+            wanted = self.weight.requires_grad  # kept: a weight asked for gradients while packed stays trainable
+            self.weight = nn.Parameter(self.weight.detach().to_dense(), requires_grad=wanted)
+
+    def train(self, mode: bool = True):
+        if mode:  # training needs a weight with a gradient path
+            self.unpack()
+        return super().train(mode)
 
     # the state dict keeps plain tensors, whether or not the weight is packed
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -173,6 +179,21 @@ def unpack_linears(module: nn.Module) -> None:
     for layer in module.modules():
         if isinstance(layer, Linear):
             layer.unpack()
+
+
+class PackedForInference(nn.Module):
+    """Base of the models whose linears the loader packs on a CPU (encoder blocks, decoders): asking the model for
+    gradients or training mode makes them plain tensors again first, so fine-tuning works as on any module."""
+
+    def requires_grad_(self, requires_grad: bool = True):
+        if requires_grad:
+            unpack_linears(self)
+        return super().requires_grad_(requires_grad)
+
+    def train(self, mode: bool = True):
+        if mode:
+            unpack_linears(self)
+        return super().train(mode)
 
 
 @contextlib.contextmanager
