@@ -18,6 +18,20 @@ pytestmark = pytest.mark.skipif(not gemv.available(), reason=f"the bf16 kernels 
                                                             f"{gemv.why_not()}")
 
 
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """The shapes of q in each call of the attention kernel during the test."""
+    calls = []
+    original = gemv.attention
+
+    def counting(*args):
+        calls.append(args[0].shape)
+        return original(*args)
+
+    monkeypatch.setattr(gemv, "attention", counting)
+    return calls
+
+
 def split_heads(x, heads):  # [B, T, H * D] -> [B, H, T, D]
     return x.unflatten(-1, (heads, -1)).transpose(1, 2)
 
@@ -116,28 +130,17 @@ def test_what_the_kernel_cannot_take_goes_to_sdpa():
         assert attention_on_kernel(q.detach(), k, v, 3) is None
 
 
-def test_a_bf16_block_on_the_kernel_matches_its_sdpa_path_and_compiles_to_the_custom_op():
+def test_a_bf16_block_on_the_kernel_matches_its_sdpa_path_and_compiles_to_the_custom_op(kernel_calls):
     torch.manual_seed(6)
     block = TransformerBlock(128, 4, 256).bfloat16().eval()
     x = torch.randn(2, 50, 128).bfloat16()
     rope = rope_tables(rope_2d_angles(32, 7, 7, 1))
-    calls = []
-    original = gemv.attention
-
-    def counting(*args):
-        calls.append(args[0].shape)
-        return original(*args)
-
     with torch.no_grad():
-        gemv.attention = counting
-        try:
-            got = block(x, rope)
-            compiled = torch.compile(block, fullgraph=True)(x, rope)  # one graph: the kernel is an operator in it
-        finally:
-            gemv.attention = original
+        got = block(x, rope)
+        compiled = torch.compile(block, fullgraph=True)(x, rope)  # one graph: the kernel is an operator in it
+        assert len(kernel_calls) >= 2  # eagerly and from the compiled graph
         with gemv.use_gemv(False):
             sdpa = block(x, rope)
-    assert len(calls) >= 2  # eagerly and from the compiled graph
     assert (got.float() - sdpa.float()).abs().max() <= 2e-2 * sdpa.float().abs().max()
     assert (compiled.float() - got.float()).abs().max() <= 2e-2 * got.float().abs().max()
 
@@ -151,7 +154,7 @@ def test_an_export_keeps_sdpa():
 
 
 @pytest.mark.parametrize("padded", [False, True])
-def test_the_audio_encoders_attention_on_the_kernel_matches_its_sdpa_path(padded):
+def test_the_audio_encoders_attention_on_the_kernel_matches_its_sdpa_path(padded, kernel_calls):
     """AF3's encoder (q scaled before q·k, scale 1, a key-padding mask) and PE-AV's (q/k norms, RoPE, mask)."""
     from sensorium.models import af3, pe_audio
     from sensorium.nn import Rope1D
@@ -166,21 +169,10 @@ def test_the_audio_encoders_attention_on_the_kernel_matches_its_sdpa_path(padded
     config = pe_audio.EncoderConfig(width=128, heads=4, layers=1, mlp_hidden=256)
     pe = pe_audio.Attention(config).bfloat16().eval()
     rope = Rope1D(config.head_dim, config.rope_theta, "pairs", limit=64).tables(40, "cpu")
-    calls = []
-    original = gemv.attention
-
-    def counting(*args):
-        calls.append(args[0].shape)
-        return original(*args)
-
     with torch.no_grad():
-        gemv.attention = counting
-        try:
-            got = [whisper(x, mask if padded else None), pe(x, rope, mask if padded else None)]
-        finally:
-            gemv.attention = original
+        got = [whisper(x, mask if padded else None), pe(x, rope, mask if padded else None)]
+        assert len(kernel_calls) == 2
         with gemv.use_gemv(False):
             want = [whisper(x, mask if padded else None), pe(x, rope, mask if padded else None)]
-    assert len(calls) == 2
     for a, b in zip(got, want):
         assert (a.float() - b.float()).abs().max() <= 2e-2 * b.float().abs().max()
