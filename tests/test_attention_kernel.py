@@ -122,6 +122,7 @@ def test_what_the_kernel_cannot_take_goes_to_sdpa():
     assert attention_on_kernel(q, k, v, 3) is not None  # heads of 32
     assert attention_on_kernel(q, k, v, 3, rope=rope_tables(torch.zeros(4, 32))) is None  # tables for 4 tokens
     assert attention_on_kernel(q, k, v, 3, valid=torch.ones(1, 4, dtype=torch.bool)) is None
+    assert attention_on_kernel(q[:0], k[:0], v[:0], 3) is None  # an empty batch: SDPA returns its empty output
     q.requires_grad_(True)
     assert attention_on_kernel(q, k, v, 3) is None  # autograd: the kernel has no backward
     with torch.no_grad():

@@ -4,8 +4,8 @@ decode steps (`gemv_bf16.c`) and the encoders' self-attention (`attention_bf16.c
 A decoder's one-token step reads every weight once for one row of activations: it is bound by memory bandwidth,
 and torch's bf16 product for one row is not (on a 2-core Zen 4: oneDNN on the weight as stored 15-20 GB/s, packed
 for oneDNN 23-34, this kernel 30-35 of a ~33-57 GB/s streaming read; benchmarks/gemv_probe.py). An encoder's bf16
-attention on SDPA's CPU flash kernel runs at 70-120 GFLOP/s there, a quarter of the bf16 GEMM rate; the attention
-kernel 170-250 (benchmarks/attention_probe.py).
+attention on SDPA's CPU flash kernel runs at 70-135 GFLOP/s there, a sixth to a third of the bf16 GEMM rate; the
+attention kernel 155-300, 2.2-2.7x (benchmarks/attention_probe.py).
 
 The kernels need AVX512-BF16 (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later), Linux on x86-64
 and a C compiler (`$CC`, else `cc` or `gcc`); they are compiled once into `$SENSORIUM_KERNEL_CACHE` (default
@@ -204,7 +204,7 @@ def attention_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
         return False
     width = q.shape[-1]
     return (k.shape == q.shape == v.shape and k.dtype == v.dtype == _BF16 and k.is_cpu and v.is_cpu
-            and width % heads == 0 and (width // heads) % 32 == 0 and width // heads <= 512 and q.shape[1] > 0
+            and width % heads == 0 and (width // heads) % 32 == 0 and width // heads <= 512 and q.numel() > 0
             and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
             and available())
 
@@ -295,7 +295,8 @@ def _build_and_check() -> tuple[ctypes.CDLL | None, str | None]:
 
 
 def _self_check(library: ctypes.CDLL) -> str | None:
-    """The built kernel against float32 on a small product with ragged sizes (n % 4, k % 32 not zero)."""
+    """The built kernels against float32: a small product with ragged sizes (n % 4, k % 32 not zero), and a causal
+    attention over a ragged number of tokens."""
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(37, 203, generator=generator).bfloat16()
     bias = torch.randn(37, generator=generator).bfloat16()
@@ -308,6 +309,17 @@ def _self_check(library: ctypes.CDLL) -> str | None:
         error = ((out.float() - expected).norm() / expected.norm()).item()
         if not error < 1e-2:  # bf16 output: ~2e-3
             return f"the built kernel failed its check against float32 ({rows} rows: relative error {error:.1e})"
+    # the attention kernel: 2 heads of 32 over 37 tokens (a ragged tile), causal
+    q, k, v = (torch.randn(1, 37, 64, generator=generator).bfloat16() for _ in range(3))
+    out = torch.empty(1, 37, 64, dtype=torch.bfloat16)
+    library.sensorium_attention_bf16(q.data_ptr(), k.data_ptr(), v.data_ptr(), 37 * 64, 64, 37 * 64, 64, 37 * 64, 64,
+                                     out.data_ptr(), 1, 37, 2, 32, None, None, 1, None, 32**-0.5,
+                                     torch.get_num_threads())
+    heads = [x.view(1, 37, 2, 32).transpose(1, 2).float() for x in (q, k, v)]
+    expected = torch.nn.functional.scaled_dot_product_attention(*heads, is_causal=True).transpose(1, 2).reshape(1, 37, 64)
+    error = ((out.float() - expected).norm() / expected.norm()).item()
+    if not error < 1e-2:
+        return f"the built attention kernel failed its check against float32 (relative error {error:.1e})"
     return None
 
 
