@@ -30,7 +30,7 @@ def attention_on_kernel(
     rope: tuple[torch.Tensor, torch.Tensor] | None = None, causal: bool = False, valid: torch.Tensor | None = None,
     scale: float | None = None,
 ) -> torch.Tensor | None:
-    """Attention of bf16 tokens on a CPU through sensorium's kernel (2-2.5x SDPA's flash kernel there, RoPE on
+    """Attention of bf16 tokens on a CPU through sensorium's kernel (2.1-2.7x SDPA's flash kernel there, RoPE on
     adjacent pairs applied as it packs q and k), or None where the kernel cannot take them (then use SDPA).
 
     q, k, v [B, T, H * D] (views are read in place); rope: (cos, signed sin) [T, D] of `rope_tables`; valid [B, T]

@@ -98,43 +98,25 @@ static void pack_head(const uint16_t *q, const uint16_t *k, const uint16_t *v, i
     }
 }
 
-/* scores[r][j] = q[r] . k[j] for R query rows and 16 * C keys from `first` (float32 sums of bf16 products) */
-static inline __attribute__((always_inline)) void score_tile(const int R, const int C, const uint32_t *q, int64_t pairs,
-                                                              const uint32_t *kp, int64_t padded, int64_t first,
-                                                              float *scores) {
-    __m512 acc[QROWS][2];
+/* out[r][first + j] = sum over p < count of a[r][p] . b[p][first + j], for R rows and 16 * C columns: a's 32-bit
+   elements (bf16 pairs) broadcast, b's rows loaded, float32 sums of bf16 products. Scores: a = q (channel pairs),
+   b = k packed as channel pairs; outputs: a = the softmax's weights (token pairs), b = v packed as token pairs. */
+static inline __attribute__((always_inline)) void tile(const int R, const int C, const uint32_t *a, int64_t a_row,
+                                                        int64_t count, const uint32_t *b, int64_t b_row, int64_t first,
+                                                        float *out, int64_t out_row) {
+    __m512 acc[QROWS][4];
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
-    for (int64_t p = 0; p < pairs; ++p) {
-        __m512bh keys[2];
-        for (int c = 0; c < C; ++c) keys[c] = (__m512bh)_mm512_loadu_si512(kp + p * padded + first + 16 * c);
+    for (int64_t p = 0; p < count; ++p) {
+        __m512bh columns[4];
+        for (int c = 0; c < C; ++c) columns[c] = (__m512bh)_mm512_loadu_si512(b + p * b_row + first + 16 * c);
         for (int r = 0; r < R; ++r) {
-            const __m512bh query = (__m512bh)_mm512_set1_epi32((int)q[r * pairs + p]);
-            for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], query, keys[c]);
+            const __m512bh row = (__m512bh)_mm512_set1_epi32((int)a[r * a_row + p]);
+            for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], row, columns[c]);
         }
     }
     for (int r = 0; r < R; ++r)
-        for (int c = 0; c < C; ++c) _mm512_storeu_ps(scores + r * padded + first + 16 * c, acc[r][c]);
-}
-
-/* out[r][d] += sum over token pairs of weights[r] . v, for R rows and 16 * C channels from `first` */
-static inline __attribute__((always_inline)) void value_tile(const int R, const int C, const uint32_t *weights,
-                                                              int64_t weight_row, int64_t token_pairs,
-                                                              const uint32_t *vp, int64_t dim, int64_t first,
-                                                              float *out) {
-    __m512 acc[VROWS][4];
-    for (int r = 0; r < R; ++r)
-        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < token_pairs; ++j) {
-        __m512bh values[4];
-        for (int c = 0; c < C; ++c) values[c] = (__m512bh)_mm512_loadu_si512(vp + j * dim + first + 16 * c);
-        for (int r = 0; r < R; ++r) {
-            const __m512bh weight = (__m512bh)_mm512_set1_epi32((int)weights[r * weight_row + j]);
-            for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], weight, values[c]);
-        }
-    }
-    for (int r = 0; r < R; ++r)
-        for (int c = 0; c < C; ++c) _mm512_storeu_ps(out + r * dim + first + 16 * c, acc[r][c]);
+        for (int c = 0; c < C; ++c) _mm512_storeu_ps(out + r * out_row + first + 16 * c, acc[r][c]);
 }
 
 /* R (a constant in each copy, so the tiles' sums stay in registers) query rows from `row` of one head. */
@@ -147,8 +129,9 @@ static inline __attribute__((always_inline)) void value_tile(const int R, const 
         const int64_t seen_padded = (seen + 15) / 16 * 16;                                                        \
         const uint32_t *q = (const uint32_t *)(qp + row * dim);                                                   \
         int64_t first = 0;                                                                                        \
-        for (; first + 32 <= seen_padded; first += 32) score_tile(R, 2, q, pairs, kp, padded, first, scores);     \
-        if (first < seen_padded) score_tile(R, 1, q, pairs, kp, padded, first, scores);                           \
+        for (; first + 32 <= seen_padded; first += 32)                                                           \
+            tile(R, 2, q, pairs, pairs, kp, padded, first, scores, padded);                                       \
+        if (first < seen_padded) tile(R, 1, q, pairs, pairs, kp, padded, first, scores, padded);                 \
         const int64_t even = (seen + 1) / 2 * 2;                                                                   \
         for (int r = 0; r < R; ++r) {                                                                             \
             float *s = scores + r * padded;                                                                       \
@@ -185,14 +168,14 @@ static inline __attribute__((always_inline)) void value_tile(const int R, const 
                 const int vectors = dim - c >= 64 ? 4 : (int)((dim - c) / 16);                                    \
                 float *o = outs + r0 * dim;                                                                       \
                 switch (rows * 8 + vectors) {                                                                     \
-                    case 4 * 8 + 4: value_tile(4, 4, w, padded / 2, even / 2, vp, dim, c, o); break;              \
-                    case 4 * 8 + 2: value_tile(4, 2, w, padded / 2, even / 2, vp, dim, c, o); break;              \
-                    case 3 * 8 + 4: value_tile(3, 4, w, padded / 2, even / 2, vp, dim, c, o); break;              \
-                    case 3 * 8 + 2: value_tile(3, 2, w, padded / 2, even / 2, vp, dim, c, o); break;              \
-                    case 2 * 8 + 4: value_tile(2, 4, w, padded / 2, even / 2, vp, dim, c, o); break;              \
-                    case 2 * 8 + 2: value_tile(2, 2, w, padded / 2, even / 2, vp, dim, c, o); break;              \
-                    case 1 * 8 + 4: value_tile(1, 4, w, padded / 2, even / 2, vp, dim, c, o); break;              \
-                    case 1 * 8 + 2: value_tile(1, 2, w, padded / 2, even / 2, vp, dim, c, o); break;              \
+                    case 4 * 8 + 4: tile(4, 4, w, padded / 2, even / 2, vp, dim, c, o, dim); break;               \
+                    case 4 * 8 + 2: tile(4, 2, w, padded / 2, even / 2, vp, dim, c, o, dim); break;               \
+                    case 3 * 8 + 4: tile(3, 4, w, padded / 2, even / 2, vp, dim, c, o, dim); break;               \
+                    case 3 * 8 + 2: tile(3, 2, w, padded / 2, even / 2, vp, dim, c, o, dim); break;               \
+                    case 2 * 8 + 4: tile(2, 4, w, padded / 2, even / 2, vp, dim, c, o, dim); break;               \
+                    case 2 * 8 + 2: tile(2, 2, w, padded / 2, even / 2, vp, dim, c, o, dim); break;               \
+                    case 1 * 8 + 4: tile(1, 4, w, padded / 2, even / 2, vp, dim, c, o, dim); break;               \
+                    case 1 * 8 + 2: tile(1, 2, w, padded / 2, even / 2, vp, dim, c, o, dim); break;               \
                 }                                                                                                 \
             }                                                                                                     \
         }                                                                                                         \

@@ -5,7 +5,7 @@ A decoder's one-token step reads every weight once for one row of activations: i
 and torch's bf16 product for one row is not (on a 2-core Zen 4: oneDNN on the weight as stored 15-20 GB/s, packed
 for oneDNN 23-34, this kernel 30-35 of a ~33-57 GB/s streaming read; benchmarks/gemv_probe.py). An encoder's bf16
 attention on SDPA's CPU flash kernel runs at 70-135 GFLOP/s there, a sixth to a third of the bf16 GEMM rate; the
-attention kernel 155-300, 2.2-2.7x (benchmarks/attention_probe.py).
+attention kernel 155-310, 2.1-2.7x (benchmarks/attention_probe.py).
 
 The kernels need AVX512-BF16 (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later), Linux on x86-64
 and a C compiler (`$CC`, else `cc` or `gcc`); they are compiled once into `$SENSORIUM_KERNEL_CACHE` (default

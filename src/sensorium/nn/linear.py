@@ -15,8 +15,8 @@ a decoder's one-token step (bf16 GEMV at 18944x3584: 13.6 -> 25.5 GB/s, 1.9x; it
 and for encoders, a whole forward 1.07x in bf16 and 1.04x in float32 (PE-Core-B16, batch 8, same bits), so the
 loader packs both on a CPU (the encoders' transformer blocks; not under compile=True, where inductor packs). A
 packed weight is an opaque oneDNN tensor: the state dict still holds plain tensors, `.to()` / `.float()` unpack
-first, exports trace plain weights (`plain_weights`), and training needs `unpack_linears(model)` (a packed weight
-has no gradient path; the error says so).
+first, exports trace plain weights (`plain_weights`), and `train()` or a model's `requires_grad_(True)` unpack (a
+packed weight has no gradient path: a layer asked for gradients otherwise says to call `unpack_linears`).
 
 Where the one-row bf16 kernel runs (nn/gemv.py: AVX512-BF16 and a C compiler), it beats the packed product for
 one-row steps and reads the plain weight, so a bf16 decoder keeps its weights plain instead (`stream_linears`;
@@ -183,17 +183,13 @@ def unpack_linears(module: nn.Module) -> None:
 
 class PackedForInference(nn.Module):
     """Base of the models whose linears the loader packs on a CPU (encoder blocks, decoders): asking the model for
-    gradients or training mode makes them plain tensors again first, so fine-tuning works as on any module."""
+    gradients makes them plain tensors again first (training mode does, through each Linear's `train`), so
+    fine-tuning works as on any module."""
 
     def requires_grad_(self, requires_grad: bool = True):
         if requires_grad:
             unpack_linears(self)
         return super().requires_grad_(requires_grad)
-
-    def train(self, mode: bool = True):
-        if mode:
-            unpack_linears(self)
-        return super().train(mode)
 
 
 @contextlib.contextmanager
