@@ -31,7 +31,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import machine, peak_rss_mb, run_json
+from common import machine, peak_rss_mb, run_json, streaming_data
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -220,7 +220,7 @@ def steps(rounds: int, new_tokens: int) -> None:
     theirs = AudioFlamingo3ForConditionalGeneration.from_pretrained(WEIGHTS, dtype=torch.bfloat16).eval()
     their_inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
     streamed = weight_bytes(ours)
-    data = torch.ones(1 << 28)
+    data = streaming_data()  # on 2 MB pages, as the decoder's weights (nn/memory.py)
 
     def read_rate() -> float:
         data.sum()

@@ -7,7 +7,7 @@ what fraction of the hardware it reaches.
 CPU: torch's F.linear (MKL sgemm in float32 on x86, oneDNN in bfloat16), oneDNN's linear (torch.ops.mkldnn, what
 sensorium's layers call), float16 where torch has a fast path, ONNX Runtime's and OpenVINO's MatMul (in the peer
 environment, benchmarks/.venv-timm: `python benchmarks/pe_core.py setup`); memory: a large copy (read + write) and
-a streaming read, and GEMVs (the decoder's bound: one pass over the weights per token) in fp32, bf16 (plain and
+a streaming read (on 4 KB and on 2 MB pages), and GEMVs (the decoder's bound: one pass over the weights per token) in fp32, bf16 (plain and
 packed for oneDNN; sensorium's one-row kernel) and torch's int8/int4 weight-only kernels. GPU (when one is present):
 cuBLAS bf16 and fp16 GEMM, TF32, and a device copy (HBM). Every rate is the median of repeated calls after two
 warm-ups.
@@ -75,27 +75,36 @@ def torch_bounds(size: int, repeats: int) -> dict[str, float]:
         packed = torch.ops.mkldnn._reorder_linear_weight(weight)  # sensorium's bf16 decoders (nn/linear.py)
         rates["bf16 GEMV GB/s (oneDNN, packed weight)"] = weight.numel() * 2 / seconds(
             lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), repeats) / 1e9
-        del packed
+        packed = None  # 256 MB freed before the next measurement
         sys.path.insert(0, str(HERE.parent / "src"))
         from sensorium.nn import gemv
 
         if gemv.available():  # sensorium's bf16 decoders where it builds (nn/gemv.py)
             rates["bf16 GEMV GB/s (sensorium's one-row kernel)"] = weight.numel() * 2 / seconds(
                 lambda: gemv.gemv(x, weight), repeats) / 1e9
+            from sensorium.nn.memory import on_huge_pages
+
+            weight = on_huge_pages(weight)  # as a bf16 decoder's weights are (nn/linear.py's stream_linears)
+            rates["bf16 GEMV GB/s (sensorium's one-row kernel, 2 MB pages)"] = weight.numel() * 2 / seconds(
+                lambda: gemv.gemv(x, weight), repeats) / 1e9
         rates |= weight_only_rates(weight, x, repeats)
         rates["read GB/s (sum of 1 GB)"] = read_rate(repeats)
-        rates["read GB/s (best of sum, GEMV)"] = max(rates["read GB/s (sum of 1 GB)"], rates["fp32 GEMV GB/s (oneDNN)"],
-                                                     rates.get("bf16 GEMV GB/s (sensorium's one-row kernel)", 0.0))
+        rates["read GB/s (sum of 1 GB on 2 MB pages)"] = read_rate(repeats, huge_pages=True)
+        rates["read GB/s (best of sum, GEMV)"] = max(
+            rates["read GB/s (sum of 1 GB)"], rates["read GB/s (sum of 1 GB on 2 MB pages)"],
+            rates["fp32 GEMV GB/s (oneDNN)"], rates.get("bf16 GEMV GB/s (sensorium's one-row kernel)", 0.0),
+            rates.get("bf16 GEMV GB/s (sensorium's one-row kernel, 2 MB pages)", 0.0))
         if torch.cuda.is_available():
             rates |= cuda_bounds(size * 4, repeats)
     return rates
 
 
-def read_rate(repeats: int) -> float:
-    """A streaming read: the sum of 1 GB of float32 (one pass, nothing written)."""
-    import torch
+def read_rate(repeats: int, huge_pages: bool = False) -> float:
+    """A streaming read: the sum of 1 GB of float32 (one pass, nothing written), on 4 KB pages (torch's allocator
+    here) or on 2 MB pages (where sensorium's bf16 decoders keep their weights: nn/memory.py)."""
+    from common import streaming_data
 
-    data = torch.ones(1 << 28)
+    data = streaming_data(huge_pages)
     return data.numel() * 4 / seconds(lambda: data.sum(), repeats) / 1e9
 
 

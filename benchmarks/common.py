@@ -124,3 +124,18 @@ def time_forward(forward, inputs, iters: int, start: float):
             out = forward(inputs)
             times.append(time.perf_counter() - began)
     return out, times, prepare_s
+
+
+def streaming_data(huge_pages: bool = True):
+    """1 GB of float32 ones to sum as the streaming-read bound: on 2 MB pages by default, as sensorium's bf16 decoders
+    keep their weights (nn/memory.py; the sum runs ~1.1x faster there than on torch's 4 KB pages on a Zen 4)."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+    from sensorium.nn.memory import on_huge_pages
+
+    data = torch.ones(1 << 28)
+    return on_huge_pages(data) if huge_pages else data
+

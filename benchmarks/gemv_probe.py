@@ -7,9 +7,9 @@ weight streams from memory. This times sensorium's one-row kernel (src/sensorium
 products over the weight as stored; what bf16 decoders step on where it builds) beside oneDNN's product on the
 weight packed once (the fallback) and on the weight as stored, on three shapes of ~256 MB of weights each: one
 16384x8192 matrix, a 151,672-token vocabulary head 896 wide (Qwen2.5-0.5B's: short rows), and 30 copies of a
-4864x896 MLP matrix called in turn (a layer's weights come from memory, not from cache, as in a step). Sides
-interleaved, medians of the rounds, beside a streaming read (sum of 1 GB of fp32) in the same run; every side
-checked against float64 first.
+4864x896 MLP matrix called in turn (a layer's weights come from memory, not from cache, as in a step). The
+weights and the streaming read (sum of 1 GB of fp32) sit on 2 MB pages, as a bf16 decoder's weights do. Sides
+interleaved, medians of the rounds, the read in the same run; every side checked against float64 first.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from common import machine
+from common import machine, streaming_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
@@ -31,6 +31,7 @@ SHAPES = {"16384 x 8192": (16384, 8192, 1), "head 151672 x 896": (151672, 896, 1
 
 def main() -> None:
     from sensorium.nn import gemv
+    from sensorium.nn.memory import on_huge_pages
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
@@ -39,11 +40,12 @@ def main() -> None:
     print(f"machine: {machine()}")
     if not gemv.available():
         raise SystemExit(f"sensorium's one-row kernel is not available here: {gemv.why_not()}")
-    data = torch.ones(1 << 28)
+    data = streaming_data()
     sides, size = {"streaming read (sum of 1 GB fp32)": lambda call: data.sum()}, {}
     size["streaming read (sum of 1 GB fp32)"] = data.numel() * 4
     for shape, (rows, k, copies) in SHAPES.items():
-        weights = [torch.randn(rows, k).bfloat16() for _ in range(copies)]
+        # on 2 MB pages, as a bf16 decoder's weights are (nn/memory.py); oneDNN packs into memory of its own
+        weights = [on_huge_pages(torch.randn(rows, k).bfloat16()) for _ in range(copies)]
         packed = [torch.ops.mkldnn._reorder_linear_weight(w) for w in weights]
         x = torch.randn(1, k).bfloat16()
         exact = x.double() @ weights[0].double().T

@@ -29,6 +29,8 @@ from typing import Callable
 
 import torch
 
+from sensorium.nn.linear import unpack_linears
+
 CACHE = Path("~/.cache/sensorium/inductor").expanduser()
 
 
@@ -78,6 +80,9 @@ def compile_model(model: torch.nn.Module) -> bool:
     stepper = decoder is not None and hasattr(decoder, "step")
     if names or stepper:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE))
+        # inductor lays out weights itself and cannot trace an opaque oneDNN one (a model loaded eagerly on a CPU
+        # has its encoder blocks packed: nn/linear.py)
+        unpack_linears(model)
     label = getattr(model, "name", type(model).__name__)
     for name in names:
         setattr(model, name, CompiledCall(f"{label}.{name}", getattr(model, name)))

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensorium.nn import gemv
+from sensorium.nn.memory import on_huge_pages
 
 AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 _enabled = AVAILABLE and os.environ.get("SENSORIUM_ONEDNN", "1") != "0"
@@ -155,13 +156,17 @@ def pack_linears(module: nn.Module) -> int:
 
 
 def stream_linears(module: nn.Module) -> int:
-    """A bf16 decoder's linears under `module` for the one-row kernel: plain weights (unpacked where packed). How
-    many; 0 where the kernel is not available (then `pack_linears` is the better choice)."""
+    """A bf16 decoder's linears under `module` for the one-row kernel: plain weights (unpacked where packed), moved
+    onto 2 MB pages with the embeddings (a tied head streams the embedding; nn/memory.py). How many linears; 0
+    where the kernel is not available (then `pack_linears` is the better choice)."""
     if not gemv.available():
         return 0
     layers = [layer for layer in module.modules() if isinstance(layer, Linear)]
     for layer in layers:
         layer.unpack()
+    for part in module.modules():
+        if isinstance(part, (Linear, nn.Embedding)):
+            part.weight = nn.Parameter(on_huge_pages(part.weight.detach()), requires_grad=part.weight.requires_grad)
     return len(layers)
 
 
