@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import machine, run_json
+from common import machine, run_json, streaming_data
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "llama-1b-random"
@@ -43,6 +43,10 @@ CONFIG = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_h
               num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096, rms_norm_eps=1e-5,
               rope_theta=500000.0, tie_word_embeddings=True)
 PROMPT = 256
+# the bytes a bf16 step streams: every layer's linears and the tied head, once
+_WIDTH, _KV = CONFIG["hidden_size"], CONFIG["hidden_size"] // CONFIG["num_attention_heads"] * CONFIG["num_key_value_heads"]
+BF16_BYTES = 2 * (CONFIG["num_hidden_layers"] * (2 * _WIDTH * _WIDTH + 2 * _KV * _WIDTH + 3 * _WIDTH * CONFIG[
+    "intermediate_size"]) + CONFIG["vocab_size"] * _WIDTH)
 
 
 def setup() -> None:
@@ -219,15 +223,24 @@ def worker_sensorium(dtype: str, new_tokens: int) -> dict:
 def run(rounds: int, new_tokens: int, pairs: list[str]) -> None:
     import numpy as np
 
-    sys.path.insert(0, str(HERE))
-    from bound import read_bound
+    data = streaming_data()  # the read bound, timed after each measurement (this machine's bandwidth drifts)
 
-    read = read_bound()
+    def read_rate() -> float:
+        data.sum()
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            data.sum()
+            times.append(time.perf_counter() - start)
+        return data.numel() * 4 / statistics.median(times) / 1e9
+
     results = {}
-    print(f"machine: {machine()}; read bandwidth {read:.1f} GB/s; prompt {PROMPT} tokens, {new_tokens} new")
-    print("| sensorium vs llama.cpp | prefill s | decode tok/s | sensorium vs llama.cpp decode | greedy tokens equal "
-          "before the first difference | last prompt logits, max difference / std |")
-    print("|---|---|---|---|---|---|")
+    print(f"machine: {machine()}; prompt {PROMPT} tokens, {new_tokens} new; a streaming read (sum of 1 GB on 2 MB "
+          "pages) timed after each measurement")
+    print("| sensorium vs llama.cpp | prefill s | decode tok/s | sensorium vs llama.cpp decode | weight stream / read "
+          "(bf16: 2.47 GB a token), sensorium vs llama.cpp | greedy tokens equal before the first difference | last "
+          "prompt logits, max difference / std |")
+    print("|---|---|---|---|---|---|---|")
     for pair in pairs:
         ours, theirs = PAIRS[pair]
         runs: dict[str, list[dict]] = {"sensorium": [], "llama.cpp": []}
@@ -238,19 +251,26 @@ def run(rounds: int, new_tokens: int, pairs: list[str]) -> None:
                 arg = theirs if side == "llama.cpp" else ours
                 runs[side].append(run_json([python, __file__, "worker", side, arg, str(new_tokens)], side))
                 m = runs[side][-1]
+                m["read_gb_s"] = read_rate()
+                m["stream_over_read"] = BF16_BYTES * m["decode_tokens_per_s"] / 1e9 / m["read_gb_s"]
                 print(f"  {pair} round {r + 1} {side}: prefill {m['prefill_s']:.2f} s, decode "
-                      f"{m['decode_tokens_per_s']:.2f} tok/s", file=sys.stderr)
-        med = {s: {k: statistics.median(x[k] for x in v) for k in ("prefill_s", "decode_tokens_per_s")}
+                      f"{m['decode_tokens_per_s']:.2f} tok/s, read {m['read_gb_s']:.1f} GB/s", file=sys.stderr)
+        med = {s: {k: statistics.median(x[k] for x in v) for k in ("prefill_s", "decode_tokens_per_s",
+                                                                      "stream_over_read")}
                for s, v in runs.items()}
+        per_round = statistics.median(a["decode_tokens_per_s"] / b["decode_tokens_per_s"]
+                                      for a, b in zip(runs["sensorium"], runs["llama.cpp"]))
         a, b = runs["sensorium"][0]["ids"], runs["llama.cpp"][0]["ids"]
         prefix = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
         la, lb = np.load(OUT / f"logits-sensorium-{ours}.npy"), np.load(OUT / f"logits-llama-{theirs}.npy")
         logit_diff = float(np.abs(la - lb).max() / la.std())
         results[pair] = {"median": med, "runs": runs, "greedy_prefix": prefix, "logit_diff_over_std": logit_diff}
         s, t = med["sensorium"], med["llama.cpp"]
+        fractions = (f"{100 * s['stream_over_read']:.0f} % vs {100 * t['stream_over_read']:.0f} %" if theirs == "BF16"
+                     else "-")
         print(f"| {ours} vs {theirs} | {s['prefill_s']:.2f} vs {t['prefill_s']:.2f} | {s['decode_tokens_per_s']:.2f} vs "
-              f"{t['decode_tokens_per_s']:.2f} | {s['decode_tokens_per_s'] / t['decode_tokens_per_s']:.2f}x | "
-              f"{prefix} of {new_tokens} | {logit_diff:.3f} |", flush=True)
+              f"{t['decode_tokens_per_s']:.2f} | {s['decode_tokens_per_s'] / t['decode_tokens_per_s']:.2f}x (per round "
+              f"{per_round:.2f}x) | {fractions} | {prefix} of {new_tokens} | {logit_diff:.3f} |", flush=True)
     (OUT.parent / "llama_peer.json").write_text(json.dumps(results, indent=1))
 
 

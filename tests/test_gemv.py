@@ -15,6 +15,8 @@ import torch
 import sensorium as sn
 from helpers import one_second_question
 from sensorium.nn import Linear, gemv, linear, stream_linears
+from sensorium.nn.decoder import Decoder, DecoderConfig
+from sensorium.nn.generation import generate_tokens
 
 pytestmark = pytest.mark.skipif(not gemv.available(), reason=f"the one-row bf16 kernel is not available here: "
                                                             f"{gemv.why_not()}")
@@ -213,7 +215,8 @@ def test_a_bf16_decoder_steps_on_the_kernel_and_answers_as_the_packed_one(af3_mo
     model = sn.load(str(af3_model_dir), device="cpu", dtype="bfloat16")
     layers = [m for m in model.decoder.modules() if isinstance(m, Linear)]
     assert layers and not any(m.packed for m in layers)
-    calls = {"gemv": [], "gemv_many": [], "swiglu_hidden": [], "rms_norm": [], "step_attention": []}
+    calls = {"gemv": [], "decoder_step": [], "gemv_many": [], "swiglu_hidden": [], "rms_norm": [],
+             "step_attention": []}
     for name in calls:
         kernel = getattr(gemv, name)
         monkeypatch.setattr(gemv, name, lambda x, *rest, kernel=kernel, name=name: calls[name].append(x.shape)
@@ -221,14 +224,76 @@ def test_a_bf16_decoder_steps_on_the_kernel_and_answers_as_the_packed_one(af3_mo
     with torch.inference_mode():
         ids = model.generate(**inputs, max_new_tokens=12, stop_tokens=())
     assert torch.equal(ids, want_ids)
-    depth, width = model.decoder.config.layers, model.decoder.config.width
-    # the prompt's head on its last position; then 11 steps, each: per layer q/k/v in one call, attention, o, the
-    # MLP's gate/up in one call and down, two norms; the final norm and the head
-    assert calls["gemv"][0] == (1, width) and len(calls["gemv"]) == 1 + 11 * (2 * depth + 1)
-    assert len(calls["gemv_many"]) == len(calls["swiglu_hidden"]) == len(calls["step_attention"]) == 11 * depth
-    assert len(calls["rms_norm"]) == 11 * (2 * depth + 1)
-    assert all(shape[:-1].numel() == 1 for name, shapes in calls.items() if name != "step_attention"
-               for shape in shapes)  # one row each
+    width = model.decoder.config.width
+    # the prompt's head on its last position; then 11 steps, each: every layer in one call, the final norm and the
+    # head (the per-layer calls only inside that one)
+    assert calls["gemv"][0] == (1, width) and len(calls["gemv"]) == 1 + 11
+    assert len(calls["decoder_step"]) == len(calls["rms_norm"]) == 11
+    assert not calls["gemv_many"] and not calls["swiglu_hidden"] and not calls["step_attention"]
+    assert all(shape[:-1].numel() == 1 for shapes in calls.values() for shape in shapes)  # one row each
+
+
+def tiny_bf16_decoder(qkv_bias: bool, seed: int) -> Decoder:
+    config = DecoderConfig(vocab_size=97, width=96, layers=3, heads=6, kv_heads=2, mlp_hidden=160, eps=1e-5,
+                           max_positions=64, qkv_bias=qkv_bias, tie_embeddings=not qkv_bias)
+    torch.manual_seed(seed)
+    decoder = Decoder(config)
+    for parameter in decoder.parameters():  # norms' weights away from 1, biases away from 0
+        parameter.data.normal_(0, 0.5 if parameter.dim() == 1 else 0.1)
+    return decoder.bfloat16().eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("qkv_bias", [True, False])  # Qwen2 (biases, a separate head) and Llama (none, tied)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_whole_step_in_one_call_equals_the_layer_by_layer_calls(qkv_bias, batch, monkeypatch):
+    """gemv.decoder_step makes the same per-layer calls in C: the logits and the caches come out bit-equal to the
+    step made layer by layer from Python (a left-padded batch: its second row's first two tokens are padding)."""
+    decoder = tiny_bf16_decoder(qkv_bias, seed=batch)
+    embeds = decoder.embed(torch.randint(0, 97, (batch, 7), generator=torch.Generator().manual_seed(3)))
+    mask = torch.ones(batch, 7, dtype=torch.long)
+    mask[1:, :2] = 0
+
+    def generate(cache_out):
+        logits = []
+        with torch.inference_mode():
+            real = decoder.logits
+            decoder.logits = lambda hidden: logits.append(real(hidden)) or logits[-1]
+            try:
+                steps = list(generate_tokens(decoder, embeds, mask, 6))
+            finally:
+                del decoder.logits
+        cache_out.extend(logits)
+        return torch.stack(steps)
+
+    whole_calls = []
+    step = gemv.decoder_step
+    monkeypatch.setattr(gemv, "decoder_step", lambda *args: whole_calls.append(1) or step(*args))
+    whole_logits, layered_logits = [], []
+    whole = generate(whole_logits)
+    assert len(whole_calls) == 5  # every step after the prompt
+    monkeypatch.setattr(Decoder, "_step_on_kernel", lambda *args: None)
+    layered = generate(layered_logits)
+    assert len(whole_calls) == 5
+    assert torch.equal(whole, layered)
+    assert all(torch.equal(a, b) for a, b in zip(whole_logits, layered_logits))
+
+
+def test_a_whole_step_refuses_what_it_cannot_take():
+    decoder = tiny_bf16_decoder(qkv_bias=True, seed=0)
+    x = torch.randn(1, 1, 96).bfloat16()
+    cache = decoder.new_cache(1, 16)
+    rope = decoder.rope.at(torch.tensor([[5]]), 16, x.dtype)
+    with torch.inference_mode():
+        assert decoder._step_on_kernel(x, rope, None, cache, 5) is not None
+        assert decoder._step_on_kernel(x, rope, None, cache, 0) is None  # a prompt
+        assert decoder._step_on_kernel(x.expand(5, 1, 96), rope, None, cache, 5) is None  # 5 rows
+        with pytest.raises(ValueError, match="holds 16 positions"):
+            decoder._step_on_kernel(x, rope, None, cache, 16)
+        decoder.layers[1].mlp.up.pack()  # a packed weight
+        assert decoder._step_on_kernel(x, rope, None, cache, 5) is None
+        decoder.layers[1].mlp.up.unpack()
+        decoder.quantize("int8")
+        assert decoder._step_on_kernel(x, rope, None, cache, 5) is None
 
 
 def test_a_left_padded_batch_steps_on_the_kernel_as_on_the_packed_path(af3_model_dir):

@@ -156,9 +156,38 @@ class Decoder(nn.Module):
         bound the caller knows, so no host sync); with a cache, the tokens fill slots start..start+T-1."""
         rope = self.rope.at(positions, length, embeds.dtype)
         x = embeds
+        stepped = self._step_on_kernel(x, rope, mask, cache, start)
+        if stepped is not None:
+            return self.norm(stepped)
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, mask, cache, i, start)
         return self.norm(x)
+
+    def _step_on_kernel(self, x, rope, mask, cache: KVCache | None, start) -> torch.Tensor | None:
+        """A bf16 step on a CPU through every layer in one C call (nn/gemv.py's decoder_step: the per-layer
+        calls of DecoderAttention._step_on_kernel and SwiGLU in sequence, same bits, without the Python between
+        them); None where it cannot take the step (a prompt, quantized or packed linears, a compiled or traced
+        step), which then runs layer by layer."""
+        tokens = x.shape[1]
+        if (cache is None or isinstance(start, torch.Tensor) or start <= 0 or tokens > STEP_TOKENS
+                or cache.keys[0].dtype != torch.bfloat16):
+            return None
+        layers = []
+        for i, layer in enumerate(self.layers):
+            attn, mlp = layer.attn, layer.mlp
+            linears = (attn.q, attn.k, attn.v, attn.o, mlp.gate, mlp.up, mlp.down)
+            if (not all(isinstance(part, Linear) for part in linears)
+                    or any(part.bias is not None for part in (attn.o, mlp.gate, mlp.up, mlp.down))
+                    or layer.attn_norm.weight_in_float32 or layer.mlp_norm.weight_in_float32):
+                return None
+            layers.append((layer.attn_norm.weight, attn.q.weight, attn.k.weight, attn.v.weight, attn.q.bias,
+                           attn.k.bias, attn.v.bias, attn.o.weight, layer.mlp_norm.weight, mlp.gate.weight,
+                           mlp.up.weight, mlp.down.weight, cache.keys[i], cache.values[i]))
+        if not gemv.decoder_step_fits(x, layers):
+            return None
+        if start + tokens > cache.length:
+            raise ValueError(f"the cache holds {cache.length} positions; slot {start + tokens - 1} asked for")
+        return gemv.decoder_step(x, layers, self.config.heads, self.config.eps, rope[0], rope[1], mask, start)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return linear(hidden, self.embed.weight) if self.head is None else self.head(hidden)

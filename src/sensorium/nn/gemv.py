@@ -49,6 +49,8 @@ SIGNATURES = {
     "sensorium_rms_norm_bf16": ([_POINTER, _SIZE, _POINTER, _POINTER, _SIZE, ctypes.c_float], None),
     "sensorium_rope_halves_bf16": ([_POINTER] * 4 + [_SIZE] * 5, None),
     "sensorium_step_attention_bf16": ([_POINTER] * 6 + [_SIZE] * 7 + [ctypes.c_float, ctypes.c_int], None),
+    "sensorium_decoder_step_bf16": ([_POINTER, _SIZE, _SIZE, _POINTER] + [_SIZE] * 7 + [ctypes.c_float] * 2
+                                    + [_POINTER] * 3 + [_SIZE, ctypes.c_int], ctypes.c_int),
     "sensorium_attention_bf16": ([_POINTER] * 3 + [_SIZE] * 6 + [_POINTER] + [_SIZE] * 4 + [_POINTER] * 2
                                  + [ctypes.c_int, _POINTER, ctypes.c_float, ctypes.c_int], ctypes.c_int),
 }
@@ -193,6 +195,53 @@ def step_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, vi
                                            scratch.data_ptr(), batch, tokens, heads, keys.shape[1], dim, visible,
                                            keys.shape[2], dim**-0.5, torch.get_num_threads())
     return out
+
+
+# a decoder layer's tensors for `decoder_step`, in this order (the C struct sensorium_layer's): the biases may be
+# None; keys and values are the layer's cache [B, Hkv, L, D]
+LAYER_FIELDS = ("attn_norm", "q", "k", "v", "q_bias", "k_bias", "v_bias", "o", "mlp_norm", "gate", "up", "down",
+                "keys", "values")
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_void_p) for name in LAYER_FIELDS]
+
+
+def decoder_step_fits(x: torch.Tensor, layers: list[tuple[torch.Tensor | None, ...]]) -> bool:
+    """Whether `decoder_step` can take this step: x [B, T, width] bf16 on the CPU with at most MAX_ROWS rows, and
+    every layer's tensors (LAYER_FIELDS) plain contiguous bf16 CPU tensors without gradient; not being traced."""
+    if x.dtype != _BF16 or not x.is_cpu or x.dim() != 3 or not 0 < x.shape[0] * x.shape[1] <= MAX_ROWS:
+        return False
+    if _tracing() or (torch.is_grad_enabled() and x.requires_grad) or not available():
+        return False
+    return all(t is None or (isinstance(t, torch.Tensor) and t.dtype == _BF16 and t.is_cpu and not t.is_mkldnn
+                             and t.is_contiguous() and not (torch.is_grad_enabled() and t.requires_grad))
+               for layer in layers for t in layer)
+
+
+def decoder_step(x: torch.Tensor, layers: list[tuple[torch.Tensor | None, ...]], heads: int, eps: float,
+                 cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None, start: int) -> torch.Tensor:
+    """A Llama / Qwen2 decoder's step through all its layers in one call (`decoder_step_fits` first): x [B, T,
+    width] in, the last layer's output out (a new tensor); each layer's k and v written to its cache at slots
+    start.. start+T-1 (the caller checked they fit); mask [B, 1, T, start + T] bool or None; cos and sin [B, T, D].
+    Bit-equal to the per-operation calls above (rms_norm, gemv_many, rope_halves_, step_attention, gemv,
+    swiglu_hidden) with torch's bf16 adds between them."""
+    batch, tokens, width = x.shape
+    keys = layers[0][LAYER_FIELDS.index("keys")]
+    kv_heads, length, dim = keys.shape[1], keys.shape[2], keys.shape[3]
+    hidden = layers[0][LAYER_FIELDS.index("gate")].shape[0]
+    x = x.contiguous().clone()
+    cos, sin = cos.float().contiguous(), sin.float().contiguous()
+    seen = None if mask is None else mask[:, 0].contiguous()
+    structs = (_Layer * len(layers))(*(_Layer(*(None if t is None else t.data_ptr() for t in layer))
+                                       for layer in layers))
+    status = _library.sensorium_decoder_step_bf16(
+        x.data_ptr(), batch, tokens, structs, len(layers), width, heads, kv_heads, dim, hidden, length, eps,
+        dim**-0.5, cos.data_ptr(), sin.data_ptr(), None if seen is None else seen.data_ptr(), start,
+        torch.get_num_threads())
+    if status != 0:
+        raise MemoryError("the decoder step kernel could not allocate its scratch memory")
+    return x
 
 
 def attention_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> bool:

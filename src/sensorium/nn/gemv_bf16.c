@@ -9,6 +9,7 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "bf16.h"
@@ -234,4 +235,65 @@ void sensorium_step_attention_bf16(const uint16_t *q, const uint16_t *keys, cons
                 }
             }
         }
+}
+
+/* A decoder's whole one-token step through its layers in one call (Llama / Qwen2: RMSNorm, q/k/v with optional
+   biases, rotate-half RoPE, attention over the cache, o, residual add, RMSNorm, SwiGLU, down, residual add): the
+   calls above in sequence, with the residual adds rounded as torch's bf16 add rounds, so the hidden state is
+   bit-equal to making those calls one by one from Python, without ~20 Python-side operations a layer (~4 ms of a
+   56 ms Llama-1B step on a 2-core Zen 4). x [m = batch * tokens, width] is updated in place; each token's k and v
+   go to cache slot start + t; attention reads slots 0 .. start + tokens - 1 under mask [batch, tokens, visible]
+   (1 = seen) or all of them; cos and sin float32 [batch, tokens, dim]. 0, or -1 when scratch memory could not be
+   had. */
+typedef struct {
+    const uint16_t *attn_norm, *q, *k, *v, *q_bias, *k_bias, *v_bias, *o, *mlp_norm, *gate, *up, *down;
+    uint16_t *keys, *values; /* this layer's cache, [batch, kv_heads, length, dim] */
+} sensorium_layer;
+
+static void add_into(uint16_t *x, const uint16_t *y, int64_t count) {
+    for (int64_t i = 0; i < count; ++i) x[i] = to_bf16(from_bf16(x[i]) + from_bf16(y[i]));
+}
+
+int sensorium_decoder_step_bf16(uint16_t *x, int64_t batch, int64_t tokens, const sensorium_layer *layers,
+                                int64_t count, int64_t width, int64_t heads, int64_t kv_heads, int64_t dim,
+                                int64_t hidden, int64_t length, float eps, float scale, const float *cos,
+                                const float *sin, const uint8_t *mask, int64_t start, int threads) {
+    const int64_t m = batch * tokens, visible = start + tokens, q_width = heads * dim, kv_width = kv_heads * dim;
+    uint16_t *normed = malloc(sizeof(uint16_t) * m * width), *residual = malloc(sizeof(uint16_t) * m * width);
+    uint16_t *q = malloc(sizeof(uint16_t) * m * q_width), *attended = malloc(sizeof(uint16_t) * m * q_width);
+    uint16_t *k = malloc(sizeof(uint16_t) * m * kv_width), *v = malloc(sizeof(uint16_t) * m * kv_width);
+    uint16_t *gated = malloc(sizeof(uint16_t) * m * hidden);
+    float *scores = malloc(sizeof(float) * batch * heads * tokens * visible);
+    int status = -1;
+    if (!normed || !residual || !q || !attended || !k || !v || !gated || !scores) goto done;
+    for (int64_t i = 0; i < count; ++i) {
+        const sensorium_layer *layer = layers + i;
+        sensorium_rms_norm_bf16(x, m, layer->attn_norm, normed, width, eps);
+        const uint16_t *projections[3] = {layer->q, layer->k, layer->v};
+        const uint16_t *biases[3] = {layer->q_bias, layer->k_bias, layer->v_bias};
+        uint16_t *outs[3] = {q, k, v};
+        const int64_t ns[3] = {q_width, kv_width, kv_width};
+        if (sensorium_gemv_many_bf16(normed, m, 3, projections, biases, outs, ns, width, threads) != 0) goto done;
+        sensorium_rope_halves_bf16(q, k, cos, sin, batch, tokens, heads, kv_heads, dim);
+        for (int64_t b = 0; b < batch; ++b)
+            for (int64_t t = 0; t < tokens; ++t)
+                for (int64_t h = 0; h < kv_heads; ++h) {
+                    const int64_t from = ((b * tokens + t) * kv_heads + h) * dim;
+                    const int64_t to = ((b * kv_heads + h) * length + start + t) * dim;
+                    memcpy(layer->keys + to, k + from, sizeof(uint16_t) * dim);
+                    memcpy(layer->values + to, v + from, sizeof(uint16_t) * dim);
+                }
+        sensorium_step_attention_bf16(q, layer->keys, layer->values, mask, attended, scores, batch, tokens, heads,
+                                      kv_heads, dim, visible, length, scale, threads);
+        if (sensorium_gemv_bf16(attended, m, layer->o, NULL, residual, width, q_width, threads) != 0) goto done;
+        add_into(x, residual, m * width);
+        sensorium_rms_norm_bf16(x, m, layer->mlp_norm, normed, width, eps);
+        if (sensorium_swiglu_bf16(normed, m, layer->gate, layer->up, gated, hidden, width, threads) != 0) goto done;
+        if (sensorium_gemv_bf16(gated, m, layer->down, NULL, residual, width, hidden, threads) != 0) goto done;
+        add_into(x, residual, m * width);
+    }
+    status = 0;
+done:
+    free(normed), free(residual), free(q), free(attended), free(k), free(v), free(gated), free(scores);
+    return status;
 }
