@@ -31,7 +31,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import machine, peak_rss_mb, run_json, streaming_data
+from common import machine, peak_rss_mb, read_rate, run_json, streaming_data
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -222,15 +222,6 @@ def steps(rounds: int, new_tokens: int) -> None:
     streamed = weight_bytes(ours)
     data = streaming_data()  # on 2 MB pages, as the decoder's weights (nn/memory.py)
 
-    def read_rate() -> float:
-        data.sum()
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            data.sum()
-            times.append(time.perf_counter() - start)
-        return data.numel() * 4 / statistics.median(times) / 1e9
-
     def timed(generate) -> tuple[float, float, torch.Tensor]:
         stamps: list[float] = []
         start = time.perf_counter()
@@ -280,9 +271,9 @@ def steps(rounds: int, new_tokens: int) -> None:
         for r in range(rounds):
             for name in names[r % 3:] + names[:r % 3]:
                 layouts[name]()
-                before = read_rate()
+                before = read_rate(data)
                 prefill, step, ids[name] = timed(sides[name])
-                read = (before + read_rate()) / 2
+                read = (before + read_rate(data)) / 2
                 results[name]["prefill"].append(prefill)
                 results[name]["step"].append(step)
                 results[name]["fraction"].append(streamed / step / 1e9 / read)

@@ -139,3 +139,19 @@ def streaming_data(huge_pages: bool = True):
     data = torch.ones(1 << 28)
     return on_huge_pages(data) if huge_pages else data
 
+
+def read_rate(data) -> float:
+    """GB/s of one streaming read of `data` (streaming_data()): the median of 5 sums after one unmeasured. Timed
+    beside each measurement, since this machine's bandwidth moves between two levels (~35 and ~65 GB/s on 2 MB
+    pages) within minutes."""
+    import statistics
+    import time
+
+    data.sum()
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        data.sum()
+        times.append(time.perf_counter() - start)
+    return data.numel() * data.element_size() / statistics.median(times) / 1e9
+

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import machine, run_json, streaming_data
+from common import machine, read_rate, run_json, streaming_data
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "llama-1b-random"
@@ -224,16 +224,6 @@ def run(rounds: int, new_tokens: int, pairs: list[str]) -> None:
     import numpy as np
 
     data = streaming_data()  # the read bound, timed after each measurement (this machine's bandwidth drifts)
-
-    def read_rate() -> float:
-        data.sum()
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            data.sum()
-            times.append(time.perf_counter() - start)
-        return data.numel() * 4 / statistics.median(times) / 1e9
-
     results = {}
     print(f"machine: {machine()}; prompt {PROMPT} tokens, {new_tokens} new; a streaming read (sum of 1 GB on 2 MB "
           "pages) timed after each measurement")
@@ -251,7 +241,7 @@ def run(rounds: int, new_tokens: int, pairs: list[str]) -> None:
                 arg = theirs if side == "llama.cpp" else ours
                 runs[side].append(run_json([python, __file__, "worker", side, arg, str(new_tokens)], side))
                 m = runs[side][-1]
-                m["read_gb_s"] = read_rate()
+                m["read_gb_s"] = read_rate(data)
                 m["stream_over_read"] = BF16_BYTES * m["decode_tokens_per_s"] / 1e9 / m["read_gb_s"]
                 print(f"  {pair} round {r + 1} {side}: prefill {m['prefill_s']:.2f} s, decode "
                       f"{m['decode_tokens_per_s']:.2f} tok/s, read {m['read_gb_s']:.1f} GB/s", file=sys.stderr)

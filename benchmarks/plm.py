@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import count_flops, machine, run_json
+from common import count_flops, machine, read_rate, run_json, streaming_data
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -185,6 +185,7 @@ def run(rounds: int, cases: list[dict]) -> None:
 
     gemm = {dtype: gemm_bound(dtype) for dtype in ("float32", "bfloat16")}
     read = read_bound()
+    data = streaming_data()
     sizes = run_json([sys.executable, __file__, "bounds-worker"], "bounds worker")
     print(f"machine: {machine()}; vision {sizes['vision_flops_per_tile'] / 1e9:.0f} GFLOP a tile; decoder "
           f"{sizes['decode_params_per_step'] / 1e6:.0f} M weights read a step; bounds: GEMM {gemm} GFLOP/s, read "
@@ -201,6 +202,7 @@ def run(rounds: int, cases: list[dict]) -> None:
             for side in (("transformers", "sensorium") if r % 2 == 0 else ("sensorium", "transformers")):
                 runs[side].append(run_json([sys.executable, __file__, "worker", side, json.dumps(case)], side))
                 m = runs[side][-1]
+                m["read_gb_s"] = read_rate(data)  # right after the measurement: this machine's bandwidth drifts
                 print(f"  {_label(case)} round {r + 1} {side}: {json.dumps(m)}", file=sys.stderr, flush=True)
         same = bool(np.array_equal(*(np.load(OUT / f"plm-{s}-{_stem(case)}.npy") for s in ("transformers", "sensorium"))))
         med = {s: {k: (statistics.median(x[k] for x in v) if v[0][k] is not None else None) for k in keys}
@@ -219,12 +221,17 @@ def run(rounds: int, cases: list[dict]) -> None:
         element = 4 if case["dtype"] == "float32" else 2
         stream = {side: sizes["decode_params_per_step"] * element * m["decode_tokens_per_s"] / case["batch"] / 1e9
                   for side, m in med.items()}
+        # each round's stream over the read timed right after it, then the median
+        of_read = {side: statistics.median(sizes["decode_params_per_step"] * element * x["decode_tokens_per_s"]
+                                           / case["batch"] / 1e9 / x["read_gb_s"] for x in v)
+                   for side, v in runs.items()}
         print(f"| {_label(case)} ({runs['sensorium'][0]['prompt_tokens']} tokens), {rounds} round(s) | {vision} | "
               f"{t['prefill_s']:.2f} vs {s['prefill_s']:.2f} s ({t['prefill_s'] / s['prefill_s']:.2f}x) | "
               f"{t['decode_tokens_per_s']:.2f} vs {s['decode_tokens_per_s']:.2f} tok/s "
               f"({s['decode_tokens_per_s'] / t['decode_tokens_per_s']:.2f}x); {stream['transformers']:.1f} vs "
               f"{stream['sensorium']:.1f} GB/s, {100 * stream['transformers'] / read:.0f} vs "
-              f"{100 * stream['sensorium'] / read:.0f} % of {read:.1f} | {load_rss['transformers']:.0f} vs "
+              f"{100 * stream['sensorium'] / read:.0f} % of {read:.1f}, {100 * of_read['transformers']:.0f} vs "
+              f"{100 * of_read['sensorium']:.0f} % of the read timed after each | {load_rss['transformers']:.0f} vs "
               f"{load_rss['sensorium']:.0f} MB | {rss['transformers']:.0f} vs {rss['sensorium']:.0f} MB | {same} |",
               flush=True)
         saved.write_text(json.dumps(results, indent=1))

@@ -96,16 +96,18 @@ def test_the_fused_step_calls_equal_the_separate_ops(rows):
         assert not gemv.rms_norm_fits(many, norm.weight) and not gemv.fit_all(many, layers)
 
 
-@pytest.mark.parametrize("tokens, dim, masked", [(1, 64, False), (1, 24, True), (3, 64, True), (2, 128, True)])
-def test_a_steps_rope_and_attention_equal_the_torch_ops(tokens, dim, masked):
+@pytest.mark.parametrize("tokens, dim, masked, visible", [(1, 64, False, 37), (1, 24, True, 37), (3, 64, True, 37),
+                                                     (2, 128, True, 37), (1, 64, True, 811), (1, 96, False, 300)])
+def test_a_steps_rope_and_attention_equal_the_torch_ops(tokens, dim, masked, visible):
     """rope_halves_ and step_attention against apply_rope_halves and few_query_attention (what a step runs without
-    the kernel): GQA (6 query heads over 2), a cache longer than what is read, a left-padded row, a head width
-    that is not a multiple of 16. Both compute in float32 and round once to bf16; the sums' order differs."""
+    the kernel): GQA (6 query heads over 2), a cache longer than what is read, a left-padded row, head widths that
+    are not multiples of 16 or 32, a number of keys that is not a multiple of 16, long caches. Both compute in float32
+    and round once to bf16; the sums' order differs."""
     from sensorium.nn.attention import few_query_attention
     from sensorium.nn.rope import apply_rope_halves
 
     g = torch.Generator().manual_seed(tokens * 100 + dim)
-    batch, heads, kv_heads, visible, length = 2, 6, 2, 37, 50
+    batch, heads, kv_heads, length = 2, 6, 2, visible + 13
     q = torch.randn(batch, tokens, heads, dim, generator=g).bfloat16()
     k = torch.randn(batch, tokens, kv_heads, dim, generator=g).bfloat16()
     angles = torch.rand(batch, tokens, dim // 2, generator=g) * 6

@@ -33,23 +33,6 @@ static inline __m256i to_bf16_16(__m512 x) {  /* 16 floats -> bf16, round to nea
     return _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16));
 }
 
-static inline __m512 exp_16(__m512 x) {  /* e^x for x <= 0, ~1 ulp: 2^n * p(r), |r| <= ln2 / 2 */
-    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));  /* below it 2^n underflows to 0 either way; -inf -> 0 */
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-06f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
-
 /* 16 channels of one token with RoPE on adjacent pairs: (x0, x1) -> (x0 cos + x1 ssin0, x1 cos + x0 ssin1), ssin
    the signed sin of rope_tables (its even lanes -sin), each product rounded before the sum. */
 static inline __m256i rotated_16(const uint16_t *x, const float *cos, const float *signed_sin) {

@@ -1,4 +1,4 @@
-/* bf16 <-> float32 conversions shared by sensorium's C kernels (gemv_bf16.c, attention_bf16.c). */
+/* What sensorium's C kernels (gemv_bf16.c, attention_bf16.c) share: bf16 <-> float32 conversions and a vector e^x. */
 
 #ifndef SENSORIUM_BF16_H
 #define SENSORIUM_BF16_H
@@ -25,6 +25,23 @@ static inline uint16_t to_bf16(float value) {  /* round to nearest even, as torc
 static inline __m512 load_bf16(const uint16_t *p, __mmask16 mask) {  /* 16 bf16 -> float32 (masked lanes 0) */
     __m256i raw = _mm256_maskz_loadu_epi16(mask, p);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+static inline __m512 exp_16(__m512 x) {  /* e^x for x <= 0, ~1 ulp: 2^n * p(r), |r| <= ln2 / 2 */
+    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));  /* below it 2^n underflows to 0 either way; -inf -> 0 */
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
 }
 
 #endif

@@ -182,16 +182,35 @@ void sensorium_rope_halves_bf16(uint16_t *q, uint16_t *k, const float *cos, cons
     }
 }
 
+/* out lane j = the sum of v[j]'s 16 lanes (a transposing tree: ~3 operations a vector, where reducing each alone
+   takes ~8 and a chain of dependent shuffles) */
+static inline __m512 sum_each_16(const __m512 v[16]) {
+    __m512 pairs[8], quads[4];
+    for (int i = 0; i < 8; ++i)  /* per 128-bit lane: [v2i, v2i+1, v2i, v2i+1] partial sums */
+        pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; ++i) {  /* per 128-bit lane: v4i .. v4i+3, each summed over that lane */
+        const __m512d a = _mm512_castps_pd(pairs[2 * i]), b = _mm512_castps_pd(pairs[2 * i + 1]);
+        quads[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    const __m512 low = _mm512_add_ps(_mm512_shuffle_f32x4(quads[0], quads[1], 0x88),
+                                     _mm512_shuffle_f32x4(quads[0], quads[1], 0xdd));
+    const __m512 high = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2], quads[3], 0x88),
+                                      _mm512_shuffle_f32x4(quads[2], quads[3], 0xdd));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(low, high, 0x88), _mm512_shuffle_f32x4(low, high, 0xdd));
+}
+
 /* softmax(q k^T * scale, masked) v for T <= a few queries per row over S cached keys, as few_query_attention:
-   float32 scores, softmax and weighted sum, the output rounded to bf16 once. q [B, T, H, D]; keys and values
-   [B, Hkv, L, D] of which the first S slots are read (L: the cache's length); mask [B, T, S] (1 = visible) or
-   NULL; out [B, T, H, D]; scores: a float32 scratch of B * H * T * S. Query head h reads key/value head
-   h / (H / Hkv). */
+   float32 scores (bf16 products, float32 sums), softmax and weighted sum, the output rounded to bf16 once. q [B, T,
+   H, D]; keys and values [B, Hkv, L, D] of which the first S slots are read (L: the cache's length); mask [B, T, S]
+   (1 = visible) or NULL; out [B, T, H, D]; scores: a float32 scratch of B * H * T * S. Query head h reads
+   key/value head h / (H / Hkv). Scores 16 keys at a time (each key's dot products summed across lanes together),
+   the exponentials 16 at a time, the weighted sum 64 channels at a time in one pass over the values. */
 void sensorium_step_attention_bf16(const uint16_t *q, const uint16_t *keys, const uint16_t *values,
                                    const uint8_t *mask, uint16_t *out, float *scores, int64_t batch, int64_t tokens,
                                    int64_t heads, int64_t kv_heads, int64_t dim, int64_t visible, int64_t length,
                                    float scale, int threads) {
-    const int64_t group = heads / kv_heads;
+    const int64_t group = heads / kv_heads, chunks = (dim + 31) / 32;
+    const __mmask32 last_chunk = dim % 32 ? (__mmask32)((1u << (dim % 32)) - 1) : (__mmask32)0xffffffffu;
     #pragma omp parallel for schedule(static) collapse(2) num_threads(threads)
     for (int64_t b = 0; b < batch; ++b)
         for (int64_t h = 0; h < heads; ++h) {
@@ -201,37 +220,58 @@ void sensorium_step_attention_bf16(const uint16_t *q, const uint16_t *keys, cons
                 const uint16_t *query = q + ((b * tokens + t) * heads + h) * dim;
                 const uint8_t *seen = mask ? mask + (b * tokens + t) * visible : NULL;
                 float *row = scores + ((b * heads + h) * tokens + t) * visible;
-                float best = -INFINITY;
-                for (int64_t s = 0; s < visible; ++s) {
-                    if (seen && !seen[s]) {
-                        row[s] = -INFINITY;
-                        continue;
+                __m512 best = _mm512_set1_ps(-INFINITY);
+                for (int64_t s = 0; s < visible; s += 16) {
+                    const int n = visible - s < 16 ? (int)(visible - s) : 16;
+                    __m512 dots[16];
+                    for (int j = 0; j < 16; ++j) {
+                        __m512 acc = _mm512_setzero_ps();
+                        for (int64_t c = 0; j < n && c < chunks; ++c) {
+                            const __mmask32 lanes = c + 1 < chunks ? (__mmask32)0xffffffffu : last_chunk;
+                            acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_maskz_loadu_epi16(lanes, query + 32 * c),
+                                                   (__m512bh)_mm512_maskz_loadu_epi16(lanes, k + (s + j) * dim + 32 * c));
+                        }
+                        dots[j] = acc;
                     }
-                    __m512 acc = _mm512_setzero_ps();
-                    for (int64_t d = 0; d < dim; d += 16) {
-                        const __mmask16 lanes = dim - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (dim - d)) - 1);
-                        acc = _mm512_fmadd_ps(load_bf16(query + d, lanes), load_bf16(k + s * dim + d, lanes), acc);
+                    __mmask16 kept = n == 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+                    if (seen) kept = _mm_mask_test_epi8_mask(kept, _mm_maskz_loadu_epi8(kept, seen + s), _mm_set1_epi8(-1));
+                    const __m512 x = _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), kept, sum_each_16(dots),
+                                                        _mm512_set1_ps(scale));
+                    _mm512_mask_storeu_ps(row + s, (__mmask16)((1u << n) - 1), x);
+                    best = _mm512_max_ps(best, x);
+                }
+                const __m512 most = _mm512_set1_ps(_mm512_reduce_max_ps(best));
+                __m512 sums = _mm512_setzero_ps();
+                for (int64_t s = 0; s < visible; s += 16) {
+                    const int n = visible - s < 16 ? (int)(visible - s) : 16;
+                    const __mmask16 lanes = (__mmask16)((1u << n) - 1);
+                    const __m512 x = _mm512_maskz_loadu_ps(lanes, row + s);
+                    const __mmask16 kept = lanes & _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+                    const __m512 e = _mm512_maskz_mov_ps(kept, exp_16(_mm512_sub_ps(x, most)));
+                    _mm512_mask_storeu_ps(row + s, lanes, e);
+                    sums = _mm512_add_ps(sums, e);
+                }
+                const __m512 inverse = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sums));
+                uint16_t *target = out + ((b * tokens + t) * heads + h) * dim;
+                for (int64_t d = 0; d < dim; d += 64) {  /* up to 4 x 16 channels summed in one pass over s */
+                    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+                    __mmask16 lanes[4];
+                    for (int c = 0; c < 4; ++c) {
+                        const int64_t left = dim - d - 16 * c;
+                        lanes[c] = left >= 16 ? (__mmask16)0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
                     }
-                    row[s] = _mm512_reduce_add_ps(acc) * scale;
-                    if (row[s] > best) best = row[s];
-                }
-                float total = 0.0f;
-                for (int64_t s = 0; s < visible; ++s) {
-                    row[s] = row[s] == -INFINITY ? 0.0f : expf(row[s] - best);
-                    total += row[s];
-                }
-                const float inverse = 1.0f / total;
-                for (int64_t d = 0; d < dim; d += 16) {
-                    const __mmask16 lanes = dim - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (dim - d)) - 1);
-                    __m512 acc = _mm512_setzero_ps();
-                    for (int64_t s = 0; s < visible; ++s)
-                        if (row[s] != 0.0f)
-                            acc = _mm512_fmadd_ps(_mm512_set1_ps(row[s]), load_bf16(v + s * dim + d, lanes), acc);
-                    acc = _mm512_mul_ps(acc, _mm512_set1_ps(inverse));
-                    float lane[16];
-                    _mm512_storeu_ps(lane, acc);
-                    uint16_t *target = out + ((b * tokens + t) * heads + h) * dim + d;
-                    for (int64_t i = 0; i < 16 && d + i < dim; ++i) target[i] = to_bf16(lane[i]);
+                    for (int64_t s = 0; s < visible; ++s) {
+                        if (row[s] == 0.0f) continue;  /* masked (or underflowed): adds nothing */
+                        const __m512 weight = _mm512_set1_ps(row[s]);
+                        for (int c = 0; c < 4; ++c)
+                            if (lanes[c]) acc[c] = _mm512_fmadd_ps(weight, load_bf16(v + s * dim + d + 16 * c, lanes[c]), acc[c]);
+                    }
+                    for (int c = 0; c < 4 && lanes[c]; ++c) {
+                        float lane[16];
+                        _mm512_storeu_ps(lane, _mm512_mul_ps(acc[c], inverse));
+                        for (int i = 0; i < 16; ++i)
+                            if (lanes[c] >> i & 1) target[d + 16 * c + i] = to_bf16(lane[i]);
+                    }
                 }
             }
         }
