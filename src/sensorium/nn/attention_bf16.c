@@ -102,6 +102,14 @@ static inline __attribute__((always_inline)) void tile(const int R, const int C,
         for (int c = 0; c < C; ++c) _mm512_storeu_ps(out + r * out_row + first + 16 * c, acc[r][c]);
 }
 
+/* Which of keys j .. j + 15 a query row sees: those below `visible`, and valid ones where there is a mask. */
+static inline __mmask16 seen_lanes(int64_t visible, int64_t j, const uint8_t *valid) {
+    const int64_t left = visible - j;
+    __mmask16 lanes = left >= 16 ? 0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+    if (valid) lanes = _mm_mask_test_epi8_mask(lanes, _mm_maskz_loadu_epi8(lanes, valid + j), _mm_set1_epi8(-1));
+    return lanes;
+}
+
 /* R (a constant in each copy, so the tiles' sums stay in registers) query rows from `row` of one head. */
 #define ROW_BLOCK(R)                                                                                              \
     static void row_block_##R(const uint16_t *qp, const uint32_t *kp, const uint32_t *vp, int64_t row,           \
@@ -120,27 +128,21 @@ static inline __attribute__((always_inline)) void tile(const int R, const int C,
             float *s = scores + r * padded;                                                                       \
             uint16_t *w = weights + r * padded;                                                                   \
             const int64_t visible = causal ? row + r + 1 : tokens;                                                \
+            /* the largest score seen, scaled after: scaling by a positive number keeps the order and rounds     \
+               monotonically, so this is the largest of the scaled scores (one read pass, nothing stored) */      \
             __m512 best = _mm512_set1_ps(-INFINITY);                                                              \
-            for (int64_t j = 0; j < visible; j += 16) {                                                           \
-                __mmask16 lanes = visible - j >= 16 ? 0xffff : (__mmask16)((1u << (visible - j)) - 1);            \
-                if (valid) lanes &= _mm_mask_test_epi8_mask(lanes, _mm_maskz_loadu_epi8(lanes, valid + j),        \
-                                                            _mm_set1_epi8(-1));                                   \
-                const __m512 x = _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), lanes, _mm512_loadu_ps(s + j),    \
-                                                    _mm512_set1_ps(scale));                                       \
-                _mm512_storeu_ps(s + j, x);                                                                       \
-                best = _mm512_max_ps(best, x);                                                                    \
-            }                                                                                                     \
-            const __m512 most = _mm512_set1_ps(_mm512_reduce_max_ps(best));                                       \
+            for (int64_t j = 0; j < visible; j += 16)                                                             \
+                best = _mm512_mask_max_ps(best, seen_lanes(visible, j, valid), best, _mm512_loadu_ps(s + j));     \
+            const __m512 most = _mm512_set1_ps(_mm512_reduce_max_ps(best) * scale), by = _mm512_set1_ps(scale);   \
             __m512 total = _mm512_setzero_ps();                                                                   \
             for (int64_t j = 0; j < even; j += 16) {                                                              \
-                const int64_t left = visible - j;                                                                 \
-                const __mmask16 lanes = left >= 16 ? 0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);       \
-                const __m512 x = _mm512_loadu_ps(s + j);                                                          \
-                const __mmask16 kept = lanes & _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);     \
-                const __m512 e = _mm512_maskz_mov_ps(kept, exp_16(_mm512_sub_ps(x, most)));                       \
+                const __m512 x = _mm512_mul_ps(_mm512_loadu_ps(s + j), by);                                       \
+                const __m512 e = _mm512_maskz_mov_ps(seen_lanes(visible, j, valid), exp_16(_mm512_sub_ps(x, most)));\
                 total = _mm512_add_ps(total, e);                                                                  \
                 const __mmask16 store = even - j >= 16 ? 0xffff : (__mmask16)((1u << (even - j)) - 1);            \
-                _mm256_mask_storeu_epi16(w + j, store, to_bf16_16(e));                                            \
+                /* the hardware's rounding (to nearest even, as to_bf16_16; it flushes subnormals, weights below \
+                   1e-38 of the row's largest, which add nothing a bf16 output can show) */                     \
+                _mm256_mask_storeu_epi16(w + j, store, (__m256i)_mm512_cvtneps_pbh(e));                           \
             }                                                                                                     \
             sums[r] = _mm512_reduce_add_ps(total);                                                                \
         }                                                                                                         \

@@ -27,18 +27,19 @@ static inline __m512 load_bf16(const uint16_t *p, __mmask16 mask) {  /* 16 bf16 
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 
-static inline __m512 exp_16(__m512 x) {  /* e^x for x <= 0, ~1 ulp: 2^n * p(r), |r| <= ln2 / 2 */
+static inline __m512 exp_16(__m512 x) {  /* e^x for x <= 0, within 1.6e-7 (~2 ulp): 2^n * p(r), |r| <= ln2 / 2 */
     x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));  /* below it 2^n underflows to 0 either way; -inf -> 0 */
     const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-06f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    /* degree 6, fitted to e^r's relative error on the reduced range (a degree-7 Taylor series is no closer in
+       float32 and takes one more step) */
+    __m512 p = _mm512_set1_ps(1.38294208e-03f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.37477110e-03f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.16683592e-02f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.66664213e-01f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.99999911e-01f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
