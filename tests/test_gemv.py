@@ -153,6 +153,43 @@ def test_linear_sends_only_what_the_kernel_can_take_to_it():
     assert gemv.why_not() is None
 
 
+@pytest.mark.parametrize("n, k", [(1, 1), (5, 15), (37, 203), (64, 896), (9, 4096), (130, 33), (70, 48)])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+def test_the_int8_kernel_is_torchs_int8_product_to_the_sums_order(n, k, rows):
+    """Weight-only int8 (one scale per output row): the exact products summed in float32, times the scale, one
+    rounding, as torch's _weight_int8pack_mm; held to float64 as closely as torch's op is."""
+    g = torch.Generator().manual_seed(n * 1000 + k + rows)
+    qweight = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    scales = (torch.rand(n, generator=g) * 0.02 + 1e-3).bfloat16()
+    x = torch.randn(rows, 1, k, generator=g).bfloat16()
+    assert gemv.int8_fits(x, qweight, scales)
+    got = gemv.gemv_int8(x, qweight, scales)
+    exact = (x.double() @ qweight.double().T) * scales.double()
+    assert got.shape == (rows, 1, n) and got.dtype == torch.bfloat16
+    assert rel(got, exact) <= 4e-3  # one bf16 rounding of float32 sums
+    if k % 16 == 0:  # torch's op reads 16 inputs at a time (it crashes on other widths)
+        theirs = torch.ops.aten._weight_int8pack_mm(x.reshape(rows, k), qweight, scales).reshape(rows, 1, n)
+        assert rel(got, exact) <= max(1.5 * rel(theirs, exact), 4e-3)
+        assert (got != theirs).float().mean() < 0.1  # the same rounding point: most outputs are the same bits
+
+
+def test_the_int8_kernel_refuses_what_it_cannot_take_and_a_quantized_step_uses_it(monkeypatch):
+    from sensorium.nn.quant import QuantizedLinear
+
+    qweight, scales = torch.ones(8, 64, dtype=torch.int8), torch.ones(8).bfloat16()
+    assert not gemv.int8_fits(torch.randn(1, 64), qweight, scales)  # float32 x
+    assert not gemv.int8_fits(torch.randn(5, 64).bfloat16(), qweight, scales)  # 5 rows
+    assert not gemv.int8_fits(torch.randn(1, 64).bfloat16(), qweight, scales.float())
+    layer = QuantizedLinear.from_weight("int8", torch.randn(96, 200) * 0.05, None)
+    calls = []
+    kernel = gemv.gemv_int8
+    monkeypatch.setattr(gemv, "gemv_int8", lambda *args: calls.append(1) or kernel(*args))
+    x = torch.randn(2, 1, 200).bfloat16()
+    got = layer(x)
+    assert calls == [1]
+    assert rel(got, x.double() @ layer.dequantized().double().T) < 1e-2
+
+
 def test_a_trace_records_torch_ops_not_the_kernel():
     """OpenVINO's conversion traces with TorchScript (F.linear, as nn/exported.py asks): a ctypes call would be
     recorded as an empty output."""

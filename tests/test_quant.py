@@ -93,6 +93,18 @@ def test_a_quantized_linear_is_the_product_with_its_dequantized_weight(mode, sha
         layer(torch.randn(1, in_features))
 
 
+def test_int8_at_a_width_torchs_op_cannot_take_dequantizes_without_the_kernel():
+    """torch's _weight_int8pack_mm crashes the process on inputs that are not a multiple of 16 wide: without
+    sensorium's kernel such a layer takes the dequantized weight (with it, the kernel takes any width)."""
+    from sensorium.nn import gemv
+
+    layer = QuantizedLinear.from_weight("int8", torch.randn(40, 200) * 0.05, None)
+    x = torch.randn(1, 200).bfloat16()
+    with gemv.use_gemv(False):
+        got = layer(x)
+    assert rel(got, x.double() @ layer.dequantized().double().T) < 1e-2
+
+
 def test_int4_refuses_inputs_it_cannot_group():
     with pytest.raises(ValueError, match="int4 needs inputs in groups of 32"):
         QuantizedLinear.from_weight("int4", torch.randn(32, 48))

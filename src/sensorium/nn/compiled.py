@@ -11,7 +11,9 @@ Frozen weights are constants of the compiled code: a compiled model is for infer
 enabled run eagerly). When compiling fails (no C++ compiler, an unsupported op), the call runs eagerly, one
 warning says why, and the model stays eager; an error that eager raises too (a bad input) is raised as is.
 
-A chat model's decoder gets a compiled one-token step (`Decoder.step`, taken by nn/generation.py): static shapes
+A chat model's decoder gets a compiled one-token step (`Decoder.step`, taken by nn/generation.py), except a bf16
+decoder on a CPU where sensorium's one-row kernel runs (nn/gemv.py): its eager step is 1.8x the compiled one, so it
+keeps it (and its prompt, like every prompt, runs eagerly). The compiled step has static shapes
 (the cache is allocated in buckets of 256 positions and read whole under a mask; slots are tensors), so one graph
 serves every step of every generation of the same batch size and bucket. The prompt still runs eagerly, on the
 plain weights, while the step's graph holds its own packed copy of them: the decoder's weights are held twice.
@@ -29,7 +31,8 @@ from typing import Callable
 
 import torch
 
-from sensorium.nn.linear import unpack_linears
+from sensorium.nn import gemv
+from sensorium.nn.linear import stream_linears, unpack_linears
 
 CACHE = Path("~/.cache/sensorium/inductor").expanduser()
 
@@ -77,8 +80,14 @@ def compile_model(model: torch.nn.Module) -> bool:
     there is nothing to compile (nothing is changed)."""
     names = getattr(model, "compile_methods", ())
     decoder = getattr(model, "decoder", None)
-    stepper = decoder is not None and hasattr(decoder, "step")
-    if names or stepper:
+    has_step = decoder is not None and hasattr(decoder, "step")
+    # a bf16 decoder on a CPU steps faster on sensorium's one-row kernel than compiled (Llama-1B: 18.3 against 10.0
+    # tok/s, BENCHMARKS.md), and without a second copy of its weights: its step stays eager, laid out as an eager
+    # load lays it out (compile=True skipped that)
+    on_kernel = has_step and decoder.embed.weight.dtype == torch.bfloat16 and decoder.embed.weight.device.type == \
+        "cpu" and gemv.available()
+    stepper = has_step and not on_kernel
+    if names or has_step:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE))
         # inductor lays out weights itself and cannot trace an opaque oneDNN one (a model loaded eagerly on a CPU
         # has its encoder blocks packed: nn/linear.py)
@@ -89,4 +98,6 @@ def compile_model(model: torch.nn.Module) -> bool:
     if stepper:
         on_gpu = decoder.embed.weight.is_cuda
         decoder.compiled_step = CompiledCall(f"{label} decode step", decoder.step, cuda_graphs=on_gpu)
-    return bool(names) or stepper
+    elif on_kernel:
+        stream_linears(decoder)
+    return bool(names) or has_step

@@ -1,11 +1,12 @@
 """sensorium's bf16 CPU kernels, from small C files built on first use into one library: one-row products for
-decode steps (`gemv_bf16.c`) and the encoders' self-attention (`attention_bf16.c`; nn/attention.py calls it).
+decode steps and a decoder's whole step through its layers in one call (`gemv_bf16.c`), and the encoders'
+self-attention (`attention_bf16.c`; nn/attention.py calls it).
 
 A decoder's one-token step reads every weight once for one row of activations: it is bound by memory bandwidth,
-and torch's bf16 product for one row is not (on a 2-core Zen 4: oneDNN on the weight as stored 15-20 GB/s, packed
-for oneDNN 23-34, this kernel 30-35 of a ~33-57 GB/s streaming read; benchmarks/gemv_probe.py). An encoder's bf16
-attention on SDPA's CPU flash kernel runs at 70-135 GFLOP/s there, a sixth to a third of the bf16 GEMM rate; the
-attention kernel 155-310, 2.1-2.7x (benchmarks/attention_probe.py).
+and torch's bf16 product for one row is not (on a 2-core Zen 4: oneDNN on the weight as stored 15-17 GB/s, packed
+for oneDNN 29-32, this kernel 52-67 on weights on 2 MB pages, of a 68 GB/s streaming read; benchmarks/gemv_probe.py).
+An encoder's bf16 attention on SDPA's CPU flash kernel runs at 87-138 GFLOP/s there, a fifth to a third of the bf16
+GEMM rate; the attention kernel 200-325, 2.3-2.5x (benchmarks/attention_probe.py).
 
 The kernels need AVX512-BF16 (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later), Linux on x86-64
 and a C compiler (`$CC`, else `cc` or `gcc`); they are compiled once into `$SENSORIUM_KERNEL_CACHE` (default
@@ -44,6 +45,8 @@ SIGNATURES = {
     "sensorium_gemv_bf16": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, ctypes.c_int], ctypes.c_int),
     "sensorium_gemv_many_bf16": ([_POINTER, _SIZE, ctypes.c_int, _POINTER, _POINTER, _POINTER, _POINTER, _SIZE,
                                   ctypes.c_int], ctypes.c_int),
+    "sensorium_gemv_int8": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, _POINTER, ctypes.c_int],
+                            ctypes.c_int),
     "sensorium_swiglu_bf16": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, ctypes.c_int],
                               ctypes.c_int),
     "sensorium_rms_norm_bf16": ([_POINTER, _SIZE, _POINTER, _POINTER, _SIZE, ctypes.c_float], None),
@@ -125,6 +128,29 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     _rows_taken(_library.sensorium_gemv_bf16(x.data_ptr(), rows, weight.data_ptr(),
                                              None if bias is None else bias.data_ptr(), out.data_ptr(),
                                              weight.shape[0], k, torch.get_num_threads()), rows)
+    return out
+
+
+def int8_fits(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> bool:
+    """Whether `gemv_int8` can take x: at most MAX_ROWS rows of bf16 on the CPU, an int8 [N, K] weight with bf16
+    scales [N], not being traced; the kernel available."""
+    return (x.dtype == _BF16 and qweight.dtype == torch.int8 and scales.dtype == _BF16 and x.is_cpu
+            and qweight.is_cpu and scales.is_cpu and qweight.dim() == 2 and qweight.is_contiguous()
+            and scales.is_contiguous() and scales.shape == qweight.shape[:1] and x.shape[-1] == qweight.shape[1]
+            and 0 < x.numel() <= MAX_ROWS * qweight.shape[1] and not _tracing() and available())
+
+
+def gemv_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """(x @ qweight.T) * scales for at most MAX_ROWS rows of bf16 x, int8 weights with one scale per output row,
+    as torch's _weight_int8pack_mm (float32 sums of the exact products, one rounding; `int8_fits` first)."""
+    k = qweight.shape[1]
+    rows = x.numel() // k
+    x = x.contiguous()
+    out = torch.empty(*x.shape[:-1], qweight.shape[0], dtype=torch.bfloat16)
+    widened = torch.empty(rows * k)
+    _rows_taken(_library.sensorium_gemv_int8(x.data_ptr(), rows, qweight.data_ptr(), scales.data_ptr(),
+                                             out.data_ptr(), qweight.shape[0], k, widened.data_ptr(),
+                                             torch.get_num_threads()), rows)
     return out
 
 

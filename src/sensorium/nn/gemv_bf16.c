@@ -114,6 +114,47 @@ SWIGLU(2)
 SWIGLU(3)
 SWIGLU(4)
 
+/* Weight-only int8 (nn/quant.py: one scale per output row): y[m, n] = bf16(scale[n] * sum_k x[m, k] * q[n, k]) for
+   m <= 4, as torch's _weight_int8pack_mm computes it: x and q widened to float32 (both exact), float32 sums, one
+   multiply by the scale, one rounding. xf is x already in float32 [m, k]. Blocks of 4 rows as above, 16 inputs at a
+   time; the weight streams at a byte a value, so the same prefetch sweep runs at a quarter of bf16's pace. */
+#define INT8_M(M)                                                                                                 \
+    static void gemv_int8_m##M(const float *xf, const int8_t *w, const uint16_t *scales, uint16_t *y, int64_t n,  \
+                               int64_t k, int threads) {                                                          \
+        const int64_t blocks = (n + ROWS - 1) / ROWS;                                                             \
+        const int long_rows = k >= 2 * LONG_ROW; /* bytes a row, as bf16's rule */                                \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")                                        \
+        for (int64_t b = 0; b < blocks; ++b) {                                                                    \
+            const int64_t first = b * ROWS;                                                                       \
+            const int rows = n - first < ROWS ? (int)(n - first) : ROWS;                                          \
+            __m512 acc[ROWS][M];                                                                                  \
+            for (int r = 0; r < ROWS; ++r)                                                                        \
+                for (int j = 0; j < M; ++j) acc[r][j] = _mm512_setzero_ps();                                      \
+            const char *block = (const char *)(w + first * k);                                                    \
+            for (int64_t i = 0; i < k; i += 16) {                                                                 \
+                const __mmask16 lanes = k - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (k - i)) - 1);      \
+                __m512 xv[M];                                                                                     \
+                for (int j = 0; j < M; ++j) xv[j] = _mm512_maskz_loadu_ps(lanes, xf + j * k + i);                 \
+                if (long_rows) _mm_prefetch(block + ROWS * i + PREFETCH_LONG, _MM_HINT_T1);                       \
+                else _mm_prefetch(block + ROWS * i + PREFETCH_SHORT, _MM_HINT_T0);                                \
+                for (int r = 0; r < rows; ++r) {                                                                  \
+                    const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(                                    \
+                        _mm_maskz_loadu_epi8(lanes, w + (first + r) * k + i)));                                   \
+                    for (int j = 0; j < M; ++j) acc[r][j] = _mm512_fmadd_ps(wv, xv[j], acc[r][j]);                \
+                }                                                                                                 \
+            }                                                                                                     \
+            for (int r = 0; r < rows; ++r) {                                                                      \
+                const float scale = from_bf16(scales[first + r]);                                                 \
+                for (int j = 0; j < M; ++j) y[j * n + first + r] = to_bf16(_mm512_reduce_add_ps(acc[r][j]) * scale);\
+            }                                                                                                     \
+        }                                                                                                         \
+    }
+
+INT8_M(1)
+INT8_M(2)
+INT8_M(3)
+INT8_M(4)
+
 /* Each entry point picks the copy for m: 0, or -1 for an m this file has no copy for. */
 #define BY_ROWS(name, ...)                                 \
     switch (m) {                                           \
@@ -138,6 +179,13 @@ int sensorium_gemv_many_bf16(const uint16_t *x, int64_t m, int count, const uint
 int sensorium_swiglu_bf16(const uint16_t *x, int64_t m, const uint16_t *gate, const uint16_t *up, uint16_t *y,
                           int64_t n, int64_t k, int threads) {
     BY_ROWS(swiglu, x, gate, up, y, n, k, threads)
+}
+
+/* xf: a float32 scratch of m * k (x widened once, not once per block). */
+int sensorium_gemv_int8(const uint16_t *x, int64_t m, const int8_t *w, const uint16_t *scales, uint16_t *y,
+                        int64_t n, int64_t k, float *xf, int threads) {
+    for (int64_t i = 0; i < m * k; ++i) xf[i] = from_bf16(x[i]);
+    BY_ROWS(gemv_int8, xf, w, scales, y, n, k, threads)
 }
 
 /* transformers' Llama/Qwen2 RMSNorm of a few bf16 rows: weight * bf16(x * rsqrt(mean(x^2) + eps)), in float32

@@ -19,10 +19,10 @@ first, exports trace plain weights (`plain_weights`), and `train()` or a model's
 packed weight has no gradient path: a layer asked for gradients otherwise says to call `unpack_linears`).
 
 Where the one-row bf16 kernel runs (nn/gemv.py: AVX512-BF16 and a C compiler), it beats the packed product for
-one-row steps and reads the plain weight, so a bf16 decoder keeps its weights plain instead (`stream_linears`;
-`prepare_for_decoding` picks): calls of at most 4 rows go to the kernel, a prompt's to oneDNN on the plain weight
-(0-15 % slower than on a packed one; packing for each prompt call costs more than that: +1.2 s on PerceptionLM-1B's
-281-token prompt).
+one-row steps and reads the plain weight, so a bf16 decoder keeps its weights plain instead, moved onto 2 MB pages
+(`stream_linears`, nn/memory.py; `prepare_for_decoding` picks): steps of at most 4 rows go to the kernel, a prompt's
+to oneDNN on the plain weight (0-15 % slower than on a packed one; packing for each prompt call costs more than
+that: +1.2 s on PerceptionLM-1B's 281-token prompt).
 """
 
 from __future__ import annotations
