@@ -4,8 +4,11 @@ A decoder's step reads every weight once per token, so on a CPU its speed is the
 Activations stay bfloat16; only the decoder's linear weights are quantized, once, at load:
 
 - int8: symmetric, one scale per output channel (scale = max |w| / 127 of the row, round to nearest), run by
-  sensorium's one-row int8 kernel where it builds (nn/gemv.py: the same arithmetic, 1.6-1.8x faster in a Llama-1B
-  step), else by torch's `_weight_int8pack_mm` (what gpt-fast and torchao call on a CPU).
+  sensorium's one-row int8 kernel where it builds (nn/gemv.py: the same arithmetic; a Llama-1B decode 1.20x
+  faster than on torch's op, same weights, one process), else by torch's `_weight_int8pack_mm` (what gpt-fast and
+  torchao call on a CPU). On 2 Zen 4 cores widening int8 to float32 is the limit (~28 GB/s of int8, the bf16
+  kernel's ~50 GB/s of bf16 in weights per second), so int8 decodes at bf16's speed in half the memory there;
+  llama.cpp's Q8_0 (1.15x it) quantizes the activations too, which weight-only int8 does not.
 - int4: asymmetric, one scale and zero per group of 128 inputs (scale = (max - min) / 15, value = (q - 8) * scale +
   zero with zero = min + 8 * scale), run by torch's `_weight_int4pack_mm_for_cpu`, in its packed layout. A layer
   whose inputs are not a multiple of 128 takes groups of 64 or 32; one that fits none stays bfloat16 (said once).
@@ -27,6 +30,7 @@ from torch import nn
 
 from sensorium.nn import gemv
 from sensorium.nn.linear import Linear, linear
+from sensorium.nn.memory import on_huge_pages
 
 MODES = ("int8", "int4")
 INT4_GROUPS = (128, 64, 32)  # inputs per int4 scale/zero: 128 (gpt-fast's, torchao's, GPTQ's default) where it fits
@@ -171,9 +175,9 @@ class QuantizedLinear(nn.Module):
         """ValueError when int4 cannot take this shape (inputs not a multiple of 32, or an odd output count)."""
         out_features, in_features = weight.shape
         bias = None if bias is None else bias.detach().to(dtype)
-        if mode == "int8":
+        if mode == "int8":  # on 2 MB pages, as bf16 decoders' weights (nn/memory.py): 1.38x the kernel's stream
             q, scale = quantize_int8(weight)
-            return cls(mode, in_features, out_features, q, scale.to(dtype), bias)
+            return cls(mode, in_features, out_features, on_huge_pages(q), scale.to(dtype), bias)
         group = int4_group(in_features)
         if group is None:
             raise ValueError(f"int4 needs inputs in groups of {INT4_GROUPS[-1]}; this layer has {in_features}")
@@ -183,7 +187,7 @@ class QuantizedLinear(nn.Module):
             q = torch.cat([q, q.new_zeros(padding, in_features)])
             scale = torch.cat([scale, scale.new_ones(padding, scale.shape[1])])
             zero = torch.cat([zero, zero.new_full((padding, zero.shape[1]), 8.0)])
-        packed = pack_int4(q)
+        packed = on_huge_pages(pack_int4(q))
         scales = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(dtype)  # [K/group, N, 2]
         return cls(mode, in_features, out_features, packed, scales, bias, group)
 
