@@ -15,7 +15,7 @@ import torch
 import sensorium as sn
 from helpers import one_second_question
 from sensorium.nn import Linear, gemv, linear, stream_linears
-from sensorium.nn.decoder import Decoder, DecoderConfig
+from sensorium.nn.decoder import Decoder, DecoderConfig, causal_mask
 from sensorium.nn.generation import generate_tokens
 
 pytestmark = pytest.mark.skipif(not gemv.available(), reason=f"the one-row bf16 kernel is not available here: "
@@ -317,6 +317,38 @@ def test_a_whole_step_in_one_call_equals_the_layer_by_layer_calls(qkv_bias, batc
     assert all(torch.equal(a, b) for a, b in zip(whole_logits, layered_logits))
 
 
+@pytest.mark.parametrize("qkv_bias", [True, False])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_an_int8_step_in_one_call_is_the_int8_layer_by_layer_step(qkv_bias, batch, monkeypatch):
+    """Weight-only int8 layers in the one call: each linear rounds as QuantizedLinear (the int8 kernel, then its
+    bias), SwiGLU as the module; attention is the C step's where layer by layer it is torch's float32 matmuls, so
+    the first layer's cache is bit-equal and the hidden state is within bf16 roundings."""
+    decoder = tiny_bf16_decoder(qkv_bias, seed=10 + batch)
+    decoder.quantize("int8")
+    embeds = decoder.embed(torch.randint(0, 97, (batch, 7), generator=torch.Generator().manual_seed(4)))
+    mask = torch.ones(batch, 7, dtype=torch.long)
+    mask[1:, :2] = 0
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    caches = [decoder.new_cache(batch, 16), decoder.new_cache(batch, 16)]
+    token = decoder.embed(torch.tensor([[5]] * batch))
+    step_mask = causal_mask(torch.cat([mask, torch.ones_like(mask[:, :1])], 1), 1, 7)
+    calls = []
+    step = gemv.decoder_step
+    monkeypatch.setattr(gemv, "decoder_step", lambda *args: calls.append(1) or step(*args))
+    hidden = []
+    with torch.inference_mode():
+        for i, cache in enumerate(caches):
+            decoder(embeds, positions, causal_mask(mask, 7), 7, cache, 0)
+            if i == 1:
+                monkeypatch.setattr(Decoder, "_step_on_kernel", lambda *args: None)
+            hidden.append(decoder(token, positions[:, -1:] + 1, step_mask, 8, cache, 7))
+    assert len(calls) == 1
+    written = slice(0, 8)  # the prompt's 7 slots and the step's (the rest of a cache is never written)
+    assert torch.equal(caches[0].keys[0][:, :, written], caches[1].keys[0][:, :, written])
+    assert torch.equal(caches[0].values[0][:, :, written], caches[1].values[0][:, :, written])
+    assert rel(hidden[0], hidden[1]) < 2e-2
+
+
 def test_a_whole_step_refuses_what_it_cannot_take():
     decoder = tiny_bf16_decoder(qkv_bias=True, seed=0)
     x = torch.randn(1, 1, 96).bfloat16()
@@ -331,7 +363,7 @@ def test_a_whole_step_refuses_what_it_cannot_take():
         decoder.layers[1].mlp.up.pack()  # a packed weight
         assert decoder._step_on_kernel(x, rope, None, cache, 5) is None
         decoder.layers[1].mlp.up.unpack()
-        decoder.quantize("int8")
+        decoder.quantize("int4")  # int4 layers step layer by layer (int8 ones take the one call)
         assert decoder._step_on_kernel(x, rope, None, cache, 5) is None
 
 

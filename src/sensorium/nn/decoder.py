@@ -22,6 +22,7 @@ from sensorium.nn import gemv
 from sensorium.nn.attention import few_query_attention
 from sensorium.nn.kv_cache import KVCache
 from sensorium.nn.norms import RMSNorm
+from sensorium.nn.quant import QuantizedLinear
 from sensorium.nn.layers import SwiGLU
 from sensorium.nn.rope import Llama3Scaling, Rope1D, apply_rope_halves
 from sensorium.nn.linear import Linear, linear
@@ -166,8 +167,8 @@ class Decoder(nn.Module):
     def _step_on_kernel(self, x, rope, mask, cache: KVCache | None, start) -> torch.Tensor | None:
         """A bf16 step on a CPU through every layer in one C call (nn/gemv.py's decoder_step: the per-layer
         calls of DecoderAttention._step_on_kernel and SwiGLU in sequence, same bits, without the Python between
-        them); None where it cannot take the step (a prompt, quantized or packed linears, a compiled or traced
-        step), which then runs layer by layer."""
+        them; int8 layers too, with their modules' roundings); None where it cannot take the step (a prompt, int4
+        or packed linears, a compiled or traced step), which then runs layer by layer."""
         tokens = x.shape[1]
         if (cache is None or isinstance(start, torch.Tensor) or start <= 0 or tokens > STEP_TOKENS
                 or cache.keys[0].dtype != torch.bfloat16):
@@ -176,13 +177,15 @@ class Decoder(nn.Module):
         for i, layer in enumerate(self.layers):
             attn, mlp = layer.attn, layer.mlp
             linears = (attn.q, attn.k, attn.v, attn.o, mlp.gate, mlp.up, mlp.down)
-            if (not all(isinstance(part, Linear) for part in linears)
-                    or any(part.bias is not None for part in (attn.o, mlp.gate, mlp.up, mlp.down))
+            plain = all(isinstance(part, Linear) for part in linears)
+            int8 = all(isinstance(part, QuantizedLinear) and part.mode == "int8" for part in linears)
+            if (not (plain or int8) or any(part.bias is not None for part in (attn.o, mlp.gate, mlp.up, mlp.down))
                     or layer.attn_norm.weight_in_float32 or layer.mlp_norm.weight_in_float32):
                 return None
-            layers.append((layer.attn_norm.weight, attn.q.weight, attn.k.weight, attn.v.weight, attn.q.bias,
-                           attn.k.bias, attn.v.bias, attn.o.weight, layer.mlp_norm.weight, mlp.gate.weight,
-                           mlp.up.weight, mlp.down.weight, cache.keys[i], cache.values[i]))
+            weights = [part.qweight if int8 else part.weight for part in linears]
+            scales = [part.scales if int8 else None for part in linears]
+            layers.append((layer.attn_norm.weight, *weights[:3], attn.q.bias, attn.k.bias, attn.v.bias, weights[3],
+                           layer.mlp_norm.weight, *weights[4:], cache.keys[i], cache.values[i], *scales))
         if not gemv.decoder_step_fits(x, layers):
             return None
         if start + tokens > cache.length:

@@ -226,7 +226,10 @@ def step_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, vi
 # a decoder layer's tensors for `decoder_step`, in this order (the C struct sensorium_layer's): the biases may be
 # None; keys and values are the layer's cache [B, Hkv, L, D]
 LAYER_FIELDS = ("attn_norm", "q", "k", "v", "q_bias", "k_bias", "v_bias", "o", "mlp_norm", "gate", "up", "down",
-                "keys", "values")
+                "keys", "values",
+                # an int8 layer's scales (bf16 [N] each; its q .. down weights then int8), None for a bf16 layer
+                "q_scales", "k_scales", "v_scales", "o_scales", "gate_scales", "up_scales", "down_scales")
+_WEIGHTS = {LAYER_FIELDS.index(name) for name in ("q", "k", "v", "o", "gate", "up", "down")}
 
 
 class _Layer(ctypes.Structure):
@@ -235,14 +238,21 @@ class _Layer(ctypes.Structure):
 
 def decoder_step_fits(x: torch.Tensor, layers: list[tuple[torch.Tensor | None, ...]]) -> bool:
     """Whether `decoder_step` can take this step: x [B, T, width] bf16 on the CPU with at most MAX_ROWS rows, and
-    every layer's tensors (LAYER_FIELDS) plain contiguous bf16 CPU tensors without gradient; not being traced."""
+    every layer's tensors (LAYER_FIELDS) plain contiguous bf16 CPU tensors without gradient (an int8 layer's weights
+    int8); not being traced."""
     if x.dtype != _BF16 or not x.is_cpu or x.dim() != 3 or not 0 < x.shape[0] * x.shape[1] <= MAX_ROWS:
         return False
     if _tracing() or (torch.is_grad_enabled() and x.requires_grad) or not available():
         return False
-    return all(t is None or (isinstance(t, torch.Tensor) and t.dtype == _BF16 and t.is_cpu and not t.is_mkldnn
-                             and t.is_contiguous() and not (torch.is_grad_enabled() and t.requires_grad))
-               for layer in layers for t in layer)
+    scales = LAYER_FIELDS.index("q_scales")
+    for layer in layers:
+        weight_dtype = torch.int8 if layer[scales] is not None else _BF16
+        for i, t in enumerate(layer):
+            if t is not None and not (isinstance(t, torch.Tensor) and t.is_cpu and not t.is_mkldnn
+                                      and t.dtype == (weight_dtype if i in _WEIGHTS else _BF16)
+                                      and t.is_contiguous() and not (torch.is_grad_enabled() and t.requires_grad)):
+                return False
+    return True
 
 
 def decoder_step(x: torch.Tensor, layers: list[tuple[torch.Tensor | None, ...]], heads: int, eps: float,
@@ -251,7 +261,7 @@ def decoder_step(x: torch.Tensor, layers: list[tuple[torch.Tensor | None, ...]],
     width] in, the last layer's output out (a new tensor); each layer's k and v written to its cache at slots
     start.. start+T-1 (the caller checked they fit); mask [B, 1, T, start + T] bool or None; cos and sin [B, T, D].
     Bit-equal to the per-operation calls above (rms_norm, gemv_many, rope_halves_, step_attention, gemv,
-    swiglu_hidden) with torch's bf16 adds between them."""
+    swiglu_hidden) with torch's bf16 adds between them; int8 layers round where their modules round."""
     batch, tokens, width = x.shape
     keys = layers[0][LAYER_FIELDS.index("keys")]
     kv_heads, length, dim = keys.shape[1], keys.shape[2], keys.shape[3]

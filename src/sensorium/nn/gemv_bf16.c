@@ -329,17 +329,34 @@ void sensorium_step_attention_bf16(const uint16_t *q, const uint16_t *keys, cons
    biases, rotate-half RoPE, attention over the cache, o, residual add, RMSNorm, SwiGLU, down, residual add): the
    calls above in sequence, with the residual adds rounded as torch's bf16 add rounds, so the hidden state is
    bit-equal to making those calls one by one from Python, without ~20 Python-side operations a layer (~4 ms of a
-   56 ms Llama-1B step on a 2-core Zen 4). x [m = batch * tokens, width] is updated in place; each token's k and v
+   56 ms Llama-1B step on a 2-core Zen 4). Int8 layers (weight-only, nn/quant.py) round where QuantizedLinear and
+   the SwiGLU module round; their attention is this file's, where layer by layer it is torch's float32 matmuls. x [m = batch * tokens, width] is updated in place; each token's k and v
    go to cache slot start + t; attention reads slots 0 .. start + tokens - 1 under mask [batch, tokens, visible]
    (1 = seen) or all of them; cos and sin float32 [batch, tokens, dim]. 0, or -1 when scratch memory could not be
    had. */
 typedef struct {
     const uint16_t *attn_norm, *q, *k, *v, *q_bias, *k_bias, *v_bias, *o, *mlp_norm, *gate, *up, *down;
     uint16_t *keys, *values; /* this layer's cache, [batch, kv_heads, length, dim] */
+    /* int8 layers (nn/quant.py): each linear's bf16 scales, its weight then int8; NULL: bf16 weights */
+    const uint16_t *q_scales, *k_scales, *v_scales, *o_scales, *gate_scales, *up_scales, *down_scales;
 } sensorium_layer;
 
 static void add_into(uint16_t *x, const uint16_t *y, int64_t count) {
     for (int64_t i = 0; i < count; ++i) x[i] = to_bf16(from_bf16(x[i]) + from_bf16(y[i]));
+}
+
+/* rows of y [m, n] += bias [n], each sum rounded (QuantizedLinear adds its bias after the product's rounding) */
+static void add_bias(uint16_t *y, const uint16_t *bias, int64_t m, int64_t n) {
+    if (bias)
+        for (int64_t i = 0; i < m; ++i) add_into(y + i * n, bias, n);
+}
+
+/* an int8 linear as QuantizedLinear runs it: the kernel's product, rounded, then the bias */
+static int int8_linear(const uint16_t *x, int64_t m, const uint16_t *w, const uint16_t *scales, const uint16_t *bias,
+                       uint16_t *y, int64_t n, int64_t k, float *xf, int threads) {
+    if (sensorium_gemv_int8(x, m, (const int8_t *)w, scales, y, n, k, xf, threads) != 0) return -1;
+    add_bias(y, bias, m, n);
+    return 0;
 }
 
 int sensorium_decoder_step_bf16(uint16_t *x, int64_t batch, int64_t tokens, const sensorium_layer *layers,
@@ -350,18 +367,28 @@ int sensorium_decoder_step_bf16(uint16_t *x, int64_t batch, int64_t tokens, cons
     uint16_t *normed = malloc(sizeof(uint16_t) * m * width), *residual = malloc(sizeof(uint16_t) * m * width);
     uint16_t *q = malloc(sizeof(uint16_t) * m * q_width), *attended = malloc(sizeof(uint16_t) * m * q_width);
     uint16_t *k = malloc(sizeof(uint16_t) * m * kv_width), *v = malloc(sizeof(uint16_t) * m * kv_width);
-    uint16_t *gated = malloc(sizeof(uint16_t) * m * hidden);
+    uint16_t *gated = malloc(sizeof(uint16_t) * m * hidden), *up = malloc(sizeof(uint16_t) * m * hidden);
     float *scores = malloc(sizeof(float) * batch * heads * tokens * visible);
+    const int64_t widest = hidden > q_width ? (hidden > width ? hidden : width) : (q_width > width ? q_width : width);
+    float *xf = malloc(sizeof(float) * m * widest); /* an int8 product's input, widened */
     int status = -1;
-    if (!normed || !residual || !q || !attended || !k || !v || !gated || !scores) goto done;
+    if (!normed || !residual || !q || !attended || !k || !v || !gated || !up || !scores || !xf) goto done;
     for (int64_t i = 0; i < count; ++i) {
         const sensorium_layer *layer = layers + i;
         sensorium_rms_norm_bf16(x, m, layer->attn_norm, normed, width, eps);
-        const uint16_t *projections[3] = {layer->q, layer->k, layer->v};
-        const uint16_t *biases[3] = {layer->q_bias, layer->k_bias, layer->v_bias};
-        uint16_t *outs[3] = {q, k, v};
-        const int64_t ns[3] = {q_width, kv_width, kv_width};
-        if (sensorium_gemv_many_bf16(normed, m, 3, projections, biases, outs, ns, width, threads) != 0) goto done;
+        const int quantized = layer->q_scales != NULL;
+        if (quantized) {
+            if (int8_linear(normed, m, layer->q, layer->q_scales, layer->q_bias, q, q_width, width, xf, threads) ||
+                int8_linear(normed, m, layer->k, layer->k_scales, layer->k_bias, k, kv_width, width, xf, threads) ||
+                int8_linear(normed, m, layer->v, layer->v_scales, layer->v_bias, v, kv_width, width, xf, threads))
+                goto done;
+        } else {
+            const uint16_t *projections[3] = {layer->q, layer->k, layer->v};
+            const uint16_t *biases[3] = {layer->q_bias, layer->k_bias, layer->v_bias};
+            uint16_t *outs[3] = {q, k, v};
+            const int64_t ns[3] = {q_width, kv_width, kv_width};
+            if (sensorium_gemv_many_bf16(normed, m, 3, projections, biases, outs, ns, width, threads) != 0) goto done;
+        }
         sensorium_rope_halves_bf16(q, k, cos, sin, batch, tokens, heads, kv_heads, dim);
         for (int64_t b = 0; b < batch; ++b)
             for (int64_t t = 0; t < tokens; ++t)
@@ -373,15 +400,30 @@ int sensorium_decoder_step_bf16(uint16_t *x, int64_t batch, int64_t tokens, cons
                 }
         sensorium_step_attention_bf16(q, layer->keys, layer->values, mask, attended, scores, batch, tokens, heads,
                                       kv_heads, dim, visible, length, scale, threads);
-        if (sensorium_gemv_bf16(attended, m, layer->o, NULL, residual, width, q_width, threads) != 0) goto done;
+        if (quantized ? int8_linear(attended, m, layer->o, layer->o_scales, NULL, residual, width, q_width, xf, threads)
+                      : sensorium_gemv_bf16(attended, m, layer->o, NULL, residual, width, q_width, threads))
+            goto done;
         add_into(x, residual, m * width);
         sensorium_rms_norm_bf16(x, m, layer->mlp_norm, normed, width, eps);
-        if (sensorium_swiglu_bf16(normed, m, layer->gate, layer->up, gated, hidden, width, threads) != 0) goto done;
-        if (sensorium_gemv_bf16(gated, m, layer->down, NULL, residual, width, hidden, threads) != 0) goto done;
+        if (quantized) {  /* silu(gate(x)) * up(x) with torch's bf16 ops' roundings, as the SwiGLU module runs it */
+            if (int8_linear(normed, m, layer->gate, layer->gate_scales, NULL, gated, hidden, width, xf, threads) ||
+                int8_linear(normed, m, layer->up, layer->up_scales, NULL, up, hidden, width, xf, threads))
+                goto done;
+            for (int64_t i = 0; i < m * hidden; ++i) {
+                const float a = from_bf16(gated[i]);
+                gated[i] = to_bf16(from_bf16(to_bf16(a / (1.0f + expf(-a)))) * from_bf16(up[i]));
+            }
+        } else if (sensorium_swiglu_bf16(normed, m, layer->gate, layer->up, gated, hidden, width, threads) != 0) {
+            goto done;
+        }
+        if (quantized ? int8_linear(gated, m, layer->down, layer->down_scales, NULL, residual, width, hidden, xf, threads)
+                      : sensorium_gemv_bf16(gated, m, layer->down, NULL, residual, width, hidden, threads))
+            goto done;
         add_into(x, residual, m * width);
     }
     status = 0;
 done:
-    free(normed), free(residual), free(q), free(attended), free(k), free(v), free(gated), free(scores);
+    free(normed), free(residual), free(q), free(attended), free(k), free(v), free(gated), free(up), free(scores);
+    free(xf);
     return status;
 }

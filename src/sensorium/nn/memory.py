@@ -4,7 +4,8 @@ A one-token step reads every weight of a decoder once, so it runs at the speed m
 that stream crosses a page every 4 KB: a TLB miss each time, and the hardware prefetchers stop at each boundary.
 On 2 MB pages (Linux's transparent huge pages, asked for with madvise before the memory is first touched) the
 same one-row products stream faster: on a 2-core Zen 4, sensorium's kernel 1.06-1.14x over 256 MB to 525 MB of
-weights, and a plain streaming read 1.12x (one process, interleaved rounds; BENCHMARKS.md, "Decoders on a CPU").
+weights (a Llama-1B bf16 decode 1.13x), its int8 kernel 1.38x, and a plain streaming read 1.12-1.23x (one process,
+interleaved rounds; BENCHMARKS.md, "third pass").
 
 Where huge pages cannot be asked for (not Linux, transparent huge pages set to "never", a tensor under two huge
 pages, not on the CPU) the tensor stays as it is. Nothing else changes: same values, dtype and shape, a contiguous
