@@ -1,0 +1,147 @@
+"""One decode change at a time, in one process: the same Llama-1B weights, the two sides interleaved round by round.
+
+    python benchmarks/decode_ab.py huge-pages [--rounds 8]     # bf16 weights on 2 MB pages vs 4 KB pages
+    python benchmarks/decode_ab.py one-call [--rounds 8]       # bf16 step in one C call vs layer by layer
+    python benchmarks/decode_ab.py int8-kernel [--rounds 6]    # int8 on sensorium's kernel vs torch's op
+    python benchmarks/decode_ab.py int8-one-call [--rounds 6]  # int8 step in one C call vs layer by layer
+
+The weights are benchmarks/llama_peer.py's (`python benchmarks/llama_peer.py make`: PerceptionLM-1B's decoder, Llama
+3.2 1B's geometry, random). A 256-token prompt of random ids, then 33 greedy tokens; decode rate over tokens 2..33.
+This machine's memory bandwidth moves between two levels within minutes, so only a comparison inside one process,
+side by side in every round, says what one change is worth: the table gives each side's median and the median of
+the per-round ratios. Both sides must produce the same tokens where the change keeps the arithmetic (huge pages, one
+call in bf16); the int8 kernel and the int8 one-call step sum in another order (their tests bound the difference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from common import machine
+
+HERE = Path(__file__).resolve().parent
+WEIGHTS = HERE / "out" / "llama-1b-random"
+sys.path.insert(0, str(HERE.parent / "src"))
+
+SAME_TOKENS = {"huge-pages": True, "one-call": True, "int8-kernel": False, "int8-one-call": False}
+
+
+def load_decoder(dtype: str):
+    from sensorium.keymaps import assign_strict, remap
+    from sensorium.loading import read_state_dict
+    from sensorium.nn import prepare_for_decoding
+    from sensorium.nn.decoder import Decoder, config_from_transformers, transformers_key_map
+
+    if not (WEIGHTS / "config.json").exists():
+        raise SystemExit(f"no weights in {WEIGHTS}: run `python benchmarks/llama_peer.py make` first")
+    config = config_from_transformers(json.loads((WEIGHTS / "config.json").read_text()))
+    with torch.device("meta"):
+        decoder = Decoder(config)
+    key_map = transformers_key_map(config)
+    tensors, origin, unknown = remap(read_state_dict(WEIGHTS / "model.safetensors", torch.bfloat16), key_map)
+    assign_strict(decoder, tensors, origin, unknown, key_map, str(WEIGHTS), torch.bfloat16, torch.device("cpu"))
+    decoder.eval().requires_grad_(False)
+    if dtype == "int8":
+        decoder.quantize("int8")  # what sn.load(..., dtype="int8") does
+    else:
+        prepare_for_decoding(decoder)  # what sn.load does to a bf16 decoder on a CPU
+    return decoder
+
+
+def sides(change: str):
+    """(decoder, {side name: a function that sets that side up}) for the change; the first side is the new one."""
+    from torch import nn
+
+    from sensorium.nn import Linear, gemv
+    from sensorium.nn.decoder import Decoder
+
+    whole_step = Decoder._step_on_kernel
+    if change == "huge-pages":
+        decoder = load_decoder("bf16")
+        huge = {name: p for name, p in decoder.named_parameters()}
+        small = {name: nn.Parameter(p.detach().clone(), requires_grad=False) for name, p in huge.items()}
+
+        def use(weights):
+            def setup():
+                for name, module in decoder.named_modules():
+                    if isinstance(module, (Linear, nn.Embedding)):
+                        module.weight = weights[f"{name}.weight"]
+            return setup
+        return decoder, {"2 MB pages": use(huge), "4 KB pages (torch's allocator)": use(small)}
+    if change in ("one-call", "int8-one-call"):
+        decoder = load_decoder("int8" if change == "int8-one-call" else "bf16")
+
+        def one_call():
+            Decoder._step_on_kernel = whole_step
+
+        def layered():
+            Decoder._step_on_kernel = lambda *args: None
+        return decoder, {"one C call a step": one_call, "layer by layer": layered}
+    decoder = load_decoder("int8")
+    fits = gemv.int8_fits
+    Decoder._step_on_kernel = lambda *args: None  # layer by layer on both sides: each linear on one or the other
+
+    def kernel():
+        gemv.int8_fits = fits
+
+    def torch_op():
+        gemv.int8_fits = lambda *args: False
+    return decoder, {"sensorium's int8 kernel (layer by layer)": kernel,
+                     "torch's _weight_int8pack_mm (layer by layer)": torch_op}
+
+
+def main() -> None:
+    from sensorium.nn import gemv
+    from sensorium.nn.generation import generate_tokens
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("change", choices=list(SAME_TOKENS))
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--new-tokens", type=int, default=33)
+    args = parser.parse_args()
+    if not gemv.available():
+        raise SystemExit(f"sensorium's kernels are not available here: {gemv.why_not()}")
+    decoder, setups = sides(args.change)
+    names = list(setups)
+    ids = torch.randint(0, decoder.config.vocab_size, (1, 256), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    tokens: dict[str, list[int]] = {}
+    print(f"machine: {machine()}; Llama-1B ({WEIGHTS.name}), {args.change}, {args.rounds} rounds, 256-token prompt, "
+          f"{args.new_tokens} greedy tokens")
+    with torch.inference_mode():
+        for name in names:  # warm-up, each side once
+            setups[name]()
+            list(generate_tokens(decoder, decoder.embed(ids[:, :8]), mask[:, :8], 3))
+        for r in range(args.rounds):
+            for name in names if r % 2 == 0 else names[::-1]:
+                setups[name]()
+                stamps, produced = [], []
+                for token in generate_tokens(decoder, decoder.embed(ids), mask, args.new_tokens):
+                    stamps.append(time.perf_counter())
+                    produced.append(int(token[0]))
+                rates[name].append((args.new_tokens - 1) / (stamps[-1] - stamps[0]))
+                tokens[name] = produced
+            print(f"  round {r + 1}: " + ", ".join(f"{n} {rates[n][-1]:.2f} tok/s" for n in names), file=sys.stderr)
+    setups[names[0]]()
+    new, old = names
+    ratio = statistics.median(a / b for a, b in zip(rates[new], rates[old]))
+    print("| side | decode tok/s (median) | vs the other (median of per-round ratios) |")
+    print("|---|---|---|")
+    print(f"| {new} | {statistics.median(rates[new]):.2f} | {ratio:.3f}x |")
+    print(f"| {old} | {statistics.median(rates[old]):.2f} | 1.000x |")
+    same = tokens[new] == tokens[old]
+    print(f"same greedy tokens: {same}")
+    if SAME_TOKENS[args.change] and not same:
+        raise SystemExit(f"{args.change} should not change the tokens, and did")
+
+
+if __name__ == "__main__":
+    main()
