@@ -322,8 +322,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, cos
 
 
 def _rows_taken(status: int, rows: int) -> None:
-    if status != 0:
+    if status != 0 and rows > MAX_ROWS:
         raise RuntimeError(f"the one-row bf16 kernel cannot take {rows} rows (at most {MAX_ROWS})")
+    if status != 0:  # the kernels that allocate scratch (SwiGLU's) say so with the same status
+        raise MemoryError("the one-row bf16 kernel could not allocate its scratch memory")
 
 
 def _tracing() -> bool:
