@@ -16,7 +16,6 @@ call in bf16); the int8 kernel and the int8 one-call step sum in another order (
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -24,30 +23,20 @@ from pathlib import Path
 
 import torch
 
+import llama_peer
 from common import machine
 
 HERE = Path(__file__).resolve().parent
-WEIGHTS = HERE / "out" / "llama-1b-random"
+WEIGHTS = llama_peer.OUT
 sys.path.insert(0, str(HERE.parent / "src"))
 
 SAME_TOKENS = {"huge-pages": True, "one-call": True, "int8-kernel": False, "int8-one-call": False}
 
 
 def load_decoder(dtype: str):
-    from sensorium.keymaps import assign_strict, remap
-    from sensorium.loading import read_state_dict
     from sensorium.nn import prepare_for_decoding
-    from sensorium.nn.decoder import Decoder, config_from_transformers, transformers_key_map
 
-    if not (WEIGHTS / "config.json").exists():
-        raise SystemExit(f"no weights in {WEIGHTS}: run `python benchmarks/llama_peer.py make` first")
-    config = config_from_transformers(json.loads((WEIGHTS / "config.json").read_text()))
-    with torch.device("meta"):
-        decoder = Decoder(config)
-    key_map = transformers_key_map(config)
-    tensors, origin, unknown = remap(read_state_dict(WEIGHTS / "model.safetensors", torch.bfloat16), key_map)
-    assign_strict(decoder, tensors, origin, unknown, key_map, str(WEIGHTS), torch.bfloat16, torch.device("cpu"))
-    decoder.eval().requires_grad_(False)
+    decoder = llama_peer.load_decoder()
     if dtype == "int8":
         decoder.quantize("int8")  # what sn.load(..., dtype="int8") does
     else:

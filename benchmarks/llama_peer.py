@@ -169,9 +169,28 @@ def worker_llama(kind: str, new_tokens: int) -> dict:
             "ids": produced}
 
 
-def worker_sensorium(dtype: str, new_tokens: int) -> dict:
-    import json as json_module
+def load_decoder():
+    """sensorium's Decoder on the saved weights, bf16, for inference (laid out as nothing yet: the caller prepares
+    it as the loader would for the dtype it measures)."""
+    import torch
 
+    sys.path.insert(0, str(HERE.parent / "src"))
+    from sensorium.keymaps import assign_strict, remap
+    from sensorium.loading import read_state_dict
+    from sensorium.nn.decoder import Decoder, config_from_transformers, transformers_key_map
+
+    if not (OUT / "config.json").exists():
+        raise SystemExit(f"no weights in {OUT}: run `python benchmarks/llama_peer.py make` first")
+    config = config_from_transformers(json.loads((OUT / "config.json").read_text()))
+    with torch.device("meta"):
+        decoder = Decoder(config)
+    key_map = transformers_key_map(config)
+    tensors, origin, unknown = remap(read_state_dict(OUT / "model.safetensors", torch.bfloat16), key_map)
+    assign_strict(decoder, tensors, origin, unknown, key_map, str(OUT), torch.bfloat16, torch.device("cpu"))
+    return decoder.eval().requires_grad_(False)
+
+
+def worker_sensorium(dtype: str, new_tokens: int) -> dict:
     import os
 
     import numpy as np
@@ -180,19 +199,10 @@ def worker_sensorium(dtype: str, new_tokens: int) -> dict:
     if dtype == "bfloat16-packed":  # the one-row kernel off: weights packed for oneDNN (its fallback)
         os.environ["SENSORIUM_GEMV"] = "0"
     sys.path.insert(0, str(HERE.parent / "src"))
-    from sensorium.keymaps import assign_strict, remap
-    from sensorium.loading import read_state_dict
     from sensorium.nn import prepare_for_decoding
-    from sensorium.nn.decoder import Decoder, config_from_transformers, transformers_key_map
     from sensorium.nn.generation import generate_tokens
 
-    config = config_from_transformers(json_module.loads((OUT / "config.json").read_text()))
-    with torch.device("meta"):
-        decoder = Decoder(config)
-    key_map = transformers_key_map(config)
-    tensors, origin, unknown = remap(read_state_dict(OUT / "model.safetensors", torch.bfloat16), key_map)
-    assign_strict(decoder, tensors, origin, unknown, key_map, str(OUT), torch.bfloat16, torch.device("cpu"))
-    decoder.eval().requires_grad_(False)
+    decoder = load_decoder()
     if dtype in ("bfloat16", "bfloat16-packed"):
         print(f"decoder linears: {prepare_for_decoding(decoder)}", file=sys.stderr)  # what sn.load does on a CPU
     elif dtype == "bfloat16-compile":  # what sn.load(..., compile=True) does for a chat model's decoder
