@@ -44,6 +44,11 @@ def test_the_copy_holds_the_same_tensor_on_a_2mb_boundary():
     assert moved.is_contiguous() and moved.data_ptr() % HUGE_PAGE == 0
 
 
+def test_a_moved_tensor_is_not_moved_again():
+    moved = on_huge_pages(torch.randn(2048, 1536).bfloat16())
+    assert on_huge_pages(moved) is moved
+
+
 def test_a_non_contiguous_or_float32_tensor_is_copied_contiguous():
     weight = torch.randn(1536, 2048).t()
     moved = on_huge_pages(weight)

@@ -84,8 +84,8 @@ def compile_model(model: torch.nn.Module) -> bool:
     # a bf16 decoder on a CPU steps faster on sensorium's one-row kernel than compiled (Llama-1B: 18.3 against 10.0
     # tok/s, BENCHMARKS.md), and without a second copy of its weights: its step stays eager, laid out as an eager
     # load lays it out (compile=True skipped that)
-    on_kernel = has_step and decoder.embed.weight.dtype == torch.bfloat16 and decoder.embed.weight.device.type == \
-        "cpu" and gemv.available()
+    weight = decoder.embed.weight if has_step else None
+    on_kernel = has_step and weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and gemv.available()
     stepper = has_step and not on_kernel
     if names or has_step:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE))

@@ -114,7 +114,8 @@ class DecoderAttention(nn.Module):
 
     def _step_on_kernel(self, x, rope, mask, cache: KVCache, layer: int, start: int):
         """The step above in a few C calls (nn/gemv.py): q/k/v in one product, RoPE in place, attention over
-        the cache as few_query_attention; the same rounding points, other summation orders."""
+        the cache as few_query_attention; the same rounding points, other summation orders. Decoder._step_on_kernel
+        takes every step this could take, in one call, bit-equal: this per-layer form is its tested reference."""
         batch, tokens, _ = x.shape
         q, k, v = gemv.gemv_many(x, (self.q, self.k, self.v))
         q = q.view(batch, tokens, self.heads, self.head_dim)

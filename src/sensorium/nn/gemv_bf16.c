@@ -344,11 +344,23 @@ static void add_bias(uint16_t *y, const uint16_t *bias, int64_t m, int64_t n) {
         for (int64_t i = 0; i < m; ++i) add_into(y + i * n, bias, n);
 }
 
-/* an int8 linear as QuantizedLinear runs it: the kernel's product, rounded, then the bias */
-static int int8_linear(const uint16_t *x, int64_t m, const uint16_t *w, const uint16_t *scales, const uint16_t *bias,
+/* One of a layer's linears, rounded as its module rounds: bf16 (scales NULL; the bias added before the rounding, as
+   torch's linear), or int8 (the kernel's product rounded, then the bias, as QuantizedLinear). */
+static int step_linear(const uint16_t *x, int64_t m, const uint16_t *w, const uint16_t *scales, const uint16_t *bias,
                        uint16_t *y, int64_t n, int64_t k, float *xf, int threads) {
+    if (!scales) return sensorium_gemv_bf16(x, m, w, bias, y, n, k, threads);
     if (sensorium_gemv_int8(x, m, (const int8_t *)w, scales, y, n, k, xf, threads) != 0) return -1;
     add_bias(y, bias, m, n);
+    return 0;
+}
+
+/* Several of them reading the same x (q/k/v; gate/up), all bf16 or all int8: bf16 ones in one parallel region. */
+static int step_linears(const uint16_t *x, int64_t m, int count, const uint16_t *const *weights,
+                        const uint16_t *const *scales, const uint16_t *const *biases, uint16_t *const *outs,
+                        const int64_t *ns, int64_t k, float *xf, int threads) {
+    if (!scales[0]) return sensorium_gemv_many_bf16(x, m, count, weights, biases, outs, ns, k, threads);
+    for (int j = 0; j < count; ++j)
+        if (step_linear(x, m, weights[j], scales[j], biases[j], outs[j], ns[j], k, xf, threads) != 0) return -1;
     return 0;
 }
 
@@ -369,19 +381,12 @@ int sensorium_decoder_step_bf16(uint16_t *x, int64_t batch, int64_t tokens, cons
     for (int64_t i = 0; i < count; ++i) {
         const sensorium_layer *layer = layers + i;
         sensorium_rms_norm_bf16(x, m, layer->attn_norm, normed, width, eps);
-        const int quantized = layer->q_scales != NULL;
-        if (quantized) {
-            if (int8_linear(normed, m, layer->q, layer->q_scales, layer->q_bias, q, q_width, width, xf, threads) ||
-                int8_linear(normed, m, layer->k, layer->k_scales, layer->k_bias, k, kv_width, width, xf, threads) ||
-                int8_linear(normed, m, layer->v, layer->v_scales, layer->v_bias, v, kv_width, width, xf, threads))
-                goto done;
-        } else {
-            const uint16_t *projections[3] = {layer->q, layer->k, layer->v};
-            const uint16_t *biases[3] = {layer->q_bias, layer->k_bias, layer->v_bias};
-            uint16_t *outs[3] = {q, k, v};
-            const int64_t ns[3] = {q_width, kv_width, kv_width};
-            if (sensorium_gemv_many_bf16(normed, m, 3, projections, biases, outs, ns, width, threads) != 0) goto done;
-        }
+        const uint16_t *projections[3] = {layer->q, layer->k, layer->v};
+        const uint16_t *qkv_scales[3] = {layer->q_scales, layer->k_scales, layer->v_scales};
+        const uint16_t *biases[3] = {layer->q_bias, layer->k_bias, layer->v_bias};
+        uint16_t *outs[3] = {q, k, v};
+        const int64_t ns[3] = {q_width, kv_width, kv_width};
+        if (step_linears(normed, m, 3, projections, qkv_scales, biases, outs, ns, width, xf, threads) != 0) goto done;
         sensorium_rope_halves_bf16(q, k, cos, sin, batch, tokens, heads, kv_heads, dim);
         for (int64_t b = 0; b < batch; ++b)
             for (int64_t t = 0; t < tokens; ++t)
@@ -393,21 +398,18 @@ int sensorium_decoder_step_bf16(uint16_t *x, int64_t batch, int64_t tokens, cons
                 }
         sensorium_step_attention_bf16(q, layer->keys, layer->values, mask, attended, scores, batch, tokens, heads,
                                       kv_heads, dim, visible, length, scale, threads);
-        if (quantized ? int8_linear(attended, m, layer->o, layer->o_scales, NULL, residual, width, q_width, xf, threads)
-                      : sensorium_gemv_bf16(attended, m, layer->o, NULL, residual, width, q_width, threads))
+        if (step_linear(attended, m, layer->o, layer->o_scales, NULL, residual, width, q_width, xf, threads) != 0)
             goto done;
         add_into(x, residual, m * width);
         sensorium_rms_norm_bf16(x, m, layer->mlp_norm, normed, width, eps);
-        if (quantized) {  /* silu(gate(x)) * up(x) with torch's bf16 ops' roundings, as the SwiGLU module runs it */
-            if (int8_linear(normed, m, layer->gate, layer->gate_scales, NULL, gated, hidden, width, xf, threads) ||
-                int8_linear(normed, m, layer->up, layer->up_scales, NULL, up, hidden, width, xf, threads))
-                goto done;
-            silu_times(gated, up, m * hidden);
-        } else if (sensorium_swiglu_bf16(normed, m, layer->gate, layer->up, gated, hidden, width, threads) != 0) {
+        const uint16_t *mlp[2] = {layer->gate, layer->up}, *mlp_scales[2] = {layer->gate_scales, layer->up_scales};
+        const uint16_t *no_biases[2] = {NULL, NULL};
+        uint16_t *mlp_outs[2] = {gated, up};
+        const int64_t mlp_ns[2] = {hidden, hidden};
+        if (step_linears(normed, m, 2, mlp, mlp_scales, no_biases, mlp_outs, mlp_ns, width, xf, threads) != 0)
             goto done;
-        }
-        if (quantized ? int8_linear(gated, m, layer->down, layer->down_scales, NULL, residual, width, hidden, xf, threads)
-                      : sensorium_gemv_bf16(gated, m, layer->down, NULL, residual, width, hidden, threads))
+        silu_times(gated, up, m * hidden);  /* as sensorium_swiglu_bf16 and the SwiGLU module round */
+        if (step_linear(gated, m, layer->down, layer->down_scales, NULL, residual, width, hidden, xf, threads) != 0)
             goto done;
         add_into(x, residual, m * width);
     }

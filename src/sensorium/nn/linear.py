@@ -161,13 +161,14 @@ def stream_linears(module: nn.Module) -> int:
     where the kernel is not available (then `pack_linears` is the better choice)."""
     if not gemv.available():
         return 0
-    layers = [layer for layer in module.modules() if isinstance(layer, Linear)]
-    for layer in layers:
-        layer.unpack()
+    linears = 0
     for part in module.modules():
+        if isinstance(part, Linear):
+            part.unpack()
+            linears += 1
         if isinstance(part, (Linear, nn.Embedding)):
             part.weight = nn.Parameter(on_huge_pages(part.weight.detach()), requires_grad=part.weight.requires_grad)
-    return len(layers)
+    return linears
 
 
 def prepare_for_decoding(module: nn.Module) -> str:

@@ -23,10 +23,13 @@ HUGE_PAGE = 2 << 20
 
 def on_huge_pages(tensor: torch.Tensor) -> torch.Tensor:
     """A contiguous copy of `tensor` in fresh anonymous memory the kernel was asked to back with 2 MB pages, or
-    `tensor` itself where that cannot be asked (see the module docstring). The copy's memory is freed with it."""
+    `tensor` itself where that cannot be asked (see the module docstring) or it already starts on a 2 MB boundary
+    (in practice one this function made: a model laid out twice). The copy's memory is freed with it."""
     nbytes = tensor.numel() * tensor.element_size()
     if (tensor.device.type != "cpu" or tensor.is_mkldnn or tensor.is_sparse or nbytes < 2 * HUGE_PAGE
             or not hasattr(mmap, "MADV_HUGEPAGE")):
+        return tensor
+    if tensor.is_contiguous() and tensor.data_ptr() % HUGE_PAGE == 0:  # moved already
         return tensor
     # over-allocated by one huge page so the tensor can start on a 2 MB boundary; the slack is never touched, so it
     # costs address space, not memory
