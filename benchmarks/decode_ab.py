@@ -1,6 +1,7 @@
 """One decode change at a time, in one process: the same Llama-1B weights, the two sides interleaved round by round.
 
     python benchmarks/decode_ab.py huge-pages [--rounds 8]     # bf16 weights on 2 MB pages vs 4 KB pages
+    python benchmarks/decode_ab.py blocks [--rounds 8]         # bf16 weights in the kernel's blocks of rows vs plain
     python benchmarks/decode_ab.py one-call [--rounds 8]       # bf16 step in one C call vs layer by layer
     python benchmarks/decode_ab.py int8-kernel [--rounds 6]    # int8 on sensorium's kernel vs torch's op
     python benchmarks/decode_ab.py int8-one-call [--rounds 6]  # int8 step in one C call vs layer by layer
@@ -9,8 +10,9 @@ The weights are benchmarks/llama_peer.py's (`python benchmarks/llama_peer.py mak
 3.2 1B's geometry, random). A 256-token prompt of random ids, then 33 greedy tokens; decode rate over tokens 2..33.
 This machine's memory bandwidth moves between two levels within minutes, so only a comparison inside one process,
 side by side in every round, says what one change is worth: the table gives each side's median and the median of
-the per-round ratios. Both sides must produce the same tokens where the change keeps the arithmetic (huge pages, one
-call in bf16); the int8 kernel and the int8 one-call step sum in another order (their tests bound the difference).
+the per-round ratios, and the prompt's time (256 tokens) beside. Both sides must produce the same tokens where the
+change keeps the arithmetic (huge pages, blocks, one call in bf16); the int8 kernel and the int8 one-call step sum in
+another order (their tests bound the difference).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 WEIGHTS = llama_peer.OUT
 sys.path.insert(0, str(HERE.parent / "src"))
 
-SAME_TOKENS = {"huge-pages": True, "one-call": True, "int8-kernel": False, "int8-one-call": False}
+SAME_TOKENS = {"huge-pages": True, "blocks": True, "one-call": True, "int8-kernel": False, "int8-one-call": False}
 
 
 def load_decoder(dtype: str):
@@ -50,8 +52,22 @@ def sides(change: str):
 
     from sensorium.nn import Linear, gemv
     from sensorium.nn.decoder import Decoder
+    from sensorium.nn.memory import on_huge_pages
 
     whole_step = Decoder._step_on_kernel
+    if change == "blocks":
+        decoder = load_decoder("bf16")
+        linears = {name: module for name, module in decoder.named_modules() if isinstance(module, Linear)}
+        blocked = {name: module.weight for name, module in linears.items()}
+        plain = {name: nn.Parameter(on_huge_pages(gemv.from_blocks(w)) if w.dim() == 4 else w, requires_grad=False)
+                 for name, w in blocked.items()}
+
+        def lay_out(weights):
+            def setup():
+                for name, module in linears.items():
+                    module.weight = weights[name]
+            return setup
+        return decoder, {"blocks of rows": lay_out(blocked), "plain rows": lay_out(plain)}
     if change == "huge-pages":
         decoder = load_decoder("bf16")
         huge = {name: p for name, p in decoder.named_parameters()}
@@ -102,6 +118,7 @@ def main() -> None:
     ids = torch.randint(0, decoder.config.vocab_size, (1, 256), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     rates: dict[str, list[float]] = {name: [] for name in names}
+    prompts: dict[str, list[float]] = {name: [] for name in names}
     tokens: dict[str, list[int]] = {}
     print(f"machine: {machine()}; Llama-1B ({WEIGHTS.name}), {args.change}, {args.rounds} rounds, 256-token prompt, "
           f"{args.new_tokens} greedy tokens")
@@ -113,19 +130,23 @@ def main() -> None:
             for name in names if r % 2 == 0 else names[::-1]:
                 setups[name]()
                 stamps, produced = [], []
+                begun = time.perf_counter()
                 for token in generate_tokens(decoder, decoder.embed(ids), mask, args.new_tokens):
                     stamps.append(time.perf_counter())
                     produced.append(int(token[0]))
                 rates[name].append((args.new_tokens - 1) / (stamps[-1] - stamps[0]))
+                prompts[name].append(stamps[0] - begun)
                 tokens[name] = produced
             print(f"  round {r + 1}: " + ", ".join(f"{n} {rates[n][-1]:.2f} tok/s" for n in names), file=sys.stderr)
     setups[names[0]]()
     new, old = names
     ratio = statistics.median(a / b for a, b in zip(rates[new], rates[old]))
-    print("| side | decode tok/s (median) | vs the other (median of per-round ratios) |")
-    print("|---|---|---|")
-    print(f"| {new} | {statistics.median(rates[new]):.2f} | {ratio:.3f}x |")
-    print(f"| {old} | {statistics.median(rates[old]):.2f} | 1.000x |")
+    prompt_ratio = statistics.median(b / a for a, b in zip(prompts[new], prompts[old]))
+    print("| side | decode tok/s (median) | vs the other (median of per-round ratios) | prompt s (median) | vs the other |")
+    print("|---|---|---|---|---|")
+    print(f"| {new} | {statistics.median(rates[new]):.2f} | {ratio:.3f}x | {statistics.median(prompts[new]):.3f} | "
+          f"{prompt_ratio:.3f}x |")
+    print(f"| {old} | {statistics.median(rates[old]):.2f} | 1.000x | {statistics.median(prompts[old]):.3f} | 1.000x |")
     same = tokens[new] == tokens[old]
     print(f"same greedy tokens: {same}")
     if SAME_TOKENS[args.change] and not same:

@@ -203,16 +203,106 @@ def test_a_trace_records_torch_ops_not_the_kernel():
         assert rel(traced(x), x.double() @ layer.weight.double().T + layer.bias.double()) < 8e-3
 
 
-def test_a_streamed_linear_stays_plain_and_serves_every_row_count():
+@pytest.mark.parametrize("n, k", [(4, 32), (80, 96), (36, 320)])
+def test_blocks_of_rows_hold_the_weight_and_give_back_any_slice(n, k):
+    weight = torch.randn(n, k, generator=torch.Generator().manual_seed(n)).bfloat16()
+    blocked = gemv.to_blocks(weight)
+    assert blocked.shape == (n // 4, k // 32, 4, 32) and blocked.is_contiguous()
+    assert torch.equal(blocked[1 % (n // 4), 0, 2], weight[4 * (1 % (n // 4)) + 2, :32])  # row 4b + r, inputs 0..31
+    assert gemv.weight_shape(blocked) == gemv.weight_shape(weight) == (n, k)
+    assert torch.equal(gemv.from_blocks(blocked), weight)  # torch's ops (what a trace records)
+    out = torch.full((n, k), float("nan"), dtype=torch.bfloat16)
+    assert torch.equal(gemv.from_blocks(blocked, out=out), weight)  # the C copy
+    assert torch.equal(gemv.from_blocks(blocked, slice(4, n), out=out[: n - 4]), weight[4:])
+    assert not gemv.blockable(weight[:, :31]) and not gemv.blockable(weight[:3]) and not gemv.blockable(weight.float())
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+def test_the_kernel_on_blocks_of_rows_gives_the_plain_weights_bits(rows):
+    g = torch.Generator().manual_seed(rows)
+    weight, bias = torch.randn(64, 896, generator=g).bfloat16(), torch.randn(64, generator=g).bfloat16()
+    x = torch.randn(rows, 1, 896, generator=g).bfloat16()
+    assert torch.equal(gemv.gemv(x, gemv.to_blocks(weight), bias), gemv.gemv(x, weight, bias))
+    assert rel(gemv.gemv(x, gemv.to_blocks(weight), bias), x.double() @ weight.double().T + bias.double()) < 8e-3
+    first, second = Linear(896, 64).bfloat16().requires_grad_(False), Linear(896, 64).bfloat16().requires_grad_(False)
+    plain = gemv.gemv_many(x, (first, second))
+    first.block()  # mixed layouts in one call
+    assert first.blocked and not second.blocked
+    outs = gemv.gemv_many(x, (first, second))
+    assert all(torch.equal(a, b) for a, b in zip(outs, plain))
+
+
+def test_a_streamed_linear_is_blocked_and_serves_every_row_count(monkeypatch):
+    """stream_linears lays a bf16 linear out in blocks of rows: up to 4 rows on the kernel, more on oneDNN over
+    the rows made plain a slice at a time; every row count gives the plain weight's bits."""
     torch.manual_seed(0)
     layer = Linear(96, 80).bfloat16().requires_grad_(False)
+    plain = Linear(96, 80).bfloat16().requires_grad_(False)
+    plain.load_state_dict(layer.state_dict())
     layer.pack()
-    assert stream_linears(layer) == 1 and not layer.packed
+    ragged = Linear(50, 30).bfloat16().requires_grad_(False)  # 50 inputs: no blocks of 32; it stays plain
+    assert stream_linears(torch.nn.Sequential(layer, ragged)) == 2
+    assert layer.blocked and not layer.packed and not ragged.blocked and ragged.weight.dim() == 2
+    linear_module = sys.modules["sensorium.nn.linear"]
     with torch.inference_mode():
-        for rows in (1, 4, 17, 300):  # the kernel up to 4 rows, oneDNN on the plain weight beyond
+        for rows in (1, 4, 17, 300):
             x = torch.randn(rows, 96).bfloat16()
-            exact = x.double() @ layer.weight.double().T + layer.bias.double()
+            assert torch.equal(layer(x), plain(x)), rows
+            exact = x.double() @ plain.weight.double().T + plain.bias.double()
             assert rel(layer(x), exact) < 8e-3
+        monkeypatch.setattr(linear_module, "BLOCK_SLICE", 8 * 96 * 2)  # 8 rows a slice: 10 slices
+        x = torch.randn(2, 33, 96).bfloat16()
+        assert torch.equal(layer(x), plain(x)) and torch.equal(layer(x, "gelu"), plain(x, "gelu"))
+
+
+def test_a_blocked_linear_saves_copies_moves_and_trains_as_a_plain_one(tmp_path):
+    import copy
+    import pickle
+
+    from sensorium.nn import unpack_linears
+    from sensorium.nn.linear import plain_weights
+
+    torch.manual_seed(1)
+    block = torch.nn.Sequential(Linear(64, 96), Linear(96, 32, bias=False)).bfloat16().requires_grad_(False)
+    x = torch.randn(3, 64).bfloat16()
+    with torch.inference_mode():
+        want = block(x)
+    plain_state = {k: v.clone() for k, v in block.state_dict().items()}
+    assert block[0].block() and block[1].block() and not block[0].block()  # once
+    state = block.state_dict()
+    assert all(torch.equal(state[k], plain_state[k]) for k in plain_state) and state["0.weight"].shape == (96, 64)
+    torch.save(state, tmp_path / "state.pt")
+    copied, again = copy.deepcopy(block), pickle.loads(pickle.dumps(block))
+    assert copied[0].blocked and again[0].blocked
+    with torch.inference_mode():
+        assert torch.equal(block(x), want) and torch.equal(copied(x), want) and torch.equal(again(x), want)
+    with plain_weights(block):  # what an export sees
+        assert block[0].weight.shape == (96, 64) and not block[0].blocked
+    assert block[0].blocked
+    block.load_state_dict({k: v + 1 for k, v in plain_state.items()})  # loads into the blocked layer, blocks again
+    assert block[0].blocked and torch.equal(block.state_dict()["0.weight"], plain_state["0.weight"] + 1)
+    block.to(torch.bfloat16)  # changes nothing: keeps the layout
+    assert block[0].blocked
+    block.float()  # .to() / .float() work on the plain weight
+    assert not block[0].blocked and block[0].weight.shape == (96, 64) and block[0].weight.dtype == torch.float32
+    assert torch.equal(block[0].weight, (plain_state["0.weight"] + 1).float())
+    block.bfloat16()
+    block[0].block()
+    unpack_linears(block)
+    block.float()[0].weight.requires_grad_(True)
+    block(x.float()).sum().backward()
+    assert block[0].weight.grad is not None and block[0].weight.grad.shape == (96, 64)
+
+
+def test_a_blocked_linear_under_torch_compile_equals_eager():
+    layer = Linear(64, 96).bfloat16().requires_grad_(False)
+    layer.block()
+    x = torch.randn(9, 64).bfloat16()
+    with torch.inference_mode():
+        want = layer(x)
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)  # traced: the blocks made plain by torch's ops
+    with torch.inference_mode():
+        assert torch.equal(compiled(x), want)
 
 
 BUILD = textwrap.dedent("""
@@ -315,6 +405,46 @@ def test_a_whole_step_in_one_call_equals_the_layer_by_layer_calls(qkv_bias, batc
     assert len(whole_calls) == 5
     assert torch.equal(whole, layered)
     assert all(torch.equal(a, b) for a, b in zip(whole_logits, layered_logits))
+
+
+@pytest.mark.parametrize("qkv_bias", [True, False])
+@pytest.mark.parametrize("one_call", [True, False])
+def test_a_decoder_in_blocks_of_rows_gives_the_plain_decoders_bits(qkv_bias, one_call, monkeypatch):
+    """stream_linears lays the decoder's linears out in blocks of rows (not the 97-token head: 97 rows); its prompt
+    (the rows made plain, oneDNN) and its steps (the kernel, in one call or layer by layer) give the logits and
+    caches of the same decoder on plain weights, bit for bit; a left-padded batch of 2."""
+    import copy
+
+    decoder = tiny_bf16_decoder(qkv_bias, seed=20)
+    plain = copy.deepcopy(decoder)
+    assert stream_linears(decoder) == 3 * 7 + (1 if qkv_bias else 0)
+    linears = [m for m in decoder.modules() if isinstance(m, Linear)]
+    assert sum(m.blocked for m in linears) == 3 * 7 and all(m.blocked for m in decoder.layers.modules()
+                                                             if isinstance(m, Linear))
+    calls = []
+    if one_call:
+        step = gemv.decoder_step
+        monkeypatch.setattr(gemv, "decoder_step", lambda *args: calls.append(args[1]) or step(*args))
+    else:
+        monkeypatch.setattr(Decoder, "_step_on_kernel", lambda *args: None)
+    embeds = decoder.embed(torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(5)))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, :2] = 0
+
+    def generate(model):
+        logits = []
+        with torch.inference_mode():
+            real = model.logits
+            model.logits = lambda hidden: logits.append(real(hidden)) or logits[-1]
+            steps = list(generate_tokens(model, embeds, mask, 6))
+        return torch.stack(steps), logits
+
+    (blocked_ids, blocked_logits), (plain_ids, plain_logits) = generate(decoder), generate(plain)
+    if one_call:  # each model's 5 steps in one call each, the blocked model's on its blocked weights
+        assert len(calls) == 10 and all(layer[1].dim() == 4 for layer in calls[0])
+        assert all(layer[1].dim() == 2 for layer in calls[-1])
+    assert torch.equal(blocked_ids, plain_ids) and len(blocked_logits) == 6
+    assert all(torch.equal(a, b) for a, b in zip(blocked_logits, plain_logits))
 
 
 @pytest.mark.parametrize("qkv_bias", [True, False])

@@ -4,7 +4,11 @@
    read straight from the weight as stored. A step is bound by how fast the weight streams from memory, so the
    loop does little else: four rows of w at a time share each load of x, the m rows of x share each load of w, and
    one software prefetch sweeps the block's rows some KB ahead, into the blocks after it (short rows, k = 896,
-   stream 1.5x faster with it). Rows are split across threads in contiguous ranges. */
+   stream 1.5x faster with it). Rows are split across threads in contiguous ranges.
+
+   A weight is read as stored ([n, k]) or in blocks of rows (gemv.py's to_blocks: [n / 4, k / 32, 4, 32], each
+   block's 4 rows 32 values at a time in turn, so a block is one run of memory instead of 4 runs k apart; the same
+   products in the same order, bit for bit). */
 
 #include <immintrin.h>
 #include <math.h>
@@ -22,9 +26,11 @@
 #define LONG_ROW 2048
 #define PREFETCH_LONG 32768
 #define PREFETCH_SHORT 8192
+#define PREFETCH_BLOCKED 2048
 
 static inline __attribute__((always_inline)) void dot_block(const uint16_t *x, const int m, const uint16_t *w,
-                                                            int64_t k, int64_t first, int rows, float out[ROWS][4]) {
+                                                            int64_t k, int64_t first, int rows, const int blocked,
+                                                            float out[ROWS][4]) {
     __m512 acc[ROWS][4];
     for (int r = 0; r < ROWS; ++r)
         for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_ps();
@@ -35,16 +41,19 @@ static inline __attribute__((always_inline)) void dot_block(const uint16_t *x, c
         __m512bh xv[4];
         for (int j = 0; j < m; ++j) xv[j] = (__m512bh)_mm512_loadu_si512((const void *)(x + j * k + i));
         const char *ahead = block + 4 * 2 * i;  /* 4 lines an iteration: the block's rows at their pace */
-        if (long_rows)
+        if (blocked)  /* the block's 4 lines are the next 256 bytes: one stream, the hardware's prefetch keeps up */
+            for (int p = 0; p < 4; ++p) _mm_prefetch(ahead + PREFETCH_BLOCKED + 64 * p, _MM_HINT_T1);
+        else if (long_rows)
             for (int p = 0; p < 4; ++p) _mm_prefetch(ahead + PREFETCH_LONG + 64 * p, _MM_HINT_T1);
         else
             for (int p = 0; p < 4; ++p) _mm_prefetch(ahead + PREFETCH_SHORT + 64 * p, _MM_HINT_T0);
         for (int r = 0; r < rows; ++r) {
-            __m512bh wv = (__m512bh)_mm512_loadu_si512((const void *)(w + (first + r) * k + i));
+            const uint16_t *line = blocked ? w + first * k + i * ROWS + r * 32 : w + (first + r) * k + i;
+            __m512bh wv = (__m512bh)_mm512_loadu_si512((const void *)line);
             for (int j = 0; j < m; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], wv, xv[j]);
         }
     }
-    if (i < k) {  /* the last k % 32 columns, masked (zeros add nothing) */
+    if (i < k) {  /* the last k % 32 columns, masked (zeros add nothing); blocked weights have none */
         __mmask32 mask = (__mmask32)((1ull << (k - i)) - 1);
         __m512bh xv[4];
         for (int j = 0; j < m; ++j) xv[j] = (__m512bh)_mm512_maskz_loadu_epi16(mask, x + j * k + i);
@@ -63,7 +72,7 @@ static inline __attribute__((always_inline)) void dot_block(const uint16_t *x, c
 #define GEMV_MANY(M)                                                                                              \
     static void gemv_many_m##M(const uint16_t *x, int count, const uint16_t *const *weights,                     \
                                const uint16_t *const *biases, uint16_t *const *outs, const int64_t *ns, int64_t k,\
-                               int threads) {                                                                     \
+                               const int *blocked, int threads) {                                                                     \
         int64_t total = 0;                                                                                        \
         for (int j = 0; j < count; ++j) total += (ns[j] + ROWS - 1) / ROWS;                                      \
         _Pragma("omp parallel for schedule(static) num_threads(threads)")                                        \
@@ -74,7 +83,8 @@ static inline __attribute__((always_inline)) void dot_block(const uint16_t *x, c
             const int64_t n = ns[j], first = local * ROWS;                                                        \
             const int rows = n - first < ROWS ? (int)(n - first) : ROWS;                                          \
             float out[ROWS][4];                                                                                   \
-            dot_block(x, M, weights[j], k, first, rows, out);                                                     \
+            if (blocked && blocked[j]) dot_block(x, M, weights[j], k, first, rows, 1, out);                       \
+            else dot_block(x, M, weights[j], k, first, rows, 0, out);                                             \
             for (int r = 0; r < rows; ++r)                                                                        \
                 for (int i = 0; i < M; ++i) /* no bias: nothing added (a -0.0 stays one) */                        \
                     outs[j][i * n + first + r] = to_bf16(biases[j] ? out[r][i] + from_bf16(biases[j][first + r])  \
@@ -129,6 +139,19 @@ INT8_M(2)
 INT8_M(3)
 INT8_M(4)
 
+/* Rows first .. first + count - 1 (multiples of 4) of a blocked weight made plain: out [count, k], k a multiple of
+   32. A prompt's product reads them from there (nn/linear.py), a slice at a time, while it is still in cache. */
+void sensorium_unblock_bf16(const uint16_t *blocked, uint16_t *out, int64_t first, int64_t count, int64_t k,
+                            int threads) {
+    const uint16_t *from = blocked + first * k;
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < count / ROWS; ++b)
+        for (int64_t i = 0; i < k; i += 32)
+            for (int r = 0; r < ROWS; ++r)
+                _mm512_storeu_si512((void *)(out + (b * ROWS + r) * k + i),
+                                    _mm512_loadu_si512((const void *)(from + b * ROWS * k + i * ROWS + r * 32)));
+}
+
 /* Each entry point picks the copy for m: 0, or -1 for an m this file has no copy for. */
 #define BY_ROWS(name, ...)                                 \
     switch (m) {                                           \
@@ -140,14 +163,14 @@ INT8_M(4)
     return -1;
 
 int sensorium_gemv_bf16(const uint16_t *x, int64_t m, const uint16_t *w, const uint16_t *bias, uint16_t *y,
-                        int64_t n, int64_t k, int threads) {
-    BY_ROWS(gemv_many, x, 1, &w, &bias, &y, &n, k, threads)
+                        int64_t n, int64_t k, int blocked, int threads) {
+    BY_ROWS(gemv_many, x, 1, &w, &bias, &y, &n, k, &blocked, threads)
 }
 
 int sensorium_gemv_many_bf16(const uint16_t *x, int64_t m, int count, const uint16_t *const *weights,
                              const uint16_t *const *biases, uint16_t *const *outs, const int64_t *ns, int64_t k,
-                             int threads) {
-    BY_ROWS(gemv_many, x, count, weights, biases, outs, ns, k, threads)
+                             const int *blocked, int threads) {
+    BY_ROWS(gemv_many, x, count, weights, biases, outs, ns, k, blocked, threads)
 }
 
 /* gated = bf16(bf16(silu(gated)) * up), elementwise: SwiGLU's roundings after its two products (each already bf16) */
@@ -163,12 +186,13 @@ static void silu_times(uint16_t *gated, const uint16_t *up, int64_t count) {
    two products stream one matrix after the other (1.15x over alternating between them block by block, measured on
    Qwen2.5-0.5B's 4864x896 on a 2-core Zen 4). 0, -1 for m > 4 or no memory. */
 int sensorium_swiglu_bf16(const uint16_t *x, int64_t m, const uint16_t *gate, const uint16_t *up, uint16_t *y,
-                          int64_t n, int64_t k, int threads) {
+                          int64_t n, int64_t k, int blocked, int threads) {
     uint16_t *ups = malloc(sizeof(uint16_t) * m * n);
     const uint16_t *weights[2] = {gate, up}, *biases[2] = {NULL, NULL};
     uint16_t *outs[2] = {y, ups};
     const int64_t ns[2] = {n, n};
-    int status = ups ? sensorium_gemv_many_bf16(x, m, 2, weights, biases, outs, ns, k, threads) : -1;
+    const int layouts[2] = {blocked, blocked};
+    int status = ups ? sensorium_gemv_many_bf16(x, m, 2, weights, biases, outs, ns, k, layouts, threads) : -1;
     if (status == 0) silu_times(y, ups, m * n);
     free(ups);
     return status;
@@ -332,6 +356,9 @@ typedef struct {
     uint16_t *keys, *values; /* this layer's cache, [batch, kv_heads, length, dim] */
     /* int8 layers (nn/quant.py): each linear's bf16 scales, its weight then int8; NULL: bf16 weights */
     const uint16_t *q_scales, *k_scales, *v_scales, *o_scales, *gate_scales, *up_scales, *down_scales;
+    /* which bf16 weights are in blocks of rows (gemv.py: to_blocks), one bit each: q 1, k 2, v 4, o 8, gate 16,
+       up 32, down 64 */
+    int64_t blocked;
 } sensorium_layer;
 
 static void add_into(uint16_t *x, const uint16_t *y, int64_t count) {
@@ -347,8 +374,8 @@ static void add_bias(uint16_t *y, const uint16_t *bias, int64_t m, int64_t n) {
 /* One of a layer's linears, rounded as its module rounds: bf16 (scales NULL; the bias added before the rounding, as
    torch's linear), or int8 (the kernel's product rounded, then the bias, as QuantizedLinear). */
 static int step_linear(const uint16_t *x, int64_t m, const uint16_t *w, const uint16_t *scales, const uint16_t *bias,
-                       uint16_t *y, int64_t n, int64_t k, float *xf, int threads) {
-    if (!scales) return sensorium_gemv_bf16(x, m, w, bias, y, n, k, threads);
+                       uint16_t *y, int64_t n, int64_t k, int blocked, float *xf, int threads) {
+    if (!scales) return sensorium_gemv_bf16(x, m, w, bias, y, n, k, blocked, threads);
     if (sensorium_gemv_int8(x, m, (const int8_t *)w, scales, y, n, k, xf, threads) != 0) return -1;
     add_bias(y, bias, m, n);
     return 0;
@@ -357,10 +384,10 @@ static int step_linear(const uint16_t *x, int64_t m, const uint16_t *w, const ui
 /* Several of them reading the same x (q/k/v; gate/up), all bf16 or all int8: bf16 ones in one parallel region. */
 static int step_linears(const uint16_t *x, int64_t m, int count, const uint16_t *const *weights,
                         const uint16_t *const *scales, const uint16_t *const *biases, uint16_t *const *outs,
-                        const int64_t *ns, int64_t k, float *xf, int threads) {
-    if (!scales[0]) return sensorium_gemv_many_bf16(x, m, count, weights, biases, outs, ns, k, threads);
+                        const int64_t *ns, int64_t k, const int *blocked, float *xf, int threads) {
+    if (!scales[0]) return sensorium_gemv_many_bf16(x, m, count, weights, biases, outs, ns, k, blocked, threads);
     for (int j = 0; j < count; ++j)
-        if (step_linear(x, m, weights[j], scales[j], biases[j], outs[j], ns[j], k, xf, threads) != 0) return -1;
+        if (step_linear(x, m, weights[j], scales[j], biases[j], outs[j], ns[j], k, 0, xf, threads) != 0) return -1;
     return 0;
 }
 
@@ -386,7 +413,9 @@ int sensorium_decoder_step_bf16(uint16_t *x, int64_t batch, int64_t tokens, cons
         const uint16_t *biases[3] = {layer->q_bias, layer->k_bias, layer->v_bias};
         uint16_t *outs[3] = {q, k, v};
         const int64_t ns[3] = {q_width, kv_width, kv_width};
-        if (step_linears(normed, m, 3, projections, qkv_scales, biases, outs, ns, width, xf, threads) != 0) goto done;
+        const int qkv_blocked[3] = {layer->blocked & 1, layer->blocked >> 1 & 1, layer->blocked >> 2 & 1};
+        if (step_linears(normed, m, 3, projections, qkv_scales, biases, outs, ns, width, qkv_blocked, xf, threads) != 0)
+            goto done;
         sensorium_rope_halves_bf16(q, k, cos, sin, batch, tokens, heads, kv_heads, dim);
         for (int64_t b = 0; b < batch; ++b)
             for (int64_t t = 0; t < tokens; ++t)
@@ -398,7 +427,8 @@ int sensorium_decoder_step_bf16(uint16_t *x, int64_t batch, int64_t tokens, cons
                 }
         sensorium_step_attention_bf16(q, layer->keys, layer->values, mask, attended, scores, batch, tokens, heads,
                                       kv_heads, dim, visible, length, scale, threads);
-        if (step_linear(attended, m, layer->o, layer->o_scales, NULL, residual, width, q_width, xf, threads) != 0)
+        if (step_linear(attended, m, layer->o, layer->o_scales, NULL, residual, width, q_width, layer->blocked >> 3 & 1,
+                        xf, threads) != 0)
             goto done;
         add_into(x, residual, m * width);
         sensorium_rms_norm_bf16(x, m, layer->mlp_norm, normed, width, eps);
@@ -406,10 +436,13 @@ int sensorium_decoder_step_bf16(uint16_t *x, int64_t batch, int64_t tokens, cons
         const uint16_t *no_biases[2] = {NULL, NULL};
         uint16_t *mlp_outs[2] = {gated, up};
         const int64_t mlp_ns[2] = {hidden, hidden};
-        if (step_linears(normed, m, 2, mlp, mlp_scales, no_biases, mlp_outs, mlp_ns, width, xf, threads) != 0)
+        const int mlp_blocked[2] = {layer->blocked >> 4 & 1, layer->blocked >> 5 & 1};
+        if (step_linears(normed, m, 2, mlp, mlp_scales, no_biases, mlp_outs, mlp_ns, width, mlp_blocked, xf, threads)
+            != 0)
             goto done;
         silu_times(gated, up, m * hidden);  /* as sensorium_swiglu_bf16 and the SwiGLU module round */
-        if (step_linear(gated, m, layer->down, layer->down_scales, NULL, residual, width, hidden, xf, threads) != 0)
+        if (step_linear(gated, m, layer->down, layer->down_scales, NULL, residual, width, hidden,
+                        layer->blocked >> 6 & 1, xf, threads) != 0)
             goto done;
         add_into(x, residual, m * width);
     }

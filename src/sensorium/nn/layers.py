@@ -33,7 +33,7 @@ class SwiGLU(nn.Module):
         self.down = Linear(hidden, width, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if gemv.fit_all(x, (self.gate, self.up)):  # a decode step
+        if gemv.fit_all(x, (self.gate, self.up)) and self.gate.weight.dim() == self.up.weight.dim():  # a decode step
             return self.down(gemv.swiglu_hidden(x, self.gate.weight, self.up.weight))
         return self.down(F.silu(self.gate(x)) * self.up(x))
 

@@ -19,10 +19,12 @@ first, exports trace plain weights (`plain_weights`), and `train()` or a model's
 packed weight has no gradient path: a layer asked for gradients otherwise says to call `unpack_linears`).
 
 Where the one-row bf16 kernel runs (nn/gemv.py: AVX512-BF16 and a C compiler), it beats the packed product for
-one-row steps and reads the plain weight, so a bf16 decoder keeps its weights plain instead, moved onto 2 MB pages
-(`stream_linears`, nn/memory.py; `prepare_for_decoding` picks): steps of at most 4 rows go to the kernel, a prompt's
-to oneDNN on the plain weight (0-15 % slower than on a packed one; packing for each prompt call costs more than
-that: +1.2 s on PerceptionLM-1B's 281-token prompt).
+one-row steps, so a bf16 decoder keeps its weights for the kernel instead (`stream_linears`; `prepare_for_decoding`
+picks): in the kernel's blocked layout (`gemv.to_blocks`: 4 rows side by side, one stream of memory; 1.1x over
+the plain weight), on 2 MB pages (nn/memory.py). Steps of at most 4 rows go to the kernel; a prompt's go to oneDNN
+on the plain weight, copied back out of the blocks a slice of rows at a time into a reused buffer (`BLOCK_SLICE`
+bytes: the slice stays in the L3 cache while oneDNN reads it). The state dict, pickles and `.to()` see plain
+weights, as with packed ones.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensorium.nn import gemv
-from sensorium.nn.memory import on_huge_pages
+from sensorium.nn.memory import on_huge_pages, scratch
 
 AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 _enabled = AVAILABLE and os.environ.get("SENSORIUM_ONEDNN", "1") != "0"
 ACTIVATIONS = ("none", "gelu")  # gelu: exact (erf)
+BLOCK_SLICE = 8 << 20  # bytes of a blocked weight made plain at a time for a prompt's product (see the docstring)
 
 
 @contextlib.contextmanager
@@ -61,6 +64,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if activation == "none" and x.dtype == torch.bfloat16 and gemv.fits(x, weight, bias):
         return gemv.gemv(x, weight, bias)
+    if weight.dim() == 4:
+        return _blocked_linear(x, weight, bias, activation)
     if weight.is_mkldnn:
         return _packed_linear(x, weight, bias, activation)
     if (_enabled and x.device.type == "cpu" and x.dtype == weight.dtype and x.dtype in (torch.float32, torch.bfloat16)
@@ -85,9 +90,30 @@ def _packed_linear(x, weight, bias, activation):
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "none" if activation == "gelu" else "")
 
 
+def _blocked_linear(x, weight, bias, activation):
+    """`linear` on a weight in the kernel's blocked layout for more rows than the kernel takes (a prompt): each
+    slice of its rows made plain in a reused buffer, then oneDNN on it (a weight of one slice, as most of a 1-8 B
+    decoder's are, gives the same bits as the plain weight would)."""
+    rows, inputs = gemv.weight_shape(weight)
+    if gemv._tracing():  # torch.compile / export: plain tensor ops they can follow
+        return linear(x, gemv.from_blocks(weight), bias, activation)
+    step = max(gemv.BLOCK_ROWS, BLOCK_SLICE // (inputs * weight.element_size()) // gemv.BLOCK_ROWS * gemv.BLOCK_ROWS)
+    if step >= rows:
+        plain = gemv.from_blocks(weight, out=scratch("unblocked", (rows, inputs), weight.dtype))
+        return linear(x, plain, bias, activation)
+    out = torch.empty(*x.shape[:-1], rows, dtype=x.dtype, device=x.device)
+    for first in range(0, rows, step):
+        last = min(first + step, rows)
+        plain = gemv.from_blocks(weight, slice(first, last),
+                                 out=scratch("unblocked", (last - first, inputs), weight.dtype))
+        out[..., first:last] = linear(x, plain, None if bias is None else bias[first:last], activation)
+    return out
+
+
 class Linear(nn.Linear):
     """nn.Linear (same parameters, same state dict) whose forward is `linear` above, with an optional fused
-    activation ("gelu"), and whose weight can be packed for oneDNN (`pack`)."""
+    activation ("gelu"), and whose weight can be packed for oneDNN (`pack`) or laid out for the one-row kernel
+    (`block`)."""
 
     def forward(self, x: torch.Tensor, activation: str = "none") -> torch.Tensor:
         return linear(x, self.weight, self.bias, activation)
@@ -96,9 +122,26 @@ class Linear(nn.Linear):
     def packed(self) -> bool:
         return self.weight.is_mkldnn
 
+    @property
+    def blocked(self) -> bool:
+        return self.weight.dim() == 4
+
+    def block(self) -> bool:
+        """Lay the weight out for the one-row kernel (`gemv.to_blocks`), on 2 MB pages: a bf16 CPU weight without
+        gradient whose shape the layout takes; False when it cannot be or already is."""
+        if self.packed:
+            self.unpack()
+        weight = self.weight
+        if self.blocked or weight.requires_grad or not gemv.blockable(weight):
+            return False
+        self.weight = nn.Parameter(on_huge_pages(gemv.to_blocks(weight.detach())), requires_grad=False)
+        return True
+
     def pack(self) -> bool:
         """Reorder the weight for oneDNN once (a CPU float32/bfloat16 weight without gradient); False when it
         cannot be or already is."""
+        if self.blocked:
+            self.unpack()
         weight = self.weight
         if (not AVAILABLE or weight.is_mkldnn or weight.device.type != "cpu" or weight.requires_grad
                 or weight.dtype not in (torch.float32, torch.bfloat16) or weight.numel() == 0):
@@ -107,47 +150,61 @@ class Linear(nn.Linear):
         return True
 
     def unpack(self) -> None:
-        if self.weight.is_mkldnn:
+        """A plain [out, in] weight again, from a packed or blocked one."""
+        if self.weight.is_mkldnn or self.blocked:
             wanted = self.weight.requires_grad  # kept: a weight asked for gradients while packed stays trainable
-            self.weight = nn.Parameter(self.weight.detach().to_dense(), requires_grad=wanted)
+            self.weight = nn.Parameter(self._plain_weight(), requires_grad=wanted)
+
+    def _plain_weight(self) -> torch.Tensor:
+        weight = self.weight.detach()
+        return weight.to_dense() if weight.is_mkldnn else gemv.from_blocks(weight) if self.blocked else weight
+
+    def _layout(self) -> str:
+        return "packed" if self.packed else "blocked" if self.blocked else "plain"
+
+    def _lay_out(self, layout: str) -> None:
+        if layout == "packed":
+            self.pack()
+        elif layout == "blocked":
+            self.block()
 
     def train(self, mode: bool = True):
         if mode:  # training needs a weight with a gradient path
             self.unpack()
         return super().train(mode)
 
-    # the state dict keeps plain tensors, whether or not the weight is packed
+    # the state dict keeps plain tensors, whatever the weight's layout
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.weight.is_mkldnn:
-            destination[prefix + "weight"] = self.weight.to_dense()
+        if self.packed or self.blocked:
+            destination[prefix + "weight"] = self._plain_weight()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        was_packed = self.weight.is_mkldnn
+        layout = self._layout()
         self.unpack()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        if was_packed:
-            self.pack()
+        self._lay_out(layout)
 
     def _apply(self, fn, recurse=True):  # .to(), .float(), .cuda(): on the plain weight
+        if self.blocked and fn(self.weight) is self.weight:  # a .to() that changes nothing keeps the layout
+            return super()._apply(fn, recurse)
         self.unpack()
         return super()._apply(fn, recurse)
 
-    def __getstate__(self):  # pickle / deepcopy: an opaque oneDNN tensor has no storage to copy
+    def __getstate__(self):  # pickle / deepcopy: the plain weight (an opaque oneDNN tensor has no storage to copy)
         state = super().__getstate__()
-        if self.weight.is_mkldnn:
+        if self.packed or self.blocked:
             state["_parameters"] = {**state["_parameters"],
-                                    "weight": nn.Parameter(self.weight.to_dense(), requires_grad=False)}
-            state["_pack_again"] = True
+                                    "weight": nn.Parameter(self._plain_weight(), requires_grad=False)}
+            state["_lay_out_again"] = self._layout()
         return state
 
     def __setstate__(self, state):
-        again = state.pop("_pack_again", False)
+        layout = state.pop("_lay_out_again", "plain")
         super().__setstate__(state)
-        if again:
-            self.pack()
+        self._lay_out(layout)
 
 
 def pack_linears(module: nn.Module) -> int:
@@ -156,16 +213,19 @@ def pack_linears(module: nn.Module) -> int:
 
 
 def stream_linears(module: nn.Module) -> int:
-    """A bf16 decoder's linears under `module` for the one-row kernel: plain weights (unpacked where packed), moved
-    onto 2 MB pages with the embeddings (a tied head streams the embedding; nn/memory.py). How many linears; 0
-    where the kernel is not available (then `pack_linears` is the better choice)."""
+    """A bf16 decoder's linears under `module` for the one-row kernel: in its blocked layout where their shape
+    allows (`Linear.block`), else plain (unpacked where packed), all on 2 MB pages with the embeddings (a tied head
+    streams the embedding; nn/memory.py). How many linears; 0 where the kernel is not available (then
+    `pack_linears` is the better choice)."""
     if not gemv.available():
         return 0
     linears = 0
     for part in module.modules():
         if isinstance(part, Linear):
-            part.unpack()
             linears += 1
+            if part.blocked or part.block():
+                continue
+            part.unpack()
         if isinstance(part, (Linear, nn.Embedding)):
             part.weight = nn.Parameter(on_huge_pages(part.weight.detach()), requires_grad=part.weight.requires_grad)
     return linears
@@ -200,13 +260,14 @@ class PackedForInference(nn.Module):
 
 @contextlib.contextmanager
 def plain_weights(module: nn.Module):
-    """Within the block, the packed linears under `module` hold plain weights (an export traces them: neither
-    exporter knows an opaque oneDNN tensor); packed again after it, one layer at a time either way."""
-    packed = [layer for layer in module.modules() if isinstance(layer, Linear) and layer.packed]
-    for layer in packed:
+    """Within the block, the packed or blocked linears under `module` hold plain weights (an export traces them:
+    neither exporter knows an opaque oneDNN tensor); laid out again after it, one layer at a time either way."""
+    laid_out = [(layer, layer._layout()) for layer in module.modules()
+                if isinstance(layer, Linear) and (layer.packed or layer.blocked)]
+    for layer, _ in laid_out:
         layer.unpack()
     try:
         yield
     finally:
-        for layer in packed:
-            layer.pack()
+        for layer, layout in laid_out:
+            layer._lay_out(layout)

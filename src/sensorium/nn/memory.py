@@ -14,7 +14,9 @@ CPU tensor either way (the copy's storage cannot be resized, as a weight's never
 
 from __future__ import annotations
 
+import math
 import mmap
+import threading
 
 import torch
 
@@ -44,3 +46,18 @@ def on_huge_pages(tensor: torch.Tensor) -> torch.Tensor:
     moved = raw[offset : offset + nbytes].view(tensor.dtype).view(tensor.shape)
     moved.copy_(tensor)
     return moved
+
+
+_scratch_buffers = threading.local()
+
+
+def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A buffer reused by every call in this thread that asks for `name` (a prefill's layers run one after another,
+    each dequantizing or unblocking its weight into it): a fresh tensor of a big weight's size costs its page
+    faults on every call. Its contents are the last caller's."""
+    count = math.prod(shape)
+    buffer = getattr(_scratch_buffers, name, None)
+    if buffer is None or buffer.numel() < count or buffer.dtype != dtype:
+        buffer = on_huge_pages(torch.empty(count, dtype=dtype))  # read as a weight is: on 2 MB pages too
+        setattr(_scratch_buffers, name, buffer)
+    return buffer[:count].view(shape)

@@ -21,16 +21,13 @@ the same numbers, the prompt at bf16 speed plus one pass over the weight.
 
 from __future__ import annotations
 
-import math
-import threading
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sensorium.nn import gemv
 from sensorium.nn.linear import Linear, linear
-from sensorium.nn.memory import on_huge_pages
+from sensorium.nn.memory import on_huge_pages, scratch
 
 MODES = ("int8", "int4")
 INT4_GROUPS = (128, 64, 32)  # inputs per int4 scale/zero: 128 (gpt-fast's, torchao's, GPTQ's default) where it fits
@@ -126,7 +123,7 @@ def unpack_int4(packed: torch.Tensor, rows: int, inputs: int, block: int,
         half = block // 2
         if whole:
             grouped = out[: whole * block].view(whole, block, inputs)
-            nibbles = _scratch("nibbles", (whole, inputs, half), torch.uint8)  # integer ops, then one copy each
+            nibbles = scratch("nibbles", (whole, inputs, half), torch.uint8)  # integer ops, then one copy each
             grouped[:, half:].copy_(torch.bitwise_right_shift(raw[:whole].transpose(1, 2), 4, out=nibbles).transpose(1, 2))
             grouped[:, :half].copy_(torch.bitwise_and(raw[:whole].transpose(1, 2), 15, out=nibbles).transpose(1, 2))
         if whole * block < min(full, kept):  # a block cut by `kept` (the padding rows of an int4 layer)
@@ -138,20 +135,6 @@ def unpack_int4(packed: torch.Tensor, rows: int, inputs: int, block: int,
         values = torch.stack([tail & 15, tail >> 4], dim=-1).reshape(inputs, rows - full).T  # [rows - full, K]
         out[full:kept].copy_(values[: kept - full])
     return out
-
-
-_scratch_buffers = threading.local()
-
-
-def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A buffer reused by every dequantizing call in this thread (the layers of a prefill run one after another):
-    a fresh tensor of a big weight's size costs its page faults on every call."""
-    count = math.prod(shape)
-    buffer = getattr(_scratch_buffers, name, None)
-    if buffer is None or buffer.numel() < count or buffer.dtype != dtype:
-        buffer = torch.empty(count, dtype=dtype)
-        setattr(_scratch_buffers, name, buffer)
-    return buffer[:count].view(shape)
 
 
 class QuantizedLinear(nn.Module):
@@ -218,7 +201,7 @@ class QuantizedLinear(nn.Module):
         # torch's int8 op reads inputs 16 at a time and crashes on other widths: those dequantize too
         ragged = self.mode == "int8" and self.in_features % 16 != 0 and not on_kernel
         if (rows > KERNEL_ROWS[self.mode] or ragged) and (self.mode == "int8" or _Int4Layout.find() >= 0):
-            weight = self.dequantized(_scratch("weight", (self.out_features, self.in_features), self.scales.dtype))
+            weight = self.dequantized(scratch("weight", (self.out_features, self.in_features), self.scales.dtype))
             return linear(x, weight, self.bias, activation)
         if on_kernel:
             out = gemv.gemv_int8(flat, self.qweight, self.scales)
@@ -247,13 +230,15 @@ def quantize_linears(module: nn.Module, mode: str) -> tuple[int, int]:
     done = kept = 0
     for name, child in list(module.named_children()):
         if isinstance(child, Linear):
+            was_blocked = child.blocked
             child.unpack()
             try:
                 setattr(module, name, QuantizedLinear.from_weight(mode, child.weight.detach(), child.bias,
                                                                   child.weight.dtype))
                 done += 1
-            except ValueError:
-                child.pack()
+            except ValueError:  # kept in bf16: laid out for the kernel again, or packed for oneDNN
+                if not (was_blocked and child.block()):
+                    child.pack()
                 kept += 1
         else:
             more, left = quantize_linears(child, mode)
