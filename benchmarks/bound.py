@@ -87,13 +87,18 @@ def torch_bounds(size: int, repeats: int) -> dict[str, float]:
             weight = on_huge_pages(weight)  # as a bf16 decoder's weights are (nn/linear.py's stream_linears)
             rates["bf16 GEMV GB/s (sensorium's one-row kernel, 2 MB pages)"] = weight.numel() * 2 / seconds(
                 lambda: gemv.gemv(x, weight), repeats) / 1e9
+            blocked = on_huge_pages(gemv.to_blocks(weight))  # the layout the loader gives a decoder's weights
+            rates["bf16 GEMV GB/s (sensorium's one-row kernel, blocks of rows, 2 MB pages)"] = (
+                weight.numel() * 2 / seconds(lambda: gemv.gemv(x, blocked), repeats) / 1e9)
+            blocked = None
         rates |= weight_only_rates(weight, x, repeats)
         rates["read GB/s (sum of 1 GB)"] = read_rate(repeats)
         rates["read GB/s (sum of 1 GB on 2 MB pages)"] = read_rate(repeats, huge_pages=True)
         rates["read GB/s (best of sum, GEMV)"] = max(
             rates["read GB/s (sum of 1 GB)"], rates["read GB/s (sum of 1 GB on 2 MB pages)"],
             rates["fp32 GEMV GB/s (oneDNN)"], rates.get("bf16 GEMV GB/s (sensorium's one-row kernel)", 0.0),
-            rates.get("bf16 GEMV GB/s (sensorium's one-row kernel, 2 MB pages)", 0.0))
+            rates.get("bf16 GEMV GB/s (sensorium's one-row kernel, 2 MB pages)", 0.0),
+            rates.get("bf16 GEMV GB/s (sensorium's one-row kernel, blocks of rows, 2 MB pages)", 0.0))
         if torch.cuda.is_available():
             rates |= cuda_bounds(size * 4, repeats)
     return rates

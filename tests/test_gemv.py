@@ -294,6 +294,26 @@ def test_a_blocked_linear_saves_copies_moves_and_trains_as_a_plain_one(tmp_path)
     assert block[0].weight.grad is not None and block[0].weight.grad.shape == (96, 64)
 
 
+def test_a_blocked_embedding_looks_up_saves_and_copies_as_a_plain_one():
+    import copy
+
+    from sensorium.nn import Embedding
+
+    table = Embedding(40, 64).bfloat16().requires_grad_(False)
+    plain = copy.deepcopy(table)
+    assert table.block() and table.blocked and table.weight.shape == (10, 2, 4, 32)
+    for ids in (torch.tensor([0, 39, 5, 5]), torch.randint(0, 40, (3, 7)), torch.zeros(2, 0, dtype=torch.long)):
+        assert torch.equal(table(ids), plain(ids))
+    for bad in (torch.tensor([40]), torch.tensor([-1]), torch.tensor([1.0])):
+        with pytest.raises((IndexError, RuntimeError)):
+            table(bad)
+    assert torch.equal(table.state_dict()["weight"], plain.weight) and torch.equal(table.plain_weight(), plain.weight)
+    assert copy.deepcopy(table).blocked
+    with torch.inference_mode():  # a tied head: the kernel on the blocked table
+        x = torch.randn(1, 64).bfloat16()
+        assert torch.equal(linear(x, table.weight), linear(x, plain.weight))
+
+
 def test_a_blocked_linear_under_torch_compile_equals_eager():
     layer = Linear(64, 96).bfloat16().requires_grad_(False)
     layer.block()
@@ -362,8 +382,8 @@ def test_a_bf16_decoder_steps_on_the_kernel_and_answers_as_the_packed_one(af3_mo
     assert all(shape[:-1].numel() == 1 for shapes in calls.values() for shape in shapes)  # one row each
 
 
-def tiny_bf16_decoder(qkv_bias: bool, seed: int) -> Decoder:
-    config = DecoderConfig(vocab_size=97, width=96, layers=3, heads=6, kv_heads=2, mlp_hidden=160, eps=1e-5,
+def tiny_bf16_decoder(qkv_bias: bool, seed: int, vocab: int = 97) -> Decoder:
+    config = DecoderConfig(vocab_size=vocab, width=96, layers=3, heads=6, kv_heads=2, mlp_hidden=160, eps=1e-5,
                            max_positions=64, qkv_bias=qkv_bias, tie_embeddings=not qkv_bias)
     torch.manual_seed(seed)
     decoder = Decoder(config)
@@ -410,29 +430,34 @@ def test_a_whole_step_in_one_call_equals_the_layer_by_layer_calls(qkv_bias, batc
 @pytest.mark.parametrize("qkv_bias", [True, False])
 @pytest.mark.parametrize("one_call", [True, False])
 def test_a_decoder_in_blocks_of_rows_gives_the_plain_decoders_bits(qkv_bias, one_call, monkeypatch):
-    """stream_linears lays the decoder's linears out in blocks of rows (not the 97-token head: 97 rows); its prompt
-    (the rows made plain, oneDNN) and its steps (the kernel, in one call or layer by layer) give the logits and
-    caches of the same decoder on plain weights, bit for bit; a left-padded batch of 2."""
+    """stream_linears lays the decoder's linears out in blocks of rows (not a 97-token head: 97 rows), and a tied
+    head's 96-token embedding; its prompt (the rows made plain, oneDNN; lookups out of the blocks) and its steps
+    (the kernel, in one call or layer by layer) give the logits and caches of the same decoder on plain weights,
+    bit for bit; a left-padded batch of 2."""
     import copy
 
-    decoder = tiny_bf16_decoder(qkv_bias, seed=20)
+    tied = not qkv_bias
+    decoder = tiny_bf16_decoder(qkv_bias, seed=20, vocab=96 if tied else 97)
     plain = copy.deepcopy(decoder)
-    assert stream_linears(decoder) == 3 * 7 + (1 if qkv_bias else 0)
+    assert stream_linears(decoder) == 3 * 7 + (0 if tied else 1)
     linears = [m for m in decoder.modules() if isinstance(m, Linear)]
     assert sum(m.blocked for m in linears) == 3 * 7 and all(m.blocked for m in decoder.layers.modules()
                                                              if isinstance(m, Linear))
+    assert decoder.embed.blocked == tied and not plain.embed.blocked
     calls = []
     if one_call:
         step = gemv.decoder_step
         monkeypatch.setattr(gemv, "decoder_step", lambda *args: calls.append(args[1]) or step(*args))
     else:
         monkeypatch.setattr(Decoder, "_step_on_kernel", lambda *args: None)
-    embeds = decoder.embed(torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(5)))
+    ids = torch.randint(0, 96, (2, 7), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(decoder.embed(ids), plain.embed(ids))
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, :2] = 0
 
     def generate(model):
         logits = []
+        embeds = model.embed(ids)
         with torch.inference_mode():
             real = model.logits
             model.logits = lambda hidden: logits.append(real(hidden)) or logits[-1]

@@ -1,7 +1,7 @@
 """Layers shared by the model families."""
 
 from sensorium.nn.attention import SelfAttention
-from sensorium.nn.linear import (Linear, linear, pack_linears, prepare_for_decoding, stream_linears,
+from sensorium.nn.linear import (Embedding, Linear, linear, pack_linears, prepare_for_decoding, stream_linears,
                                  unpack_linears, use_onednn)
 from sensorium.nn.layers import LayerScale, Mlp, SwiGLU, TransformerBlock
 from sensorium.nn.norms import RMSNorm
@@ -9,7 +9,7 @@ from sensorium.nn.rope import (Rope1D, RopeTables, apply_rope_halves, apply_rope
                                rope_tables)
 
 __all__ = [
-    "Linear", "linear", "pack_linears", "prepare_for_decoding", "stream_linears", "unpack_linears", "use_onednn",
+    "Embedding", "Linear", "linear", "pack_linears", "prepare_for_decoding", "stream_linears", "unpack_linears", "use_onednn",
     "SelfAttention", "LayerScale", "Mlp", "SwiGLU", "TransformerBlock", "RMSNorm",
     "Rope1D", "RopeTables", "apply_rope_halves", "apply_rope_pairs", "rope_1d_angles", "rope_2d_angles", "rope_tables",
 ]

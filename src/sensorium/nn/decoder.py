@@ -25,7 +25,7 @@ from sensorium.nn.norms import RMSNorm
 from sensorium.nn.quant import QuantizedLinear
 from sensorium.nn.layers import SwiGLU
 from sensorium.nn.rope import Llama3Scaling, Rope1D, apply_rope_halves
-from sensorium.nn.linear import Linear, linear
+from sensorium.nn.linear import Embedding, Linear, linear
 
 
 STEP_TOKENS = 8  # steps of at most this many tokens after a prompt take few_query_attention on a CPU
@@ -144,7 +144,7 @@ class Decoder(nn.Module):
     def __init__(self, config: DecoderConfig):
         super().__init__()
         self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.width)
+        self.embed = Embedding(config.vocab_size, config.width)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.layers))
         self.norm = RMSNorm(config.width, config.eps, weight_in_float32=False)
         # A tied head reads the embedding's weight at call time (nothing to re-tie after loading).
@@ -204,7 +204,7 @@ class Decoder(nn.Module):
         done, kept = quantize_linears(self.layers, mode)
         if self.head is not None:
             self.head.unpack()
-        weight = self.embed.weight if self.head is None else self.head.weight
+        weight = self.embed.plain_weight() if self.head is None else self.head.weight
         try:
             self.head = QuantizedLinear.from_weight(mode, weight.detach(), None, self.embed.weight.dtype)
             done += 1

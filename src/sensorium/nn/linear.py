@@ -110,13 +110,12 @@ def _blocked_linear(x, weight, bias, activation):
     return out
 
 
-class Linear(nn.Linear):
-    """nn.Linear (same parameters, same state dict) whose forward is `linear` above, with an optional fused
-    activation ("gelu"), and whose weight can be packed for oneDNN (`pack`) or laid out for the one-row kernel
-    (`block`)."""
+class LaidOutWeight:
+    """What Linear and Embedding share: a weight that may be laid out for a kernel (packed for oneDNN; in the
+    one-row kernel's blocks of rows) while the state dict, pickles, deepcopies and `.to()` see the plain one, and
+    training mode or `unpack` make it plain again."""
 
-    def forward(self, x: torch.Tensor, activation: str = "none") -> torch.Tensor:
-        return linear(x, self.weight, self.bias, activation)
+    weight: nn.Parameter
 
     @property
     def packed(self) -> bool:
@@ -138,24 +137,16 @@ class Linear(nn.Linear):
         return True
 
     def pack(self) -> bool:
-        """Reorder the weight for oneDNN once (a CPU float32/bfloat16 weight without gradient); False when it
-        cannot be or already is."""
-        if self.blocked:
-            self.unpack()
-        weight = self.weight
-        if (not AVAILABLE or weight.is_mkldnn or weight.device.type != "cpu" or weight.requires_grad
-                or weight.dtype not in (torch.float32, torch.bfloat16) or weight.numel() == 0):
-            return False
-        self.weight = nn.Parameter(torch.ops.mkldnn._reorder_linear_weight(weight.detach()), requires_grad=False)
-        return True
+        return False  # oneDNN's packing is for linears
 
     def unpack(self) -> None:
-        """A plain [out, in] weight again, from a packed or blocked one."""
-        if self.weight.is_mkldnn or self.blocked:
+        """A plain weight again, from a packed or blocked one."""
+        if self.packed or self.blocked:
             wanted = self.weight.requires_grad  # kept: a weight asked for gradients while packed stays trainable
-            self.weight = nn.Parameter(self._plain_weight(), requires_grad=wanted)
+            self.weight = nn.Parameter(self.plain_weight(), requires_grad=wanted)
 
-    def _plain_weight(self) -> torch.Tensor:
+    def plain_weight(self) -> torch.Tensor:
+        """The weight as nn.Linear / nn.Embedding hold it, whatever its layout (the weight itself when plain)."""
         weight = self.weight.detach()
         return weight.to_dense() if weight.is_mkldnn else gemv.from_blocks(weight) if self.blocked else weight
 
@@ -177,7 +168,7 @@ class Linear(nn.Linear):
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self.packed or self.blocked:
-            destination[prefix + "weight"] = self._plain_weight()
+            destination[prefix + "weight"] = self.plain_weight()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -197,7 +188,7 @@ class Linear(nn.Linear):
         state = super().__getstate__()
         if self.packed or self.blocked:
             state["_parameters"] = {**state["_parameters"],
-                                    "weight": nn.Parameter(self._plain_weight(), requires_grad=False)}
+                                    "weight": nn.Parameter(self.plain_weight(), requires_grad=False)}
             state["_lay_out_again"] = self._layout()
         return state
 
@@ -205,6 +196,42 @@ class Linear(nn.Linear):
         layout = state.pop("_lay_out_again", "plain")
         super().__setstate__(state)
         self._lay_out(layout)
+
+
+class Linear(LaidOutWeight, nn.Linear):
+    """nn.Linear (same parameters, same state dict) whose forward is `linear` above, with an optional fused
+    activation ("gelu"), and whose weight can be packed for oneDNN (`pack`) or laid out for the one-row kernel
+    (`block`)."""
+
+    def forward(self, x: torch.Tensor, activation: str = "none") -> torch.Tensor:
+        return linear(x, self.weight, self.bias, activation)
+
+    def pack(self) -> bool:
+        """Reorder the weight for oneDNN once (a CPU float32/bfloat16 weight without gradient); False when it
+        cannot be or already is."""
+        if self.blocked:
+            self.unpack()
+        weight = self.weight
+        if (not AVAILABLE or weight.is_mkldnn or weight.device.type != "cpu" or weight.requires_grad
+                or weight.dtype not in (torch.float32, torch.bfloat16) or weight.numel() == 0):
+            return False
+        self.weight = nn.Parameter(torch.ops.mkldnn._reorder_linear_weight(weight.detach()), requires_grad=False)
+        return True
+
+
+class Embedding(LaidOutWeight, nn.Embedding):
+    """nn.Embedding (same parameter, same state dict) whose table can be laid out for the one-row kernel (`block`):
+    a decoder whose head is its token embedding streams the table every step (Llama 3.2 1B / 3B: a fifth of the
+    step's bytes). Lookups read the rows out of the blocks."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if not self.blocked:
+            return super().forward(ids)
+        if ids.dtype not in (torch.int32, torch.int64) or (
+                not gemv._tracing() and ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < self.num_embeddings):
+            return super().forward(ids)  # nn.Embedding's own error for ids out of range or of the wrong type
+        table = self.weight  # [rows / 4, width / 32, 4, 32]: row i is [i // 4, :, i % 4]
+        return table[ids // gemv.BLOCK_ROWS, :, ids % gemv.BLOCK_ROWS].reshape(*ids.shape, self.embedding_dim)
 
 
 def pack_linears(module: nn.Module) -> int:
@@ -215,14 +242,14 @@ def pack_linears(module: nn.Module) -> int:
 def stream_linears(module: nn.Module) -> int:
     """A bf16 decoder's linears under `module` for the one-row kernel: in its blocked layout where their shape
     allows (`Linear.block`), else plain (unpacked where packed), all on 2 MB pages with the embeddings (a tied head
-    streams the embedding; nn/memory.py). How many linears; 0 where the kernel is not available (then
+    streams the embedding: sensorium's `Embedding`s are blocked too; nn/memory.py). How many linears; 0 where the kernel is not available (then
     `pack_linears` is the better choice)."""
     if not gemv.available():
         return 0
     linears = 0
     for part in module.modules():
-        if isinstance(part, Linear):
-            linears += 1
+        linears += isinstance(part, Linear)
+        if isinstance(part, LaidOutWeight):
             if part.blocked or part.block():
                 continue
             part.unpack()
@@ -241,9 +268,9 @@ def prepare_for_decoding(module: nn.Module) -> str:
 
 
 def unpack_linears(module: nn.Module) -> None:
-    """Plain weights again under `module` (for training, or to compare)."""
+    """Plain weights again under `module` (linears and embeddings; for training, or to compare)."""
     for layer in module.modules():
-        if isinstance(layer, Linear):
+        if isinstance(layer, LaidOutWeight):
             layer.unpack()
 
 
@@ -263,7 +290,7 @@ def plain_weights(module: nn.Module):
     """Within the block, the packed or blocked linears under `module` hold plain weights (an export traces them:
     neither exporter knows an opaque oneDNN tensor); laid out again after it, one layer at a time either way."""
     laid_out = [(layer, layer._layout()) for layer in module.modules()
-                if isinstance(layer, Linear) and (layer.packed or layer.blocked)]
+                if isinstance(layer, LaidOutWeight) and (layer.packed or layer.blocked)]
     for layer, _ in laid_out:
         layer.unpack()
     try:
