@@ -1,15 +1,21 @@
 """One decode change at a time, in one process: the same Llama-1B weights, the two sides interleaved round by round.
 
     python benchmarks/decode_ab.py huge-pages [--rounds 8]     # bf16 weights on 2 MB pages vs 4 KB pages
-    python benchmarks/decode_ab.py blocks [--rounds 8]         # bf16 weights in the kernel's blocks of rows vs plain
+    python benchmarks/decode_ab.py blocks [--rounds 8]         # bf16 weights (the tied head's table too) in the
+                                                               # kernel's blocks of rows vs plain rows
     python benchmarks/decode_ab.py one-call [--rounds 8]       # bf16 step in one C call vs layer by layer
     python benchmarks/decode_ab.py int8-kernel [--rounds 6]    # int8 on sensorium's kernel vs torch's op
     python benchmarks/decode_ab.py int8-one-call [--rounds 6]  # int8 step in one C call vs layer by layer
 
 The weights are benchmarks/llama_peer.py's (`python benchmarks/llama_peer.py make`: PerceptionLM-1B's decoder, Llama
 3.2 1B's geometry, random). A 256-token prompt of random ids, then 33 greedy tokens; decode rate over tokens 2..33.
-This machine's memory bandwidth moves between two levels within minutes, so only a comparison inside one process,
-side by side in every round, says what one change is worth: the table gives each side's median and the median of
+`--paired-steps N` (where the change keeps the arithmetic) times single decode steps instead, the two sides in
+turn, N pairs, at one cache position after the prompt (each step rewrites the same slot with the same values): the
+closest pairing this machine allows, since its memory bandwidth moves between two levels within seconds to minutes;
+pairs are also split by that level (fast: both steps under 1.15x their side's fastest; slow: both over), and the
+streaming read (2 MB pages) is timed before and after the steps, with the GB a step reads. Otherwise: this machine's
+memory bandwidth moves between two levels within minutes, so only a comparison inside one process, side by side in
+every round, says what one change is worth: the table gives each side's median and the median of
 the per-round ratios, and the prompt's time (256 tokens) beside. Both sides must produce the same tokens where the
 change keeps the arithmetic (huge pages, blocks, one call in bf16); the int8 kernel and the int8 one-call step sum in
 another order (their tests bound the difference).
@@ -26,7 +32,7 @@ from pathlib import Path
 import torch
 
 import llama_peer
-from common import machine
+from common import machine, read_rate, streaming_data
 
 HERE = Path(__file__).resolve().parent
 WEIGHTS = llama_peer.OUT
@@ -52,12 +58,13 @@ def sides(change: str):
 
     from sensorium.nn import Linear, gemv
     from sensorium.nn.decoder import Decoder
+    from sensorium.nn.linear import LaidOutWeight
     from sensorium.nn.memory import on_huge_pages
 
     whole_step = Decoder._step_on_kernel
     if change == "blocks":
         decoder = load_decoder("bf16")
-        linears = {name: module for name, module in decoder.named_modules() if isinstance(module, Linear)}
+        linears = {name: module for name, module in decoder.named_modules() if isinstance(module, LaidOutWeight)}
         blocked = {name: module.weight for name, module in linears.items()}
         plain = {name: nn.Parameter(on_huge_pages(gemv.from_blocks(w)) if w.dim() == 4 else w, requires_grad=False)
                  for name, w in blocked.items()}
@@ -110,6 +117,7 @@ def main() -> None:
     parser.add_argument("change", choices=list(SAME_TOKENS))
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--new-tokens", type=int, default=33)
+    parser.add_argument("--paired-steps", type=int, default=0)
     args = parser.parse_args()
     if not gemv.available():
         raise SystemExit(f"sensorium's kernels are not available here: {gemv.why_not()}")
@@ -117,6 +125,10 @@ def main() -> None:
     names = list(setups)
     ids = torch.randint(0, decoder.config.vocab_size, (1, 256), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
+    if args.paired_steps:
+        if not SAME_TOKENS[args.change]:
+            raise SystemExit("--paired-steps compares sides that keep the arithmetic")
+        return paired_steps(decoder, setups, ids, args.paired_steps, args.change)
     rates: dict[str, list[float]] = {name: [] for name in names}
     prompts: dict[str, list[float]] = {name: [] for name in names}
     tokens: dict[str, list[int]] = {}
@@ -151,6 +163,71 @@ def main() -> None:
     print(f"same greedy tokens: {same}")
     if SAME_TOKENS[args.change] and not same:
         raise SystemExit(f"{args.change} should not change the tokens, and did")
+
+
+def step_gigabytes(decoder) -> float:
+    """GB a one-token step streams: every linear's weight and the head (the tied embedding where there is none)."""
+    from sensorium.nn.linear import LaidOutWeight
+
+    total = sum(m.weight.numel() * m.weight.element_size() for m in decoder.layers.modules()
+                if isinstance(m, LaidOutWeight))
+    head = decoder.embed.weight if decoder.head is None else decoder.head.weight
+    return (total + head.numel() * head.element_size()) / 1e9
+
+
+def paired_steps(decoder, setups, ids, pairs: int, change: str) -> None:
+    """Prompts (5 pairs) and single steps at one cache position (`pairs` pairs), the two sides in turn."""
+    names = list(setups)
+    prompt, length = ids.shape[1], ids.shape[1] + 8
+    positions, token, at = torch.arange(prompt)[None], ids[:, -1:], torch.tensor([[prompt]])
+    steps: dict[str, list[float]] = {name: [] for name in names}
+    prompts: dict[str, list[float]] = {name: [] for name in names}
+    logits = {}
+    data = streaming_data()
+    reads = [read_rate(data)]
+    print(f"machine: {machine()}; Llama-1B ({WEIGHTS.name}), {change}, {pairs} paired steps at position {prompt} after "
+          f"a {prompt}-token prompt")
+    with torch.inference_mode():
+        cache = decoder.new_cache(1, length)
+        for i in range(5):
+            for name in names if i % 2 == 0 else names[::-1]:
+                setups[name]()
+                start = time.perf_counter()
+                decoder(decoder.embed(ids), positions, None, length, cache, 0)
+                prompts[name].append(time.perf_counter() - start)
+        for i in range(pairs + 2):  # the first two pairs warm up
+            for name in names if i % 2 == 0 else names[::-1]:
+                setups[name]()
+                start = time.perf_counter()
+                hidden = decoder(decoder.embed(token), at, None, length, cache, prompt)
+                logits[name] = decoder.logits(hidden[:, -1]).float()
+                if i >= 2:
+                    steps[name].append(time.perf_counter() - start)
+    reads.append(read_rate(data))
+    setups[names[0]]()
+    new, old = names
+    quick_new, quick_old = 1.15 * min(steps[new]), 1.15 * min(steps[old])
+    step_bytes = step_gigabytes(decoder)
+    print(f"streaming read (2 MB pages): {', '.join(f'{rate:.1f}' for rate in reads)} GB/s (before, after); a step "
+          f"reads {step_bytes:.2f} GB")
+    print("| steps | side | ms a step (median) | GB/s | vs the other (median of paired ratios) |")
+    print("|---|---|---|---|---|")
+    for label, keep in (("all", lambda a, b: True), ("fast level", lambda a, b: a < quick_new and b < quick_old),
+                        ("slow level", lambda a, b: a >= quick_new and b >= quick_old)):
+        kept = [(a, b) for a, b in zip(steps[new], steps[old]) if keep(a, b)]
+        if not kept:
+            continue
+        ratio = statistics.median(b / a for a, b in kept)
+        for side, times, versus in ((new, [a for a, _ in kept], f"{ratio:.3f}x"), (old, [b for _, b in kept], "1.000x")):
+            ms = 1e3 * statistics.median(times)
+            print(f"| {label} ({len(kept)} pairs) | {side} | {ms:.2f} | {step_bytes / ms * 1e3:.1f} | {versus} |")
+    prompt_ratio = statistics.median(b / a for a, b in zip(prompts[new], prompts[old]))
+    print(f"prompt ({prompt} tokens, 5 pairs): {new} {statistics.median(prompts[new]):.3f} s, {old} "
+          f"{statistics.median(prompts[old]):.3f} s: {prompt_ratio:.3f}x")
+    same = torch.equal(logits[new], logits[old])
+    print(f"same logits: {same}")
+    if not same:
+        raise SystemExit(f"{change} should not change the logits, and did")
 
 
 if __name__ == "__main__":

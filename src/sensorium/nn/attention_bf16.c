@@ -24,15 +24,6 @@
 #define QROWS 8  /* query rows per score tile (8 rows x 32 keys: 16 sums in registers) */
 #define VROWS 4  /* query rows per output tile (4 rows x 64 channels: 16 sums) */
 
-static inline __m256i to_bf16_16(__m512 x) {  /* 16 floats -> bf16, round to nearest even, NaN kept: as to_bf16 */
-    const __m512i bits = _mm512_castps_si512(x);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-    __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
-    const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-    rounded = _mm512_mask_or_epi32(rounded, nan, bits, _mm512_set1_epi32(0x400000));
-    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16));
-}
-
 /* 16 channels of one token with RoPE on adjacent pairs: (x0, x1) -> (x0 cos + x1 ssin0, x1 cos + x0 ssin1), ssin
    the signed sin of rope_tables (its even lanes -sin), each product rounded before the sum. */
 static inline __m256i rotated_16(const uint16_t *x, const float *cos, const float *signed_sin) {

@@ -27,7 +27,17 @@ static inline __m512 load_bf16(const uint16_t *p, __mmask16 mask) {  /* 16 bf16 
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 
-static inline __m512 exp_16(__m512 x) {  /* e^x for x <= 0, within 1.6e-7 (~2 ulp): 2^n * p(r), |r| <= ln2 / 2 */
+static inline __m256i to_bf16_16(__m512 x) {  /* 16 floats -> bf16, round to nearest even, NaN kept: as to_bf16 */
+    const __m512i bits = _mm512_castps_si512(x);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+    const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    rounded = _mm512_mask_or_epi32(rounded, nan, bits, _mm512_set1_epi32(0x400000));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16));
+}
+
+/* e^x within 1.6e-7 (~2 ulp) for x <= 88 (inf above, 0 below -104): 2^n * p(r), |r| <= ln2 / 2 */
+static inline __m512 exp_16(__m512 x) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));  /* below it 2^n underflows to 0 either way; -inf -> 0 */
     const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);

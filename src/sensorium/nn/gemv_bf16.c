@@ -173,11 +173,15 @@ int sensorium_gemv_many_bf16(const uint16_t *x, int64_t m, int count, const uint
     BY_ROWS(gemv_many, x, count, weights, biases, outs, ns, k, blocked, threads)
 }
 
-/* gated = bf16(bf16(silu(gated)) * up), elementwise: SwiGLU's roundings after its two products (each already bf16) */
+/* gated = bf16(bf16(silu(gated)) * up), elementwise: SwiGLU's roundings after its two products (each already bf16),
+   16 at a time (silu = a / (1 + e^-a) with exp_16: 10x libm's expf one by one, ~1 % of a 1B decoder's step) */
 static void silu_times(uint16_t *gated, const uint16_t *up, int64_t count) {
-    for (int64_t i = 0; i < count; ++i) {
-        const float a = from_bf16(gated[i]);
-        gated[i] = to_bf16(from_bf16(to_bf16(a / (1.0f + expf(-a)))) * from_bf16(up[i]));
+    for (int64_t i = 0; i < count; i += 16) {
+        const __mmask16 lanes = count - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (count - i)) - 1);
+        const __m512 a = load_bf16(gated + i, lanes);
+        const __m512 silu = _mm512_div_ps(a, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_16(_mm512_sub_ps(_mm512_setzero_ps(), a))));
+        const __m512 rounded = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(to_bf16_16(silu)), 16));
+        _mm256_mask_storeu_epi16(gated + i, lanes, to_bf16_16(_mm512_mul_ps(rounded, load_bf16(up + i, lanes))));
     }
 }
 
