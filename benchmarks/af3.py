@@ -83,9 +83,9 @@ def weight_bytes(model) -> int:
     for module in model.decoder.modules():
         if isinstance(module, QuantizedLinear):
             total += module.qweight.numel() * module.qweight.element_size() + module.scales.numel() * 2
-        elif hasattr(module, "weight") and module.weight is not None and module.weight.ndim == 2 \
-                and module is not model.decoder.embed:
-            total += module.weight.shape[0] * module.weight.shape[1] * module.weight.element_size()
+        elif hasattr(module, "weight") and module.weight is not None and module.weight.ndim in (2, 4) \
+                and module is not model.decoder.embed:  # plain or packed [N, K], or the kernel's blocks of rows
+            total += module.weight.numel() * module.weight.element_size()
     if model.decoder.head is None:  # tied: the head reads the embedding
         total += model.decoder.embed.weight.numel() * model.decoder.embed.weight.element_size()
     return total

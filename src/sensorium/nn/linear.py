@@ -97,7 +97,8 @@ def _blocked_linear(x, weight, bias, activation):
     rows, inputs = gemv.weight_shape(weight)
     if gemv._tracing():  # torch.compile / export: plain tensor ops they can follow
         return linear(x, gemv.from_blocks(weight), bias, activation)
-    step = max(gemv.BLOCK_ROWS, BLOCK_SLICE // (inputs * weight.element_size()) // gemv.BLOCK_ROWS * gemv.BLOCK_ROWS)
+    slices = -(-rows * inputs * weight.element_size() // BLOCK_SLICE)  # of equal size: no small last one
+    step = -(-rows // (slices * gemv.BLOCK_ROWS)) * gemv.BLOCK_ROWS
     if step >= rows:
         plain = gemv.from_blocks(weight, out=scratch("unblocked", (rows, inputs), weight.dtype))
         return linear(x, plain, bias, activation)
