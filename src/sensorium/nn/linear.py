@@ -228,9 +228,11 @@ class Embedding(LaidOutWeight, nn.Embedding):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if not self.blocked:
             return super().forward(ids)
-        if ids.dtype not in (torch.int32, torch.int64) or (
-                not gemv._tracing() and ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < self.num_embeddings):
-            return super().forward(ids)  # nn.Embedding's own error for ids out of range or of the wrong type
+        if ids.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"token ids must be int64 or int32, not {ids.dtype}")
+        if not gemv._tracing() and ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < self.num_embeddings:
+            raise IndexError(f"token ids from {int(ids.min())} to {int(ids.max())}: index out of range in self (a "
+                             f"table of {self.num_embeddings})")
         table = self.weight  # [rows / 4, width / 32, 4, 32]: row i is [i // 4, :, i % 4]
         return table[ids // gemv.BLOCK_ROWS, :, ids % gemv.BLOCK_ROWS].reshape(*ids.shape, self.embedding_dim)
 
