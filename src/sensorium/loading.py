@@ -242,8 +242,8 @@ ENCODER_BLOCKS = (TransformerBlock, pe_audio.EncoderLayer, af3.EncoderLayer, mod
 def prepare_for_cpu(model: torch.nn.Module, precision: torch.dtype) -> None:
     """Weights laid out once for how a CPU runs them (not under compile=True: inductor lays out its own).
 
-    A bf16 decoder streams all its weights for each token: its steps run the one-row bf16 kernel on the plain
-    weights, moved onto 2 MB pages, where it builds (nn/gemv.py, nn/memory.py), else oneDNN's product on weights
+    A bf16 decoder streams all its weights for each token: its steps run the one-row bf16 kernel on the weights in
+    its blocks of rows, on 2 MB pages, where it builds (nn/gemv.py, nn/memory.py), else oneDNN's product on weights
     packed once, 1.4-1.5x faster than on plain ones (nn/linear.py); not in float32, whose packed one-row product is
     slower (0.8x at 18944x3584). An
     encoder's transformer blocks run many rows a call: their linears packed once make a forward 1.07x faster in

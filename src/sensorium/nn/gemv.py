@@ -4,7 +4,9 @@ self-attention (`attention_bf16.c`; nn/attention.py calls it).
 
 A decoder's one-token step reads every weight once for one row of activations: it is bound by memory bandwidth,
 and torch's bf16 product for one row is not (on a 2-core Zen 4: oneDNN on the weight as stored 15-17 GB/s, packed
-for oneDNN 29-32, this kernel 52-67 on weights on 2 MB pages, of a 68 GB/s streaming read; benchmarks/gemv_probe.py).
+for oneDNN 29-32, this kernel 52-67 on weights on 2 MB pages as stored, of a 68 GB/s streaming read, and the read's
+own rate on weights in its blocks of rows, `to_blocks`, which the loader gives a bf16 decoder: a Llama-1B step 60 GB/s
+of 68; benchmarks/gemv_probe.py, benchmarks/decode_ab.py).
 An encoder's bf16 attention on SDPA's CPU flash kernel runs at 87-138 GFLOP/s there, a fifth to a third of the bf16
 GEMM rate; the attention kernel 200-325, 2.3-2.5x (benchmarks/attention_probe.py).
 

@@ -7,8 +7,8 @@ Activations stay bfloat16; only the decoder's linear weights are quantized, once
   sensorium's one-row int8 kernel where it builds (nn/gemv.py: the same arithmetic; a Llama-1B decode 1.20x
   faster than on torch's op, same weights, one process; int8 layers also take the decoder's one-call step), else by
   torch's `_weight_int8pack_mm` (what gpt-fast and torchao call on a CPU). On 2 Zen 4 cores widening int8 to float32
-  is the limit (~28 GB/s of int8, the bf16 kernel's ~50 GB/s of bf16 in weights per second): int8 decodes 1.09x
-  bf16 there in half the memory, 0.97x llama.cpp's Q8_0, which quantizes the activations too.
+  is the limit (~28 GB/s of int8, where the bf16 kernel streams ~60 GB/s of bf16 on weights in blocks of rows):
+  int8 decodes 0.84x bf16 there in half the memory, 1.02x llama.cpp's Q8_0, which quantizes the activations too.
 - int4: asymmetric, one scale and zero per group of 128 inputs (scale = (max - min) / 15, value = (q - 8) * scale +
   zero with zero = min + 8 * scale), run by torch's `_weight_int4pack_mm_for_cpu`, in its packed layout. A layer
   whose inputs are not a multiple of 128 takes groups of 64 or 32; one that fits none stays bfloat16 (said once).
