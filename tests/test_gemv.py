@@ -15,6 +15,7 @@ import torch
 import sensorium as sn
 from helpers import one_second_question
 from sensorium.nn import Linear, gemv, linear, stream_linears
+from sensorium.nn.linear import LaidOutWeight
 from sensorium.nn.decoder import Decoder, DecoderConfig, causal_mask
 from sensorium.nn.generation import generate_tokens
 
@@ -253,6 +254,17 @@ def test_a_streamed_linear_is_blocked_and_serves_every_row_count(monkeypatch):
         monkeypatch.setattr(linear_module, "BLOCK_SLICE", 8 * 96 * 2)  # 8 rows a slice: 10 slices
         x = torch.randn(2, 33, 96).bfloat16()
         assert torch.equal(layer(x), plain(x)) and torch.equal(layer(x, "gelu"), plain(x, "gelu"))
+
+
+def test_sensorium_blocks_0_keeps_a_streamed_decoders_rows_plain(monkeypatch):
+    monkeypatch.setenv("SENSORIUM_BLOCKS", "0")
+    decoder = tiny_bf16_decoder(False, seed=30, vocab=96)
+    layer = decoder.layers[0].mlp.gate
+    layer.pack()
+    assert stream_linears(decoder) == 3 * 7
+    assert not any(m.blocked or m.packed for m in decoder.modules() if isinstance(m, LaidOutWeight))
+    monkeypatch.setenv("SENSORIUM_BLOCKS", "1")
+    assert stream_linears(decoder) == 3 * 7 and layer.blocked and decoder.embed.blocked
 
 
 def test_a_blocked_linear_saves_copies_moves_and_trains_as_a_plain_one(tmp_path):

@@ -23,8 +23,10 @@ one-row steps, so a bf16 decoder keeps its weights for the kernel instead (`stre
 picks): in the kernel's blocked layout (`gemv.to_blocks`: 4 rows side by side, one stream of memory; 1.1x over
 the plain weight), on 2 MB pages (nn/memory.py). Steps of at most 4 rows go to the kernel; a prompt's go to oneDNN
 on the plain weight, copied back out of the blocks a slice of rows at a time into a reused buffer (`BLOCK_SLICE`
-bytes: the slice stays in the L3 cache while oneDNN reads it). The state dict, pickles and `.to()` see plain
-weights, as with packed ones.
+bytes: the slice stays in the L3 cache while oneDNN reads it): a 1B decoder's prompt runs 0.78-0.94x as fast as
+on plain rows (one more pass over the weights, and oneDNN reading freshly copied rows), for steps 1.2x faster in
+the machine's fast bandwidth state (BENCHMARKS.md). `SENSORIUM_BLOCKS=0` keeps plain rows for prompt-heavy work.
+The state dict, pickles and `.to()` see plain weights, as with packed ones.
 """
 
 from __future__ import annotations
@@ -245,15 +247,17 @@ def pack_linears(module: nn.Module) -> int:
 def stream_linears(module: nn.Module) -> int:
     """A bf16 decoder's linears under `module` for the one-row kernel: in its blocked layout where their shape
     allows (`Linear.block`), else plain (unpacked where packed), all on 2 MB pages with the embeddings (a tied head
-    streams the embedding: sensorium's `Embedding`s are blocked too; nn/memory.py). How many linears; 0 where the kernel is not available (then
-    `pack_linears` is the better choice)."""
+    streams the embedding: sensorium's `Embedding`s are blocked too; nn/memory.py). `SENSORIUM_BLOCKS=0` (read at
+    each call) keeps the rows plain: steps up to 1.2x slower, prompts without the blocks' cost (the module docstring). How
+    many linears; 0 where the kernel is not available (then `pack_linears` is the better choice)."""
     if not gemv.available():
         return 0
+    blocks = os.environ.get("SENSORIUM_BLOCKS", "1") != "0"
     linears = 0
     for part in module.modules():
         linears += isinstance(part, Linear)
         if isinstance(part, LaidOutWeight):
-            if part.blocked or part.block():
+            if blocks and (part.blocked or part.block()):
                 continue
             part.unpack()
         if isinstance(part, (Linear, nn.Embedding)):
