@@ -54,6 +54,7 @@ SIGNATURES = {
     "sensorium_swiglu_bf16": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, ctypes.c_int,
                                ctypes.c_int], ctypes.c_int),
     "sensorium_unblock_bf16": ([_POINTER, _POINTER, _SIZE, _SIZE, _SIZE, ctypes.c_int], None),
+    "sensorium_block_bf16": ([_POINTER, _POINTER, _SIZE, _SIZE, ctypes.c_int], None),
     "sensorium_rms_norm_bf16": ([_POINTER, _SIZE, _POINTER, _POINTER, _SIZE, ctypes.c_float], None),
     "sensorium_rope_halves_bf16": ([_POINTER] * 4 + [_SIZE] * 5, None),
     "sensorium_step_attention_bf16": ([_POINTER] * 6 + [_SIZE] * 7 + [ctypes.c_float, ctypes.c_int], None),
@@ -110,14 +111,20 @@ def blockable(weight: torch.Tensor) -> bool:
             and weight.shape[0] % BLOCK_ROWS == 0 and weight.shape[1] % BLOCK_INPUTS == 0 and weight.numel() > 0)
 
 
-def to_blocks(weight: torch.Tensor) -> torch.Tensor:
+def to_blocks(weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """A weight [N, K] in the kernel's blocked layout, [N / 4, K / 32, 4, 32] contiguous: each group of 4 rows
     stored 32 inputs of each row in turn, so the kernel, which reads 4 rows side by side, streams one run of
     memory instead of 4 (1.09-1.11x faster on a 2-core Zen 4, where the 4 streams reach 86-89 % of a plain read and
-    the one 97-100 %; BENCHMARKS.md). The same values, summed in the same order: products are bit-equal."""
+    the one 97-100 %; BENCHMARKS.md). The same values, summed in the same order: products are bit-equal. Into `out`
+    ([N / 4, K / 32, 4, 32], contiguous) when given."""
     rows, inputs = weight.shape
-    return (weight.reshape(rows // BLOCK_ROWS, BLOCK_ROWS, inputs // BLOCK_INPUTS, BLOCK_INPUTS)
-            .transpose(1, 2).contiguous())
+    shape = (rows // BLOCK_ROWS, inputs // BLOCK_INPUTS, BLOCK_ROWS, BLOCK_INPUTS)
+    if out is None:
+        return weight.reshape(shape[0], BLOCK_ROWS, shape[1], BLOCK_INPUTS).transpose(1, 2).contiguous()
+    if available() and weight.dtype == _BF16 and weight.is_contiguous() and not _tracing():  # ~4x torch's copy
+        _library.sensorium_block_bf16(weight.data_ptr(), out.data_ptr(), rows, inputs, torch.get_num_threads())
+        return out
+    return out.copy_(weight.reshape(shape[0], BLOCK_ROWS, shape[1], BLOCK_INPUTS).transpose(1, 2))
 
 
 def from_blocks(blocked: torch.Tensor, rows: slice = slice(None), out: torch.Tensor | None = None) -> torch.Tensor:

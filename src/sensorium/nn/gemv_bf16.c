@@ -153,6 +153,16 @@ void sensorium_unblock_bf16(const uint16_t *blocked, uint16_t *out, int64_t firs
                                     _mm512_loadu_si512((const void *)(from + b * ROWS * k + i * ROWS + r * 32)));
 }
 
+/* The other way: a plain weight [n, k] (n a multiple of 4, k of 32) into its blocks (the loader, once a weight). */
+void sensorium_block_bf16(const uint16_t *plain, uint16_t *blocked, int64_t n, int64_t k, int threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < n / ROWS; ++b)
+        for (int64_t i = 0; i < k; i += 32)
+            for (int r = 0; r < ROWS; ++r)
+                _mm512_storeu_si512((void *)(blocked + b * ROWS * k + i * ROWS + r * 32),
+                                    _mm512_loadu_si512((const void *)(plain + (b * ROWS + r) * k + i)));
+}
+
 /* Each entry point picks the copy for m: 0, or -1 for an m this file has no copy for. */
 #define BY_ROWS(name, ...)                                 \
     switch (m) {                                           \

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensorium.nn import gemv
-from sensorium.nn.memory import on_huge_pages, scratch
+from sensorium.nn.memory import empty_on_huge_pages, on_huge_pages, scratch
 
 AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 _enabled = AVAILABLE and os.environ.get("SENSORIUM_ONEDNN", "1") != "0"
@@ -136,7 +136,11 @@ class LaidOutWeight:
         weight = self.weight
         if self.blocked or weight.requires_grad or not gemv.blockable(weight):
             return False
-        self.weight = nn.Parameter(on_huge_pages(gemv.to_blocks(weight.detach())), requires_grad=False)
+        shape = (weight.shape[0] // gemv.BLOCK_ROWS, weight.shape[1] // gemv.BLOCK_INPUTS, gemv.BLOCK_ROWS,
+                 gemv.BLOCK_INPUTS)
+        blocked = empty_on_huge_pages(shape, weight.dtype)  # one copy, straight onto 2 MB pages
+        blocked = torch.empty(shape, dtype=weight.dtype) if blocked is None else blocked
+        self.weight = nn.Parameter(gemv.to_blocks(weight.detach().contiguous(), out=blocked), requires_grad=False)
         return True
 
     def pack(self) -> bool:

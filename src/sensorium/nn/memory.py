@@ -33,6 +33,19 @@ def on_huge_pages(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     if tensor.is_contiguous() and tensor.data_ptr() % HUGE_PAGE == 0:  # moved already
         return tensor
+    moved = empty_on_huge_pages(tensor.shape, tensor.dtype)
+    if moved is None:  # huge pages not available to this process: the copy would gain nothing
+        return tensor
+    return moved.copy_(tensor)
+
+
+def empty_on_huge_pages(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+    """An uninitialized contiguous CPU tensor in fresh anonymous memory the kernel was asked to back with 2 MB pages
+    (its memory freed with it), or None where that cannot be asked (not Linux, THP "never") or it is under two huge
+    pages."""
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if nbytes < 2 * HUGE_PAGE or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return None
     # over-allocated by one huge page so the tensor can start on a 2 MB boundary; the slack is never touched, so it
     # costs address space, not memory
     region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -41,11 +54,9 @@ def on_huge_pages(tensor: torch.Tensor) -> torch.Tensor:
     whole_pages = nbytes // HUGE_PAGE * HUGE_PAGE  # the tail under 2 MB stays on small pages (no page half wasted)
     try:
         region.madvise(mmap.MADV_HUGEPAGE, offset, whole_pages)
-    except OSError:  # huge pages not available to this process: the copy would gain nothing
-        return tensor
-    moved = raw[offset : offset + nbytes].view(tensor.dtype).view(tensor.shape)
-    moved.copy_(tensor)
-    return moved
+    except OSError:
+        return None
+    return raw[offset : offset + nbytes].view(dtype).view(shape)
 
 
 _scratch_buffers = threading.local()
@@ -58,6 +69,7 @@ def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tens
     count = math.prod(shape)
     buffer = getattr(_scratch_buffers, name, None)
     if buffer is None or buffer.numel() < count or buffer.dtype != dtype:
-        buffer = on_huge_pages(torch.empty(count, dtype=dtype))  # read as a weight is: on 2 MB pages too
+        buffer = empty_on_huge_pages((count,), dtype)  # read as a weight is: on 2 MB pages too
+        buffer = torch.empty(count, dtype=dtype) if buffer is None else buffer
         setattr(_scratch_buffers, name, buffer)
     return buffer[:count].view(shape)
