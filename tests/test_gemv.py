@@ -256,6 +256,26 @@ def test_a_streamed_linear_is_blocked_and_serves_every_row_count(monkeypatch):
         assert torch.equal(layer(x), plain(x)) and torch.equal(layer(x, "gelu"), plain(x, "gelu"))
 
 
+def test_a_blocked_decoder_quantizes_as_a_plain_one():
+    """int8 after the loader's bf16 layout: the blocked linears (and a tied head's blocked table) quantize from their
+    plain values, so the int8 decoder equals one quantized from plain weights."""
+    import copy
+
+    decoder = tiny_bf16_decoder(False, seed=40, vocab=96)  # tied head: the table is blocked too
+    plain = copy.deepcopy(decoder)
+    stream_linears(decoder)
+    assert decoder.embed.blocked
+    decoder.quantize("int8")
+    plain.quantize("int8")
+    state, want = decoder.state_dict(), plain.state_dict()
+    assert state.keys() == want.keys() and all(torch.equal(state[k], want[k]) for k in want)
+    ids = torch.randint(0, 96, (1, 6), generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        got = list(generate_tokens(decoder, decoder.embed(ids), torch.ones_like(ids), 4))
+        expected = list(generate_tokens(plain, plain.embed(ids), torch.ones_like(ids), 4))
+    assert torch.equal(torch.stack(got), torch.stack(expected))
+
+
 def test_sensorium_blocks_0_keeps_a_streamed_decoders_rows_plain(monkeypatch):
     monkeypatch.setenv("SENSORIUM_BLOCKS", "0")
     decoder = tiny_bf16_decoder(False, seed=30, vocab=96)
