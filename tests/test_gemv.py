@@ -233,9 +233,29 @@ def test_the_kernel_on_blocks_of_rows_gives_the_plain_weights_bits(rows):
     assert all(torch.equal(a, b) for a, b in zip(outs, plain))
 
 
+@pytest.mark.parametrize("m, n, k", [(1, 4, 32), (5, 68, 96), (13, 132, 224), (64, 520, 1024), (7, 512, 4864)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_a_prompt_on_blocks_is_as_close_to_float64_as_onednn(m, n, k, with_bias):
+    """The kernel's own GEMM on blocked weights (a prompt's rows): float32 sums over all of k, one rounding, as
+    oneDNN's; tiles of 6 rows and groups of blocks with ragged ends."""
+    g = torch.Generator().manual_seed(m * 7 + n + k)
+    weight = torch.randn(n, k, generator=g).bfloat16()
+    bias = torch.randn(n, generator=g).bfloat16() if with_bias else None
+    x = torch.randn(1, m, k, generator=g).bfloat16()
+    blocked = gemv.to_blocks(weight)
+    assert gemv.gemm_fits(x, blocked, bias)
+    got = gemv.gemm_blocked(x, blocked, bias)
+    exact = x.double() @ weight.double().T + (0 if bias is None else bias.double())
+    assert got.shape == (1, m, n) and rel(got, exact) < 8e-3
+    assert rel(got, exact) <= 1.01 * rel(onednn(x, weight, bias), exact) + 2e-3
+    with torch.enable_grad():
+        assert not gemv.gemm_fits(x.requires_grad_(True), blocked, bias)  # autograd: torch's ops
+
+
 def test_a_streamed_linear_is_blocked_and_serves_every_row_count(monkeypatch):
-    """stream_linears lays a bf16 linear out in blocks of rows: up to 4 rows on the kernel, more on oneDNN over
-    the rows made plain a slice at a time; every row count gives the plain weight's bits."""
+    """stream_linears lays a bf16 linear out in blocks of rows: up to 4 rows on the kernel, more on the kernel's
+    GEMM over the blocks (a fused gelu: oneDNN over the rows made plain a slice at a time); at these sizes every row
+    count gives the plain weight's bits."""
     torch.manual_seed(0)
     layer = Linear(96, 80).bfloat16().requires_grad_(False)
     plain = Linear(96, 80).bfloat16().requires_grad_(False)
@@ -245,12 +265,16 @@ def test_a_streamed_linear_is_blocked_and_serves_every_row_count(monkeypatch):
     assert stream_linears(torch.nn.Sequential(layer, ragged)) == 2
     assert layer.blocked and not layer.packed and not ragged.blocked and ragged.weight.dim() == 2
     linear_module = sys.modules["sensorium.nn.linear"]
+    prompts = []
+    gemm = gemv.gemm_blocked
+    monkeypatch.setattr(gemv, "gemm_blocked", lambda *args: prompts.append(args[0].shape) or gemm(*args))
     with torch.inference_mode():
         for rows in (1, 4, 17, 300):
             x = torch.randn(rows, 96).bfloat16()
             assert torch.equal(layer(x), plain(x)), rows
             exact = x.double() @ plain.weight.double().T + plain.bias.double()
             assert rel(layer(x), exact) < 8e-3
+        assert prompts == [(17, 96), (17, 96), (300, 96), (300, 96)]  # two calls for each count
         monkeypatch.setattr(linear_module, "BLOCK_SLICE", 8 * 96 * 2)  # 8 rows a slice: 10 slices
         x = torch.randn(2, 33, 96).bfloat16()
         assert torch.equal(layer(x), plain(x)) and torch.equal(layer(x, "gelu"), plain(x, "gelu"))

@@ -55,6 +55,8 @@ SIGNATURES = {
                                ctypes.c_int], ctypes.c_int),
     "sensorium_unblock_bf16": ([_POINTER, _POINTER, _SIZE, _SIZE, _SIZE, ctypes.c_int], None),
     "sensorium_block_bf16": ([_POINTER, _POINTER, _SIZE, _SIZE, ctypes.c_int], None),
+    "sensorium_gemm_blocked_bf16": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, ctypes.c_int],
+                                    ctypes.c_int),
     "sensorium_rms_norm_bf16": ([_POINTER, _SIZE, _POINTER, _POINTER, _SIZE, ctypes.c_float], None),
     "sensorium_rope_halves_bf16": ([_POINTER] * 4 + [_SIZE] * 5, None),
     "sensorium_step_attention_bf16": ([_POINTER] * 6 + [_SIZE] * 7 + [ctypes.c_float, ctypes.c_int], None),
@@ -140,6 +142,31 @@ def from_blocks(blocked: torch.Tensor, rows: slice = slice(None), out: torch.Ten
                                         groups.shape[1] * BLOCK_INPUTS, torch.get_num_threads())
         return out
     out.view(groups.shape[0], BLOCK_ROWS, groups.shape[1], BLOCK_INPUTS).copy_(groups.transpose(1, 2))
+    return out
+
+
+def gemm_fits(x: torch.Tensor, blocked: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether `gemm_blocked` can take x: bf16 rows on the CPU for a blocked bf16 weight, no gradient, not being
+    traced; the kernel available."""
+    return (x.dtype == _BF16 and blocked.dtype == _BF16 and blocked.dim() == 4 and x.is_cpu and blocked.is_cpu
+            and blocked.is_contiguous() and x.shape[-1] == blocked.shape[1] * BLOCK_INPUTS and x.numel() > 0
+            and (bias is None or (bias.dtype == _BF16 and bias.is_cpu and bias.is_contiguous()))
+            and not (torch.is_grad_enabled() and (x.requires_grad or blocked.requires_grad
+                                                  or (bias is not None and bias.requires_grad)))
+            and not _tracing() and available())
+
+
+def gemm_blocked(x: torch.Tensor, blocked: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight.T + bias for any number of rows of x on a blocked weight (a prompt; `gemm_fits` first): float32
+    sums, one rounding, as oneDNN's bf16 linear (to the sums' order)."""
+    n, k = weight_shape(blocked)
+    rows = x.numel() // k
+    x = x.contiguous()
+    out = torch.empty(*x.shape[:-1], n, dtype=torch.bfloat16)
+    if _library.sensorium_gemm_blocked_bf16(x.data_ptr(), rows, blocked.data_ptr(),
+                                            None if bias is None else bias.data_ptr(), out.data_ptr(), n, k,
+                                            torch.get_num_threads()) != 0:
+        raise MemoryError("the blocked bf16 product could not allocate its scratch memory")
     return out
 
 

@@ -20,13 +20,12 @@ packed weight has no gradient path: a layer asked for gradients otherwise says t
 
 Where the one-row bf16 kernel runs (nn/gemv.py: AVX512-BF16 and a C compiler), it beats the packed product for
 one-row steps, so a bf16 decoder keeps its weights for the kernel instead (`stream_linears`; `prepare_for_decoding`
-picks): in the kernel's blocked layout (`gemv.to_blocks`: 4 rows side by side, one stream of memory; 1.1x over
-the plain weight), on 2 MB pages (nn/memory.py). Steps of at most 4 rows go to the kernel; a prompt's go to oneDNN
-on the plain weight, copied back out of the blocks a slice of rows at a time into a reused buffer (`BLOCK_SLICE`
-bytes: the slice stays in the L3 cache while oneDNN reads it): a 1B decoder's prompt runs 0.78-0.94x as fast as
-on plain rows (one more pass over the weights, and oneDNN reading freshly copied rows), for steps 1.2x faster in
-the machine's fast bandwidth state (BENCHMARKS.md). `SENSORIUM_BLOCKS=0` keeps plain rows for prompt-heavy work.
-The state dict, pickles and `.to()` see plain weights, as with packed ones.
+picks): in the kernel's blocked layout (`gemv.to_blocks`: 4 rows side by side, one stream of memory; steps 1.2x
+faster than on the plain weight in the machine's fast bandwidth state), on 2 MB pages (nn/memory.py). Steps of at
+most 4 rows go to the one-row kernel, a prompt's rows to the kernel's GEMM on the same blocks (0.87-1.05x oneDNN's
+on plain rows, matrix by matrix). Elsewhere (a fused gelu, autograd, no kernel) the rows are copied back out of the
+blocks a slice at a time into a reused buffer (`BLOCK_SLICE` bytes) for oneDNN. `SENSORIUM_BLOCKS=0` keeps plain
+rows. The state dict, pickles and `.to()` see plain weights, as with packed ones.
 """
 
 from __future__ import annotations
@@ -93,12 +92,15 @@ def _packed_linear(x, weight, bias, activation):
 
 
 def _blocked_linear(x, weight, bias, activation):
-    """`linear` on a weight in the kernel's blocked layout for more rows than the kernel takes (a prompt): each
-    slice of its rows made plain in a reused buffer, then oneDNN on it (a weight of one slice, as most of a 1-8 B
-    decoder's are, gives the same bits as the plain weight would)."""
+    """`linear` on a weight in the kernel's blocked layout for more rows than the one-row kernel takes (a prompt):
+    the kernel's GEMM on the blocks (`gemv.gemm_blocked`, at oneDNN's speed); where it cannot run (a fused gelu,
+    autograd, no kernel), each slice of the rows made plain in a reused buffer, then oneDNN on it (the plain
+    weight's bits)."""
     rows, inputs = gemv.weight_shape(weight)
     if gemv._tracing():  # torch.compile / export: plain tensor ops they can follow
         return linear(x, gemv.from_blocks(weight), bias, activation)
+    if activation == "none" and gemv.gemm_fits(x, weight, bias):  # the kernel's own GEMM on the blocks
+        return gemv.gemm_blocked(x, weight, bias)
     slices = -(-rows * inputs * weight.element_size() // BLOCK_SLICE)  # of equal size: no small last one
     step = -(-rows // (slices * gemv.BLOCK_ROWS)) * gemv.BLOCK_ROWS
     if step >= rows:
@@ -252,7 +254,7 @@ def stream_linears(module: nn.Module) -> int:
     """A bf16 decoder's linears under `module` for the one-row kernel: in its blocked layout where their shape
     allows (`Linear.block`), else plain (unpacked where packed), all on 2 MB pages with the embeddings (a tied head
     streams the embedding: sensorium's `Embedding`s are blocked too; nn/memory.py). `SENSORIUM_BLOCKS=0` (read at
-    each call) keeps the rows plain: steps up to 1.2x slower, prompts without the blocks' cost (the module docstring). How
+    each call) keeps the rows plain (steps up to 1.2x slower; prompts on oneDNN). How
     many linears; 0 where the kernel is not available (then `pack_linears` is the better choice)."""
     if not gemv.available():
         return 0
