@@ -205,16 +205,15 @@ def test_a_trace_records_torch_ops_not_the_kernel():
 
 
 @pytest.mark.parametrize("n, k", [(4, 32), (80, 96), (36, 320)])
-def test_blocks_of_rows_hold_the_weight_and_give_back_any_slice(n, k):
+def test_blocks_of_rows_hold_the_weight_and_give_it_back(n, k):
     weight = torch.randn(n, k, generator=torch.Generator().manual_seed(n)).bfloat16()
     blocked = gemv.to_blocks(weight)
     assert blocked.shape == (n // 4, k // 32, 4, 32) and blocked.is_contiguous()
     assert torch.equal(blocked[1 % (n // 4), 0, 2], weight[4 * (1 % (n // 4)) + 2, :32])  # row 4b + r, inputs 0..31
     assert gemv.weight_shape(blocked) == gemv.weight_shape(weight) == (n, k)
     assert torch.equal(gemv.from_blocks(blocked), weight)  # torch's ops (what a trace records)
-    out = torch.full((n, k), float("nan"), dtype=torch.bfloat16)
-    assert torch.equal(gemv.from_blocks(blocked, out=out), weight)  # the C copy
-    assert torch.equal(gemv.from_blocks(blocked, slice(4, n), out=out[: n - 4]), weight[4:])
+    out = torch.full(blocked.shape, float("nan"), dtype=torch.bfloat16)
+    assert torch.equal(gemv.to_blocks(weight, out=out), blocked) and out.data_ptr() != blocked.data_ptr()  # C copy
     assert not gemv.blockable(weight[:, :31]) and not gemv.blockable(weight[:3]) and not gemv.blockable(weight.float())
 
 
@@ -254,8 +253,8 @@ def test_a_prompt_on_blocks_is_as_close_to_float64_as_onednn(m, n, k, with_bias)
 
 def test_a_streamed_linear_is_blocked_and_serves_every_row_count(monkeypatch):
     """stream_linears lays a bf16 linear out in blocks of rows: up to 4 rows on the kernel, more on the kernel's
-    GEMM over the blocks (a fused gelu: oneDNN over the rows made plain a slice at a time); at these sizes every row
-    count gives the plain weight's bits."""
+    GEMM over the blocks (a fused gelu or autograd: oneDNN on a plain copy); at these sizes every row count gives the
+    plain weight's bits, and an input's gradient is the plain layer's."""
     torch.manual_seed(0)
     layer = Linear(96, 80).bfloat16().requires_grad_(False)
     plain = Linear(96, 80).bfloat16().requires_grad_(False)
@@ -264,7 +263,6 @@ def test_a_streamed_linear_is_blocked_and_serves_every_row_count(monkeypatch):
     ragged = Linear(50, 30).bfloat16().requires_grad_(False)  # 50 inputs: no blocks of 32; it stays plain
     assert stream_linears(torch.nn.Sequential(layer, ragged)) == 2
     assert layer.blocked and not layer.packed and not ragged.blocked and ragged.weight.dim() == 2
-    linear_module = sys.modules["sensorium.nn.linear"]
     prompts = []
     gemm = gemv.gemm_blocked
     monkeypatch.setattr(gemv, "gemm_blocked", lambda *args: prompts.append(args[0].shape) or gemm(*args))
@@ -275,9 +273,14 @@ def test_a_streamed_linear_is_blocked_and_serves_every_row_count(monkeypatch):
             exact = x.double() @ plain.weight.double().T + plain.bias.double()
             assert rel(layer(x), exact) < 8e-3
         assert prompts == [(17, 96), (17, 96), (300, 96), (300, 96)]  # two calls for each count
-        monkeypatch.setattr(linear_module, "BLOCK_SLICE", 8 * 96 * 2)  # 8 rows a slice: 10 slices
         x = torch.randn(2, 33, 96).bfloat16()
         assert torch.equal(layer(x), plain(x)) and torch.equal(layer(x, "gelu"), plain(x, "gelu"))
+    grads = []
+    for model in (layer, plain):  # a frozen blocked weight, an input asking for its gradient
+        x = torch.randn(2, 33, 96, generator=torch.Generator().manual_seed(1)).bfloat16().requires_grad_(True)
+        (model(x).float() ** 2).sum().backward()
+        grads.append(x.grad)
+    assert torch.equal(*grads)
 
 
 def test_a_blocked_decoder_quantizes_as_a_plain_one():

@@ -53,7 +53,6 @@ SIGNATURES = {
                             ctypes.c_int),
     "sensorium_swiglu_bf16": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, ctypes.c_int,
                                ctypes.c_int], ctypes.c_int),
-    "sensorium_unblock_bf16": ([_POINTER, _POINTER, _SIZE, _SIZE, _SIZE, ctypes.c_int], None),
     "sensorium_block_bf16": ([_POINTER, _POINTER, _SIZE, _SIZE, ctypes.c_int], None),
     "sensorium_gemm_blocked_bf16": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, ctypes.c_int],
                                     ctypes.c_int),
@@ -129,20 +128,10 @@ def to_blocks(weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Te
     return out.copy_(weight.reshape(shape[0], BLOCK_ROWS, shape[1], BLOCK_INPUTS).transpose(1, 2))
 
 
-def from_blocks(blocked: torch.Tensor, rows: slice = slice(None), out: torch.Tensor | None = None) -> torch.Tensor:
-    """The plain [N, K] weight of a blocked one (`to_blocks`), or the rows `rows` of it (a slice whose ends are
-    multiples of 4), into `out` when given."""
-    groups = blocked[slice(None if rows.start is None else rows.start // BLOCK_ROWS,
-                           None if rows.stop is None else rows.stop // BLOCK_ROWS)]
-    if out is None:  # plain ops (torch.compile and export follow them)
-        return groups.transpose(1, 2).reshape(groups.shape[0] * BLOCK_ROWS, groups.shape[1] * BLOCK_INPUTS)
-    if (available() and blocked.dtype == _BF16 and blocked.is_cpu and blocked.is_contiguous() and out.is_contiguous()
-            and not _tracing()):  # 3-4x torch's strided copy
-        _library.sensorium_unblock_bf16(groups.data_ptr(), out.data_ptr(), 0, groups.shape[0] * BLOCK_ROWS,
-                                        groups.shape[1] * BLOCK_INPUTS, torch.get_num_threads())
-        return out
-    out.view(groups.shape[0], BLOCK_ROWS, groups.shape[1], BLOCK_INPUTS).copy_(groups.transpose(1, 2))
-    return out
+def from_blocks(blocked: torch.Tensor) -> torch.Tensor:
+    """The plain [N, K] weight of a blocked one (`to_blocks`), a new tensor, by torch's ops (autograd, torch.compile
+    and export follow them)."""
+    return blocked.transpose(1, 2).reshape(blocked.shape[0] * BLOCK_ROWS, blocked.shape[1] * BLOCK_INPUTS)
 
 
 def gemm_fits(x: torch.Tensor, blocked: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -472,7 +461,7 @@ def _build_and_check() -> tuple[ctypes.CDLL | None, str | None]:
 
 def _self_check(library: ctypes.CDLL) -> str | None:
     """The built kernels against float32: a small product with ragged sizes (n % 4, k % 32 not zero), the same on
-    blocked weights, and a causal attention over a ragged number of tokens."""
+    blocked weights and a prompt's GEMM on them, and a causal attention over a ragged number of tokens."""
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(37, 203, generator=generator).bfloat16()
     bias = torch.randn(37, generator=generator).bfloat16()
@@ -494,6 +483,15 @@ def _self_check(library: ctypes.CDLL) -> str | None:
                                     torch.get_num_threads())
     if not torch.equal(*outs):
         return "the built kernel's product on blocked weights differs from its product on plain ones"
+    x = torch.randn(7, 256, generator=generator).bfloat16()  # a prompt's GEMM on them: a ragged tile of rows
+    out, blocked = torch.empty(7, 40, dtype=torch.bfloat16), to_blocks(weight)
+    if library.sensorium_gemm_blocked_bf16(x.data_ptr(), 7, blocked.data_ptr(), None, out.data_ptr(), 40, 256,
+                                           torch.get_num_threads()) != 0:
+        return "the built blocked GEMM could not allocate its scratch memory"
+    expected = x.float() @ weight.float().T
+    error = ((out.float() - expected).norm() / expected.norm()).item()
+    if not error < 1e-2:
+        return f"the built blocked GEMM failed its check against float32 (relative error {error:.1e})"
     # the attention kernel: 2 heads of 32 over 37 tokens (a ragged tile), causal
     q, k, v = (torch.randn(1, 37, 64, generator=generator).bfloat16() for _ in range(3))
     out = torch.empty(1, 37, 64, dtype=torch.bfloat16)

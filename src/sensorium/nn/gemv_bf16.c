@@ -140,20 +140,8 @@ INT8_M(2)
 INT8_M(3)
 INT8_M(4)
 
-/* Rows first .. first + count - 1 (multiples of 4) of a blocked weight made plain: out [count, k], k a multiple of
-   32. A prompt's product reads them from there (nn/linear.py), a slice at a time, while it is still in cache. */
-void sensorium_unblock_bf16(const uint16_t *blocked, uint16_t *out, int64_t first, int64_t count, int64_t k,
-                            int threads) {
-    const uint16_t *from = blocked + first * k;
-    #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < count / ROWS; ++b)
-        for (int64_t i = 0; i < k; i += 32)
-            for (int r = 0; r < ROWS; ++r)
-                _mm512_storeu_si512((void *)(out + (b * ROWS + r) * k + i),
-                                    _mm512_loadu_si512((const void *)(from + b * ROWS * k + i * ROWS + r * 32)));
-}
-
-/* The other way: a plain weight [n, k] (n a multiple of 4, k of 32) into its blocks (the loader, once a weight). */
+/* A plain weight [n, k] (n a multiple of 4, k of 32) into its blocks (gemv.py's to_blocks: the loader, once a
+   weight). */
 void sensorium_block_bf16(const uint16_t *plain, uint16_t *blocked, int64_t n, int64_t k, int threads) {
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t b = 0; b < n / ROWS; ++b)

@@ -23,9 +23,8 @@ one-row steps, so a bf16 decoder keeps its weights for the kernel instead (`stre
 picks): in the kernel's blocked layout (`gemv.to_blocks`: 4 rows side by side, one stream of memory; steps 1.2x
 faster than on the plain weight in the machine's fast bandwidth state), on 2 MB pages (nn/memory.py). Steps of at
 most 4 rows go to the one-row kernel, a prompt's rows to the kernel's GEMM on the same blocks (0.87-1.05x oneDNN's
-on plain rows, matrix by matrix). Elsewhere (a fused gelu, autograd, no kernel) the rows are copied back out of the
-blocks a slice at a time into a reused buffer (`BLOCK_SLICE` bytes) for oneDNN. `SENSORIUM_BLOCKS=0` keeps plain
-rows. The state dict, pickles and `.to()` see plain weights, as with packed ones.
+on plain rows, matrix by matrix); anything else (a fused gelu, autograd, no kernel) to oneDNN on a plain copy.
+`SENSORIUM_BLOCKS=0` keeps plain rows. The state dict, pickles and `.to()` see plain weights, as with packed ones.
 """
 
 from __future__ import annotations
@@ -38,12 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensorium.nn import gemv
-from sensorium.nn.memory import empty_on_huge_pages, on_huge_pages, scratch
+from sensorium.nn.memory import empty_on_huge_pages, on_huge_pages
 
 AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 _enabled = AVAILABLE and os.environ.get("SENSORIUM_ONEDNN", "1") != "0"
 ACTIVATIONS = ("none", "gelu")  # gelu: exact (erf)
-BLOCK_SLICE = 8 << 20  # bytes of a blocked weight made plain at a time for a prompt's product (see the docstring)
 
 
 @contextlib.contextmanager
@@ -93,26 +91,12 @@ def _packed_linear(x, weight, bias, activation):
 
 def _blocked_linear(x, weight, bias, activation):
     """`linear` on a weight in the kernel's blocked layout for more rows than the one-row kernel takes (a prompt):
-    the kernel's GEMM on the blocks (`gemv.gemm_blocked`, at oneDNN's speed); where it cannot run (a fused gelu,
-    autograd, no kernel), each slice of the rows made plain in a reused buffer, then oneDNN on it (the plain
-    weight's bits)."""
-    rows, inputs = gemv.weight_shape(weight)
-    if gemv._tracing():  # torch.compile / export: plain tensor ops they can follow
-        return linear(x, gemv.from_blocks(weight), bias, activation)
-    if activation == "none" and gemv.gemm_fits(x, weight, bias):  # the kernel's own GEMM on the blocks
+    the kernel's GEMM on the blocks (`gemv.gemm_blocked`, at oneDNN's speed). What it does not take (a fused gelu,
+    autograd, a trace, no kernel) runs on a plain copy of the weight made by torch's ops (autograd and traces follow
+    them; the plain weight's bits)."""
+    if activation == "none" and gemv.gemm_fits(x, weight, bias):
         return gemv.gemm_blocked(x, weight, bias)
-    slices = -(-rows * inputs * weight.element_size() // BLOCK_SLICE)  # of equal size: no small last one
-    step = -(-rows // (slices * gemv.BLOCK_ROWS)) * gemv.BLOCK_ROWS
-    if step >= rows:
-        plain = gemv.from_blocks(weight, out=scratch("unblocked", (rows, inputs), weight.dtype))
-        return linear(x, plain, bias, activation)
-    out = torch.empty(*x.shape[:-1], rows, dtype=x.dtype, device=x.device)
-    for first in range(0, rows, step):
-        last = min(first + step, rows)
-        plain = gemv.from_blocks(weight, slice(first, last),
-                                 out=scratch("unblocked", (last - first, inputs), weight.dtype))
-        out[..., first:last] = linear(x, plain, None if bias is None else bias[first:last], activation)
-    return out
+    return linear(x, gemv.from_blocks(weight), bias, activation)
 
 
 class LaidOutWeight:

@@ -64,7 +64,7 @@ _scratch_buffers = threading.local()
 
 def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A buffer reused by every call in this thread that asks for `name` (a prefill's layers run one after another,
-    each dequantizing or unblocking its weight into it): a fresh tensor of a big weight's size costs its page
+    each dequantizing its weight into it): a fresh tensor of a big weight's size costs its page
     faults on every call. Its contents are the last caller's."""
     count = math.prod(shape)
     buffer = getattr(_scratch_buffers, name, None)
