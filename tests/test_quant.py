@@ -93,6 +93,24 @@ def test_a_quantized_linear_is_the_product_with_its_dequantized_weight(mode, sha
         layer(torch.randn(1, in_features))
 
 
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_an_inputs_gradient_through_quantized_layers_is_the_dequantized_ones(mode):
+    """A prompt's rows dequantize into a buffer the next layer reuses: an input asking for its gradient gets a
+    weight of its own, so the backward pass reads the right one (it raised: the buffer was rewritten in place)."""
+    g = torch.Generator().manual_seed(2)
+    layers = [QuantizedLinear.from_weight(mode, torch.randn(128, 128, generator=g) * 0.05) for _ in range(2)]
+    grads = []
+    for use_layers in (True, False):
+        rows = KERNEL_ROWS[mode] + 30  # a prompt: dequantized
+        x = torch.randn(rows, 128, generator=torch.Generator().manual_seed(3)).bfloat16().requires_grad_(True)
+        h = x
+        for layer in layers:
+            h = layer(h) if use_layers else h @ layer.dequantized().T
+        (h.float() ** 2).sum().backward()
+        grads.append(x.grad)
+    assert rel(grads[0], grads[1]) < 2e-2
+
+
 def test_int8_at_a_width_torchs_op_cannot_take_dequantizes_without_the_kernel():
     """torch's _weight_int8pack_mm crashes the process on inputs that are not a multiple of 16 wide: without
     sensorium's kernel such a layer takes the dequantized weight (with it, the kernel takes any width)."""

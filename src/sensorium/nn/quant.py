@@ -201,7 +201,10 @@ class QuantizedLinear(nn.Module):
         # torch's int8 op reads inputs 16 at a time and crashes on other widths: those dequantize too
         ragged = self.mode == "int8" and self.in_features % 16 != 0 and not on_kernel
         if (rows > KERNEL_ROWS[self.mode] or ragged) and (self.mode == "int8" or _Int4Layout.find() >= 0):
-            weight = self.dequantized(scratch("weight", (self.out_features, self.in_features), self.scales.dtype))
+            # the reused buffer, unless autograd would keep it for the backward pass (the next layer rewrites it)
+            keeps = torch.is_grad_enabled() and x.requires_grad
+            weight = self.dequantized(None if keeps else scratch("weight", (self.out_features, self.in_features),
+                                                                   self.scales.dtype))
             return linear(x, weight, self.bias, activation)
         if on_kernel:
             out = gemv.gemv_int8(flat, self.qweight, self.scales)
