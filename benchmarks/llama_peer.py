@@ -35,7 +35,7 @@ from common import machine, read_rate, run_json, streaming_data
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "llama-1b-random"
 VENV = HERE / ".venv-llama"
-PAIRS = {"bf16": ("bfloat16", "BF16"), "bf16-packed": ("bfloat16-packed", "BF16"),
+PAIRS = {"f32": ("float32", "F32"), "bf16": ("bfloat16", "BF16"), "bf16-packed": ("bfloat16-packed", "BF16"),
          "bf16-compile": ("bfloat16-compile", "BF16"), "int8": ("int8", "Q8_0"),
          "int4": ("int4", "Q4_0")}
 FTYPES = {"BF16": 32, "Q8_0": 7, "Q4_0": 2}  # llama.cpp's LLAMA_FTYPE_MOSTLY_*
@@ -169,9 +169,9 @@ def worker_llama(kind: str, new_tokens: int) -> dict:
             "ids": produced}
 
 
-def load_decoder():
-    """sensorium's Decoder on the saved weights, bf16, for inference (laid out as nothing yet: the caller prepares
-    it as the loader would for the dtype it measures)."""
+def load_decoder(dtype=None):
+    """sensorium's Decoder on the saved weights, bf16 unless `dtype` says, for inference (laid out as nothing yet:
+    the caller prepares it as the loader would for the dtype it measures)."""
     import torch
 
     sys.path.insert(0, str(HERE.parent / "src"))
@@ -185,8 +185,9 @@ def load_decoder():
     with torch.device("meta"):
         decoder = Decoder(config)
     key_map = transformers_key_map(config)
-    tensors, origin, unknown = remap(read_state_dict(OUT / "model.safetensors", torch.bfloat16), key_map)
-    assign_strict(decoder, tensors, origin, unknown, key_map, str(OUT), torch.bfloat16, torch.device("cpu"))
+    dtype = dtype or torch.bfloat16
+    tensors, origin, unknown = remap(read_state_dict(OUT / "model.safetensors", dtype), key_map)
+    assign_strict(decoder, tensors, origin, unknown, key_map, str(OUT), dtype, torch.device("cpu"))
     return decoder.eval().requires_grad_(False)
 
 
@@ -196,14 +197,17 @@ def worker_sensorium(dtype: str, new_tokens: int) -> dict:
     import numpy as np
     import torch
 
-    if dtype == "bfloat16-packed":  # the one-row kernel off: weights packed for oneDNN (its fallback)
+    if dtype == "bfloat16-packed":  # the one-row kernel off: weights packed for oneDNN (its fallback; plain rows on
+        # a CPU where oneDNN has no bf16)
         os.environ["SENSORIUM_GEMV"] = "0"
     sys.path.insert(0, str(HERE.parent / "src"))
     from sensorium.nn import prepare_for_decoding
     from sensorium.nn.generation import generate_tokens
 
-    decoder = load_decoder()
-    if dtype in ("bfloat16", "bfloat16-packed"):
+    decoder = load_decoder(torch.float32 if dtype == "float32" else None)
+    if dtype == "float32":  # sn.load's CPU default: plain float32 weights (oneDNN's float32 product)
+        pass
+    elif dtype in ("bfloat16", "bfloat16-packed"):
         print(f"decoder linears: {prepare_for_decoding(decoder)}", file=sys.stderr)  # what sn.load does on a CPU
     elif dtype == "bfloat16-compile":  # what sn.load(..., compile=True) does for a chat model's decoder
         from sensorium.nn.compiled import CompiledCall
@@ -238,7 +242,7 @@ def run(rounds: int, new_tokens: int, pairs: list[str]) -> None:
     print(f"machine: {machine()}; prompt {PROMPT} tokens, {new_tokens} new; a streaming read (sum of 1 GB on 2 MB "
           "pages) timed after each measurement")
     print("| sensorium vs llama.cpp | prefill s | decode tok/s | sensorium vs llama.cpp decode | weight stream / read "
-          "(bf16: 2.47 GB a token), sensorium vs llama.cpp | greedy tokens equal before the first difference | last "
+          "(bf16: 2.47 GB a token, float32 twice), sensorium vs llama.cpp | greedy tokens equal before the first difference | last "
           "prompt logits, max difference / std |")
     print("|---|---|---|---|---|---|---|")
     for pair in pairs:
@@ -266,8 +270,9 @@ def run(rounds: int, new_tokens: int, pairs: list[str]) -> None:
         logit_diff = float(np.abs(la - lb).max() / la.std())
         results[pair] = {"median": med, "runs": runs, "greedy_prefix": prefix, "logit_diff_over_std": logit_diff}
         s, t = med["sensorium"], med["llama.cpp"]
-        fractions = (f"{100 * s['stream_over_read']:.0f} % vs {100 * t['stream_over_read']:.0f} %" if theirs == "BF16"
-                     else "-")
+        scale = {"BF16": 1, "F32": 2}.get(theirs)  # float32 streams twice bf16's bytes
+        fractions = (f"{100 * scale * s['stream_over_read']:.0f} % vs {100 * scale * t['stream_over_read']:.0f} %"
+                     if scale else "-")
         print(f"| {ours} vs {theirs} | {s['prefill_s']:.2f} vs {t['prefill_s']:.2f} | {s['decode_tokens_per_s']:.2f} vs "
               f"{t['decode_tokens_per_s']:.2f} | {s['decode_tokens_per_s'] / t['decode_tokens_per_s']:.2f}x (per round "
               f"{per_round:.2f}x) | {fractions} | {prefix} of {new_tokens} | {logit_diff:.3f} |", flush=True)

@@ -14,8 +14,9 @@ from sensorium.nn import SelfAttention, TransformerBlock, gemv
 from sensorium.nn.attention import attention_on_kernel
 from sensorium.nn.rope import apply_rope_pairs, rope_2d_angles, rope_tables
 
-pytestmark = pytest.mark.skipif(not gemv.available(), reason=f"the bf16 kernels are not available here: "
-                                                            f"{gemv.why_not()}")
+# the avx512 flavour's (an AVX2 CPU's kernels leave encoders to SDPA: test_gemv.py's flavour test checks that)
+pytestmark = pytest.mark.skipif(not gemv.has("sensorium_attention_bf16"), reason="the encoders' bf16 attention kernel "
+                                f"is not available here: {gemv.why_not() or 'the ' + str(gemv.flavour()) + ' kernels'}")
 
 
 @pytest.fixture

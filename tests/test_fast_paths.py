@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import sensorium as sn
 from helpers import one_second_question
 from sensorium.nn import Linear, apply_rope_pairs, gemv, linear, rope_2d_angles, rope_tables, use_onednn
-from sensorium.nn.linear import AVAILABLE
+from sensorium.nn.linear import AVAILABLE, BF16_NATIVE
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason="this torch has no oneDNN")  # x86 and ARM builds have it
 
@@ -90,11 +90,12 @@ def test_encoders_load_with_packed_blocks_and_answer_as_unpacked(tiny_entries, a
         return [m for block in model.modules() if isinstance(block, TransformerBlock)
                 for m in block.modules() if isinstance(m, Linear)]
 
+    packs = dtype == "float32" or BF16_NATIVE  # oneDNN has no bf16 on an AVX2 CPU: plain weights there
     clip = sn.load("test-clip_tiny", device="cpu", dtype=dtype)
-    assert block_linears(clip) and all(m.packed for m in block_linears(clip))
+    assert block_linears(clip) and all(m.packed == packs for m in block_linears(clip))
     assert not clip.visual.attn_pool.qkv.packed  # the pool slices its qkv rows: plain
     tagger = sn.load("ast-finetuned-audioset-10-10-0.4593", device="cpu", dtype=dtype)
-    assert all(m.packed for m in block_linears(tagger))  # its last block's prefix path takes a packed qkv
+    assert all(m.packed == packs for m in block_linears(tagger))  # its last block's prefix path takes a packed qkv
     pixels = torch.randn(3, 3, clip.image_size, clip.image_size, generator=torch.Generator().manual_seed(0))
     ids = torch.randint(1, 50, (2, clip.context_length), generator=torch.Generator().manual_seed(1))
     features = torch.randn(2, tagger.max_frames, tagger.config.num_mel_bins, generator=torch.Generator().manual_seed(2))
@@ -195,6 +196,11 @@ def test_a_packed_linear_equals_the_plain_one_and_keeps_a_plain_state_dict(dtype
     with torch.inference_mode():
         want, want_gelu = block(x), block[0](x, "gelu")
     plain_state = {k: v.clone() for k, v in block.state_dict().items()}
+    if dtype == torch.bfloat16 and not BF16_NATIVE:  # oneDNN has no bf16 on this CPU: nothing packs, nothing changes
+        assert pack_linears(block) == 0 and not block[0].packed
+        with torch.inference_mode():
+            assert torch.equal(block(x), want)
+        return
     assert pack_linears(block) == 2 and block[0].packed and block[1].packed
     with torch.inference_mode():
         assert torch.equal(block(x), want) and torch.equal(block[0](x, "gelu"), want_gelu)
@@ -223,6 +229,50 @@ def test_a_packed_linear_equals_the_plain_one_and_keeps_a_plain_state_dict(dtype
     block[0].weight.requires_grad_(True)
     block(x.float()).sum().backward()
     assert block[0].weight.grad is not None
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_bf16_linear_without_native_bf16_runs_in_float32_and_rounds_once(monkeypatch, native):
+    """Where oneDNN has no bf16 (AVX2 CPUs: BF16_NATIVE False, simulated here on any CPU), a bf16 linear of 16 rows
+    or more widens the weight (plain or in blocks of rows) into float32 for oneDNN's float32 product, applies the
+    bias and gelu in float32 and rounds once; fewer rows, autograd and traces take torch's own bf16 ops; bf16 weights
+    are not packed. (Native: the same calls keep oneDNN's bf16.)"""
+    import importlib
+
+    from sensorium.nn import gemv
+    from sensorium.nn.linear import linear
+
+    linear_module = importlib.import_module("sensorium.nn.linear")  # the module (sensorium.nn.linear is the function)
+
+    if native and not BF16_NATIVE:
+        pytest.skip("this CPU has no native bf16 (the other case runs here)")
+    monkeypatch.setattr(linear_module, "BF16_NATIVE", native)
+    widened = []
+    through = linear_module._bf16_through_float32
+    monkeypatch.setattr(linear_module, "_bf16_through_float32",
+                        lambda x, *rest: widened.append(x.shape) or through(x, *rest))
+    g = torch.Generator().manual_seed(4)
+    weight, bias = torch.randn(72, 96, generator=g).bfloat16(), torch.randn(72, generator=g).bfloat16()
+    with torch.inference_mode():
+        for rows in (1, 15, 16, 300):
+            x = torch.randn(rows, 96, generator=g).bfloat16()
+            exact = x.double() @ weight.double().T + bias.double()
+            for w in (weight, gemv.to_blocks(weight)):
+                got = linear(x, w, bias)
+                assert got.dtype == torch.bfloat16 and rel(got, exact) < 4e-3
+                if rows >= linear_module.FLOAT32_ROWS and not native:  # float32 sums, one rounding: those bits
+                    want = (x.float() @ weight.float().T + bias.float()).bfloat16()
+                    assert rel(got, want) < 1e-6 or (got != want).float().mean() < 0.01
+                    gelu = linear(x, w, bias, "gelu")
+                    assert rel(gelu, F.gelu(exact)) < 4e-3
+    # 16 rows and more, plain and blocked, without and with gelu; fewer go to torch's bf16 ops (or the kernel)
+    assert [shape for shape in widened if shape[0] >= 16] == ([] if native else [(16, 96)] * 4 + [(300, 96)] * 4)
+    layer = Linear(96, 72).bfloat16().requires_grad_(False)
+    assert layer.pack() == native
+    trained = weight.clone().requires_grad_(True)  # autograd: torch's bf16 ops
+    x = torch.randn(20, 96, generator=g).bfloat16()
+    linear(x, trained).float().sum().backward()
+    assert trained.grad is not None and trained.grad.shape == weight.shape
 
 
 def _decode_inputs(dtype, keys: int, heads: int = 14, kv_heads: int = 2, batch: int = 2):
@@ -257,9 +307,10 @@ def test_a_bf16_chat_model_loads_packed_and_answers_as_unpacked(af3_model_dir):
     with gemv.use_gemv(False):  # where the one-row kernel runs, decoders stay plain (test_gemv.py)
         model = sn.load(str(af3_model_dir), device="cpu", dtype="bfloat16")
     layers = [m for m in model.decoder.modules() if isinstance(m, Linear)]
-    assert layers and all(m.packed for m in layers)
+    assert layers and all(m.packed == BF16_NATIVE for m in layers)  # oneDNN has no bf16 on an AVX2 CPU
     encoder = [m for m in model.encoder.modules() if isinstance(m, Linear)]
-    assert encoder and all(m.packed for m in encoder)  # the audio encoder's layers: packed (many rows a call)
+    # the audio encoder's layers: packed (many rows a call)
+    assert encoder and all(m.packed == BF16_NATIVE for m in encoder)
     inputs = model.process([one_second_question()])
     with torch.inference_mode():
         packed_ids = model.generate(**inputs.model_inputs(), max_new_tokens=12, stop_tokens=())

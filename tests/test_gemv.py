@@ -15,7 +15,7 @@ import torch
 import sensorium as sn
 from helpers import one_second_question
 from sensorium.nn import Linear, gemv, linear, stream_linears
-from sensorium.nn.linear import LaidOutWeight
+from sensorium.nn.linear import BF16_NATIVE, LaidOutWeight
 from sensorium.nn.decoder import Decoder, DecoderConfig, causal_mask
 from sensorium.nn.generation import generate_tokens
 
@@ -28,6 +28,10 @@ def rel(a, b) -> float:
 
 
 def onednn(x, weight, bias):
+    """oneDNN's bf16 product where the CPU has native bf16; elsewhere (the avx2 kernels' CPUs) torch's own bf16
+    product, which is what runs there instead."""
+    if not BF16_NATIVE:
+        return torch.nn.functional.linear(x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
@@ -141,7 +145,8 @@ def test_linear_sends_only_what_the_kernel_can_take_to_it():
         assert not gemv.fits(torch.randn(1, 64), weight.float(), None)  # float32
         assert not gemv.fits(torch.randn(1, 64).bfloat16(), weight, bias.float())
         assert not gemv.fits(torch.randn(1, 40).bfloat16(), weight.T, None)  # not contiguous
-        assert not gemv.fits(torch.randn(1, 64).bfloat16(), torch.ops.mkldnn._reorder_linear_weight(weight), None)
+        if BF16_NATIVE:  # oneDNN packs bf16 only where the CPU has it
+            assert not gemv.fits(torch.randn(1, 64).bfloat16(), torch.ops.mkldnn._reorder_linear_weight(weight), None)
         assert not gemv.fits(torch.randn(1, 0).bfloat16(), torch.randn(40, 0).bfloat16(), None)
     trained = weight.clone().requires_grad_(True)
     assert not gemv.fits(torch.randn(1, 64).bfloat16(), trained, None)  # gradients: torch's own product
@@ -232,6 +237,8 @@ def test_the_kernel_on_blocks_of_rows_gives_the_plain_weights_bits(rows):
     assert all(torch.equal(a, b) for a, b in zip(outs, plain))
 
 
+@pytest.mark.skipif(not gemv.has("sensorium_gemm_blocked_bf16"), reason=f"the {gemv.flavour()} kernels have no "
+                    "blocked GEMM (prompts there: test_a_streamed_linear_is_blocked_and_serves_every_row_count)")
 @pytest.mark.parametrize("m, n, k", [(1, 4, 32), (5, 68, 96), (13, 132, 224), (64, 520, 1024), (7, 512, 4864)])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_a_prompt_on_blocks_is_as_close_to_float64_as_onednn(m, n, k, with_bias):
@@ -253,8 +260,9 @@ def test_a_prompt_on_blocks_is_as_close_to_float64_as_onednn(m, n, k, with_bias)
 
 def test_a_streamed_linear_is_blocked_and_serves_every_row_count(monkeypatch):
     """stream_linears lays a bf16 linear out in blocks of rows: up to 4 rows on the kernel, more on the kernel's
-    GEMM over the blocks (a fused gelu or autograd: oneDNN on a plain copy); at these sizes every row count gives the
-    plain weight's bits, and an input's gradient is the plain layer's."""
+    GEMM over the blocks (a fused gelu or autograd: oneDNN on a plain copy; on a CPU without native bf16 the rows
+    widened to float32 for oneDNN, as a plain bf16 weight's there); at these sizes every row count gives the plain
+    weight's bits, and an input's gradient is the plain layer's."""
     torch.manual_seed(0)
     layer = Linear(96, 80).bfloat16().requires_grad_(False)
     plain = Linear(96, 80).bfloat16().requires_grad_(False)
@@ -272,7 +280,10 @@ def test_a_streamed_linear_is_blocked_and_serves_every_row_count(monkeypatch):
             assert torch.equal(layer(x), plain(x)), rows
             exact = x.double() @ plain.weight.double().T + plain.bias.double()
             assert rel(layer(x), exact) < 8e-3
-        assert prompts == [(17, 96), (17, 96), (300, 96), (300, 96)]  # two calls for each count
+        if gemv.has("sensorium_gemm_blocked_bf16"):
+            assert prompts == [(17, 96), (17, 96), (300, 96), (300, 96)]  # two calls for each count
+        else:
+            assert not prompts and not BF16_NATIVE
         x = torch.randn(2, 33, 96).bfloat16()
         assert torch.equal(layer(x), plain(x)) and torch.equal(layer(x, "gelu"), plain(x, "gelu"))
     grads = []
@@ -386,6 +397,39 @@ def test_a_blocked_linear_under_torch_compile_equals_eager():
         assert torch.equal(compiled(x), want)
 
 
+def test_each_flavour_of_the_kernels_has_what_it_says():
+    """avx512: every entry point; avx2 (a CPU without AVX512-BF16): a decode step's, and encoders keep SDPA (their
+    attention kernel) and prompts on blocked weights go to float32 (no blocked GEMM)."""
+    assert gemv.flavour() in gemv.FLAVOURS
+    q = torch.randn(1, 8, 64).bfloat16()
+    complete = gemv.flavour() == "avx512"
+    assert gemv.attention_fits(q, q, q, 2) == complete
+    assert gemv.gemm_fits(q, gemv.to_blocks(torch.randn(8, 64).bfloat16()), None) == complete
+    for entry_point in ("sensorium_gemv_bf16", "sensorium_gemv_int8", "sensorium_decoder_step_bf16",
+                        "sensorium_step_attention_bf16", "sensorium_swiglu_bf16", "sensorium_block_bf16"):
+        assert gemv.has(entry_point)
+
+
+def _cpu_flags() -> set[str]:
+    with open("/proc/cpuinfo") as info:
+        return next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
+
+
+@pytest.mark.skipif(gemv.flavour() != "avx512" or not {"avx2", "fma"} <= _cpu_flags(),
+                    reason="the avx2 flavour runs this file natively on a CPU without AVX512-BF16")
+def test_the_avx2_flavour_passes_this_files_tests_on_an_avx512_cpu(tmp_path):
+    """A CPU with AVX512-BF16 runs the avx512 kernels above; the avx2 ones (what AMD Zen 2 / 3 and most laptops run)
+    take this file's kernel and decoder tests too, built for AVX2 in a fresh process (SENSORIUM_KERNELS=avx2)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+         "kernel or step or block or int8 or flavour or fused or prompt or rope"],
+        capture_output=True, text=True, timeout=1200, cwd=os.path.dirname(os.path.dirname(__file__)),
+        env={**os.environ, "SENSORIUM_KERNELS": "avx2", "SENSORIUM_KERNEL_CACHE": str(tmp_path / "kernels")})
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert list((tmp_path / "kernels").glob("kernels-avx2-*.so"))
+    assert " passed" in result.stdout and " failed" not in result.stdout
+
+
 BUILD = textwrap.dedent("""
     import torch
     from sensorium.nn import gemv
@@ -402,8 +446,8 @@ def test_processes_building_the_kernel_at_once_all_get_it(tmp_path):
     processes = [_fresh_process(tmp_path) for _ in range(3)]
     outputs = [p.communicate(timeout=240) for p in processes]
     assert [out.strip() for out, _ in outputs] == ["True None"] * 3, outputs
-    assert len(list((tmp_path / "kernels").glob("gemv_bf16-*.so"))) == 1
-    assert not [p for p in (tmp_path / "kernels").iterdir() if not p.name.startswith("gemv_bf16-")]  # no partials
+    assert len(list((tmp_path / "kernels").glob(f"kernels-{gemv.flavour()}-*.so"))) == 1
+    assert not [p for p in (tmp_path / "kernels").iterdir() if not p.name.startswith("kernels-")]  # no partials
 
 
 def test_without_a_compiler_or_when_turned_off_it_says_why_and_decoders_pack(tmp_path, af3_model_dir):
@@ -413,7 +457,8 @@ def test_without_a_compiler_or_when_turned_off_it_says_why_and_decoders_pack(tmp
     assert out.strip() == "False turned off by SENSORIUM_GEMV=0", err
     with gemv.use_gemv(False):
         model = sn.load(str(af3_model_dir), device="cpu", dtype="bfloat16")
-    assert all(m.packed for m in model.decoder.modules() if isinstance(m, Linear))
+    # packed for oneDNN where it has bf16; plain rows elsewhere
+    assert all(m.packed == BF16_NATIVE for m in model.decoder.modules() if isinstance(m, Linear))
 
 
 def test_a_bf16_decoder_steps_on_the_kernel_and_answers_as_the_packed_one(af3_model_dir, monkeypatch):
@@ -576,9 +621,9 @@ def test_a_whole_step_refuses_what_it_cannot_take():
         assert decoder._step_on_kernel(x.expand(5, 1, 96), rope, None, cache, 5) is None  # 5 rows
         with pytest.raises(ValueError, match="holds 16 positions"):
             decoder._step_on_kernel(x, rope, None, cache, 16)
-        decoder.layers[1].mlp.up.pack()  # a packed weight
-        assert decoder._step_on_kernel(x, rope, None, cache, 5) is None
-        decoder.layers[1].mlp.up.unpack()
+        if decoder.layers[1].mlp.up.pack():  # a packed weight (oneDNN packs bf16 where the CPU has native bf16)
+            assert decoder._step_on_kernel(x, rope, None, cache, 5) is None
+            decoder.layers[1].mlp.up.unpack()
         decoder.quantize("int4")  # int4 layers step layer by layer (int8 ones take the one call)
         assert decoder._step_on_kernel(x, rope, None, cache, 5) is None
 

@@ -1,4 +1,5 @@
-/* What sensorium's C kernels (gemv_bf16.c, attention_bf16.c) share: bf16 <-> float32 conversions and a vector e^x. */
+/* What sensorium's C kernels share: bf16 <-> float32 conversions, and in the AVX512 flavour (gemv_bf16.c,
+   attention_bf16.c) their 16-lane forms and a vector e^x. */
 
 #ifndef SENSORIUM_BF16_H
 #define SENSORIUM_BF16_H
@@ -22,6 +23,7 @@ static inline uint16_t to_bf16(float value) {  /* round to nearest even, as torc
     return (uint16_t)(bits >> 16);
 }
 
+#ifdef __AVX512F__  /* the AVX512 flavour's vector forms (gemv_bf16.c, attention_bf16.c) */
 static inline __m512 load_bf16(const uint16_t *p, __mmask16 mask) {  /* 16 bf16 -> float32 (masked lanes 0) */
     __m256i raw = _mm256_maskz_loadu_epi16(mask, p);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
@@ -54,5 +56,6 @@ static inline __m512 exp_16(__m512 x) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
 }
+#endif
 
 #endif

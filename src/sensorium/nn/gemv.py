@@ -1,6 +1,6 @@
 """sensorium's bf16 CPU kernels, from small C files built on first use into one library: one-row products for
-decode steps and a decoder's whole step through its layers in one call (`gemv_bf16.c`), and the encoders'
-self-attention (`attention_bf16.c`; nn/attention.py calls it).
+decode steps and a decoder's whole step through its layers in one call (`gemv_bf16.c`, `decoder_step.c`), and the
+encoders' self-attention (`attention_bf16.c`; nn/attention.py calls it).
 
 A decoder's one-token step reads every weight once for one row of activations: it is bound by memory bandwidth,
 and torch's bf16 product for one row is not (on a 2-core Zen 4: oneDNN on the weight as stored 15-17 GB/s, packed
@@ -10,13 +10,18 @@ of 68; benchmarks/gemv_probe.py, benchmarks/decode_ab.py).
 An encoder's bf16 attention on SDPA's CPU flash kernel runs at 87-138 GFLOP/s there, a fifth to a third of the bf16
 GEMM rate; the attention kernel 200-325, 2.3-2.5x (benchmarks/attention_probe.py).
 
-The kernels need AVX512-BF16 (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later), Linux on x86-64
-and a C compiler (`$CC`, else `cc` or `gcc`); they are compiled once into `$SENSORIUM_KERNEL_CACHE` (default
-`~/.cache/sensorium/kernels`), checked against float32, and loaded with ctypes. Their OpenMP runtime is the libgomp
-torch has already loaded (same soname), so the two share one thread pool; each call passes torch's thread count.
+Two builds (FLAVOURS), picked by the CPU: "avx512" where it has AVX512-BF16 (Intel Cooper Lake / Sapphire Rapids and
+later, AMD Zen 4 and later): everything above; "avx2" where it has AVX2 and FMA but not that (AMD Zen 2 / 3, Intel
+cores before Sapphire Rapids, most laptops): a decode step's kernels (`gemv_avx2.c`: the same entry points and
+layouts on 8 float32 lanes; oneDNN has no bf16 there and torch multiplies bf16 row by row), without the encoders'
+attention and the blocked GEMM (`has`). Either needs Linux on x86-64 and a C compiler (`$CC`, else `cc` or `gcc`);
+they are compiled once into `$SENSORIUM_KERNEL_CACHE` (default `~/.cache/sensorium/kernels`), checked against
+float32, and loaded with ctypes. Their OpenMP runtime is the libgomp torch has already loaded (same soname), so the
+two share one thread pool; each call passes torch's thread count.
 
 Where any of that is missing, `available()` is False, `why_not()` says why, decoders keep oneDNN's packed product
-(nn/linear.py) and encoders SDPA. `SENSORIUM_GEMV=0` (read at first use) or `use_gemv(False)` turns the kernels off.
+(nn/linear.py) and encoders SDPA. `SENSORIUM_GEMV=0` (read at first use) or `use_gemv(False)` turns the kernels off;
+`SENSORIUM_KERNELS=avx2` builds the avx2 flavour on a CPU that has both.
 """
 
 from __future__ import annotations
@@ -37,11 +42,16 @@ import torch
 
 MAX_ROWS = 4  # rows of x per call (a step's batch); more go to oneDNN, whose GEMM then wins
 BLOCK_ROWS, BLOCK_INPUTS = 4, 32  # the blocked weight layout (`to_blocks`): the kernel's rows a pass, values a load
-# one library from these (bf16.h: their shared conversions)
-SOURCES = [Path(__file__).with_name(name) for name in ("gemv_bf16.c", "attention_bf16.c", "bf16.h")]
-# no FMA contraction: the small ops round each product as torch's do
-FLAGS = ["-O3", "-ffp-contract=off", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp", "-shared",
-         "-fPIC"]
+# one library per flavour of x86 CPU, from these files (the headers: what they share) and with these flags; no FMA
+# contraction: the small ops round each product as torch's do. "avx512": AVX512-BF16's dot products, and the encoders'
+# attention and a prompt's GEMM on blocked weights; "avx2": the decode step's kernels on 8 float32 lanes.
+HEADERS = ("bf16.h", "kernels.h")
+FLAVOURS = {
+    "avx512": (("gemv_bf16.c", "decoder_step.c", "attention_bf16.c"),
+               ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16"]),
+    "avx2": (("gemv_avx2.c", "decoder_step.c"), ["-mavx2", "-mfma", "-mf16c"]),
+}
+COMMON_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
 _POINTER, _SIZE = ctypes.c_void_p, ctypes.c_int64
 # each entry point: (argument types, result type); the ints are 0, or -1 for more than MAX_ROWS rows
 SIGNATURES = {
@@ -68,6 +78,7 @@ SIGNATURES = {
 _BF16 = torch.bfloat16
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
+_flavour: str | None = None  # the loaded library's (FLAVOURS)
 _reason: str | None = None  # why the kernel is not available; None before the first try and when it is
 _tried = False
 _enabled = True
@@ -82,6 +93,17 @@ def available() -> bool:
     if not _tried:
         _load()
     return _library is not None and _enabled
+
+
+def flavour() -> str | None:
+    """Which build of the kernels runs here ("avx512" or "avx2"; FLAVOURS), None where none does."""
+    return _flavour if available() else None
+
+
+def has(entry_point: str) -> bool:
+    """Whether the loaded kernels have this entry point (the encoders' attention and the blocked GEMM are in the
+    avx512 flavour only)."""
+    return available() and hasattr(_library, entry_point)
 
 
 def why_not() -> str | None:
@@ -142,7 +164,7 @@ def gemm_fits(x: torch.Tensor, blocked: torch.Tensor, bias: torch.Tensor | None)
             and (bias is None or (bias.dtype == _BF16 and bias.is_cpu and bias.is_contiguous()))
             and not (torch.is_grad_enabled() and (x.requires_grad or blocked.requires_grad
                                                   or (bias is not None and bias.requires_grad)))
-            and not _tracing() and available())
+            and not _tracing() and has("sensorium_gemm_blocked_bf16"))
 
 
 def gemm_blocked(x: torch.Tensor, blocked: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -369,7 +391,7 @@ def attention_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
     return (k.shape == q.shape == v.shape and k.dtype == v.dtype == _BF16 and k.is_cpu and v.is_cpu
             and width % heads == 0 and (width // heads) % 32 == 0 and width // heads <= 512 and q.numel() > 0
             and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
-            and available())
+            and has("sensorium_attention_bf16"))
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, cos: torch.Tensor | None = None,
@@ -413,55 +435,61 @@ def _tracing() -> bool:
 
 
 def _load() -> None:
-    global _library, _reason, _tried
+    global _library, _flavour, _reason, _tried
     with _lock:
         if _tried:
             return
         try:
-            _library, _reason = _build_and_check()
+            _library, _flavour, _reason = _build_and_check()
         except (OSError, subprocess.SubprocessError) as error:  # a cache folder we cannot write, a broken compiler
             _library, _reason = None, f"the kernel could not be built or loaded: {error}"
         _tried = True
 
 
-def _build_and_check() -> tuple[ctypes.CDLL | None, str | None]:
+def _build_and_check() -> tuple[ctypes.CDLL | None, str | None, str | None]:
     if os.environ.get("SENSORIUM_GEMV", "1") == "0":
-        return None, "turned off by SENSORIUM_GEMV=0"
+        return None, None, "turned off by SENSORIUM_GEMV=0"
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return None, f"the kernel is for Linux on x86-64, not {sys.platform} on {platform.machine()}"
-    if not _cpu_has_avx512_bf16():
-        return None, "this CPU has no AVX512-BF16 instructions"
+        return None, None, f"the kernels are for Linux on x86-64, not {sys.platform} on {platform.machine()}"
+    name = _cpu_flavour()
+    if name is None:
+        return None, None, "this CPU has neither AVX512-BF16 nor AVX2 with FMA"
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler or not shutil.which(compiler):
-        return None, "no C compiler found ($CC, cc or gcc); install gcc to build the one-row bf16 kernel"
-    source = b"".join(path.read_bytes() for path in SOURCES)
+        return None, None, "no C compiler found ($CC, cc or gcc); install gcc to build the one-row bf16 kernel"
+    files, isa = FLAVOURS[name]
+    sources = [Path(__file__).with_name(file) for file in (*files, *HEADERS)]
+    flags = [*COMMON_FLAGS, *isa]
+    source = b"".join(path.read_bytes() for path in sources)
     version = subprocess.run([compiler, "--version"], capture_output=True, timeout=60).stdout
-    key = hashlib.sha256(source + version + " ".join(FLAGS).encode() + compiler.encode()).hexdigest()[:16]
-    built = cache_folder() / f"gemv_bf16-{key}.so"
+    key = hashlib.sha256(source + version + " ".join(flags).encode() + compiler.encode()).hexdigest()[:16]
+    built = cache_folder() / f"kernels-{name}-{key}.so"
     if not built.exists():
         built.parent.mkdir(parents=True, exist_ok=True)
         # build beside the final name and rename: processes building at once (Ray workers) each replace it whole
         handle, partial = tempfile.mkstemp(suffix=".so", dir=built.parent)
         os.close(handle)
-        compiled = [str(path) for path in SOURCES if path.suffix == ".c"]
-        result = subprocess.run([compiler, *FLAGS, "-o", partial, *compiled, "-lm"], capture_output=True, text=True,
+        compiled = [str(path) for path in sources if path.suffix == ".c"]
+        result = subprocess.run([compiler, *flags, "-o", partial, *compiled, "-lm"], capture_output=True, text=True,
                                 timeout=300)
         if result.returncode != 0:
             os.unlink(partial)
-            return None, f"{compiler} could not build {', '.join(compiled)}: {result.stderr.strip()[-500:]}"
+            return None, None, f"{compiler} could not build {', '.join(compiled)}: {result.stderr.strip()[-500:]}"
         os.replace(partial, built)
     library = ctypes.CDLL(str(built))
-    for name, (arguments, result) in SIGNATURES.items():
-        getattr(library, name).argtypes, getattr(library, name).restype = arguments, result
+    for entry_point, (arguments, result) in SIGNATURES.items():
+        if hasattr(library, entry_point):
+            getattr(library, entry_point).argtypes, getattr(library, entry_point).restype = arguments, result
     error = _self_check(library)
     if error is not None:
-        return None, error
-    return library, None
+        return None, None, error
+    return library, name, None
 
 
 def _self_check(library: ctypes.CDLL) -> str | None:
     """The built kernels against float32: a small product with ragged sizes (n % 4, k % 32 not zero), the same on
-    blocked weights and a prompt's GEMM on them, and a causal attention over a ragged number of tokens."""
+    blocked weights, and where the flavour has them a prompt's GEMM on blocked weights and a causal attention over a
+    ragged number of tokens."""
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(37, 203, generator=generator).bfloat16()
     bias = torch.randn(37, generator=generator).bfloat16()
@@ -483,6 +511,8 @@ def _self_check(library: ctypes.CDLL) -> str | None:
                                     torch.get_num_threads())
     if not torch.equal(*outs):
         return "the built kernel's product on blocked weights differs from its product on plain ones"
+    if not hasattr(library, "sensorium_gemm_blocked_bf16"):  # the avx2 flavour: a step's kernels only
+        return None
     x = torch.randn(7, 256, generator=generator).bfloat16()  # a prompt's GEMM on them: a ragged tile of rows
     out, blocked = torch.empty(7, 40, dtype=torch.bfloat16), to_blocks(weight)
     if library.sensorium_gemm_blocked_bf16(x.data_ptr(), 7, blocked.data_ptr(), None, out.data_ptr(), 40, 256,
@@ -506,12 +536,21 @@ def _self_check(library: ctypes.CDLL) -> str | None:
     return None
 
 
-def _cpu_has_avx512_bf16() -> bool:
+def _cpu_flavour() -> str | None:
+    """The FLAVOURS entry this CPU runs ("avx512" where it has AVX512-BF16, else "avx2" where it has AVX2 and FMA),
+    or None. `SENSORIUM_KERNELS=avx2` asks for the AVX2 build on a CPU that has both (to compare or test it)."""
+    flags: set[str] = set()
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:
                 if line.startswith("flags"):
-                    return "avx512_bf16" in line.split()
+                    flags = set(line.split(":", 1)[1].split())
+                    break
     except OSError:
         pass
-    return False
+    avx2 = {"avx2", "fma"} <= flags
+    if os.environ.get("SENSORIUM_KERNELS") == "avx2":
+        return "avx2" if avx2 else None
+    if {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= flags:
+        return "avx512"
+    return "avx2" if avx2 else None

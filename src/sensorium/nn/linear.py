@@ -25,6 +25,11 @@ faster than on the plain weight in the machine's fast bandwidth state), on 2 MB 
 most 4 rows go to the one-row kernel, a prompt's rows to the kernel's GEMM on the same blocks (0.87-1.05x oneDNN's
 on plain rows, matrix by matrix); anything else (a fused gelu, autograd, no kernel) to oneDNN on a plain copy.
 `SENSORIUM_BLOCKS=0` keeps plain rows. The state dict, pickles and `.to()` see plain weights, as with packed ones.
+
+On an x86 CPU without native bf16 (AVX2 only: AMD Zen 2 / 3, most laptops' Intel cores) oneDNN refuses bf16 and
+torch's own bf16 product runs row by row, so a bf16 linear of 16 rows or more runs in float32 on oneDNN instead, the
+weight widened per call (`_bf16_through_float32`: exact; one rounding, as oneDNN's bf16 linear), bf16 weights are
+not packed, and a bf16 decoder steps on the avx2 build of the one-row kernel (nn/gemv.py).
 """
 
 from __future__ import annotations
@@ -37,9 +42,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensorium.nn import gemv
-from sensorium.nn.memory import empty_on_huge_pages, on_huge_pages
+from sensorium.nn.memory import empty_on_huge_pages, on_huge_pages, scratch
 
 AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+# oneDNN's bf16 linear (and its packed weights) need AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT; on other x86 CPUs (AVX2:
+# AMD Zen 2 / 3, most laptops' Intel cores) it refuses bf16, and torch's own bf16 product runs row by row (on a
+# 2-core Zen 3 a 256-row product at 2048x2048 takes 194 ms, 3-6x the same product in float32 with the conversions)
+BF16_NATIVE = AVAILABLE and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+FLOAT32_ROWS = 16  # from here a bf16 product without native bf16 converts to float32 (fewer: torch's bf16 GEMV)
 _enabled = AVAILABLE and os.environ.get("SENSORIUM_ONEDNN", "1") != "0"
 ACTIVATIONS = ("none", "gelu")  # gelu: exact (erf)
 
@@ -67,6 +77,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return _blocked_linear(x, weight, bias, activation)
     if weight.is_mkldnn:
         return _packed_linear(x, weight, bias, activation)
+    if x.dtype == torch.bfloat16 and not BF16_NATIVE:
+        return _bf16_through_float32(x, weight, bias, activation)
     if (_enabled and x.device.type == "cpu" and x.dtype == weight.dtype and x.dtype in (torch.float32, torch.bfloat16)
             and (bias is None or bias.dtype == x.dtype) and x.numel() > 0
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
@@ -75,6 +87,29 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "none" if activation == "gelu" else "")
     out = F.linear(x, weight, bias)
     return F.gelu(out) if activation == "gelu" else out
+
+
+def _bf16_through_float32(x, weight, bias, activation):
+    """A bf16 `linear` on a CPU without native bf16 (BF16_NATIVE): a prompt's rows in float32 on oneDNN, the weight
+    converted per call into a reused buffer (exact: bf16 widens without loss), the sums in float32, the bias and gelu
+    applied in float32 and the output rounded once, as oneDNN's bf16 linear rounds (to the sums' order). A few rows,
+    autograd, a trace or a mismatch go to torch's own bf16 ops."""
+    rows = x.numel() // max(x.shape[-1], 1)
+    if (not _enabled or rows < FLOAT32_ROWS or x.device.type != "cpu" or weight.dtype != torch.bfloat16
+            or (bias is not None and bias.dtype != torch.bfloat16) or gemv._tracing()
+            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                             or (bias is not None and bias.requires_grad)))):
+        out = F.linear(x, gemv.from_blocks(weight) if weight.dim() == 4 else weight, bias)
+        return F.gelu(out) if activation == "gelu" else out
+    widened = scratch("float32 weight", gemv.weight_shape(weight), torch.float32)
+    if weight.dim() == 4:  # blocks of rows (a decoder's, for the kernel's steps): widened straight into rows
+        blocks, chunks, block_rows, inputs = weight.shape
+        widened.view(blocks, block_rows, chunks, inputs).copy_(weight.transpose(1, 2))
+    else:
+        widened.copy_(weight)
+    out = torch.ops.mkldnn._linear_pointwise(x.float(), widened, None if bias is None else bias.float(), activation,
+                                             [], "none" if activation == "gelu" else "")
+    return out.bfloat16()
 
 
 def _packed_linear(x, weight, bias, activation):
@@ -93,9 +128,12 @@ def _blocked_linear(x, weight, bias, activation):
     """`linear` on a weight in the kernel's blocked layout for more rows than the one-row kernel takes (a prompt):
     the kernel's GEMM on the blocks (`gemv.gemm_blocked`, at oneDNN's speed). What it does not take (a fused gelu,
     autograd, a trace, no kernel) runs on a plain copy of the weight made by torch's ops (autograd and traces follow
-    them; the plain weight's bits)."""
+    them; the plain weight's bits); on a CPU without native bf16 (the avx2 kernels) in float32 as any bf16 linear
+    there (`_bf16_through_float32`)."""
     if activation == "none" and gemv.gemm_fits(x, weight, bias):
         return gemv.gemm_blocked(x, weight, bias)
+    if x.dtype == torch.bfloat16 and not BF16_NATIVE:  # the avx2 kernels' decoders: no blocked GEMM there
+        return _bf16_through_float32(x, weight, bias, activation)
     return linear(x, gemv.from_blocks(weight), bias, activation)
 
 
@@ -206,7 +244,8 @@ class Linear(LaidOutWeight, nn.Linear):
             self.unpack()
         weight = self.weight
         if (not AVAILABLE or weight.is_mkldnn or weight.device.type != "cpu" or weight.requires_grad
-                or weight.dtype not in (torch.float32, torch.bfloat16) or weight.numel() == 0):
+                or weight.dtype not in (torch.float32, torch.bfloat16) or weight.numel() == 0
+                or (weight.dtype == torch.bfloat16 and not BF16_NATIVE)):
             return False
         self.weight = nn.Parameter(torch.ops.mkldnn._reorder_linear_weight(weight.detach()), requires_grad=False)
         return True

@@ -1,0 +1,294 @@
+/* The AVX2 + FMA flavour of sensorium's one-row products and a decode step's attention (sensorium/nn/gemv.py builds
+   it where the CPU has no AVX512-BF16: AMD Zen 2 / Zen 3, Intel cores before Sapphire Rapids, most laptops). The
+   same entry points, layouts and roundings as gemv_bf16.c, 8 float32 lanes instead of 16 and no bf16 dot product:
+   each 16 bf16 values become two float32 vectors (the even ones shifted into place, the odd ones masked: a shift
+   and an AND, exact), multiplied and summed by FMA. Sums run in another order than gemv_bf16.c's, so the two
+   flavours agree to float32 rounding, each bit-equal with itself across layouts, thread counts and one call or
+   many. A step is bound by how fast the weight streams, which 8 lanes reach: what torch does instead on such a CPU
+   is its bf16 product row by row (oneDNN has no bf16 there). */
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bf16.h"
+#include "kernels.h"
+
+#define PREFETCH_BLOCKED 2048  /* bytes ahead of a blocked sweep (one run of memory), into L2 */
+#define PREFETCH_ROWS 8192     /* plain rows: ahead of the block's 4 rows at their pace, into L2 */
+
+static inline __m256 even_f32(__m256i raw) {  /* bf16 values 0, 2, .., 14 of 16 -> float32 */
+    return _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
+}
+
+static inline __m256 odd_f32(__m256i raw) {  /* bf16 values 1, 3, .., 15 of 16 -> float32 */
+    return _mm256_castsi256_ps(_mm256_and_si256(raw, _mm256_set1_epi32((int)0xffff0000u)));
+}
+
+static inline float sum_8(__m256 v) {
+    const __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    return _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)));
+}
+
+/* Rows first .. first + rows - 1 of w (plain [n, k], or blocked [n / 4, k / 32, 4, 32]) against M rows of x: out[r][j]
+   in float32. 16 values a step: x's converted once for the block's rows; the last k % 16 (plain only) one by one. */
+static inline __attribute__((always_inline)) void dot_block(const uint16_t *x, const int m, const uint16_t *w,
+                                                            int64_t k, int64_t first, int rows, const int blocked,
+                                                            float out[ROWS][4]) {
+    __m256 acc[ROWS][4];
+    float tail[ROWS][4];
+    for (int r = 0; r < ROWS; ++r)
+        for (int j = 0; j < 4; ++j) acc[r][j] = _mm256_setzero_ps(), tail[r][j] = 0.0f;
+    const char *block = (const char *)(w + first * k);
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+        __m256 xe[4], xo[4];
+        for (int j = 0; j < m; ++j) {
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(x + j * k + i));
+            xe[j] = even_f32(raw), xo[j] = odd_f32(raw);
+        }
+        if (i % 32 == 0)  /* 4 lines a 32 values: the block's rows at their pace */
+            for (int p = 0; p < 4; ++p)
+                _mm_prefetch(block + 4 * 2 * i + (blocked ? PREFETCH_BLOCKED : PREFETCH_ROWS) + 64 * p, _MM_HINT_T1);
+        for (int r = 0; r < rows; ++r) {
+            const uint16_t *line = blocked ? w + first * k + (i & ~(int64_t)31) * ROWS + r * 32 + (i & 31)
+                                           : w + (first + r) * k + i;
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)line);
+            const __m256 we = even_f32(raw), wo = odd_f32(raw);
+            for (int j = 0; j < m; ++j) acc[r][j] = _mm256_fmadd_ps(wo, xo[j], _mm256_fmadd_ps(we, xe[j], acc[r][j]));
+        }
+    }
+    for (; i < k; ++i)  /* plain rows only: blocked ones are a multiple of 32 */
+        for (int r = 0; r < rows; ++r)
+            for (int j = 0; j < m; ++j) tail[r][j] += from_bf16(w[(first + r) * k + i]) * from_bf16(x[j * k + i]);
+    for (int r = 0; r < rows; ++r)
+        for (int j = 0; j < m; ++j) out[r][j] = sum_8(acc[r][j]) + tail[r][j];
+}
+
+/* One or several matrices sharing x in one parallel region, as gemv_bf16.c's. */
+#define GEMV_MANY(M)                                                                                              \
+    static void gemv_many_m##M(const uint16_t *x, int count, const uint16_t *const *weights,                     \
+                               const uint16_t *const *biases, uint16_t *const *outs, const int64_t *ns, int64_t k,\
+                               const int *blocked, int threads) {                                                 \
+        int64_t total = 0;                                                                                        \
+        for (int j = 0; j < count; ++j) total += (ns[j] + ROWS - 1) / ROWS;                                      \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")                                        \
+        for (int64_t b = 0; b < total; ++b) {                                                                     \
+            int j = 0;                                                                                            \
+            int64_t local = b;                                                                                    \
+            while (local >= (ns[j] + ROWS - 1) / ROWS) local -= (ns[j++] + ROWS - 1) / ROWS;                      \
+            const int64_t n = ns[j], first = local * ROWS;                                                        \
+            const int rows = n - first < ROWS ? (int)(n - first) : ROWS;                                          \
+            float out[ROWS][4];                                                                                   \
+            if (blocked && blocked[j]) dot_block(x, M, weights[j], k, first, rows, 1, out);                       \
+            else dot_block(x, M, weights[j], k, first, rows, 0, out);                                             \
+            for (int r = 0; r < rows; ++r)                                                                        \
+                for (int i = 0; i < M; ++i)                                                                       \
+                    outs[j][i * n + first + r] = to_bf16(biases[j] ? out[r][i] + from_bf16(biases[j][first + r])  \
+                                                                   : out[r][i]);                                  \
+        }                                                                                                         \
+    }
+
+GEMV_MANY(1)
+GEMV_MANY(2)
+GEMV_MANY(3)
+GEMV_MANY(4)
+
+/* Weight-only int8, as gemv_bf16.c's: x widened to float32 once (xf), q widened 8 at a time, float32 sums, one
+   multiply by the row's scale, one rounding. */
+#define INT8_M(M)                                                                                                 \
+    static void gemv_int8_m##M(const float *xf, const int8_t *w, const uint16_t *scales, uint16_t *y, int64_t n,  \
+                               int64_t k, int threads) {                                                          \
+        const int64_t blocks = (n + ROWS - 1) / ROWS;                                                             \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")                                        \
+        for (int64_t b = 0; b < blocks; ++b) {                                                                    \
+            const int64_t first = b * ROWS;                                                                       \
+            const int rows = n - first < ROWS ? (int)(n - first) : ROWS;                                          \
+            __m256 acc[ROWS][M];                                                                                  \
+            float tail[ROWS][M];                                                                                  \
+            for (int r = 0; r < ROWS; ++r)                                                                        \
+                for (int j = 0; j < M; ++j) acc[r][j] = _mm256_setzero_ps(), tail[r][j] = 0.0f;                   \
+            const char *block = (const char *)(w + first * k);                                                    \
+            int64_t i = 0;                                                                                        \
+            for (; i + 8 <= k; i += 8) {                                                                          \
+                __m256 xv[M];                                                                                     \
+                for (int j = 0; j < M; ++j) xv[j] = _mm256_loadu_ps(xf + j * k + i);                              \
+                if (i % 16 == 0) _mm_prefetch(block + ROWS * i + PREFETCH_ROWS, _MM_HINT_T1);                     \
+                for (int r = 0; r < rows; ++r) {                                                                  \
+                    const __m256 wv = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(                                    \
+                        _mm_loadl_epi64((const __m128i *)(w + (first + r) * k + i))));                            \
+                    for (int j = 0; j < M; ++j) acc[r][j] = _mm256_fmadd_ps(wv, xv[j], acc[r][j]);                \
+                }                                                                                                 \
+            }                                                                                                     \
+            for (; i < k; ++i)                                                                                    \
+                for (int r = 0; r < rows; ++r)                                                                    \
+                    for (int j = 0; j < M; ++j) tail[r][j] += (float)w[(first + r) * k + i] * xf[j * k + i];      \
+            for (int r = 0; r < rows; ++r) {                                                                      \
+                const float scale = from_bf16(scales[first + r]);                                                 \
+                for (int j = 0; j < M; ++j) y[j * n + first + r] = to_bf16((sum_8(acc[r][j]) + tail[r][j]) * scale);\
+            }                                                                                                     \
+        }                                                                                                         \
+    }
+
+INT8_M(1)
+INT8_M(2)
+INT8_M(3)
+INT8_M(4)
+
+#define BY_ROWS(name, ...)                                 \
+    switch (m) {                                           \
+        case 1: name##_m1(__VA_ARGS__); return 0;          \
+        case 2: name##_m2(__VA_ARGS__); return 0;          \
+        case 3: name##_m3(__VA_ARGS__); return 0;          \
+        case 4: name##_m4(__VA_ARGS__); return 0;          \
+    }                                                      \
+    return -1;
+
+int sensorium_gemv_bf16(const uint16_t *x, int64_t m, const uint16_t *w, const uint16_t *bias, uint16_t *y,
+                        int64_t n, int64_t k, int blocked, int threads) {
+    BY_ROWS(gemv_many, x, 1, &w, &bias, &y, &n, k, &blocked, threads)
+}
+
+int sensorium_gemv_many_bf16(const uint16_t *x, int64_t m, int count, const uint16_t *const *weights,
+                             const uint16_t *const *biases, uint16_t *const *outs, const int64_t *ns, int64_t k,
+                             const int *blocked, int threads) {
+    BY_ROWS(gemv_many, x, count, weights, biases, outs, ns, k, blocked, threads)
+}
+
+int sensorium_gemv_int8(const uint16_t *x, int64_t m, const int8_t *w, const uint16_t *scales, uint16_t *y,
+                        int64_t n, int64_t k, float *xf, int threads) {
+    for (int64_t i = 0; i < m * k; ++i) xf[i] = from_bf16(x[i]);
+    BY_ROWS(gemv_int8, xf, w, scales, y, n, k, threads)
+}
+
+/* e^x for 8 lanes, bf16.h's exp_16 (the same reduction and polynomial) without AVX-512's scalef: 2^n built in the
+   exponent bits, so results under FLT_MIN (x < -87.3) are 0 where exp_16 keeps subnormals, and x > 88.7 is inf */
+static inline __m256 exp_8(__m256 x) {
+    const __m256 low = _mm256_cmp_ps(x, _mm256_set1_ps(-87.33f), _CMP_LT_OQ);
+    const __m256 high = _mm256_cmp_ps(x, _mm256_set1_ps(88.72f), _CMP_GT_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33f)), _mm256_set1_ps(88.72f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145752f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860677e-06f), r);
+    __m256 p = _mm256_set1_ps(1.38294208e-03f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.37477110e-03f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.16683592e-02f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.66664213e-01f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.99999911e-01f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    /* 2^n as two factors (n up to 128 and down to -126 each stay normal) */
+    const __m256i e = _mm256_cvtps_epi32(n);
+    const __m256i half = _mm256_srai_epi32(e, 1);
+    const __m256 a = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(half, _mm256_set1_epi32(127)), 23));
+    const __m256 b = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(e, half),
+                                                                            _mm256_set1_epi32(127)), 23));
+    p = _mm256_mul_ps(_mm256_mul_ps(p, a), b);
+    p = _mm256_andnot_ps(low, p);
+    return _mm256_blendv_ps(p, _mm256_set1_ps(INFINITY), high);
+}
+
+static inline __m256 load_bf16_8(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
+static inline void store_bf16_8(uint16_t *p, __m256 v) {  /* round to nearest even, as to_bf16 (NaN kept) */
+    float lane[8];
+    _mm256_storeu_ps(lane, v);
+    for (int i = 0; i < 8; ++i) p[i] = to_bf16(lane[i]);
+}
+
+void sensorium_silu_times(uint16_t *gated, const uint16_t *up, int64_t count) {
+    int64_t i = 0;
+    for (; i + 8 <= count; i += 8) {
+        const __m256 a = load_bf16_8(gated + i);
+        const __m256 silu = _mm256_div_ps(a, _mm256_add_ps(_mm256_set1_ps(1.0f), exp_8(_mm256_sub_ps(_mm256_setzero_ps(), a))));
+        uint16_t rounded[8];
+        store_bf16_8(rounded, silu);
+        store_bf16_8(gated + i, _mm256_mul_ps(load_bf16_8(rounded), load_bf16_8(up + i)));
+    }
+    for (; i < count; ++i) {  /* the same arithmetic, a lane at a time */
+        uint16_t lanes[8] = {0}, ups[8] = {0};
+        lanes[0] = gated[i], ups[0] = up[i];
+        const __m256 a = load_bf16_8(lanes);
+        store_bf16_8(lanes, _mm256_div_ps(a, _mm256_add_ps(_mm256_set1_ps(1.0f), exp_8(_mm256_sub_ps(_mm256_setzero_ps(), a)))));
+        store_bf16_8(lanes, _mm256_mul_ps(load_bf16_8(lanes), load_bf16_8(ups)));
+        gated[i] = lanes[0];
+    }
+}
+
+/* A decode step's attention, as gemv_bf16.c's (few_query_attention's math: float32 scores of bf16 products,
+   softmax and weighted sum in float32, one rounding): each score a dot product 16 channels at a time, the
+   exponentials 8 at a time, the weighted sum 8 channels at a time in one pass over the values per 32 channels. */
+void sensorium_step_attention_bf16(const uint16_t *q, const uint16_t *keys, const uint16_t *values,
+                                   const uint8_t *mask, uint16_t *out, float *scores, int64_t batch, int64_t tokens,
+                                   int64_t heads, int64_t kv_heads, int64_t dim, int64_t visible, int64_t length,
+                                   float scale, int threads) {
+    const int64_t group = heads / kv_heads;
+    #pragma omp parallel for schedule(static) collapse(2) num_threads(threads)
+    for (int64_t b = 0; b < batch; ++b)
+        for (int64_t h = 0; h < heads; ++h) {
+            const uint16_t *k = keys + ((b * kv_heads + h / group) * length) * dim;
+            const uint16_t *v = values + ((b * kv_heads + h / group) * length) * dim;
+            for (int64_t t = 0; t < tokens; ++t) {
+                const uint16_t *query = q + ((b * tokens + t) * heads + h) * dim;
+                const uint8_t *seen = mask ? mask + (b * tokens + t) * visible : NULL;
+                float *row = scores + ((b * heads + h) * tokens + t) * visible;
+                float best = -INFINITY;
+                for (int64_t s = 0; s < visible; ++s) {
+                    if (seen && !seen[s]) {
+                        row[s] = -INFINITY;
+                        continue;
+                    }
+                    __m256 acc = _mm256_setzero_ps();
+                    int64_t c = 0;
+                    for (; c + 16 <= dim; c += 16) {
+                        const __m256i qa = _mm256_loadu_si256((const __m256i *)(query + c));
+                        const __m256i ka = _mm256_loadu_si256((const __m256i *)(k + s * dim + c));
+                        acc = _mm256_fmadd_ps(odd_f32(qa), odd_f32(ka), _mm256_fmadd_ps(even_f32(qa), even_f32(ka), acc));
+                    }
+                    float dot = sum_8(acc);
+                    for (; c < dim; ++c) dot += from_bf16(query[c]) * from_bf16(k[s * dim + c]);
+                    row[s] = dot * scale;
+                    best = row[s] > best ? row[s] : best;
+                }
+                const __m256 most = _mm256_set1_ps(best);
+                __m256 sums = _mm256_setzero_ps();
+                int64_t s = 0;
+                for (; s + 8 <= visible; s += 8) {
+                    const __m256 x = _mm256_loadu_ps(row + s);
+                    const __m256 kept = _mm256_cmp_ps(x, _mm256_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+                    const __m256 e = _mm256_and_ps(kept, exp_8(_mm256_sub_ps(x, most)));
+                    _mm256_storeu_ps(row + s, e);
+                    sums = _mm256_add_ps(sums, e);
+                }
+                float total = sum_8(sums);
+                for (; s < visible; ++s) {  /* the same exp, a lane at a time */
+                    float lane[8];
+                    _mm256_storeu_ps(lane, exp_8(_mm256_set1_ps(row[s] - best)));
+                    row[s] = row[s] == -INFINITY ? 0.0f : lane[0];
+                    total += row[s];
+                }
+                const __m256 inverse = _mm256_set1_ps(1.0f / total);
+                uint16_t *target = out + ((b * tokens + t) * heads + h) * dim;
+                for (int64_t d = 0; d < dim; d += 32) {  /* up to 4 x 8 channels summed in one pass over s */
+                    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+                    const int width = dim - d < 32 ? (int)(dim - d) : 32, full = width / 8;
+                    float rest[8] = {0};
+                    for (int64_t s2 = 0; s2 < visible; ++s2) {
+                        if (row[s2] == 0.0f) continue;  /* masked (or underflowed): adds nothing */
+                        const __m256 weight = _mm256_set1_ps(row[s2]);
+                        for (int c = 0; c < full; ++c)
+                            acc[c] = _mm256_fmadd_ps(weight, load_bf16_8(v + s2 * dim + d + 8 * c), acc[c]);
+                        for (int c = full * 8; c < width; ++c) rest[c - full * 8] += row[s2] * from_bf16(v[s2 * dim + d + c]);
+                    }
+                    for (int c = 0; c < full; ++c) store_bf16_8(target + d + 8 * c, _mm256_mul_ps(acc[c], inverse));
+                    for (int c = full * 8; c < width; ++c) target[d + c] = to_bf16(rest[c - full * 8] * (1.0f / total));
+                }
+            }
+        }
+}

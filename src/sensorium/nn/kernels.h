@@ -1,0 +1,36 @@
+/* What each flavour of sensorium's kernels provides (gemv_bf16.c: AVX512-BF16; gemv_avx2.c: AVX2 + FMA) to the
+   portable decoder step (decoder_step.c), and the step's layer struct. */
+
+#ifndef SENSORIUM_KERNELS_H
+#define SENSORIUM_KERNELS_H
+
+#include <stdint.h>
+
+#define ROWS 4  /* rows of w per block: the one-row products' pass, and the blocked layout's rows */
+
+int sensorium_gemv_bf16(const uint16_t *x, int64_t m, const uint16_t *w, const uint16_t *bias, uint16_t *y,
+                        int64_t n, int64_t k, int blocked, int threads);
+int sensorium_gemv_many_bf16(const uint16_t *x, int64_t m, int count, const uint16_t *const *weights,
+                             const uint16_t *const *biases, uint16_t *const *outs, const int64_t *ns, int64_t k,
+                             const int *blocked, int threads);
+int sensorium_gemv_int8(const uint16_t *x, int64_t m, const int8_t *w, const uint16_t *scales, uint16_t *y,
+                        int64_t n, int64_t k, float *xf, int threads);
+/* gated = bf16(bf16(silu(gated)) * up), elementwise: SwiGLU's roundings after its two products (each already bf16) */
+void sensorium_silu_times(uint16_t *gated, const uint16_t *up, int64_t count);
+void sensorium_step_attention_bf16(const uint16_t *q, const uint16_t *keys, const uint16_t *values,
+                                   const uint8_t *mask, uint16_t *out, float *scores, int64_t batch, int64_t tokens,
+                                   int64_t heads, int64_t kv_heads, int64_t dim, int64_t visible, int64_t length,
+                                   float scale, int threads);
+
+/* one decoder layer for sensorium_decoder_step_bf16 (decoder_step.c) */
+typedef struct {
+    const uint16_t *attn_norm, *q, *k, *v, *q_bias, *k_bias, *v_bias, *o, *mlp_norm, *gate, *up, *down;
+    uint16_t *keys, *values; /* this layer's cache, [batch, kv_heads, length, dim] */
+    /* int8 layers (nn/quant.py): each linear's bf16 scales, its weight then int8; NULL: bf16 weights */
+    const uint16_t *q_scales, *k_scales, *v_scales, *o_scales, *gate_scales, *up_scales, *down_scales;
+    /* which bf16 weights are in blocks of rows (gemv.py: to_blocks), one bit each: q 1, k 2, v 4, o 8, gate 16,
+       up 32, down 64 */
+    int64_t blocked;
+} sensorium_layer;
+
+#endif
