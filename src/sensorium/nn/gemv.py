@@ -174,7 +174,7 @@ def gemm_blocked(x: torch.Tensor, blocked: torch.Tensor, bias: torch.Tensor | No
     n, k = weight_shape(blocked)
     rows = x.numel() // k
     x = x.contiguous()
-    out = torch.empty(*x.shape[:-1], n, dtype=torch.bfloat16)
+    out = torch.empty(*x.shape[:-1], n, dtype=torch.bfloat16, device="cpu")
     if _library.sensorium_gemm_blocked_bf16(x.data_ptr(), rows, blocked.data_ptr(),
                                             None if bias is None else bias.data_ptr(), out.data_ptr(), n, k,
                                             torch.get_num_threads()) != 0:
@@ -220,7 +220,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     n, k = weight_shape(weight)
     rows = x.numel() // k
     x = x.contiguous()
-    out = torch.empty(*x.shape[:-1], n, dtype=x.dtype)
+    out = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device="cpu")
     if x.dtype == torch.float32:
         _rows_taken(_library.sensorium_gemv_f32(x.data_ptr(), rows, weight.data_ptr(),
                                                 None if bias is None else bias.data_ptr(), out.data_ptr(), n, k,
@@ -247,8 +247,8 @@ def gemv_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> t
     k = qweight.shape[1]
     rows = x.numel() // k
     x = x.contiguous()
-    out = torch.empty(*x.shape[:-1], qweight.shape[0], dtype=torch.bfloat16)
-    widened = torch.empty(rows * k)
+    out = torch.empty(*x.shape[:-1], qweight.shape[0], dtype=torch.bfloat16, device="cpu")
+    widened = torch.empty(rows * k, device="cpu")
     _rows_taken(_library.sensorium_gemv_int8(x.data_ptr(), rows, qweight.data_ptr(), scales.data_ptr(),
                                              out.data_ptr(), qweight.shape[0], k, widened.data_ptr(),
                                              torch.get_num_threads()), rows)
@@ -261,7 +261,8 @@ def gemv_many(x: torch.Tensor, layers) -> list[torch.Tensor]:
     rows = x.numel() // k
     x = x.contiguous()
     count = len(layers)
-    outs = [torch.empty(*x.shape[:-1], weight_shape(layer.weight)[0], dtype=torch.bfloat16) for layer in layers]
+    outs = [torch.empty(*x.shape[:-1], weight_shape(layer.weight)[0], dtype=torch.bfloat16, device="cpu")
+            for layer in layers]
     pointers = ctypes.c_void_p * count
     _rows_taken(_library.sensorium_gemv_many_bf16(
         x.data_ptr(), rows, count, pointers(*(layer.weight.data_ptr() for layer in layers)),
@@ -279,7 +280,7 @@ def swiglu_hidden(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torc
     n, k = weight_shape(gate)
     rows = x.numel() // k
     x = x.contiguous()
-    out = torch.empty(*x.shape[:-1], n, dtype=torch.bfloat16)
+    out = torch.empty(*x.shape[:-1], n, dtype=torch.bfloat16, device="cpu")
     _rows_taken(_library.sensorium_swiglu_bf16(x.data_ptr(), rows, gate.data_ptr(), up.data_ptr(), out.data_ptr(),
                                                n, k, int(gate.dim() == 4), torch.get_num_threads()), rows)
     return out
@@ -319,7 +320,7 @@ def step_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, vi
     batch, tokens, heads, dim = q.shape
     seen = None if mask is None else mask[:, 0].contiguous()
     out = torch.empty_like(q)
-    scratch = torch.empty(batch * heads * tokens * visible)
+    scratch = torch.empty(batch * heads * tokens * visible, device="cpu")
     _library.sensorium_step_attention_bf16(q.data_ptr(), keys.data_ptr(), values.data_ptr(),
                                            None if seen is None else seen.data_ptr(), out.data_ptr(),
                                            scratch.data_ptr(), batch, tokens, heads, keys.shape[1], dim, visible,
@@ -418,7 +419,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, cos
         signed_sin = signed_sin.to(torch.float32).contiguous()
     if valid is not None:
         valid = valid.to(torch.uint8).contiguous()
-    out = torch.empty(batch, tokens, width, dtype=_BF16)
+    out = torch.empty(batch, tokens, width, dtype=_BF16, device="cpu")
     status = _library.sensorium_attention_bf16(
         q.data_ptr(), k.data_ptr(), v.data_ptr(), q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
         v.stride(1), out.data_ptr(), batch, tokens, heads, dim,
@@ -499,20 +500,20 @@ def _self_check(library: ctypes.CDLL) -> str | None:
     blocked weights, and where the flavour has them a prompt's GEMM on blocked weights and a causal attention over a
     ragged number of tokens."""
     generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(37, 203, generator=generator).bfloat16()
-    bias = torch.randn(37, generator=generator).bfloat16()
+    weight = torch.randn(37, 203, generator=generator, device="cpu").bfloat16()
+    bias = torch.randn(37, generator=generator, device="cpu").bfloat16()
     for rows in range(1, MAX_ROWS + 1):
-        x = torch.randn(rows, 203, generator=generator).bfloat16()
-        out = torch.empty(rows, 37, dtype=torch.bfloat16)
+        x = torch.randn(rows, 203, generator=generator, device="cpu").bfloat16()
+        out = torch.empty(rows, 37, dtype=torch.bfloat16, device="cpu")
         library.sensorium_gemv_bf16(x.data_ptr(), rows, weight.data_ptr(), bias.data_ptr(), out.data_ptr(), 37, 203,
                                     0, torch.get_num_threads())
         expected = x.float() @ weight.float().T + bias.float()
         error = ((out.float() - expected).norm() / expected.norm()).item()
         if not error < 1e-2:  # bf16 output: ~2e-3
             return f"the built kernel failed its check against float32 ({rows} rows: relative error {error:.1e})"
-    x, weight32, bias32 = (torch.randn(3, 203, generator=generator), torch.randn(37, 203, generator=generator),
-                           bias.float())  # held while the kernel reads them
-    out = torch.empty(3, 37)
+    x = torch.randn(3, 203, generator=generator, device="cpu")
+    weight32, bias32 = torch.randn(37, 203, generator=generator, device="cpu"), bias.float()  # held while read
+    out = torch.empty(3, 37, device="cpu")
     library.sensorium_gemv_f32(x.data_ptr(), 3, weight32.data_ptr(), bias32.data_ptr(), out.data_ptr(), 37, 203,
                                torch.get_num_threads())
     expected = x.double() @ weight32.double().T + bias.double()
@@ -520,9 +521,9 @@ def _self_check(library: ctypes.CDLL) -> str | None:
     if not error < 1e-5:
         return f"the built float32 kernel failed its check against float64 (relative error {error:.1e})"
     # the blocked layout: the same products, bit for bit
-    weight = torch.randn(40, 256, generator=generator).bfloat16()
-    x = torch.randn(2, 256, generator=generator).bfloat16()
-    outs = [torch.empty(2, 40, dtype=torch.bfloat16) for _ in range(2)]
+    weight = torch.randn(40, 256, generator=generator, device="cpu").bfloat16()
+    x = torch.randn(2, 256, generator=generator, device="cpu").bfloat16()
+    outs = [torch.empty(2, 40, dtype=torch.bfloat16, device="cpu") for _ in range(2)]
     for out, w, blocked in zip(outs, (weight, to_blocks(weight)), (0, 1)):
         library.sensorium_gemv_bf16(x.data_ptr(), 2, w.data_ptr(), None, out.data_ptr(), 40, 256, blocked,
                                     torch.get_num_threads())
@@ -530,8 +531,8 @@ def _self_check(library: ctypes.CDLL) -> str | None:
         return "the built kernel's product on blocked weights differs from its product on plain ones"
     if not hasattr(library, "sensorium_gemm_blocked_bf16"):  # the avx2 flavour: a step's kernels only
         return None
-    x = torch.randn(7, 256, generator=generator).bfloat16()  # a prompt's GEMM on them: a ragged tile of rows
-    out, blocked = torch.empty(7, 40, dtype=torch.bfloat16), to_blocks(weight)
+    x = torch.randn(7, 256, generator=generator, device="cpu").bfloat16()  # a prompt's GEMM on them: a ragged tile of rows
+    out, blocked = torch.empty(7, 40, dtype=torch.bfloat16, device="cpu"), to_blocks(weight)
     if library.sensorium_gemm_blocked_bf16(x.data_ptr(), 7, blocked.data_ptr(), None, out.data_ptr(), 40, 256,
                                            torch.get_num_threads()) != 0:
         return "the built blocked GEMM could not allocate its scratch memory"
@@ -540,8 +541,8 @@ def _self_check(library: ctypes.CDLL) -> str | None:
     if not error < 1e-2:
         return f"the built blocked GEMM failed its check against float32 (relative error {error:.1e})"
     # the attention kernel: 2 heads of 32 over 37 tokens (a ragged tile), causal
-    q, k, v = (torch.randn(1, 37, 64, generator=generator).bfloat16() for _ in range(3))
-    out = torch.empty(1, 37, 64, dtype=torch.bfloat16)
+    q, k, v = (torch.randn(1, 37, 64, generator=generator, device="cpu").bfloat16() for _ in range(3))
+    out = torch.empty(1, 37, 64, dtype=torch.bfloat16, device="cpu")
     library.sensorium_attention_bf16(q.data_ptr(), k.data_ptr(), v.data_ptr(), 37 * 64, 64, 37 * 64, 64, 37 * 64, 64,
                                      out.data_ptr(), 1, 37, 2, 32, None, None, 1, None, 32**-0.5,
                                      torch.get_num_threads())

@@ -248,22 +248,19 @@ static inline void store_bf16_8(uint16_t *p, __m256 v) {  /* round to nearest ev
     for (int i = 0; i < 8; ++i) p[i] = to_bf16(lane[i]);
 }
 
+static inline __m256 silu_8(__m256 a) {  /* a / (1 + e^-a) */
+    return _mm256_div_ps(a, _mm256_add_ps(_mm256_set1_ps(1.0f), exp_8(_mm256_sub_ps(_mm256_setzero_ps(), a))));
+}
+
 void sensorium_silu_times(uint16_t *gated, const uint16_t *up, int64_t count) {
-    int64_t i = 0;
-    for (; i + 8 <= count; i += 8) {
-        const __m256 a = load_bf16_8(gated + i);
-        const __m256 silu = _mm256_div_ps(a, _mm256_add_ps(_mm256_set1_ps(1.0f), exp_8(_mm256_sub_ps(_mm256_setzero_ps(), a))));
-        uint16_t rounded[8];
-        store_bf16_8(rounded, silu);
-        store_bf16_8(gated + i, _mm256_mul_ps(load_bf16_8(rounded), load_bf16_8(up + i)));
-    }
-    for (; i < count; ++i) {  /* the same arithmetic, a lane at a time */
-        uint16_t lanes[8] = {0}, ups[8] = {0};
-        lanes[0] = gated[i], ups[0] = up[i];
-        const __m256 a = load_bf16_8(lanes);
-        store_bf16_8(lanes, _mm256_div_ps(a, _mm256_add_ps(_mm256_set1_ps(1.0f), exp_8(_mm256_sub_ps(_mm256_setzero_ps(), a)))));
-        store_bf16_8(lanes, _mm256_mul_ps(load_bf16_8(lanes), load_bf16_8(ups)));
-        gated[i] = lanes[0];
+    for (int64_t i = 0; i < count; i += 8) {  /* the last count % 8 through a padded copy: the same arithmetic */
+        const int n = count - i < 8 ? (int)(count - i) : 8;
+        uint16_t a[8] = {0}, b[8] = {0}, rounded[8];
+        memcpy(a, gated + i, sizeof(uint16_t) * n);
+        memcpy(b, up + i, sizeof(uint16_t) * n);
+        store_bf16_8(rounded, silu_8(load_bf16_8(a)));
+        store_bf16_8(a, _mm256_mul_ps(load_bf16_8(rounded), load_bf16_8(b)));
+        memcpy(gated + i, a, sizeof(uint16_t) * n);
     }
 }
 
