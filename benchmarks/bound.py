@@ -45,18 +45,26 @@ def torch_bounds(size: int, repeats: int) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
+    sys.path.insert(0, str(HERE.parent / "src"))
+    from sensorium.nn import gemv
+    from sensorium.nn.linear import BF16_NATIVE, linear
+
     torch.manual_seed(0)
     flops = 2 * size**3
     rates: dict[str, float] = {}
     with torch.inference_mode():
         a, w = torch.randn(size, size), torch.randn(size, size)
         rates["torch F.linear fp32 GFLOP/s"] = flops / seconds(lambda: F.linear(a, w), repeats) / 1e9
+        ab, wb = a.bfloat16(), w.bfloat16()
         if hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available():
             rates["oneDNN linear fp32 GFLOP/s"] = flops / seconds(
                 lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], ""), repeats) / 1e9
-            ab, wb = a.bfloat16(), w.bfloat16()
-            rates["oneDNN linear bf16 GFLOP/s"] = flops / seconds(
-                lambda: torch.ops.mkldnn._linear_pointwise(ab, wb, None, "none", [], ""), repeats) / 1e9
+            if BF16_NATIVE:  # oneDNN refuses bf16 on CPUs without AVX512 (BW/VL/DQ) or AVX-NE-CONVERT
+                rates["oneDNN linear bf16 GFLOP/s"] = flops / seconds(
+                    lambda: torch.ops.mkldnn._linear_pointwise(ab, wb, None, "none", [], ""), repeats) / 1e9
+            else:  # sensorium's bf16 linear there: float32 inside, the weight widened per call (nn/linear.py)
+                rates["sensorium linear bf16 (float32 inside) GFLOP/s"] = flops / seconds(
+                    lambda: linear(ab, wb), repeats) / 1e9
         rates["torch F.linear bf16 GFLOP/s"] = flops / seconds(lambda: F.linear(a.bfloat16(), w.bfloat16()), repeats) / 1e9
         small = 512  # float16 on CPUs without AVX512-FP16 falls back to a scalar loop: measure small, not for long
         ah, wh = torch.randn(small, small).half(), torch.randn(small, small).half()
@@ -68,17 +76,19 @@ def torch_bounds(size: int, repeats: int) -> dict[str, float]:
             lambda: torch.ops.mkldnn._linear_pointwise(x32, weight32, None, "none", [], ""), repeats) / 1e9
         rates["fp32 GEMV GB/s (torch F.linear)"] = weight32.numel() * 4 / seconds(
             lambda: F.linear(x32, weight32), repeats) / 1e9
+        weight32 = None
         weight = torch.randn(16384, 8192).bfloat16()  # 256 MB of bf16 weights, one token
         x = torch.randn(1, 8192).bfloat16()
-        rates["bf16 GEMV GB/s (oneDNN)"] = weight.numel() * 2 / seconds(
-            lambda: torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], ""), repeats) / 1e9
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight)  # sensorium's bf16 decoders (nn/linear.py)
-        rates["bf16 GEMV GB/s (oneDNN, packed weight)"] = weight.numel() * 2 / seconds(
-            lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), repeats) / 1e9
-        packed = None  # 256 MB freed before the next measurement
-        sys.path.insert(0, str(HERE.parent / "src"))
-        from sensorium.nn import gemv
-
+        if BF16_NATIVE:
+            rates["bf16 GEMV GB/s (oneDNN)"] = weight.numel() * 2 / seconds(
+                lambda: torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], ""), repeats) / 1e9
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight)  # sensorium's bf16 decoders (nn/linear.py)
+            rates["bf16 GEMV GB/s (oneDNN, packed weight)"] = weight.numel() * 2 / seconds(
+                lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), repeats) / 1e9
+            packed = None  # 256 MB freed before the next measurement
+        else:
+            rates["bf16 GEMV GB/s (torch F.linear)"] = weight.numel() * 2 / seconds(
+                lambda: F.linear(x, weight), repeats) / 1e9
         if gemv.available():  # sensorium's bf16 decoders where it builds (nn/gemv.py)
             rates["bf16 GEMV GB/s (sensorium's one-row kernel)"] = weight.numel() * 2 / seconds(
                 lambda: gemv.gemv(x, weight), repeats) / 1e9

@@ -59,7 +59,6 @@ SIGNATURES = {
                             ctypes.c_int),
     "sensorium_gemv_many_bf16": ([_POINTER, _SIZE, ctypes.c_int, _POINTER, _POINTER, _POINTER, _POINTER, _SIZE,
                                   _POINTER, ctypes.c_int], ctypes.c_int),
-    "sensorium_gemv_f32": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, ctypes.c_int], ctypes.c_int),
     "sensorium_gemv_int8": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, _POINTER, ctypes.c_int],
                             ctypes.c_int),
     "sensorium_swiglu_bf16": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, ctypes.c_int,
@@ -190,42 +189,35 @@ def weight_shape(weight: torch.Tensor) -> tuple[int, int]:
 
 
 def fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether `linear(x, weight, bias)` can run on the kernel: bf16 (or float32: a float32 decoder's step) on the
-    CPU, at most MAX_ROWS rows, a plain contiguous weight or a blocked bf16 one (`to_blocks`), no gradient, not being
-    traced or compiled; and the kernel available. (Called for every linear: the cheap tests first, ~2 us in all.)"""
-    dtype = x.dtype
-    if dtype not in (_BF16, torch.float32) or weight.dtype != dtype or not available():  # the first call builds it
+    """Whether `linear(x, weight, bias)` can run on the kernel: bf16 on the CPU, at most MAX_ROWS rows, a plain
+    contiguous weight or a blocked one (`to_blocks`), no gradient, not being traced or compiled; and the kernel
+    available. (Called for every linear: the cheap tests first, ~2 us in all.)"""
+    if x.dtype != _BF16 or weight.dtype != _BF16 or not available():  # the first bf16 call builds the kernel
         return False
-    if weight.dim() not in (2, 4) or weight.is_mkldnn or (weight.dim() == 4 and dtype != _BF16):
+    if weight.dim() not in (2, 4) or weight.is_mkldnn:
         return False
     rows, inputs = weight_shape(weight)
     return (x.is_cpu and weight.is_cpu and not _tracing() and weight.is_contiguous() and x.shape[-1] == inputs
             and 0 < x.numel() <= MAX_ROWS * inputs and rows > 0
             and (weight.dim() == 2 or (weight.shape[2], weight.shape[3]) == (BLOCK_ROWS, BLOCK_INPUTS))
-            and (bias is None or (bias.dtype == dtype and bias.is_cpu and bias.is_contiguous() and bias.dim() == 1))
+            and (bias is None or (bias.dtype == _BF16 and bias.is_cpu and bias.is_contiguous() and bias.dim() == 1))
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                   or (bias is not None and bias.requires_grad))))
 
 
 def fit_all(x: torch.Tensor, layers) -> bool:
-    """`fits` for each of several bf16 Linear layers reading the same x (False for layers without a plain weight,
-    such as quantized ones)."""
-    return x.dtype == _BF16 and all(isinstance(getattr(layer, "weight", None), torch.Tensor) and fits(x, layer.weight, layer.bias)
+    """`fits` for each of several Linear layers reading the same x (False for layers without a plain weight, such
+    as quantized ones)."""
+    return all(isinstance(getattr(layer, "weight", None), torch.Tensor) and fits(x, layer.weight, layer.bias)
                for layer in layers)
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weight.T + bias for at most MAX_ROWS rows of bf16 x, the weight plain or blocked, or of float32 x on a
-    plain float32 weight (float32 sums, the bias added last; call `fits` first)."""
+    """x @ weight.T + bias for at most MAX_ROWS rows of bf16 x, the weight plain or blocked (call `fits` first)."""
     n, k = weight_shape(weight)
     rows = x.numel() // k
     x = x.contiguous()
-    out = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device="cpu")
-    if x.dtype == torch.float32:
-        _rows_taken(_library.sensorium_gemv_f32(x.data_ptr(), rows, weight.data_ptr(),
-                                                None if bias is None else bias.data_ptr(), out.data_ptr(), n, k,
-                                                torch.get_num_threads()), rows)
-        return out
+    out = torch.empty(*x.shape[:-1], n, dtype=torch.bfloat16, device="cpu")
     _rows_taken(_library.sensorium_gemv_bf16(x.data_ptr(), rows, weight.data_ptr(),
                                              None if bias is None else bias.data_ptr(), out.data_ptr(), n, k,
                                              int(weight.dim() == 4), torch.get_num_threads()), rows)
@@ -511,15 +503,6 @@ def _self_check(library: ctypes.CDLL) -> str | None:
         error = ((out.float() - expected).norm() / expected.norm()).item()
         if not error < 1e-2:  # bf16 output: ~2e-3
             return f"the built kernel failed its check against float32 ({rows} rows: relative error {error:.1e})"
-    x = torch.randn(3, 203, generator=generator, device="cpu")
-    weight32, bias32 = torch.randn(37, 203, generator=generator, device="cpu"), bias.float()  # held while read
-    out = torch.empty(3, 37, device="cpu")
-    library.sensorium_gemv_f32(x.data_ptr(), 3, weight32.data_ptr(), bias32.data_ptr(), out.data_ptr(), 37, 203,
-                               torch.get_num_threads())
-    expected = x.double() @ weight32.double().T + bias.double()
-    error = ((out.double() - expected).norm() / expected.norm()).item()
-    if not error < 1e-5:
-        return f"the built float32 kernel failed its check against float64 (relative error {error:.1e})"
     # the blocked layout: the same products, bit for bit
     weight = torch.randn(40, 256, generator=generator, device="cpu").bfloat16()
     x = torch.randn(2, 256, generator=generator, device="cpu").bfloat16()

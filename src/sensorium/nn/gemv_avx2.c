@@ -138,47 +138,6 @@ INT8_M(2)
 INT8_M(3)
 INT8_M(4)
 
-/* float32 weights (a float32 decoder's step, sn.load's default on a CPU): y[m, n] = x[m, k] @ w[n, k]^T (+ bias[n]),
-   float32 FMA sums, the bias added once at the end (as oneDNN's float32 linear, in another order); blocks of 4
-   rows as above, 8 values a step, the last k % 8 one by one. */
-#define F32_M(M)                                                                                                  \
-    static void gemv_f32_m##M(const float *x, const float *w, const float *bias, float *y, int64_t n, int64_t k,  \
-                              int threads) {                                                                      \
-        const int64_t blocks = (n + ROWS - 1) / ROWS;                                                             \
-        _Pragma("omp parallel for schedule(static) num_threads(threads)")                                        \
-        for (int64_t b = 0; b < blocks; ++b) {                                                                    \
-            const int64_t first = b * ROWS;                                                                       \
-            const int rows = n - first < ROWS ? (int)(n - first) : ROWS;                                          \
-            __m256 acc[ROWS][M];                                                                                  \
-            float tail[ROWS][M];                                                                                  \
-            for (int r = 0; r < ROWS; ++r)                                                                        \
-                for (int j = 0; j < M; ++j) acc[r][j] = _mm256_setzero_ps(), tail[r][j] = 0.0f;                   \
-            const char *block = (const char *)(w + first * k);                                                    \
-            int64_t i = 0;                                                                                        \
-            for (; i + 8 <= k; i += 8) {                                                                          \
-                __m256 xv[M];                                                                                     \
-                for (int j = 0; j < M; ++j) xv[j] = _mm256_loadu_ps(x + j * k + i);                               \
-                if (i % 16 == 0)                                                                                  \
-                    for (int p = 0; p < 4; ++p) _mm_prefetch(block + 4 * 4 * i + PREFETCH_ROWS + 64 * p, _MM_HINT_T1);\
-                for (int r = 0; r < rows; ++r) {                                                                  \
-                    const __m256 wv = _mm256_loadu_ps(w + (first + r) * k + i);                                   \
-                    for (int j = 0; j < M; ++j) acc[r][j] = _mm256_fmadd_ps(wv, xv[j], acc[r][j]);                \
-                }                                                                                                 \
-            }                                                                                                     \
-            for (; i < k; ++i)                                                                                    \
-                for (int r = 0; r < rows; ++r)                                                                    \
-                    for (int j = 0; j < M; ++j) tail[r][j] += w[(first + r) * k + i] * x[j * k + i];              \
-            for (int r = 0; r < rows; ++r)                                                                        \
-                for (int j = 0; j < M; ++j)                                                                       \
-                    y[j * n + first + r] = sum_8(acc[r][j]) + tail[r][j] + (bias ? bias[first + r] : 0.0f);       \
-        }                                                                                                         \
-    }
-
-F32_M(1)
-F32_M(2)
-F32_M(3)
-F32_M(4)
-
 #define BY_ROWS(name, ...)                                 \
     switch (m) {                                           \
         case 1: name##_m1(__VA_ARGS__); return 0;          \
@@ -203,11 +162,6 @@ int sensorium_gemv_int8(const uint16_t *x, int64_t m, const int8_t *w, const uin
                         int64_t n, int64_t k, float *xf, int threads) {
     for (int64_t i = 0; i < m * k; ++i) xf[i] = from_bf16(x[i]);
     BY_ROWS(gemv_int8, xf, w, scales, y, n, k, threads)
-}
-
-int sensorium_gemv_f32(const float *x, int64_t m, const float *w, const float *bias, float *y, int64_t n, int64_t k,
-                       int threads) {
-    BY_ROWS(gemv_f32, x, w, bias, y, n, k, threads)
 }
 
 /* e^x for 8 lanes, bf16.h's exp_16 (the same reduction and polynomial) without AVX-512's scalef: 2^n built in the

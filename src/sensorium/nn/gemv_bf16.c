@@ -140,47 +140,6 @@ INT8_M(2)
 INT8_M(3)
 INT8_M(4)
 
-/* float32 weights (a float32 decoder's step, sn.load's default on a CPU): y[m, n] = x[m, k] @ w[n, k]^T (+ bias[n]),
-   float32 FMA sums, the bias added once at the end (as oneDNN's float32 linear, in another order); blocks of 4
-   rows as above, 16 values a step (the last k % 16 masked), the prefetch sweep at bf16's rule by bytes a row. */
-#define F32_M(M)                                                                                                  \
-    static void gemv_f32_m##M(const float *x, const float *w, const float *bias, float *y, int64_t n, int64_t k,  \
-                              int threads) {                                                                      \
-        const int64_t blocks = (n + ROWS - 1) / ROWS;                                                             \
-        const int long_rows = 2 * k >= LONG_ROW;                                                                  \
-        _Pragma("omp parallel for schedule(static) num_threads(threads)")                                        \
-        for (int64_t b = 0; b < blocks; ++b) {                                                                    \
-            const int64_t first = b * ROWS;                                                                       \
-            const int rows = n - first < ROWS ? (int)(n - first) : ROWS;                                          \
-            __m512 acc[ROWS][M];                                                                                  \
-            for (int r = 0; r < ROWS; ++r)                                                                        \
-                for (int j = 0; j < M; ++j) acc[r][j] = _mm512_setzero_ps();                                      \
-            const char *block = (const char *)(w + first * k);                                                    \
-            for (int64_t i = 0; i < k; i += 16) {                                                                 \
-                const __mmask16 lanes = k - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (k - i)) - 1);      \
-                __m512 xv[M];                                                                                     \
-                for (int j = 0; j < M; ++j) xv[j] = _mm512_maskz_loadu_ps(lanes, x + j * k + i);                  \
-                const char *ahead = block + 4 * 4 * i;                                                            \
-                if (long_rows)                                                                                    \
-                    for (int p = 0; p < 4; ++p) _mm_prefetch(ahead + PREFETCH_LONG + 64 * p, _MM_HINT_T1);        \
-                else                                                                                              \
-                    for (int p = 0; p < 4; ++p) _mm_prefetch(ahead + PREFETCH_SHORT + 64 * p, _MM_HINT_T0);       \
-                for (int r = 0; r < rows; ++r) {                                                                  \
-                    const __m512 wv = _mm512_maskz_loadu_ps(lanes, w + (first + r) * k + i);                      \
-                    for (int j = 0; j < M; ++j) acc[r][j] = _mm512_fmadd_ps(wv, xv[j], acc[r][j]);                \
-                }                                                                                                 \
-            }                                                                                                     \
-            for (int r = 0; r < rows; ++r)                                                                        \
-                for (int j = 0; j < M; ++j)                                                                       \
-                    y[j * n + first + r] = _mm512_reduce_add_ps(acc[r][j]) + (bias ? bias[first + r] : 0.0f);     \
-        }                                                                                                         \
-    }
-
-F32_M(1)
-F32_M(2)
-F32_M(3)
-F32_M(4)
-
 /* Each entry point picks the copy for m: 0, or -1 for an m this file has no copy for. */
 #define BY_ROWS(name, ...)                                 \
     switch (m) {                                           \
@@ -212,11 +171,6 @@ void sensorium_silu_times(uint16_t *gated, const uint16_t *up, int64_t count) {
         const __m512 rounded = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(to_bf16_16(silu)), 16));
         _mm256_mask_storeu_epi16(gated + i, lanes, to_bf16_16(_mm512_mul_ps(rounded, load_bf16(up + i, lanes))));
     }
-}
-
-int sensorium_gemv_f32(const float *x, int64_t m, const float *w, const float *bias, float *y, int64_t n, int64_t k,
-                       int threads) {
-    BY_ROWS(gemv_f32, x, w, bias, y, n, k, threads)
 }
 
 /* xf: a float32 scratch of m * k (x widened once, not once per block). */

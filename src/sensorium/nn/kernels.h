@@ -13,8 +13,6 @@ int sensorium_gemv_bf16(const uint16_t *x, int64_t m, const uint16_t *w, const u
 int sensorium_gemv_many_bf16(const uint16_t *x, int64_t m, int count, const uint16_t *const *weights,
                              const uint16_t *const *biases, uint16_t *const *outs, const int64_t *ns, int64_t k,
                              const int *blocked, int threads);
-int sensorium_gemv_f32(const float *x, int64_t m, const float *w, const float *bias, float *y, int64_t n, int64_t k,
-                       int threads);
 int sensorium_gemv_int8(const uint16_t *x, int64_t m, const int8_t *w, const uint16_t *scales, uint16_t *y,
                         int64_t n, int64_t k, float *xf, int threads);
 /* gated = bf16(bf16(silu(gated)) * up), elementwise: SwiGLU's roundings after its two products (each already bf16) */

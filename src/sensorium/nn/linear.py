@@ -71,8 +71,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     `weight` may be packed (`pack_linears`)."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    # a decode step's few rows, bf16 or float32 (float32's fast paths, oneDNN and the kernel, off with use_onednn)
-    if activation == "none" and (x.dtype == torch.bfloat16 or _enabled) and gemv.fits(x, weight, bias):
+    if activation == "none" and x.dtype == torch.bfloat16 and gemv.fits(x, weight, bias):
         return gemv.gemv(x, weight, bias)
     if weight.dim() == 4:
         return _blocked_linear(x, weight, bias, activation)
