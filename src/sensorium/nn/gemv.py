@@ -45,7 +45,7 @@ BLOCK_ROWS, BLOCK_INPUTS = 4, 32  # the blocked weight layout (`to_blocks`): the
 # one library per flavour of x86 CPU, from these files (the headers: what they share) and with these flags; no FMA
 # contraction: the small ops round each product as torch's do. "avx512": AVX512-BF16's dot products, and the encoders'
 # attention and a prompt's GEMM on blocked weights; "avx2": the decode step's kernels on 8 float32 lanes.
-HEADERS = ("bf16.h", "kernels.h")
+HEADERS = ("bf16.h", "kernels.h", "one_row.h")
 FLAVOURS = {
     "avx512": (("gemv_bf16.c", "decoder_step.c", "attention_bf16.c"),
                ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16"]),

@@ -68,35 +68,6 @@ static inline __attribute__((always_inline)) void dot_block(const uint16_t *x, c
         for (int j = 0; j < m; ++j) out[r][j] = sum_8(acc[r][j]) + tail[r][j];
 }
 
-/* One or several matrices sharing x in one parallel region, as gemv_bf16.c's. */
-#define GEMV_MANY(M)                                                                                              \
-    static void gemv_many_m##M(const uint16_t *x, int count, const uint16_t *const *weights,                     \
-                               const uint16_t *const *biases, uint16_t *const *outs, const int64_t *ns, int64_t k,\
-                               const int *blocked, int threads) {                                                 \
-        int64_t total = 0;                                                                                        \
-        for (int j = 0; j < count; ++j) total += (ns[j] + ROWS - 1) / ROWS;                                      \
-        _Pragma("omp parallel for schedule(static) num_threads(threads)")                                        \
-        for (int64_t b = 0; b < total; ++b) {                                                                     \
-            int j = 0;                                                                                            \
-            int64_t local = b;                                                                                    \
-            while (local >= (ns[j] + ROWS - 1) / ROWS) local -= (ns[j++] + ROWS - 1) / ROWS;                      \
-            const int64_t n = ns[j], first = local * ROWS;                                                        \
-            const int rows = n - first < ROWS ? (int)(n - first) : ROWS;                                          \
-            float out[ROWS][4];                                                                                   \
-            if (blocked && blocked[j]) dot_block(x, M, weights[j], k, first, rows, 1, out);                       \
-            else dot_block(x, M, weights[j], k, first, rows, 0, out);                                             \
-            for (int r = 0; r < rows; ++r)                                                                        \
-                for (int i = 0; i < M; ++i)                                                                       \
-                    outs[j][i * n + first + r] = to_bf16(biases[j] ? out[r][i] + from_bf16(biases[j][first + r])  \
-                                                                   : out[r][i]);                                  \
-        }                                                                                                         \
-    }
-
-GEMV_MANY(1)
-GEMV_MANY(2)
-GEMV_MANY(3)
-GEMV_MANY(4)
-
 /* Weight-only int8, as gemv_bf16.c's: x widened to float32 once (xf), q widened 8 at a time, float32 sums, one
    multiply by the row's scale, one rounding. */
 #define INT8_M(M)                                                                                                 \
@@ -138,31 +109,7 @@ INT8_M(2)
 INT8_M(3)
 INT8_M(4)
 
-#define BY_ROWS(name, ...)                                 \
-    switch (m) {                                           \
-        case 1: name##_m1(__VA_ARGS__); return 0;          \
-        case 2: name##_m2(__VA_ARGS__); return 0;          \
-        case 3: name##_m3(__VA_ARGS__); return 0;          \
-        case 4: name##_m4(__VA_ARGS__); return 0;          \
-    }                                                      \
-    return -1;
-
-int sensorium_gemv_bf16(const uint16_t *x, int64_t m, const uint16_t *w, const uint16_t *bias, uint16_t *y,
-                        int64_t n, int64_t k, int blocked, int threads) {
-    BY_ROWS(gemv_many, x, 1, &w, &bias, &y, &n, k, &blocked, threads)
-}
-
-int sensorium_gemv_many_bf16(const uint16_t *x, int64_t m, int count, const uint16_t *const *weights,
-                             const uint16_t *const *biases, uint16_t *const *outs, const int64_t *ns, int64_t k,
-                             const int *blocked, int threads) {
-    BY_ROWS(gemv_many, x, count, weights, biases, outs, ns, k, blocked, threads)
-}
-
-int sensorium_gemv_int8(const uint16_t *x, int64_t m, const int8_t *w, const uint16_t *scales, uint16_t *y,
-                        int64_t n, int64_t k, float *xf, int threads) {
-    for (int64_t i = 0; i < m * k; ++i) xf[i] = from_bf16(x[i]);
-    BY_ROWS(gemv_int8, xf, w, scales, y, n, k, threads)
-}
+#include "one_row.h"  /* GEMV_MANY and the entry points, on this file's dot_block and int8 */
 
 /* e^x for 8 lanes, bf16.h's exp_16 (the same reduction and polynomial) without AVX-512's scalef: 2^n built in the
    exponent bits, so results under FLT_MIN (x < -87.3) are 0 where exp_16 keeps subnormals, and x > 88.7 is inf */

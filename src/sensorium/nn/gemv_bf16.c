@@ -67,36 +67,6 @@ static inline __attribute__((always_inline)) void dot_block(const uint16_t *x, c
         for (int j = 0; j < m; ++j) out[r][j] = _mm512_reduce_add_ps(acc[r][j]);
 }
 
-/* One or several matrices sharing x (a layer's q, k and v) in one parallel region: their blocks are numbered in
-   turn and split across threads together. outs[j] is [m, ns[j]]. m is a constant in each copy, so the compiler
-   keeps the accumulators in registers. */
-#define GEMV_MANY(M)                                                                                              \
-    static void gemv_many_m##M(const uint16_t *x, int count, const uint16_t *const *weights,                     \
-                               const uint16_t *const *biases, uint16_t *const *outs, const int64_t *ns, int64_t k,\
-                               const int *blocked, int threads) {                                                                     \
-        int64_t total = 0;                                                                                        \
-        for (int j = 0; j < count; ++j) total += (ns[j] + ROWS - 1) / ROWS;                                      \
-        _Pragma("omp parallel for schedule(static) num_threads(threads)")                                        \
-        for (int64_t b = 0; b < total; ++b) {                                                                     \
-            int j = 0;                                                                                            \
-            int64_t local = b;                                                                                    \
-            while (local >= (ns[j] + ROWS - 1) / ROWS) local -= (ns[j++] + ROWS - 1) / ROWS;                      \
-            const int64_t n = ns[j], first = local * ROWS;                                                        \
-            const int rows = n - first < ROWS ? (int)(n - first) : ROWS;                                          \
-            float out[ROWS][4];                                                                                   \
-            if (blocked && blocked[j]) dot_block(x, M, weights[j], k, first, rows, 1, out);                       \
-            else dot_block(x, M, weights[j], k, first, rows, 0, out);                                             \
-            for (int r = 0; r < rows; ++r)                                                                        \
-                for (int i = 0; i < M; ++i) /* no bias: nothing added (a -0.0 stays one) */                        \
-                    outs[j][i * n + first + r] = to_bf16(biases[j] ? out[r][i] + from_bf16(biases[j][first + r])  \
-                                                                   : out[r][i]);                                  \
-        }                                                                                                         \
-    }
-
-GEMV_MANY(1)
-GEMV_MANY(2)
-GEMV_MANY(3)
-GEMV_MANY(4)
 
 
 /* Weight-only int8 (nn/quant.py: one scale per output row): y[m, n] = bf16(scale[n] * sum_k x[m, k] * q[n, k]) for
@@ -140,26 +110,7 @@ INT8_M(2)
 INT8_M(3)
 INT8_M(4)
 
-/* Each entry point picks the copy for m: 0, or -1 for an m this file has no copy for. */
-#define BY_ROWS(name, ...)                                 \
-    switch (m) {                                           \
-        case 1: name##_m1(__VA_ARGS__); return 0;          \
-        case 2: name##_m2(__VA_ARGS__); return 0;          \
-        case 3: name##_m3(__VA_ARGS__); return 0;          \
-        case 4: name##_m4(__VA_ARGS__); return 0;          \
-    }                                                      \
-    return -1;
-
-int sensorium_gemv_bf16(const uint16_t *x, int64_t m, const uint16_t *w, const uint16_t *bias, uint16_t *y,
-                        int64_t n, int64_t k, int blocked, int threads) {
-    BY_ROWS(gemv_many, x, 1, &w, &bias, &y, &n, k, &blocked, threads)
-}
-
-int sensorium_gemv_many_bf16(const uint16_t *x, int64_t m, int count, const uint16_t *const *weights,
-                             const uint16_t *const *biases, uint16_t *const *outs, const int64_t *ns, int64_t k,
-                             const int *blocked, int threads) {
-    BY_ROWS(gemv_many, x, count, weights, biases, outs, ns, k, blocked, threads)
-}
+#include "one_row.h"  /* GEMV_MANY and the entry points, on this file's dot_block and int8 */
 
 /* gated = bf16(bf16(silu(gated)) * up), elementwise: SwiGLU's roundings after its two products (each already bf16),
    16 at a time (silu = a / (1 + e^-a) with exp_16: 10x libm's expf one by one, ~1 % of a 1B decoder's step) */
@@ -171,13 +122,6 @@ void sensorium_silu_times(uint16_t *gated, const uint16_t *up, int64_t count) {
         const __m512 rounded = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(to_bf16_16(silu)), 16));
         _mm256_mask_storeu_epi16(gated + i, lanes, to_bf16_16(_mm512_mul_ps(rounded, load_bf16(up + i, lanes))));
     }
-}
-
-/* xf: a float32 scratch of m * k (x widened once, not once per block). */
-int sensorium_gemv_int8(const uint16_t *x, int64_t m, const int8_t *w, const uint16_t *scales, uint16_t *y,
-                        int64_t n, int64_t k, float *xf, int threads) {
-    for (int64_t i = 0; i < m * k; ++i) xf[i] = from_bf16(x[i]);
-    BY_ROWS(gemv_int8, xf, w, scales, y, n, k, threads)
 }
 
 /* out lane j = the sum of v[j]'s 16 lanes (a transposing tree: ~3 operations a vector, where reducing each alone
