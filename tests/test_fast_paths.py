@@ -275,6 +275,25 @@ def test_a_bf16_linear_without_native_bf16_runs_in_float32_and_rounds_once(monke
     assert trained.grad is not None and trained.grad.shape == weight.shape
 
 
+def test_the_kernels_build_wherever_the_cpu_and_a_compiler_allow():
+    """A kernel build that fails, or fails its own check against float32, turns the kernels off and their tests
+    skip: where this CPU (AVX2 with FMA, or AVX512-BF16) and a C compiler can build them, that is a failure here."""
+    import os
+    import platform
+    import shutil
+    import sys
+
+    with open("/proc/cpuinfo") if os.path.exists("/proc/cpuinfo") else open(os.devnull) as info:
+        flags = next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not (sys.platform == "linux" and platform.machine() == "x86_64" and compiler
+            and ({"avx2", "fma"} <= flags or "avx512_bf16" in flags) and os.environ.get("SENSORIUM_GEMV", "1") != "0"):
+        pytest.skip("no CPU or compiler here that the kernels are for")
+    assert gemv.available(), gemv.why_not()
+    assert gemv.flavour() == ("avx512" if {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= flags
+                              and os.environ.get("SENSORIUM_KERNELS") != "avx2" else "avx2")
+
+
 def _decode_inputs(dtype, keys: int, heads: int = 14, kv_heads: int = 2, batch: int = 2):
     g = torch.Generator().manual_seed(3)
     q = torch.randn(batch, heads, 1, 64, generator=g).to(dtype)
