@@ -2,6 +2,11 @@
 against F.linear, the complex-multiply RoPE against the explicit rotation, and a whole model with and without
 them. Tolerances: float32 differs only in the order of the sums (~1e-7 relative); bfloat16 by a rounding."""
 
+import os
+import platform
+import shutil
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -231,7 +236,8 @@ def test_a_packed_linear_equals_the_plain_one_and_keeps_a_plain_state_dict(dtype
     assert block[0].weight.grad is not None
 
 
-@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("native", [pytest.param(True, marks=pytest.mark.skipif(
+    not BF16_NATIVE, reason="this CPU has no native bf16 (the other case runs here)")), False])
 def test_a_bf16_linear_without_native_bf16_runs_in_float32_and_rounds_once(monkeypatch, native):
     """Where oneDNN has no bf16 (AVX2 CPUs: BF16_NATIVE False, simulated here on any CPU), a bf16 linear of 16 rows
     or more widens the weight (plain or in blocks of rows) into float32 for oneDNN's float32 product, applies the
@@ -244,8 +250,6 @@ def test_a_bf16_linear_without_native_bf16_runs_in_float32_and_rounds_once(monke
 
     linear_module = importlib.import_module("sensorium.nn.linear")  # the module (sensorium.nn.linear is the function)
 
-    if native and not BF16_NATIVE:
-        pytest.skip("this CPU has no native bf16 (the other case runs here)")
     monkeypatch.setattr(linear_module, "BF16_NATIVE", native)
     widened = []
     through = linear_module._bf16_through_float32
@@ -275,22 +279,28 @@ def test_a_bf16_linear_without_native_bf16_runs_in_float32_and_rounds_once(monke
     assert trained.grad is not None and trained.grad.shape == weight.shape
 
 
+def _cpu_flags() -> set[str]:
+    if not os.path.exists("/proc/cpuinfo"):
+        return set()
+    with open("/proc/cpuinfo") as info:
+        return next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
+
+
+def _kernels_can_build_here() -> bool:
+    """Linux on x86-64, a C compiler, AVX2 with FMA or AVX512-BF16, and the kernels not turned off."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    flags = _cpu_flags()
+    return bool(sys.platform == "linux" and platform.machine() == "x86_64" and compiler
+                and ({"avx2", "fma"} <= flags or "avx512_bf16" in flags)
+                and os.environ.get("SENSORIUM_GEMV", "1") != "0")
+
+
+@pytest.mark.skipif(not _kernels_can_build_here(), reason="no CPU or compiler here that the kernels are for")
 def test_the_kernels_build_wherever_the_cpu_and_a_compiler_allow():
     """A kernel build that fails, or fails its own check against float32, turns the kernels off and their tests
     skip: where this CPU (AVX2 with FMA, or AVX512-BF16) and a C compiler can build them, that is a failure here."""
-    import os
-    import platform
-    import shutil
-    import sys
-
-    with open("/proc/cpuinfo") if os.path.exists("/proc/cpuinfo") else open(os.devnull) as info:
-        flags = next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not (sys.platform == "linux" and platform.machine() == "x86_64" and compiler
-            and ({"avx2", "fma"} <= flags or "avx512_bf16" in flags) and os.environ.get("SENSORIUM_GEMV", "1") != "0"):
-        pytest.skip("no CPU or compiler here that the kernels are for")
     assert gemv.available(), gemv.why_not()
-    assert gemv.flavour() == ("avx512" if {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= flags
+    assert gemv.flavour() == ("avx512" if {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= _cpu_flags()
                               and os.environ.get("SENSORIUM_KERNELS") != "avx2" else "avx2")
 
 

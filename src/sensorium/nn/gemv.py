@@ -79,6 +79,7 @@ _BF16 = torch.bfloat16
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _flavour: str | None = None  # the loaded library's (FLAVOURS)
+_entry_points: frozenset[str] = frozenset()  # the loaded library's (SIGNATURES' names it has)
 _reason: str | None = None  # why the kernel is not available; None before the first try and when it is
 _tried = False
 _enabled = True
@@ -103,7 +104,7 @@ def flavour() -> str | None:
 def has(entry_point: str) -> bool:
     """Whether the loaded kernels have this entry point (the encoders' attention and the blocked GEMM are in the
     avx512 flavour only)."""
-    return available() and hasattr(_library, entry_point)
+    return available() and entry_point in _entry_points
 
 
 def why_not() -> str | None:
@@ -436,12 +437,13 @@ def _tracing() -> bool:
 
 
 def _load() -> None:
-    global _library, _flavour, _reason, _tried
+    global _library, _flavour, _reason, _tried, _entry_points
     with _lock:
         if _tried:
             return
         try:
             _library, _flavour, _reason = _build_and_check()
+            _entry_points = frozenset(name for name in SIGNATURES if _library is not None and hasattr(_library, name))
         except (OSError, subprocess.SubprocessError) as error:  # a cache folder we cannot write, a broken compiler
             _library, _reason = None, f"the kernel could not be built or loaded: {error}"
         _tried = True

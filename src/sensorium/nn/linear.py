@@ -47,7 +47,8 @@ from sensorium.nn.memory import empty_on_huge_pages, on_huge_pages, scratch
 AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 # oneDNN's bf16 linear (and its packed weights) need AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT; on other x86 CPUs (AVX2:
 # AMD Zen 2 / 3, most laptops' Intel cores) it refuses bf16, and torch's own bf16 product runs row by row (on a
-# 2-core Zen 3 a 256-row product at 2048x2048 takes 194 ms, 3-6x the same product in float32 with the conversions)
+# 2-core Zen 3 a 256-row product at 2048x2048 takes 100 ms, 6.5x the same product in float32 with the weight widened
+# per call; benchmarks/bf16_linear.py)
 BF16_NATIVE = AVAILABLE and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 FLOAT32_ROWS = 16  # from here a bf16 product without native bf16 converts to float32 (fewer: torch's bf16 GEMV)
 _enabled = AVAILABLE and os.environ.get("SENSORIUM_ONEDNN", "1") != "0"
