@@ -196,6 +196,73 @@ def test_the_int8_kernel_refuses_what_it_cannot_take_and_a_quantized_step_uses_i
     assert rel(got, x.double() @ layer.dequantized().double().T) < 1e-2
 
 
+def _int4_weight(n, k, group, generator):
+    """Random int4 values and bf16 (scale, zero) per group, and the bf16 weight they stand for, as QuantizedLinear
+    dequantizes ((q - 8) * scale + zero; here in float64, the products' own values)."""
+    q = torch.randint(0, 16, (n, k), generator=generator, dtype=torch.uint8)
+    scale = (torch.rand(n, k // group, generator=generator) * 0.02 + 1e-3).bfloat16()
+    zero = (torch.randn(n, k // group, generator=generator) * 0.02).bfloat16()
+    weight = ((q.double().view(n, -1, group) - 8) * scale.double()[..., None] + zero.double()[..., None]).view(n, k)
+    return q, scale, zero, weight
+
+
+def test_the_int4_layout_reads_back():
+    q = torch.randint(0, 16, (7, 192), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    packed = gemv.int4_layout(q)
+    assert packed.shape == (7, 96) and packed.dtype == torch.uint8
+    assert torch.equal(gemv.int4_values(packed), q)
+    # inputs 8t + l sit in nibble t of dword l of each run of 64 (the kernel's reading)
+    dwords = packed.view(7, 3, 8, 4).to(torch.int64)
+    dwords = dwords[..., 0] | dwords[..., 1] << 8 | dwords[..., 2] << 16 | dwords[..., 3] << 24  # [7, run, l]
+    for t in (0, 3, 7):
+        assert torch.equal((dwords >> 4 * t) & 15, q.view(7, 3, 8, 8)[:, :, t].to(torch.int64))
+
+
+@pytest.mark.parametrize("n, k, group", [(1, 64, 64), (37, 256, 64), (130, 896, 128), (9, 4096, 128)])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 16])
+def test_the_int4_kernel_is_torchs_int4_product_to_the_sums_order(n, k, group, rows):
+    """Weight-only int4 ((q - 8) * scale + zero per group of inputs) in sensorium's layout: float32 sums, one
+    rounding, held to float64 as closely as torch's _weight_int4pack_mm_for_cpu on the same values (the reference);
+    more than 4 rows in passes of 4."""
+    from sensorium.nn.quant import pack_int4
+
+    g = torch.Generator().manual_seed(n * 1000 + k + rows)
+    q, scale, zero, weight = _int4_weight(n, k, group, g)
+    params = torch.stack([scale, zero], dim=-1)
+    x = torch.randn(rows, 1, k, generator=g).bfloat16()
+    assert gemv.int4_fits(x, gemv.int4_layout(q), params, group)
+    got = gemv.gemv_int4(x, gemv.int4_layout(q), params, group)
+    exact = x.double() @ weight.T
+    assert got.shape == (rows, 1, n) and got.dtype == torch.bfloat16
+    assert rel(got, exact) <= 4e-3  # one bf16 rounding of float32 sums
+    padding = -n % 16  # torch's packer takes outputs in sixteens
+    padded = torch.cat([q, q.new_zeros(padding, k)]).to(torch.int32)
+    theirs_params = torch.cat([params, params.new_zeros(padding, k // group, 2)]).transpose(0, 1).contiguous()
+    theirs = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(rows, k), pack_int4(padded.to(torch.uint8)),
+                                                        group, theirs_params)[:, :n].reshape(rows, 1, n)
+    assert rel(theirs, exact) <= 4e-3
+    assert rel(got, exact) <= max(1.5 * rel(theirs, exact), 4e-3)
+    assert (got != theirs).float().mean() < 0.2  # the same rounding point: most outputs are the same bits
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # each row is one thread's: the same bits on any number of them
+    try:
+        assert torch.equal(gemv.gemv_int4(x, gemv.int4_layout(q), params, group), got)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_int4_kernel_refuses_what_it_cannot_take():
+    q, params = gemv.int4_layout(torch.zeros(8, 128, dtype=torch.uint8)), torch.ones(8, 1, 2).bfloat16()
+    x = torch.randn(1, 128).bfloat16()
+    assert gemv.int4_fits(x, q, params, 128)
+    assert not gemv.int4_fits(x.float(), q, params, 128)  # float32 x
+    assert not gemv.int4_fits(torch.randn(17, 128).bfloat16(), q, params, 128)  # 17 rows
+    assert not gemv.int4_fits(x, q, torch.ones(8, 4, 2).bfloat16(), 32)  # groups of 32
+    assert not gemv.int4_fits(x, q, params.float(), 128)
+    with gemv.use_gemv(False):
+        assert not gemv.int4_fits(x, q, params, 128)
+
+
 def test_a_trace_records_torch_ops_not_the_kernel():
     """OpenVINO's conversion traces with TorchScript (F.linear, as nn/exported.py asks): a ctypes call would be
     recorded as an empty output."""
@@ -405,7 +472,7 @@ def test_each_flavour_of_the_kernels_has_what_it_says():
     complete = gemv.flavour() == "avx512"
     assert gemv.attention_fits(q, q, q, 2) == complete
     assert gemv.gemm_fits(q, gemv.to_blocks(torch.randn(8, 64).bfloat16()), None) == complete
-    for entry_point in ("sensorium_gemv_bf16", "sensorium_gemv_int8", "sensorium_decoder_step_bf16",
+    for entry_point in ("sensorium_gemv_bf16", "sensorium_gemv_int8", "sensorium_gemv_int4", "sensorium_decoder_step_bf16",
                         "sensorium_step_attention_bf16", "sensorium_swiglu_bf16", "sensorium_block_bf16"):
         assert gemv.has(entry_point)
 
@@ -422,7 +489,7 @@ def test_the_avx2_flavour_passes_this_files_tests_on_an_avx512_cpu(tmp_path):
     take this file's kernel and decoder tests too, built for AVX2 in a fresh process (SENSORIUM_KERNELS=avx2)."""
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-         "kernel or step or block or int8 or flavour or fused or prompt or rope"],
+         "kernel or step or block or int8 or int4 or flavour or fused or prompt or rope"],
         capture_output=True, text=True, timeout=1200, cwd=os.path.dirname(os.path.dirname(__file__)),
         env={**os.environ, "SENSORIUM_KERNELS": "avx2", "SENSORIUM_KERNEL_CACHE": str(tmp_path / "kernels")})
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

@@ -7,7 +7,7 @@ import torch
 
 import sensorium as sn
 from helpers import one_second_question
-from sensorium.nn import Linear
+from sensorium.nn import Linear, gemv
 from sensorium.nn.quant import (KERNEL_ROWS, QuantizedLinear, _Int4Layout, available, int4_group, quantize_int4,
                                 quantize_int8, unpack_int4)
 
@@ -65,13 +65,20 @@ def test_int4_packed_by_row_chunks_is_packed_whole(monkeypatch):
     assert torch.equal(quant.pack_int4(q.to(torch.uint8)).reshape(-1), whole.reshape(-1))
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4"])
-@pytest.mark.parametrize("shape", [(200, 256), (72, 96)])  # 200 and 72 outputs: int4 pads them to sixteens
+@pytest.mark.parametrize("mode", ["int8", "int4", "int4 in torch's layout"])
+@pytest.mark.parametrize("shape", [(200, 256), (72, 96), (40, 192)])  # torch's int4 pads 200 and 72 outputs to 16s
 def test_a_quantized_linear_is_the_product_with_its_dequantized_weight(mode, shape):
+    """int4 takes sensorium's layout where its kernel builds and the groups are of 128 or 64 (256 and 192 inputs; 96
+    takes groups of 32), else torch's (and always without the kernels)."""
     out_features, in_features = shape
     g = torch.Generator().manual_seed(1)
     weight, bias = torch.randn(shape, generator=g) * 0.05, torch.randn(out_features, generator=g)
-    layer = QuantizedLinear.from_weight(mode, weight, bias)
+    with gemv.use_gemv(mode == "int4"):
+        layer = QuantizedLinear.from_weight(mode.split()[0], weight, bias)
+    if layer.mode == "int4":
+        ours = mode == "int4" and gemv.has("sensorium_gemv_int4") and in_features % 64 == 0
+        assert layer.layout == ("sensorium" if ours else "torch")
+    mode = layer.mode
     dense = layer.dequantized()
     assert dense.shape == shape and dense.dtype == torch.bfloat16
     if mode == "int8":  # the weight it stands for, from the quantizer's own output

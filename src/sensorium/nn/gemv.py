@@ -47,9 +47,9 @@ BLOCK_ROWS, BLOCK_INPUTS = 4, 32  # the blocked weight layout (`to_blocks`): the
 # attention and a prompt's GEMM on blocked weights; "avx2": the decode step's kernels on 8 float32 lanes.
 HEADERS = ("bf16.h", "kernels.h", "one_row.h")
 FLAVOURS = {
-    "avx512": (("gemv_bf16.c", "decoder_step.c", "attention_bf16.c"),
-               ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16"]),
-    "avx2": (("gemv_avx2.c", "decoder_step.c"), ["-mavx2", "-mfma", "-mf16c"]),
+    "avx512": (("gemv_bf16.c", "decoder_step.c", "attention_bf16.c", "gemv_int4.c"),
+               ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx2", "-mfma"]),
+    "avx2": (("gemv_avx2.c", "decoder_step.c", "gemv_int4.c"), ["-mavx2", "-mfma", "-mf16c"]),
 }
 COMMON_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
 _POINTER, _SIZE = ctypes.c_void_p, ctypes.c_int64
@@ -61,6 +61,8 @@ SIGNATURES = {
                                   _POINTER, ctypes.c_int], ctypes.c_int),
     "sensorium_gemv_int8": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, _POINTER, ctypes.c_int],
                             ctypes.c_int),
+    "sensorium_gemv_int4": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, _SIZE, _POINTER,
+                             ctypes.c_int], ctypes.c_int),
     "sensorium_swiglu_bf16": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, ctypes.c_int,
                                ctypes.c_int], ctypes.c_int),
     "sensorium_block_bf16": ([_POINTER, _POINTER, _SIZE, _SIZE, ctypes.c_int], None),
@@ -246,6 +248,58 @@ def gemv_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> t
                                              out.data_ptr(), qweight.shape[0], k, widened.data_ptr(),
                                              torch.get_num_threads()), rows)
     return out
+
+
+INT4_GROUPS = (128, 64)  # inputs per scale and zero the int4 kernel takes
+INT4_RUN = 64  # inputs per 32 bytes of its layout (`int4_layout`)
+
+
+def int4_layout(q: torch.Tensor) -> torch.Tensor:
+    """int4 values q [N, K] (uint8, 0..15; K a multiple of 64) in the int4 kernel's layout, [N, K / 2] bytes: each run
+    of 64 inputs 8 little-endian dwords, dword l holding inputs l, 8 + l, .., 56 + l in its nibbles 0 .. 7."""
+    rows, inputs = q.shape
+    nibbles = q.view(rows, inputs // INT4_RUN, 8, 8).transpose(2, 3)  # [N, run, dword l, nibble t]
+    return (nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)).reshape(rows, inputs // 2).contiguous()
+
+
+def int4_values(packed: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The values q [N, K] (0..15) of `int4_layout`'s bytes [N, K / 2], written into `out` (any dtype holding 0..15
+    exactly; uint8 by default)."""
+    rows, inputs = packed.shape[0], packed.shape[1] * 2
+    out = torch.empty(rows, inputs, dtype=torch.uint8) if out is None else out
+    view = out.view(rows, inputs // INT4_RUN, 8, 8)  # [N, run, nibble t, dword l]
+    pairs = packed.view(rows, inputs // INT4_RUN, 8, 4).transpose(2, 3)  # [N, run, byte b, dword l]
+    view[:, :, 0::2].copy_(pairs & 15)
+    view[:, :, 1::2].copy_(pairs >> 4)
+    return out
+
+
+def int4_fits(x: torch.Tensor, qweight: torch.Tensor, params: torch.Tensor, group: int) -> bool:
+    """Whether `gemv_int4` can take x: at most 16 rows of bf16 on the CPU, a weight in `int4_layout` with bf16
+    (scale, zero) [N, K / group, 2], group 64 or 128; not being traced; the kernel available."""
+    return (x.dtype == _BF16 and qweight.dtype == torch.uint8 and params.dtype == _BF16 and x.is_cpu
+            and qweight.is_cpu and params.is_cpu and group in INT4_GROUPS and qweight.dim() == 2
+            and qweight.is_contiguous() and params.is_contiguous() and x.shape[-1] == 2 * qweight.shape[1]
+            and x.shape[-1] % group == 0 and params.shape == (qweight.shape[0], x.shape[-1] // group, 2)
+            and 0 < x.numel() <= 4 * MAX_ROWS * x.shape[-1] and not _tracing() and has("sensorium_gemv_int4"))
+
+
+def gemv_int4(x: torch.Tensor, qweight: torch.Tensor, params: torch.Tensor, group: int) -> torch.Tensor:
+    """x @ weight.T for bf16 x of at most 16 rows (MAX_ROWS a pass over the weight) and an int4 weight in
+    `int4_layout` with its (scale, zero) per group (weight = (q - 8) * scale + zero): float32 sums, one rounding;
+    `int4_fits` first."""
+    k = x.shape[-1]
+    rows = x.numel() // k
+    flat = x.reshape(rows, k).contiguous()
+    out = torch.empty(rows, qweight.shape[0], dtype=torch.bfloat16, device="cpu")
+    scratch = torch.empty(MAX_ROWS * (k + k // group), device="cpu")
+    for first in range(0, rows, MAX_ROWS):
+        taken = min(MAX_ROWS, rows - first)
+        if _library.sensorium_gemv_int4(flat[first].data_ptr(), taken, qweight.data_ptr(), params.data_ptr(),
+                                        out[first].data_ptr(), qweight.shape[0], k, group, scratch.data_ptr(),
+                                        torch.get_num_threads()) != 0:
+            raise RuntimeError(f"the int4 kernel cannot take {taken} rows of {k} inputs in groups of {group}")
+    return out.view(*x.shape[:-1], qweight.shape[0])
 
 
 def gemv_many(x: torch.Tensor, layers) -> list[torch.Tensor]:
@@ -514,6 +568,20 @@ def _self_check(library: ctypes.CDLL) -> str | None:
                                     torch.get_num_threads())
     if not torch.equal(*outs):
         return "the built kernel's product on blocked weights differs from its product on plain ones"
+    # int4 (both flavours): 2 rows against 37 outputs of 256 inputs in groups of 64, against the float32 product
+    q = torch.randint(0, 16, (37, 256), generator=generator, dtype=torch.uint8, device="cpu")
+    params = torch.randn(37, 4, 2, generator=generator, device="cpu").bfloat16()
+    out, scratch = torch.empty(2, 37, dtype=torch.bfloat16, device="cpu"), torch.empty(2 * (256 + 4), device="cpu")
+    packed = int4_layout(q)  # held: a temporary's memory would be freed before the call reads it
+    if library.sensorium_gemv_int4(x.data_ptr(), 2, packed.data_ptr(), params.data_ptr(), out.data_ptr(), 37, 256, 64,
+                                   scratch.data_ptr(), torch.get_num_threads()) != 0:
+        return "the built int4 kernel refused a product it takes"
+    scale, zero = params.float().unbind(-1)
+    weight = ((q.float().view(37, 4, 64) - 8) * scale[..., None] + zero[..., None]).view(37, 256)
+    expected = x.float() @ weight.T
+    error = ((out.float() - expected).norm() / expected.norm()).item()
+    if not error < 1e-2:
+        return f"the built int4 kernel failed its check against float32 (relative error {error:.1e})"
     if not hasattr(library, "sensorium_gemm_blocked_bf16"):  # the avx2 flavour: a step's kernels only
         return None
     x = torch.randn(7, 256, generator=generator, device="cpu").bfloat16()  # a prompt's GEMM on them: a ragged tile of rows

@@ -10,10 +10,13 @@ Activations stay bfloat16; only the decoder's linear weights are quantized, once
   is the limit (~28 GB/s of int8, where the bf16 kernel streams ~60 GB/s of bf16 on weights in blocks of rows):
   int8 decodes 0.84x bf16 there in half the memory, 1.02x llama.cpp's Q8_0, which quantizes the activations too.
 - int4: asymmetric, one scale and zero per group of 128 inputs (scale = (max - min) / 15, value = (q - 8) * scale +
-  zero with zero = min + 8 * scale), run by torch's `_weight_int4pack_mm_for_cpu`, in its packed layout. A layer
-  whose inputs are not a multiple of 128 takes groups of 64 or 32; one that fits none stays bfloat16 (said once).
+  zero with zero = min + 8 * scale). A layer whose inputs are not a multiple of 128 takes groups of 64 or 32; one
+  that fits none stays bfloat16 (said once). Run by sensorium's int4 kernel where it builds (nn/gemv_int4.c, groups
+  of 128 or 64: the values in its own layout, `gemv.int4_layout`, and scale and zero beside each row; 1.9-2x torch's
+  op on a 2-core Zen 3, benchmarks/llama_peer.py), else by torch's `_weight_int4pack_mm_for_cpu` in its packed layout
+  (`layout` says which).
 
-Both kernels compute one output row per pass over the weights: ideal for a decode step, slow for a prompt (126 and
+The kernels compute one output row per pass over the weights: ideal for a decode step, slow for a prompt (126 and
 167 GFLOP/s at 3584x18944 on 2 Zen cores, against 420 for oneDNN's bf16 GEMM). A call with more than
 `KERNEL_ROWS` rows (a prefill) therefore dequantizes the weight to bfloat16 and runs the oneDNN GEMM instead:
 the same numbers, the prompt at bf16 speed plus one pass over the weight.
@@ -33,7 +36,9 @@ MODES = ("int8", "int4")
 INT4_GROUPS = (128, 64, 32)  # inputs per int4 scale/zero: 128 (gpt-fast's, torchao's, GPTQ's default) where it fits
 DEQUANTIZE_ROWS = 4096  # weight rows (de)quantized at a time: float32 scratch of this many rows
 # up to here the row-at-a-time kernel is faster than dequantizing (10 and 50 ms at 18944x3584) + the bf16 GEMM
+# (torch's int4 op; sensorium's int4 kernel takes 16 rows, in passes of 4)
 KERNEL_ROWS = {"int8": 16, "int4": 96}
+INT4_LAYOUTS = ("sensorium", "torch")  # sensorium's int4 kernel's layout (gemv.int4_layout), or torch's packed one
 
 
 def available(mode: str) -> bool:
@@ -139,15 +144,19 @@ def unpack_int4(packed: torch.Tensor, rows: int, inputs: int, block: int,
 
 class QuantizedLinear(nn.Module):
     """A Linear whose weight is int8 (per output channel) or int4 (per group of inputs), for inference on a CPU.
-    Buffers: `qweight` (int8 [N, K]; int4: the kernel's packed uint8), `scales` (bf16 [N]; int4: [K/group, N, 2]
-    scale and zero), `bias` (bf16 [N] or None)."""
+    Buffers: `qweight` (int8 [N, K]; int4: uint8 in `layout`'s packing), `scales` (bf16 [N]; int4: scale and zero,
+    [N, K/group, 2] in sensorium's layout, [K/group, N padded to sixteens, 2] in torch's), `bias` (bf16 [N] or
+    None)."""
 
     def __init__(self, mode: str, in_features: int, out_features: int, qweight: torch.Tensor, scales: torch.Tensor,
-                 bias: torch.Tensor | None, group: int | None = None):
+                 bias: torch.Tensor | None, group: int | None = None, layout: str | None = None):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "int4" and layout not in INT4_LAYOUTS:
+            raise ValueError(f"an int4 layout is one of {INT4_LAYOUTS}, got {layout!r}")
         self.mode, self.in_features, self.out_features, self.group = mode, in_features, out_features, group
+        self.layout = layout if mode == "int4" else None
         self.register_buffer("qweight", qweight)
         self.register_buffer("scales", scales)
         self.register_buffer("bias", bias)
@@ -165,6 +174,10 @@ class QuantizedLinear(nn.Module):
         if group is None:
             raise ValueError(f"int4 needs inputs in groups of {INT4_GROUPS[-1]}; this layer has {in_features}")
         q, scale, zero = quantize_int4(weight, group)
+        if group in gemv.INT4_GROUPS and gemv.has("sensorium_gemv_int4"):  # sensorium's kernel: its layout
+            scales = torch.stack([scale, zero], dim=-1).to(dtype)  # [N, K/group, 2]
+            return cls(mode, in_features, out_features, on_huge_pages(gemv.int4_layout(q)), scales, bias, group,
+                       "sensorium")
         padding = -out_features % 16  # the packer takes outputs in sixteens (Qwen2's 151672-token head is not)
         if padding:  # zero rows (q 0, scale 1, zero 8: value 0), cut from every output
             q = torch.cat([q, q.new_zeros(padding, in_features)])
@@ -172,7 +185,7 @@ class QuantizedLinear(nn.Module):
             zero = torch.cat([zero, zero.new_full((padding, zero.shape[1]), 8.0)])
         packed = on_huge_pages(pack_int4(q))
         scales = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(dtype)  # [K/group, N, 2]
-        return cls(mode, in_features, out_features, packed, scales, bias, group)
+        return cls(mode, in_features, out_features, packed, scales, bias, group, "torch")
 
     def dequantized(self, out: torch.Tensor | None = None) -> torch.Tensor:
         """The weight the kernels multiply by, [N, K] in the activations' dtype, each value rounded once (into
@@ -181,11 +194,15 @@ class QuantizedLinear(nn.Module):
         out = torch.empty(rows, inputs, dtype=self.scales.dtype) if out is None else out
         if self.mode == "int8":
             return out.copy_(self.qweight).mul_(self.scales[:, None])  # q is exact in bf16: one rounding
-        block = _Int4Layout.find()
-        if block < 0:  # forward keeps to the kernel then
-            raise RuntimeError("this torch build packs int4 weights in a layout sensorium does not know")
-        unpack_int4(self.qweight, self.scales.shape[1], inputs, block, out=out)
-        scale, zero = self.scales[:, :rows].permute(2, 1, 0)[..., None]  # each [N, K/group, 1]
+        if self.layout == "sensorium":
+            gemv.int4_values(self.qweight, out=out)
+            scale, zero = self.scales.permute(2, 0, 1)[..., None]  # each [N, K/group, 1]
+        else:
+            block = _Int4Layout.find()
+            if block < 0:  # forward keeps to the kernel then
+                raise RuntimeError("this torch build packs int4 weights in a layout sensorium does not know")
+            unpack_int4(self.qweight, self.scales.shape[1], inputs, block, out=out)
+            scale, zero = self.scales[:, :rows].permute(2, 1, 0)[..., None]  # each [N, K/group, 1]
         grouped = out.view(rows, inputs // self.group, self.group).sub_(8)  # exact: small integers
         # (q - 8) * scale, then + zero: two bf16 roundings (a fused addcmul rounds once but is 5x slower here),
         # far inside int4's own error
@@ -197,16 +214,24 @@ class QuantizedLinear(nn.Module):
                                f"{x.device}")
         rows = x.numel() // self.in_features
         flat = x.reshape(rows, self.in_features)
-        on_kernel = self.mode == "int8" and gemv.int8_fits(flat, self.qweight, self.scales)
-        # torch's int8 op reads inputs 16 at a time and crashes on other widths: those dequantize too
-        ragged = self.mode == "int8" and self.in_features % 16 != 0 and not on_kernel
-        if (rows > KERNEL_ROWS[self.mode] or ragged) and (self.mode == "int8" or _Int4Layout.find() >= 0):
+        if self.mode == "int8":
+            on_kernel = gemv.int8_fits(flat, self.qweight, self.scales)
+        else:
+            on_kernel = self.layout == "sensorium" and gemv.int4_fits(flat, self.qweight, self.scales, self.group)
+        # torch's int8 op reads inputs 16 at a time and crashes on other widths: those dequantize too, as does
+        # sensorium's int4 layout where its kernel does not take the call (torch's op cannot read that layout)
+        ragged = (self.mode == "int8" and self.in_features % 16 != 0 and not on_kernel) or (
+            self.layout == "sensorium" and not on_kernel)
+        if (rows > KERNEL_ROWS[self.mode] or ragged) and (self.mode == "int8" or self.layout == "sensorium"
+                                                          or _Int4Layout.find() >= 0):
             # the reused buffer, unless autograd would keep it for the backward pass (the next layer rewrites it)
             keeps = torch.is_grad_enabled() and x.requires_grad
             weight = self.dequantized(None if keeps else scratch("weight", (self.out_features, self.in_features),
                                                                    self.scales.dtype))
             return linear(x, weight, self.bias, activation)
-        if on_kernel:
+        if on_kernel and self.mode == "int4":
+            out = gemv.gemv_int4(flat, self.qweight, self.scales, self.group)
+        elif on_kernel:
             out = gemv.gemv_int8(flat, self.qweight, self.scales)
         elif self.mode == "int8":
             out = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales)
@@ -220,7 +245,7 @@ class QuantizedLinear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        group = f", group={self.group}" if self.group else ""
+        group = f", group={self.group}, layout={self.layout}" if self.group else ""
         return (f"{self.mode}{group}, in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}")
 
