@@ -6,6 +6,9 @@
     python benchmarks/decode_ab.py one-call [--rounds 8]       # bf16 step in one C call vs layer by layer
     python benchmarks/decode_ab.py int8-kernel [--rounds 6]    # int8 on sensorium's kernel vs torch's op
     python benchmarks/decode_ab.py int8-one-call [--rounds 6]  # int8 step in one C call vs layer by layer
+    python benchmarks/decode_ab.py int4-kernel [--rounds 6]    # int4 on sensorium's kernel (its layout) vs torch's
+                                                               # op (its layout), the same values
+    python benchmarks/decode_ab.py int4-one-call [--rounds 6]  # int4 step in one C call vs layer by layer
 
 The weights are benchmarks/llama_peer.py's (`python benchmarks/llama_peer.py make`: PerceptionLM-1B's decoder, Llama
 3.2 1B's geometry, random). A 256-token prompt of random ids, then 33 greedy tokens; decode rate over tokens 2..33.
@@ -38,15 +41,16 @@ HERE = Path(__file__).resolve().parent
 WEIGHTS = llama_peer.OUT
 sys.path.insert(0, str(HERE.parent / "src"))
 
-SAME_TOKENS = {"huge-pages": True, "blocks": True, "one-call": True, "int8-kernel": False, "int8-one-call": False}
+SAME_TOKENS = {"huge-pages": True, "blocks": True, "one-call": True, "int8-kernel": False, "int8-one-call": False,
+               "int4-kernel": False, "int4-one-call": False}
 
 
 def load_decoder(dtype: str):
     from sensorium.nn import prepare_for_decoding
 
     decoder = llama_peer.load_decoder()
-    if dtype == "int8":
-        decoder.quantize("int8")  # what sn.load(..., dtype="int8") does
+    if dtype in ("int8", "int4"):
+        decoder.quantize(dtype)  # what sn.load(..., dtype="int8" | "int4") does
     else:
         prepare_for_decoding(decoder)  # what sn.load does to a bf16 decoder on a CPU
     return decoder
@@ -87,8 +91,8 @@ def sides(change: str):
                         module.weight = weights[f"{name}.weight"]
             return setup
         return decoder, {"2 MB pages": use(huge), "4 KB pages (torch's allocator)": use(small)}
-    if change in ("one-call", "int8-one-call"):
-        decoder = load_decoder("int8" if change == "int8-one-call" else "bf16")
+    if change in ("one-call", "int8-one-call", "int4-one-call"):
+        decoder = load_decoder(change.split("-")[0] if change != "one-call" else "bf16")
 
         def one_call():
             Decoder._step_on_kernel = whole_step
@@ -96,6 +100,31 @@ def sides(change: str):
         def layered():
             Decoder._step_on_kernel = lambda *args: None
         return decoder, {"one C call a step": one_call, "layer by layer": layered}
+    if change == "int4-kernel":  # the same int4 values in sensorium's layout (its kernel) and torch's (its op)
+        from sensorium.nn.quant import QuantizedLinear
+
+        decoder = llama_peer.load_decoder()
+        with torch.device("meta"):  # the tied head, quantized from the embedding as quantize() does
+            decoder.head = Linear(decoder.config.width, decoder.config.vocab_size, bias=False)
+        decoder.head.weight = nn.Parameter(decoder.embed.weight.detach(), requires_grad=False)
+        swaps = []
+        for parent in list(decoder.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, Linear):
+                    ours = QuantizedLinear.from_weight("int4", child.weight.detach(), child.bias)
+                    with gemv.use_gemv(False):
+                        theirs = QuantizedLinear.from_weight("int4", child.weight.detach(), child.bias)
+                    swaps.append((parent, name, ours, theirs))
+                    setattr(parent, name, ours)
+        Decoder._step_on_kernel = lambda *args: None  # layer by layer on both sides
+
+        def layout(which):
+            def setup():
+                for parent, name, *pair in swaps:
+                    setattr(parent, name, pair[which])
+            return setup
+        return decoder, {"sensorium's int4 kernel, its layout (layer by layer)": layout(0),
+                         "torch's _weight_int4pack_mm_for_cpu, its layout (layer by layer)": layout(1)}
     decoder = load_decoder("int8")
     fits = gemv.int8_fits
     Decoder._step_on_kernel = lambda *args: None  # layer by layer on both sides: each linear on one or the other

@@ -555,9 +555,10 @@ def test_a_bf16_decoder_steps_on_the_kernel_and_answers_as_the_packed_one(af3_mo
     assert all(shape[:-1].numel() == 1 for shapes in calls.values() for shape in shapes)  # one row each
 
 
-def tiny_bf16_decoder(qkv_bias: bool, seed: int, vocab: int = 97) -> Decoder:
-    config = DecoderConfig(vocab_size=vocab, width=96, layers=3, heads=6, kv_heads=2, mlp_hidden=160, eps=1e-5,
-                           max_positions=64, qkv_bias=qkv_bias, tie_embeddings=not qkv_bias)
+def tiny_bf16_decoder(qkv_bias: bool, seed: int, vocab: int = 97, width: int = 96, mlp_hidden: int = 160) -> Decoder:
+    config = DecoderConfig(vocab_size=vocab, width=width, layers=3, heads=width // 16, kv_heads=2,
+                           mlp_hidden=mlp_hidden, eps=1e-5, max_positions=64, qkv_bias=qkv_bias,
+                           tie_embeddings=not qkv_bias)
     torch.manual_seed(seed)
     decoder = Decoder(config)
     for parameter in decoder.parameters():  # norms' weights away from 1, biases away from 0
@@ -647,12 +648,17 @@ def test_a_decoder_in_blocks_of_rows_gives_the_plain_decoders_bits(qkv_bias, one
 
 @pytest.mark.parametrize("qkv_bias", [True, False])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_an_int8_step_in_one_call_is_the_int8_layer_by_layer_step(qkv_bias, batch, monkeypatch):
-    """Weight-only int8 layers in the one call: each linear rounds as QuantizedLinear (the int8 kernel, then its
-    bias), SwiGLU as the module; attention is the C step's where layer by layer it is torch's float32 matmuls, so
-    the first layer's cache is bit-equal and the hidden state is within bf16 roundings."""
-    decoder = tiny_bf16_decoder(qkv_bias, seed=10 + batch)
-    decoder.quantize("int8")
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_a_quantized_step_in_one_call_is_the_layer_by_layer_step(qkv_bias, batch, mode, monkeypatch):
+    """Weight-only int8 and int4 layers in the one call: each linear rounds as QuantizedLinear (the int8 or int4
+    kernel, then its bias), SwiGLU as the module; attention is the C step's where layer by layer it is torch's float32
+    matmuls, so the first layer's cache is bit-equal and the hidden state is within bf16 roundings. int4: 128 wide,
+    an MLP of 192 (groups of 128, and of 64 for its down projection)."""
+    decoder = tiny_bf16_decoder(qkv_bias, seed=10 + batch, **({"width": 128, "mlp_hidden": 192} if mode == "int4"
+                                                              else {}))
+    decoder.quantize(mode)
+    if mode == "int4":
+        assert {part.group for part in decoder.layers[0].modules() if hasattr(part, "group")} == {64, 128}
     embeds = decoder.embed(torch.randint(0, 97, (batch, 7), generator=torch.Generator().manual_seed(4)))
     mask = torch.ones(batch, 7, dtype=torch.long)
     mask[1:, :2] = 0
@@ -691,7 +697,8 @@ def test_a_whole_step_refuses_what_it_cannot_take():
         if decoder.layers[1].mlp.up.pack():  # a packed weight (oneDNN packs bf16 where the CPU has native bf16)
             assert decoder._step_on_kernel(x, rope, None, cache, 5) is None
             decoder.layers[1].mlp.up.unpack()
-        decoder.quantize("int4")  # int4 layers step layer by layer (int8 ones take the one call)
+        decoder.quantize("int4")  # 96 inputs: groups of 32, torch's int4 layout, layer by layer
+        assert decoder.layers[0].attn.q.layout == "torch"
         assert decoder._step_on_kernel(x, rope, None, cache, 5) is None
 
 

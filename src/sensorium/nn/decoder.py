@@ -168,8 +168,8 @@ class Decoder(nn.Module):
     def _step_on_kernel(self, x, rope, mask, cache: KVCache | None, start) -> torch.Tensor | None:
         """A bf16 step on a CPU through every layer in one C call (nn/gemv.py's decoder_step: the per-layer
         calls of DecoderAttention._step_on_kernel and SwiGLU in sequence, same bits, without the Python between
-        them; int8 layers too, with their modules' roundings); None where it cannot take the step (a prompt, int4
-        or packed linears, a compiled or traced step), which then runs layer by layer."""
+        them; int8 and int4 layers too, with their modules' roundings); None where it cannot take the step (a prompt,
+        int4 in torch's layout, packed linears, a compiled or traced step), which then runs layer by layer."""
         tokens = x.shape[1]
         if (cache is None or isinstance(start, torch.Tensor) or start <= 0 or tokens > STEP_TOKENS
                 or cache.keys[0].dtype != torch.bfloat16):
@@ -179,12 +179,13 @@ class Decoder(nn.Module):
             attn, mlp = layer.attn, layer.mlp
             linears = (attn.q, attn.k, attn.v, attn.o, mlp.gate, mlp.up, mlp.down)
             plain = all(isinstance(part, Linear) for part in linears)
-            int8 = all(isinstance(part, QuantizedLinear) and part.mode == "int8" for part in linears)
-            if (not (plain or int8) or any(part.bias is not None for part in (attn.o, mlp.gate, mlp.up, mlp.down))
+            quantized = (all(isinstance(part, QuantizedLinear) and part.mode == "int8" for part in linears)
+                         or all(isinstance(part, QuantizedLinear) and part.layout == "sensorium" for part in linears))
+            if (not (plain or quantized) or any(part.bias is not None for part in (attn.o, mlp.gate, mlp.up, mlp.down))
                     or layer.attn_norm.weight_in_float32 or layer.mlp_norm.weight_in_float32):
                 return None
-            weights = [part.qweight if int8 else part.weight for part in linears]
-            scales = [part.scales if int8 else None for part in linears]
+            weights = [part.qweight if quantized else part.weight for part in linears]
+            scales = [part.scales if quantized else None for part in linears]
             layers.append((layer.attn_norm.weight, *weights[:3], attn.q.bias, attn.k.bias, attn.v.bias, weights[3],
                            layer.mlp_norm.weight, *weights[4:], cache.keys[i], cache.values[i], *scales))
         if not gemv.decoder_step_fits(x, layers):

@@ -85,8 +85,8 @@ void sensorium_rope_halves_bf16(uint16_t *q, uint16_t *k, const float *cos, cons
    biases, rotate-half RoPE, attention over the cache, o, residual add, RMSNorm, SwiGLU, down, residual add): the
    calls above in sequence, with the residual adds rounded as torch's bf16 add rounds, so the hidden state is
    bit-equal to making those calls one by one from Python, without ~20 Python-side operations a layer (~4 ms of a
-   56 ms Llama-1B step on a 2-core Zen 4). Int8 layers (weight-only, nn/quant.py) round where QuantizedLinear and
-   the SwiGLU module round; their attention is the kernels', where layer by layer it is torch's float32
+   56 ms Llama-1B step on a 2-core Zen 4). Int8 and int4 layers (weight-only, nn/quant.py) round where
+   QuantizedLinear and the SwiGLU module round; their attention is the kernels', where layer by layer it is torch's float32
    matmuls. x [m = batch * tokens, width] is updated in place; each token's k and v
    go to cache slot start + t; attention reads slots 0 .. start + tokens - 1 under mask [batch, tokens, visible]
    (1 = seen) or all of them; cos and sin float32 [batch, tokens, dim]; the layers' tensors in kernels.h's
@@ -103,22 +103,27 @@ static void add_bias(uint16_t *y, const uint16_t *bias, int64_t m, int64_t n) {
 }
 
 /* One of a layer's linears, rounded as its module rounds: bf16 (scales NULL; the bias added before the rounding, as
-   torch's linear), or int8 (the kernel's product rounded, then the bias, as QuantizedLinear). */
+   torch's linear), or int8 / int4 (group 0 / not: the kernel's product rounded, then the bias, as QuantizedLinear). */
 static int step_linear(const uint16_t *x, int64_t m, const uint16_t *w, const uint16_t *scales, const uint16_t *bias,
-                       uint16_t *y, int64_t n, int64_t k, int blocked, float *xf, int threads) {
+                       uint16_t *y, int64_t n, int64_t k, int blocked, int64_t group, float *xf, int threads) {
     if (!scales) return sensorium_gemv_bf16(x, m, w, bias, y, n, k, blocked, threads);
-    if (sensorium_gemv_int8(x, m, (const int8_t *)w, scales, y, n, k, xf, threads) != 0) return -1;
+    const int status = group ? sensorium_gemv_int4(x, m, (const uint8_t *)w, scales, y, n, k, group, xf, threads)
+                             : sensorium_gemv_int8(x, m, (const int8_t *)w, scales, y, n, k, xf, threads);
+    if (status != 0) return -1;
     add_bias(y, bias, m, n);
     return 0;
 }
 
-/* Several of them reading the same x (q/k/v; gate/up), all bf16 or all int8: bf16 ones in one parallel region. */
+/* Several of them reading the same x (q/k/v; gate/up), all bf16 or all quantized: bf16 ones in one parallel
+   region. */
 static int step_linears(const uint16_t *x, int64_t m, int count, const uint16_t *const *weights,
                         const uint16_t *const *scales, const uint16_t *const *biases, uint16_t *const *outs,
-                        const int64_t *ns, int64_t k, const int *blocked, float *xf, int threads) {
+                        const int64_t *ns, int64_t k, const int *blocked, const int64_t *groups, float *xf,
+                        int threads) {
     if (!scales[0]) return sensorium_gemv_many_bf16(x, m, count, weights, biases, outs, ns, k, blocked, threads);
     for (int j = 0; j < count; ++j)
-        if (step_linear(x, m, weights[j], scales[j], biases[j], outs[j], ns[j], k, 0, xf, threads) != 0) return -1;
+        if (step_linear(x, m, weights[j], scales[j], biases[j], outs[j], ns[j], k, 0, groups[j], xf, threads) != 0)
+            return -1;
     return 0;
 }
 
@@ -133,7 +138,8 @@ int sensorium_decoder_step_bf16(uint16_t *x, int64_t batch, int64_t tokens, cons
     uint16_t *gated = malloc(sizeof(uint16_t) * m * hidden), *up = malloc(sizeof(uint16_t) * m * hidden);
     float *scores = malloc(sizeof(float) * batch * heads * tokens * visible);
     const int64_t widest = hidden > q_width ? (hidden > width ? hidden : width) : (q_width > width ? q_width : width);
-    float *xf = malloc(sizeof(float) * m * widest); /* an int8 product's input, widened */
+    float *xf = malloc(sizeof(float) * m * (widest + widest / 32)); /* a quantized product's input, widened (int4:
+                                                                          and its sums per group) */
     int status = -1;
     if (!normed || !residual || !q || !attended || !k || !v || !gated || !up || !scores || !xf) goto done;
     for (int64_t i = 0; i < count; ++i) {
@@ -145,7 +151,8 @@ int sensorium_decoder_step_bf16(uint16_t *x, int64_t batch, int64_t tokens, cons
         uint16_t *outs[3] = {q, k, v};
         const int64_t ns[3] = {q_width, kv_width, kv_width};
         const int qkv_blocked[3] = {layer->blocked & 1, layer->blocked >> 1 & 1, layer->blocked >> 2 & 1};
-        if (step_linears(normed, m, 3, projections, qkv_scales, biases, outs, ns, width, qkv_blocked, xf, threads) != 0)
+        if (step_linears(normed, m, 3, projections, qkv_scales, biases, outs, ns, width, qkv_blocked, layer->int4_groups,
+                         xf, threads) != 0)
             goto done;
         sensorium_rope_halves_bf16(q, k, cos, sin, batch, tokens, heads, kv_heads, dim);
         for (int64_t b = 0; b < batch; ++b)
@@ -159,7 +166,7 @@ int sensorium_decoder_step_bf16(uint16_t *x, int64_t batch, int64_t tokens, cons
         sensorium_step_attention_bf16(q, layer->keys, layer->values, mask, attended, scores, batch, tokens, heads,
                                       kv_heads, dim, visible, length, scale, threads);
         if (step_linear(attended, m, layer->o, layer->o_scales, NULL, residual, width, q_width, layer->blocked >> 3 & 1,
-                        xf, threads) != 0)
+                        layer->int4_groups[3], xf, threads) != 0)
             goto done;
         add_into(x, residual, m * width);
         sensorium_rms_norm_bf16(x, m, layer->mlp_norm, normed, width, eps);
@@ -168,12 +175,12 @@ int sensorium_decoder_step_bf16(uint16_t *x, int64_t batch, int64_t tokens, cons
         uint16_t *mlp_outs[2] = {gated, up};
         const int64_t mlp_ns[2] = {hidden, hidden};
         const int mlp_blocked[2] = {layer->blocked >> 4 & 1, layer->blocked >> 5 & 1};
-        if (step_linears(normed, m, 2, mlp, mlp_scales, no_biases, mlp_outs, mlp_ns, width, mlp_blocked, xf, threads)
-            != 0)
+        if (step_linears(normed, m, 2, mlp, mlp_scales, no_biases, mlp_outs, mlp_ns, width, mlp_blocked,
+                         layer->int4_groups + 4, xf, threads) != 0)
             goto done;
         sensorium_silu_times(gated, up, m * hidden);  /* as sensorium_swiglu_bf16 and the SwiGLU module round */
         if (step_linear(gated, m, layer->down, layer->down_scales, NULL, residual, width, hidden,
-                        layer->blocked >> 6 & 1, xf, threads) != 0)
+                        layer->blocked >> 6 & 1, layer->int4_groups[6], xf, threads) != 0)
             goto done;
         add_into(x, residual, m * width);
     }

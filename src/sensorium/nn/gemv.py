@@ -379,27 +379,42 @@ def step_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, vi
 # None; keys and values are the layer's cache [B, Hkv, L, D]
 LAYER_FIELDS = ("attn_norm", "q", "k", "v", "q_bias", "k_bias", "v_bias", "o", "mlp_norm", "gate", "up", "down",
                 "keys", "values",
-                # an int8 layer's scales (bf16 [N] each; its q .. down weights then int8), None for a bf16 layer
+                # a quantized layer's scales, None for a bf16 layer: int8, bf16 [N] each (its q .. down weights then
+                # int8); int4 in sensorium's layout, (scale, zero) [N, K / group, 2] each (its weights then uint8)
                 "q_scales", "k_scales", "v_scales", "o_scales", "gate_scales", "up_scales", "down_scales")
 _WEIGHT_ORDER = [LAYER_FIELDS.index(name) for name in ("q", "k", "v", "o", "gate", "up", "down")]  # the C bits
 _WEIGHTS = set(_WEIGHT_ORDER)
+_SCALES = [LAYER_FIELDS.index(f"{name}_scales") for name in ("q", "k", "v", "o", "gate", "up", "down")]
 
 
 class _Layer(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_void_p) for name in LAYER_FIELDS] + [("blocked", ctypes.c_int64)]
+    _fields_ = ([(name, ctypes.c_void_p) for name in LAYER_FIELDS]
+                + [("blocked", ctypes.c_int64), ("int4_groups", ctypes.c_int64 * 7)])
+
+
+def _int4_groups(layer: tuple) -> list[int]:
+    """Each linear's int4 group (its inputs over its scales' groups), 0 for one that is not int4."""
+    return [2 * layer[w].shape[1] // layer[sc].shape[1] if layer[sc] is not None and layer[sc].dim() == 3 else 0
+            for w, sc in zip(_WEIGHT_ORDER, _SCALES)]
 
 
 def decoder_step_fits(x: torch.Tensor, layers: list[tuple[torch.Tensor | None, ...]]) -> bool:
     """Whether `decoder_step` can take this step: x [B, T, width] bf16 on the CPU with at most MAX_ROWS rows, and
     every layer's tensors (LAYER_FIELDS) plain contiguous bf16 CPU tensors without gradient (an int8 layer's weights
-    int8); not being traced."""
+    int8, an int4 layer's uint8 in sensorium's layout, groups of 128 or 64); not being traced."""
     if x.dtype != _BF16 or not x.is_cpu or x.dim() != 3 or not 0 < x.shape[0] * x.shape[1] <= MAX_ROWS:
         return False
     if _tracing() or (torch.is_grad_enabled() and x.requires_grad) or not available():
         return False
     scales = LAYER_FIELDS.index("q_scales")
     for layer in layers:
-        weight_dtype = torch.int8 if layer[scales] is not None else _BF16
+        int4 = layer[scales] is not None and layer[scales].dim() == 3
+        weight_dtype = torch.uint8 if int4 else torch.int8 if layer[scales] is not None else _BF16
+        if int4 and not (has("sensorium_gemv_int4") and all(
+                group in INT4_GROUPS and layer[w].dim() == 2 and layer[sc].shape == (layer[w].shape[0],
+                                                                                       2 * layer[w].shape[1] // group, 2)
+                for group, w, sc in zip(_int4_groups(layer), _WEIGHT_ORDER, _SCALES))):
+            return False
         for i, t in enumerate(layer):
             if t is not None and not (isinstance(t, torch.Tensor) and t.is_cpu and not t.is_mkldnn
                                       and t.dtype == (weight_dtype if i in _WEIGHTS else _BF16)
@@ -415,7 +430,7 @@ def decoder_step(x: torch.Tensor, layers: list[tuple[torch.Tensor | None, ...]],
     width] in, the last layer's output out (a new tensor); each layer's k and v written to its cache at slots
     start.. start+T-1 (the caller checked they fit); mask [B, 1, T, start + T] bool or None; cos and sin [B, T, D].
     Bit-equal to the per-operation calls above (rms_norm, gemv_many, rope_halves_, step_attention, gemv,
-    swiglu_hidden) with torch's bf16 adds between them; int8 layers round where their modules round. Each bf16
+    swiglu_hidden) with torch's bf16 adds between them; int8 and int4 layers round where their modules round. Each bf16
     weight may be plain or blocked (`to_blocks`)."""
     batch, tokens, width = x.shape
     keys = layers[0][LAYER_FIELDS.index("keys")]
@@ -425,7 +440,8 @@ def decoder_step(x: torch.Tensor, layers: list[tuple[torch.Tensor | None, ...]],
     cos, sin = cos.float().contiguous(), sin.float().contiguous()
     seen = None if mask is None else mask[:, 0].contiguous()
     structs = (_Layer * len(layers))(*(_Layer(*(None if t is None else t.data_ptr() for t in layer),
-                                              sum(1 << bit for bit, i in enumerate(_WEIGHT_ORDER) if layer[i].dim() == 4))
+                                              sum(1 << bit for bit, i in enumerate(_WEIGHT_ORDER) if layer[i].dim() == 4),
+                                              (ctypes.c_int64 * 7)(*_int4_groups(layer)))
                                        for layer in layers))
     status = _library.sensorium_decoder_step_bf16(
         x.data_ptr(), batch, tokens, structs, len(layers), width, heads, kv_heads, dim, hidden, length, eps,

@@ -17,6 +17,7 @@
 #include "bf16.h"
 #include "kernels.h"
 
+#define PREFETCH_INT4 2048 /* bytes ahead of a row's stream (rows follow one another), into L1 */
 #define CHAINS(M) ((M) == 1 ? 4 : (M) == 2 ? 2 : 1) /* independent sums a row of x: the FMA's latency hidden */
 
 static inline float sum_8_int4(__m256 v) {
@@ -45,6 +46,7 @@ static inline float sum_8_int4(__m256 v) {
                     for (int c = 0; c < CHAINS(M); ++c) acc[j][c] = _mm256_setzero_ps();                              \
                 for (int run = 0; run < GROUP / 64; ++run) {                                                          \
                     const int64_t i = g * GROUP + run * 64;                                                           \
+                    if (run % 2 == 0) _mm_prefetch((const char *)q + i / 2 + PREFETCH_INT4, _MM_HINT_T0);             \
                     const __m256i raw = _mm256_loadu_si256((const __m256i *)(q + i / 2));                             \
                     for (int t = 0; t < 8; ++t) {                                                                     \
                         const __m256i masked = t < 7 ? _mm256_and_si256(raw, _mm256_set1_epi32(15 << (4 * t)))        \

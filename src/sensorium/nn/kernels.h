@@ -15,6 +15,8 @@ int sensorium_gemv_many_bf16(const uint16_t *x, int64_t m, int count, const uint
                              const int *blocked, int threads);
 int sensorium_gemv_int8(const uint16_t *x, int64_t m, const int8_t *w, const uint16_t *scales, uint16_t *y,
                         int64_t n, int64_t k, float *xf, int threads);
+int sensorium_gemv_int4(const uint16_t *x, int64_t m, const uint8_t *w, const uint16_t *params, uint16_t *y,
+                        int64_t n, int64_t k, int64_t group, float *xf, int threads);
 /* gated = bf16(bf16(silu(gated)) * up), elementwise: SwiGLU's roundings after its two products (each already bf16) */
 void sensorium_silu_times(uint16_t *gated, const uint16_t *up, int64_t count);
 void sensorium_step_attention_bf16(const uint16_t *q, const uint16_t *keys, const uint16_t *values,
@@ -31,6 +33,9 @@ typedef struct {
     /* which bf16 weights are in blocks of rows (gemv.py: to_blocks), one bit each: q 1, k 2, v 4, o 8, gate 16,
        up 32, down 64 */
     int64_t blocked;
+    /* int4 layers (nn/quant.py in sensorium's layout, gemv_int4.c): each linear's group, q .. down, its weight then
+       int4 and its scales (scale, zero) [n, k / group, 2]; 0: not int4 */
+    int64_t int4_groups[7];
 } sensorium_layer;
 
 #endif
