@@ -7,7 +7,7 @@ import torch
 
 import sensorium as sn
 from helpers import one_second_question
-from sensorium.nn import Linear, gemv
+from sensorium.nn import Linear, gemv, linear
 from sensorium.nn.quant import (KERNEL_ROWS, QuantizedLinear, _Int4Layout, available, int4_group, quantize_int4,
                                 quantize_int8, unpack_int4)
 
@@ -98,6 +98,30 @@ def test_a_quantized_linear_is_the_product_with_its_dequantized_weight(mode, sha
         assert rel(got, want) < 1e-2  # bf16 outputs (and kernel sums in float32)
     with pytest.raises(RuntimeError, match="bfloat16 inputs on the CPU"):
         layer(torch.randn(1, in_features))
+
+
+@pytest.mark.skipif(not gemv.has("sensorium_int4_dequantize"), reason="no int4 kernel here")
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_an_int4_prompt_dequantizes_in_one_pass_to_the_same_weight(native_bf16, monkeypatch):
+    """A prompt on int4 layers in sensorium's layout dequantizes in C: the bits torch's ops give, bf16 or widened to
+    float32 (a CPU without native bf16, whose GEMM runs in float32), and the layer's output is the plain linear's on
+    that weight, bit for bit."""
+    import sensorium.nn.quant as quant
+    from sensorium.nn.linear import _bf16_through_float32
+
+    g = torch.Generator().manual_seed(5)
+    layer = QuantizedLinear.from_weight("int4", torch.randn(72, 320, generator=g) * 0.05,
+                                        torch.randn(72, generator=g))  # 320 inputs: groups of 64
+    assert layer.layout == "sensorium" and layer.group == 64
+    want = layer.dequantized()
+    for dtype in (torch.bfloat16, torch.float32):
+        got = gemv.int4_dequantize(layer.qweight, layer.scales, layer.group, torch.empty(72, 320, dtype=dtype))
+        assert torch.equal(got, want.to(dtype))
+    monkeypatch.setattr(quant, "BF16_NATIVE", native_bf16)
+    x = torch.randn(1, 120, 320, generator=g).bfloat16()
+    expected = linear(x, want, layer.bias) if native_bf16 else _bf16_through_float32(x, want, layer.bias, "none")
+    with torch.inference_mode():
+        assert torch.equal(layer(x), expected)
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])

@@ -63,6 +63,7 @@ SIGNATURES = {
                             ctypes.c_int),
     "sensorium_gemv_int4": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, _SIZE, _POINTER,
                              ctypes.c_int], ctypes.c_int),
+    "sensorium_int4_dequantize": ([_POINTER, _POINTER, _POINTER, _SIZE, _SIZE, _SIZE, ctypes.c_int, ctypes.c_int], None),
     "sensorium_swiglu_bf16": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, ctypes.c_int,
                                ctypes.c_int], ctypes.c_int),
     "sensorium_block_bf16": ([_POINTER, _POINTER, _SIZE, _SIZE, ctypes.c_int], None),
@@ -300,6 +301,21 @@ def gemv_int4(x: torch.Tensor, qweight: torch.Tensor, params: torch.Tensor, grou
                                         torch.get_num_threads()) != 0:
             raise RuntimeError(f"the int4 kernel cannot take {taken} rows of {k} inputs in groups of {group}")
     return out.view(*x.shape[:-1], qweight.shape[0])
+
+
+def int4_dequantize(qweight: torch.Tensor, params: torch.Tensor, group: int, out: torch.Tensor) -> torch.Tensor:
+    """A weight in `int4_layout` with its (scale, zero) [N, K / group, 2], as QuantizedLinear.dequantized rounds it
+    (bf16(bf16((q - 8) * scale) + zero), the same bits), into `out` [N, K], bf16 or float32 (those values widened);
+    one parallel pass (`has("sensorium_int4_dequantize")` first)."""
+    rows, inputs = qweight.shape[0], 2 * qweight.shape[1]
+    if (out.shape != (rows, inputs) or out.dtype not in (_BF16, torch.float32) or not out.is_contiguous()
+            or params.shape != (rows, inputs // group, 2) or inputs % INT4_RUN or group % INT4_RUN):
+        raise ValueError(f"an int4 weight of {rows} x {inputs} in groups of {group} does not go into a "
+                         f"{out.dtype} {tuple(out.shape)} tensor")
+    params = params.contiguous()  # held: a temporary's memory would be freed before the call reads it
+    _library.sensorium_int4_dequantize(qweight.data_ptr(), params.data_ptr(), out.data_ptr(), rows, inputs, group,
+                                       int(out.dtype == torch.float32), torch.get_num_threads())
+    return out
 
 
 def gemv_many(x: torch.Tensor, layers) -> list[torch.Tensor]:

@@ -105,3 +105,29 @@ int sensorium_gemv_int4(const uint16_t *x, int64_t m, const uint8_t *w, const ui
     }
     return 0;
 }
+
+/* The weight the product above multiplies by, for a prompt's GEMM: rows of bf16(bf16((q - 8) * scale) + zero), as
+   QuantizedLinear.dequantized rounds with torch's bf16 ops (the same bits), written as bf16 (float32 0) or widened to
+   float32 (1: for a CPU without native bf16, whose GEMM runs in float32). out: [n, k] in row order. */
+void sensorium_int4_dequantize(const uint8_t *w, const uint16_t *params, void *out, int64_t n, int64_t k, int64_t group,
+                               int float32, int threads) {
+    const int64_t groups = k / group;
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t row = 0; row < n; ++row) {
+        const uint8_t *q = w + row * (k / 2);
+        const uint16_t *p = params + row * groups * 2;
+        for (int64_t run = 0; run < k / 64; ++run) {
+            const uint8_t *bytes = q + run * 32;
+            const int64_t g = run * 64 / group;
+            const float scale = from_bf16(p[2 * g]), zero = from_bf16(p[2 * g + 1]);
+            for (int t = 0; t < 8; ++t)
+                for (int l = 0; l < 8; ++l) {
+                    const int value = (bytes[4 * l + t / 2] >> (4 * (t % 2))) & 15;
+                    const uint16_t rounded = to_bf16(from_bf16(to_bf16((float)(value - 8) * scale)) + zero);
+                    const int64_t at = row * k + run * 64 + 8 * t + l;
+                    if (float32) ((float *)out)[at] = from_bf16(rounded);
+                    else ((uint16_t *)out)[at] = rounded;
+                }
+        }
+    }
+}

@@ -90,6 +90,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.gelu(out) if activation == "gelu" else out
 
 
+def onednn_enabled() -> bool:
+    """Whether CPU linears run on oneDNN now (`use_onednn`, SENSORIUM_ONEDNN)."""
+    return _enabled
+
+
 def _bf16_through_float32(x, weight, bias, activation):
     """A bf16 `linear` on a CPU without native bf16 (BF16_NATIVE): a prompt's rows in float32 on oneDNN, the weight
     converted per call into a reused buffer (exact: bf16 widens without loss), the sums in float32, the bias and gelu
@@ -108,6 +113,13 @@ def _bf16_through_float32(x, weight, bias, activation):
         widened.view(blocks, block_rows, chunks, inputs).copy_(weight.transpose(1, 2))
     else:
         widened.copy_(weight)
+    return linear_on_float32_weight(x, widened, bias, activation)
+
+
+def linear_on_float32_weight(x: torch.Tensor, widened: torch.Tensor, bias: torch.Tensor | None,
+                             activation: str) -> torch.Tensor:
+    """A bf16 linear whose bf16 weight is given widened to float32 (exact): oneDNN's float32 product, the bias and
+    gelu in float32, one rounding to bf16 (`_bf16_through_float32`'s arithmetic; int4 prompts dequantize into it)."""
     out = torch.ops.mkldnn._linear_pointwise(x.float(), widened, None if bias is None else bias.float(), activation,
                                              [], "none" if activation == "gelu" else "")
     return out.bfloat16()

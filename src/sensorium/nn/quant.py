@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensorium.nn import gemv
-from sensorium.nn.linear import Linear, linear
+from sensorium.nn.linear import BF16_NATIVE, Linear, linear, linear_on_float32_weight, onednn_enabled
 from sensorium.nn.memory import on_huge_pages, scratch
 
 MODES = ("int8", "int4")
+_BF16 = torch.bfloat16
 INT4_GROUPS = (128, 64, 32)  # inputs per int4 scale/zero: 128 (gpt-fast's, torchao's, GPTQ's default) where it fits
 DEQUANTIZE_ROWS = 4096  # weight rows (de)quantized at a time: float32 scratch of this many rows
 # up to here the row-at-a-time kernel is faster than dequantizing (10 and 50 ms at 18944x3584) + the bf16 GEMM
@@ -227,8 +228,18 @@ class QuantizedLinear(nn.Module):
                                                           or _Int4Layout.find() >= 0):
             # the reused buffer, unless autograd would keep it for the backward pass (the next layer rewrites it)
             keeps = torch.is_grad_enabled() and x.requires_grad
-            weight = self.dequantized(None if keeps else scratch("weight", (self.out_features, self.in_features),
-                                                                   self.scales.dtype))
+            shape = (self.out_features, self.in_features)
+            if (self.layout == "sensorium" and not keeps and gemv.has("sensorium_int4_dequantize")
+                    and self.scales.dtype == torch.bfloat16 and not gemv._tracing()):
+                # in one pass in C, the same values; where the CPU has no native bf16 straight into the float32
+                # weight its GEMM runs on (linear.py's _bf16_through_float32, without widening a bf16 copy)
+                if BF16_NATIVE or not onednn_enabled():
+                    weight = gemv.int4_dequantize(self.qweight, self.scales, self.group, scratch("weight", shape, _BF16))
+                    return linear(x, weight, self.bias, activation)
+                widened = gemv.int4_dequantize(self.qweight, self.scales, self.group,
+                                               scratch("float32 weight", shape, torch.float32))
+                return linear_on_float32_weight(x, widened, self.bias, activation)
+            weight = self.dequantized(None if keeps else scratch("weight", shape, self.scales.dtype))
             return linear(x, weight, self.bias, activation)
         if on_kernel and self.mode == "int4":
             out = gemv.gemv_int4(flat, self.qweight, self.scales, self.group)
