@@ -106,6 +106,17 @@ int sensorium_gemv_int4(const uint16_t *x, int64_t m, const uint8_t *w, const ui
     return 0;
 }
 
+/* x rounded to bf16 (to nearest, ties to even; NaN kept), as float32 */
+static inline __m256 round_bf16_8(__m256 x) {
+    const __m256i bits = _mm256_castps_si256(x);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    const __m256i rounded = _mm256_and_si256(_mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))),
+                                             _mm256_set1_epi32((int)0xffff0000u));
+    const __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);  /* NaN: its top half as it is (quiet or not) */
+    return _mm256_blendv_ps(_mm256_castsi256_ps(rounded),
+                            _mm256_castsi256_ps(_mm256_and_si256(bits, _mm256_set1_epi32((int)0xffff0000u))), nan);
+}
+
 /* The weight the product above multiplies by, for a prompt's GEMM: rows of bf16(bf16((q - 8) * scale) + zero), as
    QuantizedLinear.dequantized rounds with torch's bf16 ops (the same bits), written as bf16 (float32 0) or widened to
    float32 (1: for a CPU without native bf16, whose GEMM runs in float32). out: [n, k] in row order. */
@@ -117,17 +128,22 @@ void sensorium_int4_dequantize(const uint8_t *w, const uint16_t *params, void *o
         const uint8_t *q = w + row * (k / 2);
         const uint16_t *p = params + row * groups * 2;
         for (int64_t run = 0; run < k / 64; ++run) {
-            const uint8_t *bytes = q + run * 32;
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(q + run * 32));
             const int64_t g = run * 64 / group;
-            const float scale = from_bf16(p[2 * g]), zero = from_bf16(p[2 * g + 1]);
-            for (int t = 0; t < 8; ++t)
-                for (int l = 0; l < 8; ++l) {
-                    const int value = (bytes[4 * l + t / 2] >> (4 * (t % 2))) & 15;
-                    const uint16_t rounded = to_bf16(from_bf16(to_bf16((float)(value - 8) * scale)) + zero);
-                    const int64_t at = row * k + run * 64 + 8 * t + l;
-                    if (float32) ((float *)out)[at] = from_bf16(rounded);
-                    else ((uint16_t *)out)[at] = rounded;
+            const __m256 scale = _mm256_set1_ps(from_bf16(p[2 * g])), zero = _mm256_set1_ps(from_bf16(p[2 * g + 1]));
+            for (int t = 0; t < 8; ++t) {
+                const __m256i values = _mm256_and_si256(_mm256_srli_epi32(raw, 4 * t), _mm256_set1_epi32(15));
+                const __m256 centred = _mm256_cvtepi32_ps(_mm256_sub_epi32(values, _mm256_set1_epi32(8)));
+                const __m256 weight = round_bf16_8(_mm256_add_ps(round_bf16_8(_mm256_mul_ps(centred, scale)), zero));
+                const int64_t at = row * k + run * 64 + 8 * t;  /* inputs 8t .. 8t + 7, in order */
+                if (float32) {
+                    _mm256_storeu_ps((float *)out + at, weight);
+                } else {
+                    const __m256i top = _mm256_srli_epi32(_mm256_castps_si256(weight), 16);
+                    const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(top), _mm256_extracti128_si256(top, 1));
+                    _mm_storeu_si128((__m128i *)((uint16_t *)out + at), packed);
                 }
+            }
         }
     }
 }
