@@ -178,8 +178,10 @@ class QuantizedLinear(nn.Module):
         q, scale, zero = quantize_int4(weight, group)
         if group in gemv.INT4_GROUPS and gemv.has("sensorium_gemv_int4"):  # sensorium's kernel: its layout
             scales = torch.stack([scale, zero], dim=-1).to(dtype)  # [N, K/group, 2]
-            return cls(mode, in_features, out_features, on_huge_pages(gemv.int4_layout(q)), scales, bias, group,
-                       "sensorium")
+            packed = torch.empty(out_features, in_features // 2, dtype=torch.uint8)
+            for rows in _row_chunks(out_features):  # a few thousand rows at a time (a 7B head's temporaries)
+                packed[rows] = gemv.int4_layout(q[rows])
+            return cls(mode, in_features, out_features, on_huge_pages(packed), scales, bias, group, "sensorium")
         padding = -out_features % 16  # the packer takes outputs in sixteens (Qwen2's 151672-token head is not)
         if padding:  # zero rows (q 0, scale 1, zero 8: value 0), cut from every output
             q = torch.cat([q, q.new_zeros(padding, in_features)])
