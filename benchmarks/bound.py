@@ -8,7 +8,7 @@ CPU: torch's F.linear (MKL sgemm in float32 on x86, oneDNN in bfloat16), oneDNN'
 sensorium's layers call), float16 where torch has a fast path, ONNX Runtime's and OpenVINO's MatMul (in the peer
 environment, benchmarks/.venv-timm: `python benchmarks/pe_core.py setup`); memory: a large copy (read + write) and
 a streaming read (on 4 KB and on 2 MB pages), and GEMVs (the decoder's bound: one pass over the weights per token) in fp32, bf16 (plain and
-packed for oneDNN; sensorium's one-row kernel) and torch's int8/int4 weight-only kernels. GPU (when one is present):
+packed for oneDNN; sensorium's one-row kernel) and the int8/int4 weight-only kernels (sensorium's and torch's). GPU (when one is present):
 cuBLAS bf16 and fp16 GEMM, TF32, and a device copy (HBM). Every rate is the median of repeated calls after two
 warm-ups.
 """
@@ -124,19 +124,25 @@ def read_rate(repeats: int, huge_pages: bool = False) -> float:
 
 
 def weight_only_rates(weight, x, repeats: int) -> dict[str, float]:
-    """torch's weight-only kernels on the same 16384x8192 matrix (sensorium's int8/int4 decoders), as GB/s of the
-    bytes they stream (int8: 1 byte a weight; int4: half)."""
+    """The weight-only kernels on the same 16384x8192 matrix (sensorium's int8/int4 decoders): sensorium's where they
+    build, and torch's (quantized with sensorium's kernels off), as GB/s of the weight bytes they stream (int8: 1 byte
+    a weight; int4: half, its scales not counted)."""
     import sys
 
     sys.path.insert(0, str(HERE.parent / "src"))
+    from sensorium.nn import gemv
     from sensorium.nn.quant import QuantizedLinear, available
 
     rates = {}
     for mode, size in (("int8", 1.0), ("int4", 0.5)):
-        if available(mode):
-            layer = QuantizedLinear.from_weight(mode, weight.float())
-            rates[f"{mode} weight-only GEMV GB/s (torch's kernel)"] = weight.numel() * size / seconds(
-                lambda: layer(x), repeats) / 1e9
+        if not available(mode):
+            continue
+        for ours in ((True, False) if gemv.available() else (False,)):
+            with gemv.use_gemv(ours):
+                layer = QuantizedLinear.from_weight(mode, weight.float())
+                name = "sensorium's kernel" if ours else "torch's kernel"
+                rates[f"{mode} weight-only GEMV GB/s ({name})"] = weight.numel() * size / seconds(
+                    lambda: layer(x), repeats) / 1e9
     return rates
 
 
