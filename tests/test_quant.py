@@ -125,14 +125,16 @@ def test_an_int4_prompt_dequantizes_in_one_pass_to_the_same_weight(native_bf16, 
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
-def test_an_inputs_gradient_through_quantized_layers_is_the_dequantized_ones(mode):
+@pytest.mark.parametrize("prompt", [True, False])
+def test_an_inputs_gradient_through_quantized_layers_is_the_dequantized_ones(mode, prompt):
     """A prompt's rows dequantize into a buffer the next layer reuses: an input asking for its gradient gets a
-    weight of its own, so the backward pass reads the right one (it raised: the buffer was rewritten in place)."""
+    weight of its own, so the backward pass reads the right one (it raised: the buffer was rewritten in place). A
+    step's few rows asking for gradients leave the one-row kernels, which have no backward, for the same path."""
     g = torch.Generator().manual_seed(2)
     layers = [QuantizedLinear.from_weight(mode, torch.randn(128, 128, generator=g) * 0.05) for _ in range(2)]
     grads = []
     for use_layers in (True, False):
-        rows = KERNEL_ROWS[mode] + 30  # a prompt: dequantized
+        rows = KERNEL_ROWS[mode] + 30 if prompt else 2  # a prompt (dequantized), or a step's rows
         x = torch.randn(rows, 128, generator=torch.Generator().manual_seed(3)).bfloat16().requires_grad_(True)
         h = x
         for layer in layers:

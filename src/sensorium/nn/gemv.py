@@ -229,12 +229,13 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 
 
 def int8_fits(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> bool:
-    """Whether `gemv_int8` can take x: at most MAX_ROWS rows of bf16 on the CPU, an int8 [N, K] weight with bf16
-    scales [N], not being traced; the kernel available."""
+    """Whether `gemv_int8` can take x: at most MAX_ROWS rows of bf16 on the CPU without gradient (the kernel has no
+    backward), an int8 [N, K] weight with bf16 scales [N], not being traced; the kernel available."""
     return (x.dtype == _BF16 and qweight.dtype == torch.int8 and scales.dtype == _BF16 and x.is_cpu
             and qweight.is_cpu and scales.is_cpu and qweight.dim() == 2 and qweight.is_contiguous()
             and scales.is_contiguous() and scales.shape == qweight.shape[:1] and x.shape[-1] == qweight.shape[1]
-            and 0 < x.numel() <= MAX_ROWS * qweight.shape[1] and not _tracing() and available())
+            and 0 < x.numel() <= MAX_ROWS * qweight.shape[1] and not (torch.is_grad_enabled() and x.requires_grad)
+            and not _tracing() and available())
 
 
 def gemv_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -276,13 +277,15 @@ def int4_values(packed: torch.Tensor, out: torch.Tensor | None = None) -> torch.
 
 
 def int4_fits(x: torch.Tensor, qweight: torch.Tensor, params: torch.Tensor, group: int) -> bool:
-    """Whether `gemv_int4` can take x: at most 16 rows of bf16 on the CPU, a weight in `int4_layout` with bf16
-    (scale, zero) [N, K / group, 2], group 64 or 128; not being traced; the kernel available."""
+    """Whether `gemv_int4` can take x: at most 16 rows of bf16 on the CPU without gradient (the kernel has no
+    backward), a weight in `int4_layout` with bf16 (scale, zero) [N, K / group, 2], group 64 or 128; not being traced;
+    the kernel available."""
     return (x.dtype == _BF16 and qweight.dtype == torch.uint8 and params.dtype == _BF16 and x.is_cpu
             and qweight.is_cpu and params.is_cpu and group in INT4_GROUPS and qweight.dim() == 2
             and qweight.is_contiguous() and params.is_contiguous() and x.shape[-1] == 2 * qweight.shape[1]
             and x.shape[-1] % group == 0 and params.shape == (qweight.shape[0], x.shape[-1] // group, 2)
-            and 0 < x.numel() <= 4 * MAX_ROWS * x.shape[-1] and not _tracing() and has("sensorium_gemv_int4"))
+            and 0 < x.numel() <= 4 * MAX_ROWS * x.shape[-1] and not (torch.is_grad_enabled() and x.requires_grad)
+            and not _tracing() and has("sensorium_gemv_int4"))
 
 
 def gemv_int4(x: torch.Tensor, qweight: torch.Tensor, params: torch.Tensor, group: int) -> torch.Tensor:

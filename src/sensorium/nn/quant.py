@@ -226,10 +226,10 @@ class QuantizedLinear(nn.Module):
         # sensorium's int4 layout where its kernel does not take the call (torch's op cannot read that layout)
         ragged = (self.mode == "int8" and self.in_features % 16 != 0 and not on_kernel) or (
             self.layout == "sensorium" and not on_kernel)
-        if (rows > KERNEL_ROWS[self.mode] or ragged) and (self.mode == "int8" or self.layout == "sensorium"
-                                                          or _Int4Layout.find() >= 0):
+        keeps = torch.is_grad_enabled() and x.requires_grad  # no kernel here has a backward: the dequantized weight
+        if (rows > KERNEL_ROWS[self.mode] or ragged or keeps) and (self.mode == "int8" or self.layout == "sensorium"
+                                                                   or _Int4Layout.find() >= 0):
             # the reused buffer, unless autograd would keep it for the backward pass (the next layer rewrites it)
-            keeps = torch.is_grad_enabled() and x.requires_grad
             shape = (self.out_features, self.in_features)
             if (self.layout == "sensorium" and not keeps and gemv.has("sensorium_int4_dequantize")
                     and self.scales.dtype == torch.bfloat16 and not gemv._tracing()):
