@@ -430,8 +430,8 @@ def decoder_step_fits(x: torch.Tensor, layers: list[tuple[torch.Tensor | None, .
         int4 = layer[scales] is not None and layer[scales].dim() == 3
         weight_dtype = torch.uint8 if int4 else torch.int8 if layer[scales] is not None else _BF16
         if int4 and not (has("sensorium_gemv_int4") and all(
-                group in INT4_GROUPS and layer[w].dim() == 2 and layer[sc].shape == (layer[w].shape[0],
-                                                                                       2 * layer[w].shape[1] // group, 2)
+                group in INT4_GROUPS and layer[w].dim() == 2 and layer[sc].shape[0] == layer[w].shape[0]
+                and layer[sc].shape[2] == 2 and group * layer[sc].shape[1] == 2 * layer[w].shape[1]
                 for group, w, sc in zip(_int4_groups(layer), _WEIGHT_ORDER, _SCALES))):
             return False
         for i, t in enumerate(layer):

@@ -34,7 +34,6 @@ from sensorium.nn.linear import BF16_NATIVE, Linear, linear, linear_on_float32_w
 from sensorium.nn.memory import on_huge_pages, scratch
 
 MODES = ("int8", "int4")
-_BF16 = torch.bfloat16
 INT4_GROUPS = (128, 64, 32)  # inputs per int4 scale/zero: 128 (gpt-fast's, torchao's, GPTQ's default) where it fits
 DEQUANTIZE_ROWS = 4096  # weight rows (de)quantized at a time: float32 scratch of this many rows
 # up to here the row-at-a-time kernel is faster than dequantizing (10 and 50 ms at 18944x3584) + the bf16 GEMM
@@ -193,9 +192,14 @@ class QuantizedLinear(nn.Module):
 
     def dequantized(self, out: torch.Tensor | None = None) -> torch.Tensor:
         """The weight the kernels multiply by, [N, K] in the activations' dtype, each value rounded once (into
-        `out` when given). int8: q * scale; int4: (q - 8) * scale + zero, per group."""
+        `out` when given). int8: q * scale; int4: (q - 8) * scale + zero, per group. sensorium's int4 layout
+        dequantizes in one C pass where the kernels build (the same bits), and may then write those values widened
+        into a float32 `out`."""
         rows, inputs = self.out_features, self.in_features
         out = torch.empty(rows, inputs, dtype=self.scales.dtype) if out is None else out
+        if (self.layout == "sensorium" and self.scales.dtype == torch.bfloat16 and not gemv._tracing()
+                and gemv.has("sensorium_int4_dequantize")):
+            return gemv.int4_dequantize(self.qweight, self.scales, self.group, out)
         if self.mode == "int8":
             return out.copy_(self.qweight).mul_(self.scales[:, None])  # q is exact in bf16: one rounding
         if self.layout == "sensorium":
@@ -231,15 +235,11 @@ class QuantizedLinear(nn.Module):
                                                                    or _Int4Layout.find() >= 0):
             # the reused buffer, unless autograd would keep it for the backward pass (the next layer rewrites it)
             shape = (self.out_features, self.in_features)
-            if (self.layout == "sensorium" and not keeps and gemv.has("sensorium_int4_dequantize")
-                    and self.scales.dtype == torch.bfloat16 and not gemv._tracing()):
-                # in one pass in C, the same values; where the CPU has no native bf16 straight into the float32
-                # weight its GEMM runs on (linear.py's _bf16_through_float32, without widening a bf16 copy)
-                if BF16_NATIVE or not onednn_enabled():
-                    weight = gemv.int4_dequantize(self.qweight, self.scales, self.group, scratch("weight", shape, _BF16))
-                    return linear(x, weight, self.bias, activation)
-                widened = gemv.int4_dequantize(self.qweight, self.scales, self.group,
-                                               scratch("float32 weight", shape, torch.float32))
+            if (not keeps and self.layout == "sensorium" and not BF16_NATIVE and onednn_enabled()
+                    and gemv.has("sensorium_int4_dequantize")):
+                # no native bf16: straight into the float32 weight the GEMM runs on here (linear.py's
+                # _bf16_through_float32 without widening a bf16 copy)
+                widened = self.dequantized(scratch("float32 weight", shape, torch.float32))
                 return linear_on_float32_weight(x, widened, self.bias, activation)
             weight = self.dequantized(None if keeps else scratch("weight", shape, self.scales.dtype))
             return linear(x, weight, self.bias, activation)
