@@ -9,6 +9,9 @@
     python benchmarks/decode_ab.py int4-kernel [--rounds 6]    # int4 on sensorium's kernel (its layout) vs torch's
                                                                # op (its layout), the same values
     python benchmarks/decode_ab.py int4-one-call [--rounds 6]  # int4 step in one C call vs layer by layer
+    python benchmarks/decode_ab.py kernels-at --revision REV --dtype int4 [--rounds 6]
+                                    # this tree's C kernels vs those at git revision REV (same Python, same entry
+                                    # points: a kernel's own change), on a bf16 / int8 / int4 decoder
 
 The weights are benchmarks/llama_peer.py's (`python benchmarks/llama_peer.py make`: PerceptionLM-1B's decoder, Llama
 3.2 1B's geometry, random). A 256-token prompt of random ids, then 33 greedy tokens; decode rate over tokens 2..33.
@@ -42,7 +45,7 @@ WEIGHTS = llama_peer.OUT
 sys.path.insert(0, str(HERE.parent / "src"))
 
 SAME_TOKENS = {"huge-pages": True, "blocks": True, "one-call": True, "int8-kernel": False, "int8-one-call": False,
-               "int4-kernel": False, "int4-one-call": False}
+               "int4-kernel": False, "int4-one-call": False, "kernels-at": False}
 
 
 def load_decoder(dtype: str):
@@ -56,7 +59,32 @@ def load_decoder(dtype: str):
     return decoder
 
 
-def sides(change: str):
+def kernels_at(revision: str):
+    """sensorium's C kernels as they were at a git revision, built as gemv.py builds this tree's (this CPU's
+    flavour, the same flags), with the entry points this tree declares."""
+    import ctypes
+    import subprocess
+    import tempfile
+
+    from sensorium.nn import gemv
+
+    files, isa = gemv.FLAVOURS[gemv.flavour()]
+    folder = Path(tempfile.mkdtemp(prefix="kernels-at-"))
+    for name in (*files, *gemv.HEADERS):
+        source = subprocess.run(["git", "show", f"{revision}:src/sensorium/nn/{name}"], cwd=HERE, check=True,
+                                capture_output=True).stdout
+        (folder / name).write_bytes(source)
+    built = folder / "kernels.so"
+    subprocess.run(["cc", *gemv.COMMON_FLAGS, *isa, "-o", str(built), *(str(folder / f) for f in files), "-lm"],
+                   check=True)
+    library = ctypes.CDLL(str(built))
+    for entry_point, (arguments, result) in gemv.SIGNATURES.items():
+        if hasattr(library, entry_point):
+            getattr(library, entry_point).argtypes, getattr(library, entry_point).restype = arguments, result
+    return library
+
+
+def sides(change: str, dtype: str = "bf16", revision: str = ""):
     """(decoder, {side name: a function that sets that side up}) for the change; the first side is the new one."""
     from torch import nn
 
@@ -91,6 +119,16 @@ def sides(change: str):
                         module.weight = weights[f"{name}.weight"]
             return setup
         return decoder, {"2 MB pages": use(huge), "4 KB pages (torch's allocator)": use(small)}
+    if change == "kernels-at":
+        decoder = load_decoder(dtype)
+        gemv.available()  # this tree's library, built and loaded
+        mine, theirs = gemv._library, kernels_at(revision)
+
+        def use(library):
+            def setup():
+                gemv._library = library
+            return setup
+        return decoder, {"this tree's kernels": use(mine), f"the kernels at {revision}": use(theirs)}
     if change in ("one-call", "int8-one-call", "int4-one-call"):
         decoder = load_decoder(change.split("-")[0] if change != "one-call" else "bf16")
 
@@ -147,13 +185,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--new-tokens", type=int, default=33)
     parser.add_argument("--paired-steps", type=int, default=0)
+    parser.add_argument("--accuracy", type=int, default=0, metavar="STEPS",
+                        help="instead of timing: each side's logits over this many one-token steps (the same random "
+                             "tokens fed to all) against a bf16 decoder's")
+    parser.add_argument("--revision", default="HEAD", help="kernels-at: the git revision to build the kernels of")
+    parser.add_argument("--dtype", choices=["bf16", "int8", "int4"], default="bf16", help="kernels-at: the decoder's")
     args = parser.parse_args()
     if not gemv.available():
         raise SystemExit(f"sensorium's kernels are not available here: {gemv.why_not()}")
-    decoder, setups = sides(args.change)
+    decoder, setups = sides(args.change, args.dtype, args.revision)
     names = list(setups)
     ids = torch.randint(0, decoder.config.vocab_size, (1, 256), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
+    if args.accuracy:
+        return step_accuracy(decoder, setups, ids, args.accuracy, args.change)
     if args.paired_steps:
         if not SAME_TOKENS[args.change]:
             raise SystemExit("--paired-steps compares sides that keep the arithmetic")
@@ -161,7 +206,8 @@ def main() -> None:
     rates: dict[str, list[float]] = {name: [] for name in names}
     prompts: dict[str, list[float]] = {name: [] for name in names}
     tokens: dict[str, list[int]] = {}
-    print(f"machine: {machine()}; Llama-1B ({WEIGHTS.name}), {args.change}, {args.rounds} rounds, 256-token prompt, "
+    what = f"{args.change} {args.revision} ({args.dtype})" if args.change == "kernels-at" else args.change
+    print(f"machine: {machine()}; Llama-1B ({WEIGHTS.name}), {what}, {args.rounds} rounds, 256-token prompt, "
           f"{args.new_tokens} greedy tokens")
     with torch.inference_mode():
         for name in names:  # warm-up, each side once
@@ -202,6 +248,43 @@ def step_gigabytes(decoder) -> float:
                 if isinstance(m, LaidOutWeight))
     head = decoder.embed.weight if decoder.head is None else decoder.head.weight
     return (total + head.numel() * head.element_size()) / 1e9
+
+
+def step_accuracy(decoder, setups, ids, steps: int, change: str) -> None:
+    """The logits of `steps` one-token steps after the prompt, each side and a bf16 decoder (prepared as sn.load
+    prepares one) fed the same random tokens: each side's error relative to the spread of bf16's logits, and how
+    often its top token is bf16's; the two sides against each other too."""
+    feed = torch.randint(0, decoder.config.vocab_size, (1, steps), generator=torch.Generator().manual_seed(1))
+
+    def step_logits(model) -> torch.Tensor:
+        prompt, length = ids.shape[1], ids.shape[1] + steps
+        cache = model.new_cache(1, length)
+        model(model.embed(ids), torch.arange(prompt)[None], None, length, cache, 0)
+        out = []
+        for i in range(steps):
+            hidden = model(model.embed(feed[:, i : i + 1]), torch.tensor([[prompt + i]]), None, length, cache,
+                           prompt + i)
+            out.append(model.logits(hidden[:, -1]).float()[0])
+        return torch.stack(out)
+
+    with torch.inference_mode():
+        got = {}
+        for name, setup in setups.items():
+            setup()
+            got[name] = step_logits(decoder)
+        want = step_logits(load_decoder("bf16"))
+    spread = float(want.std())
+    print(f"machine: {machine()}; Llama-1B ({WEIGHTS.name}), {change}: logits of {steps} one-token steps after a "
+          f"{ids.shape[1]}-token prompt, random tokens fed")
+    print("| side | against | max logit error / bf16 logit std | mean | same top-1 |")
+    print("|---|---|---|---|---|")
+    names = list(got)
+    for name, other, reference in ((names[0], "bf16", want), (names[1], "bf16", want),
+                                   (names[0], names[1], got[names[1]])):
+        error = (got[name] - reference).abs()
+        same = float((got[name].argmax(-1) == reference.argmax(-1)).float().mean())
+        print(f"| {name} | {other} | {float(error.max()) / spread:.4f} | {float(error.mean()) / spread:.4f} | "
+              f"{100 * same:.1f} % |")
 
 
 def paired_steps(decoder, setups, ids, pairs: int, change: str) -> None:

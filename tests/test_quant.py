@@ -1,4 +1,4 @@
-"""Weight-only int8/int4 decoders (sensorium.nn.quant, `sn.load(..., dtype="int8" | "int4")`): the quantizers'
+"""int8/int4 decoders (sensorium.nn.quant, `sn.load(..., dtype="int8" | "int4")`): the quantizers'
 error bounds, the packed int4 layout read back exactly, each kernel against the plain product with the weight it
 stands for, and a quantized chat model against the same model running on those dequantized weights."""
 
@@ -191,7 +191,7 @@ def test_quantized_dtypes_are_for_chat_decoders_on_the_cpu(tiny_entries, af3_mod
     from sensorium.loading import check_quantized
     from sensorium.models import family
 
-    with pytest.raises(sn.CapabilityError, match="int8 is weight-only quantization for the decoders of chat"):
+    with pytest.raises(sn.CapabilityError, match="int8 quantizes the decoder weights of chat models"):
         sn.load("test-clip_tiny", device="cpu", dtype="int8")
     with pytest.raises(ValueError, match="dtype=int4 runs on the CPU"):
         check_quantized("int4", family("af3"), "audio-flamingo-3", torch.device("cuda"))
@@ -203,5 +203,5 @@ def test_a_torch_without_the_kernels_gets_a_clear_message(af3_model_dir, monkeyp
     import sensorium.nn.quant as quant
 
     monkeypatch.setattr(quant, "available", lambda mode: False)
-    with pytest.raises(sn.CapabilityError, match="this torch build has no int4 weight-only kernel; use bfloat16"):
+    with pytest.raises(sn.CapabilityError, match="this torch build has no int4 weight kernel; use bfloat16"):
         sn.load(str(af3_model_dir), device="cpu", dtype="int4")

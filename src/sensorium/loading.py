@@ -172,8 +172,9 @@ def load(source: str | os.PathLike, config=None, device: str | torch.device = "a
     a local directory or a local weights file. `config` (a catalog name or a config object) names the
     architecture when the source does not. `device="auto"` picks CUDA, then Apple MPS, then the CPU;
     `dtype=None` picks bfloat16 on CUDA (float16 where bf16 is unsupported) and float32 elsewhere; "int8" and
-    "int4" load a chat model (AF3, PerceptionLM) for the CPU with its decoder's linear weights quantized (weight-only,
-    sensorium.nn.quant) and everything else in bfloat16.
+    "int4" load a chat model (AF3, PerceptionLM) for the CPU with its decoder's linear weights quantized
+    (sensorium.nn.quant: int8 weight-only; int4's one-token steps also round activations to int8, as llama.cpp's
+    Q4_0) and everything else in bfloat16.
 
     The model comes back in eval mode with gradients off (`requires_grad_(True)` to fine-tune).
     `compile=True` runs its towers through torch.compile with frozen weights, for inference (sensorium.nn.compiled:
@@ -403,7 +404,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device("cpu")
 
 
-QUANTIZED = ("int8", "int4")  # weight-only, for the decoders of chat models on a CPU (nn/quant.py)
+QUANTIZED = ("int8", "int4")  # quantized decoder weights, for the decoders of chat models on a CPU (nn/quant.py)
 
 
 def check_quantized(mode: str, builder, name: str, target: torch.device) -> None:
@@ -411,12 +412,12 @@ def check_quantized(mode: str, builder, name: str, target: torch.device) -> None
     from sensorium.nn.quant import available
 
     if not builder.quantizable:
-        raise CapabilityError(f"{name}: dtype={mode} is weight-only quantization for the decoders of chat models "
+        raise CapabilityError(f"{name}: dtype={mode} quantizes the decoder weights of chat models "
                               "(Audio Flamingo 3, PerceptionLM); use bfloat16 or float32 for this model")
     if target.type != "cpu":
-        raise ValueError(f"dtype={mode} runs on the CPU (torch's {mode} weight-only kernels); on {target} use bfloat16")
+        raise ValueError(f"dtype={mode} runs on the CPU (its {mode} kernels are CPU kernels); on {target} use bfloat16")
     if not available(mode):
-        raise CapabilityError(f"this torch build has no {mode} weight-only kernel; use bfloat16")
+        raise CapabilityError(f"this torch build has no {mode} weight kernel; use bfloat16")
 
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,

@@ -198,7 +198,7 @@ class Decoder(nn.Module):
         return linear(hidden, self.embed.weight) if self.head is None else self.head(hidden)
 
     def quantize(self, mode: str) -> None:
-        """Weight-only int8/int4 linears (nn/quant.py), the head included; a tied head gets a quantized copy of
+        """int8/int4 linears (nn/quant.py), the head included; a tied head gets a quantized copy of
         the embedding (the lookups keep the exact table)."""
         from sensorium.nn.quant import QuantizedLinear, quantize_linears
 

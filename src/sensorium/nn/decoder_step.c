@@ -85,7 +85,7 @@ void sensorium_rope_halves_bf16(uint16_t *q, uint16_t *k, const float *cos, cons
    biases, rotate-half RoPE, attention over the cache, o, residual add, RMSNorm, SwiGLU, down, residual add): the
    calls above in sequence, with the residual adds rounded as torch's bf16 add rounds, so the hidden state is
    bit-equal to making those calls one by one from Python, without ~20 Python-side operations a layer (~4 ms of a
-   56 ms Llama-1B step on a 2-core Zen 4). Int8 and int4 layers (weight-only, nn/quant.py) round where
+   56 ms Llama-1B step on a 2-core Zen 4). Int8 and int4 layers (nn/quant.py) round where
    QuantizedLinear and the SwiGLU module round; their attention is the kernels', where layer by layer it is torch's float32
    matmuls. x [m = batch * tokens, width] is updated in place; each token's k and v
    go to cache slot start + t; attention reads slots 0 .. start + tokens - 1 under mask [batch, tokens, visible]

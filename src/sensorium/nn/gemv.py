@@ -276,6 +276,18 @@ def int4_values(packed: torch.Tensor, out: torch.Tensor | None = None) -> torch.
     return out
 
 
+def int4_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """How the int4 kernel rounds x [..., K] (K a multiple of 64) before its integer products: (xq, scale), xq int8
+    values as float32 [..., K / 64, 64] and the float32 scale of each run of 64 inputs [..., K / 64], with
+    scale = max |x| / 127 of the run and xq = round(x * (127 / max |x|)), ties to even (0 for a run of zeros); x is
+    about scale * xq. The kernel's own arithmetic, in torch: what tests hold it to."""
+    runs = x.float().reshape(*x.shape[:-1], -1, INT4_RUN)
+    top = runs.abs().amax(dim=-1)
+    # a tensor divided, not `127 / top` (torch's reciprocal times 127: a second rounding the kernel does not make)
+    inverse = torch.where(top > 0, torch.full_like(top, 127.0) / top, torch.zeros_like(top))
+    return torch.round(runs * inverse[..., None]), top / 127
+
+
 def int4_fits(x: torch.Tensor, qweight: torch.Tensor, params: torch.Tensor, group: int) -> bool:
     """Whether `gemv_int4` can take x: at most 16 rows of bf16 on the CPU without gradient (the kernel has no
     backward), a weight in `int4_layout` with bf16 (scale, zero) [N, K / group, 2], group 64 or 128; not being traced;
@@ -290,8 +302,8 @@ def int4_fits(x: torch.Tensor, qweight: torch.Tensor, params: torch.Tensor, grou
 
 def gemv_int4(x: torch.Tensor, qweight: torch.Tensor, params: torch.Tensor, group: int) -> torch.Tensor:
     """x @ weight.T for bf16 x of at most 16 rows (MAX_ROWS a pass over the weight) and an int4 weight in
-    `int4_layout` with its (scale, zero) per group (weight = (q - 8) * scale + zero): float32 sums, one rounding;
-    `int4_fits` first."""
+    `int4_layout` with its (scale, zero) per group (weight = (q - 8) * scale + zero), each row of x rounded to int8
+    per run of 64 inputs (`int4_activations`), integer sums, one rounding; `int4_fits` first."""
     k = x.shape[-1]
     rows = x.numel() // k
     flat = x.reshape(rows, k).contiguous()

@@ -1,15 +1,20 @@
-/* Weight-only int4 one-row products (nn/quant.py's int4 layers, in sensorium's layout), in AVX2 + FMA: built into
-   both flavours of the kernels (nn/gemv.py), so they run on every x86 CPU the kernels build for.
+/* int4 one-row products (nn/quant.py's int4 layers, in sensorium's layout), in AVX2: built into both flavours of the
+   kernels (nn/gemv.py), so they run on every x86 CPU the kernels build for.
 
    Layout: per output row, its k inputs in runs of 64, each run 32 bytes = 8 little-endian dwords, dword l holding
    inputs l, 8 + l, .., 56 + l in its nibbles 0 .. 7 (q in 0..15); beside it, per row, [k / group, 2] bf16 (scale,
-   zero): the weight is (q - 8) * scale + zero. Nibble t of the 8 dwords is inputs 8t .. 8t + 7 in order: masked in
-   place it reads, as int32, q * 16^t, which converts to float32 exactly and multiplies x * 16^-t (x scaled once a
-   call: exact, a power of two) into q * x with q * x's own rounding; the top nibble is shifted down instead (in place
-   it would read as a negative int32). So 8 values cost an AND, a conversion and an FMA, no shuffle (on a 2-core Zen 3
-   a shift more costs 1.2x). A row sums per group scale * sum(q x) + (zero - 8 scale) * sum(x), in float32, sum(x) per
-   group worked out once a call, and rounds once to bf16. torch's int4 op (`_weight_int4pack_mm_for_cpu`) runs at about
-   half this rate there, compute-bound well under the memory's. */
+   zero): the weight is (q - 8) * scale + zero. So byte b of dword l holds inputs 8 (2b) + l (low nibble) and
+   8 (2b + 1) + l (high): one AND gives 32 weights as bytes, a shift and an AND the other 32, no shuffle.
+
+   The activations are rounded to int8 per run of 64 inputs (scale max|x| / 127, to nearest, ties to even), as
+   llama.cpp rounds its Q4_0 products' to Q8_0 per 32: then 32 products are one vpmaddubsw (unsigned weight bytes
+   times signed activation bytes, pairs summed exactly in 16 bits), and a run costs ~10 instructions where products
+   in float32 cost 24 (an AND, a conversion and an FMA per 8): on 2 Zen 3 cores 1.2-1.7x the float32 form, which
+   was compute-bound at about half the memory's rate. A row sums per group
+       scale * sum_runs(xscale * sum(q * xq)) + zero * sum(x) - 8 scale * sum_runs(xscale * sum(xq)),
+   the integer sums exact, the rest in float32, one rounding to bf16: the error against the float32 product is the
+   activations' rounding alone, s (q - 8) * (x - xscale xq), at most half an activation step per input (sum(x) is
+   exact, so the zero's term carries none of it; a NaN or infinite x gives NaN through it). */
 
 #include <immintrin.h>
 #include <stdint.h>
@@ -18,7 +23,7 @@
 #include "kernels.h"
 
 #define PREFETCH_INT4 2048 /* bytes ahead of a row's stream (rows follow one another), into L1 */
-#define CHAINS(M) ((M) == 1 ? 4 : (M) == 2 ? 2 : 1) /* independent sums a row of x: the FMA's latency hidden */
+#define INT4_RUN 64        /* inputs a run: 32 bytes of weights, 64 of activations, one activation scale */
 
 static inline float sum_8_int4(__m256 v) {
     const __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -26,58 +31,107 @@ static inline float sum_8_int4(__m256 v) {
     return _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)));
 }
 
-/* M rows of xs (x scaled as above, float32 [M, k]) against rows 0 .. n-1 of w, in groups of GROUP inputs (64 or
-   128: a group's runs unrolled); xsums [M, k / GROUP]. A macro, not an inline function: the OpenMP region is outlined
-   before inlining, which would leave M and GROUP unknown in it. */
+static inline float max_8_int4(__m256 v) {
+    const __m128 half = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 pair = _mm_max_ps(half, _mm_movehl_ps(half, half));
+    return _mm_cvtss_f32(_mm_max_ss(pair, _mm_movehdup_ps(pair)));
+}
+
+/* 4 int32 vectors of values in -127..127, lanes l: the dwords whose byte b is a[b][l] */
+static inline __m256i bytes_of_4(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
+    const __m256i byte = _mm256_set1_epi32(0xff);
+    return _mm256_or_si256(_mm256_or_si256(_mm256_and_si256(a0, byte), _mm256_slli_epi32(_mm256_and_si256(a1, byte), 8)),
+                           _mm256_or_si256(_mm256_slli_epi32(_mm256_and_si256(a2, byte), 16), _mm256_slli_epi32(a3, 24)));
+}
+
+/* Row x [k] (bf16) for the products below: xq [k] int8 in the weights' byte order (per run, 32 bytes for the low
+   nibbles' inputs, then 32 for the high ones'), xscale [k / 64], and per group xsum = sum(x) and xhat = the sum of
+   the rounded activations (xscale * xq). */
+static void int4_activations(const uint16_t *x, int64_t k, int64_t group, int8_t *xq, float *xscale, float *xsum,
+                             float *xhat) {
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int64_t g = 0; g < k / group; ++g) xsum[g] = 0.0f, xhat[g] = 0.0f;
+    for (int64_t run = 0; run < k / INT4_RUN; ++run) {
+        __m256 v[8], largest = _mm256_setzero_ps(), total = _mm256_setzero_ps();
+        for (int t = 0; t < 8; ++t) {  /* v[t]: inputs 8t .. 8t + 7 of the run */
+            const __m128i raw = _mm_loadu_si128((const __m128i *)(x + run * INT4_RUN + 8 * t));
+            v[t] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+            largest = _mm256_max_ps(largest, _mm256_and_ps(v[t], magnitude));
+            total = _mm256_add_ps(total, v[t]);
+        }
+        const float top = max_8_int4(largest), scale = top / 127.0f;
+        const __m256 inverse = _mm256_set1_ps(top > 0.0f ? 127.0f / top : 0.0f);
+        __m256i q[8];
+        __m256 rounded_total = _mm256_setzero_ps();
+        for (int t = 0; t < 8; ++t) {
+            const __m256 rounded = _mm256_round_ps(_mm256_mul_ps(v[t], inverse),
+                                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            rounded_total = _mm256_add_ps(rounded_total, rounded);
+            q[t] = _mm256_cvttps_epi32(rounded);
+        }
+        _mm256_storeu_si256((__m256i *)(xq + run * INT4_RUN), bytes_of_4(q[0], q[2], q[4], q[6]));
+        _mm256_storeu_si256((__m256i *)(xq + run * INT4_RUN + 32), bytes_of_4(q[1], q[3], q[5], q[7]));
+        xscale[run] = scale;
+        const int64_t g = run * INT4_RUN / group;
+        xsum[g] += sum_8_int4(total);
+        xhat[g] += scale * sum_8_int4(rounded_total);
+    }
+}
+
+/* M rows of activations (int4_activations' xq [M, k], xscale [M, k / 64], xsum and xhat [M, k / GROUP]) against
+   rows 0 .. n-1 of w, in groups of GROUP inputs (64 or 128). A macro, not an inline function: the OpenMP region is
+   outlined before inlining, which would leave M and GROUP unknown in it. */
 #define INT4_ROWS(M, GROUP)                                                                                           \
-    static void gemv_int4_m##M##_##GROUP(const float *xs, const float *xsums, const uint8_t *w,                       \
-                                         const uint16_t *params, uint16_t *y, int64_t n, int64_t k, int threads) {    \
-        const int64_t groups = k / GROUP;                                                                             \
+    static void gemv_int4_m##M##_##GROUP(const int8_t *xq, const float *xscale, const float *xsum, const float *xhat, \
+                                         const uint8_t *w, const uint16_t *params, uint16_t *y, int64_t n, int64_t k, \
+                                         int threads) {                                                               \
+        const int64_t groups = k / GROUP, runs = k / INT4_RUN;                                                        \
         _Pragma("omp parallel for schedule(static) num_threads(threads)")                                             \
         for (int64_t row = 0; row < n; ++row) {                                                                       \
             const uint8_t *q = w + row * (k / 2);                                                                     \
             const uint16_t *p = params + row * groups * 2;                                                            \
+            const __m256i nibble = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);                                 \
             __m256 total[M];                                                                                          \
             float offsets[M];                                                                                         \
             for (int j = 0; j < M; ++j) total[j] = _mm256_setzero_ps(), offsets[j] = 0.0f;                            \
             for (int64_t g = 0; g < groups; ++g) {                                                                    \
-                __m256 acc[M][CHAINS(M)];                                                                             \
-                for (int j = 0; j < M; ++j)                                                                           \
-                    for (int c = 0; c < CHAINS(M); ++c) acc[j][c] = _mm256_setzero_ps();                              \
-                for (int run = 0; run < GROUP / 64; ++run) {                                                          \
-                    const int64_t i = g * GROUP + run * 64;                                                           \
-                    if (run % 2 == 0) _mm_prefetch((const char *)q + i / 2 + PREFETCH_INT4, _MM_HINT_T0);             \
-                    const __m256i raw = _mm256_loadu_si256((const __m256i *)(q + i / 2));                             \
-                    for (int t = 0; t < 8; ++t) {                                                                     \
-                        const __m256i masked = t < 7 ? _mm256_and_si256(raw, _mm256_set1_epi32(15 << (4 * t)))        \
-                                                     : _mm256_srli_epi32(raw, 28);                                    \
-                        const __m256 qv = _mm256_cvtepi32_ps(masked);                                                 \
-                        for (int j = 0; j < M; ++j)                                                                   \
-                            acc[j][t % CHAINS(M)] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(xs + j * k + i + 8 * t),      \
-                                                                    acc[j][t % CHAINS(M)]);                           \
+                __m256 acc[M];                                                                                        \
+                for (int j = 0; j < M; ++j) acc[j] = _mm256_setzero_ps();                                             \
+                for (int run = 0; run < GROUP / INT4_RUN; ++run) {                                                    \
+                    const int64_t r = g * (GROUP / INT4_RUN) + run;                                                   \
+                    if (r % 2 == 0) _mm_prefetch((const char *)q + r * 32 + PREFETCH_INT4, _MM_HINT_T0);              \
+                    const __m256i raw = _mm256_loadu_si256((const __m256i *)(q + r * 32));                            \
+                    const __m256i low = _mm256_and_si256(raw, nibble);                                                \
+                    const __m256i high = _mm256_and_si256(_mm256_srli_epi16(raw, 4), nibble);                         \
+                    for (int j = 0; j < M; ++j) {                                                                     \
+                        const int8_t *a = xq + j * k + r * INT4_RUN;                                                  \
+                        /* pairs of products in 16 bits: at most 2 * 2 * 15 * 127 = 7620 */                           \
+                        const __m256i pairs = _mm256_add_epi16(                                                       \
+                            _mm256_maddubs_epi16(low, _mm256_loadu_si256((const __m256i *)a)),                        \
+                            _mm256_maddubs_epi16(high, _mm256_loadu_si256((const __m256i *)(a + 32))));               \
+                        const __m256 sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));                       \
+                        acc[j] = _mm256_fmadd_ps(sums, _mm256_broadcast_ss(xscale + j * runs + r), acc[j]);           \
                     }                                                                                                 \
                 }                                                                                                     \
                 const __m256 scale = _mm256_set1_ps(from_bf16(p[2 * g]));                                             \
-                for (int j = 0; j < M; ++j) {                                                                         \
-                    for (int width = CHAINS(M) / 2; width > 0; width /= 2)                                            \
-                        for (int c = 0; c < width; ++c) acc[j][c] = _mm256_add_ps(acc[j][c], acc[j][c + width]);      \
-                    total[j] = _mm256_fmadd_ps(scale, acc[j][0], total[j]);                                           \
-                }                                                                                                     \
+                for (int j = 0; j < M; ++j) total[j] = _mm256_fmadd_ps(scale, acc[j], total[j]);                      \
             }                                                                                                         \
-            /* the (zero - 8 scale) * sum(x) terms, 8 groups a vector: a (scale, zero) pair is one dword, scale in its\
-               low half (1.08x over adding them group by group, one process) */                                       \
+            /* zero * sum(x) - 8 scale * xhat, 8 groups a vector: a (scale, zero) pair is one dword, scale in its low \
+               half */                                                                                                \
             int64_t h = 0;                                                                                            \
             for (; h + 8 <= groups; h += 8) {                                                                         \
                 const __m256i pairs = _mm256_loadu_si256((const __m256i *)(p + 2 * h));                               \
                 const __m256 scales = _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16));                              \
                 const __m256 zeros = _mm256_castsi256_ps(_mm256_and_si256(pairs, _mm256_set1_epi32((int)0xffff0000u)));\
-                const __m256 offset = _mm256_sub_ps(zeros, _mm256_mul_ps(_mm256_set1_ps(8.0f), scales));              \
+                const __m256 eights = _mm256_mul_ps(_mm256_set1_ps(8.0f), scales);                                    \
                 for (int j = 0; j < M; ++j)                                                                           \
-                    offsets[j] += sum_8_int4(_mm256_mul_ps(offset, _mm256_loadu_ps(xsums + j * groups + h)));         \
+                    offsets[j] += sum_8_int4(_mm256_sub_ps(_mm256_mul_ps(zeros, _mm256_loadu_ps(xsum + j * groups + h)),\
+                                                           _mm256_mul_ps(eights, _mm256_loadu_ps(xhat + j * groups + h))));\
             }                                                                                                         \
             for (; h < groups; ++h) {                                                                                 \
-                const float scale = from_bf16(p[2 * h]), offset = from_bf16(p[2 * h + 1]) - 8.0f * scale;             \
-                for (int j = 0; j < M; ++j) offsets[j] += offset * xsums[j * groups + h];                             \
+                const float scale = from_bf16(p[2 * h]), zero = from_bf16(p[2 * h + 1]);                              \
+                for (int j = 0; j < M; ++j)                                                                           \
+                    offsets[j] += zero * xsum[j * groups + h] - 8.0f * scale * xhat[j * groups + h];                  \
             }                                                                                                         \
             for (int j = 0; j < M; ++j) y[j * n + row] = to_bf16(sum_8_int4(total[j]) + offsets[j]);                  \
         }                                                                                                             \
@@ -89,33 +143,27 @@ INT4_M(2)
 INT4_M(3)
 INT4_M(4)
 
-/* y [m, n] = x [m, k] (bf16) times the int4 weight above, float32 sums, one rounding to bf16 (a bias is the caller's:
-   QuantizedLinear adds it after the rounding). group: 64 or 128, dividing k. xf: float32 scratch of m * k + m * k /
-   group. 0, or -1 for what it does not take (m outside 1..4, another group). */
+/* y [m, n] = x [m, k] (bf16, rounded to int8 per run of 64 as above) times the int4 weight above, one rounding to
+   bf16 (a bias is the caller's: QuantizedLinear adds it after the rounding). group: 64 or 128, dividing k. scratch:
+   at least m * k bytes + m * (k / 64 + 2 * k / group) floats (the callers give m * (k + k / group) floats). 0, or -1
+   for what it does not take (m outside 1..4, another group). */
 int sensorium_gemv_int4(const uint16_t *x, int64_t m, const uint8_t *w, const uint16_t *params, uint16_t *y,
-                        int64_t n, int64_t k, int64_t group, float *xf, int threads) {
+                        int64_t n, int64_t k, int64_t group, float *scratch, int threads) {
     if (m < 1 || m > 4 || (group != 64 && group != 128) || k % group) return -1;
-    float *xsums = xf + m * k;
+    int8_t *xq = (int8_t *)scratch;
+    float *xscale = (float *)(xq + m * k), *xsum = xscale + m * (k / INT4_RUN), *xhat = xsum + m * (k / group);
     for (int64_t j = 0; j < m; ++j)
-        for (int64_t g = 0; g < k / group; ++g) {
-            float sum = 0.0f;
-            for (int64_t i = g * group; i < (g + 1) * group; ++i) {
-                const float v = from_bf16(x[j * k + i]);
-                const int t = (int)(i % 64) / 8;
-                sum += v;
-                xf[j * k + i] = t < 7 ? v * (1.0f / (float)(1 << (4 * t))) : v;  /* x * 16^-t */
-            }
-            xsums[j * (k / group) + g] = sum;
-        }
+        int4_activations(x + j * k, k, group, xq + j * k, xscale + j * (k / INT4_RUN), xsum + j * (k / group),
+                         xhat + j * (k / group));
     switch (m * 1000 + group) {
-        case 1064: gemv_int4_m1_64(xf, xsums, w, params, y, n, k, threads); break;
-        case 1128: gemv_int4_m1_128(xf, xsums, w, params, y, n, k, threads); break;
-        case 2064: gemv_int4_m2_64(xf, xsums, w, params, y, n, k, threads); break;
-        case 2128: gemv_int4_m2_128(xf, xsums, w, params, y, n, k, threads); break;
-        case 3064: gemv_int4_m3_64(xf, xsums, w, params, y, n, k, threads); break;
-        case 3128: gemv_int4_m3_128(xf, xsums, w, params, y, n, k, threads); break;
-        case 4064: gemv_int4_m4_64(xf, xsums, w, params, y, n, k, threads); break;
-        default: gemv_int4_m4_128(xf, xsums, w, params, y, n, k, threads); break;
+        case 1064: gemv_int4_m1_64(xq, xscale, xsum, xhat, w, params, y, n, k, threads); break;
+        case 1128: gemv_int4_m1_128(xq, xscale, xsum, xhat, w, params, y, n, k, threads); break;
+        case 2064: gemv_int4_m2_64(xq, xscale, xsum, xhat, w, params, y, n, k, threads); break;
+        case 2128: gemv_int4_m2_128(xq, xscale, xsum, xhat, w, params, y, n, k, threads); break;
+        case 3064: gemv_int4_m3_64(xq, xscale, xsum, xhat, w, params, y, n, k, threads); break;
+        case 3128: gemv_int4_m3_128(xq, xscale, xsum, xhat, w, params, y, n, k, threads); break;
+        case 4064: gemv_int4_m4_64(xq, xscale, xsum, xhat, w, params, y, n, k, threads); break;
+        default: gemv_int4_m4_128(xq, xscale, xsum, xhat, w, params, y, n, k, threads); break;
     }
     return 0;
 }

@@ -1,7 +1,8 @@
-"""Weight-only int8 and int4 linears for a decoder on a CPU: `sn.load(..., dtype="int8" | "int4")`.
+"""int8 and int4 linears for a decoder on a CPU: `sn.load(..., dtype="int8" | "int4")`.
 
 A decoder's step reads every weight once per token, so on a CPU its speed is the bytes it streams per weight.
-Activations stay bfloat16; only the decoder's linear weights are quantized, once, at load:
+Only the decoder's linear weights are quantized, once, at load; activations stay bfloat16, except inside the int4
+kernel's products (below):
 
 - int8: symmetric, one scale per output channel (scale = max |w| / 127 of the row, round to nearest), run by
   sensorium's one-row int8 kernel where it builds (nn/gemv.py: the same arithmetic; a Llama-1B decode 1.20x
@@ -14,8 +15,11 @@ Activations stay bfloat16; only the decoder's linear weights are quantized, once
   that fits none stays bfloat16 (said once). Run by sensorium's int4 kernel where it builds (nn/gemv_int4.c, groups
   of 128 or 64: the values in its own layout, `gemv.int4_layout`, and scale and zero beside each row; int4 layers
   then take the decoder's one-call step too), else by torch's `_weight_int4pack_mm_for_cpu` in its packed layout
-  (`layout` says which). On a 2-core Zen 3 a Llama-1B int4 decode runs 2.0x faster on the kernel than on torch's op
-  layer by layer, 1.31x more in one call (benchmarks/decode_ab.py int4-kernel / int4-one-call).
+  (`layout` says which). The kernel rounds each row of activations to int8 per run of 64 inputs (scale max |x| /
+  127), as llama.cpp rounds its Q4_0 products' to Q8_0 per 32, and sums the products as integers: the error this
+  adds is at most half an activation step per input (~0.5 % of a run's largest activation; int4's own rounding
+  moves each weight by up to half of 1/15 of its group's range), and the kernel runs 1.6-1.8x the same kernel in
+  float32 (nn/gemv_int4.c). Prompts dequantize and keep their activations exact.
 
 The kernels compute one output row per pass over the weights: ideal for a decode step, slow for a prompt (126 and
 167 GFLOP/s at 3584x18944 on 2 Zen cores, against 420 for oneDNN's bf16 GEMM). A call with more than

@@ -16,7 +16,7 @@ SERVE = TaskSpec(
         Option(("--api-key",), "require 'Authorization: Bearer KEY' on /v1 (default: $SENSORIUM_API_KEY, else none)"),
         DEVICE[0],
         Option(("--dtype",), "auto: bfloat16 (or float16) on CUDA, float32 elsewhere; int8, int4: chat models' "
-               "decoders with weight-only quantized weights (CPU), every other model in bfloat16", default="auto",
+               "decoders with quantized weights (CPU), every other model in bfloat16", default="auto",
                choices=("auto", "float32", "bfloat16", "float16", "int8", "int4")),
         COMPILE,
         BACKEND_AUTO,
