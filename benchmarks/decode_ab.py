@@ -9,6 +9,8 @@
     python benchmarks/decode_ab.py int4-kernel [--rounds 6]    # int4 on sensorium's kernel (its layout) vs torch's
                                                                # op (its layout), the same values
     python benchmarks/decode_ab.py int4-one-call [--rounds 6]  # int4 step in one C call vs layer by layer
+    python benchmarks/decode_ab.py int4-prompt-gemm [--rounds 6]  # int4 prompts on the kernel's integer GEMM vs
+                                                               # the dequantized weight's GEMM (no native bf16)
     python benchmarks/decode_ab.py kernels-at --revision REV --dtype int4 [--rounds 6]
                                     # this tree's C kernels vs those at git revision REV (same Python, same entry
                                     # points: a kernel's own change), on a bf16 / int8 / int4 decoder
@@ -45,7 +47,8 @@ WEIGHTS = llama_peer.OUT
 sys.path.insert(0, str(HERE.parent / "src"))
 
 SAME_TOKENS = {"huge-pages": True, "blocks": True, "one-call": True, "int8-kernel": False, "int8-one-call": False,
-               "int4-kernel": False, "int4-one-call": False, "kernels-at": False}
+               "int4-kernel": False, "int4-one-call": False, "kernels-at": False,
+               "int4-prompt-gemm": False}
 
 
 def load_decoder(dtype: str):
@@ -119,6 +122,17 @@ def sides(change: str, dtype: str = "bf16", revision: str = ""):
                         module.weight = weights[f"{name}.weight"]
             return setup
         return decoder, {"2 MB pages": use(huge), "4 KB pages (torch's allocator)": use(small)}
+    if change == "int4-prompt-gemm":
+        decoder = load_decoder("int4")
+        fits = gemv.int4_gemm_fits
+
+        def gemm():
+            gemv.int4_gemm_fits = fits
+
+        def dequantized():
+            gemv.int4_gemm_fits = lambda *args: False
+        return decoder, {"int4 prompt on the kernel's integer GEMM": gemm,
+                         "int4 prompt on the dequantized weight's GEMM": dequantized}
     if change == "kernels-at":
         decoder = load_decoder(dtype)
         gemv.available()  # this tree's library, built and loaded

@@ -102,12 +102,11 @@ def test_a_quantized_linear_is_the_product_with_its_dequantized_weight(mode, sha
 
 @pytest.mark.skipif(not gemv.has("sensorium_int4_dequantize"), reason="no int4 kernel here")
 @pytest.mark.parametrize("native_bf16", [True, False])
-def test_an_int4_prompt_dequantizes_in_one_pass_to_the_same_weight(native_bf16, monkeypatch):
-    """A prompt on int4 layers in sensorium's layout dequantizes in C: the bits torch's ops give, bf16 or widened to
-    float32 (a CPU without native bf16, whose GEMM runs in float32), and the layer's output is the plain linear's on
-    that weight, bit for bit."""
+def test_an_int4_prompt_runs_as_the_cpu_runs_fastest(native_bf16, monkeypatch):
+    """A prompt on int4 layers in sensorium's layout: where the CPU has native bf16, the weight dequantized in C (the
+    bits torch's ops give) and oneDNN's bf16 GEMM on it, bit for bit the plain linear's; where it has not, the int4
+    kernel's integer GEMM, row for row the bits of its one-row steps."""
     import sensorium.nn.quant as quant
-    from sensorium.nn.linear import _bf16_through_float32
 
     g = torch.Generator().manual_seed(5)
     layer = QuantizedLinear.from_weight("int4", torch.randn(72, 320, generator=g) * 0.05,
@@ -121,9 +120,28 @@ def test_an_int4_prompt_dequantizes_in_one_pass_to_the_same_weight(native_bf16, 
         assert torch.equal(got, want.to(dtype))
     monkeypatch.setattr(quant, "BF16_NATIVE", native_bf16)
     x = torch.randn(1, 120, 320, generator=g).bfloat16()
-    expected = linear(x, want, layer.bias) if native_bf16 else _bf16_through_float32(x, want, layer.bias, "none")
+    if native_bf16:
+        expected = linear(x, want, layer.bias)
+    else:
+        steps = [gemv.gemv_int4(x[0, i : i + 16], layer.qweight, layer.scales, 64) for i in range(0, 120, 16)]
+        expected = (torch.cat(steps) + layer.bias)[None]
     with torch.inference_mode():
         assert torch.equal(layer(x), expected)
+
+
+@pytest.mark.skipif(not gemv.has("sensorium_gemm_int4"), reason="no int4 kernel here")
+@pytest.mark.parametrize("rows", [17, 64, 203])
+@pytest.mark.parametrize("n, k, group", [(40, 128, 64), (37, 384, 128), (20, 2048, 128)])
+def test_the_int4_gemm_is_the_one_row_kernel_row_for_row(rows, n, k, group):
+    """Blocks of weight rows against all of x, 4 rows of x at a time, any count of either (ragged both ways)."""
+    g = torch.Generator().manual_seed(rows + n)
+    q = gemv.int4_layout(torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8))
+    params = torch.stack([torch.rand(n, k // group, generator=g) * 0.02, torch.randn(n, k // group, generator=g) * 0.02],
+                         dim=-1).bfloat16()
+    x = torch.randn(rows, k, generator=g).bfloat16()
+    assert gemv.int4_gemm_fits(x, q, params, group) and not gemv.int4_fits(x, q, params, group)
+    got = gemv.gemm_int4(x, q, params, group)
+    assert torch.equal(got, torch.cat([gemv.gemv_int4(x[i : i + 4], q, params, group) for i in range(0, rows, 4)]))
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])

@@ -63,6 +63,8 @@ SIGNATURES = {
                             ctypes.c_int),
     "sensorium_gemv_int4": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, _SIZE, _POINTER,
                              ctypes.c_int], ctypes.c_int),
+    "sensorium_gemm_int4": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, _SIZE, _POINTER,
+                             ctypes.c_int], ctypes.c_int),
     "sensorium_int4_dequantize": ([_POINTER, _POINTER, _POINTER, _SIZE, _SIZE, _SIZE, ctypes.c_int, ctypes.c_int], None),
     "sensorium_swiglu_bf16": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, ctypes.c_int,
                                ctypes.c_int], ctypes.c_int),
@@ -292,12 +294,21 @@ def int4_fits(x: torch.Tensor, qweight: torch.Tensor, params: torch.Tensor, grou
     """Whether `gemv_int4` can take x: at most 16 rows of bf16 on the CPU without gradient (the kernel has no
     backward), a weight in `int4_layout` with bf16 (scale, zero) [N, K / group, 2], group 64 or 128; not being traced;
     the kernel available."""
+    return (_int4_takes(x, qweight, params, group) and x.numel() <= 4 * MAX_ROWS * x.shape[-1]
+            and has("sensorium_gemv_int4"))
+
+
+def int4_gemm_fits(x: torch.Tensor, qweight: torch.Tensor, params: torch.Tensor, group: int) -> bool:
+    """Whether `gemm_int4` can take x: `int4_fits`' conditions for any number of rows."""
+    return _int4_takes(x, qweight, params, group) and has("sensorium_gemm_int4")
+
+
+def _int4_takes(x: torch.Tensor, qweight: torch.Tensor, params: torch.Tensor, group: int) -> bool:
     return (x.dtype == _BF16 and qweight.dtype == torch.uint8 and params.dtype == _BF16 and x.is_cpu
             and qweight.is_cpu and params.is_cpu and group in INT4_GROUPS and qweight.dim() == 2
             and qweight.is_contiguous() and params.is_contiguous() and x.shape[-1] == 2 * qweight.shape[1]
             and x.shape[-1] % group == 0 and params.shape == (qweight.shape[0], x.shape[-1] // group, 2)
-            and 0 < x.numel() <= 4 * MAX_ROWS * x.shape[-1] and not (torch.is_grad_enabled() and x.requires_grad)
-            and not _tracing() and has("sensorium_gemv_int4"))
+            and x.numel() > 0 and not (torch.is_grad_enabled() and x.requires_grad) and not _tracing())
 
 
 def gemv_int4(x: torch.Tensor, qweight: torch.Tensor, params: torch.Tensor, group: int) -> torch.Tensor:
@@ -315,6 +326,21 @@ def gemv_int4(x: torch.Tensor, qweight: torch.Tensor, params: torch.Tensor, grou
                                         out[first].data_ptr(), qweight.shape[0], k, group, scratch.data_ptr(),
                                         torch.get_num_threads()) != 0:
             raise RuntimeError(f"the int4 kernel cannot take {taken} rows of {k} inputs in groups of {group}")
+    return out.view(*x.shape[:-1], qweight.shape[0])
+
+
+def gemm_int4(x: torch.Tensor, qweight: torch.Tensor, params: torch.Tensor, group: int) -> torch.Tensor:
+    """`gemv_int4`'s product for any number of rows of x (a prompt), row for row the same bits: the weight streamed
+    once in blocks of rows, each block against all of x. For bf16 x without gradient on the CPU, a weight in
+    `int4_layout` with params [N, K / group, 2], group 64 or 128; `int4_gemm_fits` first."""
+    k = x.shape[-1]
+    rows = x.numel() // k
+    flat = x.reshape(rows, k).contiguous()
+    out = torch.empty(rows, qweight.shape[0], dtype=torch.bfloat16, device="cpu")
+    scratch = torch.empty(rows * (k + k // group), device="cpu")
+    if _library.sensorium_gemm_int4(flat.data_ptr(), rows, qweight.data_ptr(), params.data_ptr(), out.data_ptr(),
+                                    qweight.shape[0], k, group, scratch.data_ptr(), torch.get_num_threads()) != 0:
+        raise RuntimeError(f"the int4 kernel cannot take {k} inputs in groups of {group}")
     return out.view(*x.shape[:-1], qweight.shape[0])
 
 

@@ -78,70 +78,94 @@ static void int4_activations(const uint16_t *x, int64_t k, int64_t group, int8_t
     }
 }
 
-/* M rows of activations (int4_activations' xq [M, k], xscale [M, k / 64], xsum and xhat [M, k / GROUP]) against
-   rows 0 .. n-1 of w, in groups of GROUP inputs (64 or 128). A macro, not an inline function: the OpenMP region is
-   outlined before inlining, which would leave M and GROUP unknown in it. */
-#define INT4_ROWS(M, GROUP)                                                                                           \
-    static void gemv_int4_m##M##_##GROUP(const int8_t *xq, const float *xscale, const float *xsum, const float *xhat, \
-                                         const uint8_t *w, const uint16_t *params, uint16_t *y, int64_t n, int64_t k, \
-                                         int threads) {                                                               \
+/* Weight row `row` of w against M rows of activations (int4_activations' xq [M, k], xscale [M, k / 64], xsum and
+   xhat [M, k / GROUP]), in groups of GROUP inputs (64 or 128): y[j * n + row]
+   for j < M. One function per (M, GROUP), made by a macro, so that both are constants inside it (an OpenMP region
+   around an inline function taking them would be outlined before they are known). */
+#define INT4_ROW(M, GROUP)                                                                                            \
+    static void int4_row_m##M##_##GROUP(const int8_t *xq, const float *xscale, const float *xsum,                    \
+                                        const float *xhat, const uint8_t *w, const uint16_t *params, uint16_t *y,    \
+                                        int64_t row, int64_t n, int64_t k) {                                          \
         const int64_t groups = k / GROUP, runs = k / INT4_RUN;                                                        \
-        _Pragma("omp parallel for schedule(static) num_threads(threads)")                                             \
-        for (int64_t row = 0; row < n; ++row) {                                                                       \
-            const uint8_t *q = w + row * (k / 2);                                                                     \
-            const uint16_t *p = params + row * groups * 2;                                                            \
-            const __m256i nibble = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);                                 \
-            __m256 total[M];                                                                                          \
-            float offsets[M];                                                                                         \
-            for (int j = 0; j < M; ++j) total[j] = _mm256_setzero_ps(), offsets[j] = 0.0f;                            \
-            for (int64_t g = 0; g < groups; ++g) {                                                                    \
-                __m256 acc[M];                                                                                        \
-                for (int j = 0; j < M; ++j) acc[j] = _mm256_setzero_ps();                                             \
-                for (int run = 0; run < GROUP / INT4_RUN; ++run) {                                                    \
-                    const int64_t r = g * (GROUP / INT4_RUN) + run;                                                   \
-                    if (r % 2 == 0) _mm_prefetch((const char *)q + r * 32 + PREFETCH_INT4, _MM_HINT_T0);              \
-                    const __m256i raw = _mm256_loadu_si256((const __m256i *)(q + r * 32));                            \
-                    const __m256i low = _mm256_and_si256(raw, nibble);                                                \
-                    const __m256i high = _mm256_and_si256(_mm256_srli_epi16(raw, 4), nibble);                         \
-                    for (int j = 0; j < M; ++j) {                                                                     \
-                        const int8_t *a = xq + j * k + r * INT4_RUN;                                                  \
-                        /* pairs of products in 16 bits: at most 2 * 2 * 15 * 127 = 7620 */                           \
-                        const __m256i pairs = _mm256_add_epi16(                                                       \
-                            _mm256_maddubs_epi16(low, _mm256_loadu_si256((const __m256i *)a)),                        \
-                            _mm256_maddubs_epi16(high, _mm256_loadu_si256((const __m256i *)(a + 32))));               \
-                        const __m256 sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));                       \
-                        acc[j] = _mm256_fmadd_ps(sums, _mm256_broadcast_ss(xscale + j * runs + r), acc[j]);           \
-                    }                                                                                                 \
+        const uint8_t *q = w + row * (k / 2);                                                                         \
+        const uint16_t *p = params + row * groups * 2;                                                                \
+        const __m256i nibble = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);                                     \
+        __m256 total[M];                                                                                              \
+        float offsets[M];                                                                                             \
+        for (int j = 0; j < M; ++j) total[j] = _mm256_setzero_ps(), offsets[j] = 0.0f;                                \
+        for (int64_t g = 0; g < groups; ++g) {                                                                        \
+            __m256 acc[M];                                                                                            \
+            for (int j = 0; j < M; ++j) acc[j] = _mm256_setzero_ps();                                                 \
+            for (int run = 0; run < GROUP / INT4_RUN; ++run) {                                                        \
+                const int64_t r = g * (GROUP / INT4_RUN) + run;                                                       \
+                if (r % 2 == 0) _mm_prefetch((const char *)q + r * 32 + PREFETCH_INT4, _MM_HINT_T0);                  \
+                const __m256i raw = _mm256_loadu_si256((const __m256i *)(q + r * 32));                                \
+                const __m256i low = _mm256_and_si256(raw, nibble);                                                    \
+                const __m256i high = _mm256_and_si256(_mm256_srli_epi16(raw, 4), nibble);                             \
+                for (int j = 0; j < M; ++j) {                                                                         \
+                    const int8_t *a = xq + j * k + r * INT4_RUN;                                                      \
+                    /* pairs of products in 16 bits: at most 2 * 2 * 15 * 127 = 7620 */                               \
+                    const __m256i pairs = _mm256_add_epi16(                                                           \
+                        _mm256_maddubs_epi16(low, _mm256_loadu_si256((const __m256i *)a)),                            \
+                        _mm256_maddubs_epi16(high, _mm256_loadu_si256((const __m256i *)(a + 32))));                   \
+                    const __m256 sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));                           \
+                    acc[j] = _mm256_fmadd_ps(sums, _mm256_broadcast_ss(xscale + j * runs + r), acc[j]);               \
                 }                                                                                                     \
-                const __m256 scale = _mm256_set1_ps(from_bf16(p[2 * g]));                                             \
-                for (int j = 0; j < M; ++j) total[j] = _mm256_fmadd_ps(scale, acc[j], total[j]);                      \
             }                                                                                                         \
-            /* zero * sum(x) - 8 scale * xhat, 8 groups a vector: a (scale, zero) pair is one dword, scale in its low \
-               half */                                                                                                \
-            int64_t h = 0;                                                                                            \
-            for (; h + 8 <= groups; h += 8) {                                                                         \
-                const __m256i pairs = _mm256_loadu_si256((const __m256i *)(p + 2 * h));                               \
-                const __m256 scales = _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16));                              \
-                const __m256 zeros = _mm256_castsi256_ps(_mm256_and_si256(pairs, _mm256_set1_epi32((int)0xffff0000u)));\
-                const __m256 eights = _mm256_mul_ps(_mm256_set1_ps(8.0f), scales);                                    \
-                for (int j = 0; j < M; ++j)                                                                           \
-                    offsets[j] += sum_8_int4(_mm256_sub_ps(_mm256_mul_ps(zeros, _mm256_loadu_ps(xsum + j * groups + h)),\
-                                                           _mm256_mul_ps(eights, _mm256_loadu_ps(xhat + j * groups + h))));\
-            }                                                                                                         \
-            for (; h < groups; ++h) {                                                                                 \
-                const float scale = from_bf16(p[2 * h]), zero = from_bf16(p[2 * h + 1]);                              \
-                for (int j = 0; j < M; ++j)                                                                           \
-                    offsets[j] += zero * xsum[j * groups + h] - 8.0f * scale * xhat[j * groups + h];                  \
-            }                                                                                                         \
-            for (int j = 0; j < M; ++j) y[j * n + row] = to_bf16(sum_8_int4(total[j]) + offsets[j]);                  \
+            const __m256 scale = _mm256_set1_ps(from_bf16(p[2 * g]));                                                 \
+            for (int j = 0; j < M; ++j) total[j] = _mm256_fmadd_ps(scale, acc[j], total[j]);                          \
         }                                                                                                             \
+        /* zero * sum(x) - 8 scale * xhat, 8 groups a vector: a (scale, zero) pair is one dword, scale in its low half \
+         */                                                                                                           \
+        int64_t h = 0;                                                                                                \
+        for (; h + 8 <= groups; h += 8) {                                                                             \
+            const __m256i pairs = _mm256_loadu_si256((const __m256i *)(p + 2 * h));                                   \
+            const __m256 scales = _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16));                                  \
+            const __m256 zeros = _mm256_castsi256_ps(_mm256_and_si256(pairs, _mm256_set1_epi32((int)0xffff0000u)));   \
+            const __m256 eights = _mm256_mul_ps(_mm256_set1_ps(8.0f), scales);                                        \
+            for (int j = 0; j < M; ++j)                                                                               \
+                offsets[j] += sum_8_int4(_mm256_sub_ps(_mm256_mul_ps(zeros, _mm256_loadu_ps(xsum + j * groups + h)),  \
+                                                       _mm256_mul_ps(eights, _mm256_loadu_ps(xhat + j * groups + h))));\
+        }                                                                                                             \
+        for (; h < groups; ++h) {                                                                                     \
+            const float scale = from_bf16(p[2 * h]), zero = from_bf16(p[2 * h + 1]);                                  \
+            for (int j = 0; j < M; ++j) offsets[j] += zero * xsum[j * groups + h] - 8.0f * scale * xhat[j * groups + h];\
+        }                                                                                                             \
+        for (int j = 0; j < M; ++j) y[j * n + row] = to_bf16(sum_8_int4(total[j]) + offsets[j]);                      \
     }
 
-#define INT4_M(M) INT4_ROWS(M, 64) INT4_ROWS(M, 128)
+#define INT4_M(M) INT4_ROW(M, 64) INT4_ROW(M, 128)
 INT4_M(1)
 INT4_M(2)
 INT4_M(3)
 INT4_M(4)
+
+typedef void (*int4_row_fn)(const int8_t *, const float *, const float *, const float *, const uint8_t *,
+                            const uint16_t *, uint16_t *, int64_t, int64_t, int64_t);
+
+static int4_row_fn int4_row(int64_t m, int64_t group) {  /* 1 <= m <= 4; group 64 or 128 */
+    static const int4_row_fn rows[4][2] = {{int4_row_m1_64, int4_row_m1_128}, {int4_row_m2_64, int4_row_m2_128},
+                                           {int4_row_m3_64, int4_row_m3_128}, {int4_row_m4_64, int4_row_m4_128}};
+    return rows[m - 1][group == 128];
+}
+
+/* The activations of rows 0 .. m-1 of x in scratch: xq [m, k] int8, then floats xscale [m, k / 64], xsum and xhat
+   [m, k / group]. */
+typedef struct {
+    int8_t *xq;
+    float *xscale, *xsum, *xhat;
+} int4_inputs;
+
+static int4_inputs int4_prepare(const uint16_t *x, int64_t m, int64_t k, int64_t group, float *scratch, int threads) {
+    int4_inputs in;
+    in.xq = (int8_t *)scratch;
+    in.xscale = (float *)(in.xq + m * k), in.xsum = in.xscale + m * (k / INT4_RUN), in.xhat = in.xsum + m * (k / group);
+    #pragma omp parallel for schedule(static) num_threads(threads) if (m > 16)
+    for (int64_t j = 0; j < m; ++j)
+        int4_activations(x + j * k, k, group, in.xq + j * k, in.xscale + j * (k / INT4_RUN), in.xsum + j * (k / group),
+                         in.xhat + j * (k / group));
+    return in;
+}
 
 /* y [m, n] = x [m, k] (bf16, rounded to int8 per run of 64 as above) times the int4 weight above, one rounding to
    bf16 (a bias is the caller's: QuantizedLinear adds it after the rounding). group: 64 or 128, dividing k. scratch:
@@ -150,20 +174,34 @@ INT4_M(4)
 int sensorium_gemv_int4(const uint16_t *x, int64_t m, const uint8_t *w, const uint16_t *params, uint16_t *y,
                         int64_t n, int64_t k, int64_t group, float *scratch, int threads) {
     if (m < 1 || m > 4 || (group != 64 && group != 128) || k % group) return -1;
-    int8_t *xq = (int8_t *)scratch;
-    float *xscale = (float *)(xq + m * k), *xsum = xscale + m * (k / INT4_RUN), *xhat = xsum + m * (k / group);
-    for (int64_t j = 0; j < m; ++j)
-        int4_activations(x + j * k, k, group, xq + j * k, xscale + j * (k / INT4_RUN), xsum + j * (k / group),
-                         xhat + j * (k / group));
-    switch (m * 1000 + group) {
-        case 1064: gemv_int4_m1_64(xq, xscale, xsum, xhat, w, params, y, n, k, threads); break;
-        case 1128: gemv_int4_m1_128(xq, xscale, xsum, xhat, w, params, y, n, k, threads); break;
-        case 2064: gemv_int4_m2_64(xq, xscale, xsum, xhat, w, params, y, n, k, threads); break;
-        case 2128: gemv_int4_m2_128(xq, xscale, xsum, xhat, w, params, y, n, k, threads); break;
-        case 3064: gemv_int4_m3_64(xq, xscale, xsum, xhat, w, params, y, n, k, threads); break;
-        case 3128: gemv_int4_m3_128(xq, xscale, xsum, xhat, w, params, y, n, k, threads); break;
-        case 4064: gemv_int4_m4_64(xq, xscale, xsum, xhat, w, params, y, n, k, threads); break;
-        default: gemv_int4_m4_128(xq, xscale, xsum, xhat, w, params, y, n, k, threads); break;
+    const int4_inputs in = int4_prepare(x, m, k, group, scratch, threads);
+    const int4_row_fn row_of = int4_row(m, group);
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t row = 0; row < n; ++row) row_of(in.xq, in.xscale, in.xsum, in.xhat, w, params, y, row, n, k);
+    return 0;
+}
+
+#define INT4_GEMM_ROWS 16 /* weight rows a task: 16 x k / 2 bytes, read again from cache for each 4 rows of x */
+
+/* The same product for any number of rows m (a prompt): every row of x rounded as above (so a prompt's outputs are
+   the step's, row for row, bit for bit), then blocks of INT4_GEMM_ROWS weight rows, each against all of x, 4 rows
+   at a time: the weights stream from memory once, x from cache. Where the CPU has no native bf16 this is 1.x the
+   dequantized weight's float32 GEMM (nn/quant.py). scratch: as above for m rows. 0, or -1 (another group). */
+int sensorium_gemm_int4(const uint16_t *x, int64_t m, const uint8_t *w, const uint16_t *params, uint16_t *y,
+                        int64_t n, int64_t k, int64_t group, float *scratch, int threads) {
+    if (m < 1 || (group != 64 && group != 128) || k % group) return -1;
+    const int4_inputs in = int4_prepare(x, m, k, group, scratch, threads);
+    const int64_t runs = k / INT4_RUN, groups = k / group, blocks = (n + INT4_GEMM_ROWS - 1) / INT4_GEMM_ROWS;
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t block = 0; block < blocks; ++block) {
+        const int64_t first = block * INT4_GEMM_ROWS, last = first + INT4_GEMM_ROWS < n ? first + INT4_GEMM_ROWS : n;
+        for (int64_t j = 0; j < m; j += 4) {
+            const int64_t rows = m - j < 4 ? m - j : 4;
+            const int4_row_fn row_of = int4_row(rows, group);
+            for (int64_t row = first; row < last; ++row)
+                row_of(in.xq + j * k, in.xscale + j * runs, in.xsum + j * groups, in.xhat + j * groups, w, params,
+                       y + j * n, row, n, k);
+        }
     }
     return 0;
 }

@@ -16,7 +16,7 @@ int sensorium_gemv_many_bf16(const uint16_t *x, int64_t m, int count, const uint
 int sensorium_gemv_int8(const uint16_t *x, int64_t m, const int8_t *w, const uint16_t *scales, uint16_t *y,
                         int64_t n, int64_t k, float *xf, int threads);
 int sensorium_gemv_int4(const uint16_t *x, int64_t m, const uint8_t *w, const uint16_t *params, uint16_t *y,
-                        int64_t n, int64_t k, int64_t group, float *xf, int threads);
+                        int64_t n, int64_t k, int64_t group, float *scratch, int threads);
 /* gated = bf16(bf16(silu(gated)) * up), elementwise: SwiGLU's roundings after its two products (each already bf16) */
 void sensorium_silu_times(uint16_t *gated, const uint16_t *up, int64_t count);
 void sensorium_step_attention_bf16(const uint16_t *q, const uint16_t *keys, const uint16_t *values,

@@ -230,12 +230,17 @@ class QuantizedLinear(nn.Module):
             on_kernel = gemv.int8_fits(flat, self.qweight, self.scales)
         else:
             on_kernel = self.layout == "sensorium" and gemv.int4_fits(flat, self.qweight, self.scales, self.group)
+            # a prompt on int4 where the CPU has no native bf16: the kernel's integer GEMM (1.4-1.9x the dequantized
+            # weight's float32 GEMM on 2 Zen 3 cores), the step's arithmetic; with native bf16, oneDNN's bf16 GEMM
+            on_kernel = on_kernel or (self.layout == "sensorium" and not BF16_NATIVE
+                                      and gemv.int4_gemm_fits(flat, self.qweight, self.scales, self.group))
         # torch's int8 op reads inputs 16 at a time and crashes on other widths: those dequantize too, as does
         # sensorium's int4 layout where its kernel does not take the call (torch's op cannot read that layout)
         ragged = (self.mode == "int8" and self.in_features % 16 != 0 and not on_kernel) or (
             self.layout == "sensorium" and not on_kernel)
         keeps = torch.is_grad_enabled() and x.requires_grad  # no kernel here has a backward: the dequantized weight
-        if (rows > KERNEL_ROWS[self.mode] or ragged or keeps) and (self.mode == "int8" or self.layout == "sensorium"
+        gemm = on_kernel and self.mode == "int4" and rows > gemv.MAX_ROWS * 4
+        if ((rows > KERNEL_ROWS[self.mode] and not gemm) or ragged or keeps) and (self.mode == "int8" or self.layout == "sensorium"
                                                                    or _Int4Layout.find() >= 0):
             # the reused buffer, unless autograd would keep it for the backward pass (the next layer rewrites it)
             shape = (self.out_features, self.in_features)
@@ -247,7 +252,9 @@ class QuantizedLinear(nn.Module):
                 return linear_on_float32_weight(x, widened, self.bias, activation)
             weight = self.dequantized(None if keeps else scratch("weight", shape, self.scales.dtype))
             return linear(x, weight, self.bias, activation)
-        if on_kernel and self.mode == "int4":
+        if gemm:
+            out = gemv.gemm_int4(flat, self.qweight, self.scales, self.group)
+        elif on_kernel and self.mode == "int4":
             out = gemv.gemv_int4(flat, self.qweight, self.scales, self.group)
         elif on_kernel:
             out = gemv.gemv_int8(flat, self.qweight, self.scales)
