@@ -9,8 +9,8 @@
    The activations are rounded to int8 per run of 64 inputs (scale max|x| / 127, to nearest, ties to even), as
    llama.cpp rounds its Q4_0 products' to Q8_0 per 32: then 32 products are one vpmaddubsw (unsigned weight bytes
    times signed activation bytes, pairs summed exactly in 16 bits), and a run costs ~10 instructions where products
-   in float32 cost 24 (an AND, a conversion and an FMA per 8): on 2 Zen 3 cores 1.2-1.7x the float32 form, which
-   was compute-bound at about half the memory's rate. A row sums per group
+   in float32 cost 24 (an AND, a conversion and an FMA per 8): on 2 Zen 3 cores 1.6-1.8x the float32 form, which
+   was compute-bound at about half the memory's rate (a Llama-1B int4 decode 1.56x). A row sums per group
        scale * sum_runs(xscale * sum(q * xq)) + zero * sum(x) - 8 scale * sum_runs(xscale * sum(xq)),
    the integer sums exact, the rest in float32, one rounding to bf16: the error against the float32 product is the
    activations' rounding alone, s (q - 8) * (x - xscale xq), at most half an activation step per input (sum(x) is
@@ -185,8 +185,8 @@ int sensorium_gemv_int4(const uint16_t *x, int64_t m, const uint8_t *w, const ui
 
 /* The same product for any number of rows m (a prompt): every row of x rounded as above (so a prompt's outputs are
    the step's, row for row, bit for bit), then blocks of INT4_GEMM_ROWS weight rows, each against all of x, 4 rows
-   at a time: the weights stream from memory once, x from cache. Where the CPU has no native bf16 this is 1.x the
-   dequantized weight's float32 GEMM (nn/quant.py). scratch: as above for m rows. 0, or -1 (another group). */
+   at a time: the weights stream from memory once, x from cache. On 2 Zen 3 cores (no native bf16) 1.4-1.9x the
+   dequantized weight's float32 GEMM on oneDNN, ~160 GFLOP/s (nn/quant.py takes it there). scratch: as above for m rows. 0, or -1 (another group). */
 int sensorium_gemm_int4(const uint16_t *x, int64_t m, const uint8_t *w, const uint16_t *params, uint16_t *y,
                         int64_t n, int64_t k, int64_t group, float *scratch, int threads) {
     if (m < 1 || (group != 64 && group != 128) || k % group) return -1;

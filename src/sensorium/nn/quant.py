@@ -18,13 +18,17 @@ kernel's products (below):
   (`layout` says which). The kernel rounds each row of activations to int8 per run of 64 inputs (scale max |x| /
   127), as llama.cpp rounds its Q4_0 products' to Q8_0 per 32, and sums the products as integers: the error this
   adds is at most half an activation step per input (~0.5 % of a run's largest activation; int4's own rounding
-  moves each weight by up to half of 1/15 of its group's range), and the kernel runs 1.6-1.8x the same kernel in
-  float32 (nn/gemv_int4.c). Prompts dequantize and keep their activations exact.
+  moves each weight by up to half of 1/15 of its group's range: on a random Llama-1B the steps' logits move 0.05
+  bf16-logit std on average from the float32-activation kernel's, against 0.60 from bf16's), and a Llama-1B int4
+  decode runs 1.56x the same kernel on float32 activations (nn/gemv_int4.c; benchmarks/decode_ab.py kernels-at).
 
-The kernels compute one output row per pass over the weights: ideal for a decode step, slow for a prompt (126 and
-167 GFLOP/s at 3584x18944 on 2 Zen cores, against 420 for oneDNN's bf16 GEMM). A call with more than
-`KERNEL_ROWS` rows (a prefill) therefore dequantizes the weight to bfloat16 and runs the oneDNN GEMM instead:
-the same numbers, the prompt at bf16 speed plus one pass over the weight.
+The one-row kernels compute one output row per pass over the weights: ideal for a decode step, slow for a prompt
+(126 and 167 GFLOP/s at 3584x18944 on 2 Zen cores, against 420 for oneDNN's bf16 GEMM). A call with more than
+`KERNEL_ROWS` rows (a prefill) therefore dequantizes the weight to bfloat16 and runs the oneDNN GEMM instead: the
+same numbers, the prompt at bf16 speed plus one pass over the weight. Except int4 in sensorium's layout on a CPU
+without native bf16 (AVX2), where that GEMM runs in float32: there the int4 kernel's own GEMM takes a prompt (blocks
+of weight rows against all of its rows; the step's arithmetic, row for row the same bits), 1.5x the dequantized
+weight's float32 GEMM on a Llama-1B prompt (decode_ab.py int4-prompt-gemm).
 """
 
 from __future__ import annotations
