@@ -186,7 +186,8 @@ int sensorium_gemv_int4(const uint16_t *x, int64_t m, const uint8_t *w, const ui
 /* The same product for any number of rows m (a prompt): every row of x rounded as above (so a prompt's outputs are
    the step's, row for row, bit for bit), then blocks of INT4_GEMM_ROWS weight rows, each against all of x, 4 rows
    at a time: the weights stream from memory once, x from cache. On 2 Zen 3 cores (no native bf16) 1.4-1.9x the
-   dequantized weight's float32 GEMM on oneDNN, ~160 GFLOP/s (nn/quant.py takes it there). scratch: as above for m rows. 0, or -1 (another group). */
+   dequantized weight's float32 GEMM on oneDNN, ~160 GFLOP/s (nn/quant.py takes it there). scratch: as above for m
+   rows. 0, or -1 (another group). */
 int sensorium_gemm_int4(const uint16_t *x, int64_t m, const uint8_t *w, const uint16_t *params, uint16_t *y,
                         int64_t n, int64_t k, int64_t group, float *scratch, int threads) {
     if (m < 1 || (group != 64 && group != 128) || k % group) return -1;
