@@ -136,8 +136,8 @@ def test_the_int4_gemm_is_the_one_row_kernel_row_for_row(rows, n, k, group):
     """Blocks of weight rows against all of x, 4 rows of x at a time, any count of either (ragged both ways)."""
     g = torch.Generator().manual_seed(rows + n)
     q = gemv.int4_layout(torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8))
-    params = torch.stack([torch.rand(n, k // group, generator=g) * 0.02, torch.randn(n, k // group, generator=g) * 0.02],
-                         dim=-1).bfloat16()
+    scale, zero = torch.rand(n, k // group, generator=g) * 0.02, torch.randn(n, k // group, generator=g) * 0.02
+    params = torch.stack([scale, zero], dim=-1).bfloat16()
     x = torch.randn(rows, k, generator=g).bfloat16()
     assert gemv.int4_gemm_fits(x, q, params, group) and not gemv.int4_fits(x, q, params, group)
     got = gemv.gemm_int4(x, q, params, group)

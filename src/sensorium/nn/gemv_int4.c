@@ -40,8 +40,9 @@ static inline float max_8_int4(__m256 v) {
 /* 4 int32 vectors of values in -127..127, lanes l: the dwords whose byte b is a[b][l] */
 static inline __m256i bytes_of_4(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
     const __m256i byte = _mm256_set1_epi32(0xff);
-    return _mm256_or_si256(_mm256_or_si256(_mm256_and_si256(a0, byte), _mm256_slli_epi32(_mm256_and_si256(a1, byte), 8)),
-                           _mm256_or_si256(_mm256_slli_epi32(_mm256_and_si256(a2, byte), 16), _mm256_slli_epi32(a3, 24)));
+    const __m256i low = _mm256_or_si256(_mm256_and_si256(a0, byte), _mm256_slli_epi32(_mm256_and_si256(a1, byte), 8));
+    return _mm256_or_si256(low, _mm256_or_si256(_mm256_slli_epi32(_mm256_and_si256(a2, byte), 16),
+                                                _mm256_slli_epi32(a3, 24)));
 }
 
 /* Row x [k] (bf16) for the products below: xq [k] int8 in the weights' byte order (per run, 32 bytes for the low
@@ -129,7 +130,8 @@ static void int4_activations(const uint16_t *x, int64_t k, int64_t group, int8_t
         }                                                                                                             \
         for (; h < groups; ++h) {                                                                                     \
             const float scale = from_bf16(p[2 * h]), zero = from_bf16(p[2 * h + 1]);                                  \
-            for (int j = 0; j < M; ++j) offsets[j] += zero * xsum[j * groups + h] - 8.0f * scale * xhat[j * groups + h];\
+            for (int j = 0; j < M; ++j)                                                                               \
+                offsets[j] += zero * xsum[j * groups + h] - 8.0f * scale * xhat[j * groups + h];                      \
         }                                                                                                             \
         for (int j = 0; j < M; ++j) y[j * n + row] = to_bf16(sum_8_int4(total[j]) + offsets[j]);                      \
     }

@@ -244,8 +244,8 @@ class QuantizedLinear(nn.Module):
             self.layout == "sensorium" and not on_kernel)
         keeps = torch.is_grad_enabled() and x.requires_grad  # no kernel here has a backward: the dequantized weight
         gemm = on_kernel and self.mode == "int4" and rows > gemv.MAX_ROWS * 4
-        if ((rows > KERNEL_ROWS[self.mode] and not gemm) or ragged or keeps) and (self.mode == "int8" or self.layout == "sensorium"
-                                                                   or _Int4Layout.find() >= 0):
+        dequantize = (rows > KERNEL_ROWS[self.mode] and not gemm) or ragged or keeps
+        if dequantize and (self.mode == "int8" or self.layout == "sensorium" or _Int4Layout.find() >= 0):
             # the reused buffer, unless autograd would keep it for the backward pass (the next layer rewrites it)
             shape = (self.out_features, self.in_features)
             if (not keeps and self.layout == "sensorium" and not BF16_NATIVE and onednn_enabled()
