@@ -255,13 +255,17 @@ def main() -> None:
 
 
 def step_gigabytes(decoder) -> float:
-    """GB a one-token step streams: every linear's weight and the head (the tied embedding where there is none)."""
+    """GB a one-token step streams: every linear's weight (a quantized one's and its scales) and the head (the tied
+    embedding where there is none)."""
     from sensorium.nn.linear import LaidOutWeight
+    from sensorium.nn.quant import QuantizedLinear
 
-    total = sum(m.weight.numel() * m.weight.element_size() for m in decoder.layers.modules()
-                if isinstance(m, LaidOutWeight))
-    head = decoder.embed.weight if decoder.head is None else decoder.head.weight
-    return (total + head.numel() * head.element_size()) / 1e9
+    def size(tensor) -> int:
+        return tensor.numel() * tensor.element_size()
+
+    modules = [*decoder.layers.modules(), decoder.head if decoder.head is not None else decoder.embed]
+    total = sum(size(m.weight) for m in modules if isinstance(m, LaidOutWeight) or m is decoder.embed)
+    return (total + sum(size(m.qweight) + size(m.scales) for m in modules if isinstance(m, QuantizedLinear))) / 1e9
 
 
 def step_accuracy(decoder, setups, ids, steps: int, change: str) -> None:

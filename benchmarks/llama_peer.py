@@ -244,8 +244,8 @@ def run(rounds: int, new_tokens: int, pairs: list[str]) -> None:
     print(f"machine: {machine()}; prompt {PROMPT} tokens, {new_tokens} new; a streaming read (sum of 1 GB on 2 MB "
           "pages) timed after each measurement")
     print("| sensorium vs llama.cpp | prefill s | decode tok/s | sensorium vs llama.cpp decode | weight stream / read "
-          "(bf16: 2.47 GB a token, float32 twice), sensorium vs llama.cpp | greedy tokens equal before the first difference | last "
-          "prompt logits, max difference / std |")
+          "(bf16: 2.47 GB a token; other formats by their bytes), sensorium vs llama.cpp | greedy tokens equal "
+          "before the first difference | last prompt logits, max difference / std |")
     print("|---|---|---|---|---|---|---|")
     for pair in pairs:
         ours, theirs = PAIRS[pair]
@@ -272,9 +272,14 @@ def run(rounds: int, new_tokens: int, pairs: list[str]) -> None:
         logit_diff = float(np.abs(la - lb).max() / la.std())
         results[pair] = {"median": med, "runs": runs, "greedy_prefix": prefix, "logit_diff_over_std": logit_diff}
         s, t = med["sensorium"], med["llama.cpp"]
-        scale = {"BF16": 1, "F32": 2}.get(theirs)  # float32 streams twice bf16's bytes
-        fractions = (f"{100 * scale * s['stream_over_read']:.0f} % vs {100 * scale * t['stream_over_read']:.0f} %"
-                     if scale else "-")
+        # bytes a step streams against bf16's: sensorium's from its formats (int8: a byte a weight and a bf16 scale
+        # a row; int4: half a byte and a bf16 scale and zero a group of 128), llama.cpp's from its GGUF's size (every
+        # tensor read once a token, the tied table as the head; the norms are a rounding error)
+        ours_scale = {"bfloat16": 1, "bfloat16-packed": 1, "bfloat16-compile": 1, "float32": 2, "int8": 0.5,
+                      "int4": (0.5 + 4 / 128) / 2}[ours]
+        theirs_scale = (OUT / f"model-{theirs}.gguf").stat().st_size / BF16_BYTES
+        fractions = (f"{100 * ours_scale * s['stream_over_read']:.0f} % vs "
+                     f"{100 * theirs_scale * t['stream_over_read']:.0f} %")
         print(f"| {ours} vs {theirs} | {s['prefill_s']:.2f} vs {t['prefill_s']:.2f} | {s['decode_tokens_per_s']:.2f} vs "
               f"{t['decode_tokens_per_s']:.2f} | {s['decode_tokens_per_s'] / t['decode_tokens_per_s']:.2f}x (per round "
               f"{per_round:.2f}x) | {fractions} | {prefix} of {new_tokens} | {logit_diff:.3f} |", flush=True)

@@ -337,7 +337,8 @@ def gemm_int4(x: torch.Tensor, qweight: torch.Tensor, params: torch.Tensor, grou
     rows = x.numel() // k
     flat = x.reshape(rows, k).contiguous()
     out = torch.empty(rows, qweight.shape[0], dtype=torch.bfloat16, device="cpu")
-    scratch = torch.empty(rows * (k + k // group), device="cpu")
+    # the rounded rows, a byte an input, then per row a float a run (its scale) and two a group (sum x, sum rounded)
+    scratch = torch.empty(rows * (k // 4 + k // INT4_RUN + 2 * (k // group)), device="cpu")
     if _library.sensorium_gemm_int4(flat.data_ptr(), rows, qweight.data_ptr(), params.data_ptr(), out.data_ptr(),
                                     qweight.shape[0], k, group, scratch.data_ptr(), torch.get_num_threads()) != 0:
         raise RuntimeError(f"the int4 kernel cannot take {k} inputs in groups of {group}")
