@@ -123,16 +123,9 @@ def sides(change: str, dtype: str = "bf16", revision: str = ""):
             return setup
         return decoder, {"2 MB pages": use(huge), "4 KB pages (torch's allocator)": use(small)}
     if change == "int4-prompt-gemm":
-        decoder = load_decoder("int4")
-        fits = gemv.int4_gemm_fits
-
-        def gemm():
-            gemv.int4_gemm_fits = fits
-
-        def dequantized():
-            gemv.int4_gemm_fits = lambda *args: False
-        return decoder, {"int4 prompt on the kernel's integer GEMM": gemm,
-                         "int4 prompt on the dequantized weight's GEMM": dequantized}
+        gemm, dequantized = switched("int4_gemm_fits")
+        return load_decoder("int4"), {"int4 prompt on the kernel's integer GEMM": gemm,
+                                      "int4 prompt on the dequantized weight's GEMM": dequantized}
     if change == "kernels-at":
         decoder = load_decoder(dtype)
         gemv.available()  # this tree's library, built and loaded
@@ -178,16 +171,24 @@ def sides(change: str, dtype: str = "bf16", revision: str = ""):
         return decoder, {"sensorium's int4 kernel, its layout (layer by layer)": layout(0),
                          "torch's _weight_int4pack_mm_for_cpu, its layout (layer by layer)": layout(1)}
     decoder = load_decoder("int8")
-    fits = gemv.int8_fits
     Decoder._step_on_kernel = lambda *args: None  # layer by layer on both sides: each linear on one or the other
-
-    def kernel():
-        gemv.int8_fits = fits
-
-    def torch_op():
-        gemv.int8_fits = lambda *args: False
+    kernel, torch_op = switched("int8_fits")
     return decoder, {"sensorium's int8 kernel (layer by layer)": kernel,
                      "torch's _weight_int8pack_mm (layer by layer)": torch_op}
+
+
+def switched(fits: str):
+    """Two setups for one of gemv's `*_fits` tests: as it is, and always False (its kernel never taken)."""
+    from sensorium.nn import gemv
+
+    original = getattr(gemv, fits)
+
+    def on():
+        setattr(gemv, fits, original)
+
+    def off():
+        setattr(gemv, fits, lambda *args: False)
+    return on, off
 
 
 def main() -> None:
