@@ -124,9 +124,10 @@ def read_rate(repeats: int, huge_pages: bool = False) -> float:
 
 
 def weight_only_rates(weight, x, repeats: int) -> dict[str, float]:
-    """The weight-only kernels on the same 16384x8192 matrix (sensorium's int8/int4 decoders): sensorium's where they
-    build, and torch's (quantized with sensorium's kernels off), as GB/s of the weight bytes they stream (int8: 1 byte
-    a weight; int4: half, its scales not counted)."""
+    """The quantized decoders' one-row kernels on the same 16384x8192 matrix (sensorium's int8/int4 decoders):
+    sensorium's where they build (int8 weight-only; int4 on activations rounded to int8, nn/gemv_int4.c), and torch's
+    weight-only ones (quantized with sensorium's kernels off), as GB/s of the weight bytes they stream (int8: 1 byte a
+    weight; int4: half, its scales not counted)."""
     import sys
 
     sys.path.insert(0, str(HERE.parent / "src"))
@@ -140,8 +141,10 @@ def weight_only_rates(weight, x, repeats: int) -> dict[str, float]:
         for ours in ((True, False) if gemv.available() else (False,)):
             with gemv.use_gemv(ours):
                 layer = QuantizedLinear.from_weight(mode, weight.float())
-                name = "sensorium's kernel" if ours else "torch's kernel"
-                rates[f"{mode} weight-only GEMV GB/s ({name})"] = weight.numel() * size / seconds(
+                name = "sensorium's kernel" if ours else "torch's weight-only kernel"
+                if ours and mode == "int4":
+                    name += ", activations rounded to int8"
+                rates[f"{mode} GEMV GB/s of weights ({name})"] = weight.numel() * size / seconds(
                     lambda: layer(x), repeats) / 1e9
     return rates
 
