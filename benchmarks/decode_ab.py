@@ -65,26 +65,23 @@ def load_decoder(dtype: str):
 def kernels_at(revision: str):
     """sensorium's C kernels as they were at a git revision, built as gemv.py builds this tree's (this CPU's
     flavour, the same flags), with the entry points this tree declares."""
-    import ctypes
     import subprocess
     import tempfile
 
     from sensorium.nn import gemv
 
-    files, isa = gemv.FLAVOURS[gemv.flavour()]
+    flavour = gemv.flavour()
     folder = Path(tempfile.mkdtemp(prefix="kernels-at-"))
-    for name in (*files, *gemv.HEADERS):
+    sources = []
+    for name in (*gemv.FLAVOURS[flavour][0], *gemv.HEADERS):
         source = subprocess.run(["git", "show", f"{revision}:src/sensorium/nn/{name}"], cwd=HERE, check=True,
                                 capture_output=True).stdout
-        (folder / name).write_bytes(source)
-    built = folder / "kernels.so"
-    subprocess.run(["cc", *gemv.COMMON_FLAGS, *isa, "-o", str(built), *(str(folder / f) for f in files), "-lm"],
-                   check=True)
-    library = ctypes.CDLL(str(built))
-    for entry_point, (arguments, result) in gemv.SIGNATURES.items():
-        if hasattr(library, entry_point):
-            getattr(library, entry_point).argtypes, getattr(library, entry_point).restype = arguments, result
-    return library
+        sources.append(folder / name)
+        sources[-1].write_bytes(source)
+    error = gemv.compile_library(gemv.find_compiler(), flavour, sources, folder / "kernels.so")
+    if error is not None:
+        raise SystemExit(error)
+    return gemv.bind(folder / "kernels.so")
 
 
 def sides(change: str, dtype: str = "bf16", revision: str = ""):

@@ -585,8 +585,8 @@ def _build_and_check() -> tuple[ctypes.CDLL | None, str | None, str | None]:
     name = _cpu_flavour()
     if name is None:
         return None, None, "this CPU has neither AVX512-BF16 nor AVX2 with FMA"
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not compiler or not shutil.which(compiler):
+    compiler = find_compiler()
+    if compiler is None:
         return None, None, "no C compiler found ($CC, cc or gcc); install gcc to build the one-row bf16 kernel"
     files, isa = FLAVOURS[name]
     sources = [Path(__file__).with_name(file) for file in (*files, *HEADERS)]
@@ -600,21 +600,43 @@ def _build_and_check() -> tuple[ctypes.CDLL | None, str | None, str | None]:
         # build beside the final name and rename: processes building at once (Ray workers) each replace it whole
         handle, partial = tempfile.mkstemp(suffix=".so", dir=built.parent)
         os.close(handle)
-        compiled = [str(path) for path in sources if path.suffix == ".c"]
-        result = subprocess.run([compiler, *flags, "-o", partial, *compiled, "-lm"], capture_output=True, text=True,
-                                timeout=300)
-        if result.returncode != 0:
+        error = compile_library(compiler, name, sources, Path(partial))
+        if error is not None:
             os.unlink(partial)
-            return None, None, f"{compiler} could not build {', '.join(compiled)}: {result.stderr.strip()[-500:]}"
+            return None, None, error
         os.replace(partial, built)
-    library = ctypes.CDLL(str(built))
-    for entry_point, (arguments, result) in SIGNATURES.items():
-        if hasattr(library, entry_point):
-            getattr(library, entry_point).argtypes, getattr(library, entry_point).restype = arguments, result
+    library = bind(built)
     error = _self_check(library)
     if error is not None:
         return None, None, error
     return library, name, None
+
+
+def find_compiler() -> str | None:
+    """The C compiler the kernels build with: $CC, else cc or gcc; None without one."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    return compiler if compiler and shutil.which(compiler) else None
+
+
+def compile_library(compiler: str, flavour: str, sources: list[Path], target: Path) -> str | None:
+    """Build the kernels of a flavour (FLAVOURS) from `sources` (its .c files and the headers beside them) into
+    `target`: None, or why it failed."""
+    flags = [*COMMON_FLAGS, *FLAVOURS[flavour][1]]
+    compiled = [str(path) for path in sources if path.suffix == ".c"]
+    result = subprocess.run([compiler, *flags, "-o", str(target), *compiled, "-lm"], capture_output=True, text=True,
+                            timeout=300)
+    if result.returncode != 0:
+        return f"{compiler} could not build {', '.join(compiled)}: {result.stderr.strip()[-500:]}"
+    return None
+
+
+def bind(path: Path) -> ctypes.CDLL:
+    """A built library, its entry points given their SIGNATURES (those it has)."""
+    library = ctypes.CDLL(str(path))
+    for entry_point, (arguments, result) in SIGNATURES.items():
+        if hasattr(library, entry_point):
+            getattr(library, entry_point).argtypes, getattr(library, entry_point).restype = arguments, result
+    return library
 
 
 def _self_check(library: ctypes.CDLL) -> str | None:

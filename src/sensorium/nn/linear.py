@@ -90,11 +90,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.gelu(out) if activation == "gelu" else out
 
 
-def onednn_enabled() -> bool:
-    """Whether CPU linears run on oneDNN now (`use_onednn`, SENSORIUM_ONEDNN)."""
-    return _enabled
-
-
 def _bf16_through_float32(x, weight, bias, activation):
     """A bf16 `linear` on a CPU without native bf16 (BF16_NATIVE): a prompt's rows in float32 on oneDNN, the weight
     converted per call into a reused buffer (exact: bf16 widens without loss), the sums in float32, the bias and gelu

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensorium.nn import gemv
-from sensorium.nn.linear import BF16_NATIVE, Linear, linear, linear_on_float32_weight, onednn_enabled
+from sensorium.nn.linear import BF16_NATIVE, Linear, linear
 from sensorium.nn.memory import on_huge_pages, scratch
 
 MODES = ("int8", "int4")
@@ -230,30 +230,25 @@ class QuantizedLinear(nn.Module):
                                f"{x.device}")
         rows = x.numel() // self.in_features
         flat = x.reshape(rows, self.in_features)
+        gemm = False  # a prompt on the int4 kernel's integer GEMM
         if self.mode == "int8":
             on_kernel = gemv.int8_fits(flat, self.qweight, self.scales)
         else:
             on_kernel = self.layout == "sensorium" and gemv.int4_fits(flat, self.qweight, self.scales, self.group)
-            # a prompt on int4 where the CPU has no native bf16: the kernel's integer GEMM (1.4-1.9x the dequantized
+            # more rows where the CPU has no native bf16: the kernel's integer GEMM (1.4-1.9x the dequantized
             # weight's float32 GEMM on 2 Zen 3 cores), the step's arithmetic; with native bf16, oneDNN's bf16 GEMM
-            on_kernel = on_kernel or (self.layout == "sensorium" and not BF16_NATIVE
-                                      and gemv.int4_gemm_fits(flat, self.qweight, self.scales, self.group))
+            gemm = (self.layout == "sensorium" and not on_kernel and not BF16_NATIVE
+                    and gemv.int4_gemm_fits(flat, self.qweight, self.scales, self.group))
+            on_kernel = on_kernel or gemm
         # torch's int8 op reads inputs 16 at a time and crashes on other widths: those dequantize too, as does
         # sensorium's int4 layout where its kernel does not take the call (torch's op cannot read that layout)
         ragged = (self.mode == "int8" and self.in_features % 16 != 0 and not on_kernel) or (
             self.layout == "sensorium" and not on_kernel)
         keeps = torch.is_grad_enabled() and x.requires_grad  # no kernel here has a backward: the dequantized weight
-        gemm = on_kernel and self.mode == "int4" and rows > gemv.MAX_ROWS * 4
         dequantize = (rows > KERNEL_ROWS[self.mode] and not gemm) or ragged or keeps
         if dequantize and (self.mode == "int8" or self.layout == "sensorium" or _Int4Layout.find() >= 0):
             # the reused buffer, unless autograd would keep it for the backward pass (the next layer rewrites it)
             shape = (self.out_features, self.in_features)
-            if (not keeps and self.layout == "sensorium" and not BF16_NATIVE and onednn_enabled()
-                    and gemv.has("sensorium_int4_dequantize")):
-                # no native bf16: straight into the float32 weight the GEMM runs on here (linear.py's
-                # _bf16_through_float32 without widening a bf16 copy)
-                widened = self.dequantized(scratch("float32 weight", shape, torch.float32))
-                return linear_on_float32_weight(x, widened, self.bias, activation)
             weight = self.dequantized(None if keeps else scratch("weight", shape, self.scales.dtype))
             return linear(x, weight, self.bias, activation)
         if gemm:
