@@ -112,3 +112,19 @@ def test_a_streamed_decoder_keeps_its_outputs_on_huge_pages():
     assert all(part.blocked for part in model[1:])  # the linears in the kernel's blocks of rows (nn/gemv.py)
     assert model[3].weight.untyped_storage().nbytes() == small.untyped_storage().nbytes()  # no huge-page slack
     assert torch.equal(model(ids), expected)
+
+
+@pytest.mark.parametrize("size", [1000, 3 * HUGE_PAGE // 4])  # under two huge pages, and on them
+def test_a_scratch_buffer_made_under_inference_mode_serves_calls_outside_it(size):
+    """The first call that asks for a scratch buffer may run under torch.inference_mode(); a later one under
+    torch.no_grad() writes into the same buffer (it failed: an inference tensor cannot be written outside it). A bf16
+    model run under inference_mode, then another under no_grad, on a CPU without native bf16 did that."""
+    from sensorium.nn.memory import scratch
+
+    name = f"test buffer {size}"
+    with torch.inference_mode():
+        scratch(name, (size,), torch.float32).fill_(1.0)
+    with torch.no_grad():
+        buffer = scratch(name, (size,), torch.float32)
+        buffer.copy_(torch.arange(size, dtype=torch.float32))
+    assert not buffer.is_inference() and float(buffer[-1]) == size - 1

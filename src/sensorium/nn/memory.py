@@ -69,7 +69,10 @@ def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tens
     count = math.prod(shape)
     buffer = getattr(_scratch_buffers, name, None)
     if buffer is None or buffer.numel() < count or buffer.dtype != dtype:
-        buffer = empty_on_huge_pages((count,), dtype)  # read as a weight is: on 2 MB pages too
-        buffer = torch.empty(count, dtype=dtype) if buffer is None else buffer
+        # a plain tensor even when made under torch.inference_mode(): an inference tensor could not be written
+        # outside it (a later call under torch.no_grad() would fail)
+        with torch.inference_mode(False):
+            buffer = empty_on_huge_pages((count,), dtype)  # read as a weight is: on 2 MB pages too
+            buffer = torch.empty(count, dtype=dtype) if buffer is None else buffer
         setattr(_scratch_buffers, name, buffer)
     return buffer[:count].view(shape)
