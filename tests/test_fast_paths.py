@@ -279,6 +279,70 @@ def test_a_bf16_linear_without_native_bf16_runs_in_float32_and_rounds_once(monke
     assert trained.grad is not None and trained.grad.shape == weight.shape
 
 
+CONVOLUTIONS = [  # (the layer, an input): AF3's strided conv, DAC's dilated one, a bias-free 2-D patch embedding
+    (lambda: sn.nn.conv.Conv1d(24, 40, kernel_size=3, stride=2, padding=1), (2, 24, 37)),
+    (lambda: sn.nn.conv.Conv1d(16, 16, kernel_size=7, dilation=3, padding=9), (1, 16, 50)),
+    (lambda: sn.nn.conv.Conv2d(3, 32, kernel_size=8, stride=8, bias=False), (2, 3, 32, 40)),
+]
+
+
+@pytest.mark.parametrize("native", [pytest.param(True, marks=pytest.mark.skipif(
+    not BF16_NATIVE, reason="this CPU has no native bf16 (the other case runs here)")), False])
+@pytest.mark.parametrize("case", range(len(CONVOLUTIONS)))
+def test_a_bf16_convolution_without_native_bf16_runs_in_float32_and_rounds_once(monkeypatch, native, case):
+    """Where oneDNN has no bf16 (simulated here on any CPU), sensorium's Conv1d / Conv2d run a bf16 convolution in
+    float32 and round once: the float32 convolution's bits rounded, within a rounding of the exact result and of
+    torch's own bf16 convolution; gradients still reach the bf16 weight. Native bf16: nn.Conv's own call, bit for
+    bit."""
+    from sensorium.nn import conv
+
+    monkeypatch.setattr(conv, "BF16_NATIVE", native)
+    torch.manual_seed(case)
+    make, shape = CONVOLUTIONS[case]
+    layer = make().bfloat16()
+    x = torch.randn(shape).bfloat16()
+    plain = torch.nn.Conv1d if isinstance(layer, torch.nn.Conv1d) else torch.nn.Conv2d
+
+    def torch_conv(dtype):  # nn.Conv's own call on the same values in `dtype` (the layer's stride, padding, ..)
+        bias = None if layer.bias is None else layer.bias.to(dtype)
+        return plain._conv_forward(layer, x.to(dtype), layer.weight.to(dtype), bias)
+
+    functional = "conv1d" if plain is torch.nn.Conv1d else "conv2d"
+    ran_in = []  # the dtypes the layer's convolution ran in (torch's bf16 path often gives the same bits)
+    convolve = getattr(F, functional)
+    monkeypatch.setattr(F, functional, lambda x, *rest: ran_in.append(x.dtype) or convolve(x, *rest))
+    with torch.inference_mode():
+        got = layer(x)
+        torch_bf16, exact = torch_conv(torch.bfloat16), torch_conv(torch.float64)
+        widened = torch_conv(torch.float32).bfloat16()
+    assert ran_in[0] == (torch.bfloat16 if native else torch.float32)
+    assert got.dtype == torch.bfloat16 and got.shape == torch_bf16.shape
+    assert rel(got, exact) < 4e-3 and rel(got, torch_bf16) < 8e-3
+    assert torch.equal(got, torch_bf16 if native else widened)
+    layer.requires_grad_(True)
+    layer(x).float().square().sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.dtype == torch.bfloat16
+    assert layer.weight.grad.abs().sum() > 0
+
+
+def test_every_model_convolution_is_sensoriums():
+    """Each family's convolutions are nn.conv's (so bf16 on an AVX2 CPU takes float32's path): checked on every
+    registered architecture, built on the meta device."""
+    from sensorium.models import families
+    from sensorium.nn import conv
+
+    seen = 0
+    for record in families():
+        for name, config in record.archs.items():
+            with torch.device("meta"):
+                model = record.build(config, record.layouts[0])
+            for path, module in model.named_modules():
+                if isinstance(module, torch.nn.modules.conv._ConvNd):
+                    seen += 1
+                    assert isinstance(module, (conv.Conv1d, conv.Conv2d)), (record.name, name, path)
+    assert seen > 0
+
+
 def _cpu_flags() -> set[str]:
     if not os.path.exists("/proc/cpuinfo"):
         return set()

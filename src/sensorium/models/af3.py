@@ -23,6 +23,7 @@ from sensorium.nn.attention import attention_on_kernel
 from sensorium.nn.chat import ChatModel
 from sensorium.nn.generation import check_sampling
 from sensorium.nn.multimodal import scatter_placeholders
+from sensorium.nn.conv import Conv1d
 from sensorium.nn.linear import Linear
 
 SAMPLING_RATE = 16000  # the Whisper encoder's rate
@@ -139,8 +140,8 @@ class AudioEncoder(nn.Module):
     def __init__(self, config: EncoderConfig):
         super().__init__()
         self.config = config
-        self.conv1 = nn.Conv1d(config.mel_bins, config.width, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv1d(config.width, config.width, kernel_size=3, stride=2, padding=1)
+        self.conv1 = Conv1d(config.mel_bins, config.width, kernel_size=3, padding=1)
+        self.conv2 = Conv1d(config.width, config.width, kernel_size=3, stride=2, padding=1)
         self.positions = nn.Parameter(torch.zeros(config.max_positions, config.width))
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.layers))
         self.norm = nn.LayerNorm(config.width)

@@ -20,6 +20,7 @@ from torch import nn
 from sensorium.nn import TransformerBlock
 from sensorium.keymaps import Concat, KeyMap, prefixed
 from sensorium.models.family import Family, processor_of
+from sensorium.nn.conv import Conv2d
 from sensorium.nn.linear import Linear, PackedForInference
 
 
@@ -104,7 +105,7 @@ class AST(PackedForInference):
         if not c.labels:
             raise ValueError(f"{c.name}: the config lists no labels")
         width = c.hidden_size
-        self.patch_embed = nn.Conv2d(1, width, c.patch_size, stride=(c.frequency_stride, c.time_stride))
+        self.patch_embed = Conv2d(1, width, c.patch_size, stride=(c.frequency_stride, c.time_stride))
         self.cls_token = nn.Parameter(torch.zeros(width))
         self.dist_token = nn.Parameter(torch.zeros(width))
         self.pos_embed = nn.Parameter(torch.zeros(2 + c.grid[0] * c.grid[1], width))

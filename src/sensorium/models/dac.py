@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from sensorium.keymaps import KeyMap, prefixed
+from sensorium.nn.conv import Conv1d
 
 SAMPLING_RATE = 48000
 
@@ -64,9 +65,9 @@ class ResidualUnit(nn.Module):
     def __init__(self, channels: int, dilation: int):
         super().__init__()
         self.snake1 = Snake(channels)
-        self.conv1 = nn.Conv1d(channels, channels, kernel_size=7, dilation=dilation, padding=3 * dilation)
+        self.conv1 = Conv1d(channels, channels, kernel_size=7, dilation=dilation, padding=3 * dilation)
         self.snake2 = Snake(channels)
-        self.conv2 = nn.Conv1d(channels, channels, kernel_size=1)
+        self.conv2 = Conv1d(channels, channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv2(self.snake2(self.conv1(self.snake1(x))))
@@ -78,7 +79,7 @@ class DownBlock(nn.Module):
         super().__init__()
         self.units = nn.ModuleList(ResidualUnit(channels, d) for d in (1, 3, 9))
         self.snake = Snake(channels)
-        self.down = nn.Conv1d(channels, 2 * channels, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2))
+        self.down = Conv1d(channels, 2 * channels, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for unit in self.units:
@@ -92,11 +93,11 @@ class DacEncoder(nn.Module):
     def __init__(self, config: DacConfig):
         super().__init__()
         self.config = config
-        self.conv_in = nn.Conv1d(1, config.channels, kernel_size=7, padding=3)
+        self.conv_in = Conv1d(1, config.channels, kernel_size=7, padding=3)
         self.blocks = nn.ModuleList(DownBlock(config.channels * 2**i, s) for i, s in enumerate(config.strides))
         self.snake_out = Snake(config.width)
-        self.conv_out = nn.Conv1d(config.width, config.width, kernel_size=3, padding=1)
-        self.bottleneck = nn.Conv1d(config.width, config.latent_dim, kernel_size=1)
+        self.conv_out = Conv1d(config.width, config.width, kernel_size=3, padding=1)
+        self.bottleneck = Conv1d(config.width, config.latent_dim, kernel_size=1)
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(waveforms)

@@ -22,6 +22,7 @@ from sensorium.nn import Mlp, RopeTables, TransformerBlock, rope_2d_angles, rope
 from sensorium.errors import CapabilityError
 from sensorium.keymaps import Concat, KeyMap, Transposed, ZeroBiasDropped, prefixed
 from sensorium.models.family import Family, processor_of
+from sensorium.nn.conv import Conv2d
 from sensorium.nn.linear import Linear, PackedForInference, linear
 
 
@@ -113,7 +114,7 @@ class VisionTransformer(nn.Module):
     def __init__(self, config: VisionConfig):
         super().__init__()
         c = self.config = config
-        self.patch_embed = nn.Conv2d(3, c.width, kernel_size=c.patch_size, stride=c.patch_size, bias=False)
+        self.patch_embed = Conv2d(3, c.width, kernel_size=c.patch_size, stride=c.patch_size, bias=False)
         self.cls_token = nn.Parameter(torch.zeros(c.width)) if c.cls_token else None
         self.pos_embed = nn.Parameter(torch.zeros(c.prefix_tokens + c.grid * c.grid, c.width))
         self.norm_pre = nn.LayerNorm(c.width, eps=1e-5)

@@ -28,6 +28,7 @@ from sensorium.models.family import processor_of
 from sensorium.nn import RMSNorm, Rope1D, SwiGLU, apply_rope_pairs
 from sensorium.nn.attention import attention_on_kernel
 from sensorium.nn.sequence import reflect_pad_to_multiple
+from sensorium.nn.conv import Conv1d
 from sensorium.nn.linear import Linear, PackedForInference
 
 TEXT_MISSING = "no tokenizer.json was found beside the weights"
@@ -108,7 +109,7 @@ class ConvBlock(nn.Module):
     def __init__(self, width: int):
         super().__init__()
         self.norm = MaskedGroupNorm(width)
-        self.conv = nn.Conv1d(width, width, kernel_size=3, padding=1)
+        self.conv = Conv1d(width, width, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return self.conv(F.silu(self.norm(x, mask)))

@@ -53,6 +53,7 @@ from sensorium.models.pe_audio import (
 )
 from sensorium.models.pe_a_frame import PEAFrameModel
 from sensorium.models.pe import ORIGINAL_VISION, TIMM_VISION, VisionConfig, VisionTransformer
+from sensorium.nn.conv import Conv1d
 from sensorium.nn.linear import Linear
 
 # Video frames per frame-encoder call. On a GPU a larger batch fills the device; on a CPU the time per frame grows
@@ -102,7 +103,7 @@ class Fusion(nn.Module):
         width = config.fusion.width
         if not config.audio.width == config.video.width == width:
             raise ValueError("PE-AV fusion needs equal audio, video and fusion widths")
-        self.video_proj = nn.Conv1d(width, width, kernel_size=1)
+        self.video_proj = Conv1d(width, width, kernel_size=1)
         self.video_norm = nn.LayerNorm(width, eps=1e-5)
         self.concat_proj = Linear(2 * width, width)
         self.data_proj = Linear(width, width)
