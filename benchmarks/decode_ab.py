@@ -1,6 +1,7 @@
 """One decode change at a time, in one process: the same Llama-1B weights, the two sides interleaved round by round.
 
-    python benchmarks/decode_ab.py huge-pages [--rounds 8]     # bf16 weights on 2 MB pages vs 4 KB pages
+    python benchmarks/decode_ab.py huge-pages [--rounds 8] [--dtype float32]  # bf16 (float32) weights on 2 MB
+                                                               # pages vs 4 KB pages
     python benchmarks/decode_ab.py blocks [--rounds 8]         # bf16 weights (the tied head's table too) in the
                                                                # kernel's blocks of rows vs plain rows
     python benchmarks/decode_ab.py one-call [--rounds 8]       # bf16 step in one C call vs layer by layer
@@ -54,6 +55,8 @@ SAME_TOKENS = {"huge-pages": True, "blocks": True, "one-call": True, "int8-kerne
 def load_decoder(dtype: str):
     from sensorium.nn import prepare_for_decoding
 
+    if dtype == "float32":  # sn.load's CPU default: plain float32 weights for oneDNN, nothing laid out
+        return llama_peer.load_decoder(torch.float32)
     decoder = llama_peer.load_decoder()
     if dtype in ("int8", "int4"):
         decoder.quantize(dtype)  # what sn.load(..., dtype="int8" | "int4") does
@@ -108,9 +111,13 @@ def sides(change: str, dtype: str = "bf16", revision: str = ""):
             return setup
         return decoder, {"blocks of rows": lay_out(blocked), "plain rows": lay_out(plain)}
     if change == "huge-pages":
-        decoder = load_decoder("bf16")
-        huge = {name: p for name, p in decoder.named_parameters()}
-        small = {name: nn.Parameter(p.detach().clone(), requires_grad=False) for name, p in huge.items()}
+        decoder = load_decoder(dtype)
+        if dtype == "float32":  # the loader leaves a float32 decoder on torch's allocator: the copy is the new side
+            small = {name: p for name, p in decoder.named_parameters()}
+            huge = {name: nn.Parameter(on_huge_pages(p.detach()), requires_grad=False) for name, p in small.items()}
+        else:  # a bf16 decoder's weights are on 2 MB pages already
+            huge = {name: p for name, p in decoder.named_parameters()}
+            small = {name: nn.Parameter(p.detach().clone(), requires_grad=False) for name, p in huge.items()}
 
         def use(weights):
             def setup():
@@ -201,7 +208,8 @@ def main() -> None:
                         help="instead of timing: each side's logits over this many one-token steps (the same random "
                              "tokens fed to all) against a bf16 decoder's")
     parser.add_argument("--revision", default="HEAD", help="kernels-at: the git revision to build the kernels of")
-    parser.add_argument("--dtype", choices=["bf16", "int8", "int4"], default="bf16", help="kernels-at: the decoder's")
+    parser.add_argument("--dtype", choices=["bf16", "int8", "int4", "float32"], default="bf16",
+                        help="kernels-at (bf16, int8, int4) and huge-pages (bf16, float32): the decoder's")
     args = parser.parse_args()
     if not gemv.available():
         raise SystemExit(f"sensorium's kernels are not available here: {gemv.why_not()}")

@@ -11,7 +11,7 @@ table), with transformers' random initialisation, saved once by `save_pretrained
 GGUF holds the same tensors, q and k rows reordered for llama.cpp's rotation (so both compute one function: the
 script checks the last prompt position's logits agree), written in F32 and quantized by llama.cpp itself.
 
-Pairs compared: sensorium float32 (`f32`, sn.load's CPU default: steps on the kernels' float32 one-row product) vs
+Pairs compared: sensorium float32 (`f32`, sn.load's CPU default: plain weights, oneDNN's float32 product) vs
 llama.cpp F32, sensorium bf16 (eager: its steps on the one-row kernel where it builds, AVX512-BF16 or AVX2;
 `bf16-packed`: the kernel off, weights packed for oneDNN, or plain where oneDNN has no bf16; and `compile=True`'s
 compiled step) vs llama.cpp BF16, sensorium int8
