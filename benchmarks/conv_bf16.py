@@ -1,6 +1,6 @@
 """bf16 convolutions on a CPU without native bf16 (AVX2: AMD Zen 2 / 3, most laptops' Intel cores) (issue 14).
 
-    python benchmarks/conv_bf16.py [--rounds 3] [--skip-slow]
+    python benchmarks/conv_bf16.py [--rounds 3] [--skip-slow] [--part layers|towers]
 
 There oneDNN refuses bf16 convolutions and torch's own bf16 convolution (im2col and a generic bf16 product) runs
 instead; sensorium's Conv1d / Conv2d (nn/conv.py) run such a convolution in float32 and round once. Three ways on
@@ -8,13 +8,15 @@ every model family's convolution shapes, alternating within each round, medians:
 bf16 convolution, and the same convolution in float32; then whole bf16 towers (PE-Core-B16's image tower on 8 images,
 AST on 8 clips of fbank features: benchmarks/pe_core.py's and ast_tagging.py's random weights) with sensorium's
 convolutions against the same model with torch's (`conv.BF16_NATIVE` switched in this process), and the tower in
-float32. `--skip-slow` leaves out AF3's 1280-wide convolution (torch's bf16 takes ~17 s a call there). On a CPU with
+float32, and PE-AV's audio codec (the DAC encoder, random weights, 1 s of sound). `--skip-slow` leaves out AF3's
+1280-wide convolution and the codec (torch's bf16 takes ~17 s a call on the one, ~35 s on the other). On a CPU with
 native bf16 the two bf16 sides are the same call: the script says so and stops.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -78,7 +80,7 @@ def bench_layers(rounds: int, skip_slow: bool) -> None:
               flush=True)
 
 
-def bench_towers(rounds: int) -> None:
+def bench_towers(rounds: int, skip_slow: bool) -> None:
     import numpy as np
 
     import sensorium as sn
@@ -104,6 +106,17 @@ def bench_towers(rounds: int) -> None:
                        {d: (lambda m=m, d=d: m.classify(fbank.to(d))) for d, m in models.items()}))
     else:
         print("(no AST weights or features: `python benchmarks/ast_tagging.py models` writes them)")
+    if not skip_slow:
+        from sensorium.models.dac import DacConfig, DacEncoder
+
+        torch.manual_seed(0)
+        codec = DacEncoder(DacConfig()).eval().requires_grad_(False)
+        for name, parameter in codec.named_parameters():  # Snake's alpha near 1, as trained codecs have it
+            parameter.uniform_(0.5, 1.5) if name.endswith("alpha") else parameter.normal_(0, 0.05)
+        sound = torch.randn(1, 1, 48000, generator=torch.Generator().manual_seed(2)) * 0.1
+        codecs = {torch.float32: codec, torch.bfloat16: copy.deepcopy(codec).bfloat16()}
+        towers.append(("PE-AV audio codec (DAC encoder), 1 s at 48 kHz", 1,
+                       {d: (lambda m=m, d=d: m(sound.to(d))) for d, m in codecs.items()}))
     if not towers:
         return
     print("\n| bf16 tower | items/s, torch's bf16 convolutions | items/s, sensorium's | float32 items/s | sensorium vs "
@@ -140,13 +153,18 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--skip-slow", action="store_true", help=f"leave out {SLOW} (torch's bf16: ~17 s a call)")
+    parser.add_argument("--skip-slow", action="store_true",
+                        help=f"leave out {SLOW} and the codec (torch's bf16: ~17 and ~35 s a call)")
+    parser.add_argument("--part", choices=["layers", "towers"], action="append", help="one part (default: both)")
     args = parser.parse_args()
     print(machine())
     if conv.BF16_NATIVE:
         raise SystemExit("this CPU has native bf16: oneDNN runs bf16 convolutions and sensorium's are the same call")
-    bench_layers(args.rounds, args.skip_slow)
-    bench_towers(args.rounds)
+    parts = args.part or ["layers", "towers"]
+    if "layers" in parts:
+        bench_layers(args.rounds, args.skip_slow)
+    if "towers" in parts:
+        bench_towers(args.rounds, args.skip_slow)
 
 
 if __name__ == "__main__":
