@@ -24,15 +24,18 @@ def widened(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and not BF16_NATIVE)
 
 
-class Conv1d(nn.Conv1d):
+class WidenedBf16:
+    """What Conv1d and Conv2d add to nn.Conv1d / nn.Conv2d: the float32 path above."""
+
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if widened(x, weight):
             return super()._conv_forward(x.float(), weight.float(), None if bias is None else bias.float()).bfloat16()
         return super()._conv_forward(x, weight, bias)
 
 
-class Conv2d(nn.Conv2d):
-    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if widened(x, weight):
-            return super()._conv_forward(x.float(), weight.float(), None if bias is None else bias.float()).bfloat16()
-        return super()._conv_forward(x, weight, bias)
+class Conv1d(WidenedBf16, nn.Conv1d):
+    pass
+
+
+class Conv2d(WidenedBf16, nn.Conv2d):
+    pass
