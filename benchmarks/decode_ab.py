@@ -112,9 +112,12 @@ def sides(change: str, dtype: str = "bf16", revision: str = ""):
         return decoder, {"blocks of rows": lay_out(blocked), "plain rows": lay_out(plain)}
     if change == "huge-pages":
         decoder = load_decoder(dtype)
-        if dtype == "float32":  # the loader leaves a float32 decoder on torch's allocator: the copy is the new side
-            small = {name: p for name, p in decoder.named_parameters()}
-            huge = {name: nn.Parameter(on_huge_pages(p.detach()), requires_grad=False) for name, p in small.items()}
+        if dtype == "float32":  # both sides copies in anonymous memory, as a float32 decoder cast from a bf16
+            # checkpoint has them (this file's float32 tensors are views of the mapped file)
+            loaded = dict(decoder.named_parameters())
+            small = {name: nn.Parameter(p.detach().clone(), requires_grad=False) for name, p in loaded.items()}
+            huge = {name: nn.Parameter(on_huge_pages(p.detach()), requires_grad=False) for name, p in loaded.items()}
+            del loaded
         else:  # a bf16 decoder's weights are on 2 MB pages already
             huge = {name: p for name, p in decoder.named_parameters()}
             small = {name: nn.Parameter(p.detach().clone(), requires_grad=False) for name, p in huge.items()}
