@@ -32,7 +32,7 @@ class Family:
     config_from_files: Callable[[dict[str, dict], str], Any]
     # Named architectures the catalog's rows refer to (PE's configs are not stored with the checkpoints).
     archs: Mapping[str, Any] = field(default_factory=dict)
-    # A decoder whose linears take weight-only int8/int4 (`dtype="int8" | "int4"`, sensorium.nn.quant).
+    # A decoder whose linears take int8 / int4 weights (`dtype="int8" | "int4"`, sensorium.nn.quant).
     quantizable: bool = False
     # Its models' `compile_methods` and `export_modules` export to OpenVINO / ONNX Runtime (`backend=`,
     # sensorium.nn.exported); the loader refuses a backend for the other families before reading weights.

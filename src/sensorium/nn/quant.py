@@ -278,7 +278,7 @@ def quantize_linears(module: nn.Module, mode: str) -> tuple[int, int]:
     """Replace every Linear under `module` by a QuantizedLinear in `mode` (bf16 activations): (quantized, left in
     bfloat16 because int4 cannot take their shape)."""
     if not available(mode):
-        raise RuntimeError(f"this torch build has no {mode} weight-only kernel")
+        raise RuntimeError(f"this torch build has no {mode} weight kernel")
     done = kept = 0
     for name, child in list(module.named_children()):
         if isinstance(child, Linear):

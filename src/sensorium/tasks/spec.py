@@ -176,7 +176,8 @@ BACKEND_AUTO = Option(("--backend",), f"auto (default), torch, {BACKEND_HELP}", 
 DTYPE = Option(("--dtype",), "auto: bfloat16 (or float16) on CUDA, float32 elsewhere", default="auto",
                choices=("auto", "float32", "bfloat16", "float16"))
 CHAT_DTYPE = Option(("--dtype",), "auto: bfloat16 (or float16) on CUDA, float32 elsewhere; int8, int4: the "
-                    "decoder's weights quantized (weight-only, CPU; the rest in bfloat16)", default="auto",
+                    "decoder's weights quantized (CPU; int8 weight-only, int4 also rounds activations to int8; the "
+                    "rest in bfloat16)", default="auto",
                     choices=("auto", "float32", "bfloat16", "float16", "int8", "int4"))
 
 
