@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import statistics
 import sys
 import time
@@ -49,10 +50,13 @@ def timed(call) -> float:
 
 
 def bench_layers(rounds: int, skip_slow: bool) -> None:
+    from bound import gemm_bound
     from sensorium.nn import conv
 
-    print("| convolution | torch bf16 ms | sensorium bf16 ms | float32 ms | sensorium vs torch bf16 | sensorium vs float32 |")
-    print("|---|---|---|---|---|---|")
+    bound = gemm_bound("fp32")  # sensorium's bf16 convolution runs float32 inside
+    print("| convolution | torch bf16 ms | sensorium bf16 ms | float32 ms | sensorium vs torch bf16 | sensorium vs float32 "
+          f"| sensorium GFLOP/s, of the {bound:.0f} GFLOP/s float32 GEMM bound |")
+    print("|---|---|---|---|---|---|---|")
     for what, functional, x_shape, w_shape, keywords in LAYERS:
         if skip_slow and what == SLOW:
             continue
@@ -75,9 +79,12 @@ def bench_layers(rounds: int, skip_slow: bool) -> None:
                 for side, call in sides.items():
                     times[side].append(timed(call))
         ms = {side: statistics.median(t) * 1e3 for side, t in times.items()}
+        # a multiply and an add per output and input channel and kernel tap
+        flops = 2 * sides["float32"]().numel() * w_shape[1] * math.prod(w_shape[2:])
+        rate = flops / ms["sensorium bf16"] / 1e6
         print(f"| {what} | {ms['torch bf16']:.1f} | {ms['sensorium bf16']:.1f} | {ms['float32']:.1f} | "
-              f"{ms['torch bf16'] / ms['sensorium bf16']:.1f}x | {ms['float32'] / ms['sensorium bf16']:.2f}x |",
-              flush=True)
+              f"{ms['torch bf16'] / ms['sensorium bf16']:.1f}x | {ms['float32'] / ms['sensorium bf16']:.2f}x | "
+              f"{rate:.0f} ({rate / bound:.0%}) |", flush=True)
 
 
 def bench_towers(rounds: int, skip_slow: bool) -> None:
