@@ -112,8 +112,8 @@ def sides(change: str, dtype: str = "bf16", revision: str = ""):
         return decoder, {"blocks of rows": lay_out(blocked), "plain rows": lay_out(plain)}
     if change == "huge-pages":
         decoder = load_decoder(dtype)
-        if dtype == "float32":  # both sides copies in anonymous memory, as a float32 decoder cast from a bf16
-            # checkpoint has them (this file's float32 tensors are views of the mapped file)
+        if dtype == "float32":  # both sides copies made here, in anonymous memory (the loader's own tensors, read
+            # one by one into fresh buffers, ran faster than either in one run: BENCHMARKS.md, eighth pass)
             loaded = dict(decoder.named_parameters())
             small = {name: nn.Parameter(p.detach().clone(), requires_grad=False) for name, p in loaded.items()}
             huge = {name: nn.Parameter(on_huge_pages(p.detach()), requires_grad=False) for name, p in loaded.items()}

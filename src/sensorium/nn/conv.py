@@ -1,9 +1,9 @@
 """Convolutions whose bf16 runs at float32's speed on a CPU without native bf16.
 
 On an x86 CPU without AVX512-BF16 (AMD Zen 2 / 3, most laptops' Intel cores) oneDNN refuses bf16 convolutions and
-torch falls back to its generic im2col + bf16 product: 20-140x slower than the same convolution in float32 on a
-2-core Zen 3 (PE-Core's patch embedding 397 against 17 ms for 8 images, AF3's second audio convolution 16.7 s
-against 0.12 s; benchmarks/conv_bf16.py). There a bf16 convolution runs in float32 instead: input, weight and bias
+torch falls back to its generic im2col + bf16 product: 20-190x slower than this module's path on a 2-core Zen 3
+(PE-Core's patch embedding 471 against 23 ms for 8 images, AF3's second audio convolution 19.6 s against 0.10 s;
+benchmarks/conv_bf16.py). There a bf16 convolution runs in float32 instead: input, weight and bias
 widened (exact), float32 sums, the bias added in float32 and one rounding to bf16, which is how oneDNN's native bf16
 convolution rounds (its sums in float32), so the result differs from torch's slow path by the order of the sums
 only. Autograd follows the casts. Elsewhere (float32, native bf16, CUDA) these are nn.Conv1d / nn.Conv2d as they

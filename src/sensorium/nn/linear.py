@@ -114,7 +114,7 @@ def _bf16_through_float32(x, weight, bias, activation):
 def linear_on_float32_weight(x: torch.Tensor, widened: torch.Tensor, bias: torch.Tensor | None,
                              activation: str) -> torch.Tensor:
     """A bf16 linear whose bf16 weight is given widened to float32 (exact): oneDNN's float32 product, the bias and
-    gelu in float32, one rounding to bf16 (`_bf16_through_float32`'s arithmetic; int4 prompts dequantize into it)."""
+    gelu in float32, one rounding to bf16 (`_bf16_through_float32`'s arithmetic; benchmarks/int4_gemm.py's baseline)."""
     out = torch.ops.mkldnn._linear_pointwise(x.float(), widened, None if bias is None else bias.float(), activation,
                                              [], "none" if activation == "gelu" else "")
     return out.bfloat16()
