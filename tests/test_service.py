@@ -464,3 +464,54 @@ def test_a_request_past_its_timeout_gets_503(tiny_entries, monkeypatch):
         assert response.status_code == 503, response.text
         assert time.monotonic() - started < 5  # the 1 s timeout, not the 8 s of work
         assert response.json()["error"]["code"] == "timeout" and response.headers["Retry-After"]
+
+
+def test_the_timeout_holds_when_the_request_ignores_its_cancellation(tiny_entries, monkeypatch):
+    """A request whose task swallows the cancellation and runs on to an answer: the 503 still leaves at the
+    timeout (asyncio.wait_for waited for the task, then sent its late 200)."""
+    import asyncio
+
+    from sensorium.service import Limits, ServeConfig
+
+    config = ServeConfig(port=free_port(), models=("test-clip_tiny",), device="cpu",
+                         limits=Limits(request_timeout=1.0))
+    with Server(config) as running:
+        async def stubborn(key, model, payload, run):
+            work = asyncio.ensure_future(asyncio.to_thread(time.sleep, 6))
+            while not work.done():
+                try:
+                    await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    pass  # swallowed: it runs on
+            return []
+
+        monkeypatch.setattr(running.service.batcher, "submit", stubborn)
+        started = time.monotonic()
+        response = httpx.post(running.url + "/v1/embeddings", json={"model": "test-clip_tiny", "input": "x"},
+                              timeout=30)
+        assert response.status_code == 503, response.text
+        assert time.monotonic() - started < 4  # the 1 s timeout, not the 6 s the task runs on
+        assert response.json()["error"]["code"] == "timeout"
+        # and the server answers meanwhile (the stubborn task runs on in the background, its answer dropped)
+        assert httpx.get(running.url + "/v1/models", timeout=30).status_code == 200
+
+
+def test_an_answer_ready_after_the_deadline_is_a_503(tiny_entries, monkeypatch):
+    """The event loop stalled past the deadline (here: a blocking call on it) and the answer was made in the same
+    step as the stall ended, before the timer could run: past the deadline is past it, whichever ran first."""
+    import sensorium.service.app as app_module
+    from sensorium.service import Limits, ServeConfig
+
+    def stalls_the_loop(model, texts):  # runs on the event loop, after the model's work
+        time.sleep(2.5)
+        return 0
+
+    monkeypatch.setattr(app_module, "_token_count", stalls_the_loop)
+    config = ServeConfig(port=free_port(), models=("test-clip_tiny",), device="cpu",
+                         limits=Limits(request_timeout=1.0))
+    with Server(config) as running:
+        response = httpx.post(running.url + "/v1/embeddings", json={"model": "test-clip_tiny", "input": "x"},
+                              timeout=30)
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "timeout" and response.headers["Retry-After"]
+        assert 'status="503"' in httpx.get(running.url + "/metrics", timeout=30).text

@@ -166,17 +166,27 @@ class Guard:
             return await self.app(scope, receive, send)
         limits, path = self.service.limits, scope["path"]
         started = time.perf_counter()
-        status_box = {"status": 500, "sent": False}
+        status_box = {"status": 500, "sent": False, "timed_out": False}
 
-        async def send_tracked(message):
+        async def send_tracked(message):  # the Guard's own replies
             if message["type"] == "http.response.start":
                 status_box["status"], status_box["sent"] = message["status"], True
             await send(message)
+
+        async def send_from_app(message):
+            if message["type"] == "http.response.start" and not status_box["sent"] and time.perf_counter() > deadline:
+                # Past the deadline before it started: a 503, whichever of the request's task and the timer the
+                # event loop ran first (a loop stalled past both may run either first).
+                status_box["timed_out"] = True
+            if status_box["timed_out"]:
+                return  # the 503 is the answer; what the request's own task still sends is dropped
+            await send_tracked(message)
 
         async def reply(response):
             await response(scope, receive, send_tracked)
 
         route = _route_name(path)
+        deadline = started + limits.request_timeout
         try:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             key = self.service.config.api_key
@@ -209,7 +219,7 @@ class Guard:
                 return message
 
             try:
-                await asyncio.wait_for(self.app(scope, paced_receive, send_tracked), limits.request_timeout)
+                await _within(self.app(scope, paced_receive, send_from_app), limits.request_timeout, status_box)
             except _TooLarge:
                 if not status_box["sent"]:
                     await reply(error_response(413, f"the request body is larger than the {limits.max_body_bytes} "
@@ -225,6 +235,28 @@ class Guard:
         finally:
             self.service.metrics.observe(scope.get("method", ""), route, status_box["status"],
                                          time.perf_counter() - started)
+
+
+async def _within(request, timeout: float, status_box: dict) -> None:
+    """Run the request's coroutine for at most `timeout` seconds; past it, mark the request timed out (its later
+    sends are dropped) and cancel it, without waiting for it to stop. asyncio.wait_for waits for the cancelled
+    task, so a task that does not stop at once (one that swallows the cancellation, or runs on) would hold the
+    503 back, or return its own late answer in its place."""
+    task = asyncio.ensure_future(request)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except BaseException:  # the Guard itself cancelled: the client went, or the server stops
+        task.cancel()
+        raise
+    if task in done:
+        task.result()
+        if status_box["timed_out"]:  # it answered, but after the deadline (its answer was dropped)
+            raise asyncio.TimeoutError()
+        return
+    status_box["timed_out"] = True
+    task.cancel()
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no "never retrieved" warning
+    raise asyncio.TimeoutError()
 
 
 class _TooLarge(BaseException):  # BaseException: FastAPI turns an Exception while reading a body into a 400
