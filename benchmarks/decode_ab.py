@@ -12,6 +12,9 @@
     python benchmarks/decode_ab.py int4-one-call [--rounds 6]  # int4 step in one C call vs layer by layer
     python benchmarks/decode_ab.py int4-prompt-gemm [--rounds 6]  # int4 prompts on the kernel's integer GEMM vs
                                                                # the dequantized weight's GEMM (no native bf16)
+    python benchmarks/decode_ab.py float32-kernel [--rounds 8] # a float32 decoder (sn.load's CPU default) stepping
+                                                               # on the avx2 build's float32 one-row product vs
+                                                               # oneDNN's float32 linear
     python benchmarks/decode_ab.py kernels-at --revision REV --dtype int4 [--rounds 6]
                                     # this tree's C kernels vs those at git revision REV (same Python, same entry
                                     # points: a kernel's own change), on a bf16 / int8 / int4 decoder
@@ -49,7 +52,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 SAME_TOKENS = {"huge-pages": True, "blocks": True, "one-call": True, "int8-kernel": False, "int8-one-call": False,
                "int4-kernel": False, "int4-one-call": False, "kernels-at": False,
-               "int4-prompt-gemm": False}
+               "int4-prompt-gemm": False, "float32-kernel": False}
 
 
 def load_decoder(dtype: str):
@@ -129,6 +132,17 @@ def sides(change: str, dtype: str = "bf16", revision: str = ""):
                         module.weight = weights[f"{name}.weight"]
             return setup
         return decoder, {"2 MB pages": use(huge), "4 KB pages (torch's allocator)": use(small)}
+    if change == "float32-kernel":
+        if not gemv.has("sensorium_gemv_f32"):
+            raise SystemExit(f"this machine's kernels ({gemv.flavour()}) have no float32 one-row product (avx2 only)")
+        original = gemv.fits
+
+        def kernel():
+            gemv.fits = original
+
+        def onednn():  # float32 rows refused: linear() sends them to oneDNN, as before the kernel (bf16 unchanged)
+            gemv.fits = lambda x, *rest: x.dtype != torch.float32 and original(x, *rest)
+        return load_decoder("float32"), {"float32 one-row kernel": kernel, "oneDNN float32 linear": onednn}
     if change == "int4-prompt-gemm":
         gemm, dequantized = switched("int4_gemm_fits")
         return load_decoder("int4"), {"int4 prompt on the kernel's integer GEMM": gemm,

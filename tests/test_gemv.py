@@ -23,6 +23,14 @@ pytestmark = pytest.mark.skipif(not gemv.available(), reason=f"the one-row bf16 
                                                             f"{gemv.why_not()}")
 
 
+# the float32 one-row product is in the avx2 build only (measured faster than oneDNN's there; on AVX-512 CPUs float32
+# steps stay on oneDNN); where this machine builds avx512, test_the_avx2_flavour_passes_this_files_tests_on_an_avx512_cpu
+# runs these under avx2
+FLOAT32_KERNEL = gemv.has("sensorium_gemv_f32")
+needs_float32_kernel = pytest.mark.skipif(not FLOAT32_KERNEL, reason="the float32 one-row product is in the avx2 "
+                                          "build; this machine runs the avx512 one (the avx2 run covers it)")
+
+
 def rel(a, b) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
@@ -52,6 +60,43 @@ def test_the_kernel_is_as_close_to_float64_as_onednn(n, k, rows, with_bias):
     assert rel(got, theirs) < 8e-3
     for rows_alone in range(rows):  # each row of x alone gives the same row: rows never mix
         assert torch.equal(gemv.gemv(x[rows_alone], weight, bias), got[rows_alone])
+
+
+@needs_float32_kernel
+@pytest.mark.parametrize("n, k", [(1, 1), (5, 31), (37, 203), (64, 896), (130, 33), (9, 4096)])
+@pytest.mark.parametrize("rows", [1, 2, 4])
+def test_a_float32_step_on_the_kernel_is_as_close_to_float64_as_onednn(n, k, rows):
+    """float32 weights (sn.load's CPU default): a step's few rows on the kernel's float32 product, float32 sums in
+    another order than oneDNN's, the bias added last."""
+    g = torch.Generator().manual_seed(n * 100 + k + rows)
+    weight, bias, x = torch.randn(n, k, generator=g), torch.randn(n, generator=g), torch.randn(rows, 1, k, generator=g)
+    assert gemv.fits(x, weight, bias) and gemv.fits(x, weight, None)
+    got = linear(x, weight, bias)
+    assert got.shape == (rows, 1, n) and got.dtype == torch.float32
+    exact = x.double() @ weight.double().T + bias.double()
+    theirs = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    assert rel(got, exact) <= max(2 * rel(theirs, exact), 1e-6)
+    for alone in range(rows):
+        assert torch.equal(linear(x[alone], weight, bias), got[alone])
+    assert not gemv.fits(torch.randn(5, 1, k), weight, bias)  # a prompt: oneDNN
+    assert not gemv.fits(x, weight.bfloat16(), None) and not gemv.fits(x, weight, bias.bfloat16())
+    with torch.enable_grad():
+        assert not gemv.fits(x, weight.clone().requires_grad_(True), None)
+
+
+@needs_float32_kernel
+def test_a_float32_chat_model_steps_on_the_kernel_and_answers_as_without_it(af3_model_dir, monkeypatch):
+    model = sn.load(str(af3_model_dir), device="cpu")  # float32: the CPU default
+    assert model.dtype == torch.float32
+    inputs = model.process([one_second_question()]).model_inputs()
+    with torch.inference_mode(), gemv.use_gemv(False):
+        want = model.generate(**inputs, max_new_tokens=10, stop_tokens=())
+    calls = []
+    kernel = gemv.gemv
+    monkeypatch.setattr(gemv, "gemv", lambda x, *rest: calls.append(x.dtype) or kernel(x, *rest))
+    with torch.inference_mode():
+        assert torch.equal(model.generate(**inputs, max_new_tokens=10, stop_tokens=()), want)
+    assert calls and set(calls) == {torch.float32}
 
 
 def test_the_kernel_gives_the_same_bits_on_any_thread_count_and_keeps_nan_and_inf():
@@ -142,7 +187,9 @@ def test_linear_sends_only_what_the_kernel_can_take_to_it():
     with torch.inference_mode():
         assert gemv.fits(torch.randn(4, 64).bfloat16(), weight, bias)
         assert not gemv.fits(torch.randn(5, 64).bfloat16(), weight, bias)  # a prompt: oneDNN's GEMM
-        assert not gemv.fits(torch.randn(1, 64), weight.float(), None)  # float32
+        assert not gemv.fits(torch.randn(1, 64), weight, None)  # float32 rows, a bf16 weight
+        assert gemv.fits(torch.randn(1, 64), weight.float(), None) == FLOAT32_KERNEL  # a float32 decoder's step
+        assert not gemv.fits(torch.randn(1, 64), gemv.to_blocks(weight).float(), None)  # blocks: bf16 only
         assert not gemv.fits(torch.randn(1, 64).bfloat16(), weight, bias.float())
         assert not gemv.fits(torch.randn(1, 40).bfloat16(), weight.T, None)  # not contiguous
         if BF16_NATIVE:  # oneDNN packs bf16 only where the CPU has it

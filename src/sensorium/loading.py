@@ -245,10 +245,10 @@ def prepare_for_cpu(model: torch.nn.Module, precision: torch.dtype) -> None:
 
     A bf16 decoder streams all its weights for each token: its steps run the one-row bf16 kernel on the weights in
     its blocks of rows, on 2 MB pages, where it builds (nn/gemv.py, nn/memory.py), else oneDNN's product on weights
-    packed once, 1.4-1.5x faster than on plain ones (nn/linear.py); not in float32, whose packed one-row product is
-    slower (0.8x at 18944x3584). An
-    encoder's transformer blocks run many rows a call: their linears packed once make a forward 1.07x faster in
-    bf16 and 1.04x in float32 (PE-Core-B16, batch 8, the same bits)."""
+    packed once, 1.4-1.5x faster than on plain ones (nn/linear.py). A float32 decoder keeps plain weights: its packed
+    one-row product is slower (0.8x at 18944x3584), and on AVX2 CPUs its steps run the kernels' float32 one-row
+    product on them (nn/gemv.py). An encoder's transformer blocks run many rows a call: their linears packed once
+    make a forward 1.07x faster in bf16 and 1.04x in float32 (PE-Core-B16, batch 8, the same bits)."""
     for part in model.modules():
         if isinstance(part, Decoder):
             if precision == torch.bfloat16:

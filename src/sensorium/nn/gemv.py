@@ -14,7 +14,10 @@ Two builds (FLAVOURS), picked by the CPU: "avx512" where it has AVX512-BF16 (Int
 later, AMD Zen 4 and later): everything above; "avx2" where it has AVX2 and FMA but not that (AMD Zen 2 / 3, Intel
 cores before Sapphire Rapids, most laptops): a decode step's kernels (`gemv_avx2.c`: the same entry points and
 layouts on 8 float32 lanes; oneDNN has no bf16 there and torch multiplies bf16 row by row), without the encoders'
-attention and the blocked GEMM (`has`). Either needs Linux on x86-64 and a C compiler (`$CC`, else `cc` or `gcc`);
+attention and the blocked GEMM (`has`), and with a float32 one-row product for float32 decoders' steps (the CPU
+default dtype: on 2 Zen 3 cores it streams at the read's rate, 1.2-1.26x oneDNN's float32 product; a float32
+Llama-1B decodes 1.13x faster; benchmarks/gemv_f32_probe.py, decode_ab.py float32-kernel). On AVX-512 CPUs float32
+steps stay on oneDNN until measured there. Either needs Linux on x86-64 and a C compiler (`$CC`, else `cc` or `gcc`);
 they are compiled once into `$SENSORIUM_KERNEL_CACHE` (default `~/.cache/sensorium/kernels`), checked against
 float32, and loaded with ctypes. Their OpenMP runtime is the libgomp torch has already loaded (same soname), so the
 two share one thread pool; each call passes torch's thread count.
@@ -44,7 +47,8 @@ MAX_ROWS = 4  # rows of x per call (a step's batch); more go to oneDNN, whose GE
 BLOCK_ROWS, BLOCK_INPUTS = 4, 32  # the blocked weight layout (`to_blocks`): the kernel's rows a pass, values a load
 # one library per flavour of x86 CPU, from these files (the headers: what they share) and with these flags; no FMA
 # contraction: the small ops round each product as torch's do. "avx512": AVX512-BF16's dot products, and the encoders'
-# attention and a prompt's GEMM on blocked weights; "avx2": the decode step's kernels on 8 float32 lanes.
+# attention and a prompt's GEMM on blocked weights; "avx2": the decode step's kernels on 8 float32 lanes, and the
+# float32 one-row product.
 HEADERS = ("bf16.h", "kernels.h", "one_row.h")
 FLAVOURS = {
     "avx512": (("gemv_bf16.c", "decoder_step.c", "attention_bf16.c", "gemv_int4.c"),
@@ -59,6 +63,7 @@ SIGNATURES = {
                             ctypes.c_int),
     "sensorium_gemv_many_bf16": ([_POINTER, _SIZE, ctypes.c_int, _POINTER, _POINTER, _POINTER, _POINTER, _SIZE,
                                   _POINTER, ctypes.c_int], ctypes.c_int),
+    "sensorium_gemv_f32": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, ctypes.c_int], ctypes.c_int),
     "sensorium_gemv_int8": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, _POINTER, ctypes.c_int],
                             ctypes.c_int),
     "sensorium_gemv_int4": ([_POINTER, _SIZE, _POINTER, _POINTER, _POINTER, _SIZE, _SIZE, _SIZE, _POINTER,
@@ -195,35 +200,45 @@ def weight_shape(weight: torch.Tensor) -> tuple[int, int]:
 
 
 def fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether `linear(x, weight, bias)` can run on the kernel: bf16 on the CPU, at most MAX_ROWS rows, a plain
-    contiguous weight or a blocked one (`to_blocks`), no gradient, not being traced or compiled; and the kernel
-    available. (Called for every linear: the cheap tests first, ~2 us in all.)"""
-    if x.dtype != _BF16 or weight.dtype != _BF16 or not available():  # the first bf16 call builds the kernel
+    """Whether `linear(x, weight, bias)` can run on the kernel: bf16 on the CPU (or float32, a float32 decoder's
+    step, where the build has the float32 product: the avx2 one), at most MAX_ROWS rows, a plain contiguous weight or
+    a blocked bf16 one (`to_blocks`), no gradient, not being traced or compiled; and the kernel available. (Called
+    for every linear: the cheap tests first, ~2 us in all.)"""
+    dtype = x.dtype
+    if dtype not in (_BF16, torch.float32) or weight.dtype != dtype or not available():  # the first call builds it
         return False
-    if weight.dim() not in (2, 4) or weight.is_mkldnn:
+    if dtype == torch.float32 and "sensorium_gemv_f32" not in _entry_points:
+        return False
+    if weight.dim() not in (2, 4) or weight.is_mkldnn or (weight.dim() == 4 and dtype != _BF16):
         return False
     rows, inputs = weight_shape(weight)
     return (x.is_cpu and weight.is_cpu and not _tracing() and weight.is_contiguous() and x.shape[-1] == inputs
             and 0 < x.numel() <= MAX_ROWS * inputs and rows > 0
             and (weight.dim() == 2 or (weight.shape[2], weight.shape[3]) == (BLOCK_ROWS, BLOCK_INPUTS))
-            and (bias is None or (bias.dtype == _BF16 and bias.is_cpu and bias.is_contiguous() and bias.dim() == 1))
+            and (bias is None or (bias.dtype == dtype and bias.is_cpu and bias.is_contiguous() and bias.dim() == 1))
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                   or (bias is not None and bias.requires_grad))))
 
 
 def fit_all(x: torch.Tensor, layers) -> bool:
-    """`fits` for each of several Linear layers reading the same x (False for layers without a plain weight, such
-    as quantized ones)."""
-    return all(isinstance(getattr(layer, "weight", None), torch.Tensor) and fits(x, layer.weight, layer.bias)
+    """`fits` for each of several bf16 Linear layers reading the same x (False for layers without a plain weight,
+    such as quantized ones)."""
+    return x.dtype == _BF16 and all(isinstance(getattr(layer, "weight", None), torch.Tensor) and fits(x, layer.weight, layer.bias)
                for layer in layers)
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weight.T + bias for at most MAX_ROWS rows of bf16 x, the weight plain or blocked (call `fits` first)."""
+    """x @ weight.T + bias for at most MAX_ROWS rows of bf16 x, the weight plain or blocked, or of float32 x on a
+    plain float32 weight (float32 sums, the bias added last; call `fits` first)."""
     n, k = weight_shape(weight)
     rows = x.numel() // k
     x = x.contiguous()
-    out = torch.empty(*x.shape[:-1], n, dtype=torch.bfloat16, device="cpu")
+    out = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device="cpu")
+    if x.dtype == torch.float32:
+        _rows_taken(_library.sensorium_gemv_f32(x.data_ptr(), rows, weight.data_ptr(),
+                                                None if bias is None else bias.data_ptr(), out.data_ptr(), n, k,
+                                                torch.get_num_threads()), rows)
+        return out
     _rows_taken(_library.sensorium_gemv_bf16(x.data_ptr(), rows, weight.data_ptr(),
                                              None if bias is None else bias.data_ptr(), out.data_ptr(), n, k,
                                              int(weight.dim() == 4), torch.get_num_threads()), rows)
@@ -655,6 +670,16 @@ def _self_check(library: ctypes.CDLL) -> str | None:
         error = ((out.float() - expected).norm() / expected.norm()).item()
         if not error < 1e-2:  # bf16 output: ~2e-3
             return f"the built kernel failed its check against float32 ({rows} rows: relative error {error:.1e})"
+    if hasattr(library, "sensorium_gemv_f32"):
+        x = torch.randn(3, 203, generator=generator, device="cpu")
+        weight32, bias32 = torch.randn(37, 203, generator=generator, device="cpu"), bias.float()  # held while read
+        out = torch.empty(3, 37, device="cpu")
+        library.sensorium_gemv_f32(x.data_ptr(), 3, weight32.data_ptr(), bias32.data_ptr(), out.data_ptr(), 37, 203,
+                                   torch.get_num_threads())
+        expected = x.double() @ weight32.double().T + bias.double()
+        error = ((out.double() - expected).norm() / expected.norm()).item()
+        if not error < 1e-5:
+            return f"the built float32 kernel failed its check against float64 (relative error {error:.1e})"
     # the blocked layout: the same products, bit for bit
     weight = torch.randn(40, 256, generator=generator, device="cpu").bfloat16()
     x = torch.randn(2, 256, generator=generator, device="cpu").bfloat16()

@@ -109,7 +109,54 @@ INT8_M(2)
 INT8_M(3)
 INT8_M(4)
 
+/* float32 weights (a float32 decoder's step, sn.load's default on a CPU): y[m, n] = x[m, k] @ w[n, k]^T (+ bias[n]),
+   float32 FMA sums, the bias added once at the end (as oneDNN's float32 linear, in another order); blocks of 4 rows,
+   8 values a step, the last k % 8 one by one. On 2 Zen 3 cores this plain sweep streams the weight at the rate of
+   a read (29-30 GB/s, oneDNN's float32 product 23-25, MKL's 18-20) and a software prefetch changes nothing
+   (0.98-1.06x; the hardware prefetcher follows 4 sequential rows): benchmarks/gemv_f32_probe.py. */
+#define F32_M(M)                                                                                                  \
+    static void gemv_f32_m##M(const float *x, const float *w, const float *bias, float *y, int64_t n, int64_t k,  \
+                              int threads) {                                                                      \
+        const int64_t blocks = (n + ROWS - 1) / ROWS;                                                             \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")                                        \
+        for (int64_t b = 0; b < blocks; ++b) {                                                                    \
+            const int64_t first = b * ROWS;                                                                       \
+            const int rows = n - first < ROWS ? (int)(n - first) : ROWS;                                          \
+            __m256 acc[ROWS][M];                                                                                  \
+            float tail[ROWS][M];                                                                                  \
+            for (int r = 0; r < ROWS; ++r)                                                                        \
+                for (int j = 0; j < M; ++j) acc[r][j] = _mm256_setzero_ps(), tail[r][j] = 0.0f;                   \
+            int64_t i = 0;                                                                                        \
+            for (; i + 8 <= k; i += 8) {                                                                          \
+                __m256 xv[M];                                                                                     \
+                for (int j = 0; j < M; ++j) xv[j] = _mm256_loadu_ps(x + j * k + i);                               \
+                for (int r = 0; r < rows; ++r) {                                                                  \
+                    const __m256 wv = _mm256_loadu_ps(w + (first + r) * k + i);                                   \
+                    for (int j = 0; j < M; ++j) acc[r][j] = _mm256_fmadd_ps(wv, xv[j], acc[r][j]);                \
+                }                                                                                                 \
+            }                                                                                                     \
+            for (; i < k; ++i)                                                                                    \
+                for (int r = 0; r < rows; ++r)                                                                    \
+                    for (int j = 0; j < M; ++j) tail[r][j] += w[(first + r) * k + i] * x[j * k + i];              \
+            for (int r = 0; r < rows; ++r)                                                                        \
+                for (int j = 0; j < M; ++j)                                                                       \
+                    y[j * n + first + r] = sum_8(acc[r][j]) + tail[r][j] + (bias ? bias[first + r] : 0.0f);       \
+        }                                                                                                         \
+    }
+
+F32_M(1)
+F32_M(2)
+F32_M(3)
+F32_M(4)
+
 #include "one_row.h"  /* GEMV_MANY and the entry points, on this file's dot_block and int8 */
+
+/* the avx2 build only: measured faster than oneDNN's float32 product there (BENCHMARKS.md, ninth pass); on AVX-512
+   CPUs float32 steps stay on oneDNN until measured there */
+int sensorium_gemv_f32(const float *x, int64_t m, const float *w, const float *bias, float *y, int64_t n, int64_t k,
+                       int threads) {
+    BY_ROWS(gemv_f32, x, w, bias, y, n, k, threads)
+}
 
 /* e^x for 8 lanes, bf16.h's exp_16 (the same reduction and polynomial) without AVX-512's scalef: 2^n built in the
    exponent bits, so results under FLT_MIN (x < -87.3) are 0 where exp_16 keeps subnormals, and x > 88.7 is inf */

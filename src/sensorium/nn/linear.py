@@ -29,7 +29,8 @@ on plain rows, matrix by matrix); anything else (a fused gelu, autograd, no kern
 On an x86 CPU without native bf16 (AVX2 only: AMD Zen 2 / 3, most laptops' Intel cores) oneDNN refuses bf16 and
 torch's own bf16 product runs row by row, so a bf16 linear of 16 rows or more runs in float32 on oneDNN instead, the
 weight widened per call (`_bf16_through_float32`: exact; one rounding, as oneDNN's bf16 linear), bf16 weights are
-not packed, and a bf16 decoder steps on the avx2 build of the one-row kernel (nn/gemv.py).
+not packed, and a bf16 decoder steps on the avx2 build of the one-row kernel (nn/gemv.py). There a float32
+decoder's steps (at most 4 rows, no fused gelu) run the avx2 build's float32 one-row product too (1.2x oneDNN's).
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     `weight` may be packed (`pack_linears`)."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if activation == "none" and x.dtype == torch.bfloat16 and gemv.fits(x, weight, bias):
+    # a decode step's few rows, bf16 or float32 (float32's fast paths, oneDNN and the kernel, off with use_onednn)
+    if activation == "none" and (x.dtype == torch.bfloat16 or _enabled) and gemv.fits(x, weight, bias):
         return gemv.gemv(x, weight, bias)
     if weight.dim() == 4:
         return _blocked_linear(x, weight, bias, activation)
