@@ -68,55 +68,12 @@ static inline __attribute__((always_inline)) void dot_block(const uint16_t *x, c
         for (int j = 0; j < m; ++j) out[r][j] = sum_8(acc[r][j]) + tail[r][j];
 }
 
-/* Weight-only int8, as gemv_bf16.c's: x widened to float32 once (xf), q widened 8 at a time, float32 sums, one
-   multiply by the row's scale, one rounding. */
-#define INT8_M(M)                                                                                                 \
-    static void gemv_int8_m##M(const float *xf, const int8_t *w, const uint16_t *scales, uint16_t *y, int64_t n,  \
-                               int64_t k, int threads) {                                                          \
-        const int64_t blocks = (n + ROWS - 1) / ROWS;                                                             \
-        _Pragma("omp parallel for schedule(static) num_threads(threads)")                                        \
-        for (int64_t b = 0; b < blocks; ++b) {                                                                    \
-            const int64_t first = b * ROWS;                                                                       \
-            const int rows = n - first < ROWS ? (int)(n - first) : ROWS;                                          \
-            __m256 acc[ROWS][M];                                                                                  \
-            float tail[ROWS][M];                                                                                  \
-            for (int r = 0; r < ROWS; ++r)                                                                        \
-                for (int j = 0; j < M; ++j) acc[r][j] = _mm256_setzero_ps(), tail[r][j] = 0.0f;                   \
-            const char *block = (const char *)(w + first * k);                                                    \
-            int64_t i = 0;                                                                                        \
-            for (; i + 8 <= k; i += 8) {                                                                          \
-                __m256 xv[M];                                                                                     \
-                for (int j = 0; j < M; ++j) xv[j] = _mm256_loadu_ps(xf + j * k + i);                              \
-                if (i % 16 == 0) _mm_prefetch(block + ROWS * i + PREFETCH_ROWS, _MM_HINT_T1);                     \
-                for (int r = 0; r < rows; ++r) {                                                                  \
-                    const __m256 wv = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(                                    \
-                        _mm_loadl_epi64((const __m128i *)(w + (first + r) * k + i))));                            \
-                    for (int j = 0; j < M; ++j) acc[r][j] = _mm256_fmadd_ps(wv, xv[j], acc[r][j]);                \
-                }                                                                                                 \
-            }                                                                                                     \
-            for (; i < k; ++i)                                                                                    \
-                for (int r = 0; r < rows; ++r)                                                                    \
-                    for (int j = 0; j < M; ++j) tail[r][j] += (float)w[(first + r) * k + i] * xf[j * k + i];      \
-            for (int r = 0; r < rows; ++r) {                                                                      \
-                const float scale = from_bf16(scales[first + r]);                                                 \
-                for (int j = 0; j < M; ++j) y[j * n + first + r] = to_bf16((sum_8(acc[r][j]) + tail[r][j]) * scale);\
-            }                                                                                                     \
-        }                                                                                                         \
-    }
-
-INT8_M(1)
-INT8_M(2)
-INT8_M(3)
-INT8_M(4)
-
-/* float32 weights (a float32 decoder's step, sn.load's default on a CPU): y[m, n] = x[m, k] @ w[n, k]^T (+ bias[n]),
-   float32 FMA sums, the bias added once at the end (as oneDNN's float32 linear, in another order); blocks of 4 rows,
-   8 values a step, the last k % 8 one by one. On 2 Zen 3 cores this plain sweep streams the weight at the rate of
-   a read (29-30 GB/s, oneDNN's float32 product 23-25, MKL's 18-20) and a software prefetch changes nothing
-   (0.98-1.06x; the hardware prefetcher follows 4 sequential rows): benchmarks/gemv_f32_probe.py. */
-#define F32_M(M)                                                                                                  \
-    static void gemv_f32_m##M(const float *x, const float *w, const float *bias, float *y, int64_t n, int64_t k,  \
-                              int threads) {                                                                      \
+/* The one-row products with float32 sums over weights widened 8 at a time (int8, float32): blocks of 4 rows split
+   across threads, x as float32 [M, k], WIDEN_8 / WIDEN_1 the weights at w + offset as float32, PREFETCH run every 16
+   inputs, STORE(r, j, total) each output's float32 sum (the last k % 8 added one by one). The function takes
+   (x, w, the kernel's own arguments, n, k, threads). */
+#define FLOAT32_SUMS(NAME, M, WEIGHT, WIDEN_8, WIDEN_1, PREFETCH, STORE, ...)                                       \
+    static void NAME##_m##M(const float *x, const WEIGHT *w, __VA_ARGS__, int64_t n, int64_t k, int threads) {      \
         const int64_t blocks = (n + ROWS - 1) / ROWS;                                                             \
         _Pragma("omp parallel for schedule(static) num_threads(threads)")                                        \
         for (int64_t b = 0; b < blocks; ++b) {                                                                    \
@@ -130,20 +87,44 @@ INT8_M(4)
             for (; i + 8 <= k; i += 8) {                                                                          \
                 __m256 xv[M];                                                                                     \
                 for (int j = 0; j < M; ++j) xv[j] = _mm256_loadu_ps(x + j * k + i);                               \
+                if (i % 16 == 0) PREFETCH((const char *)(w + first * k) + ROWS * sizeof(WEIGHT) * i);              \
                 for (int r = 0; r < rows; ++r) {                                                                  \
-                    const __m256 wv = _mm256_loadu_ps(w + (first + r) * k + i);                                   \
+                    const __m256 wv = WIDEN_8(w + (first + r) * k + i);                                           \
                     for (int j = 0; j < M; ++j) acc[r][j] = _mm256_fmadd_ps(wv, xv[j], acc[r][j]);                \
                 }                                                                                                 \
             }                                                                                                     \
             for (; i < k; ++i)                                                                                    \
                 for (int r = 0; r < rows; ++r)                                                                    \
-                    for (int j = 0; j < M; ++j) tail[r][j] += w[(first + r) * k + i] * x[j * k + i];              \
+                    for (int j = 0; j < M; ++j) tail[r][j] += WIDEN_1(w[(first + r) * k + i]) * x[j * k + i];     \
             for (int r = 0; r < rows; ++r)                                                                        \
-                for (int j = 0; j < M; ++j)                                                                       \
-                    y[j * n + first + r] = sum_8(acc[r][j]) + tail[r][j] + (bias ? bias[first + r] : 0.0f);       \
+                for (int j = 0; j < M; ++j) STORE(r, j, sum_8(acc[r][j]) + tail[r][j]);                          \
         }                                                                                                         \
     }
 
+/* Weight-only int8, as gemv_bf16.c's: x widened to float32 once (the caller's scratch), q widened 8 at a time,
+   float32 sums, one multiply by the row's scale, one rounding. */
+#define INT8_WIDEN_8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+#define INT8_WIDEN_1(v) ((float)(v))
+#define INT8_PREFETCH(at) _mm_prefetch((at) + PREFETCH_ROWS, _MM_HINT_T1)
+#define INT8_STORE(r, j, total) y[(j) * n + first + (r)] = to_bf16((total) * from_bf16(scales[first + (r)]))
+#define INT8_M(M) FLOAT32_SUMS(gemv_int8, M, int8_t, INT8_WIDEN_8, INT8_WIDEN_1, INT8_PREFETCH, INT8_STORE,        \
+                               const uint16_t *scales, uint16_t *y)
+INT8_M(1)
+INT8_M(2)
+INT8_M(3)
+INT8_M(4)
+
+/* float32 weights (a float32 decoder's step, sn.load's default on a CPU): y[m, n] = x[m, k] @ w[n, k]^T (+ bias[n]),
+   float32 FMA sums, the bias added once at the end (as oneDNN's float32 linear, in another order). On 2 Zen 3 cores
+   this plain sweep of 4 rows streams the weight at the rate of a read (29-30 GB/s, oneDNN's float32 product 23-25,
+   MKL's 18-20) and a software prefetch changes nothing (0.98-1.06x; the hardware prefetcher follows 4 sequential
+   rows): benchmarks/gemv_f32_probe.py. */
+#define F32_WIDEN_8(p) _mm256_loadu_ps(p)
+#define F32_WIDEN_1(v) (v)
+#define F32_NO_PREFETCH(at) ((void)(at))
+#define F32_STORE(r, j, total) y[(j) * n + first + (r)] = (total) + (bias ? bias[first + (r)] : 0.0f)
+#define F32_M(M) FLOAT32_SUMS(gemv_f32, M, float, F32_WIDEN_8, F32_WIDEN_1, F32_NO_PREFETCH, F32_STORE,            \
+                              const float *bias, float *y)
 F32_M(1)
 F32_M(2)
 F32_M(3)
