@@ -2,10 +2,12 @@
 against F.linear, the complex-multiply RoPE against the explicit rotation, and a whole model with and without
 them. Tolerances: float32 differs only in the order of the sums (~1e-7 relative); bfloat16 by a rounding."""
 
+import importlib
 import os
 import platform
 import shutil
 import sys
+import time
 
 import pytest
 import torch
@@ -58,6 +60,48 @@ def test_switched_off_and_with_gradients_it_is_f_linear():
     assert layer.weight.grad is not None and torch.equal(out, F.linear(x, layer.weight, layer.bias))
     with pytest.raises(ValueError, match="activation"):
         linear(x, layer.weight, layer.bias, "relu6")
+
+
+@pytest.mark.parametrize("activation", ["none", "gelu"])
+def test_a_float32_prompt_product_runs_on_the_library_timed_faster_here(monkeypatch, activation):
+    """A float32 product of many rows on a plain weight (a float32 decoder's prompt): the first of its shape times
+    oneDNN against MKL (F.linear) and keeps the faster for that shape and row count; both near float64."""
+    linear_module = importlib.import_module("sensorium.nn.linear")
+    onednn, mkl = linear_module._onednn_linear, linear_module._mkl_linear
+    calls = []
+
+    def spied(name, product, delay):
+        def run(*args):
+            calls.append(name)
+            time.sleep(delay)
+            return product(*args)
+        return run
+
+    g = torch.Generator().manual_seed(0)
+    x, weight, bias = torch.randn(2, 40, 48, generator=g), torch.randn(24, 48, generator=g), torch.randn(24, generator=g)
+    exact = x.double() @ weight.double().T + bias.double()
+    if activation == "gelu":
+        exact = F.gelu(exact)
+    for slow, fast in (("mkl", "onednn"), ("onednn", "mkl")):
+        monkeypatch.setattr(linear_module, "faster_float32_library", {})
+        monkeypatch.setattr(linear_module, "_onednn_linear", spied("onednn", onednn, 0.02 if slow == "onednn" else 0))
+        monkeypatch.setattr(linear_module, "_mkl_linear", spied("mkl", mkl, 0.02 if slow == "mkl" else 0))
+        calls.clear()
+        with torch.inference_mode():
+            got = linear(x, weight, bias, activation)
+            assert sorted(calls) == ["mkl", "mkl", "onednn", "onednn"]  # each timed twice, in turn
+            assert list(linear_module.faster_float32_library.values()) == [fast]
+            want = (onednn if fast == "onednn" else mkl)(x, weight, bias, activation)
+            assert torch.equal(got, want) and rel(got, exact) < 1e-6
+            calls.clear()
+            assert torch.equal(linear(x, weight, bias, activation), want) and calls == [fast]
+            calls.clear()
+            linear(x[:, :30], weight, bias, activation)  # 60 rows: under TIMED_ROWS, oneDNN untimed
+            assert calls == ["onednn"]
+            calls.clear()
+            with use_onednn(False):  # switched off: F.linear, untimed
+                linear(x, weight, bias, activation)
+            assert calls == ["mkl"]
 
 
 def explicit_rotation(x, cos, signed_sin):

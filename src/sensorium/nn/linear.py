@@ -1,11 +1,14 @@
 """Linear layers on oneDNN on a CPU.
 
-torch's `F.linear` sends float32 on x86 to MKL's sgemm, which on AMD CPUs runs at ~40 % of what oneDNN reaches
-on the same matrices (benchmarks/bound.py on a 2-core Zen: 184 against 420 GFLOP/s at 2048²; fp32 GEMV over
-256 MB of weights 26.9 against 31.8 GB/s), and it leaves the GELU after it as a second pass over the output. oneDNN's linear (the op
+torch's `F.linear` sends float32 on x86 to MKL's sgemm, which on a 2-core Zen 4 ran at ~40 % of what oneDNN reaches
+on the same matrices (benchmarks/bound.py: 184 against 420 GFLOP/s at 2048²; fp32 GEMV over 256 MB of weights 26.9
+against 31.8 GB/s), and it leaves the GELU after it as a second pass over the output. oneDNN's linear (the op
 torch.compile's CPU backend emits) takes the weights as they are, so a model keeps its state dict and its
 checkpoints. float32 stays float32 (oneDNN's default math mode is strict): results differ from MKL's by the
 order of the sums, ~1e-7 relative. bfloat16 goes to oneDNN in torch already; the fused GELU still saves a pass.
+On other CPUs MKL wins instead (a 2-core Zen 3: 1.3-1.5x oneDNN on plain weights at AF3's prompt shapes), so a float32
+product of 64 rows or more on a plain weight (a float32 decoder's prompt) runs on whichever of the two ran its shape
+faster here, timed the first time (`_float32_product`; benchmarks/float32_gemm.py).
 
 `SENSORIUM_ONEDNN=0` (read at import) or `use_onednn(False)` goes back to `F.linear`, e.g. to compare.
 
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 import torch
 import torch.nn.functional as F
@@ -87,9 +91,51 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             # compiled bf16: inductor packs aten's linear into oneDNN itself, with its fusions (it sends fp32 to MKL)
             and not (x.dtype == torch.bfloat16 and torch.compiler.is_compiling())):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "none" if activation == "gelu" else "")
+        if x.dtype == torch.float32 and x.numel() >= TIMED_ROWS * x.shape[-1] and not gemv._tracing():
+            return _float32_product(x, weight, bias, activation)
+        return _onednn_linear(x, weight, bias, activation)
+    return _mkl_linear(x, weight, bias, activation)
+
+
+def _onednn_linear(x, weight, bias, activation):
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "none" if activation == "gelu" else "")
+
+
+def _mkl_linear(x, weight, bias, activation):  # F.linear: MKL's sgemm for float32 on x86
     out = F.linear(x, weight, bias)
     return F.gelu(out) if activation == "gelu" else out
+
+
+TIMED_ROWS = 64  # float32 products of this many rows or more on a plain weight go to the faster library (below)
+# (log2 of the rows, outputs, inputs, bias, activation) -> "onednn" or "mkl": what ran that product faster here
+faster_float32_library: dict[tuple[int, int, int, bool, str], str] = {}
+
+
+def _float32_product(x, weight, bias, activation):
+    """A float32 product of many rows on a plain (unpacked) weight, a float32 decoder's prompt above all (encoders'
+    weights are packed for oneDNN): oneDNN's or MKL's (F.linear), whichever ran it faster on this machine the first
+    time a product of its shape and about its number of rows came (each timed twice, in turn; oneDNN kept unless MKL
+    is 5 % faster). Which wins depends on the CPU: on 2 Zen 4 cores MKL reached ~40 % of oneDNN's rate at 2048², on
+    2 Zen 3 cores it beat oneDNN on plain weights by 1.3-1.5x at AF3's prompt shapes (benchmarks/float32_gemm.py), so
+    no rule by CPU holds on both. The two differ by the order of the sums (~1e-7 relative)."""
+    rows = x.numel() // x.shape[-1]
+    key = (rows.bit_length(), weight.shape[0], weight.shape[1], bias is not None, activation)
+    library = faster_float32_library.get(key)
+    if library == "onednn":
+        return _onednn_linear(x, weight, bias, activation)
+    if library == "mkl":
+        return _mkl_linear(x, weight, bias, activation)
+    sides = {"onednn": _onednn_linear, "mkl": _mkl_linear}
+    fastest: dict[str, float] = {}
+    outs = {}
+    for _ in range(2):
+        for name, product in sides.items():
+            began = time.perf_counter()
+            outs[name] = product(x, weight, bias, activation)
+            fastest[name] = min(fastest.get(name, float("inf")), time.perf_counter() - began)
+    library = "mkl" if fastest["mkl"] * 1.05 < fastest["onednn"] else "onednn"
+    faster_float32_library[key] = library
+    return outs[library]
 
 
 def _bf16_through_float32(x, weight, bias, activation):
