@@ -155,3 +155,19 @@ def read_rate(data) -> float:
         times.append(time.perf_counter() - start)
     return data.numel() * data.element_size() / statistics.median(times) / 1e9
 
+
+
+def interleaved(sides: dict, rounds: int, calls: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each side, once a round for `rounds` rounds, the sides in turn (their order reversed every
+    other round); each timing the mean of `calls` calls after one unmeasured call."""
+    import time
+
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(rounds):
+        for name in list(sides) if r % 2 == 0 else list(sides)[::-1]:
+            sides[name]()
+            began = time.perf_counter()
+            for _ in range(calls):
+                sides[name]()
+            times[name].append((time.perf_counter() - began) / calls)
+    return times

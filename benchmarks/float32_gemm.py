@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from common import machine
+from common import interleaved, machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
@@ -40,8 +39,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=7)
-    args = parser.parse_args()
-    print(f"machine: {machine()}; float32, {args.rounds} rounds, GFLOP/s (medians)")
+    rounds = parser.parse_args().rounds
+    print(f"machine: {machine()}; float32, {rounds} rounds, GFLOP/s (medians)")
     print("| shape | rows | MKL (F.linear) | oneDNN, plain weight | oneDNN, packed weight | sensorium's pick | its rate "
           "| MKL vs oneDNN plain |")
     print("|---|---|---|---|---|---|---|---|")
@@ -60,14 +59,7 @@ def main() -> None:
                 "packed": lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""),
                 "sensorium": lambda: linear(x, weight),
             }
-            times: dict[str, list[float]] = {name: [] for name in sides}
-            for r in range(args.rounds):
-                for name in list(sides) if r % 2 == 0 else list(sides)[::-1]:
-                    sides[name]()
-                    began = time.perf_counter()
-                    sides[name]()
-                    sides[name]()
-                    times[name].append((time.perf_counter() - began) / 2)
+            times = interleaved(sides, rounds, calls=2)
             rate = {name: 2 * rows * outputs * inputs / statistics.median(values) / 1e9 for name, values in times.items()}
             print(f"| {what} {outputs}x{inputs} | {rows} | {rate['mkl']:.0f} | {rate['onednn']:.0f} | "
                   f"{rate['packed']:.0f} | {pick} | {rate['sensorium']:.0f} | {rate['mkl'] / rate['onednn']:.2f}x |")

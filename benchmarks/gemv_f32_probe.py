@@ -18,13 +18,12 @@ import ctypes
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from common import machine
+from common import interleaved, machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
@@ -119,13 +118,7 @@ def main() -> None:
                                           1024, threads)
             for got in (gemv.gemv(x, w), F.linear(x, w), prefetched):
                 assert float((got.double() - exact).abs().max() / exact.abs().max()) < 1e-5
-        times: dict[str, list[float]] = {name: [] for name in sides}
-        for r in range(args.rounds):
-            for name in list(sides) if r % 2 == 0 else list(sides)[::-1]:
-                sides[name]()
-                began = time.perf_counter()
-                sides[name]()
-                times[name].append(time.perf_counter() - began)
+        times = interleaved(sides, args.rounds)
     kernel = statistics.median(times["sensorium's float32 kernel (no prefetch)"])
     print(f"machine: {machine()}; {args.layers} Llama-1B layers' float32 matrices ({total / 1e9:.2f} GB), one row, "
           f"{args.rounds} rounds")
