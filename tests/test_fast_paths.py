@@ -67,7 +67,7 @@ def test_a_float32_prompt_product_runs_on_the_library_timed_faster_here(monkeypa
     """A float32 product of many rows on a plain weight (a float32 decoder's prompt): the first of its shape times
     oneDNN against MKL (F.linear) and keeps the faster for that shape and row count; both near float64."""
     linear_module = importlib.import_module("sensorium.nn.linear")
-    onednn, mkl = linear_module._onednn_linear, linear_module._mkl_linear
+    onednn, mkl = linear_module._onednn_linear, linear_module._torch_linear
     calls = []
 
     def spied(name, product, delay):
@@ -85,7 +85,7 @@ def test_a_float32_prompt_product_runs_on_the_library_timed_faster_here(monkeypa
     for slow, fast in (("mkl", "onednn"), ("onednn", "mkl")):
         monkeypatch.setattr(linear_module, "faster_float32_library", {})
         monkeypatch.setattr(linear_module, "_onednn_linear", spied("onednn", onednn, 0.02 if slow == "onednn" else 0))
-        monkeypatch.setattr(linear_module, "_mkl_linear", spied("mkl", mkl, 0.02 if slow == "mkl" else 0))
+        monkeypatch.setattr(linear_module, "_torch_linear", spied("mkl", mkl, 0.02 if slow == "mkl" else 0))
         calls.clear()
         with torch.inference_mode():
             got = linear(x, weight, bias, activation)

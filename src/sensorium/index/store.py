@@ -170,10 +170,10 @@ class Store:
         return self._db
 
     def _check_version(self) -> None:
-        names = table_names(self._db)
-        if FILES not in names:
+        files = _open_committed(self._db, FILES)
+        if files is None:
             return
-        meta = self._db.open_table(FILES).schema.metadata or {}
+        meta = files.schema.metadata or {}
         version = int(meta.get(b"sensorium_format", b"0"))
         if version > FORMAT_VERSION:
             raise IndexError_(f"{self.uri}: an index written by a newer sensorium (format {version}; this one "
@@ -183,11 +183,12 @@ class Store:
         """An existing table, or a new empty one with `schema`; None when absent and no schema is given."""
         if name in self._tables:
             return self._tables[name]
-        if name in table_names(self.db):
-            table = self.db.open_table(name)
-        elif schema is None:
-            return None
-        else:
+        table = _open_committed(self.db, name)
+        if table is None:
+            if schema is None:
+                return None
+            if name in table_names(self.db):  # begun by a process killed before its first commit: nothing in it
+                self.db.drop_table(name)
             table = self.db.create_table(name, schema=schema.with_metadata({"sensorium_format": str(FORMAT_VERSION)}),
                                          exist_ok=True)
         self._tables[name] = table
@@ -345,6 +346,19 @@ class Store:
 def columns(table, names: list[str]):
     """Some columns of every row of a table (a scan that reads only them)."""
     return table.search().select(names).limit(None).to_arrow()
+
+
+def _open_committed(db, name: str):
+    """The table, or None where there is none: absent, or listed but never committed (a process killed while it
+    created the table leaves its folder with a transaction and no version; lancedb lists it and cannot open it)."""
+    if name not in table_names(db):
+        return None
+    try:
+        return db.open_table(name)
+    except ValueError as error:
+        if "was not found" not in str(error):
+            raise
+        return None
 
 
 def table_names(db) -> set[str]:

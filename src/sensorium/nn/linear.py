@@ -94,14 +94,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         if x.dtype == torch.float32 and x.numel() >= TIMED_ROWS * x.shape[-1] and not gemv._tracing():
             return _float32_product(x, weight, bias, activation)
         return _onednn_linear(x, weight, bias, activation)
-    return _mkl_linear(x, weight, bias, activation)
+    return _torch_linear(x, weight, bias, activation)
 
 
 def _onednn_linear(x, weight, bias, activation):
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "none" if activation == "gelu" else "")
 
 
-def _mkl_linear(x, weight, bias, activation):  # F.linear: MKL's sgemm for float32 on x86
+def _torch_linear(x, weight, bias, activation):  # F.linear: on an x86 CPU, MKL's sgemm for float32
     out = F.linear(x, weight, bias)
     return F.gelu(out) if activation == "gelu" else out
 
@@ -124,8 +124,8 @@ def _float32_product(x, weight, bias, activation):
     if library == "onednn":
         return _onednn_linear(x, weight, bias, activation)
     if library == "mkl":
-        return _mkl_linear(x, weight, bias, activation)
-    sides = {"onednn": _onednn_linear, "mkl": _mkl_linear}
+        return _torch_linear(x, weight, bias, activation)
+    sides = {"onednn": _onednn_linear, "mkl": _torch_linear}
     fastest: dict[str, float] = {}
     outs = {}
     for _ in range(2):
