@@ -26,9 +26,9 @@ pytestmark = pytest.mark.skipif(not gemv.available(), reason=f"the one-row bf16 
 # the float32 one-row product is in the avx2 build only (measured faster than oneDNN's there; on AVX-512 CPUs float32
 # steps stay on oneDNN); where this machine builds avx512, test_the_avx2_flavour_passes_this_files_tests_on_an_avx512_cpu
 # runs these under avx2
-FLOAT32_KERNEL = gemv.has("sensorium_gemv_f32")
-needs_float32_kernel = pytest.mark.skipif(not FLOAT32_KERNEL, reason="the float32 one-row product is in the avx2 "
-                                          "build; this machine runs the avx512 one (the avx2 run covers it)")
+FLOAT32_KERNEL = gemv.has("sensorium_gemv_f32") and gemv.has("sensorium_decoder_step_f32")
+needs_float32_kernel = pytest.mark.skipif(not FLOAT32_KERNEL, reason="the float32 one-row product and step are in "
+                                          "the avx2 build; this machine runs the avx512 one (the avx2 run covers it)")
 
 
 def rel(a, b) -> float:
@@ -91,12 +91,14 @@ def test_a_float32_chat_model_steps_on_the_kernel_and_answers_as_without_it(af3_
     inputs = model.process([one_second_question()]).model_inputs()
     with torch.inference_mode(), gemv.use_gemv(False):
         want = model.generate(**inputs, max_new_tokens=10, stop_tokens=())
-    calls = []
-    kernel = gemv.gemv
+    calls, steps = [], []
+    kernel, step = gemv.gemv, gemv.decoder_step
     monkeypatch.setattr(gemv, "gemv", lambda x, *rest: calls.append(x.dtype) or kernel(x, *rest))
+    monkeypatch.setattr(gemv, "decoder_step", lambda x, *rest: steps.append(x.dtype) or step(x, *rest))
     with torch.inference_mode():
         assert torch.equal(model.generate(**inputs, max_new_tokens=10, stop_tokens=()), want)
-    assert calls and set(calls) == {torch.float32}
+    # the prompt's head, then 9 steps each in one call through the layers and the head on the kernel
+    assert calls == [torch.float32] * 10 and steps == [torch.float32] * 9
 
 
 def test_the_kernel_gives_the_same_bits_on_any_thread_count_and_keeps_nan_and_inf():
@@ -779,6 +781,84 @@ def test_a_quantized_step_in_one_call_is_the_layer_by_layer_step(qkv_bias, batch
     assert torch.equal(caches[0].keys[0][:, :, written], caches[1].keys[0][:, :, written])
     assert torch.equal(caches[0].values[0][:, :, written], caches[1].values[0][:, :, written])
     assert rel(hidden[0], hidden[1]) < 2e-2
+
+
+def tiny_float32_decoder(qkv_bias: bool, seed: int, width: int, heads: int, kv_heads: int) -> Decoder:
+    config = DecoderConfig(vocab_size=97, width=width, layers=3, heads=heads, kv_heads=kv_heads, mlp_hidden=165,
+                           eps=1e-5, max_positions=64, qkv_bias=qkv_bias, tie_embeddings=not qkv_bias)
+    torch.manual_seed(seed)
+    decoder = Decoder(config)
+    for parameter in decoder.parameters():  # norms' weights away from 1, biases away from 0
+        parameter.data.normal_(0, 0.5 if parameter.dim() == 1 else 0.1)
+    return decoder.eval().requires_grad_(False)
+
+
+@needs_float32_kernel
+@pytest.mark.parametrize("qkv_bias, batch, width, heads, kv_heads", [
+    (True, 1, 96, 6, 2),     # Qwen2's biases, heads of 16 channels
+    (False, 2, 100, 5, 1),   # Llama's tied head; heads of 20 (not a multiple of 8: the attention's tails); MQA
+    (True, 2, 128, 4, 2)])   # heads of 32
+def test_a_float32_step_in_one_call_is_the_layer_by_layer_step_to_float32_roundings(qkv_bias, batch, width, heads,
+                                                                                     kv_heads, monkeypatch):
+    """The float32 step in one C call (the avx2 build) against the same decoder stepped layer by layer (its linears
+    on the same float32 kernel, torch's float32 norm, RoPE, attention and SwiGLU between them), on a left-padded
+    batch: the same tokens, every step's logits and the caches' written slots within float32 roundings (the norm's,
+    attention's and silu's sums in other orders; 3e-7 of the largest value when written)."""
+    decoder = tiny_float32_decoder(qkv_bias, batch, width, heads, kv_heads)
+    embeds = decoder.embed(torch.randint(0, 97, (batch, 7), generator=torch.Generator().manual_seed(3)))
+    mask = torch.ones(batch, 7, dtype=torch.long)
+    mask[1:, :2] = 0
+
+    def generate():
+        logits, caches = [], []
+        real_logits, real_cache = decoder.logits, decoder.new_cache
+        decoder.logits = lambda hidden: logits.append(real_logits(hidden)) or logits[-1]
+        decoder.new_cache = lambda *args, **kw: caches.append(real_cache(*args, **kw)) or caches[-1]
+        try:
+            with torch.inference_mode():
+                steps = list(generate_tokens(decoder, embeds, mask, 6))
+        finally:
+            del decoder.logits, decoder.new_cache
+        return torch.stack(steps), logits, caches[0]
+
+    calls = []
+    step = gemv.decoder_step
+    monkeypatch.setattr(gemv, "decoder_step", lambda x, *rest: calls.append(x.dtype) or step(x, *rest))
+    whole, whole_logits, whole_cache = generate()
+    assert calls == [torch.float32] * 5  # every step after the prompt
+    monkeypatch.setattr(Decoder, "_step_on_kernel", lambda *args: None)
+    layered, layered_logits, layered_cache = generate()
+    assert len(calls) == 5 and torch.equal(whole, layered)
+    assert torch.equal(whole_logits[0], layered_logits[0])  # the prompt's: no step in it
+    assert all(0 < rel(a, b) < 1e-5 for a, b in zip(whole_logits[1:], layered_logits[1:]))
+    written = slice(0, 7 + 5)
+    for ours, theirs in zip(whole_cache.keys + whole_cache.values, layered_cache.keys + layered_cache.values):
+        assert rel(ours[:, :, written], theirs[:, :, written]) < 1e-5
+
+
+@needs_float32_kernel
+def test_a_float32_step_refuses_what_it_cannot_take():
+    decoder = tiny_float32_decoder(qkv_bias=True, seed=0, width=96, heads=6, kv_heads=2)
+    x = torch.randn(1, 1, 96)
+    cache = decoder.new_cache(1, 16)
+    rope = decoder.rope.at(torch.tensor([[5]]), 16, x.dtype)
+    with torch.inference_mode():
+        assert decoder._step_on_kernel(x, rope, None, cache, 5) is not None
+        assert decoder._step_on_kernel(x.expand(5, 1, 96), rope, None, cache, 5) is None  # 5 rows
+        assert decoder._step_on_kernel(x.bfloat16(), rope, None, cache, 5) is None  # a bf16 x for float32 layers
+        layers = [(layer.attn_norm.weight, layer.attn.q.weight, layer.attn.k.weight, layer.attn.v.weight,
+                   layer.attn.q.bias, layer.attn.k.bias, layer.attn.v.bias, layer.attn.o.weight, layer.mlp_norm.weight,
+                   layer.mlp.gate.weight, layer.mlp.up.weight, layer.mlp.down.weight, cache.keys[i], cache.values[i],
+                   *[None] * 7) for i, layer in enumerate(decoder.layers)]
+        assert gemv.decoder_step_fits(x, layers)
+        with_scales = [layers[0][:14] + (torch.ones(96),) + layers[0][15:], *layers[1:]]
+        assert not gemv.decoder_step_fits(x, with_scales)  # float32 layers have no scales
+        strided = [layers[0][:1] + (layers[0][1].t().contiguous().t(),) + layers[0][2:], *layers[1:]]
+        assert not gemv.decoder_step_fits(x, strided)
+        if decoder.layers[1].mlp.up.pack():  # a weight packed for oneDNN (an encoder's float32 linears are)
+            assert decoder._step_on_kernel(x, rope, None, cache, 5) is None
+            decoder.layers[1].mlp.up.unpack()
+        assert decoder._step_on_kernel(x, rope, None, cache, 5) is not None
 
 
 def test_a_whole_step_refuses_what_it_cannot_take():

@@ -168,11 +168,13 @@ class Decoder(nn.Module):
     def _step_on_kernel(self, x, rope, mask, cache: KVCache | None, start) -> torch.Tensor | None:
         """A bf16 step on a CPU through every layer in one C call (nn/gemv.py's decoder_step: the per-layer
         calls of DecoderAttention._step_on_kernel and SwiGLU in sequence, same bits, without the Python between
-        them; int8 and int4 layers too, with their modules' roundings); None where it cannot take the step (a prompt,
-        int4 in torch's layout, packed linears, a compiled or traced step), which then runs layer by layer."""
+        them; int8 and int4 layers too, with their modules' roundings), or a float32 one where the kernels have the
+        float32 step (the avx2 build: the layers' float32 ops, in other summation orders); None where it cannot take
+        the step (a prompt, int4 in torch's layout, packed linears, a compiled or traced step), which then runs layer
+        by layer."""
         tokens = x.shape[1]
         if (cache is None or isinstance(start, torch.Tensor) or start <= 0 or tokens > STEP_TOKENS
-                or cache.keys[0].dtype != torch.bfloat16):
+                or cache.keys[0].dtype not in (torch.bfloat16, torch.float32)):
             return None
         layers = []
         for i, layer in enumerate(self.layers):

@@ -53,7 +53,7 @@ HEADERS = ("bf16.h", "kernels.h", "one_row.h")
 FLAVOURS = {
     "avx512": (("gemv_bf16.c", "decoder_step.c", "attention_bf16.c", "gemv_int4.c"),
                ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx2", "-mfma"]),
-    "avx2": (("gemv_avx2.c", "decoder_step.c", "gemv_int4.c"), ["-mavx2", "-mfma", "-mf16c"]),
+    "avx2": (("gemv_avx2.c", "decoder_step.c", "decoder_step_f32.c", "gemv_int4.c"), ["-mavx2", "-mfma", "-mf16c"]),
 }
 COMMON_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
 _POINTER, _SIZE = ctypes.c_void_p, ctypes.c_int64
@@ -81,6 +81,9 @@ SIGNATURES = {
     "sensorium_step_attention_bf16": ([_POINTER] * 6 + [_SIZE] * 7 + [ctypes.c_float, ctypes.c_int], None),
     "sensorium_decoder_step_bf16": ([_POINTER, _SIZE, _SIZE, _POINTER] + [_SIZE] * 7 + [ctypes.c_float] * 2
                                     + [_POINTER] * 3 + [_SIZE, ctypes.c_int], ctypes.c_int),
+    "sensorium_decoder_step_f32": ([_POINTER, _SIZE, _SIZE, _POINTER] + [_SIZE] * 7 + [ctypes.c_float] * 2
+                                   + [_POINTER] * 3 + [_SIZE, ctypes.c_int], ctypes.c_int),
+    "sensorium_step_attention_f32": ([_POINTER] * 6 + [_SIZE] * 7 + [ctypes.c_float, ctypes.c_int], None),
     "sensorium_attention_bf16": ([_POINTER] * 3 + [_SIZE] * 6 + [_POINTER] + [_SIZE] * 4 + [_POINTER] * 2
                                  + [ctypes.c_int, _POINTER, ctypes.c_float, ctypes.c_int], ctypes.c_int),
 }
@@ -458,6 +461,7 @@ LAYER_FIELDS = ("attn_norm", "q", "k", "v", "q_bias", "k_bias", "v_bias", "o", "
 _WEIGHT_ORDER = [LAYER_FIELDS.index(name) for name in ("q", "k", "v", "o", "gate", "up", "down")]  # the C bits
 _WEIGHTS = set(_WEIGHT_ORDER)
 _SCALES = [LAYER_FIELDS.index(f"{name}_scales") for name in ("q", "k", "v", "o", "gate", "up", "down")]
+_OPTIONAL_BIASES = {LAYER_FIELDS.index(name) for name in ("q_bias", "k_bias", "v_bias")}
 
 
 class _Layer(ctypes.Structure):
@@ -474,12 +478,17 @@ def _int4_groups(layer: tuple) -> list[int]:
 def decoder_step_fits(x: torch.Tensor, layers: list[tuple[torch.Tensor | None, ...]]) -> bool:
     """Whether `decoder_step` can take this step: x [B, T, width] bf16 on the CPU with at most MAX_ROWS rows, and
     every layer's tensors (LAYER_FIELDS) plain contiguous bf16 CPU tensors without gradient (an int8 layer's weights
-    int8, an int4 layer's uint8 in sensorium's layout, groups of 128 or 64); not being traced."""
-    if x.dtype != _BF16 or not x.is_cpu or x.dim() != 3 or not 0 < x.shape[0] * x.shape[1] <= MAX_ROWS:
+    int8, an int4 layer's uint8 in sensorium's layout, groups of 128 or 64); or all float32, the weights plain (no
+    blocks, no scales), where the build has the float32 step (the avx2 one); not being traced."""
+    if x.dtype not in (_BF16, torch.float32) or not x.is_cpu or x.dim() != 3:
+        return False
+    if not 0 < x.shape[0] * x.shape[1] <= MAX_ROWS:
         return False
     if _tracing() or (torch.is_grad_enabled() and x.requires_grad) or not available():
         return False
     scales = LAYER_FIELDS.index("q_scales")
+    if x.dtype == torch.float32:
+        return has("sensorium_decoder_step_f32") and all(_float32_layer(layer) for layer in layers)
     for layer in layers:
         int4 = layer[scales] is not None and layer[scales].dim() == 3
         weight_dtype = torch.uint8 if int4 else torch.int8 if layer[scales] is not None else _BF16
@@ -497,6 +506,20 @@ def decoder_step_fits(x: torch.Tensor, layers: list[tuple[torch.Tensor | None, .
     return True
 
 
+def _float32_layer(layer: tuple[torch.Tensor | None, ...]) -> bool:
+    """A layer the float32 step takes: every tensor float32, plain and contiguous on the CPU without gradient, the
+    weights [N, K]; no scales; the q/k/v biases there or not."""
+    for i, t in enumerate(layer):
+        if t is None and (i in _OPTIONAL_BIASES or i in _SCALES):
+            continue
+        if t is None or i in _SCALES or not isinstance(t, torch.Tensor):
+            return False
+        if (t.dtype != torch.float32 or not t.is_cpu or t.is_mkldnn or not t.is_contiguous()
+                or (i in _WEIGHTS and t.dim() != 2) or (torch.is_grad_enabled() and t.requires_grad)):
+            return False
+    return True
+
+
 def decoder_step(x: torch.Tensor, layers: list[tuple[torch.Tensor | None, ...]], heads: int, eps: float,
                  cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None, start: int) -> torch.Tensor:
     """A Llama / Qwen2 decoder's step through all its layers in one call (`decoder_step_fits` first): x [B, T,
@@ -504,7 +527,9 @@ def decoder_step(x: torch.Tensor, layers: list[tuple[torch.Tensor | None, ...]],
     start.. start+T-1 (the caller checked they fit); mask [B, 1, T, start + T] bool or None; cos and sin [B, T, D].
     Bit-equal to the per-operation calls above (rms_norm, gemv_many, rope_halves_, step_attention, gemv,
     swiglu_hidden) with torch's bf16 adds between them; int8 and int4 layers round where their modules round. Each bf16
-    weight may be plain or blocked (`to_blocks`)."""
+    weight may be plain or blocked (`to_blocks`). A float32 step (the avx2 build) computes what the layers' float32
+    torch ops compute around the float32 one-row product, in float32, the sums in other orders (its test bounds the
+    difference)."""
     batch, tokens, width = x.shape
     keys = layers[0][LAYER_FIELDS.index("keys")]
     kv_heads, length, dim = keys.shape[1], keys.shape[2], keys.shape[3]
@@ -516,10 +541,10 @@ def decoder_step(x: torch.Tensor, layers: list[tuple[torch.Tensor | None, ...]],
                                               sum(1 << bit for bit, i in enumerate(_WEIGHT_ORDER) if layer[i].dim() == 4),
                                               (ctypes.c_int64 * 7)(*_int4_groups(layer)))
                                        for layer in layers))
-    status = _library.sensorium_decoder_step_bf16(
-        x.data_ptr(), batch, tokens, structs, len(layers), width, heads, kv_heads, dim, hidden, length, eps,
-        dim**-0.5, cos.data_ptr(), sin.data_ptr(), None if seen is None else seen.data_ptr(), start,
-        torch.get_num_threads())
+    step = _library.sensorium_decoder_step_f32 if x.dtype == torch.float32 else _library.sensorium_decoder_step_bf16
+    status = step(x.data_ptr(), batch, tokens, structs, len(layers), width, heads, kv_heads, dim, hidden, length, eps,
+                  dim**-0.5, cos.data_ptr(), sin.data_ptr(), None if seen is None else seen.data_ptr(), start,
+                  torch.get_num_threads())
     if status != 0:
         raise MemoryError("the decoder step kernel could not allocate its scratch memory")
     return x

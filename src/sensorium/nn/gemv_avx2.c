@@ -193,6 +193,29 @@ void sensorium_silu_times(uint16_t *gated, const uint16_t *up, int64_t count) {
     }
 }
 
+/* A row of scores -> e^(score - best) in place (masked -inf ones 0), 8 at a time; their sum (a step's softmax before
+   the division, in both attentions below) */
+static inline float exponentials(float *row, int64_t visible, float best) {
+    const __m256 most = _mm256_set1_ps(best);
+    __m256 sums = _mm256_setzero_ps();
+    int64_t s = 0;
+    for (; s + 8 <= visible; s += 8) {
+        const __m256 x = _mm256_loadu_ps(row + s);
+        const __m256 kept = _mm256_cmp_ps(x, _mm256_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+        const __m256 e = _mm256_and_ps(kept, exp_8(_mm256_sub_ps(x, most)));
+        _mm256_storeu_ps(row + s, e);
+        sums = _mm256_add_ps(sums, e);
+    }
+    float total = sum_8(sums);
+    for (; s < visible; ++s) {  /* the same exp, a lane at a time */
+        float lane[8];
+        _mm256_storeu_ps(lane, exp_8(_mm256_set1_ps(row[s] - best)));
+        row[s] = row[s] == -INFINITY ? 0.0f : lane[0];
+        total += row[s];
+    }
+    return total;
+}
+
 /* A decode step's attention, as gemv_bf16.c's (few_query_attention's math: float32 scores of bf16 products,
    softmax and weighted sum in float32, one rounding): each score a dot product 16 channels at a time, the
    exponentials 8 at a time, the weighted sum 8 channels at a time in one pass over the values per 32 channels. */
@@ -228,23 +251,7 @@ void sensorium_step_attention_bf16(const uint16_t *q, const uint16_t *keys, cons
                     row[s] = dot * scale;
                     best = row[s] > best ? row[s] : best;
                 }
-                const __m256 most = _mm256_set1_ps(best);
-                __m256 sums = _mm256_setzero_ps();
-                int64_t s = 0;
-                for (; s + 8 <= visible; s += 8) {
-                    const __m256 x = _mm256_loadu_ps(row + s);
-                    const __m256 kept = _mm256_cmp_ps(x, _mm256_set1_ps(-INFINITY), _CMP_NEQ_OQ);
-                    const __m256 e = _mm256_and_ps(kept, exp_8(_mm256_sub_ps(x, most)));
-                    _mm256_storeu_ps(row + s, e);
-                    sums = _mm256_add_ps(sums, e);
-                }
-                float total = sum_8(sums);
-                for (; s < visible; ++s) {  /* the same exp, a lane at a time */
-                    float lane[8];
-                    _mm256_storeu_ps(lane, exp_8(_mm256_set1_ps(row[s] - best)));
-                    row[s] = row[s] == -INFINITY ? 0.0f : lane[0];
-                    total += row[s];
-                }
+                const float total = exponentials(row, visible, best);
                 const __m256 inverse = _mm256_set1_ps(1.0f / total);
                 uint16_t *target = out + ((b * tokens + t) * heads + h) * dim;
                 for (int64_t d = 0; d < dim; d += 32) {  /* up to 4 x 8 channels summed in one pass over s */
@@ -260,6 +267,75 @@ void sensorium_step_attention_bf16(const uint16_t *q, const uint16_t *keys, cons
                     }
                     for (int c = 0; c < full; ++c) store_bf16_8(target + d + 8 * c, _mm256_mul_ps(acc[c], inverse));
                     for (int c = full * 8; c < width; ++c) target[d + c] = to_bf16(rest[c - full * 8] * (1.0f / total));
+                }
+            }
+        }
+}
+
+/* float32 decoders' steps (decoder_step_f32.c), the avx2 build only, as the float32 one-row product */
+
+/* gated = silu(gated) * up in float32 (F.silu(gate(x)) * up(x) of a float32 SwiGLU; exp_8 for torch's exp, which
+   differ in the last bits) */
+void sensorium_silu_times_f32(float *gated, const float *up, int64_t count) {
+    int64_t i = 0;
+    for (; i + 8 <= count; i += 8)
+        _mm256_storeu_ps(gated + i, _mm256_mul_ps(silu_8(_mm256_loadu_ps(gated + i)), _mm256_loadu_ps(up + i)));
+    if (i < count) {  /* the last count % 8 through a padded copy: the same arithmetic */
+        float a[8] = {0}, b[8] = {0};
+        memcpy(a, gated + i, sizeof(float) * (count - i));
+        memcpy(b, up + i, sizeof(float) * (count - i));
+        _mm256_storeu_ps(a, _mm256_mul_ps(silu_8(_mm256_loadu_ps(a)), _mm256_loadu_ps(b)));
+        memcpy(gated + i, a, sizeof(float) * (count - i));
+    }
+}
+
+/* few_query_attention in float32 (the bf16 one's loops on float32 q, keys and values): float32 scores, softmax, the
+   weighted sum of the values, all in float32; sums in another order than torch's matmuls. */
+void sensorium_step_attention_f32(const float *q, const float *keys, const float *values, const uint8_t *mask,
+                                  float *out, float *scores, int64_t batch, int64_t tokens, int64_t heads,
+                                  int64_t kv_heads, int64_t dim, int64_t visible, int64_t length, float scale,
+                                  int threads) {
+    const int64_t group = heads / kv_heads;
+    #pragma omp parallel for schedule(static) collapse(2) num_threads(threads)
+    for (int64_t b = 0; b < batch; ++b)
+        for (int64_t h = 0; h < heads; ++h) {
+            const float *k = keys + ((b * kv_heads + h / group) * length) * dim;
+            const float *v = values + ((b * kv_heads + h / group) * length) * dim;
+            for (int64_t t = 0; t < tokens; ++t) {
+                const float *query = q + ((b * tokens + t) * heads + h) * dim;
+                const uint8_t *seen = mask ? mask + (b * tokens + t) * visible : NULL;
+                float *row = scores + ((b * heads + h) * tokens + t) * visible;
+                float best = -INFINITY;
+                for (int64_t s = 0; s < visible; ++s) {
+                    if (seen && !seen[s]) {
+                        row[s] = -INFINITY;
+                        continue;
+                    }
+                    __m256 acc = _mm256_setzero_ps();
+                    int64_t c = 0;
+                    for (; c + 8 <= dim; c += 8)
+                        acc = _mm256_fmadd_ps(_mm256_loadu_ps(query + c), _mm256_loadu_ps(k + s * dim + c), acc);
+                    float dot = sum_8(acc);
+                    for (; c < dim; ++c) dot += query[c] * k[s * dim + c];
+                    row[s] = dot * scale;
+                    best = row[s] > best ? row[s] : best;
+                }
+                const float total = exponentials(row, visible, best);
+                const __m256 inverse = _mm256_set1_ps(1.0f / total);
+                float *target = out + ((b * tokens + t) * heads + h) * dim;
+                for (int64_t d = 0; d < dim; d += 32) {  /* up to 4 x 8 channels summed in one pass over s */
+                    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+                    const int width = dim - d < 32 ? (int)(dim - d) : 32, full = width / 8;
+                    float rest[8] = {0};
+                    for (int64_t s2 = 0; s2 < visible; ++s2) {
+                        if (row[s2] == 0.0f) continue;  /* masked (or underflowed): adds nothing */
+                        const __m256 weight = _mm256_set1_ps(row[s2]);
+                        for (int c = 0; c < full; ++c)
+                            acc[c] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(v + s2 * dim + d + 8 * c), acc[c]);
+                        for (int c = full * 8; c < width; ++c) rest[c - full * 8] += row[s2] * v[s2 * dim + d + c];
+                    }
+                    for (int c = 0; c < full; ++c) _mm256_storeu_ps(target + d + 8 * c, _mm256_mul_ps(acc[c], inverse));
+                    for (int c = full * 8; c < width; ++c) target[d + c] = rest[c - full * 8] * (1.0f / total);
                 }
             }
         }
