@@ -16,8 +16,9 @@ cores before Sapphire Rapids, most laptops): a decode step's kernels (`gemv_avx2
 layouts on 8 float32 lanes; oneDNN has no bf16 there and torch multiplies bf16 row by row), without the encoders'
 attention and the blocked GEMM (`has`), and with a float32 one-row product for float32 decoders' steps (the CPU
 default dtype: on 2 Zen 3 cores it streams at the read's rate, 1.2-1.26x oneDNN's float32 product; a float32
-Llama-1B decodes 1.13x faster; benchmarks/gemv_f32_probe.py, decode_ab.py float32-kernel). On AVX-512 CPUs float32
-steps stay on oneDNN until measured there. Either needs Linux on x86-64 and a C compiler (`$CC`, else `cc` or `gcc`);
+Llama-1B decodes 1.13x faster; benchmarks/gemv_f32_probe.py, decode_ab.py float32-kernel) and a float32 step through
+all the layers in one call (`decoder_step_f32.c`: 1.12x the layer-by-layer step, decode_ab.py float32-one-call). On
+AVX-512 CPUs float32 steps stay on oneDNN, layer by layer, until measured there. Either needs Linux on x86-64 and a C compiler (`$CC`, else `cc` or `gcc`);
 they are compiled once into `$SENSORIUM_KERNEL_CACHE` (default `~/.cache/sensorium/kernels`), checked against
 float32, and loaded with ctypes. Their OpenMP runtime is the libgomp torch has already loaded (same soname), so the
 two share one thread pool; each call passes torch's thread count.
