@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -252,19 +253,25 @@ def test_a_second_writer_is_refused_or_waits(tmp_path, models):
     from sensorium.index import IndexBusyError
 
     db = tmp_path / "db"
+    # the holder keeps the lock until told to let go (or 60 s pass), so a refusal that came only after waiting for
+    # the lock would come after that, not within this test's bound, whatever the machine's load
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from sensorium.index.store import Store\n"
-        f"with Store({str(db)!r}).lock():\n    print('held', flush=True); time.sleep(3)\n")],
-        stdout=subprocess.PIPE, text=True)
+        "import select, sys; from sensorium.index.store import Store\n"
+        f"with Store({str(db)!r}).lock():\n    print('held', flush=True); select.select([sys.stdin], [], [], 60)\n")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         index = make_index(db, models)
         started = time.monotonic()
         with pytest.raises(IndexBusyError, match="another indexer is writing to this collection"):
             index.add(MEDIA / "cat.png")
-        assert time.monotonic() - started < 1
-        report = index.add(MEDIA / "cat.png", wait=20)  # waits for the holder to let go
-        assert len(report.indexed) == 1
+        assert time.monotonic() - started < 30 and holder.poll() is None  # refused while the lock is still held
+        release = threading.Timer(1.0, lambda: (holder.stdin.write("go\n"), holder.stdin.flush()))
+        release.start()
+        started = time.monotonic()
+        report = index.add(MEDIA / "cat.png", wait=30)  # waits for the holder to let go
+        assert len(report.indexed) == 1 and time.monotonic() - started >= 0.9
+        release.join()
     finally:
         holder.kill()
         holder.wait()
