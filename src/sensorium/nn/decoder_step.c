@@ -59,26 +59,32 @@ void sensorium_rms_norm_bf16(const uint16_t *x, int64_t m, const uint16_t *weigh
    points as the torch ops they replace: float32 math, bf16 where torch rounds). */
 
 /* Rotate-half RoPE on q [B, T, H, D] and k [B, T, Hkv, D] in place: x * cos + rotate_half(x) * sin, with cos and
-   sin float32 [B, T, D]; as apply_rope_halves: each product rounded to float32, then the sum, then to bf16. */
-void sensorium_rope_halves_bf16(uint16_t *q, uint16_t *k, const float *cos, const float *sin, int64_t batch,
-                                int64_t tokens, int64_t heads, int64_t kv_heads, int64_t dim) {
-    const int64_t half = dim / 2;
-    for (int64_t bt = 0; bt < batch * tokens; ++bt) {
-        const float *c = cos + bt * dim, *s = sin + bt * dim;
-        for (int which = 0; which < 2; ++which) {
-            const int64_t count = which ? kv_heads : heads;
-            uint16_t *x = (which ? k : q) + bt * count * dim;
-            for (int64_t h = 0; h < count; ++h, x += dim)
-                for (int64_t d = 0; d < half; ++d) {
-                    const float first = from_bf16(x[d]), second = from_bf16(x[d + half]);
-                    const float a = first * c[d], b = -second * s[d];
-                    const float e = second * c[d + half], f = first * s[d + half];
-                    x[d] = to_bf16(a + b);
-                    x[d + half] = to_bf16(e + f);
-                }
-        }
+   sin float32 [B, T, D]; as apply_rope_halves: each product rounded to float32, then the sum (no FMA contraction in
+   these builds), then to T (NARROW: bf16; a float32 decoder's, decoder_step_f32.c: as it is). */
+#define ROPE_HALVES(NAME, T, WIDEN, NARROW)                                                                        \
+    void NAME(T *q, T *k, const float *cos, const float *sin, int64_t batch, int64_t tokens, int64_t heads,       \
+              int64_t kv_heads, int64_t dim) {                                                                     \
+        const int64_t half = dim / 2;                                                                              \
+        for (int64_t bt = 0; bt < batch * tokens; ++bt) {                                                          \
+            const float *c = cos + bt * dim, *s = sin + bt * dim;                                                  \
+            for (int which = 0; which < 2; ++which) {                                                              \
+                const int64_t count = which ? kv_heads : heads;                                                    \
+                T *x = (which ? k : q) + bt * count * dim;                                                         \
+                for (int64_t h = 0; h < count; ++h, x += dim)                                                      \
+                    for (int64_t d = 0; d < half; ++d) {                                                           \
+                        const float first = WIDEN(x[d]), second = WIDEN(x[d + half]);                              \
+                        const float a = first * c[d], b = -second * s[d];                                          \
+                        const float e = second * c[d + half], f = first * s[d + half];                             \
+                        x[d] = NARROW(a + b);                                                                      \
+                        x[d + half] = NARROW(e + f);                                                               \
+                    }                                                                                              \
+            }                                                                                                      \
+        }                                                                                                          \
     }
-}
+
+#define AS_IS(v) (v)
+ROPE_HALVES(sensorium_rope_halves_bf16, uint16_t, from_bf16, to_bf16)
+ROPE_HALVES(sensorium_rope_halves_f32, float, AS_IS, AS_IS)
 
 
 /* A decoder's whole one-token step through its layers in one call (Llama / Qwen2: RMSNorm, q/k/v with optional

@@ -25,28 +25,6 @@ static void rms_norm_f32(const float *x, int64_t m, const float *weight, float *
     }
 }
 
-/* apply_rope_halves in float32 on q [B, T, H, D] and k [B, T, Hkv, D] in place: each product rounded, then the sum
-   (no FMA contraction in this build), as torch's mul, mul and add */
-static void rope_halves_f32(float *q, float *k, const float *cos, const float *sin, int64_t batch, int64_t tokens,
-                            int64_t heads, int64_t kv_heads, int64_t dim) {
-    const int64_t half = dim / 2;
-    for (int64_t bt = 0; bt < batch * tokens; ++bt) {
-        const float *c = cos + bt * dim, *s = sin + bt * dim;
-        for (int which = 0; which < 2; ++which) {
-            const int64_t count = which ? kv_heads : heads;
-            float *x = (which ? k : q) + bt * count * dim;
-            for (int64_t h = 0; h < count; ++h, x += dim)
-                for (int64_t d = 0; d < half; ++d) {
-                    const float first = x[d], second = x[d + half];
-                    const float a = first * c[d], b = -second * s[d];
-                    const float e = second * c[d + half], f = first * s[d + half];
-                    x[d] = a + b;
-                    x[d + half] = e + f;
-                }
-        }
-    }
-}
-
 static void add_into_f32(float *x, const float *y, int64_t count) {
     for (int64_t i = 0; i < count; ++i) x[i] += y[i];
 }
@@ -78,7 +56,7 @@ int sensorium_decoder_step_f32(float *x, int64_t batch, int64_t tokens, const se
         LINEAR(normed, layer->q, layer->q_bias, q, q_width, width)
         LINEAR(normed, layer->k, layer->k_bias, k, kv_width, width)
         LINEAR(normed, layer->v, layer->v_bias, v, kv_width, width)
-        rope_halves_f32(q, k, cos, sin, batch, tokens, heads, kv_heads, dim);
+        sensorium_rope_halves_f32(q, k, cos, sin, batch, tokens, heads, kv_heads, dim);  /* decoder_step.c */
         for (int64_t b = 0; b < batch; ++b)
             for (int64_t t = 0; t < tokens; ++t)
                 for (int64_t h = 0; h < kv_heads; ++h) {

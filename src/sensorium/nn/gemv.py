@@ -18,10 +18,10 @@ attention and the blocked GEMM (`has`), and with a float32 one-row product for f
 default dtype: on 2 Zen 3 cores it streams at the read's rate, 1.2-1.26x oneDNN's float32 product; a float32
 Llama-1B decodes 1.13x faster; benchmarks/gemv_f32_probe.py, decode_ab.py float32-kernel) and a float32 step through
 all the layers in one call (`decoder_step_f32.c`: 1.12x the layer-by-layer step, decode_ab.py float32-one-call). On
-AVX-512 CPUs float32 steps stay on oneDNN, layer by layer, until measured there. Either needs Linux on x86-64 and a C compiler (`$CC`, else `cc` or `gcc`);
-they are compiled once into `$SENSORIUM_KERNEL_CACHE` (default `~/.cache/sensorium/kernels`), checked against
-float32, and loaded with ctypes. Their OpenMP runtime is the libgomp torch has already loaded (same soname), so the
-two share one thread pool; each call passes torch's thread count.
+AVX-512 CPUs float32 steps stay on oneDNN, layer by layer, until measured there. Either needs Linux on x86-64 and a
+C compiler (`$CC`, else `cc` or `gcc`); they are compiled once into `$SENSORIUM_KERNEL_CACHE` (default
+`~/.cache/sensorium/kernels`), checked against float32, and loaded with ctypes. Their OpenMP runtime is the libgomp
+torch has already loaded (same soname), so the two share one thread pool; each call passes torch's thread count.
 
 Where any of that is missing, `available()` is False, `why_not()` says why, decoders keep oneDNN's packed product
 (nn/linear.py) and encoders SDPA. `SENSORIUM_GEMV=0` (read at first use) or `use_gemv(False)` turns the kernels off;
@@ -84,7 +84,6 @@ SIGNATURES = {
                                     + [_POINTER] * 3 + [_SIZE, ctypes.c_int], ctypes.c_int),
     "sensorium_decoder_step_f32": ([_POINTER, _SIZE, _SIZE, _POINTER] + [_SIZE] * 7 + [ctypes.c_float] * 2
                                    + [_POINTER] * 3 + [_SIZE, ctypes.c_int], ctypes.c_int),
-    "sensorium_step_attention_f32": ([_POINTER] * 6 + [_SIZE] * 7 + [ctypes.c_float, ctypes.c_int], None),
     "sensorium_attention_bf16": ([_POINTER] * 3 + [_SIZE] * 6 + [_POINTER] + [_SIZE] * 4 + [_POINTER] * 2
                                  + [ctypes.c_int, _POINTER, ctypes.c_float, ctypes.c_int], ctypes.c_int),
 }

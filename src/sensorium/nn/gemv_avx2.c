@@ -216,61 +216,81 @@ static inline float exponentials(float *row, int64_t visible, float best) {
     return total;
 }
 
-/* A decode step's attention, as gemv_bf16.c's (few_query_attention's math: float32 scores of bf16 products,
-   softmax and weighted sum in float32, one rounding): each score a dot product 16 channels at a time, the
-   exponentials 8 at a time, the weighted sum 8 channels at a time in one pass over the values per 32 channels. */
-void sensorium_step_attention_bf16(const uint16_t *q, const uint16_t *keys, const uint16_t *values,
-                                   const uint8_t *mask, uint16_t *out, float *scores, int64_t batch, int64_t tokens,
-                                   int64_t heads, int64_t kv_heads, int64_t dim, int64_t visible, int64_t length,
-                                   float scale, int threads) {
-    const int64_t group = heads / kv_heads;
-    #pragma omp parallel for schedule(static) collapse(2) num_threads(threads)
-    for (int64_t b = 0; b < batch; ++b)
-        for (int64_t h = 0; h < heads; ++h) {
-            const uint16_t *k = keys + ((b * kv_heads + h / group) * length) * dim;
-            const uint16_t *v = values + ((b * kv_heads + h / group) * length) * dim;
-            for (int64_t t = 0; t < tokens; ++t) {
-                const uint16_t *query = q + ((b * tokens + t) * heads + h) * dim;
-                const uint8_t *seen = mask ? mask + (b * tokens + t) * visible : NULL;
-                float *row = scores + ((b * heads + h) * tokens + t) * visible;
-                float best = -INFINITY;
-                for (int64_t s = 0; s < visible; ++s) {
-                    if (seen && !seen[s]) {
-                        row[s] = -INFINITY;
-                        continue;
-                    }
-                    __m256 acc = _mm256_setzero_ps();
-                    int64_t c = 0;
-                    for (; c + 16 <= dim; c += 16) {
-                        const __m256i qa = _mm256_loadu_si256((const __m256i *)(query + c));
-                        const __m256i ka = _mm256_loadu_si256((const __m256i *)(k + s * dim + c));
-                        acc = _mm256_fmadd_ps(odd_f32(qa), odd_f32(ka), _mm256_fmadd_ps(even_f32(qa), even_f32(ka), acc));
-                    }
-                    float dot = sum_8(acc);
-                    for (; c < dim; ++c) dot += from_bf16(query[c]) * from_bf16(k[s * dim + c]);
-                    row[s] = dot * scale;
-                    best = row[s] > best ? row[s] : best;
-                }
-                const float total = exponentials(row, visible, best);
-                const __m256 inverse = _mm256_set1_ps(1.0f / total);
-                uint16_t *target = out + ((b * tokens + t) * heads + h) * dim;
-                for (int64_t d = 0; d < dim; d += 32) {  /* up to 4 x 8 channels summed in one pass over s */
-                    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-                    const int width = dim - d < 32 ? (int)(dim - d) : 32, full = width / 8;
-                    float rest[8] = {0};
-                    for (int64_t s2 = 0; s2 < visible; ++s2) {
-                        if (row[s2] == 0.0f) continue;  /* masked (or underflowed): adds nothing */
-                        const __m256 weight = _mm256_set1_ps(row[s2]);
-                        for (int c = 0; c < full; ++c)
-                            acc[c] = _mm256_fmadd_ps(weight, load_bf16_8(v + s2 * dim + d + 8 * c), acc[c]);
-                        for (int c = full * 8; c < width; ++c) rest[c - full * 8] += row[s2] * from_bf16(v[s2 * dim + d + c]);
-                    }
-                    for (int c = 0; c < full; ++c) store_bf16_8(target + d + 8 * c, _mm256_mul_ps(acc[c], inverse));
-                    for (int c = full * 8; c < width; ++c) target[d + c] = to_bf16(rest[c - full * 8] * (1.0f / total));
-                }
-            }
-        }
+/* One query's scores against `visible` keys of `dim` channels, 8 float32 lanes of FMA then the lanes summed, the
+   last dim % (16 or 8) one by one: bf16 keys (each 16 values as two float32 vectors) or float32 ones. */
+static inline float dot_bf16(const uint16_t *query, const uint16_t *key, int64_t dim) {
+    __m256 acc = _mm256_setzero_ps();
+    int64_t c = 0;
+    for (; c + 16 <= dim; c += 16) {
+        const __m256i qa = _mm256_loadu_si256((const __m256i *)(query + c));
+        const __m256i ka = _mm256_loadu_si256((const __m256i *)(key + c));
+        acc = _mm256_fmadd_ps(odd_f32(qa), odd_f32(ka), _mm256_fmadd_ps(even_f32(qa), even_f32(ka), acc));
+    }
+    float dot = sum_8(acc);
+    for (; c < dim; ++c) dot += from_bf16(query[c]) * from_bf16(key[c]);
+    return dot;
 }
+
+static inline float dot_f32(const float *query, const float *key, int64_t dim) {
+    __m256 acc = _mm256_setzero_ps();
+    int64_t c = 0;
+    for (; c + 8 <= dim; c += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(query + c), _mm256_loadu_ps(key + c), acc);
+    float dot = sum_8(acc);
+    for (; c < dim; ++c) dot += query[c] * key[c];
+    return dot;
+}
+
+#define IDENTITY(v) (v)
+
+/* A decode step's attention over a layer's cache, as gemv_bf16.c's (few_query_attention's math: float32 scores,
+   softmax and weighted sum in float32, one rounding to T at the end): each score a dot product (DOT), the
+   exponentials 8 at a time, the weighted sum 8 channels at a time in one pass over the values per 32 channels (LOAD_8
+   and STORE_8 the values' and the output's 8 channels as float32, WIDEN_1 / NARROW_1 one value). bf16 for bf16
+   decoders; float32 for float32 ones (decoder_step_f32.c). */
+#define STEP_ATTENTION(NAME, T, DOT, LOAD_8, STORE_8, WIDEN_1, NARROW_1)                                           \
+    void NAME(const T *q, const T *keys, const T *values, const uint8_t *mask, T *out, float *scores, int64_t batch, \
+              int64_t tokens, int64_t heads, int64_t kv_heads, int64_t dim, int64_t visible, int64_t length,      \
+              float scale, int threads) {                                                                          \
+        const int64_t group = heads / kv_heads;                                                                    \
+        _Pragma("omp parallel for schedule(static) collapse(2) num_threads(threads)")                            \
+        for (int64_t b = 0; b < batch; ++b)                                                                        \
+            for (int64_t h = 0; h < heads; ++h) {                                                                  \
+                const T *k = keys + ((b * kv_heads + h / group) * length) * dim;                                  \
+                const T *v = values + ((b * kv_heads + h / group) * length) * dim;                                \
+                for (int64_t t = 0; t < tokens; ++t) {                                                             \
+                    const T *query = q + ((b * tokens + t) * heads + h) * dim;                                    \
+                    const uint8_t *seen = mask ? mask + (b * tokens + t) * visible : NULL;                        \
+                    float *row = scores + ((b * heads + h) * tokens + t) * visible;                               \
+                    float best = -INFINITY;                                                                        \
+                    for (int64_t s = 0; s < visible; ++s) {                                                        \
+                        row[s] = seen && !seen[s] ? -INFINITY : DOT(query, k + s * dim, dim) * scale;             \
+                        best = row[s] > best ? row[s] : best;                                                      \
+                    }                                                                                              \
+                    const float total = exponentials(row, visible, best);                                         \
+                    const __m256 inverse = _mm256_set1_ps(1.0f / total);                                           \
+                    T *target = out + ((b * tokens + t) * heads + h) * dim;                                       \
+                    for (int64_t d = 0; d < dim; d += 32) {                                                        \
+                        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),           \
+                                         _mm256_setzero_ps()};                                                     \
+                        const int width = dim - d < 32 ? (int)(dim - d) : 32, full = width / 8;                   \
+                        float rest[8] = {0};                                                                       \
+                        for (int64_t s2 = 0; s2 < visible; ++s2) {                                                 \
+                            if (row[s2] == 0.0f) continue; /* masked (or underflowed): adds nothing */             \
+                            const __m256 weight = _mm256_set1_ps(row[s2]);                                         \
+                            for (int c = 0; c < full; ++c)                                                         \
+                                acc[c] = _mm256_fmadd_ps(weight, LOAD_8(v + s2 * dim + d + 8 * c), acc[c]);       \
+                            for (int c = full * 8; c < width; ++c)                                                 \
+                                rest[c - full * 8] += row[s2] * WIDEN_1(v[s2 * dim + d + c]);                     \
+                        }                                                                                          \
+                        for (int c = 0; c < full; ++c) STORE_8(target + d + 8 * c, _mm256_mul_ps(acc[c], inverse)); \
+                        for (int c = full * 8; c < width; ++c)                                                     \
+                            target[d + c] = NARROW_1(rest[c - full * 8] * (1.0f / total));                        \
+                    }                                                                                              \
+                }                                                                                                  \
+            }                                                                                                      \
+    }
+
+STEP_ATTENTION(sensorium_step_attention_bf16, uint16_t, dot_bf16, load_bf16_8, store_bf16_8, from_bf16, to_bf16)
 
 /* float32 decoders' steps (decoder_step_f32.c), the avx2 build only, as the float32 one-row product */
 
@@ -289,54 +309,5 @@ void sensorium_silu_times_f32(float *gated, const float *up, int64_t count) {
     }
 }
 
-/* few_query_attention in float32 (the bf16 one's loops on float32 q, keys and values): float32 scores, softmax, the
-   weighted sum of the values, all in float32; sums in another order than torch's matmuls. */
-void sensorium_step_attention_f32(const float *q, const float *keys, const float *values, const uint8_t *mask,
-                                  float *out, float *scores, int64_t batch, int64_t tokens, int64_t heads,
-                                  int64_t kv_heads, int64_t dim, int64_t visible, int64_t length, float scale,
-                                  int threads) {
-    const int64_t group = heads / kv_heads;
-    #pragma omp parallel for schedule(static) collapse(2) num_threads(threads)
-    for (int64_t b = 0; b < batch; ++b)
-        for (int64_t h = 0; h < heads; ++h) {
-            const float *k = keys + ((b * kv_heads + h / group) * length) * dim;
-            const float *v = values + ((b * kv_heads + h / group) * length) * dim;
-            for (int64_t t = 0; t < tokens; ++t) {
-                const float *query = q + ((b * tokens + t) * heads + h) * dim;
-                const uint8_t *seen = mask ? mask + (b * tokens + t) * visible : NULL;
-                float *row = scores + ((b * heads + h) * tokens + t) * visible;
-                float best = -INFINITY;
-                for (int64_t s = 0; s < visible; ++s) {
-                    if (seen && !seen[s]) {
-                        row[s] = -INFINITY;
-                        continue;
-                    }
-                    __m256 acc = _mm256_setzero_ps();
-                    int64_t c = 0;
-                    for (; c + 8 <= dim; c += 8)
-                        acc = _mm256_fmadd_ps(_mm256_loadu_ps(query + c), _mm256_loadu_ps(k + s * dim + c), acc);
-                    float dot = sum_8(acc);
-                    for (; c < dim; ++c) dot += query[c] * k[s * dim + c];
-                    row[s] = dot * scale;
-                    best = row[s] > best ? row[s] : best;
-                }
-                const float total = exponentials(row, visible, best);
-                const __m256 inverse = _mm256_set1_ps(1.0f / total);
-                float *target = out + ((b * tokens + t) * heads + h) * dim;
-                for (int64_t d = 0; d < dim; d += 32) {  /* up to 4 x 8 channels summed in one pass over s */
-                    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-                    const int width = dim - d < 32 ? (int)(dim - d) : 32, full = width / 8;
-                    float rest[8] = {0};
-                    for (int64_t s2 = 0; s2 < visible; ++s2) {
-                        if (row[s2] == 0.0f) continue;  /* masked (or underflowed): adds nothing */
-                        const __m256 weight = _mm256_set1_ps(row[s2]);
-                        for (int c = 0; c < full; ++c)
-                            acc[c] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(v + s2 * dim + d + 8 * c), acc[c]);
-                        for (int c = full * 8; c < width; ++c) rest[c - full * 8] += row[s2] * v[s2 * dim + d + c];
-                    }
-                    for (int c = 0; c < full; ++c) _mm256_storeu_ps(target + d + 8 * c, _mm256_mul_ps(acc[c], inverse));
-                    for (int c = full * 8; c < width; ++c) target[d + c] = rest[c - full * 8] * (1.0f / total);
-                }
-            }
-        }
-}
+/* few_query_attention in float32 */
+STEP_ATTENTION(sensorium_step_attention_f32, float, dot_f32, _mm256_loadu_ps, _mm256_storeu_ps, IDENTITY, IDENTITY)

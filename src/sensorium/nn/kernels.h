@@ -24,10 +24,12 @@ void sensorium_step_attention_bf16(const uint16_t *q, const uint16_t *keys, cons
                                    int64_t heads, int64_t kv_heads, int64_t dim, int64_t visible, int64_t length,
                                    float scale, int threads);
 
-/* the avx2 build's float32 step (decoder_step_f32.c on gemv_avx2.c) */
+/* the avx2 build's float32 step (decoder_step_f32.c on gemv_avx2.c and decoder_step.c's RoPE) */
 int sensorium_gemv_f32(const float *x, int64_t m, const float *w, const float *bias, float *y, int64_t n, int64_t k,
                        int threads);
 void sensorium_silu_times_f32(float *gated, const float *up, int64_t count);
+void sensorium_rope_halves_f32(float *q, float *k, const float *cos, const float *sin, int64_t batch, int64_t tokens,
+                               int64_t heads, int64_t kv_heads, int64_t dim);
 void sensorium_step_attention_f32(const float *q, const float *keys, const float *values, const uint8_t *mask,
                                   float *out, float *scores, int64_t batch, int64_t tokens, int64_t heads,
                                   int64_t kv_heads, int64_t dim, int64_t visible, int64_t length, float scale,
