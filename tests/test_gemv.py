@@ -880,18 +880,24 @@ def test_a_whole_step_refuses_what_it_cannot_take():
         assert decoder._step_on_kernel(x, rope, None, cache, 5) is None
 
 
-def test_a_left_padded_batch_steps_on_the_kernel_as_on_the_packed_path(af3_model_dir):
+@pytest.mark.parametrize("dtype", ["bfloat16", pytest.param("float32", marks=needs_float32_kernel)])
+def test_a_left_padded_batch_steps_on_the_kernel_as_on_the_packed_path(af3_model_dir, dtype, monkeypatch):
     """Two conversations of different lengths (the shorter left-padded): each step is two rows through the
-    kernel and a masked attention; the tokens equal the packed path's."""
+    kernel in one call, with a masked attention; the tokens equal those of the path without the kernels (bf16:
+    oneDNN's packed product; float32: oneDNN layer by layer)."""
     longer = one_second_question(5)
     longer[0]["content"][1]["text"] = "What is it, and what happens in the second half of the recording?"
     conversations = [one_second_question(), longer]
     with gemv.use_gemv(False):
-        packed = sn.load(str(af3_model_dir), device="cpu", dtype="bfloat16")
+        packed = sn.load(str(af3_model_dir), device="cpu", dtype=dtype)
         inputs = packed.process(conversations).model_inputs()
         assert not inputs["attention_mask"].all()  # padded
         with torch.inference_mode():
             want = packed.generate(**inputs, max_new_tokens=10, stop_tokens=())
-    model = sn.load(str(af3_model_dir), device="cpu", dtype="bfloat16")
+    model = sn.load(str(af3_model_dir), device="cpu", dtype=dtype)
+    steps = []
+    step = gemv.decoder_step
+    monkeypatch.setattr(gemv, "decoder_step", lambda x, *rest: steps.append(x.shape[:2]) or step(x, *rest))
     with torch.inference_mode():
         assert torch.equal(model.generate(**inputs, max_new_tokens=10, stop_tokens=()), want)
+    assert steps == [(2, 1)] * 9
