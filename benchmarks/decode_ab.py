@@ -13,10 +13,10 @@
     python benchmarks/decode_ab.py int4-prompt-gemm [--rounds 6]  # int4 prompts on the kernel's integer GEMM vs
                                                                # the dequantized weight's GEMM (no native bf16)
     python benchmarks/decode_ab.py float32-kernel [--rounds 8] # a float32 decoder (sn.load's CPU default) stepping
-                                                               # on the avx2 build's float32 one-row product vs
-                                                               # oneDNN's float32 linear
-    python benchmarks/decode_ab.py float32-one-call [--rounds 8]  # a float32 step in one C call (the avx2 build)
-                                                               # vs layer by layer (its linears on the kernel)
+                                                               # on the kernels' float32 one-row product vs
+                                                               # oneDNN's float32 linear (layer by layer)
+    python benchmarks/decode_ab.py float32-one-call [--rounds 8]  # a float32 step in one C call vs layer by
+                                                               # layer (its linears on the kernel)
     python benchmarks/decode_ab.py kernels-at --revision REV --dtype int4 [--rounds 6]
                                     # this tree's C kernels vs those at git revision REV (same Python, same entry
                                     # points: a kernel's own change), on a bf16 / int8 / int4 decoder
@@ -72,7 +72,8 @@ def load_decoder(dtype: str):
 
 def kernels_at(revision: str):
     """sensorium's C kernels as they were at a git revision, built as gemv.py builds this tree's (this CPU's
-    flavour, the same flags), with the entry points this tree declares."""
+    flavour, the same flags; this tree's files that the revision did not have yet left out), with the entry points
+    this tree declares."""
     import subprocess
     import tempfile
 
@@ -82,8 +83,10 @@ def kernels_at(revision: str):
     folder = Path(tempfile.mkdtemp(prefix="kernels-at-"))
     sources = []
     for name in (*gemv.FLAVOURS[flavour][0], *gemv.HEADERS):
-        source = subprocess.run(["git", "show", f"{revision}:src/sensorium/nn/{name}"], cwd=HERE, check=True,
-                                capture_output=True).stdout
+        shown = subprocess.run(["git", "show", f"{revision}:src/sensorium/nn/{name}"], cwd=HERE, capture_output=True)
+        if shown.returncode != 0:
+            continue
+        source = shown.stdout
         sources.append(folder / name)
         sources[-1].write_bytes(source)
     error = gemv.compile_library(gemv.find_compiler(), flavour, sources, folder / "kernels.so")
@@ -136,7 +139,8 @@ def sides(change: str, dtype: str = "bf16", revision: str = ""):
         return decoder, {"2 MB pages": use(huge), "4 KB pages (torch's allocator)": use(small)}
     if change == "float32-kernel":
         if not gemv.has("sensorium_gemv_f32"):
-            raise SystemExit(f"this machine's kernels ({gemv.flavour()}) have no float32 one-row product (avx2 only)")
+            raise SystemExit(f"this machine's kernels have no float32 one-row product ({gemv.why_not()})")
+        gemv._float32_steps = True  # the kernel side whatever float32_steps' own timing would decide
         original = gemv.fits
 
         def kernel():
@@ -160,8 +164,10 @@ def sides(change: str, dtype: str = "bf16", revision: str = ""):
             return setup
         return decoder, {"this tree's kernels": use(mine), f"the kernels at {revision}": use(theirs)}
     if change in ("one-call", "int8-one-call", "int4-one-call", "float32-one-call"):
-        if change == "float32-one-call" and not gemv.has("sensorium_decoder_step_f32"):
-            raise SystemExit(f"this machine's kernels ({gemv.flavour()}) have no float32 step (avx2 only)")
+        if change == "float32-one-call":
+            if not gemv.has("sensorium_decoder_step_f32"):
+                raise SystemExit(f"this machine's kernels have no float32 step ({gemv.why_not()})")
+            gemv._float32_steps = True  # both sides on the float32 kernels, whatever float32_steps would decide
         decoder = load_decoder(change.split("-")[0] if change != "one-call" else "bf16")
 
         def one_call():

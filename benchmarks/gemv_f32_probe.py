@@ -1,7 +1,8 @@
-"""A float32 decoder's one-row products on this CPU: sensorium's float32 kernel (the avx2 build's
-`sensorium_gemv_f32`, what a float32 decoder steps on there) against oneDNN's float32 linear (what it stepped on
-before, and still does on AVX-512 CPUs), torch's F.linear (MKL) and the same kernel with a software prefetch ahead of
-its 4 rows (compiled here from the probe's own copy; the kernel has none because of this measurement).
+"""A float32 decoder's one-row products on this CPU: sensorium's float32 kernel (`sensorium_gemv_f32` in gemv_f32.c,
+what a float32 decoder steps on where gemv.float32_steps says so) against oneDNN's float32 linear (what it stepped on
+before, and does where the kernel is timed slower), torch's F.linear (MKL) and the same kernel with a software
+prefetch ahead of its 4 rows (compiled here from the probe's own copy; the kernel has none because of this
+measurement).
 
     python benchmarks/gemv_f32_probe.py [--rounds 7] [--layers 8]
 

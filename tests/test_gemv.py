@@ -23,12 +23,15 @@ pytestmark = pytest.mark.skipif(not gemv.available(), reason=f"the one-row bf16 
                                                             f"{gemv.why_not()}")
 
 
-# the float32 one-row product is in the avx2 build only (measured faster than oneDNN's there; on AVX-512 CPUs float32
-# steps stay on oneDNN); where this machine builds avx512, test_the_avx2_flavour_passes_this_files_tests_on_an_avx512_cpu
-# runs these under avx2
+# float32 decoders' kernels (both builds); whether float32 steps take them is measured per machine (float32_steps):
+# this file's tests take them whatever this machine's timing says (test_float32_steps_follow_the_timing tests that)
 FLOAT32_KERNEL = gemv.has("sensorium_gemv_f32") and gemv.has("sensorium_decoder_step_f32")
-needs_float32_kernel = pytest.mark.skipif(not FLOAT32_KERNEL, reason="the float32 one-row product and step are in "
-                                          "the avx2 build; this machine runs the avx512 one (the avx2 run covers it)")
+needs_float32_kernel = pytest.mark.skipif(not FLOAT32_KERNEL, reason="no float32 kernels in this machine's build")
+
+
+@pytest.fixture(autouse=True)
+def float32_steps_on_the_kernels(monkeypatch):
+    monkeypatch.setattr(gemv, "_float32_steps", True)
 
 
 def rel(a, b) -> float:
@@ -99,6 +102,49 @@ def test_a_float32_chat_model_steps_on_the_kernel_and_answers_as_without_it(af3_
         assert torch.equal(model.generate(**inputs, max_new_tokens=10, stop_tokens=()), want)
     # the prompt's head, then 9 steps each in one call through the layers and the head on the kernel
     assert calls == [torch.float32] * 10 and steps == [torch.float32] * 9
+
+
+@needs_float32_kernel
+def test_float32_steps_follow_the_timing_or_the_environment(monkeypatch):
+    """On the avx2 build's CPUs float32 steps take the kernels (measured there); elsewhere the first float32 step
+    times the kernel's one-row product against oneDNN's and keeps the kernel unless it is more than 10 % slower; the
+    environment variable decides instead. Forced both ways here with a slowed side."""
+    import time
+
+    weight, x = torch.randn(64, 96), torch.randn(1, 96)
+    real_gemv, real_onednn = gemv.gemv, gemv._onednn_one_row
+    slowed = []
+
+    def slow(function):
+        def run(*args):
+            slowed.append(function)
+            time.sleep(0.003)
+            return function(*args)
+        return run
+
+    monkeypatch.delenv("SENSORIUM_FLOAT32_KERNEL", raising=False)
+    for flavour, slow_side, expected in (("avx512", "onednn", True), ("avx512", "kernel", False),
+                                         ("avx2", "kernel", True)):
+        monkeypatch.setattr(gemv, "_flavour", flavour)
+        monkeypatch.setattr(gemv, "_float32_steps", None)
+        monkeypatch.setattr(gemv, "gemv", slow(real_gemv) if slow_side == "kernel" else real_gemv)
+        monkeypatch.setattr(gemv, "_onednn_one_row", slow(real_onednn) if slow_side == "onednn" else real_onednn)
+        slowed.clear()
+        assert gemv.fits(x, weight, None) == expected and gemv.float32_steps() == expected
+        assert bool(slowed) == (flavour == "avx512")  # timed once, on the avx512 build only
+        calls = len(slowed)
+        assert gemv.fits(x, weight, None) == expected and len(slowed) == calls  # decided once
+    if slow_side == "kernel":
+        assert gemv.float32_timing["kernel GB/s"] < gemv.float32_timing["onednn GB/s"]
+    for pinned, expected in (("0", False), ("1", True)):
+        monkeypatch.setattr(gemv, "_flavour", "avx512")
+        monkeypatch.setattr(gemv, "_float32_steps", None)
+        monkeypatch.setenv("SENSORIUM_FLOAT32_KERNEL", pinned)
+        slowed.clear()
+        assert gemv.float32_steps() == expected and not slowed
+    assert not gemv.fits(x.bfloat16(), weight, None)  # dtypes must agree
+    with gemv.use_gemv(False):
+        assert not gemv.float32_steps() and not gemv.fits(x, weight, None)
 
 
 def test_the_kernel_gives_the_same_bits_on_any_thread_count_and_keeps_nan_and_inf():

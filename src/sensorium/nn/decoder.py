@@ -169,7 +169,7 @@ class Decoder(nn.Module):
         """A bf16 step on a CPU through every layer in one C call (nn/gemv.py's decoder_step: the per-layer
         calls of DecoderAttention._step_on_kernel and SwiGLU in sequence, same bits, without the Python between
         them; int8 and int4 layers too, with their modules' roundings), or a float32 one where the kernels have the
-        float32 step (the avx2 build: the layers' float32 ops, in other summation orders); None where it cannot take
+        float32 step where `gemv.float32_steps` (the layers' float32 ops, in other summation orders); None where it cannot take
         the step (a prompt, int4 in torch's layout, packed linears, a compiled or traced step), which then runs layer
         by layer."""
         tokens = x.shape[1]

@@ -1,10 +1,10 @@
-/* A float32 decoder's whole one-token step through its layers in one call (the avx2 build of sensorium's kernels,
-   which has the float32 one-row product: gemv_avx2.c). float32 is sn.load's default on a CPU; layer by layer, a
-   step's ~20 small torch ops a layer and the Python between them cost ~8 % of a Llama-1B step on 2 Zen 3 cores
-   whose linears already stream at the read's rate (BENCHMARKS.md, ninth pass). The same sequence as the bf16 step
-   (decoder_step.c): RMSNorm, q/k/v with optional biases, rotate-half RoPE, attention over the cache, o, residual add,
-   RMSNorm, SwiGLU, down, residual add; each in float32 as torch's float32 ops compute it, the sums in other orders
-   (the RoPE and the adds bit-equal). */
+/* A float32 decoder's whole one-token step through its layers in one call (both builds of sensorium's kernels, on
+   gemv_f32.c's float32 one-row product; gemv.py's float32_steps decides whether steps take it on this machine).
+   float32 is sn.load's default on a CPU; layer by layer, a step's ~20 small torch ops a layer and the Python between
+   them cost ~8 % of a Llama-1B step on 2 Zen 3 cores whose linears already stream at the read's rate (BENCHMARKS.md,
+   ninth pass). The same sequence as the bf16 step (decoder_step.c): RMSNorm, q/k/v with optional biases,
+   rotate-half RoPE, attention over the cache, o, residual add, RMSNorm, SwiGLU, down, residual add; each in float32
+   as torch's float32 ops compute it, the sums in other orders (the RoPE and the adds bit-equal). */
 
 #include <math.h>
 #include <stdint.h>

@@ -14,12 +14,12 @@ Two builds (FLAVOURS), picked by the CPU: "avx512" where it has AVX512-BF16 (Int
 later, AMD Zen 4 and later): everything above; "avx2" where it has AVX2 and FMA but not that (AMD Zen 2 / 3, Intel
 cores before Sapphire Rapids, most laptops): a decode step's kernels (`gemv_avx2.c`: the same entry points and
 layouts on 8 float32 lanes; oneDNN has no bf16 there and torch multiplies bf16 row by row), without the encoders'
-attention and the blocked GEMM (`has`), and with a float32 one-row product for float32 decoders' steps (the CPU
-default dtype: on 2 Zen 3 cores it streams at the read's rate, 1.2-1.26x oneDNN's float32 product; a float32
-Llama-1B decodes 1.13x faster; benchmarks/gemv_f32_probe.py, decode_ab.py float32-kernel) and a float32 step through
-all the layers in one call (`decoder_step_f32.c`: 1.12x the layer-by-layer step, decode_ab.py float32-one-call). On
-AVX-512 CPUs float32 steps stay on oneDNN, layer by layer, until measured there. Either needs Linux on x86-64 and a
-C compiler (`$CC`, else `cc` or `gcc`); they are compiled once into `$SENSORIUM_KERNEL_CACHE` (default
+attention and the blocked GEMM (`has`). Both build float32 decoders' kernels on 8 lanes (`gemv_f32.c`,
+`decoder_step_f32.c`; the CPU's default dtype): a one-row product (on 2 Zen 3 cores it streams at the read's rate,
+1.2-1.26x oneDNN's float32 product; a float32 Llama-1B decodes 1.13x faster; benchmarks/gemv_f32_probe.py,
+decode_ab.py float32-kernel) and a float32 step through all the layers in one call (1.12x the layer-by-layer step,
+decode_ab.py float32-one-call); `float32_steps` says whether float32 steps take them here (on AVX-512 CPUs, not
+measured there yet, a one-time timing against oneDNN decides). Either needs Linux on x86-64 and a C compiler (`$CC`, else `cc` or `gcc`); they are compiled once into `$SENSORIUM_KERNEL_CACHE` (default
 `~/.cache/sensorium/kernels`), checked against float32, and loaded with ctypes. Their OpenMP runtime is the libgomp
 torch has already loaded (same soname), so the two share one thread pool; each call passes torch's thread count.
 
@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -50,11 +51,12 @@ BLOCK_ROWS, BLOCK_INPUTS = 4, 32  # the blocked weight layout (`to_blocks`): the
 # contraction: the small ops round each product as torch's do. "avx512": AVX512-BF16's dot products, and the encoders'
 # attention and a prompt's GEMM on blocked weights; "avx2": the decode step's kernels on 8 float32 lanes, and the
 # float32 one-row product.
-HEADERS = ("bf16.h", "kernels.h", "one_row.h")
+HEADERS = ("bf16.h", "kernels.h", "one_row.h", "lanes8.h")
 FLAVOURS = {
-    "avx512": (("gemv_bf16.c", "decoder_step.c", "attention_bf16.c", "gemv_int4.c"),
+    "avx512": (("gemv_bf16.c", "decoder_step.c", "attention_bf16.c", "gemv_int4.c", "gemv_f32.c", "decoder_step_f32.c"),
                ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx2", "-mfma"]),
-    "avx2": (("gemv_avx2.c", "decoder_step.c", "decoder_step_f32.c", "gemv_int4.c"), ["-mavx2", "-mfma", "-mf16c"]),
+    "avx2": (("gemv_avx2.c", "decoder_step.c", "gemv_int4.c", "gemv_f32.c", "decoder_step_f32.c"),
+             ["-mavx2", "-mfma", "-mf16c"]),
 }
 COMMON_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
 _POINTER, _SIZE = ctypes.c_void_p, ctypes.c_int64
@@ -96,6 +98,8 @@ _entry_points: frozenset[str] = frozenset()  # the loaded library's (SIGNATURES'
 _reason: str | None = None  # why the kernel is not available; None before the first try and when it is
 _tried = False
 _enabled = True
+_float32_steps: bool | None = None  # float32_steps' decision, once per process
+float32_timing: dict[str, float] = {}  # what float32_steps measured where it timed the two (GB/s)
 
 
 def cache_folder() -> Path:
@@ -204,13 +208,11 @@ def weight_shape(weight: torch.Tensor) -> tuple[int, int]:
 
 def fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether `linear(x, weight, bias)` can run on the kernel: bf16 on the CPU (or float32, a float32 decoder's
-    step, where the build has the float32 product: the avx2 one), at most MAX_ROWS rows, a plain contiguous weight or
-    a blocked bf16 one (`to_blocks`), no gradient, not being traced or compiled; and the kernel available. (Called
-    for every linear: the cheap tests first, ~2 us in all.)"""
+    step, where `float32_steps`), at most MAX_ROWS rows, a plain contiguous weight or a blocked bf16 one
+    (`to_blocks`), no gradient, not being traced or compiled; and the kernel available. (Called for every linear:
+    the cheap tests first, ~2 us in all.)"""
     dtype = x.dtype
     if dtype not in (_BF16, torch.float32) or weight.dtype != dtype or not available():  # the first call builds it
-        return False
-    if dtype == torch.float32 and "sensorium_gemv_f32" not in _entry_points:
         return False
     if weight.dim() not in (2, 4) or weight.is_mkldnn or (weight.dim() == 4 and dtype != _BF16):
         return False
@@ -220,7 +222,57 @@ def fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bo
             and (weight.dim() == 2 or (weight.shape[2], weight.shape[3]) == (BLOCK_ROWS, BLOCK_INPUTS))
             and (bias is None or (bias.dtype == dtype and bias.is_cpu and bias.is_contiguous() and bias.dim() == 1))
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                                  or (bias is not None and bias.requires_grad))))
+                                                  or (bias is not None and bias.requires_grad)))
+            and (dtype == _BF16 or float32_steps()))
+
+
+def float32_steps() -> bool:
+    """Whether float32 decode steps run on the kernels here (`gemv_f32.c`: the one-row product, and the step through
+    all the layers in one call). Both builds have them. On the avx2 build's CPUs they are measured faster (2 Zen 3
+    cores: the product 1.2-1.26x oneDNN's float32 linear, the one-call step 1.12x the layer-by-layer one;
+    BENCHMARKS.md); elsewhere the first float32 step times the kernel's one-row product against oneDNN's once per
+    process (`float32_timing`: ~0.2 s over 192 MB of weights) and keeps the kernel unless it streams slower than oneDNN
+    by more than 10 % (the one call's saving comes on top). `SENSORIUM_FLOAT32_KERNEL=1` or `0` decides instead."""
+    global _float32_steps
+    if _float32_steps is None:
+        if not has("sensorium_gemv_f32"):
+            return False
+        pinned = os.environ.get("SENSORIUM_FLOAT32_KERNEL")
+        with _lock:
+            if _float32_steps is None:
+                _float32_steps = (pinned == "1" if pinned in ("0", "1") else
+                                  _flavour == "avx2" or _time_float32_product())
+    return _float32_steps and has("sensorium_gemv_f32")
+
+
+def _onednn_one_row(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """oneDNN's float32 linear, what a float32 step's products run on without the kernel (nn/linear.py)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+
+
+def _time_float32_product(rounds: int = 5) -> bool:
+    """The kernel's float32 one-row product against oneDNN's over four 48 MB weights called in turn (192 MB: from
+    memory, as a decoder's weights come; one such weight alone sits partly in a large last-level cache and measured
+    either side up to 1.2x faster than its step rate on a Zen 3), in interleaved rounds: whether the kernel's median
+    time is within 1.1x of oneDNN's (a float32 step in one call saves 12-40 % besides: BENCHMARKS.md). Keeps both
+    rates, GB/s, in `float32_timing`."""
+    weights = [torch.full((4096, 3072), 0.01) for _ in range(4)]
+    x = torch.full((1, 3072), 0.5)
+    sides = {"kernel": lambda weight: gemv(x, weight), "onednn": lambda weight: _onednn_one_row(x, weight)}
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    with torch.inference_mode():
+        for side in sides.values():  # warm-up
+            side(weights[0])
+        for r in range(rounds):
+            for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+                start = time.perf_counter()
+                for weight in weights:
+                    sides[name](weight)
+                times[name].append(time.perf_counter() - start)
+    medians = {name: sorted(spent)[len(spent) // 2] for name, spent in times.items()}
+    streamed = sum(weight.numel() * 4 for weight in weights)
+    float32_timing.update({f"{name} GB/s": streamed / spent / 1e9 for name, spent in medians.items()})
+    return medians["kernel"] <= 1.1 * medians["onednn"]
 
 
 def fit_all(x: torch.Tensor, layers) -> bool:
@@ -479,7 +531,7 @@ def decoder_step_fits(x: torch.Tensor, layers: list[tuple[torch.Tensor | None, .
     """Whether `decoder_step` can take this step: x [B, T, width] bf16 on the CPU with at most MAX_ROWS rows, and
     every layer's tensors (LAYER_FIELDS) plain contiguous bf16 CPU tensors without gradient (an int8 layer's weights
     int8, an int4 layer's uint8 in sensorium's layout, groups of 128 or 64); or all float32, the weights plain (no
-    blocks, no scales), where the build has the float32 step (the avx2 one); not being traced."""
+    blocks, no scales), where `float32_steps`; not being traced."""
     if x.dtype not in (_BF16, torch.float32) or not x.is_cpu or x.dim() != 3:
         return False
     if not 0 < x.shape[0] * x.shape[1] <= MAX_ROWS:
@@ -488,7 +540,8 @@ def decoder_step_fits(x: torch.Tensor, layers: list[tuple[torch.Tensor | None, .
         return False
     scales = LAYER_FIELDS.index("q_scales")
     if x.dtype == torch.float32:
-        return has("sensorium_decoder_step_f32") and all(_float32_layer(layer) for layer in layers)
+        return (has("sensorium_decoder_step_f32") and all(_float32_layer(layer) for layer in layers)
+                and float32_steps())
     for layer in layers:
         int4 = layer[scales] is not None and layer[scales].dim() == 3
         weight_dtype = torch.uint8 if int4 else torch.int8 if layer[scales] is not None else _BF16
@@ -527,9 +580,8 @@ def decoder_step(x: torch.Tensor, layers: list[tuple[torch.Tensor | None, ...]],
     start.. start+T-1 (the caller checked they fit); mask [B, 1, T, start + T] bool or None; cos and sin [B, T, D].
     Bit-equal to the per-operation calls above (rms_norm, gemv_many, rope_halves_, step_attention, gemv,
     swiglu_hidden) with torch's bf16 adds between them; int8 and int4 layers round where their modules round. Each bf16
-    weight may be plain or blocked (`to_blocks`). A float32 step (the avx2 build) computes what the layers' float32
-    torch ops compute around the float32 one-row product, in float32, the sums in other orders (its test bounds the
-    difference)."""
+    weight may be plain or blocked (`to_blocks`). A float32 step computes what the layers' float32 torch ops compute
+    around the float32 one-row product, in float32, the sums in other orders (its test bounds the difference)."""
     batch, tokens, width = x.shape
     keys = layers[0][LAYER_FIELDS.index("keys")]
     kv_heads, length, dim = keys.shape[1], keys.shape[2], keys.shape[3]

@@ -8,6 +8,16 @@
 
 #define ROWS 4  /* rows of w per block: the one-row products' pass, and the blocked layout's rows */
 
+/* Each one-row entry point picks its copy for m rows of x (name_m1 .. name_m4): 0, or -1 for an m with no copy */
+#define BY_ROWS(name, ...)                                 \
+    switch (m) {                                           \
+        case 1: name##_m1(__VA_ARGS__); return 0;          \
+        case 2: name##_m2(__VA_ARGS__); return 0;          \
+        case 3: name##_m3(__VA_ARGS__); return 0;          \
+        case 4: name##_m4(__VA_ARGS__); return 0;          \
+    }                                                      \
+    return -1;
+
 int sensorium_gemv_bf16(const uint16_t *x, int64_t m, const uint16_t *w, const uint16_t *bias, uint16_t *y,
                         int64_t n, int64_t k, int blocked, int threads);
 int sensorium_gemv_many_bf16(const uint16_t *x, int64_t m, int count, const uint16_t *const *weights,
@@ -24,7 +34,7 @@ void sensorium_step_attention_bf16(const uint16_t *q, const uint16_t *keys, cons
                                    int64_t heads, int64_t kv_heads, int64_t dim, int64_t visible, int64_t length,
                                    float scale, int threads);
 
-/* the avx2 build's float32 step (decoder_step_f32.c on gemv_avx2.c and decoder_step.c's RoPE) */
+/* float32 decoders' kernels (gemv_f32.c) and step (decoder_step_f32.c, with decoder_step.c's RoPE), both builds */
 int sensorium_gemv_f32(const float *x, int64_t m, const float *w, const float *bias, float *y, int64_t n, int64_t k,
                        int threads);
 void sensorium_silu_times_f32(float *gated, const float *up, int64_t count);

@@ -32,8 +32,9 @@ on plain rows, matrix by matrix); anything else (a fused gelu, autograd, no kern
 On an x86 CPU without native bf16 (AVX2 only: AMD Zen 2 / 3, most laptops' Intel cores) oneDNN refuses bf16 and
 torch's own bf16 product runs row by row, so a bf16 linear of 16 rows or more runs in float32 on oneDNN instead, the
 weight widened per call (`_bf16_through_float32`: exact; one rounding, as oneDNN's bf16 linear), bf16 weights are
-not packed, and a bf16 decoder steps on the avx2 build of the one-row kernel (nn/gemv.py). There a float32
-decoder's steps (at most 4 rows, no fused gelu) run the avx2 build's float32 one-row product too (1.2x oneDNN's).
+not packed, and a bf16 decoder steps on the avx2 build of the one-row kernel (nn/gemv.py). A float32 decoder's
+steps (at most 4 rows, no fused gelu) run the kernels' float32 one-row product where `gemv.float32_steps` (on such
+CPUs: 1.2x oneDNN's; elsewhere timed against oneDNN once).
 """
 
 from __future__ import annotations

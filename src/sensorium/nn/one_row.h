@@ -36,15 +36,6 @@ GEMV_MANY(2)
 GEMV_MANY(3)
 GEMV_MANY(4)
 
-/* Each entry point picks the copy for m: 0, or -1 for an m this file has no copy for. */
-#define BY_ROWS(name, ...)                                 \
-    switch (m) {                                           \
-        case 1: name##_m1(__VA_ARGS__); return 0;          \
-        case 2: name##_m2(__VA_ARGS__); return 0;          \
-        case 3: name##_m3(__VA_ARGS__); return 0;          \
-        case 4: name##_m4(__VA_ARGS__); return 0;          \
-    }                                                      \
-    return -1;
 
 int sensorium_gemv_bf16(const uint16_t *x, int64_t m, const uint16_t *w, const uint16_t *bias, uint16_t *y,
                         int64_t n, int64_t k, int blocked, int threads) {
