@@ -232,7 +232,8 @@ def float32_steps() -> bool:
     cores: the product 1.2-1.26x oneDNN's float32 linear, the one-call step 1.12x the layer-by-layer one;
     BENCHMARKS.md); elsewhere the first float32 step times the kernel's one-row product against oneDNN's once per
     process (`float32_timing`: ~0.2 s over 192 MB of weights) and keeps the kernel unless it streams slower than oneDNN
-    by more than 10 % (the one call's saving comes on top). `SENSORIUM_FLOAT32_KERNEL=1` or `0` decides instead."""
+    by more than 10 % (the one call's saving comes on top; a torch without oneDNN takes the kernel).
+    `SENSORIUM_FLOAT32_KERNEL=1` or `0` decides instead."""
     global _float32_steps
     if _float32_steps is None:
         if not has("sensorium_gemv_f32"):
@@ -240,8 +241,8 @@ def float32_steps() -> bool:
         pinned = os.environ.get("SENSORIUM_FLOAT32_KERNEL")
         with _lock:
             if _float32_steps is None:
-                _float32_steps = (pinned == "1" if pinned in ("0", "1") else
-                                  _flavour == "avx2" or _time_float32_product())
+                _float32_steps = (pinned == "1" if pinned in ("0", "1") else _flavour == "avx2"
+                                  or not torch.backends.mkldnn.is_available() or _time_float32_product())
     return _float32_steps and has("sensorium_gemv_f32")
 
 
