@@ -167,6 +167,13 @@ def test_chat_with_audio_and_transcriptions_equal_the_library(server, client, af
                        client.chat.completions.create(model=name, messages=messages, max_tokens=5, stream=True)
                        if c.choices)
     assert streamed == want
+    # the CPU kernels in /healthz: after float32 decode steps (the CPU default), whether they took the kernels
+    from sensorium.nn import gemv
+
+    kernels = httpx.get(server.url + "/healthz").json()["kernels"]
+    assert kernels == gemv.state() and kernels["flavour"] == gemv.flavour()
+    if gemv.has("sensorium_gemv_f32"):
+        assert kernels["float32_steps"] == gemv.float32_steps() is not None
 
     row = sn.transcribe([str(wav)], model=model)[0]
     with open(wav, "rb") as f:

@@ -124,6 +124,15 @@ def has(entry_point: str) -> bool:
     return available() and entry_point in _entry_points
 
 
+def state() -> dict:
+    """What the kernels are doing in this process, without building them (the service's /healthz): the build
+    loaded ("avx512", "avx2", or None; None too before the first use), why not, whether float32 decode steps take
+    them (None: not decided yet) and what `float32_steps` timed to decide it."""
+    return {"flavour": _flavour if _tried and _library is not None and _enabled else None,
+            "why_not": (why_not() if _tried else "not used yet"), "float32_steps": _float32_steps,
+            "float32_timing": dict(float32_timing)}
+
+
 def why_not() -> str | None:
     """Why the kernel is not used, or None when it is."""
     if not _tried:

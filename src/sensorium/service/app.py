@@ -362,12 +362,14 @@ def create_app(config: ServeConfig | None = None, registry: Registry | None = No
 
     @app.get("/healthz", include_in_schema=True)
     async def healthz() -> dict:
+        from sensorium.nn import gemv
         from sensorium.nn.exported import backend_choices
 
         loaded = service.registry.loaded()
-        # which towers run on OpenVINO / ONNX Runtime and which eagerly (--backend; auto: and why)
+        # which towers run on OpenVINO / ONNX Runtime and which eagerly (--backend; auto: and why), and sensorium's
+        # CPU kernels (which build, whether float32 decode steps take them)
         backends = {name: choices for name, model in loaded.items() if (choices := backend_choices(model))}
-        return {"status": "ok", "models_loaded": sorted(loaded), "backends": backends}
+        return {"status": "ok", "models_loaded": sorted(loaded), "backends": backends, "kernels": gemv.state()}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
