@@ -19,7 +19,8 @@ attention and the blocked GEMM (`has`). Both build float32 decoders' kernels on 
 1.2-1.26x oneDNN's float32 product; a float32 Llama-1B decodes 1.13x faster; benchmarks/gemv_f32_probe.py,
 decode_ab.py float32-kernel) and a float32 step through all the layers in one call (1.12x the layer-by-layer step,
 decode_ab.py float32-one-call); `float32_steps` says whether float32 steps take them here (on AVX-512 CPUs, not
-measured there yet, a one-time timing against oneDNN decides). Either needs Linux on x86-64 and a C compiler (`$CC`, else `cc` or `gcc`); they are compiled once into `$SENSORIUM_KERNEL_CACHE` (default
+measured there yet, a one-time timing against oneDNN decides). Either needs Linux on x86-64 and a C compiler
+(`$CC`, else `cc` or `gcc`); they are compiled once into `$SENSORIUM_KERNEL_CACHE` (default
 `~/.cache/sensorium/kernels`), checked against float32, and loaded with ctypes. Their OpenMP runtime is the libgomp
 torch has already loaded (same soname), so the two share one thread pool; each call passes torch's thread count.
 
@@ -49,11 +50,12 @@ MAX_ROWS = 4  # rows of x per call (a step's batch); more go to oneDNN, whose GE
 BLOCK_ROWS, BLOCK_INPUTS = 4, 32  # the blocked weight layout (`to_blocks`): the kernel's rows a pass, values a load
 # one library per flavour of x86 CPU, from these files (the headers: what they share) and with these flags; no FMA
 # contraction: the small ops round each product as torch's do. "avx512": AVX512-BF16's dot products, and the encoders'
-# attention and a prompt's GEMM on blocked weights; "avx2": the decode step's kernels on 8 float32 lanes, and the
-# float32 one-row product.
+# attention and a prompt's GEMM on blocked weights; "avx2": the decode step's kernels on 8 float32 lanes; both: the
+# float32 decoders' kernels (gemv_f32.c, decoder_step_f32.c, on 8 lanes).
 HEADERS = ("bf16.h", "kernels.h", "one_row.h", "lanes8.h")
 FLAVOURS = {
-    "avx512": (("gemv_bf16.c", "decoder_step.c", "attention_bf16.c", "gemv_int4.c", "gemv_f32.c", "decoder_step_f32.c"),
+    "avx512": (("gemv_bf16.c", "decoder_step.c", "attention_bf16.c", "gemv_int4.c", "gemv_f32.c",
+                "decoder_step_f32.c"),
                ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx2", "-mfma"]),
     "avx2": (("gemv_avx2.c", "decoder_step.c", "gemv_int4.c", "gemv_f32.c", "decoder_step_f32.c"),
              ["-mavx2", "-mfma", "-mf16c"]),
@@ -523,7 +525,6 @@ LAYER_FIELDS = ("attn_norm", "q", "k", "v", "q_bias", "k_bias", "v_bias", "o", "
 _WEIGHT_ORDER = [LAYER_FIELDS.index(name) for name in ("q", "k", "v", "o", "gate", "up", "down")]  # the C bits
 _WEIGHTS = set(_WEIGHT_ORDER)
 _SCALES = [LAYER_FIELDS.index(f"{name}_scales") for name in ("q", "k", "v", "o", "gate", "up", "down")]
-_OPTIONAL_BIASES = {LAYER_FIELDS.index(name) for name in ("q_bias", "k_bias", "v_bias")}
 
 
 class _Layer(ctypes.Structure):
@@ -538,49 +539,35 @@ def _int4_groups(layer: tuple) -> list[int]:
 
 
 def decoder_step_fits(x: torch.Tensor, layers: list[tuple[torch.Tensor | None, ...]]) -> bool:
-    """Whether `decoder_step` can take this step: x [B, T, width] bf16 on the CPU with at most MAX_ROWS rows, and
-    every layer's tensors (LAYER_FIELDS) plain contiguous bf16 CPU tensors without gradient (an int8 layer's weights
-    int8, an int4 layer's uint8 in sensorium's layout, groups of 128 or 64); or all float32, the weights plain (no
-    blocks, no scales), where `float32_steps`; not being traced."""
-    if x.dtype not in (_BF16, torch.float32) or not x.is_cpu or x.dim() != 3:
+    """Whether `decoder_step` can take this step: x [B, T, width] bf16 or float32 on the CPU with at most MAX_ROWS
+    rows, and every layer's tensors (LAYER_FIELDS) plain contiguous CPU tensors of x's dtype without gradient (a bf16
+    layer's weights may be blocked; an int8 layer's weights int8, an int4 layer's uint8 in sensorium's layout, groups
+    of 128 or 64; float32 layers are never quantized, and take the kernels where `float32_steps`); not being traced."""
+    dtype = x.dtype
+    if dtype not in (_BF16, torch.float32) or not x.is_cpu or x.dim() != 3:
         return False
     if not 0 < x.shape[0] * x.shape[1] <= MAX_ROWS:
         return False
     if _tracing() or (torch.is_grad_enabled() and x.requires_grad) or not available():
         return False
     scales = LAYER_FIELDS.index("q_scales")
-    if x.dtype == torch.float32:
-        return (has("sensorium_decoder_step_f32") and all(_float32_layer(layer) for layer in layers)
-                and float32_steps())
     for layer in layers:
+        if dtype == torch.float32 and any(layer[sc] is not None for sc in _SCALES):
+            return False
         int4 = layer[scales] is not None and layer[scales].dim() == 3
-        weight_dtype = torch.uint8 if int4 else torch.int8 if layer[scales] is not None else _BF16
+        weight_dtype = torch.uint8 if int4 else torch.int8 if layer[scales] is not None else dtype
         if int4 and not (has("sensorium_gemv_int4") and all(
                 group in INT4_GROUPS and layer[w].dim() == 2 and layer[sc].shape[0] == layer[w].shape[0]
                 and layer[sc].shape[2] == 2 and group * layer[sc].shape[1] == 2 * layer[w].shape[1]
                 for group, w, sc in zip(_int4_groups(layer), _WEIGHT_ORDER, _SCALES))):
             return False
         for i, t in enumerate(layer):
-            if t is not None and not (isinstance(t, torch.Tensor) and t.is_cpu and not t.is_mkldnn
-                                      and t.dtype == (weight_dtype if i in _WEIGHTS else _BF16)
+            wanted = weight_dtype if i in _WEIGHTS else _BF16 if i >= scales else dtype  # scales: bf16
+            if t is not None and not (isinstance(t, torch.Tensor) and t.is_cpu and not t.is_mkldnn and t.dtype == wanted
                                       and t.is_contiguous() and not (torch.is_grad_enabled() and t.requires_grad)
                                       and not (i in _WEIGHTS and t.dim() == 4 and t.dtype != _BF16)):
                 return False
-    return True
-
-
-def _float32_layer(layer: tuple[torch.Tensor | None, ...]) -> bool:
-    """A layer the float32 step takes: every tensor float32, plain and contiguous on the CPU without gradient, the
-    weights [N, K]; no scales; the q/k/v biases there or not."""
-    for i, t in enumerate(layer):
-        if t is None and (i in _OPTIONAL_BIASES or i in _SCALES):
-            continue
-        if t is None or i in _SCALES or not isinstance(t, torch.Tensor):
-            return False
-        if (t.dtype != torch.float32 or not t.is_cpu or t.is_mkldnn or not t.is_contiguous()
-                or (i in _WEIGHTS and t.dim() != 2) or (torch.is_grad_enabled() and t.requires_grad)):
-            return False
-    return True
+    return dtype == _BF16 or (has("sensorium_decoder_step_f32") and float32_steps())
 
 
 def decoder_step(x: torch.Tensor, layers: list[tuple[torch.Tensor | None, ...]], heads: int, eps: float,
